@@ -1,0 +1,76 @@
+"""One ESamp decode step over tensors, shared by every engine (transformers loop, generate()
+interop, vLLM): predict h_hat -> fuse -> (engine samples) -> train.
+
+Rows are laid out group-major: R = G * m rows, group g owning rows g*m .. g*m+m-1 (a prompt's
+n samples with per-prompt scope; all rows with shared scope).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import EsampConfig
+from .distiller import DistillerBank
+from .fusion import Candidates, LMHead, fuse, novelty
+
+
+@dataclass
+class Proposal:
+    """What one step proposes: the logits to sample from, and what ``learn`` needs afterwards."""
+
+    cand: Candidates  # reference candidates (filtered l_ref)
+    fused: torch.Tensor  # (R, K) candidate logits after fusion (``cand.logits`` when unguided)
+    to_sample: torch.Tensor  # (R, V) logits to sample from
+    novelty: torch.Tensor | None  # (R,) ||h - h_hat||
+    rel_novelty: torch.Tensor | None  # (R,)
+    _pred: torch.Tensor | None = None  # (G, m, H) with the distiller's graph
+    _h: torch.Tensor | None = None  # (G, m, H)
+
+
+class Steerer:
+    """ESamp for a batch of R rows in G groups; with ``beta=0`` it only observes (shadow mode)."""
+
+    def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, beta: float,
+                 temperature: float, seed: int = 0):
+        if rows % groups:
+            raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
+        self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, beta, temperature
+        hidden = head.weight.shape[1]
+        self.bank = DistillerBank(groups, hidden, cfg, device=head.weight.device, seed=seed)
+        self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.groups, self.rows // self.groups, -1)  # (R, H) -> (G, m, H)
+
+    def propose(self, filtered: torch.Tensor, filters_active: bool, s: torch.Tensor, h: torch.Tensor,
+                guided: bool) -> Proposal:
+        """filtered: (R, V) reference logits after temperature and filters; s, h: (R, H) float32.
+
+        guided=False samples unguided (the first token, or beta=0) but still predicts, so
+        novelty is logged and the distiller trains.
+        """
+        cand = Candidates.from_filtered(filtered, filters_active)
+        pred = self.bank.forward(self._grouped(s))  # (G, m, H), with grad for the update
+        h_hat = pred.detach().reshape(h.shape)  # (R, H)
+        nov, rel = novelty(h, h_hat)
+        if guided and self.beta > 0:
+            fused = fuse(cand, h, h_hat, self.head, self.beta, self.temperature)
+            to_sample = cand.scatter(filtered, fused)
+        else:
+            fused, to_sample = cand.logits, filtered
+        return Proposal(cand, fused, to_sample, nov, rel, pred, self._grouped(h))
+
+    def learn(self, proposal: Proposal, active: torch.Tensor) -> torch.Tensor:
+        """Train every distiller on its active rows (R,) bool; returns ``bad`` (G,) on the device."""
+        loss, bad = self.bank.update(proposal._pred, proposal._h, active.reshape(self.groups, -1))
+        self.losses.append(loss)
+        proposal._pred = proposal._h = None  # free the graph
+        return bad
+
+
+def unguided(filtered: torch.Tensor, filters_active: bool) -> Proposal:
+    """A proposal with no distiller at all (plain sampling with the shadow off)."""
+    cand = Candidates.from_filtered(filtered, filters_active)
+    return Proposal(cand, cand.logits, filtered, None, None)

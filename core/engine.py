@@ -222,7 +222,8 @@ def _build_trace(lm, prompts, ids, config, record, steerer, finished, stopped, t
         tokens = []
         for t, tid, piece in zip(keep, token_ids, pieces):
             top = [Candidate(i, piece_of(i), pr, pn) for i, pr, pn in
-                   zip(rows["top_ids"][r][t], rows["top_p_ref"][r][t], rows["top_p_new"][r][t])]
+                   zip(rows["top_ids"][r][t], rows["top_p_ref"][r][t], rows["top_p_new"][r][t])
+                   if i >= 0 and pn > 0]
             tokens.append(Token(
                 id=tid, text=piece, logp_ref=rows["logp_ref"][r][t], logp_new=rows["logp_new"][r][t],
                 entropy_ref=rows["entropy_ref"][r][t], entropy_new=rows["entropy_new"][r][t],

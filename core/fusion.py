@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
 _FULL_PROJECTION_SHARE = 0.25
@@ -112,14 +113,15 @@ def step_signals(cand: Candidates, fused: torch.Tensor, tokens: torch.Tensor, to
     pos = cand.position_of(tokens)[:, None]  # (R, 1)
     k = min(top, fused.shape[-1])
     top_lp_new, top_pos = torch.topk(lp_new, k, dim=-1)  # (R, k)
+    pad = top - k  # fewer candidates than `top`: pad with id -1 and probability 0
     return StepSignals(
         logp_ref=lp_ref.gather(-1, pos)[:, 0],
         logp_new=lp_new.gather(-1, pos)[:, 0],
         entropy_ref=_entropy(lp_ref),
         entropy_new=_entropy(lp_new),
-        top_ids=cand.token_ids(top_pos),
-        top_p_ref=lp_ref.gather(-1, top_pos).exp(),
-        top_p_new=top_lp_new.exp(),
+        top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
+        top_p_ref=F.pad(lp_ref.gather(-1, top_pos).exp(), (0, pad)),
+        top_p_new=F.pad(top_lp_new.exp(), (0, pad)),
     )
 
 

@@ -1,0 +1,75 @@
+"""The batched distiller bank: Adam parity, clipping, independence of groups, NaN resets."""
+
+import torch
+
+from core.config import EsampConfig
+from core.distiller import DistillerBank
+
+
+def reference_distiller(bank: DistillerBank, g: int) -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(p[g].clone()) for p in bank.params]
+
+
+def reference_forward(params, x):
+    for b in range(len(params) // 3):
+        gate, up, down = params[3 * b: 3 * b + 3]
+        x = x + (torch.nn.functional.silu(x @ gate) * (x @ up)) @ down
+    return x
+
+
+def test_one_group_matches_torch_adam_with_grad_clipping():
+    cfg = EsampConfig(intermediate=8)
+    bank = DistillerBank(1, 6, cfg, seed=0)
+    ref = reference_distiller(bank, 0)
+    opt = torch.optim.Adam(ref, lr=cfg.lr, eps=cfg.eps)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        s, h = torch.randn(1, 3, 6, generator=g), torch.randn(1, 3, 6, generator=g) * 10
+        bank.update(bank.forward(s), h, torch.ones(1, 3, dtype=torch.bool))
+        loss = (h[0] - reference_forward(ref, s[0])).square().sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref, cfg.grad_clip)
+        opt.step()
+    for p, q in zip(bank.params, ref):
+        assert torch.allclose(p[0], q.detach(), atol=1e-6)
+
+
+def test_groups_do_not_share_state():
+    cfg = EsampConfig(intermediate=8)
+    bank = DistillerBank(2, 4, cfg, seed=1)
+    before = [p[1].clone() for p in bank.params]
+    s, h = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, True], [False, False, False]])  # only group 0 trains
+    bank.update(bank.forward(s), h, mask)
+    assert all(torch.equal(p[1], b) for p, b in zip(bank.params, before))
+    assert bank.step.tolist() == [1.0, 0.0]
+
+
+def test_loss_falls_on_a_fixed_mapping():
+    bank = DistillerBank(1, 16, EsampConfig(), seed=2)
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(1, 8, 16, generator=g)
+    h = torch.tanh(s @ torch.randn(16, 16, generator=g))
+    losses = [bank.update(bank.forward(s), h, torch.ones(1, 8, dtype=torch.bool))[0].item() for _ in range(200)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():
+    bank = DistillerBank(2, 4, EsampConfig(intermediate=8), seed=3)
+    s, h = torch.randn(2, 2, 4), torch.randn(2, 2, 4)
+    h[1, 0, 0] = float("nan")
+    keep = [p[0].clone() for p in bank.params]
+    loss, bad = bank.update(bank.forward(s), h, torch.ones(2, 2, dtype=torch.bool))
+    assert bad.tolist() == [False, True]
+    bank.handle_bad(bad)
+    assert bank.resets.tolist() == [0, 1]
+    assert all(torch.isfinite(p).all() for p in bank.params)
+    assert not all(torch.equal(p[0], k) for p, k in zip(bank.params, keep))  # group 0 did learn
+    assert bank.step.tolist() == [1.0, 0.0]
+
+
+def test_memory_per_distiller_is_small():
+    bank = DistillerBank(1, 576, EsampConfig(), seed=0)
+    # 2 blocks x 3 matrices x 576 x 384 floats, times 3 (weights, Adam m and v), 4 bytes each
+    assert bank.nbytes_per_distiller == 2 * 3 * 576 * 384 * 3 * 4

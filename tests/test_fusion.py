@@ -1,0 +1,102 @@
+"""ESamp's fusion and signals on hand-made tensors."""
+
+import math
+
+import torch
+
+from core.fusion import Candidates, LMHead, fuse, novelty, step_signals
+
+INF = float("inf")
+
+
+def head_3x2():
+    # V=3 tokens, H=2: token 0 points along x, token 1 along y, token 2 along -x.
+    return LMHead(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+
+
+def test_fusion_adds_beta_times_w_dot_error_over_temperature():
+    head = head_3x2()
+    h = torch.tensor([[2.0, 1.0]])
+    h_hat = torch.tensor([[1.0, 1.0]])  # e = (1, 0)
+    T, beta = 2.0, 0.5
+    l_ref = head.logits(h) / T  # [1, 0.5, -1]
+    cand = Candidates.from_filtered(l_ref, filters_active=False)
+    out = fuse(cand, h, h_hat, head, beta, T)
+    # w.e = [1, 0, -1]; change = beta * w.e / T = [0.25, 0, -0.25]
+    assert torch.allclose(out, torch.tensor([[1.25, 0.5, -1.25]]))
+
+
+def test_fusion_equals_the_closed_form_1_plus_beta_l_ref_minus_beta_l_dist():
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(50, 8, generator=g), torch.randn(50, generator=g)
+    head = LMHead(W, b)
+    h, h_hat = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    T, beta = 0.7, 0.25
+    l_ref, l_dist = head.logits(h) / T, head.logits(h_hat) / T
+    out = fuse(Candidates.from_filtered(l_ref, False), h, h_hat, head, beta, T)
+    assert torch.allclose(out, (1 + beta) * l_ref - beta * l_dist, atol=1e-5)
+
+
+def test_softcapped_head_uses_the_closed_form_on_capped_logits():
+    g = torch.Generator().manual_seed(1)
+    head = LMHead(torch.randn(30, 6, generator=g) * 5, softcap=3.0)
+    h, h_hat = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    l_ref, l_dist = head.logits(h), head.logits(h_hat)
+    out = fuse(Candidates.from_filtered(l_ref, False), h, h_hat, head, 0.4, 1.0)
+    assert torch.allclose(out, 1.4 * l_ref - 0.4 * l_dist, atol=1e-5)
+
+
+def test_tokens_outside_the_candidate_set_stay_impossible():
+    g = torch.Generator().manual_seed(2)
+    head = LMHead(torch.randn(1000, 16, generator=g))
+    h, h_hat = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    l_ref = head.logits(h)
+    filtered = l_ref.masked_fill(l_ref < torch.topk(l_ref, 7).values[:, -1:], -INF)  # top-7
+    cand = Candidates.from_filtered(filtered, filters_active=True)
+    assert cand.ids.shape == (3, 7)  # candidate-only projection: 7 rows of W per row, not 1000
+    full = cand.scatter(filtered, fuse(cand, h, h_hat, head, 1.0, 1.0))
+    assert torch.equal(torch.isfinite(full), torch.isfinite(filtered))
+    # and on the candidates it agrees with the full-vocabulary computation
+    dense = fuse(Candidates.from_filtered(filtered, False), h, h_hat, head, 1.0, 1.0)
+    assert torch.allclose(full[torch.isfinite(full)], dense[torch.isfinite(dense)], atol=1e-4)
+
+
+def test_rows_with_fewer_survivors_are_padded_with_impossible_candidates():
+    filtered = torch.full((2, 20), -INF)  # survivors: two in row 0, one in row 1
+    filtered[0, :2] = torch.tensor([0.0, 1.0])
+    filtered[1, 0] = 0.0
+    cand = Candidates.from_filtered(filtered, filters_active=True)
+    assert cand.ids.shape == (2, 2)
+    assert math.isinf(cand.logits[1, 1]) and cand.logits[1, 1] < 0
+    head = LMHead(torch.eye(20, 2))
+    out = fuse(cand, torch.ones(2, 2), torch.zeros(2, 2), head, 0.5, 1.0)
+    assert math.isinf(out[1, 1])
+
+
+def test_a_non_finite_prediction_leaves_the_row_unguided():
+    head = head_3x2()
+    h = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    h_hat = torch.tensor([[float("nan"), 0.0], [0.0, 0.0]])
+    l_ref = head.logits(h)
+    out = fuse(Candidates.from_filtered(l_ref, False), h, h_hat, head, 1.0, 1.0)
+    assert torch.equal(out[0], l_ref[0])
+    assert not torch.equal(out[1], l_ref[1])
+
+
+def test_novelty_is_the_error_norm_and_its_ratio_to_h():
+    err, rel = novelty(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]]))
+    assert err.tolist() == [5.0] and rel.tolist() == [1.0]
+
+
+def test_step_signals_on_a_two_token_distribution():
+    # reference p = [0.5, 0.5]; fused p = [0.8, 0.2]; the chosen token is 0.
+    ref = torch.tensor([[0.0, 0.0]])
+    fused = torch.tensor([[math.log(0.8), math.log(0.2)]])
+    sig = step_signals(Candidates(None, ref), fused, torch.tensor([0]), top=3)
+    assert math.isclose(sig.logp_ref.item(), math.log(0.5), rel_tol=1e-6)
+    assert math.isclose(sig.logp_new.item(), math.log(0.8), rel_tol=1e-6)
+    assert math.isclose(sig.entropy_ref.item(), math.log(2), rel_tol=1e-6)
+    # H = -(0.8 ln 0.8 + 0.2 ln 0.2) = 0.5004
+    assert math.isclose(sig.entropy_new.item(), 0.50040242, rel_tol=1e-5)
+    assert sig.top_ids.tolist() == [[0, 1, -1]]  # padded to `top` with id -1
+    assert torch.allclose(sig.top_p_new, torch.tensor([[0.8, 0.2, 0.0]]))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig
+from .config import METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
 
 _D = SamplingConfig()
 _E = EsampConfig()
@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(a)
         prompts = read_prompts(a)
+        check_prompts(prompts)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     from .engine import Progress, generate

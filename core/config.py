@@ -30,6 +30,20 @@ def _check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
         raise ValueError(f"`{name}` must be an integer from {lo} to {hi}, but is {value!r}.{hint}")
 
 
+MAX_PROMPTS = 256
+
+
+def check_prompts(prompts) -> None:
+    """Non-empty list of non-blank strings, or ValueError saying which prompt is wrong."""
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("`prompts` must be a non-empty list of strings.")
+    if len(prompts) > MAX_PROMPTS:
+        raise ValueError(f"`prompts` holds {len(prompts)} prompts; at most {MAX_PROMPTS} fit one run.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"Prompt {i} is empty: give some text to continue or answer.")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How tokens are drawn: n samples per prompt, filters in transformers' order."""

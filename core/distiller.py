@@ -35,7 +35,7 @@ class DistillerBank:
                  seed: int = 0):
         self.groups, self.hidden, self.cfg = groups, hidden, cfg
         self.device = torch.device(device)
-        self._gen = torch.Generator(device="cpu").manual_seed(seed ^ 0x5EED)  # own stream: sampling's is untouched
+        self.seed = seed
         I, H, G = cfg.intermediate, hidden, groups
         # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> I), down (I -> H).
         self.shapes = [(G, H, I), (G, H, I), (G, I, H)] * cfg.blocks
@@ -52,16 +52,19 @@ class DistillerBank:
         return 3 * sum(math.prod(s[1:]) for s in self.shapes) * 4
 
     def reset(self, which: torch.Tensor) -> None:
-        """Re-initialise the groups where ``which`` (G,) is True: fresh weights, empty Adam state."""
-        idx = torch.nonzero(which.cpu()).flatten()
-        for p, m, v, shape in zip(self.params, self.m, self.v, self.shapes):
-            fan_in = shape[1]
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init
-            fresh = (torch.rand((len(idx),) + shape[1:], generator=self._gen) * 2 - 1) * bound
-            p[idx.to(self.device)] = fresh.to(self.device)
-            m[idx.to(self.device)] = 0
-            v[idx.to(self.device)] = 0
-        self.step[idx.to(self.device)] = 0
+        """Re-initialise the groups where ``which`` (G,) is True: fresh weights, empty Adam state.
+
+        Group g's weights depend only on (seed, g, its reset count), never on how many other
+        groups share the batch, and draw from their own generator, not sampling's.
+        """
+        for g in torch.nonzero(which.cpu()).flatten().tolist():
+            gen = torch.Generator().manual_seed(hash((self.seed, g, int(self.resets[g]))) & (2**63 - 1))
+            for p, m, v, shape in zip(self.params, self.m, self.v, self.shapes):
+                bound = 1.0 / math.sqrt(shape[1])  # nn.Linear's default init, fan_in = shape[1]
+                p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
+                m[g] = 0
+                v[g] = 0
+            self.step[g] = 0
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""

@@ -15,16 +15,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, check_prompts
 from .esamp import Proposal, Steerer, unguided
 from .filters import apply_filters, build_filters, filters_for
 from .fusion import step_signals
 from .hooks import capture_states
 from .models import LoadedModel
 from .trace import Candidate, PromptTrace, RunTrace, Sample, Timings, Token
-
-MAX_PROMPTS = 256
-
 
 @dataclass
 class Progress:
@@ -44,16 +41,11 @@ ProgressFn = Callable[[Progress], None]
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool, max_new_tokens: int) -> list[list[int]]:
     """Token ids per prompt (chat template when asked and available); checks emptiness and context."""
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError("`prompts` must be a non-empty list of strings.")
-    if len(prompts) > MAX_PROMPTS:
-        raise ValueError(f"`prompts` holds {len(prompts)} prompts; at most {MAX_PROMPTS} fit one run.")
+    check_prompts(prompts)
     tok = lm.tokenizer
     use_chat = chat and getattr(tok, "chat_template", None)
     out = []
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"Prompt {i} is empty: give some text to continue or answer.")
         if use_chat:
             text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             ids = tok(text, add_special_tokens=False)["input_ids"]

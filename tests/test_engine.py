@@ -1,0 +1,163 @@
+"""The decode loop on the real embedded model (SmolLM2-135M-Instruct), with tiny generations."""
+
+import threading
+
+import pytest
+import torch
+
+from core import EsampConfig, RunConfig, SamplingConfig, generate
+from core.distiller import DistillerBank
+from core.fusion import novelty
+
+PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
+
+
+def run(lm, prompts=PROMPTS, method="esamp", beta=0.25, scope="prompt", **sampling):
+    sampling = {"n": 2, "max_new_tokens": 8, "seed": 0, **sampling}
+    cfg = RunConfig(method=method, sampling=SamplingConfig(**sampling), esamp=EsampConfig(beta=beta, scope=scope))
+    return generate(lm, prompts, cfg)
+
+
+def token_ids(trace):
+    return [[t.id for t in s.tokens] for s in trace.samples]
+
+
+def test_beta_zero_gives_the_same_tokens_as_plain_sampling(lm):
+    plain = run(lm, method="plain", n=3, max_new_tokens=10, seed=7)
+    esamp0 = run(lm, method="esamp", beta=0.0, n=3, max_new_tokens=10, seed=7)
+    assert token_ids(esamp0) == token_ids(plain)
+    assert [s.text for s in esamp0.samples] == [s.text for s in plain.samples]
+
+
+def test_esamp_with_beta_changes_the_distribution(lm):
+    trace = run(lm, beta=1.0, n=2, max_new_tokens=8, seed=1, ignore_eos=True)
+    gains = [t.logp_new - t.logp_ref for s in trace.samples for t in s.tokens[1:]]
+    assert any(abs(g) > 1e-4 for g in gains)
+    assert all(t.logp_new == t.logp_ref for s in trace.samples for t in s.tokens[:1])  # first token unguided
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(lm):
+    a, b = run(lm, seed=3), run(lm, seed=3)
+    assert token_ids(a) == token_ids(b)
+    assert token_ids(run(lm, seed=4)) != token_ids(a)
+
+
+def test_a_prompt_decodes_the_same_alone_and_batched_with_longer_prompts(lm):
+    greedy = dict(method="plain", n=1, top_k=1, max_new_tokens=10)
+    alone = run(lm, prompts=[PROMPTS[0]], **greedy)
+    batched = run(lm, prompts=[PROMPTS[1], PROMPTS[0], "Hi"], **greedy)
+    assert token_ids(batched)[1] == token_ids(alone)[0]
+
+
+def test_pieces_concatenate_to_the_text_and_eos_ends_samples(lm):
+    trace = run(lm, n=4, max_new_tokens=48, seed=2)
+    for s in trace.samples:
+        assert "".join(t.text for t in s.tokens) == s.text
+        assert s.finish_reason in ("eos", "length")
+        assert s.text == lm.tokenizer.decode([t.id for t in s.tokens])
+    assert any(s.finish_reason == "eos" for s in trace.samples)  # "Name a colour." ends quickly
+
+
+def test_every_token_carries_its_signals(lm):
+    trace = run(lm, n=2, max_new_tokens=6, ignore_eos=True)
+    t = trace.samples[0].tokens[3]
+    assert t.novelty > 0 and 0 < t.rel_novelty
+    assert t.logp_ref <= 0 and t.logp_new <= 0 and t.entropy_ref >= 0
+    assert 1 <= len(t.top) <= 5 and all(0 <= c.p_ref <= 1 and 0 <= c.p_new <= 1 for c in t.top)
+    assert len(trace.prompts[0].loss) == 6 and trace.timings.new_tokens == 2 * 2 * 6
+
+
+def test_shadow_off_logs_no_novelty(lm):
+    cfg = RunConfig(method="plain", sampling=SamplingConfig(n=1, max_new_tokens=4), esamp=EsampConfig(shadow=False))
+    trace = generate(lm, PROMPTS[:1], cfg)
+    assert all(t.novelty is None for t in trace.samples[0].tokens) and trace.prompts[0].loss == []
+
+
+def test_distiller_loss_falls_over_a_generation(lm):
+    trace = run(lm, prompts=[PROMPTS[1]], n=4, max_new_tokens=64, ignore_eos=True, seed=5)
+    loss = trace.prompts[0].loss
+    assert len(loss) == 64
+    assert sum(loss[-8:]) / 8 < 0.8 * sum(loss[:8]) / 8
+
+
+def test_per_prompt_distillers_do_not_share_state(lm):
+    # Greedy decoding fixes the tokens, so prompt 0's distiller sees the same rows whether or not
+    # another prompt is in the batch: its losses must match. A shared distiller mixes them.
+    greedy = dict(n=2, top_k=1, max_new_tokens=12, ignore_eos=True)
+    alone = run(lm, prompts=[PROMPTS[0]], **greedy).prompts[0].loss
+    batched = run(lm, prompts=PROMPTS, **greedy).prompts[0].loss
+    shared = run(lm, prompts=PROMPTS, scope="shared", **greedy).prompts[0].loss
+    assert batched == pytest.approx(alone, rel=1e-3)
+    assert shared != pytest.approx(alone, rel=1e-3)
+
+
+def test_novelty_is_lower_on_a_pattern_the_distiller_has_seen(lm):
+    def states(text):
+        ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hs = lm.model(ids, output_hidden_states=True).hidden_states
+        return hs[1][0].float(), hs[-1][0].float()  # after decoder layer 0; after the final norm
+
+    seen_s, seen_h = states("The quick brown fox jumps over the lazy dog. " * 4)
+    new_s, new_h = states("Quantum chromodynamics describes how quarks bind into protons and neutrons.")
+    bank = DistillerBank(1, lm.hidden_size, EsampConfig(), seed=0)
+    mask = torch.ones(1, len(seen_s), dtype=torch.bool)
+    for _ in range(60):
+        bank.update(bank.forward(seen_s[None]), seen_h[None], mask)
+    with torch.no_grad():
+        seen_nov = novelty(seen_h, bank.forward(seen_s[None])[0])[1].mean()
+        new_nov = novelty(new_h, bank.forward(new_s[None])[0])[1].mean()
+    assert seen_nov < new_nov
+
+
+def test_a_nan_distiller_loss_resets_that_distiller_and_generation_goes_on(lm, monkeypatch):
+    calls = {"n": 0}
+    original = DistillerBank.update
+
+    def poisoned(self, pred, h, mask):
+        calls["n"] += 1
+        if calls["n"] == 3:  # third step: prompt 1's target turns NaN
+            h = h.clone()
+            h[1] = float("nan")
+        return original(self, pred, h, mask)
+
+    monkeypatch.setattr(DistillerBank, "update", poisoned)
+    trace = run(lm, n=2, max_new_tokens=6, ignore_eos=True)
+    assert [p.resets for p in trace.prompts] == [0, 1]
+    assert all(len(s.tokens) == 6 for s in trace.samples)
+    assert all(t.novelty is not None for s in trace.samples for t in s.tokens)
+
+
+def test_cancel_stops_after_the_current_step_and_keeps_what_was_generated(lm):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+        if p.step == 3:
+            cancel.set()
+
+    cfg = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=20, ignore_eos=True))
+    trace = generate(lm, PROMPTS[:1], cfg, progress=progress, cancel=cancel)
+    assert trace.stopped and [len(s.tokens) for s in trace.samples] == [3, 3]
+    assert all(s.finish_reason == "stopped" for s in trace.samples)
+    assert [p.tokens for p in seen] == [2, 4, 6] and seen[-1].max_tokens == 40
+
+
+def test_fire_draws_a_hot_first_token_then_samples_normally(lm):
+    trace = run(lm, method="fire", n=4, max_new_tokens=4, seed=0, ignore_eos=True)
+    first = [s.tokens[0] for s in trace.samples]
+    later = [t for s in trace.samples for t in s.tokens[1:]]
+    # at temperature 10 inside the top-20 window the first distribution is nearly flat
+    assert min(t.entropy_ref for t in first) > 2.5
+    assert sum(t.entropy_ref for t in later) / len(later) < min(t.entropy_ref for t in first)
+
+
+def test_empty_prompt_is_rejected(lm):
+    with pytest.raises(ValueError, match="Prompt 1 is empty"):
+        run(lm, prompts=["ok", "   "])
+
+
+def test_prompt_longer_than_the_context_is_rejected(lm):
+    with pytest.raises(ValueError, match="context of 8192 tokens"):
+        run(lm, prompts=["word " * 9000])

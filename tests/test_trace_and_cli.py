@@ -1,0 +1,62 @@
+"""Token pieces, the trace's JSON round trip, and the command line end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core import RunConfig, RunTrace, SamplingConfig, generate
+from core.engine import token_pieces
+
+
+@pytest.mark.parametrize("text", ["Café 🙂 naïve 東京タワー", "  leading spaces\n\nand\tnewlines  ", "🧑‍🚀🚀"])
+def test_pieces_of_multibyte_text_concatenate_exactly(tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(tokenizer, ids)
+    assert len(pieces) == len(ids)
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)  # no half characters shown anywhere
+
+
+def test_trace_round_trips_through_json(lm):
+    trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=5)))
+    again = RunTrace.from_json(trace.to_json())
+    assert again == trace
+    d = json.loads(trace.to_json())
+    assert {"config", "samples", "prompts", "timings", "version"} <= d.keys()
+    assert {"id", "text", "novelty", "logp_ref", "logp_new", "top"} <= d["samples"][0]["tokens"][0].keys()
+
+
+def test_an_unknown_trace_version_is_refused():
+    with pytest.raises(ValueError, match="version 99"):
+        RunTrace.from_dict({"version": 99})
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_cli_generates_prints_a_summary_and_writes_the_trace(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Name a fruit."}\n{"prompt": "Name a tree."}\n')
+    out = tmp_path / "run.json"
+    r = cli("generate", "--prompt-file", str(prompts), "-n", "2", "--max-new-tokens", "6", "--method", "esamp",
+            "--beta", "0.3", "--top-p", "0.9", "--seed", "1", "--json", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout and "distiller loss" in r.stdout and "mean novelty" in r.stdout
+    trace = RunTrace.load(out)
+    assert len(trace.samples) == 4 and trace.config.esamp.beta == 0.3 and trace.config.sampling.top_p == 0.9
+    assert trace.prompts[1].text == "Name a tree."
+
+
+def test_cli_rejects_bad_values_before_loading_a_model():
+    r = cli("generate", "hello", "-n", "0")
+    assert r.returncode == 2 and "`n` must be an integer from 1 to 512, but is 0" in r.stderr
+    r = cli("generate", "   ")
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+def test_cli_unknown_model_exits_with_a_clear_message(tmp_path):
+    r = cli("generate", "hello", "--model", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "Cannot load model" in r.stderr

@@ -1,0 +1,64 @@
+"""Explore: ESamp and plain sampling side by side on one prompt, same seed and settings."""
+
+import streamlit as st
+
+from app import common
+from app.jobs import start_job
+from core.scoring import trace_perplexities
+from viz.summary import config_label
+
+st.title("Explore")
+st.caption("ESamp and plain sampling, same seed and settings, side by side. "
+           "Plain sampling runs the distiller in shadow (β = 0) so its novelty is logged too.")
+
+form = common.settings_form("explore")
+if form is not None:
+    settings, lm = form
+    common.set_url(settings)
+    configs = [settings.for_method("esamp"), settings.for_method("plain")]
+    history = common.get_history()
+    st.session_state.explore_job = start_job(
+        lm, [settings.prompt], configs, [config_label(c) for c in configs],
+        score=trace_perplexities,
+        finish=lambda job: history.save(job.traces, job.perplexities))
+    st.session_state.explore_model = settings.model
+
+job = st.session_state.get("explore_job")
+if job is None:
+    st.info("Set a prompt and β, then Generate. Hover a token in the answers for its numbers.")
+    st.stop()
+
+
+@st.fragment(run_every=0.5)
+def live():
+    if job.finished:
+        if st.session_state.get("explore_shown") is not job:
+            st.session_state.explore_shown = job
+            st.rerun()  # draw the results with the whole page
+        return
+    label = job.labels[job.current]
+    if job.phase == "waiting":
+        text = "Waiting for another generation on this model to finish…"
+    elif job.phase == "scoring":
+        text = "Scoring perplexity and embedding the answers…"
+    else:
+        p = job.progress
+        text = (f"{label}: {p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"
+                if p else f"{label}: starting…")
+    st.progress(job.fraction(), text=f"Run {job.current + 1} of {len(job.labels)} · {text}")
+    if st.button("Stop", key="explore_stop"):
+        job.cancel.set()
+
+
+live()
+if not job.finished:
+    st.stop()
+if job.error:
+    st.error(f"The run failed: {job.error}. Finished parts were kept in History.")
+if not job.traces:
+    st.stop()
+if job.phase == "stopped":
+    st.warning("Stopped: showing what was generated so far (saved in History).")
+st.success(f"Saved as run #{job.result} in History." if job.result else "Done.")
+common.render_comparison(job.traces, job.perplexities or None, "explore",
+                         model=st.session_state.get("explore_model", ""))

@@ -1,0 +1,13 @@
+"""ESamp Explorer: the Streamlit entry point. `./run app` starts it on the embedded model."""
+
+import streamlit as st
+
+st.set_page_config(page_title="ESamp Explorer", page_icon="🧭", layout="wide")
+
+pages = [
+    st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
+    st.Page("pages/sweep.py", title="Sweep", icon="📈"),
+    st.Page("pages/runs.py", title="History", icon="🗂️", url_path="history"),
+    st.Page("pages/learn.py", title="Learn", icon="🎓"),
+]
+st.navigation(pages).run()

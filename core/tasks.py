@@ -1,0 +1,78 @@
+"""Tasks with checkable answers for pass@k: a generated arithmetic set, or a user's JSONL."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Task:
+    question: str
+    answer: str
+
+
+_TEMPLATES = [
+    ("{name} has {a} apples and buys {b} more, then gives away {c}. How many apples does {name} have now?",
+     lambda a, b, c: a + b - c),
+    ("A train travels {a} km in the morning and {b} km in the afternoon. It then goes back {c} km. "
+     "How many km is it from where it started?", lambda a, b, c: a + b - c),
+    ("{name} packs {a} boxes with {b} pencils each and keeps {c} extra pencils. How many pencils is that in all?",
+     lambda a, b, c: a * b + c),
+    ("A shop had {a} cups. It sold {b} cups on Monday and {c} cups on Tuesday. How many cups are left?",
+     lambda a, b, c: a - b - c),
+]
+_NAMES = ["Ada", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana"]
+
+
+def arithmetic_tasks(count: int, seed: int = 0) -> list[Task]:
+    """``count`` word problems with integer answers, the same for the same seed."""
+    if not 1 <= count <= 10_000:
+        raise ValueError(f"`count` must be from 1 to 10000, but is {count}.")
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(count):
+        template, solve = _TEMPLATES[i % len(_TEMPLATES)]
+        a, b = rng.randint(12, 60), rng.randint(2, 11)
+        c = rng.randint(1, min(a - b, 9)) if "sold" in template else rng.randint(1, 9)
+        if "sold" in template:
+            a = a + b + c
+        tasks.append(Task(template.format(name=rng.choice(_NAMES), a=a, b=b, c=c), str(solve(a, b, c))))
+    return tasks
+
+
+def tasks_from_jsonl(text: str) -> list[Task]:
+    """Tasks from JSONL lines with "question" and "answer" fields; errors name the line."""
+    tasks = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            tasks.append(Task(str(obj["question"]), str(obj["answer"]).strip()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"line {i}: need a JSON object with 'question' and 'answer' ({exc}).") from exc
+    if not tasks:
+        raise ValueError("The file holds no tasks.")
+    return tasks
+
+
+def final_number(text: str) -> str | None:
+    """The last number in a text, without thousands separators ('1,200.' -> '1200')."""
+    found = _NUMBER.findall(text)
+    return found[-1].replace(",", "") if found else None
+
+
+def is_correct(text: str, answer: str) -> bool:
+    """Numeric answers compare as numbers (last number in the text); others as a case-insensitive substring."""
+    got = final_number(text)
+    if _NUMBER.fullmatch(answer.replace(",", "")):
+        try:
+            return got is not None and float(got) == float(answer.replace(",", ""))
+        except ValueError:
+            return False
+    return answer.lower() in text.lower()

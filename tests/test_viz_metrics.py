@@ -1,0 +1,55 @@
+"""Metrics on literal inputs, with the arithmetic worked out in comments."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import comb
+
+from viz.metrics import distinct_n, mean_and_stderr, mean_pairwise_cosine_distance, pass_at_k, self_bleu, vendi_score
+
+
+def test_cosine_distance_of_orthogonal_and_identical_vectors():
+    # pairs: (x, y) orthogonal -> 1; (x, x) identical -> 0; (y, x) -> 1: mean 2/3
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    assert mean_pairwise_cosine_distance(emb) == pytest.approx(2 / 3)
+    assert mean_pairwise_cosine_distance(emb[:1]) == 0.0
+
+
+def test_vendi_score_counts_effectively_distinct_answers():
+    # three orthogonal answers: K = I, eigenvalues of K/3 are 1/3 each, exp(entropy) = 3
+    assert vendi_score(np.eye(3)) == pytest.approx(3.0)
+    # two identical answers: K = all ones, eigenvalues 1 and 0: exp(0) = 1
+    assert vendi_score(np.array([[1.0, 0.0], [1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_distinct_2():
+    # "a b c" has bigrams (a b), (b c); "a b d": (a b), (b d). 3 distinct of 4.
+    assert distinct_n(["a b c", "A b d"], 2) == pytest.approx(3 / 4)
+    assert distinct_n([""], 2) == 0.0
+
+
+def test_self_bleu_is_one_for_identical_answers_and_low_for_disjoint_ones():
+    assert self_bleu(["the cat sat on the mat"] * 3) == pytest.approx(1.0)
+    assert self_bleu(["the cat sat on the mat", "quantum fields bend light sharply"]) < 0.1
+
+
+@pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 5), (16, 1, 16), (16, 0, 4), (5, 5, 2), (20, 7, 3)])
+def test_pass_at_k_matches_the_closed_form(n, c, k):
+    expected = 1 - comb(n - c, k, exact=True) / comb(n, k, exact=True)
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_1_is_the_fraction_correct():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # 1 - C(7,1)/C(10,1) = 1 - 7/10
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="n=4, c=5"):
+        pass_at_k(4, 5, 1)
+
+
+def test_mean_and_stderr():
+    # values 1, 2, 3: mean 2, sample sd 1, stderr 1/sqrt(3)
+    m, se = mean_and_stderr([1.0, 2.0, 3.0])
+    assert m == 2.0 and se == pytest.approx(1 / math.sqrt(3))

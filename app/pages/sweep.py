@@ -61,12 +61,12 @@ if go:
         st.stop()
     lm = common.get_model("")
     history = common.get_history()
-    st.session_state.sweep = (answers, start_job(
+    st.session_state.sweep_job = (answers, start_job(
         lm, prompts, configs, [config_label(c) for c in configs],
         score=trace_perplexities if answers is None else None,
         finish=lambda job: history.save(job.traces, job.perplexities)))
 
-state = st.session_state.get("sweep")
+state = st.session_state.get("sweep_job")
 if state is None:
     st.info("Choose what to sweep and run it. Each setting generates n samples for every prompt.")
     st.stop()

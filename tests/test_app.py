@@ -1,0 +1,139 @@
+"""The Streamlit pages driven by AppTest on the embedded model, with tiny settings."""
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+PAGES = str(Path(APP).parent / "pages")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def history_db(tmp_path_factory):
+    import os
+
+    path = tmp_path_factory.mktemp("history") / "history.sqlite3"
+    os.environ["ESAMP_HISTORY_DB"] = str(path)
+    from app.common import get_history
+
+    get_history.clear()
+    yield path
+    get_history.clear()
+
+
+def run_until(at: AppTest, done, timeout: float = 300) -> AppTest:
+    """Rerun the page (as the polling fragment would) until done(at) or the time runs out."""
+    end = time.time() + timeout
+    at.run(timeout=120)
+    while not done(at) and time.time() < end:
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run(timeout=120)
+    return at
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for e in [*at.success, *at.markdown, *at.caption, *at.info, *at.error, *at.warning])
+
+
+def explore(prompt="Name a colour.", **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in {"n": 2, "tokens": 8, "seed": 0, **params}.items():
+        at.query_params[k] = str(v)
+    at.run()
+    assert not at.exception, at.exception
+    at.text_area[0].input(prompt)
+    at.button[0].click()
+    return run_until(at, lambda a: "Saved as run" in texts(a))
+
+
+def test_explore_generates_esamp_and_plain_side_by_side():
+    at = explore()
+    assert not at.exception, at.exception
+    assert "Saved as run" in texts(at)
+    assert [h.value for h in at.subheader][:2] == ["esamp β=0.25", "plain"]
+    htmls = [h for h in at.get("html")]
+    assert len(htmls) == 2 and all("esx-tok" in h.proto.body for h in htmls)
+    assert len(at.get("plotly_chart")) == 3  # spread, loss, novelty
+    assert any("python -m core generate" in c.value for c in at.code)
+    assert at.query_params["prompt"] == "Name a colour." and at.query_params["beta"] == "0.25"  # shareable URL
+
+
+def test_changing_the_heatmap_signal_does_not_regenerate():
+    at = explore()
+    before = [h.proto.body for h in at.get("html")]
+    run_id = [s.value for s in at.success]
+    at.selectbox[0].select("logp_gain").run()
+    assert not at.exception
+    assert [s.value for s in at.success] == run_id  # same run, nothing new generated
+    after = [h.proto.body for h in at.get("html")]
+    assert after != before and "log p gain" in after[0]
+
+
+def test_an_empty_prompt_is_refused_next_to_the_widget():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.text_area[0].input("   ")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("empty" in e.value for e in at.error)
+
+
+def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.text_input[0].input(str(tmp_path / "nope"))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("Cannot load model" in e.value for e in at.error)
+
+
+def test_history_reopens_a_saved_run_with_its_pictures():
+    explore("Name a fruit.")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGES + "/runs.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
+    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 3
+
+
+def test_sweep_beta_and_temperature():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGES + "/sweep.py")
+    at.run()
+    at.multiselect[0].set_value([0.5])
+    at.multiselect[1].set_value([1.0])
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(6)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
+
+
+def test_sweep_task_mode_shows_pass_at_k():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGES + "/sweep.py")
+    at.run()
+    at.radio[0].set_value("Task: pass@k").run()
+    at.slider[0].set_value(2)
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(6)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
+    assert not at.exception, at.exception
+    rows = at.dataframe[0].value
+    assert list(rows["method"]) == ["esamp β=0.25", "plain", "min-p 0.1", "fire"]
+
+
+def test_learn_page_steps_through_a_fusion():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGES + "/learn.py")
+    at.run()
+    at.slider[1].set_value(6)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
+    assert not at.exception, at.exception
+    assert any("fusion step" in h.value for h in at.subheader)
+    assert len(at.get("plotly_chart")) == 2 and len(at.get("html")) == 1

@@ -1,0 +1,95 @@
+"""The real app in a real browser: `streamlit run` on a free port, Debian's chromium via Playwright."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("chromium is missing: ./run test installs it with apt-get")
+    pytest.skip("Debian's chromium is not installed (./run test installs it)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "ESAMP_HISTORY_DB": str(tmp_path_factory.mktemp("db") / "h.sqlite3")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def generate(browser, url, query, tmp_path, name):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{url}/?{urllib.parse.urlencode(query)}")
+    page.get_by_role("button", name="Generate").click(timeout=120_000)
+    page.wait_for_selector("text=Saved as run", timeout=300_000)
+    page.wait_for_selector(".esx-tok", timeout=60_000)
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    return page, dialogs
+
+
+def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
+    page, _ = generate(browser, server, {"prompt": "Name a colour.", "n": 2, "tokens": 8}, tmp_path, "explore")
+    assert page.locator(".esx-sample").count() == 4  # 2 samples x (esamp, plain)
+    assert page.locator(".esx-tok").first.get_attribute("title").startswith("novelty")
+    assert page.locator(".js-plotly-plot").count() >= 3
+    assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+
+def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, tmp_path):
+    query = {"prompt": XSS, "n": 2, "tokens": 24, "top_k": 1, "raw": 1}  # greedy: it repeats the markup
+    page, dialogs = generate(browser, server, query, tmp_path, "xss")
+    text = page.locator(".esx-text").first.inner_text()
+    assert "<script>alert(2)</script>" in text and 'onerror="alert(1)"' in text
+    assert page.locator(".esx-text script, .esx-text img").count() == 0
+    page.wait_for_timeout(1000)
+    assert dialogs == []

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam  # the functional form of torch.optim.Adam, fused kernel included
 
 from .config import EsampConfig
 
@@ -42,9 +43,15 @@ class DistillerBank:
         self.params = [torch.empty(s, device=self.device) for s in self.shapes]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.step = torch.zeros(G, device=self.device)  # Adam step per group (bias correction)
+        # Adam's step count, one scalar per (group, weight) as torch's fused Adam wants them.
+        self._steps = [[torch.zeros((), device=self.device) for _ in self.shapes] for _ in range(G)]
         self.resets = torch.zeros(G, dtype=torch.long)  # NaN/inf resets per group, on the host
         self.reset(torch.ones(G, dtype=torch.bool))
+
+    @property
+    def steps(self) -> list[int]:
+        """Adam steps taken by each distiller since its (re)initialisation."""
+        return [int(s[0]) for s in self._steps]
 
     @property
     def nbytes_per_distiller(self) -> int:
@@ -64,7 +71,8 @@ class DistillerBank:
                 p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
                 m[g] = 0
                 v[g] = 0
-            self.step[g] = 0
+            for step in self._steps[g]:
+                step.zero_()
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""
@@ -81,8 +89,10 @@ class DistillerBank:
         """One Adam step per group on the masked rows; returns (loss (G,), bad (G,) bool).
 
         pred: (G, m, H) from ``forward``; h: (G, m, H) target; mask: (G, m) rows to train on.
-        Loss per group: mean over its masked rows of ||h - pred||^2. A group whose loss or
-        gradient is not finite gets no update and is flagged in ``bad``; call ``reset(bad)``.
+        Loss per group: mean over its masked rows of ||h - pred||^2. Each distiller's gradient
+        is clipped to norm ``grad_clip`` on its own. A group whose loss or gradient is not
+        finite is left unchanged and flagged in ``bad``: call ``handle_bad(bad)`` to reset it.
+        A group with no masked rows takes no step.
         """
         with torch.enable_grad():
             sq = (h - pred).square().sum(-1)  # (G, m)
@@ -92,21 +102,19 @@ class DistillerBank:
         with torch.no_grad():
             for p in self.params:
                 p.requires_grad_(False)
-            norm = torch.sqrt(sum(g.square().sum(dim=(1, 2)) for g in grads))  # (G,) per-distiller norm
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads]),
+                                            dim=0)  # (G,) per-distiller gradient norm
             bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-            active = mask.any(-1) & ~bad  # groups that learn this step
-            scale = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-            scale = torch.where(active, scale, torch.zeros_like(scale))[:, None, None]  # (G, 1, 1)
-            self.step += active.float()
-            t = self.step.clamp(min=1)[:, None, None]
-            lr_t = self.cfg.lr * torch.sqrt(1 - BETA2 ** t) / (1 - BETA1 ** t)  # (G, 1, 1)
-            lr_t = torch.where(active[:, None, None], lr_t, torch.zeros_like(lr_t))
-            a = active[:, None, None]
-            for p, g, m, v in zip(self.params, grads, self.m, self.v):
-                g = torch.nan_to_num(g) * scale
-                m.copy_(torch.where(a, m * BETA1 + g * (1 - BETA1), m))
-                v.copy_(torch.where(a, v * BETA2 + g.square() * (1 - BETA2), v))
-                p.sub_(lr_t * m / (v.sqrt() + self.cfg.eps * torch.sqrt(1 - BETA2 ** t)))
+            # Fused Adam, one call per distiller: grads are divided by grad_scale (the clipping),
+            # and a non-zero found_inf skips that distiller's step (not finite, or nothing to learn).
+            grad_scale = (norm / self.cfg.grad_clip).clamp(min=1.0)  # 1 / clip coefficient
+            found_inf = (bad | ~mask.any(-1)).float()
+            for g in range(self.groups):
+                adam(
+                    [p[g] for p in self.params], [gr[g] for gr in grads], [m[g] for m in self.m],
+                    [v[g] for v in self.v], [], self._steps[g], fused=True, grad_scale=grad_scale[g],
+                    found_inf=found_inf[g], amsgrad=False, beta1=BETA1, beta2=BETA2, lr=self.cfg.lr,
+                    weight_decay=0.0, eps=self.cfg.eps, maximize=False)
         return loss.detach(), bad
 
     def handle_bad(self, bad: torch.Tensor) -> None:

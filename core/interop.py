@@ -63,7 +63,7 @@ class EsampLogitsProcessor(LogitsProcessor):
                                    self.config.sampling.temperature, seed=self.config.sampling.seed)
             self.prompt_len = input_ids.shape[1]
         elif self._pending is not None:  # the previous step's token is sampled now: train on its states
-            self.steerer.learn(*self._pending)
+            self.steerer.bank.handle_bad(self.steerer.learn(*self._pending))
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
         filtered = apply_filters(self.filters, scores.float())
         prop = self.steerer.propose(filtered, self.config.sampling.filters_active, self.states.s,

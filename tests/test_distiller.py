@@ -43,7 +43,7 @@ def test_groups_do_not_share_state():
     mask = torch.tensor([[True, True, True], [False, False, False]])  # only group 0 trains
     bank.update(bank.forward(s), h, mask)
     assert all(torch.equal(p[1], b) for p, b in zip(bank.params, before))
-    assert bank.step.tolist() == [1.0, 0.0]
+    assert bank.steps == [1, 0]
 
 
 def test_loss_falls_on_a_fixed_mapping():
@@ -66,7 +66,7 @@ def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():
     assert bank.resets.tolist() == [0, 1]
     assert all(torch.isfinite(p).all() for p in bank.params)
     assert not all(torch.equal(p[0], k) for p, k in zip(bank.params, keep))  # group 0 did learn
-    assert bank.step.tolist() == [1.0, 0.0]
+    assert bank.steps == [1, 0]
 
 
 def test_memory_per_distiller_is_small():

@@ -18,6 +18,7 @@ from viz import charts, heatmap, spread
 from viz.summary import run_label, summarize
 
 from .history import History
+from .jobs import Job
 
 # Limits that keep the app responsive on a 2-core CPU; the CLI allows more.
 MAX_N = 16
@@ -207,3 +208,38 @@ def render_comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequenc
     st.caption("Reproduce from the command line:")
     for t in traces:
         st.code(command_for(t.config, t.prompts[0].text, model or None), language="bash")
+
+
+def job_status(job: Job) -> str:
+    label = job.labels[job.current] if job.labels else ""
+    if job.phase == "waiting":
+        detail = "waiting for another generation on this model to finish…"
+    elif job.phase == "scoring":
+        detail = "scoring perplexity…"
+    elif job.progress:
+        p = job.progress
+        detail = f"{p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"
+    else:
+        detail = "starting…"
+    return f"Run {job.current + 1} of {len(job.labels)} · {label}: {detail}"
+
+
+def follow(job: Job, key: str) -> bool:
+    """Live progress of a job, with a Stop button that keeps what was generated.
+
+    Returns whether the job has finished. The progress fragment reruns by itself; when the
+    job finishes it reruns the whole page once, so the caller draws the results.
+    """
+    @st.fragment(run_every=0.5)
+    def live():
+        if job.finished:
+            if st.session_state.get(f"{key}_shown") is not job:
+                st.session_state[f"{key}_shown"] = job
+                st.rerun()
+            return
+        st.progress(job.fraction(), text=job_status(job))
+        if st.button("Stop", key=f"{key}_stop"):
+            job.cancel.set()
+
+    live()
+    return job.finished

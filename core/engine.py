@@ -90,9 +90,9 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig = RunCon
     device = lm.device
     eos = torch.tensor(lm.eos_ids, device=device)
     pad_id = lm.tokenizer.pad_token_id
-    main_filters = filters_for(sc)
-    first_filters = build_filters(config.fire.temperature, config.fire.top_k) if config.method == "fire" else main_filters
-    first_active = True if config.method == "fire" else sc.filters_active
+    # (filters, whether any filter is active) for the first token and for the rest.
+    main = (filters_for(sc), sc.filters_active)
+    first = (build_filters(config.fire.temperature, config.fire.top_k), True) if config.method == "fire" else main
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     steerer = None
     if config.uses_distiller:
@@ -118,20 +118,20 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig = RunCon
         prefill_s = time.perf_counter() - t0
         tokens_done = 0
         for step in range(sc.max_new_tokens):
-            first = step == 0
-            filtered = apply_filters(first_filters if first else main_filters, logits)
+            filters, filtering = first if step == 0 else main
+            filtered = apply_filters(filters, logits)  # temperature -> top-k -> top-p -> min-p
             if steerer is None:
-                prop = unguided(filtered, first_active if first else sc.filters_active)
-            else:  # the first token has no trained distiller yet: unguided
-                prop = steerer.propose(filtered, first_active if first else sc.filters_active, s, h, guided=not first)
-            tokens = sample(prop.to_sample, gen)
-            tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
-            _record(record, prop, tokens, ~finished)
-            bad = steerer.learn(prop, ~finished) if steerer else torch.zeros(1, dtype=torch.bool)
-            tokens_done += int((~finished).sum())
+                prop = unguided(filtered, filtering)
+            else:  # predict h_hat and fuse; the first token has no trained distiller yet: unguided
+                prop = steerer.propose(filtered, filtering, s, h, guided=step > 0)
+            active = ~finished
+            tokens = torch.where(active, sample(prop.to_sample, gen), pad_id)
+            _record(record, prop, tokens, active)
+            bad = steerer.learn(prop, active) if steerer else torch.zeros(1, dtype=torch.bool)  # train after sampling
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)
-            all_done, any_bad = torch.stack([finished.all(), bad.any()]).tolist()  # the step's one sync
+            n_active, all_done, any_bad = torch.stack([active.sum(), finished.all(), bad.any()]).tolist()  # one sync
+            tokens_done += n_active
             if any_bad:
                 steerer.bank.handle_bad(bad)
             if progress:
@@ -151,7 +151,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig = RunCon
             logits = out.logits[:, -1].float()
             s, h = states.s, states.h
         seconds = time.perf_counter() - t0
-    return _build_trace(lm, prompts, ids, config, record, steerer, finished, stopped,
+    return _build_trace(lm, prompts, ids, config, record, steerer, stopped,
                         Timings(seconds, tokens_done, tokens_done / seconds, prefill_s))
 
 
@@ -191,7 +191,7 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def _build_trace(lm, prompts, ids, config, record, steerer, finished, stopped, timings) -> RunTrace:
+def _build_trace(lm, prompts, ids, config, record, steerer, stopped, timings) -> RunTrace:
     # (steps, R, ...) tensors -> per-row Python lists, once (element access on tensors is slow).
     rows = {k: torch.stack(v).cpu().transpose(0, 1).tolist() for k, v in record.items() if v}
     R = len(rows["tokens"])

@@ -28,30 +28,7 @@ if job is None:
     st.info("Set a prompt and β, then Generate. Hover a token in the answers for its numbers.")
     st.stop()
 
-
-@st.fragment(run_every=0.5)
-def live():
-    if job.finished:
-        if st.session_state.get("explore_shown") is not job:
-            st.session_state.explore_shown = job
-            st.rerun()  # draw the results with the whole page
-        return
-    label = job.labels[job.current]
-    if job.phase == "waiting":
-        text = "Waiting for another generation on this model to finish…"
-    elif job.phase == "scoring":
-        text = "Scoring perplexity and embedding the answers…"
-    else:
-        p = job.progress
-        text = (f"{label}: {p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"
-                if p else f"{label}: starting…")
-    st.progress(job.fraction(), text=f"Run {job.current + 1} of {len(job.labels)} · {text}")
-    if st.button("Stop", key="explore_stop"):
-        job.cancel.set()
-
-
-live()
-if not job.finished:
+if not common.follow(job, "explore"):
     st.stop()
 if job.error:
     st.error(f"The run failed: {job.error}. Finished parts were kept in History.")

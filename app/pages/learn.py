@@ -49,19 +49,7 @@ job = st.session_state.get("learn_job")
 if job is None:
     st.stop()
 
-
-@st.fragment(run_every=0.5)
-def live():
-    if job.finished:
-        if st.session_state.get("learn_shown") is not job:
-            st.session_state.learn_shown = job
-            st.rerun()
-        return
-    st.progress(job.fraction(), text="Generating…")
-
-
-live()
-if not job.finished:
+if not common.follow(job, "learn"):
     st.stop()
 if job.error or not job.traces:
     st.error(f"The run failed: {job.error}")

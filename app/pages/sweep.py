@@ -72,23 +72,7 @@ if state is None:
     st.stop()
 answers, job = state
 
-
-@st.fragment(run_every=0.5)
-def live():
-    if job.finished:
-        if st.session_state.get("sweep_shown") is not job:
-            st.session_state.sweep_shown = job
-            st.rerun()
-        return
-    p = job.progress
-    detail = f"{p.tokens}/{p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s" if p else job.phase
-    st.progress(job.fraction(), text=f"Setting {job.current + 1} of {len(job.labels)} · {detail}")
-    if st.button("Stop", key="sweep_stop"):
-        job.cancel.set()
-
-
-live()
-if not job.finished:
+if not common.follow(job, "sweep"):
     st.stop()
 if job.error:
     st.error(f"The sweep failed: {job.error}")

@@ -4,6 +4,7 @@ rendering of a finished comparison. Thin: the work happens in core/ and viz/."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,7 +40,11 @@ def get_embedder():
 
 @st.cache_resource
 def get_history() -> History:
-    return History()
+    """The run history: ``streamlit run app/streamlit_app.py -- --history PATH``, else
+    ``$ESAMP_HISTORY_DB``, else the user's data directory."""
+    args = sys.argv[1:]
+    path = args[args.index("--history") + 1] if "--history" in args[:-1] else None
+    return History(path)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -28,10 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(db: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "ESAMP_HISTORY_DB": str(tmp_path_factory.mktemp("db") / "h.sqlite3")}
+    env = {**os.environ, "ESAMP_HISTORY_DB": str(db)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -46,9 +45,19 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("streamlit did not become healthy: " + proc.stdout.read().decode()[-2000:])
-    yield url
+    return proc, url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, url = start_server(tmp_path_factory.mktemp("db") / "h.sqlite3")
+    yield url
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +102,23 @@ def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, t
     assert page.locator(".esx-text script, .esx-text img").count() == 0
     page.wait_for_timeout(1000)
     assert dialogs == []
+
+
+def test_a_run_survives_a_restart_and_reopens_with_its_pictures(browser, tmp_path):
+    db = tmp_path / "h.sqlite3"
+    proc, url = start_server(db)
+    try:
+        page, _ = generate(browser, url, {"prompt": "Name a tree.", "n": 2, "tokens": 6}, tmp_path, "before")
+        first_answer = page.locator(".esx-text").first.inner_text()
+    finally:
+        stop_server(proc)
+    proc, url = start_server(db)  # a new server process on the same database
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/history")
+        page.wait_for_selector(".esx-tok", timeout=120_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        assert page.locator(".esx-text").first.inner_text() == first_answer
+        page.screenshot(path=str(tmp_path / "after-restart.png"))
+    finally:
+        stop_server(proc)

@@ -16,7 +16,7 @@ from core.cli import command_for
 from core.engine import encode_prompts
 from core.models import DEFAULT_MODEL, LoadedModel, load_model
 from viz import charts, heatmap, spread
-from viz.summary import run_label, summarize
+from viz.summary import run_label, summarize_runs
 
 from .history import History
 from .jobs import Job
@@ -105,8 +105,7 @@ def _clamp(v, lo, hi):
     return min(max(v, lo), hi)
 
 
-def settings_form(key: str, submit_label: str = "Generate",
-                  show_beta: bool = True) -> tuple[Settings, LoadedModel] | None:
+def settings_form(key: str, submit_label: str = "Generate") -> tuple[Settings, LoadedModel] | None:
     """The prompt and sampling settings in one form. On a valid submit: the settings and the loaded
     model; otherwise None, with the reason shown next to the widget it concerns."""
     d = url_defaults()
@@ -121,7 +120,7 @@ def settings_form(key: str, submit_label: str = "Generate",
                               help="Empty: the embedded default. Or any transformers causal LM name or local path.")
         model_error = st.empty()
         beta = st.slider("Exploration strength β", 0.0, 1.0, float(_clamp(d["beta"], 0.0, 1.0)), 0.05,
-                         help="0 = plain sampling; the paper's default is 0.25", disabled=not show_beta)
+                         help="0 = plain sampling; the paper's default is 0.25")
         c1, c2, c3 = st.columns(3)
         n = c1.number_input("Samples per prompt (n)", 1, MAX_N, int(_clamp(d["n"], 1, MAX_N)))
         tokens = c2.number_input("Max new tokens", 1, MAX_NEW_TOKENS, int(_clamp(d["tokens"], 1, MAX_NEW_TOKENS)))
@@ -166,14 +165,8 @@ def signal_picker(key: str) -> str:
 
 
 def metrics_rows(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None) -> list[dict]:
-    texts = tuple(s.text for t in traces for s in t.samples)
-    emb = embeddings(texts)
-    rows, start = [], 0
-    for i, t in enumerate(traces):
-        part = emb[start:start + len(t.samples)]
-        start += len(t.samples)
-        rows.append(summarize(t, part, perplexities[i] if perplexities else None).as_row())
-    return rows
+    emb = embeddings(tuple(s.text for t in traces for s in t.samples))
+    return [s.as_row() for s in summarize_runs(traces, emb, perplexities)]
 
 
 def render_comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None, key: str,

@@ -40,8 +40,9 @@ VARIANTS = {
 }
 
 
-def run_once(lm, variant: str, prompts: int, n: int, tokens: int, seed: int) -> tuple[float, float]:
-    """(tokens/s by the wall clock, tokens per CPU-second of this process) for one run."""
+def run_once(lm, variant: str, prompts: int, n: int, tokens: int, seed: int) -> tuple[float, float, float]:
+    """(tokens/s by the wall clock, tokens per CPU-second of this process, share of the run's wall
+    time spent in the distiller and fusion) for one run."""
     v = VARIANTS[variant]
     cfg = RunConfig(method=v["method"], esamp=EsampConfig(shadow=v["shadow"]),
                     sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True))
@@ -49,7 +50,8 @@ def run_once(lm, variant: str, prompts: int, n: int, tokens: int, seed: int) -> 
     trace = generate(lm, PROMPTS[:prompts], cfg)
     cpu = time.process_time() - cpu
     assert trace.timings.new_tokens == prompts * n * tokens
-    return trace.timings.tokens_per_s, trace.timings.new_tokens / cpu
+    t = trace.timings
+    return t.tokens_per_s, t.new_tokens / cpu, t.distiller_seconds / t.seconds
 
 
 def main(argv=None) -> int:
@@ -68,14 +70,16 @@ def main(argv=None) -> int:
     run_once(lm, variants[0], 1, 2, 4, 0)  # warm-up
     results: dict[str, list[float]] = {v: [] for v in variants}
     cpu_results: dict[str, list[float]] = {v: [] for v in variants}
+    shares: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(a.rounds):
         order = variants if r % 2 == 0 else variants[::-1]  # alternate order against drift
         for v in order:
-            tps, cpu_tps = run_once(lm, v, a.prompts, a.n, a.tokens, seed=r)
+            tps, cpu_tps, share = run_once(lm, v, a.prompts, a.n, a.tokens, seed=r)
             results[v].append(tps)
             cpu_results[v].append(cpu_tps)
-            print(f"round {r + 1}/{a.rounds} {v:13s} {tps:8.1f} tokens/s  {cpu_tps:8.1f} tokens/CPU-s",
-                  file=sys.stderr, flush=True)
+            shares[v].append(share)
+            print(f"round {r + 1}/{a.rounds} {v:13s} {tps:8.1f} tokens/s  {cpu_tps:8.1f} tokens/CPU-s  "
+                  f"distiller+fusion {100 * share:4.1f}% of the run", file=sys.stderr, flush=True)
     median = {v: statistics.median(x) for v, x in results.items()}
     base = median.get("plain")
     # Ratios within each round (neighbours in time share the machine's mood), then their median.
@@ -91,14 +95,17 @@ def main(argv=None) -> int:
         "tokens_per_s": results, "tokens_per_cpu_s": cpu_results, "median_tokens_per_s": median,
         "ratio_to_plain": {v: m / base for v, m in median.items()} if base else {},
         "median_round_ratio_to_plain": round_ratio, "median_cpu_ratio_to_plain": cpu_ratio,
+        "distiller_share_of_run": shares,
     }
-    print("\n| variant | median tokens/s | ratio of medians | median per-round ratio | CPU-time ratio |\n"
-          "|---|---:|---:|---:|---:|")
+    print("\n| variant | median tokens/s | ratio of medians | median per-round ratio | CPU-time ratio "
+          "| distiller + fusion share of the run |\n|---|---:|---:|---:|---:|---:|")
     for v in variants:
+        share = f"{100 * statistics.median(shares[v]):.1f}%"
         if base:
-            print(f"| {v} | {median[v]:.1f} | {median[v] / base:.3f} | {round_ratio[v]:.3f} | {cpu_ratio[v]:.3f} |")
+            print(f"| {v} | {median[v]:.1f} | {median[v] / base:.3f} | {round_ratio[v]:.3f} | {cpu_ratio[v]:.3f} "
+                  f"| {share} |")
         else:
-            print(f"| {v} | {median[v]:.1f} | - | - | - |")
+            print(f"| {v} | {median[v]:.1f} | - | - | - | {share} |")
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     return 0

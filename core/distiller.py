@@ -37,9 +37,9 @@ class DistillerBank:
         self.groups, self.hidden, self.cfg = groups, hidden, cfg
         self.device = torch.device(device)
         self.seed = seed
-        I, H, G = cfg.intermediate, hidden, groups
-        # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> I), down (I -> H).
-        self.shapes = [(G, H, I), (G, H, I), (G, I, H)] * cfg.blocks
+        G, H, inner = groups, hidden, cfg.intermediate
+        # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> inner), down (inner -> H).
+        self.shapes = [(G, H, inner), (G, H, inner), (G, inner, H)] * cfg.blocks
         self.params = [torch.empty(s, device=self.device) for s in self.shapes]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]

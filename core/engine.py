@@ -23,6 +23,7 @@ from .hooks import capture_states
 from .models import LoadedModel
 from .trace import Candidate, PromptTrace, RunTrace, Sample, Timings, Token
 
+
 @dataclass
 class Progress:
     step: int  # decode steps done
@@ -76,13 +77,14 @@ def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)[:, 0]
 
 
-def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig = RunConfig(), *,
+def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None = None, *,
              progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> RunTrace:
     """Generate ``config.sampling.n`` samples for each prompt with plain, esamp or fire.
 
     Returns the full trace. ``progress`` is called after every step; setting ``cancel`` stops
     after the current step and returns what was generated (``trace.stopped``).
     """
+    config = config or RunConfig()
     sc = config.sampling
     ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens)
     P, n = len(ids), sc.n
@@ -152,7 +154,8 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig = RunCon
             s, h = states.s, states.h
         seconds = time.perf_counter() - t0
     return _build_trace(lm, prompts, ids, config, record, steerer, stopped,
-                        Timings(seconds, tokens_done, tokens_done / seconds, prefill_s))
+                        Timings(seconds, tokens_done, tokens_done / seconds, prefill_s,
+                                steerer.seconds if steerer else 0.0))
 
 
 _RECORDED = ("tokens", "active", "logp_ref", "logp_new", "entropy_ref", "entropy_new",

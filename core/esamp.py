@@ -7,6 +7,7 @@ n samples with per-prompt scope; all rows with shared scope).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ class Steerer:
         hidden = head.weight.shape[1]
         self.bank = DistillerBank(groups, hidden, cfg, device=head.weight.device, seed=seed)
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
+        self.seconds = 0.0  # wall time in ESamp's own work (predict, fuse, train); on CUDA, launch time only
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.groups, self.rows // self.groups, -1)  # (R, H) -> (G, m, H)
@@ -51,7 +53,8 @@ class Steerer:
         guided=False samples unguided (the first token, or beta=0) but still predicts, so
         novelty is logged and the distiller trains.
         """
-        cand = Candidates.from_filtered(filtered, filters_active)
+        cand = Candidates.from_filtered(filtered, filters_active)  # plain sampling needs this too
+        t0 = time.perf_counter()
         pred = self.bank.forward(self._grouped(s))  # (G, m, H), with grad for the update
         h_hat = pred.detach().reshape(h.shape)  # (R, H)
         nov, rel = novelty(h, h_hat)
@@ -60,13 +63,16 @@ class Steerer:
             to_sample = cand.scatter(filtered, fused)
         else:
             fused, to_sample = cand.logits, filtered
+        self.seconds += time.perf_counter() - t0
         return Proposal(cand, fused, to_sample, nov, rel, pred, self._grouped(h))
 
     def learn(self, proposal: Proposal, active: torch.Tensor) -> torch.Tensor:
         """Train every distiller on its active rows (R,) bool; returns ``bad`` (G,) on the device."""
+        t0 = time.perf_counter()
         loss, bad = self.bank.update(proposal._pred, proposal._h, active.reshape(self.groups, -1))
         self.losses.append(loss)
         proposal._pred = proposal._h = None  # free the graph
+        self.seconds += time.perf_counter() - t0
         return bad
 
 

@@ -65,6 +65,7 @@ class Timings:
     new_tokens: int
     tokens_per_s: float
     prefill_seconds: float = 0.0
+    distiller_seconds: float = 0.0  # of `seconds`, spent in ESamp's own work (distiller and fusion)
 
 
 @dataclass

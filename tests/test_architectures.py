@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig,
-                          Qwen2Config)
+from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from core import RunConfig, SamplingConfig, generate
 from core.models import UnsupportedArchitectureError, load_model, wrap_model

@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 from transformers.generation.logits_process import (
-    MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from core.filters import MinP, Temperature, TopK, TopP, apply_filters, build_filters
 

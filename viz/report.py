@@ -10,7 +10,7 @@ from typing import Sequence
 from core.trace import RunTrace
 
 from . import charts, heatmap, spread
-from .summary import RunSummary, run_label, summarize
+from .summary import RunSummary, run_label, summarize_runs
 
 _COLUMNS = [("label", "run"), ("samples", "samples"), ("tokens_per_s", "tokens/s"),
             ("mean_novelty", "mean novelty"), ("cosine_distance", "cosine distance ↑"), ("vendi", "Vendi ↑"),
@@ -62,11 +62,7 @@ def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[flo
     texts = [s.text for t in traces for s in t.samples]
     groups = [label for t, label in zip(traces, labels) for _ in t.samples]
     emb = spread.embed(texts, embedder)
-    summaries, start = [], 0
-    for i, t in enumerate(traces):
-        part = emb[start:start + len(t.samples)]
-        start += len(t.samples)
-        summaries.append(summarize(t, part, perplexities[i] if perplexities else None))
+    summaries = summarize_runs(traces, emb, perplexities)
     figs = [spread.spread_figure(texts, groups, spread.project_2d(emb, seed), "Semantic spread of the answers"),
             charts.novelty_figure(traces, labels), charts.loss_figure(traces, labels)]
     fig_html = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)

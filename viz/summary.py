@@ -71,3 +71,13 @@ def summarize(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | 
         self_bleu=float(np.mean([metrics.self_bleu(t) for t, _ in groups])),
         perplexity=float(np.mean(ppl)) if ppl else None,
     )
+
+
+def summarize_runs(traces: Sequence[RunTrace], emb: np.ndarray,
+                   perplexities: Sequence[Sequence[float]] | None = None) -> list[RunSummary]:
+    """One summary per run; ``emb`` holds the embeddings of all runs' samples, run after run."""
+    out, start = [], 0
+    for i, t in enumerate(traces):
+        out.append(summarize(t, emb[start:start + len(t.samples)], perplexities[i] if perplexities else None))
+        start += len(t.samples)
+    return out

@@ -82,7 +82,7 @@ if not job.traces:
 labels = [run_label(t) for t in job.traces]
 if answers is None:
     points = []
-    for t, label, ppl in zip(job.traces, labels, job.perplexities):
+    for t, ppl in zip(job.traces, job.perplexities):
         emb = common.embeddings(tuple(s.text for s in t.samples))
         by_prompt = [metrics.mean_pairwise_cosine_distance(emb[[i for i, s in enumerate(t.samples)
                                                                 if s.prompt_index == p]])

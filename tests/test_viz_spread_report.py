@@ -68,8 +68,9 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
     for t, p in zip(runs, paths):
         t.save(p)
     out = tmp_path / "report.html"
-    r = subprocess.run([sys.executable, "-m", "viz", "report", *map(str, paths), "-o", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    images = tmp_path / "images"
+    r = subprocess.run([sys.executable, "-m", "viz", "report", *map(str, paths), "-o", str(out), "--images",
+                        str(images)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
@@ -78,3 +79,6 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
     assert not [u for u in doc.urls if re.match(r"(https?:)?//", u)]
     assert "esamp β=0.25" in html and "Semantic spread" in html and "plotly" in html.lower()
     assert RunTrace.load(tmp_path / "report.run0-esamp.json") == runs[0]
+    assert sorted(p.name for p in images.iterdir()) == [
+        "loss.png", "loss.svg", "novelty.png", "novelty.svg", "spread.png", "spread.svg"]
+    assert (images / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,13 +16,15 @@ def main(argv=None) -> int:
     r.add_argument("runs", nargs="+", help="trace JSON files written by `python -m core generate --json`")
     r.add_argument("-o", "--output", default="report.html")
     r.add_argument("--signal", choices=list(SIGNALS), default="novelty")
+    r.add_argument("--images", metavar="DIR", help="also write each figure as PNG and SVG here (needs kaleido "
+                   "and a Chrome or Chromium, e.g. Debian's chromium)")
     a = ap.parse_args(argv)
     try:
         traces = [RunTrace.load(p) for p in a.runs]
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cannot read a run trace: {exc}", file=sys.stderr)
         return 2
-    for p in write_report(traces, a.output, signal=a.signal):
+    for p in write_report(traces, a.output, images=a.images, signal=a.signal):
         print(f"wrote {p}")
     return 0
 

@@ -51,6 +51,26 @@ h1{font-size:1.6em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid
 """
 
 
+def report_figures(traces: Sequence[RunTrace], texts: Sequence[str], groups: Sequence[str], emb, seed: int = 0) -> dict:
+    """The report's plotly figures by name: semantic spread, novelty along the position, distiller loss."""
+    labels = list(dict.fromkeys(groups))
+    return {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed), "Semantic spread of the answers"),
+            "novelty": charts.novelty_figure(traces, labels), "loss": charts.loss_figure(traces, labels)}
+
+
+def write_images(figures: dict, folder: str | Path) -> list[Path]:
+    """Each figure as PNG and SVG (kaleido, which drives the machine's Chrome or Chromium)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figures.items():
+        for ext in ("png", "svg"):
+            path = folder / f"{name}.{ext}"
+            fig.write_image(path, width=900, height=fig.layout.height or 420)
+            written.append(path)
+    return written
+
+
 def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
                  signal: str = "novelty", embedder=None, seed: int = 0) -> str:
     """The report as one HTML string. perplexities[i] are run i's per-sample perplexities, if known."""
@@ -63,9 +83,8 @@ def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[flo
     groups = [label for t, label in zip(traces, labels) for _ in t.samples]
     emb = spread.embed(texts, embedder)
     summaries = summarize_runs(traces, emb, perplexities)
-    figs = [spread.spread_figure(texts, groups, spread.project_2d(emb, seed), "Semantic spread of the answers"),
-            charts.novelty_figure(traces, labels), charts.loss_figure(traces, labels)]
-    fig_html = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)
+    figs = report_figures(traces, texts, groups, emb, seed)
+    fig_html = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs.values())
     value_range = heatmap.signal_range(traces, signal)
     columns = "".join(f"<div><h3>{escape(label)}</h3>{heatmap.heatmap_html(t, signal, value_range=value_range)}</div>"
                       for t, label in zip(traces, labels))
@@ -80,11 +99,19 @@ def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[flo
             f"<div class='esx-cols'>{columns}</div></body></html>")
 
 
-def write_report(traces: Sequence[RunTrace], path: str | Path, **kwargs) -> list[Path]:
-    """Write the report and each run's trace JSON beside it; returns the paths written."""
+def write_report(traces: Sequence[RunTrace], path: str | Path, images: str | Path | None = None,
+                 **kwargs) -> list[Path]:
+    """Write the report and each run's trace JSON beside it (and, given a folder, each figure as
+    PNG and SVG); returns the paths written."""
     path = Path(path)
     path.write_text(build_report(traces, **kwargs), encoding="utf-8")
     written = [path]
+    if images is not None:
+        labels = [run_label(t) for t in traces]
+        texts = [s.text for t in traces for s in t.samples]
+        groups = [label for t, label in zip(traces, labels) for _ in t.samples]
+        written += write_images(report_figures(traces, texts, groups, spread.embed(texts, kwargs.get("embedder")),
+                                               kwargs.get("seed", 0)), images)
     for i, t in enumerate(traces):
         side = path.with_name(f"{path.stem}.run{i}-{t.method}.json")
         t.save(side)

@@ -56,8 +56,8 @@ def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: 
             continue
         c = colour_for(label, k)
         x = list(range(len(mean)))
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q75) + list(q25[::-1]), mode="lines", fill="toself", fillcolor=c,
-                                 opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q75) + list(q25[::-1]), mode="lines", fill="toself",
+                                 fillcolor=c, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=escape(label), line=dict(color=c)))
     return _layout(fig, "Novelty along the answer (mean, interquartile band)", "token position",
                    "relative novelty" if relative else "novelty ‖e‖")

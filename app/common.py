@@ -4,6 +4,7 @@ rendering of a finished comparison. Thin: the work happens in core/ and viz/."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +26,15 @@ from .jobs import Job
 MAX_N = 16
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 4000
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md(text: str) -> str:
+    """Text that may hold user or model input, escaped for Streamlit's markdown (st.error, st.subheader…):
+    no link, image, HTML tag or formula can come out of it."""
+    return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
 @st.cache_resource(show_spinner="Loading the model (the first time converts the embedded GGUF, ~1 min)…")
@@ -142,18 +152,18 @@ def settings_form(key: str, submit_label: str = "Generate") -> tuple[Settings, L
                                                    top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
                                                    seed=int(seed)))
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return None
     settings = Settings(prompt, model.strip(), config)
     try:
         lm = get_model(settings.model)
     except Exception as exc:  # ModelLoadError, and anything a third-party checkpoint throws
-        model_error.error(str(exc))
+        model_error.error(md(exc))
         return None
     try:
         encode_prompts(lm, [prompt], config.chat, config.sampling.max_new_tokens)  # too long for the context?
     except ValueError as exc:
-        prompt_error.error(str(exc))
+        prompt_error.error(md(exc))
         return None
     return settings, lm
 

@@ -137,3 +137,15 @@ def test_learn_page_steps_through_a_fusion():
     assert not at.exception, at.exception
     assert any("fusion step" in h.value for h in at.subheader)
     assert len(at.get("plotly_chart")) == 2 and len(at.get("html")) == 1
+
+
+def test_markdown_escaping_leaves_no_link_image_or_tag():
+    from markdown_it import MarkdownIt
+
+    from app.common import md
+
+    evil = '![x](http://e/p.png) [a](javascript:alert(1)) <b>hi</b> **bold** `c` $x$ :smile: # head\nline'
+    html = MarkdownIt("commonmark").render(md(evil))
+    assert "<img" not in html and "<a" not in html and "<b>" not in html and "<strong>" not in html
+    assert "<code>" not in html and "<h1>" not in html
+    assert "![x](http://e/p.png)" in html.replace("&lt;", "<").replace("&gt;", ">")

@@ -31,7 +31,7 @@ if job is None:
 if not common.follow(job, "explore"):
     st.stop()
 if job.error:
-    st.error(f"The run failed: {job.error}. Finished parts were kept in History.")
+    st.error(f"The run failed: {common.md(job.error)}. Finished parts were kept in History.")
 if not job.traces:
     st.stop()
 if job.phase == "stopped":

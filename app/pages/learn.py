@@ -52,7 +52,7 @@ if job is None:
 if not common.follow(job, "learn"):
     st.stop()
 if job.error or not job.traces:
-    st.error(f"The run failed: {job.error}")
+    st.error(f"The run failed: {common.md(job.error)}")
     st.stop()
 
 trace = job.traces[0]
@@ -70,7 +70,7 @@ st.html(heatmap.heatmap_html(trace, "novelty", samples=[sample_index], upto=pos,
                              value_range=heatmap.signal_range([trace], "novelty")))
 st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"]), key="learn_novelty")
 
-st.subheader(f"One fusion step: token {pos}, {token.text!r}")
+st.subheader(f"One fusion step: token {pos}, {common.md(repr(token.text))}")
 if pos == 1:
     st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
 c1, c2, c3 = st.columns(3)

@@ -57,7 +57,7 @@ if go:
         if not prompts or not configs:
             raise ValueError("Give at least one prompt and one setting to sweep.")
     except (ValueError, UnicodeDecodeError) as exc:
-        st.error(str(exc))
+        st.error(common.md(exc))
         st.stop()
     lm = common.get_model("")
     history = common.get_history()
@@ -75,7 +75,7 @@ answers, job = state
 if not common.follow(job, "sweep"):
     st.stop()
 if job.error:
-    st.error(f"The sweep failed: {job.error}")
+    st.error(f"The sweep failed: {common.md(job.error)}")
 if not job.traces:
     st.stop()
 
@@ -104,7 +104,7 @@ else:
     st.dataframe(rows, hide_index=True)
     with st.expander("Answers"):
         for t, label in zip(job.traces, labels):
-            st.markdown(f"**{label}**")
+            st.markdown(f"**{common.md(label)}**")
             st.dataframe([{"task": s.prompt_index, "expected": answers[s.prompt_index], "answer": s.text,
                            "correct": is_correct(s.text, answers[s.prompt_index])} for s in t.samples],
                          hide_index=True)

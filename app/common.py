@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -73,12 +74,8 @@ class Settings:
     model: str  # "" = embedded default
     config: RunConfig  # the esamp config; other methods reuse its sampling settings
 
-    def for_method(self, method: str, **sampling) -> RunConfig:
-        s = self.config.sampling
-        if sampling:
-            s = SamplingConfig(**{**s.__dict__, **sampling})
-        return RunConfig(method=method, sampling=s, esamp=self.config.esamp, fire=self.config.fire,
-                         chat=self.config.chat)
+    def for_method(self, method: str) -> RunConfig:
+        return dataclasses.replace(self.config, method=method)
 
 
 _PARAMS = {  # URL key -> (type, default)
@@ -115,7 +112,7 @@ def _clamp(v, lo, hi):
     return min(max(v, lo), hi)
 
 
-def settings_form(key: str, submit_label: str = "Generate") -> tuple[Settings, LoadedModel] | None:
+def settings_form(key: str) -> tuple[Settings, LoadedModel] | None:
     """The prompt and sampling settings in one form. On a valid submit: the settings and the loaded
     model; otherwise None, with the reason shown next to the widget it concerns."""
     d = url_defaults()
@@ -140,7 +137,7 @@ def settings_form(key: str, submit_label: str = "Generate") -> tuple[Settings, L
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
         top_p = c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01)
         min_p = c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01)
-        submitted = st.form_submit_button(submit_label, type="primary")
+        submitted = st.form_submit_button("Generate", type="primary")
     if not submitted:
         return None
     if not prompt.strip():

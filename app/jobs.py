@@ -8,7 +8,6 @@ the model logic lives there. Streamlit is not imported here: the page polls the 
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -29,7 +28,6 @@ class Job:
     perplexities: list[list[float]] = field(default_factory=list)
     result: object = None  # whatever the finishing step returns (e.g. a history id)
     error: str = ""
-    started: float = field(default_factory=time.time)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 

@@ -3,6 +3,7 @@ charts and heatmaps. plotly.js is embedded, so the file opens offline."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Sequence
@@ -51,11 +52,56 @@ h1{font-size:1.6em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid
 """
 
 
-def report_figures(traces: Sequence[RunTrace], texts: Sequence[str], groups: Sequence[str], emb, seed: int = 0) -> dict:
-    """The report's plotly figures by name: semantic spread, novelty along the position, distiller loss."""
-    labels = list(dict.fromkeys(groups))
-    return {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed), "Semantic spread of the answers"),
-            "novelty": charts.novelty_figure(traces, labels), "loss": charts.loss_figure(traces, labels)}
+@dataclass
+class Report:
+    """What a report shows, computed once (the embedding is the slow part)."""
+
+    traces: Sequence[RunTrace]
+    labels: list[str]
+    summaries: list[RunSummary]
+    figures: dict  # plotly figures by name: spread, novelty, loss
+
+
+def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
+            embedder=None, seed: int = 0) -> Report:
+    """Embed the answers once, then summarise the runs and draw the figures.
+    perplexities[i] are run i's per-sample perplexities, if known."""
+    if not traces:
+        raise ValueError("a report needs at least one run trace.")
+    labels = [run_label(t) for t in traces]
+    texts = [s.text for t in traces for s in t.samples]
+    groups = [label for t, label in zip(traces, labels) for _ in t.samples]
+    emb = spread.embed(texts, embedder)
+    figures = {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed),
+                                              "Semantic spread of the answers"),
+               "novelty": charts.novelty_figure(traces, labels), "loss": charts.loss_figure(traces, labels)}
+    return Report(traces, labels, summarize_runs(traces, emb, perplexities), figures)
+
+
+def render_html(report: Report, signal: str = "novelty") -> str:
+    """The report as one self-contained HTML string (plotly.js inline)."""
+    import plotly.offline
+
+    traces, labels = report.traces, report.labels
+    fig_html = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in report.figures.values())
+    value_range = heatmap.signal_range(traces, signal)
+    columns = "".join(f"<div><h3>{escape(label)}</h3>{heatmap.heatmap_html(t, signal, value_range=value_range)}</div>"
+                      for t, label in zip(traces, labels))
+    prompts = "".join(f"<div class='esx-prompt'>{escape(p.text)}</div>" for p in traces[0].prompts)
+    title = "ESamp Explorer report: " + ", ".join(labels)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>"
+            f"<h1>{escape(title)}</h1><h2>Prompt</h2>{prompts}<h2>Settings</h2>{settings_html(traces[0])}"
+            f"<h2>Metrics</h2>{metrics_table_html(report.summaries)}<h2>Pictures</h2>{fig_html}"
+            f"<h2>Answers, coloured by {escape(heatmap.SIGNALS[signal].label)}</h2>"
+            f"<p>Hover a token for its values and its top candidates before and after reweighting.</p>"
+            f"<div class='esx-cols'>{columns}</div></body></html>")
+
+
+def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
+                 signal: str = "novelty", embedder=None, seed: int = 0) -> str:
+    """The report of one run or a comparison, as one HTML string."""
+    return render_html(prepare(traces, perplexities, embedder, seed), signal)
 
 
 def write_images(figures: dict, folder: str | Path) -> list[Path]:
@@ -71,47 +117,17 @@ def write_images(figures: dict, folder: str | Path) -> list[Path]:
     return written
 
 
-def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
-                 signal: str = "novelty", embedder=None, seed: int = 0) -> str:
-    """The report as one HTML string. perplexities[i] are run i's per-sample perplexities, if known."""
-    import plotly.offline
-
-    if not traces:
-        raise ValueError("build_report needs at least one run trace.")
-    labels = [run_label(t) for t in traces]
-    texts = [s.text for t in traces for s in t.samples]
-    groups = [label for t, label in zip(traces, labels) for _ in t.samples]
-    emb = spread.embed(texts, embedder)
-    summaries = summarize_runs(traces, emb, perplexities)
-    figs = report_figures(traces, texts, groups, emb, seed)
-    fig_html = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs.values())
-    value_range = heatmap.signal_range(traces, signal)
-    columns = "".join(f"<div><h3>{escape(label)}</h3>{heatmap.heatmap_html(t, signal, value_range=value_range)}</div>"
-                      for t, label in zip(traces, labels))
-    prompts = "".join(f"<div class='esx-prompt'>{escape(p.text)}</div>" for p in traces[0].prompts)
-    title = "ESamp Explorer report: " + ", ".join(labels)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>"
-            f"<h1>{escape(title)}</h1><h2>Prompt</h2>{prompts}<h2>Settings</h2>{settings_html(traces[0])}"
-            f"<h2>Metrics</h2>{metrics_table_html(summaries)}<h2>Pictures</h2>{fig_html}"
-            f"<h2>Answers, coloured by {escape(heatmap.SIGNALS[signal].label)}</h2>"
-            f"<p>Hover a token for its values and its top candidates before and after reweighting.</p>"
-            f"<div class='esx-cols'>{columns}</div></body></html>")
-
-
 def write_report(traces: Sequence[RunTrace], path: str | Path, images: str | Path | None = None,
-                 **kwargs) -> list[Path]:
+                 signal: str = "novelty", perplexities: Sequence[Sequence[float]] | None = None,
+                 embedder=None, seed: int = 0) -> list[Path]:
     """Write the report and each run's trace JSON beside it (and, given a folder, each figure as
     PNG and SVG); returns the paths written."""
     path = Path(path)
-    path.write_text(build_report(traces, **kwargs), encoding="utf-8")
+    report = prepare(traces, perplexities, embedder, seed)
+    path.write_text(render_html(report, signal), encoding="utf-8")
     written = [path]
     if images is not None:
-        labels = [run_label(t) for t in traces]
-        texts = [s.text for t in traces for s in t.samples]
-        groups = [label for t, label in zip(traces, labels) for _ in t.samples]
-        written += write_images(report_figures(traces, texts, groups, spread.embed(texts, kwargs.get("embedder")),
-                                               kwargs.get("seed", 0)), images)
+        written += write_images(report.figures, images)
     for i, t in enumerate(traces):
         side = path.with_name(f"{path.stem}.run{i}-{t.method}.json")
         t.save(side)

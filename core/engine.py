@@ -82,8 +82,13 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
     """Generate ``config.sampling.n`` samples for each prompt with plain, esamp or fire.
 
     Returns the full trace. ``progress`` is called after every step; setting ``cancel`` stops
-    after the current step and returns what was generated (``trace.stopped``).
+    after the current step and returns what was generated (``trace.stopped``). ``lm`` from
+    ``load_model(..., backend="vllm")`` runs on vLLM (vllm_backend.py), with the same trace.
     """
+    if getattr(lm, "backend", "transformers") == "vllm":
+        from .vllm_backend import generate_vllm
+
+        return generate_vllm(lm, prompts, config, progress=progress, cancel=cancel)
     config = config or RunConfig()
     sc = config.sampling
     ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens)
@@ -197,6 +202,13 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
 def _build_trace(lm, prompts, ids, config, record, steerer, stopped, timings) -> RunTrace:
     # (steps, R, ...) tensors -> per-row Python lists, once (element access on tensors is slow).
     rows = {k: torch.stack(v).cpu().transpose(0, 1).tolist() for k, v in record.items() if v}
+    return build_trace(lm, "transformers", prompts, ids, config, rows, steerer, stopped, timings)
+
+
+def build_trace(lm, backend: str, prompts, ids, config, rows: dict[str, list[list]], steerer, stopped,
+                timings) -> RunTrace:
+    """The trace from per-row records: ``rows[field][r][t]`` for row r = prompt * n + sample at its
+    step t (fields as in ``_RECORDED``; ``active`` says which steps produced a token)."""
     R = len(rows["tokens"])
     n = config.sampling.n
     tok = lm.tokenizer
@@ -229,18 +241,16 @@ def _build_trace(lm, prompts, ids, config, record, steerer, stopped, timings) ->
 
     prompt_traces = []
     losses = torch.stack(steerer.losses).cpu() if steerer and steerer.losses else None  # (steps, G)
+    live = torch.stack(steerer.live).cpu() if losses is not None else None  # (steps, G)
     for p, (text, pid) in enumerate(zip(prompts, ids)):
         loss: list[float] = []
         g = 0
         if losses is not None:
-            per_prompt = losses.shape[1] > 1
-            g = p if per_prompt else 0
-            members = range(p * n, p * n + n) if per_prompt else range(R)
-            live = [any(rows["active"][r][t] for r in members) for t in range(losses.shape[0])]
-            loss = [x for x, on in zip(losses[:, g].tolist(), live) if on]
+            g = p if losses.shape[1] > 1 else 0
+            loss = losses[live[:, g], g].tolist()  # the steps where this distiller had rows
         prompt_traces.append(PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss,
                                          resets=int(steerer.bank.resets[g]) if steerer else 0))
-    return RunTrace(config=config, model=lm.name, backend="transformers", device=str(lm.device),
+    return RunTrace(config=config, model=lm.name, backend=backend, device=str(lm.device),
                     dtype=str(lm.dtype).removeprefix("torch."), prompts=prompt_traces, samples=samples,
                     timings=timings, stopped=stopped,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

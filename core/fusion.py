@@ -108,21 +108,37 @@ class StepSignals:
 
 def step_signals(cand: Candidates, fused: torch.Tensor, tokens: torch.Tensor, top: int = 5) -> StepSignals:
     """Signals for chosen tokens (R,) given reference candidates and fused logits (R, K)."""
+    lp_ref, lp_new, sig = distribution_signals(cand, fused, top)
+    sig.logp_ref, sig.logp_new = chosen_logps(cand, lp_ref, lp_new, tokens)
+    return sig
+
+
+def distribution_signals(cand: Candidates, fused: torch.Tensor, top: int = 5
+                         ) -> tuple[torch.Tensor, torch.Tensor, StepSignals]:
+    """What a step's signals are before the token is known: (lp_ref, lp_new (R, K), signals with
+    ``logp_ref``/``logp_new`` still empty). ``chosen_logps`` fills those in once it is."""
     lp_ref = torch.log_softmax(cand.logits, -1)  # (R, K)
     lp_new = lp_ref if fused is cand.logits else torch.log_softmax(fused, -1)
-    pos = cand.position_of(tokens)[:, None]  # (R, 1)
     k = min(top, fused.shape[-1])
     top_lp_new, top_pos = torch.topk(lp_new, k, dim=-1)  # (R, k)
     pad = top - k  # fewer candidates than `top`: pad with id -1 and probability 0
-    return StepSignals(
-        logp_ref=lp_ref.gather(-1, pos)[:, 0],
-        logp_new=lp_new.gather(-1, pos)[:, 0],
+    empty = lp_ref.new_empty(0)
+    return lp_ref, lp_new, StepSignals(
+        logp_ref=empty,
+        logp_new=empty,
         entropy_ref=_entropy(lp_ref),
         entropy_new=_entropy(lp_new),
         top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
         top_p_ref=F.pad(lp_ref.gather(-1, top_pos).exp(), (0, pad)),
         top_p_new=F.pad(top_lp_new.exp(), (0, pad)),
     )
+
+
+def chosen_logps(cand: Candidates, lp_ref: torch.Tensor, lp_new: torch.Tensor, tokens: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p_ref, log p_new) of each row's chosen token (R,)."""
+    pos = cand.position_of(tokens)[:, None]  # (R, 1)
+    return lp_ref.gather(-1, pos)[:, 0], lp_new.gather(-1, pos)[:, 0]
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:

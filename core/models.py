@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .config import BACKENDS
 from .fusion import LMHead
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,26 @@ def default_device() -> torch.device:
 
 
 def load_model(name: str | None = None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+               dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
+               backend: str = "transformers"):
     """Load a causal LM by transformers name or local path; ``None`` is the embedded default.
 
     dtype defaults to float32 on CPU and bfloat16 on CUDA. Raises ModelLoadError with a
     message that says what to try when the model cannot be found or is not supported.
+    ``backend="vllm"`` starts a vLLM engine instead (vllm_backend.load_vllm; it picks the
+    device itself) and returns a VllmModel that ``generate`` accepts the same way.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, but is {backend!r}.")
     name = name or DEFAULT_MODEL
+    if backend == "vllm":
+        from .vllm_backend import load_vllm
+
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        return load_vllm(name, dtype=dtype, trust_remote_code=trust_remote_code)
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

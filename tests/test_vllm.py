@@ -179,3 +179,12 @@ def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
     assert trace["backend"] == "vllm" and len(trace["samples"]) == 2
     assert all(len(s["tokens"]) == 6 for s in trace["samples"])
     assert len(trace["prompts"][0]["loss"]) == 6
+
+
+def test_perplexity_on_vllm_matches_transformers(vlm, lm):
+    from core.scoring import perplexities
+
+    answers = ["Blue, like the sky.", "The sea is dark and the stars are bright tonight."]
+    on_vllm = perplexities(vlm, PROMPTS, answers)
+    on_hf = perplexities(lm, PROMPTS, answers)
+    assert on_vllm == pytest.approx(on_hf, rel=1e-3)

@@ -65,16 +65,21 @@ def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: 
 
 def sweep_figure(points: Sequence[dict]):
     """Diversity against perplexity across a sweep. points: dicts with 'series' (e.g. 'esamp'),
-    'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity'; one line per series, in order."""
+    'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity', and optionally their standard errors
+    'diversity_se', 'perplexity_se' (drawn as error bars); one line per series, in order."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for k, series in enumerate(dict.fromkeys(p["series"] for p in points)):
         pts = [p for p in points if p["series"] == series]
+        bars = {}
+        if all("diversity_se" in p and "perplexity_se" in p for p in pts):
+            bars = dict(error_x=dict(type="data", array=[p["perplexity_se"] for p in pts], thickness=1),
+                        error_y=dict(type="data", array=[p["diversity_se"] for p in pts], thickness=1))
         fig.add_trace(go.Scatter(
             x=[p["perplexity"] for p in pts], y=[p["diversity"] for p in pts], mode="lines+markers+text",
             text=[escape(str(p["setting"])) for p in pts], textposition="top center", name=escape(series),
-            marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k))))
+            marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)")
 

@@ -13,7 +13,6 @@ from viz import charts, metrics
 from viz.summary import config_label, run_label
 
 MAX_PROMPTS, MAX_TASKS = 4, 20
-INSTRUCTION = "\nAnswer briefly and end with the final number."
 
 st.title("Sweep")
 mode = st.radio("What to sweep", ["Diversity vs perplexity", "Task: pass@k"], horizontal=True)
@@ -48,7 +47,7 @@ if go:
         else:
             tasks = (arithmetic_tasks(count, int(seed)) if source == "built-in arithmetic" or upload is None
                      else tasks_from_jsonl(upload.getvalue().decode("utf-8"))[:MAX_TASKS])
-            prompts = [t.question + INSTRUCTION for t in tasks]
+            prompts = [t.prompt for t in tasks]
             answers = [t.answer for t in tasks]
             configs = [RunConfig(method="esamp", sampling=SamplingConfig(**sampling)),
                        RunConfig(method="plain", sampling=SamplingConfig(**sampling)),

@@ -1,0 +1,69 @@
+"""The benchmarks' --quick runs: they finish and their reports have the promised structure
+(never their numbers: a test asserts behaviour, a benchmark measures)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import passk, quality, speed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quality_quick_reports_every_method_and_metric(tmp_path):
+    out, table, images = tmp_path / "q.json", tmp_path / "q.md", tmp_path / "img"
+    assert quality.main(["--quick", "--backend", "transformers", "--json", str(out), "--markdown", str(table),
+                         "--images", str(images)]) == 0
+    report = json.loads(out.read_text())
+    labels = ["esamp β=0.1", "esamp β=0.25", "esamp β=0.5", "esamp β=1.0", "plain T=0.7", "plain T=1.0",
+              "plain T=1.3", "min-p 0.1", "FIRE"]
+    assert list(report["methods"]) == labels
+    for r in report["methods"].values():
+        assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "perplexity"}
+        assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
+        assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
+    assert report["prompts"] == quality.read_prompts()[:2] and len(quality.read_prompts()) >= 24
+    assert table.read_text().count("\n") == len(labels) + 2
+    assert (images / "quality-diversity-vs-perplexity.png").stat().st_size > 0
+
+
+def test_passk_quick_reports_a_curve_per_method(tmp_path):
+    out = tmp_path / "p.json"
+    assert passk.main(["--quick", "--backend", "transformers", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["pass_at_k"]) == 9 and len(report["problems"]) == 3
+    for label, curve in report["pass_at_k"].items():
+        assert len(curve) == 4 and all(0 <= x <= 1 for x in curve)
+        assert curve == sorted(curve)  # pass@k never falls as k grows
+        assert len(report["correct_counts"][label]) == 3
+
+
+def test_speed_quick_reports_every_backend_workload_and_variant(tmp_path):
+    """In a fresh process: vLLM engines are per process, and this one starts its own."""
+    out, table = tmp_path / "s.json", tmp_path / "s.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--json", str(out), "--markdown", str(table)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    backends = ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+    assert list(report["backends"]) == backends
+    got = {(r["backend"], r["workload"], r["variant"]) for r in report["rows"]}
+    want = {(b, w, v) for b in backends for w in ("1x2", "2x2") for v in ("plain", "esamp")}
+    want |= {(b, "2x2", v) for b in backends for v in speed.EXTRA_VARIANTS[b]}
+    assert got == want
+    for r in report["rows"]:
+        assert r["median_tokens_per_s"] > 0 and r["peak_extra_mib"] >= 0
+        if r["variant"] == "plain":
+            assert r["ratio_to_plain"] == 1.0  # each ratio's baseline
+    assert report["distiller_bytes_per_prompt"] > 0
+    assert table.read_text().count("\n") == len(want) + 2
+
+
+@pytest.mark.parametrize("label,series", [("esamp β=0.25", ("esamp", "β=0.25")), ("FIRE", ("FIRE", "")),
+                                          ("min-p 0.1", ("min-p 0.1", ""))])
+def test_methods_group_into_plot_series(label, series):
+    assert quality.series_of(label) == series

@@ -13,8 +13,10 @@ same work):
 - ``vllm-native``: vLLM's own sampler with no ESamp processor and no trace (outside reference).
 
 The extra variants (fire and the references) run on the ``--extras`` workload only, to keep the
-full benchmark under 30 minutes on two cores. Machines here are noisy: every ratio is taken
-within a round (neighbours in time), then the median over rounds.
+full benchmark under 30 minutes on two cores (one round; ``--rounds 3`` for steadier ratios).
+Machines here are noisy: every ratio is taken within a round (neighbours in time), then the
+median over rounds; each run also reports the share of its own time ESamp's work took, which
+no drift of the machine can change.
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="prompts x samples, comma separated")
     ap.add_argument("--extras", default="4x16", help="the workload that also runs fire and the references")
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="full passes over every (backend, workload, variant); one takes ~22 min on 2 CPU cores")
     ap.add_argument("--quick", action="store_true", help="1x2 and 2x2, 8 tokens, one round: checks the plumbing")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)

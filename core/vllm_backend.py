@@ -84,7 +84,8 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     """Start a vLLM engine (eager mode: hooks do not run inside captured graphs) for ESamp.
 
     ``name`` is a transformers model name or directory; None is the embedded default. dtype
-    defaults to vLLM's choice (bfloat16 on CPU and most GPUs). The KV cache takes
+    defaults to float32 on CPU (as the transformers backend; bfloat16 ran 4x slower on these
+    CPUs) and to vLLM's choice on GPUs. The KV cache takes
     ``kv_cache_gib`` (default on CPU: 2 GiB; vLLM would otherwise reserve 92% of the
     machine's memory); on GPUs vLLM sizes it. Other keyword arguments go to ``vllm.LLM``.
     """
@@ -94,8 +95,9 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     note = vi.version_note(vllm.__version__)
     if note:
         log.warning(note)
-    if kv_cache_gib is None and not torch.cuda.is_available():
-        kv_cache_gib = CPU_KV_CACHE_GIB
+    if not torch.cuda.is_available():
+        dtype = dtype or "float32"
+        kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
     if kv_cache_gib is not None:
         llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
     name = name or DEFAULT_MODEL
@@ -105,6 +107,7 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Cannot load model {name!r} for vLLM: {str(exc).splitlines()[0]}") from exc
     try:
+        before = set(EsampLogitsProcessor._instances)
         with vi.scan_safe():
             llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
                            max_model_len=max_model_len, logits_processors=[EsampLogitsProcessor],
@@ -114,7 +117,7 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     vi.check_in_process(llm)
     capture = _Capture()
     head = llm.apply_model(lambda model: _install_hooks(model, capture))[0]
-    processor = EsampLogitsProcessor.instance_for(llm)
+    processor = EsampLogitsProcessor.created_since(before)
     processor.capture = capture
     eos: set[int] = set()
     try:
@@ -182,12 +185,13 @@ class EsampLogitsProcessor(LogitsProcessor):
         EsampLogitsProcessor._instances.add(self)
 
     @classmethod
-    def instance_for(cls, llm) -> "EsampLogitsProcessor":
-        runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
-        for proc in runner.input_batch.logitsprocs.non_argmax_invariant:
-            if isinstance(proc, cls):
-                return proc
-        raise vi.VllmUnavailableError("vLLM did not install the ESamp logits processor.")
+    def created_since(cls, before: set) -> "EsampLogitsProcessor":
+        """The one processor vLLM created since ``before`` (a snapshot of ``_instances``)."""
+        new = [p for p in cls._instances if p not in before]
+        if len(new) != 1:
+            raise vi.VllmUnavailableError(f"vLLM created {len(new)} ESamp logits processors for one engine; "
+                                          "expected exactly one.")
+        return new[0]
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion can change the most likely token

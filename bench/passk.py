@@ -14,14 +14,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from core import SamplingConfig, generate, load_model
 from core.tasks import arithmetic_tasks, is_correct
 from viz import charts, metrics
 from viz.report import write_images
 
-from .quality import default_backend, machine, methods
+from .quality import machine, methods, parse_common
 
 
 def markdown(curves: dict[str, list[float]], ks=(1, 2, 4, 8, 16)) -> str:
@@ -34,17 +33,8 @@ def markdown(curves: dict[str, list[float]], ks=(1, 2, 4, 8, 16)) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.passk", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    ap.add_argument("--backend", default=default_backend())
     ap.add_argument("--problems", type=int, default=60)
-    ap.add_argument("-n", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="3 problems x 4 samples x 8 tokens: checks the plumbing")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--images", type=Path, help="folder for the pass@k plot (PNG, SVG)")
-    a = ap.parse_args(argv)
+    a = parse_common(ap, argv, tokens=64, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
     if a.quick:
         a.problems, a.n, a.tokens = 3, 4, 8
     tasks = arithmetic_tasks(a.problems, seed=a.seed)

@@ -108,19 +108,24 @@ def machine(lm) -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+def parse_common(ap: argparse.ArgumentParser, argv, tokens: int, quick: str, plot: str) -> argparse.Namespace:
+    """The options bench.quality and bench.passk share, then parse."""
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--backend", default=default_backend())
-    ap.add_argument("--prompts", type=int, default=24, help="how many of the stored prompts")
-    ap.add_argument("-n", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("-n", type=int, default=16, help="samples per prompt")
+    ap.add_argument("--tokens", type=int, default=tokens, help="most new tokens per sample")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="2 prompts x 3 samples x 8 tokens: checks the plumbing")
+    ap.add_argument("--quick", action="store_true", help=f"{quick}: checks the plumbing")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--images", type=Path, help="folder for the diversity-vs-perplexity plot (PNG, SVG)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--images", type=Path, help=f"folder for the {plot} plot (PNG, SVG)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=24, help="how many of the stored prompts")
+    a = parse_common(ap, argv, tokens=128, quick="2 prompts x 3 samples x 8 tokens", plot="diversity-vs-perplexity")
     if a.quick:
         a.prompts, a.n, a.tokens = 2, 3, 8
     prompts = read_prompts()[:a.prompts]

@@ -95,6 +95,10 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     note = vi.version_note(vllm.__version__)
     if note:
         log.warning(note)
+    # Whole prompts only: with chunked prefill a partly prefilled request gets a logits row whose
+    # token vLLM throws away (the processor would train on it), and on CPU throwing away a seeded
+    # request's token fails ("CPU Generator does not use offset", vLLM 0.32).
+    llm_kwargs.setdefault("enable_chunked_prefill", False)
     if not torch.cuda.is_available():
         dtype = dtype or "float32"
         kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB

@@ -188,3 +188,12 @@ def test_perplexity_on_vllm_matches_transformers(vlm, lm):
     on_vllm = perplexities(vlm, PROMPTS, answers)
     on_hf = perplexities(lm, PROMPTS, answers)
     assert on_vllm == pytest.approx(on_hf, rel=1e-3)
+
+
+def test_more_prompt_tokens_than_one_step_takes(vlm):
+    """vLLM's step budget is 4096 tokens: 12 x 16 requests of ~50 prompt tokens need several steps
+    (whole prompts only: chunked prefill is off for ESamp)."""
+    prompt = "Describe a city in the year 3000, with many details about its people and their days."
+    trace = run(vlm, prompts=[prompt] * 12, n=16, max_new_tokens=2, ignore_eos=True)
+    assert sum(p.n_prompt_tokens for p in trace.prompts) * 16 > 4096
+    assert trace.timings.new_tokens == 12 * 16 * 2

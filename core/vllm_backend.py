@@ -233,7 +233,7 @@ class _Run:
 
     def __init__(self, run_id: int, config: RunConfig, head: LMHead, groups: int, rows: int):
         sc = config.sampling
-        self.id, self.config, self.n = run_id, config, sc.n
+        self.id = run_id
         self.main = (filters_for(sc), sc.filters_active)
         self.first = (build_filters(config.fire.temperature, config.fire.top_k), True) \
             if config.method == "fire" else None

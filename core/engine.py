@@ -133,7 +133,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
                 prop = steerer.propose(filtered, filtering, s, h, guided=step > 0)
             active = ~finished
             tokens = torch.where(active, sample(prop.to_sample, gen), pad_id)
-            _record(record, prop, tokens, active)
+            _record(record, prop, tokens, active, logits)
             bad = steerer.learn(prop, active) if steerer else torch.zeros(1, dtype=torch.bool)  # train after sampling
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)
@@ -163,16 +163,17 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
                                 steerer.seconds if steerer else 0.0))
 
 
-_RECORDED = ("tokens", "active", "logp_ref", "logp_new", "entropy_ref", "entropy_new",
+_RECORDED = ("tokens", "active", "logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new",
              "top_ids", "top_p_ref", "top_p_new", "novelty", "rel_novelty")
 
 
 def _record(record: dict[str, list[torch.Tensor]], prop: Proposal, tokens: torch.Tensor,
-            active: torch.Tensor) -> None:
-    sig = step_signals(prop.cand, prop.fused, tokens)
+            active: torch.Tensor, raw: torch.Tensor) -> None:
+    sig = step_signals(prop.cand, prop.fused, tokens, raw)
     record["tokens"].append(tokens)
     record["active"].append(active)
-    for k in ("logp_ref", "logp_new", "entropy_ref", "entropy_new", "top_ids", "top_p_ref", "top_p_new"):
+    for k in ("logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new", "top_ids", "top_p_ref",
+              "top_p_new"):
         record[k].append(getattr(sig, k))
     if prop.novelty is not None:
         record["novelty"].append(prop.novelty)
@@ -233,7 +234,7 @@ def build_trace(lm, backend: str, prompts, ids, config, rows: dict[str, list[lis
                    if i >= 0 and pn > 0]
             tokens.append(Token(
                 id=tid, text=piece, logp_ref=rows["logp_ref"][r][t], logp_new=rows["logp_new"][r][t],
-                entropy_ref=rows["entropy_ref"][r][t], entropy_new=rows["entropy_new"][r][t],
+                logp_base=_finite_or_none(rows, "logp_base", r, t), entropy_ref=rows["entropy_ref"][r][t], entropy_new=rows["entropy_new"][r][t],
                 novelty=_finite_or_none(rows, "novelty", r, t), rel_novelty=_finite_or_none(rows, "rel_novelty", r, t),
                 top=top))
         reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")

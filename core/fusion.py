@@ -104,12 +104,17 @@ class StepSignals:
     top_ids: torch.Tensor  # (R, k) most likely tokens after fusion
     top_p_ref: torch.Tensor  # (R, k)
     top_p_new: torch.Tensor  # (R, k)
+    logp_base: torch.Tensor | None = None  # (R,) of the chosen token under the model itself (T=1, no filters)
 
 
-def step_signals(cand: Candidates, fused: torch.Tensor, tokens: torch.Tensor, top: int = 5) -> StepSignals:
-    """Signals for chosen tokens (R,) given reference candidates and fused logits (R, K)."""
+def step_signals(cand: Candidates, fused: torch.Tensor, tokens: torch.Tensor, raw: torch.Tensor | None = None,
+                 top: int = 5) -> StepSignals:
+    """Signals for chosen tokens (R,) given reference candidates and fused logits (R, K);
+    with the model's raw logits (R, V), also the chosen tokens' ``logp_base``."""
     lp_ref, lp_new, sig = distribution_signals(cand, fused, top)
-    sig.logp_ref, sig.logp_new = chosen_logps(cand, lp_ref, lp_new, tokens)
+    lps = (lp_ref, lp_new) if raw is None else (lp_ref, lp_new, base_logprobs(raw, cand))
+    sig.logp_ref, sig.logp_new, *base = chosen_logps(cand, tokens, *lps)
+    sig.logp_base = base[0] if base else None
     return sig
 
 
@@ -134,11 +139,17 @@ def distribution_signals(cand: Candidates, fused: torch.Tensor, top: int = 5
     )
 
 
-def chosen_logps(cand: Candidates, lp_ref: torch.Tensor, lp_new: torch.Tensor, tokens: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p_ref, log p_new) of each row's chosen token (R,)."""
+def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
+    """(R, K) log-probabilities of the candidates under the model itself, at T=1 with no filters,
+    from its raw logits (R, V): what perplexity is measured with, at no extra forward pass."""
+    at = raw if cand.ids is None else raw.gather(-1, cand.ids)
+    return at.float() - torch.logsumexp(raw.float(), -1, keepdim=True)
+
+
+def chosen_logps(cand: Candidates, tokens: torch.Tensor, *logps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (R, K) log-probability tensor read at each row's chosen token (R,): one (R,) apiece."""
     pos = cand.position_of(tokens)[:, None]  # (R, 1)
-    return lp_ref.gather(-1, pos)[:, 0], lp_new.gather(-1, pos)[:, 0]
+    return tuple(lp.gather(-1, pos)[:, 0] for lp in logps)
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:

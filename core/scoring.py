@@ -49,7 +49,28 @@ def perplexities(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]
     return out
 
 
-def trace_perplexities(lm: LoadedModel, trace) -> list[float]:
-    """Perplexity of every sample of a run trace under its own prompt, in ``trace.samples`` order."""
+def trace_perplexities(lm: LoadedModel | None, trace) -> list[float]:
+    """Perplexity of every sample of a run trace under its own prompt, in ``trace.samples`` order.
+
+    From the log-probabilities the trace recorded while generating (``Token.logp_base``: no
+    model call, ``lm`` may be None); a trace saved before they were recorded has its texts
+    scored by ``lm``. An empty sample gets NaN.
+    """
+    recorded = recorded_perplexities(trace)
+    if recorded is not None:
+        return recorded
+    if lm is None:
+        raise ValueError("This trace has no recorded log-probabilities: scoring it needs the model.")
     prompts = [trace.prompts[s.prompt_index].text for s in trace.samples]
     return perplexities(lm, prompts, [s.text for s in trace.samples], chat=trace.config.chat)
+
+
+def recorded_perplexities(trace) -> list[float] | None:
+    """exp(mean NLL) of each sample's own tokens under the model at T=1, or None if not recorded."""
+    out = []
+    for s in trace.samples:
+        lps = [t.logp_base for t in s.tokens]
+        if any(lp is None for lp in lps):
+            return None
+        out.append(math.exp(-sum(lps) / len(lps)) if lps else math.nan)
+    return out

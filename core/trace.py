@@ -35,6 +35,9 @@ class Token:
     entropy_new: float
     novelty: float | None = None  # ||h - h_hat||; None when no distiller ran
     rel_novelty: float | None = None  # ||h - h_hat|| / ||h||
+    # log p of this token under the model itself (T=1, no filters, no fusion): perplexity without a
+    # second forward pass. None in traces saved before it was recorded.
+    logp_base: float | None = None
     top: list[Candidate] = field(default_factory=list)
 
     @property

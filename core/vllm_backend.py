@@ -35,7 +35,7 @@ from .config import RunConfig
 from .engine import Progress, ProgressFn, build_trace, encode_prompts
 from .esamp import Steerer, unguided
 from .filters import apply_filters, build_filters, filters_for
-from .fusion import LMHead, chosen_logps, distribution_signals
+from .fusion import LMHead, base_logprobs, chosen_logps, distribution_signals
 from .models import DEFAULT_MODEL, ModelLoadError, embedded_model_dir
 from .trace import RunTrace, Timings
 
@@ -285,8 +285,8 @@ class _Run:
                 if bool(bad.any()):
                     self.steerer.bank.handle_bad(bad)
         lp_ref, lp_new, sig = distribution_signals(prop.cand, prop.fused)
-        self.pending.append(_Step([r for _, r in batch], t, prop.cand, lp_ref, lp_new, sig, prop.novelty,
-                                  prop.rel_novelty))
+        self.pending.append(_Step([r for _, r in batch], t, prop.cand, (lp_ref, lp_new, base_logprobs(raw, prop.cand)),
+                                  sig, prop.novelty, prop.rel_novelty))
         self.rows_done += len(batch)
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
@@ -308,7 +308,7 @@ class _Run:
     def rows(self, total_rows: int) -> dict[str, list[list]]:
         """Per-row lists of every field, as ``build_trace`` takes them."""
         self._resolve(final=True)
-        fields = ("logp_ref", "logp_new", "entropy_ref", "entropy_new", "top_ids", "top_p_ref", "top_p_new")
+        fields = ("logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new", "top_ids", "top_p_ref", "top_p_new")
         if self.steerer is not None:
             fields += ("novelty", "rel_novelty")
         rows: dict[str, list[list]] = {k: [[] for _ in range(total_rows)] for k in ("tokens", "active") + fields}
@@ -335,9 +335,9 @@ class _Run:
 class _Step:
     """One processor call's signals, waiting for its chosen tokens."""
 
-    def __init__(self, rows, t, cand, lp_ref, lp_new, sig, nov, rel):
+    def __init__(self, rows, t, cand, logps, sig, nov, rel):
         self.rows, self.t = rows, t
-        self._cand, self._lp = cand, (lp_ref, lp_new)
+        self._cand, self._lp = cand, logps  # (R, K) each: log p_ref, log p_new, log p_base
         self.values = {"entropy_ref": sig.entropy_ref, "entropy_new": sig.entropy_new, "top_ids": sig.top_ids,
                        "top_p_ref": sig.top_p_ref, "top_p_new": sig.top_p_new}
         if nov is not None:
@@ -349,9 +349,9 @@ class _Step:
         tokens = [r.out[t] if len(r.out) > t else -1 for r, t in zip(self.rows, self.t)]
         if not final and any(x < 0 for x in tokens):
             return False
-        lp_ref, lp_new = self._lp
-        ids = torch.tensor(tokens, device=lp_ref.device).clamp(min=0)
-        self.values["logp_ref"], self.values["logp_new"] = chosen_logps(self._cand, lp_ref, lp_new, ids)
+        ids = torch.tensor(tokens, device=self._lp[0].device).clamp(min=0)
+        chosen = chosen_logps(self._cand, ids, *self._lp)
+        self.values.update(zip(("logp_ref", "logp_new", "logp_base"), chosen))
         self.tokens, self._cand, self._lp = tokens, None, None  # free the (B, K) tensors
         return True
 

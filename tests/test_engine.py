@@ -36,6 +36,16 @@ def test_esamp_with_beta_changes_the_distribution(lm):
     assert all(t.logp_new == t.logp_ref for s in trace.samples for t in s.tokens[:1])  # first token unguided
 
 
+@pytest.mark.parametrize("method, sampling", [("plain", {"temperature": 0.7, "top_k": 20}), ("esamp", {})])
+def test_recorded_perplexity_is_the_base_models_at_t1(lm, method, sampling, recorded_and_scored):
+    """Every token records its log p under the model at T=1 with no filters or fusion: the
+    perplexity from those equals scoring the text again with a forward pass."""
+    trace = run(lm, method=method, beta=1.0, n=2, max_new_tokens=8, seed=2, **sampling)
+    recorded, scored = recorded_and_scored(trace)
+    assert recorded == pytest.approx(scored, rel=1e-3)
+    assert any(abs(t.logp_base - t.logp_ref) > 1e-3 for s in trace.samples for t in s.tokens)
+
+
 def test_same_seed_same_tokens_other_seed_other_tokens(lm):
     a, b = run(lm, seed=3), run(lm, seed=3)
     assert token_ids(a) == token_ids(b)

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from core.filters import apply_filters, build_filters
 from core.fusion import Candidates, LMHead, fuse, novelty, step_signals
 
 INF = float("inf")
@@ -100,3 +101,14 @@ def test_step_signals_on_a_two_token_distribution():
     assert math.isclose(sig.entropy_new.item(), 0.50040242, rel_tol=1e-5)
     assert sig.top_ids.tolist() == [[0, 1, -1]]  # padded to `top` with id -1
     assert torch.allclose(sig.top_p_new, torch.tensor([[0.8, 0.2, 0.0]]))
+
+
+def test_logp_base_is_under_the_unfiltered_model_at_t1():
+    # T=0.5 and top-k 2 leave tokens 0 and 1; the base log p of token 1 is over all four raw logits.
+    raw = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    filtered = apply_filters(build_filters(temperature=0.5, top_k=2), raw)
+    cand = Candidates.from_filtered(filtered, True)
+    sig = step_signals(cand, cand.logits, torch.tensor([1]), raw)
+    assert math.isclose(sig.logp_base.item(), 1.0 - torch.logsumexp(raw, -1).item(), rel_tol=1e-6)
+    assert math.isclose(sig.logp_ref.item(), math.log(1 / (1 + math.exp(2.0))), rel_tol=1e-6)  # (2-4) = -2
+    assert step_signals(cand, cand.logits, torch.tensor([1])).logp_base is None

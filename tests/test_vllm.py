@@ -190,6 +190,12 @@ def test_perplexity_on_vllm_matches_transformers(vlm, lm):
     assert on_vllm == pytest.approx(on_hf, rel=1e-3)
 
 
+def test_recorded_perplexity_on_vllm_is_the_base_models_at_t1(vlm, recorded_and_scored):
+    trace = run(vlm, beta=1.0, n=2, max_new_tokens=8, seed=2, temperature=0.7, top_k=20)
+    recorded, scored = recorded_and_scored(trace)
+    assert recorded == pytest.approx(scored, rel=1e-3)
+
+
 def test_more_prompt_tokens_than_one_step_takes(vlm):
     """vLLM's step budget is 4096 tokens: 12 x 16 requests of ~50 prompt tokens need several steps
     (whole prompts only: chunked prefill is off for ESamp)."""

@@ -234,7 +234,8 @@ def build_trace(lm, backend: str, prompts, ids, config, rows: dict[str, list[lis
                    if i >= 0 and pn > 0]
             tokens.append(Token(
                 id=tid, text=piece, logp_ref=rows["logp_ref"][r][t], logp_new=rows["logp_new"][r][t],
-                logp_base=_finite_or_none(rows, "logp_base", r, t), entropy_ref=rows["entropy_ref"][r][t], entropy_new=rows["entropy_new"][r][t],
+                logp_base=_finite_or_none(rows, "logp_base", r, t), entropy_ref=rows["entropy_ref"][r][t],
+                entropy_new=rows["entropy_new"][r][t],
                 novelty=_finite_or_none(rows, "novelty", r, t), rel_novelty=_finite_or_none(rows, "rel_novelty", r, t),
                 top=top))
         reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")

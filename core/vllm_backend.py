@@ -308,7 +308,8 @@ class _Run:
     def rows(self, total_rows: int) -> dict[str, list[list]]:
         """Per-row lists of every field, as ``build_trace`` takes them."""
         self._resolve(final=True)
-        fields = ("logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new", "top_ids", "top_p_ref", "top_p_new")
+        fields = ("logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new", "top_ids", "top_p_ref",
+                  "top_p_new")
         if self.steerer is not None:
             fields += ("novelty", "rel_novelty")
         rows: dict[str, list[list]] = {k: [[] for _ in range(total_rows)] for k in ("tokens", "active") + fields}

@@ -17,7 +17,7 @@ import torch
 
 from .config import RunConfig, check_prompts
 from .esamp import Proposal, Steerer, unguided
-from .filters import apply_filters, build_filters, filters_for
+from .filters import apply_filters, build_filters, filters_for, top_k_bound
 from .fusion import step_signals
 from .hooks import capture_states
 from .models import LoadedModel
@@ -127,10 +127,11 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
         for step in range(sc.max_new_tokens):
             filters, filtering = first if step == 0 else main
             filtered = apply_filters(filters, logits)  # temperature -> top-k -> top-p -> min-p
+            bound = top_k_bound(filters)
             if steerer is None:
-                prop = unguided(filtered, filtering)
+                prop = unguided(filtered, filtering, bound)
             else:  # predict h_hat and fuse; the first token has no trained distiller yet: unguided
-                prop = steerer.propose(filtered, filtering, s, h, guided=step > 0)
+                prop = steerer.propose(filtered, filtering, s, h, guided=step > 0, bound=bound)
             active = ~finished
             tokens = torch.where(active, sample(prop.to_sample, gen), pad_id)
             _record(record, prop, tokens, active, logits)

@@ -56,13 +56,14 @@ class Steerer:
         return x.new_zeros((self.rows,) + x.shape[1:]).index_copy_(0, slots, x)
 
     def propose(self, filtered: torch.Tensor, filters_active: bool, s: torch.Tensor, h: torch.Tensor,
-                guided: bool | torch.Tensor, slots: torch.Tensor | None = None) -> Proposal:
+                guided: bool | torch.Tensor, slots: torch.Tensor | None = None, bound: int | None = None) -> Proposal:
         """filtered: (R, V) reference logits after temperature and filters; s, h: (R, H) float32.
 
         guided=False samples unguided (the first token, or beta=0) but still predicts, so
-        novelty is logged and the distiller trains; a (R,) bool tensor decides per row.
+        novelty is logged and the distiller trains; a (R,) bool tensor decides per row. ``bound``:
+        see ``Candidates.from_filtered``.
         """
-        cand = Candidates.from_filtered(filtered, filters_active)  # plain sampling needs this too
+        cand = Candidates.from_filtered(filtered, filters_active, bound)  # plain sampling needs this too
         t0 = time.perf_counter()
         pred = self.bank.forward(self._grouped(self._to_layout(s, slots)))  # (G, m, H), with grad for the update
         h_hat = pred.detach().reshape(-1, h.shape[-1])
@@ -91,7 +92,7 @@ class Steerer:
         return bad
 
 
-def unguided(filtered: torch.Tensor, filters_active: bool) -> Proposal:
+def unguided(filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> Proposal:
     """A proposal with no distiller at all (plain sampling with the shadow off)."""
-    cand = Candidates.from_filtered(filtered, filters_active)
+    cand = Candidates.from_filtered(filtered, filters_active, bound)
     return Proposal(cand, cand.logits, filtered, None, None)

@@ -96,6 +96,11 @@ def filters_for(sampling: SamplingConfig) -> list[Filter]:
     return build_filters(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
 
 
+def top_k_bound(filters: Sequence[Filter]) -> int | None:
+    """top-k's k when it is among the filters: no row keeps more candidates (ties aside)."""
+    return next((f.top_k for f in filters if isinstance(f, TopK)), None)
+
+
 def apply_filters(filters: Sequence[Filter], logits: torch.Tensor) -> torch.Tensor:
     for f in filters:
         logits = f(logits)

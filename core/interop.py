@@ -28,7 +28,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from .config import RunConfig
 from .esamp import Proposal, Steerer
-from .filters import apply_filters, filters_for
+from .filters import apply_filters, filters_for, top_k_bound
 from .hooks import States, capture_states
 from .models import LoadedModel
 
@@ -67,7 +67,7 @@ class EsampLogitsProcessor(LogitsProcessor):
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
         filtered = apply_filters(self.filters, scores.float())
         prop = self.steerer.propose(filtered, self.config.sampling.filters_active, self.states.s,
-                                    self.states.h, guided=not first)
+                                    self.states.h, guided=not first, bound=top_k_bound(self.filters))
         self._pending = (prop, ~finished)
         return prop.to_sample
 

@@ -138,13 +138,14 @@ def default_device() -> torch.device:
 
 def load_model(name: str | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
-               backend: str = "transformers"):
+               backend: str = "transformers", **engine_options):
     """Load a causal LM by transformers name or local path; ``None`` is the embedded default.
 
     dtype defaults to float32 on CPU and bfloat16 on CUDA. Raises ModelLoadError with a
     message that says what to try when the model cannot be found or is not supported.
     ``backend="vllm"`` starts a vLLM engine instead (vllm_backend.load_vllm; it picks the
-    device itself) and returns a VllmModel that ``generate`` accepts the same way.
+    device itself) and returns a VllmModel that ``generate`` accepts the same way;
+    ``engine_options`` (vLLM only) go to load_vllm: ``kv_cache_gib``, ``max_num_seqs``, ...
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -156,7 +157,9 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
 
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
-        return load_vllm(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        return load_vllm(name, dtype=dtype, trust_remote_code=trust_remote_code, **engine_options)
+    if engine_options:
+        raise ValueError(f"Engine options {sorted(engine_options)} are for the vLLM backend only.")
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

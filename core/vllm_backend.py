@@ -34,7 +34,7 @@ from . import vllm_internals as vi
 from .config import RunConfig
 from .engine import Progress, ProgressFn, build_trace, encode_prompts
 from .esamp import Steerer, unguided
-from .filters import apply_filters, build_filters, filters_for
+from .filters import apply_filters, build_filters, filters_for, top_k_bound
 from .fusion import LMHead, base_logprobs, chosen_logps, distribution_signals
 from .models import DEFAULT_MODEL, ModelLoadError, embedded_model_dir
 from .trace import RunTrace, Timings
@@ -267,18 +267,22 @@ class _Run:
         t = [len(r.out) for _, r in batch]  # the step (token position) each row is at
         filters, filtering = self.main
         filtered = apply_filters(filters, raw)  # temperature -> top-k -> top-p -> min-p
+        bound = top_k_bound(filters)
         is_first = torch.tensor([x == 0 for x in t], device=logits.device)
         if self.first is not None and any(x == 0 for x in t):
             filtered = torch.where(is_first[:, None], apply_filters(self.first[0], raw), filtered)
             filtering = True
+            first_bound = top_k_bound(self.first[0])
+            bound = max(bound, first_bound) if bound and first_bound else None
         if self.steerer is None:
-            prop = unguided(filtered, filtering)
+            prop = unguided(filtered, filtering, bound)
         else:
             # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
             # (s and h enter its graph; the logits do not).
             with torch.inference_mode(False):
                 slots = torch.tensor([r.row for _, r in batch], device=logits.device)
-                prop = self.steerer.propose(filtered, filtering, s.clone(), h.clone(), guided=~is_first, slots=slots)
+                prop = self.steerer.propose(filtered, filtering, s.clone(), h.clone(), guided=~is_first, slots=slots,
+                                            bound=bound)
                 # Training now is the same as after sampling: it reads this step's (s, h) only, and the
                 # fused logits were computed with the weights from before this update.
                 bad = self.steerer.learn(prop, torch.ones(len(batch), dtype=torch.bool, device=logits.device))

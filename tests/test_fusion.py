@@ -112,3 +112,17 @@ def test_logp_base_is_under_the_unfiltered_model_at_t1():
     assert math.isclose(sig.logp_base.item(), 1.0 - torch.logsumexp(raw, -1).item(), rel_tol=1e-6)
     assert math.isclose(sig.logp_ref.item(), math.log(1 / (1 + math.exp(2.0))), rel_tol=1e-6)  # (2-4) = -2
     assert step_signals(cand, cand.logits, torch.tensor([1])).logp_base is None
+
+
+def test_a_top_k_bound_gives_the_same_candidates_as_counting_and_keeps_ties():
+    torch.manual_seed(0)
+    raw = torch.randn(3, 50)
+    filtered = apply_filters(build_filters(top_k=5, top_p=0.6), raw)  # top-p leaves some rows fewer than 5
+    counted, bounded = Candidates.from_filtered(filtered, True), Candidates.from_filtered(filtered, True, bound=5)
+    assert bounded.ids.shape == (3, 5)
+    for r in range(3):  # the same finite candidates; the bound only pads more -inf
+        assert set(counted.ids[r][counted.logits[r].isfinite()].tolist()) == \
+            set(bounded.ids[r][bounded.logits[r].isfinite()].tolist())
+    tied = torch.tensor([[3.0, 2.0, 2.0] + [1.0] * 20])  # top-k 2 keeps both tokens tied at 2.0
+    cand = Candidates.from_filtered(apply_filters(build_filters(top_k=2), tied), True, bound=2)
+    assert sorted(cand.ids[0].tolist()) == [0, 1, 2]

@@ -74,10 +74,10 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
     calls = []
     original = Steerer.propose
 
-    def recording(self, filtered, filters_active, s, h, guided, slots=None):
-        prop = original(self, filtered, filters_active, s, h, guided, slots)
+    def recording(self, filtered, filters_active, s, h, guided, slots=None, bound=None):
+        prop = original(self, filtered, filters_active, s, h, guided, slots, bound)
         calls.append(dict(filtered=filtered.clone(), active=filters_active, s=s.clone(), h=h.clone(),
-                          guided=guided.clone(), slots=slots.clone(), to_sample=prop.to_sample.clone(),
+                          guided=guided.clone(), slots=slots.clone(), bound=bound, to_sample=prop.to_sample.clone(),
                           novelty=prop.novelty.clone()))
         return prop
 
@@ -100,7 +100,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
     # The same ESamp: replaying the recorded inputs gives the recorded outputs.
     replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 0.5, 1.0, seed=3)
     for c in calls:
-        prop = replay.propose(c["filtered"], c["active"], c["s"], c["h"], c["guided"], c["slots"])
+        prop = replay.propose(c["filtered"], c["active"], c["s"], c["h"], c["guided"], c["slots"], c["bound"])
         replay.learn(prop, torch.ones(len(c["slots"]), dtype=torch.bool))
         torch.testing.assert_close(prop.to_sample, c["to_sample"])
         torch.testing.assert_close(prop.novelty, c["novelty"])

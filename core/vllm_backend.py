@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 vi.prepare_environment()  # before anything imports vllm
 _EXTRA_KEY = "esamp_explorer"
 CPU_KV_CACHE_GIB = 2.0
+# vLLM's prefix cache shares whole KV blocks only. With its CPU default of 128 tokens a block,
+# a shorter prompt would be prefilled again for each of its n samples.
+CPU_BLOCK_SIZE = 32
 _runs = itertools.count()
 
 
@@ -102,6 +105,7 @@ def load_vllm(name: str | None = None, *, dtype: str | None = None, max_model_le
     if not torch.cuda.is_available():
         dtype = dtype or "float32"
         kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
+        llm_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
     if kv_cache_gib is not None:
         llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
     name = name or DEFAULT_MODEL
@@ -380,18 +384,28 @@ def generate_vllm(lm: VllmModel, prompts: Sequence[str], config: RunConfig | Non
         request_ids = [f"esamp-{run.id}-{r}" for r in range(R)]
         lm.processor.run = run
         stopped = False
-        unfinished = set(request_ids)
+        unfinished: set[str] = set()  # added to the engine, not finished
         t0 = time.perf_counter()
+
+        def add(r: int) -> None:
+            params = SamplingParams(
+                n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=_request_seed(sc.seed, r),
+                ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids,
+                detokenize=False, extra_args={_EXTRA_KEY: {"run": run.id, "row": r}})
+            engine.add_request(request_ids[r], {"prompt_token_ids": ids[r // n]}, params)
+            unfinished.add(request_ids[r])
+
+        # Each prompt's first sample goes first; its other samples join once its prompt is in
+        # vLLM's prefix cache, so the prompt is prefilled once, not n times.
+        siblings = {request_ids[p * n]: range(p * n + 1, p * n + n) for p in range(P) if n > 1}
         try:
-            for r, rid in enumerate(request_ids):
-                params = SamplingParams(
-                    n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=_request_seed(sc.seed, r),
-                    ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids,
-                    detokenize=False, extra_args={_EXTRA_KEY: {"run": run.id, "row": r}})
-                engine.add_request(rid, {"prompt_token_ids": ids[r // n]}, params)
+            for p in range(P):
+                add(p * n)
             step = 0
             while unfinished:
                 for out in engine.step():
+                    for r in siblings.pop(out.request_id, ()):
+                        add(r)
                     if out.finished:
                         unfinished.discard(out.request_id)
                 step += 1

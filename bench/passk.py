@@ -1,6 +1,6 @@
 """pass@k for k = 1..16 on generated arithmetic word problems, for the methods of bench.quality.
 
-    python -m bench.passk                                # 60 problems x 16 samples, up to 64 tokens
+    python -m bench.passk                                # 60 problems x 16 samples, up to 48 tokens
     python -m bench.passk --quick --json /tmp/p.json     # 3 problems x 4 samples x 8 tokens
 
 Problems come from core.tasks.arithmetic_tasks (fixed seed, integer answers); an answer is
@@ -34,7 +34,7 @@ def markdown(curves: dict[str, list[float]], ks=(1, 2, 4, 8, 16)) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.passk", description=__doc__.split("\n")[0])
     ap.add_argument("--problems", type=int, default=60)
-    a = parse_common(ap, argv, tokens=64, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
+    a = parse_common(ap, argv, tokens=48, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
     if a.quick:
         a.problems, a.n, a.tokens = 3, 4, 8
     tasks = arithmetic_tasks(a.problems, seed=a.seed)

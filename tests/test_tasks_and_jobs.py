@@ -12,12 +12,17 @@ from core.tasks import arithmetic_tasks, final_number, is_correct, tasks_from_js
 def test_arithmetic_tasks_are_deterministic_and_their_answers_are_right():
     tasks = arithmetic_tasks(8, seed=1)
     assert tasks == arithmetic_tasks(8, seed=1) and tasks != arithmetic_tasks(8, seed=2)
-    # the first template is "has a apples and buys b more, then gives away c": a + b - c
+    # task 0: "has a apples and buys b more" (a + b); task 3: "... then gives away c" (a + b - c);
+    # task 6: "had a cups, sold b and c" (a - b - c)
     import re
 
-    a, b, c = map(int, re.findall(r"\d+", tasks[0].question))
-    assert tasks[0].answer == str(a + b - c)
-    assert all(int(t.answer) >= 0 for t in tasks)
+    a, b = map(int, re.findall(r"\d+", tasks[0].question))
+    assert tasks[0].answer == str(a + b)
+    a, b, c = map(int, re.findall(r"\d+", tasks[3].question))
+    assert tasks[3].answer == str(a + b - c)
+    a, b, c = map(int, re.findall(r"\d+", tasks[6].question))
+    assert tasks[6].answer == str(a - b - c)
+    assert all(int(t.answer) >= 0 for t in arithmetic_tasks(200, seed=3))
 
 
 def test_answers_are_checked_by_their_last_number():

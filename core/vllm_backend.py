@@ -293,8 +293,8 @@ class _Run:
                 if bool(bad.any()):
                     self.steerer.bank.handle_bad(bad)
         lp_ref, lp_new, sig = distribution_signals(prop.cand, prop.fused)
-        self.pending.append(_Step([r for _, r in batch], t, prop.cand, (lp_ref, lp_new, base_logprobs(raw, prop.cand)),
-                                  sig, prop.novelty, prop.rel_novelty))
+        logps = (lp_ref, lp_new, base_logprobs(raw, prop.cand))
+        self.pending.append(_Step([r for _, r in batch], t, prop.cand, logps, sig, prop.novelty, prop.rel_novelty))
         self.rows_done += len(batch)
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()

@@ -82,3 +82,12 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
     assert sorted(p.name for p in images.iterdir()) == [
         "loss.png", "loss.svg", "novelty.png", "novelty.svg", "spread.png", "spread.svg"]
     assert (images / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pass_at_k_lines_of_one_method_share_its_colour_and_differ_in_dash():
+    from viz.charts import pass_at_k_figure
+
+    fig = pass_at_k_figure({"esamp β=0.1": [0.1, 0.2], "esamp β=0.5": [0.1, 0.3], "plain T=1.0": [0.2, 0.3]})
+    esamp_a, esamp_b, plain = fig.data
+    assert esamp_a.line.color == esamp_b.line.color != plain.line.color
+    assert esamp_a.line.dash != esamp_b.line.dash

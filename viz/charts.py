@@ -84,14 +84,21 @@ def sweep_figure(points: Sequence[dict]):
                    "semantic diversity (mean cosine distance)")
 
 
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
 def pass_at_k_figure(curves: dict[str, Sequence[float]]):
     """pass@k for k = 1..len(curve), one line per method."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    seen: dict[str, int] = {}  # lines so far per colour: settings of one method share it and differ in dash
     for k, (label, ys) in enumerate(curves.items()):
+        colour = colour_for(label, k)
+        dash = _DASHES[seen.get(colour, 0) % len(_DASHES)]
+        seen[colour] = seen.get(colour, 0) + 1
         fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines+markers",
-                                 name=escape(label), line=dict(color=colour_for(label, k))))
+                                 name=escape(label), line=dict(color=colour, dash=dash)))
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
 

@@ -17,7 +17,7 @@ import torch
 
 from .config import RunConfig, check_prompts
 from .esamp import Proposal, Steerer, unguided
-from .filters import apply_filters, build_filters, filters_for, top_k_bound
+from .filters import apply_filters, run_filters
 from .fusion import step_signals
 from .hooks import capture_states
 from .models import LoadedModel
@@ -97,9 +97,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
     device = lm.device
     eos = torch.tensor(lm.eos_ids, device=device)
     pad_id = lm.tokenizer.pad_token_id
-    # (filters, whether any filter is active) for the first token and for the rest.
-    main = (filters_for(sc), sc.filters_active)
-    first = (build_filters(config.fire.temperature, config.fire.top_k), True) if config.method == "fire" else main
+    first, main = run_filters(config)
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     steerer = None
     if config.uses_distiller:
@@ -125,9 +123,8 @@ def generate(lm: LoadedModel, prompts: Sequence[str], config: RunConfig | None =
         prefill_s = time.perf_counter() - t0
         tokens_done = 0
         for step in range(sc.max_new_tokens):
-            filters, filtering = first if step == 0 else main
+            filters, filtering, bound = first if step == 0 else main
             filtered = apply_filters(filters, logits)  # temperature -> top-k -> top-p -> min-p
-            bound = top_k_bound(filters)
             if steerer is None:
                 prop = unguided(filtered, filtering, bound)
             else:  # predict h_hat and fuse; the first token has no trained distiller yet: unguided

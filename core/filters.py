@@ -7,11 +7,11 @@ Order (transformers' order, ESAMP.md): temperature -> top-k -> top-p -> min-p.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from .config import SamplingConfig
+from .config import RunConfig, SamplingConfig
 
 Filter = Callable[[torch.Tensor], torch.Tensor]
 NEG_INF = float("-inf")
@@ -99,6 +99,25 @@ def filters_for(sampling: SamplingConfig) -> list[Filter]:
 def top_k_bound(filters: Sequence[Filter]) -> int | None:
     """top-k's k when it is among the filters: no row keeps more candidates (ties aside)."""
     return next((f.top_k for f in filters if isinstance(f, TopK)), None)
+
+
+class StepFilters(NamedTuple):
+    """The filters of one decode step, whether any is active, and top-k's bound on the candidates."""
+
+    filters: list[Filter]
+    active: bool
+    bound: int | None
+
+
+def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:
+    """(first token's, later tokens') filters of a run: FIRE draws its first token hotter, in a
+    top-k window; every other method filters every token alike (the same object twice)."""
+    main_filters = filters_for(config.sampling)
+    main = StepFilters(main_filters, config.sampling.filters_active, top_k_bound(main_filters))
+    if config.method != "fire":
+        return main, main
+    fire = build_filters(config.fire.temperature, config.fire.top_k)
+    return StepFilters(fire, True, top_k_bound(fire)), main
 
 
 def apply_filters(filters: Sequence[Filter], logits: torch.Tensor) -> torch.Tensor:

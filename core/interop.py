@@ -41,6 +41,7 @@ class EsampLogitsProcessor(LogitsProcessor):
             raise ValueError(f"`method` must be 'esamp' for the generate() processor, but is {config.method!r}.")
         self.lm, self.states, self.config = lm, states, config
         self.filters = filters_for(config.sampling)
+        self.bound = top_k_bound(self.filters)
         self.eos = torch.tensor(lm.eos_ids, device=lm.device)
         self.steerer: Steerer | None = None
         self.prompt_len = 0
@@ -67,7 +68,7 @@ class EsampLogitsProcessor(LogitsProcessor):
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
         filtered = apply_filters(self.filters, scores.float())
         prop = self.steerer.propose(filtered, self.config.sampling.filters_active, self.states.s,
-                                    self.states.h, guided=not first, bound=top_k_bound(self.filters))
+                                    self.states.h, guided=not first, bound=self.bound)
         self._pending = (prop, ~finished)
         return prop.to_sample
 

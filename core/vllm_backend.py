@@ -34,7 +34,7 @@ from . import vllm_internals as vi
 from .config import RunConfig
 from .engine import Progress, ProgressFn, build_trace, encode_prompts
 from .esamp import Steerer, unguided
-from .filters import apply_filters, build_filters, filters_for, top_k_bound
+from .filters import apply_filters, run_filters
 from .fusion import LMHead, base_logprobs, chosen_logps, distribution_signals
 from .models import DEFAULT_MODEL, ModelLoadError, embedded_model_dir
 from .trace import RunTrace, Timings
@@ -238,9 +238,7 @@ class _Run:
     def __init__(self, run_id: int, config: RunConfig, head: LMHead, groups: int, rows: int):
         sc = config.sampling
         self.id = run_id
-        self.main = (filters_for(sc), sc.filters_active)
-        self.first = (build_filters(config.fire.temperature, config.fire.top_k), True) \
-            if config.method == "fire" else None
+        self.first, self.main = run_filters(config)
         self.steerer = Steerer(groups, rows, head, config.esamp, config.beta, sc.temperature, seed=sc.seed) \
             if config.uses_distiller else None
         self.pending: list[_Step] = []  # steps whose chosen tokens are not read yet
@@ -269,15 +267,13 @@ class _Run:
         if not whole:
             s, h = s[index], h[index]
         t = [len(r.out) for _, r in batch]  # the step (token position) each row is at
-        filters, filtering = self.main
+        filters, filtering, bound = self.main
         filtered = apply_filters(filters, raw)  # temperature -> top-k -> top-p -> min-p
-        bound = top_k_bound(filters)
         is_first = torch.tensor([x == 0 for x in t], device=logits.device)
-        if self.first is not None and any(x == 0 for x in t):
-            filtered = torch.where(is_first[:, None], apply_filters(self.first[0], raw), filtered)
-            filtering = True
-            first_bound = top_k_bound(self.first[0])
-            bound = max(bound, first_bound) if bound and first_bound else None
+        if self.first is not self.main and any(x == 0 for x in t):  # FIRE: first tokens filtered their own way
+            filtered = torch.where(is_first[:, None], apply_filters(self.first.filters, raw), filtered)
+            filtering = filtering or self.first.active
+            bound = max(bound, self.first.bound) if bound and self.first.bound else None
         if self.steerer is None:
             prop = unguided(filtered, filtering, bound)
         else:

@@ -16,9 +16,9 @@ import streamlit as st
 
 from core import EsampConfig, RunConfig, RunTrace, SamplingConfig
 from core.cli import command_for
-from core.engine import encode_prompts
+from core import encode_prompts
 from core.config import BACKENDS
-from core.models import DEFAULT_MODEL, LoadedModel, load_model
+from core import DEFAULT_MODEL, LanguageModel as LoadedModel, load_model
 from viz import charts, heatmap, spread
 from viz.summary import run_label, summarize_runs
 

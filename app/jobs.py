@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from core import Progress, RunConfig, RunTrace, generate
-from core.models import LoadedModel
+from core import LanguageModel as LoadedModel
 
 
 @dataclass

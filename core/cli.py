@@ -128,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_prompts(prompts)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    from .engine import Progress, generate
-    from .models import ModelLoadError, load_model
+    from .backends import generate, load_model
+    from .backends.base import ModelLoadError, Progress
 
     try:
         lm = load_model(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,

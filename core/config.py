@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 METHODS = ("plain", "esamp", "fire")
-BACKENDS = ("transformers", "vllm")  # vllm: core/vllm_backend.py, optional
+BACKENDS = ("transformers", "vllm")  # core/backends/hf/, core/backends/vllm/ (optional: needs vLLM)
 SCOPES = ("prompt", "shared")
 
 # Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.

@@ -2,6 +2,12 @@
 
 Plain dataclasses with a JSON round trip (``RunTrace.from_json(t.to_json()) == t``); no pickle.
 Token pieces concatenate exactly to their sample's text.
+
+The format carries a version. A change to what a trace holds bumps ``TRACE_VERSION`` and adds
+an upgrade from the version before to ``_UPGRADES``, so every older trace still loads:
+
+- version 1: the first format;
+- version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2
 
 
 @dataclass
@@ -36,7 +42,7 @@ class Token:
     novelty: float | None = None  # ||h - h_hat||; None when no distiller ran
     rel_novelty: float | None = None  # ||h - h_hat|| / ||h||
     # log p of this token under the model itself (T=1, no filters, no fusion): perplexity without a
-    # second forward pass. None in traces saved before it was recorded.
+    # second forward pass. None only where a version 1 trace did not record it.
     logp_base: float | None = None
     top: list[Candidate] = field(default_factory=list)
 
@@ -112,15 +118,19 @@ class RunTrace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunTrace":
+        """A trace of this version or any older one (upgraded on the way in)."""
         version = d.get("version", 0)
-        if version != TRACE_VERSION:
-            raise ValueError(f"Trace version {version} is not supported (this build reads {TRACE_VERSION}).")
+        if not isinstance(version, int) or not 1 <= version <= TRACE_VERSION:
+            raise ValueError(f"Trace version {version!r} is not supported: this build reads versions 1 to "
+                             f"{TRACE_VERSION}. A newer ESamp Explorer wrote it; upgrade to read it.")
+        for v in range(version, TRACE_VERSION):
+            d = _UPGRADES[v](d)
         samples = [Sample(**{**s, "tokens": [Token(**{**t, "top": [Candidate(**c) for c in t["top"]]})
                                              for t in s["tokens"]]}) for s in d["samples"]]
         return cls(config=RunConfig.from_dict(d["config"]), model=d["model"], backend=d["backend"],
                    device=d["device"], dtype=d["dtype"], prompts=[PromptTrace(**p) for p in d["prompts"]],
                    samples=samples, timings=Timings(**d["timings"]), stopped=d["stopped"],
-                   created=d["created"], version=version)
+                   created=d["created"], version=TRACE_VERSION)
 
     @classmethod
     def from_json(cls, text: str) -> "RunTrace":
@@ -129,6 +139,17 @@ class RunTrace:
     @classmethod
     def load(cls, path: str | Path) -> "RunTrace":
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 traces were written with and without ``logp_base``; where it is missing it is unknown."""
+    for s in d["samples"]:
+        for tok in s["tokens"]:
+            tok.setdefault("logp_base", None)
+    return {**d, "version": 2}
+
+
+_UPGRADES = {1: _v1_to_v2}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from core import RunConfig, SamplingConfig, generate
-from core.models import UnsupportedArchitectureError, load_model, wrap_model
+from core import UnsupportedArchitectureError, load_model
+from core.backends.hf.model import wrap_model
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256)

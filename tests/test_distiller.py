@@ -3,7 +3,7 @@
 import torch
 
 from core.config import EsampConfig
-from core.distiller import DistillerBank
+from core.esamp.distiller import DistillerBank
 
 
 def reference_distiller(bank: DistillerBank, g: int) -> list[torch.nn.Parameter]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate
-from core.distiller import DistillerBank
-from core.fusion import novelty
+from core.esamp.distiller import DistillerBank
+from core.esamp.fusion import novelty
 
 PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
 

@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from core.filters import MinP, Temperature, TopK, TopP, apply_filters, build_filters
+from core.esamp.filters import MinP, Temperature, TopK, TopP, apply_filters, build_filters
 
 INF = float("inf")
 

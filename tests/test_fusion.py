@@ -4,8 +4,10 @@ import math
 
 import torch
 
-from core.filters import apply_filters, build_filters
-from core.fusion import Candidates, LMHead, fuse, novelty, step_signals
+from core.esamp.filters import apply_filters, build_filters
+from core.esamp.fusion import Candidates, LMHead, fuse, novelty
+from core.esamp.signals import StepSignals, step_signals
+from core.esamp.steerer import Proposal
 
 INF = float("inf")
 
@@ -93,7 +95,8 @@ def test_step_signals_on_a_two_token_distribution():
     # reference p = [0.5, 0.5]; fused p = [0.8, 0.2]; the chosen token is 0.
     ref = torch.tensor([[0.0, 0.0]])
     fused = torch.tensor([[math.log(0.8), math.log(0.2)]])
-    sig = step_signals(Candidates(None, ref), fused, torch.tensor([0]), top=3)
+    prop = Proposal(Candidates(None, ref), fused, fused, None, None)
+    sig = step_signals(prop, ref, torch.tensor([0]), top=3)
     assert math.isclose(sig.logp_ref.item(), math.log(0.5), rel_tol=1e-6)
     assert math.isclose(sig.logp_new.item(), math.log(0.8), rel_tol=1e-6)
     assert math.isclose(sig.entropy_ref.item(), math.log(2), rel_tol=1e-6)
@@ -108,10 +111,19 @@ def test_logp_base_is_under_the_unfiltered_model_at_t1():
     raw = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     filtered = apply_filters(build_filters(temperature=0.5, top_k=2), raw)
     cand = Candidates.from_filtered(filtered, True)
-    sig = step_signals(cand, cand.logits, torch.tensor([1]), raw)
+    sig = step_signals(Proposal(cand, cand.logits, filtered, None, None), raw, torch.tensor([1]))
     assert math.isclose(sig.logp_base.item(), 1.0 - torch.logsumexp(raw, -1).item(), rel_tol=1e-6)
     assert math.isclose(sig.logp_ref.item(), math.log(1 / (1 + math.exp(2.0))), rel_tol=1e-6)  # (2-4) = -2
-    assert step_signals(cand, cand.logits, torch.tensor([1])).logp_base is None
+
+
+def test_every_recorded_signal_has_a_place_in_the_trace():
+    from dataclasses import fields
+
+    from core.backends.record import SCALARS, TOP_FIELDS
+    from core.trace import Token
+
+    assert set(SCALARS) | set(TOP_FIELDS) == {f.name for f in fields(StepSignals)}
+    assert set(SCALARS) <= {f.name for f in fields(Token)}
 
 
 def test_a_top_k_bound_gives_the_same_candidates_as_counting_and_keeps_ties():

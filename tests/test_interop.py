@@ -3,8 +3,8 @@
 import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate
-from core.engine import encode_prompts
-from core.interop import esamp_for_generate
+from core import encode_prompts
+from core.backends.hf.interop import esamp_for_generate
 
 
 def test_generate_with_the_processor_matches_the_engine_under_the_same_seed(lm):
@@ -19,7 +19,7 @@ def test_generate_with_the_processor_matches_the_engine_under_the_same_seed(lm):
     eos = set(lm.eos_ids)
     generated = [t for t in out[0, ids.shape[1]:].tolist() if t not in eos]
     assert generated == [t.id for t in engine.samples[0].tokens]
-    assert len(esamp.steerer.losses) >= 1  # the distiller trained
+    assert len(esamp.pipeline.steerer.losses) >= 1  # the distiller trained
 
 
 def test_the_hooks_are_removed_when_the_block_ends(lm):
@@ -34,4 +34,4 @@ def test_n_samples_per_prompt_share_one_distiller_per_prompt(lm):
     ids = torch.tensor(encode_prompts(lm, ["Hi"], True, 4) * 2)  # two prompts, same length
     with esamp_for_generate(lm, cfg) as esamp:
         lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, **esamp.generate_kwargs())
-    assert esamp.steerer.groups == 2 and esamp.steerer.rows == 6
+    assert esamp.pipeline.steerer.groups == 2 and esamp.pipeline.steerer.rows == 6

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from core import RunConfig, RunTrace, SamplingConfig, generate
-from core.engine import token_pieces
+from core.backends.record import token_pieces
 
 
 @pytest.mark.parametrize("text", ["Café 🙂 naïve 東京タワー", "  leading spaces\n\nand\tnewlines  ", "🧑‍🚀🚀"])

@@ -69,7 +69,7 @@ def test_diverging_signal_range_is_symmetric():
 
 
 def test_real_tokenizer_pieces_with_emoji_and_cjk_render_without_mojibake(lm):
-    from core.engine import token_pieces
+    from core.backends.record import token_pieces
 
     text = "Tokyo 東京 🙂🚀 ok"
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]

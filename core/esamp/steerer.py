@@ -1,8 +1,8 @@
-"""One ESamp decode step over tensors, shared by every engine (transformers loop, generate()
-interop, vLLM): predict h_hat -> fuse -> (engine samples) -> train.
+"""One ESamp decode step over tensors, shared by every backend (transformers loop, generate()
+interop, vLLM): filter -> predict h_hat -> fuse -> (the backend samples) -> train.
 
 Rows are laid out group-major: R = G * m rows, group g owning rows g*m .. g*m+m-1 (a prompt's
-n samples with per-prompt scope; all rows with shared scope). An engine whose batch does not
+n samples with per-prompt scope; all rows with shared scope). A backend whose batch does not
 have that layout (vLLM reorders and drops requests every step) passes ``slots``: the layout
 row of each batch row; missing layout rows then neither steer nor train.
 """
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import EsampConfig
+from ..config import EsampConfig, RunConfig
 from .distiller import DistillerBank
+from .filters import apply_filters, run_filters
 from .fusion import Candidates, LMHead, fuse, novelty
 
 
@@ -96,3 +97,71 @@ def unguided(filtered: torch.Tensor, filters_active: bool, bound: int | None = N
     """A proposal with no distiller at all (plain sampling with the shadow off)."""
     cand = Candidates.from_filtered(filtered, filters_active, bound)
     return Proposal(cand, cand.logits, filtered, None, None)
+
+
+class Pipeline:
+    """One run's ESamp over tensors, the same for every backend: ``propose`` filters the model's
+    logits and (with a distiller) predicts and fuses; ``learn`` trains after sampling.
+
+    Plain sampling with the shadow off has no distiller: ``propose`` only filters.
+    """
+
+    def __init__(self, config: RunConfig, head: LMHead, prompts: int):
+        sc = config.sampling
+        self.first, self.main = run_filters(config)
+        groups = prompts if config.esamp.scope == "prompt" else 1
+        self.steerer = Steerer(groups, prompts * sc.n, head, config.esamp, config.beta, sc.temperature,
+                               seed=sc.seed) if config.uses_distiller else None
+
+    def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, first: bool | torch.Tensor,
+                slots: torch.Tensor | None = None) -> Proposal:
+        """raw: (R, V) the model's logits; s, h: (R, H) float32; first: whether (per row, as a (R,)
+        bool tensor) this is a sample's first token, drawn with the first-token filters and unguided."""
+        filtered, active, bound = self._filter(raw, first)  # temperature -> top-k -> top-p -> min-p
+        if self.steerer is None:
+            return unguided(filtered, active, bound)
+        guided = not first if isinstance(first, bool) else ~first
+        return self.steerer.propose(filtered, active, s, h, guided=guided, slots=slots, bound=bound)
+
+    def _filter(self, raw: torch.Tensor, first: bool | torch.Tensor) -> tuple[torch.Tensor, bool, int | None]:
+        if isinstance(first, bool) or self.first is self.main:
+            f = self.first if first is True else self.main
+            return apply_filters(f.filters, raw), f.active, f.bound
+        # FIRE with rows at different positions: first tokens filtered their own way.
+        filtered = torch.where(first[:, None], apply_filters(self.first.filters, raw),
+                               apply_filters(self.main.filters, raw))
+        bound = max(self.first.bound, self.main.bound) if self.first.bound and self.main.bound else None
+        return filtered, self.first.active or self.main.active, bound
+
+    def learn(self, proposal: Proposal, active: torch.Tensor) -> torch.Tensor:
+        """Train on the step's active rows (R,) bool; returns ``bad`` (G,) on the device (all False
+        without a distiller). Call ``reset_bad`` with it once it is on the host."""
+        if self.steerer is None:
+            return torch.zeros(1, dtype=torch.bool, device=active.device)
+        return self.steerer.learn(proposal, active)
+
+    def reset_bad(self, bad: torch.Tensor) -> None:
+        """Re-initialise the distillers whose loss or gradient was not finite."""
+        if self.steerer is not None:
+            self.steerer.bank.handle_bad(bad)
+
+    @property
+    def seconds(self) -> float:
+        return self.steerer.seconds if self.steerer else 0.0
+
+    def prompt_losses(self, prompts: int) -> list[list[float]]:
+        """Each prompt's distiller loss at the steps its distiller had rows (empty without one)."""
+        if self.steerer is None or not self.steerer.losses:
+            return [[] for _ in range(prompts)]
+        losses = torch.stack(self.steerer.losses).cpu()  # (steps, G)
+        live = torch.stack(self.steerer.live).cpu()
+        return [losses[live[:, g], g].tolist() for g in map(self.group_of, range(prompts))]
+
+    def prompt_resets(self, prompts: int) -> list[int]:
+        """NaN/inf resets of each prompt's distiller."""
+        if self.steerer is None:
+            return [0] * prompts
+        return [int(self.steerer.bank.resets[self.group_of(p)]) for p in range(prompts)]
+
+    def group_of(self, prompt: int) -> int:
+        return prompt if self.steerer is not None and self.steerer.groups > 1 else 0

@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from .config import RunConfig, SamplingConfig
+from ..config import RunConfig, SamplingConfig
 
 Filter = Callable[[torch.Tensor], torch.Tensor]
 NEG_INF = float("-inf")

@@ -10,11 +10,11 @@ own warpers while ESamp must rewrite only the candidates that survive the filter
 ``generate_kwargs()`` turns transformers' warpers off. Rows are grouped as generate lays them
 out with ``num_return_sequences=n``: prompt-major, n rows per prompt.
 
-Relation to ``core.generate``: same filters, fusion, distiller initialisation and training
-order, and transformers samples with ``torch.multinomial`` from the global generator as the
-engine does from its own. So after ``torch.manual_seed(seed)`` on CPU, one prompt with n=1
-gives token-for-token the engine's output under the same seed (tested). With n > 1,
-generate() prefills n copies of the prompt while the engine prefills once and copies the
+Relation to ``core.generate``: the same ``Pipeline`` (filters, fusion, distiller
+initialisation and training order), and transformers samples with ``torch.multinomial`` from
+the global generator as the transformers backend does from its own. So after
+``torch.manual_seed(seed)`` on CPU, one prompt with n=1 gives token-for-token the backend's output under the same seed (tested). With n > 1,
+generate() prefills n copies of the prompt while the backend prefills once and copies the
 cache; the float results can then differ in their last bits and, rarely, so can a token.
 """
 
@@ -26,24 +26,21 @@ from typing import Any, Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .config import RunConfig
-from .esamp import Proposal, Steerer
-from .filters import apply_filters, filters_for, top_k_bound
-from .hooks import States, capture_states
-from .models import LoadedModel
+from ...config import RunConfig
+from ...esamp.steerer import Pipeline, Proposal
+from ..hooks import States, capture_states
+from .model import HfModel
 
 
-class EsampLogitsProcessor(LogitsProcessor):
+class GenerateProcessor(LogitsProcessor):
     """Filters, then ESamp-fuses, the scores of each generate() step; trains after sampling."""
 
-    def __init__(self, lm: LoadedModel, states: States, config: RunConfig):
+    def __init__(self, lm: HfModel, states: States, config: RunConfig):
         if config.method != "esamp":
             raise ValueError(f"`method` must be 'esamp' for the generate() processor, but is {config.method!r}.")
         self.lm, self.states, self.config = lm, states, config
-        self.filters = filters_for(config.sampling)
-        self.bound = top_k_bound(self.filters)
         self.eos = torch.tensor(lm.eos_ids, device=lm.device)
-        self.steerer: Steerer | None = None
+        self.pipeline: Pipeline | None = None
         self.prompt_len = 0
         self._pending: tuple[Proposal, torch.Tensor] | None = None
 
@@ -56,26 +53,21 @@ class EsampLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = input_ids.shape[0]  # (R, L) prompt plus tokens so far; scores (R, V)
-        first = self.steerer is None
+        first = self.pipeline is None
         if first:
-            n = self.config.sampling.n
-            groups = rows // n if self.config.esamp.scope == "prompt" else 1
-            self.steerer = Steerer(groups, rows, self.lm.head, self.config.esamp, self.config.beta,
-                                   self.config.sampling.temperature, seed=self.config.sampling.seed)
+            self.pipeline = Pipeline(self.config, self.lm.head, prompts=rows // self.config.sampling.n)
             self.prompt_len = input_ids.shape[1]
         elif self._pending is not None:  # the previous step's token is sampled now: train on its states
-            self.steerer.bank.handle_bad(self.steerer.learn(*self._pending))
+            self.pipeline.reset_bad(self.pipeline.learn(*self._pending))
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
-        filtered = apply_filters(self.filters, scores.float())
-        prop = self.steerer.propose(filtered, self.config.sampling.filters_active, self.states.s,
-                                    self.states.h, guided=not first, bound=self.bound)
+        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, first=first)
         self._pending = (prop, ~finished)
         return prop.to_sample
 
 
 @contextmanager
-def esamp_for_generate(lm: LoadedModel, config: RunConfig | None = None) -> Iterator[EsampLogitsProcessor]:
+def esamp_for_generate(lm: HfModel, config: RunConfig | None = None) -> Iterator[GenerateProcessor]:
     """A fresh ESamp processor for one ``generate()`` call; its hooks are removed on exit."""
     config = config or RunConfig(method="esamp")
-    with capture_states(lm) as states:
-        yield EsampLogitsProcessor(lm, states, config)
+    with capture_states(lm.first_layer, lm.final_norm) as states:
+        yield GenerateProcessor(lm, states, config)

@@ -1,6 +1,6 @@
-"""ESamp's fusion step and the per-token signals, as functions over tensors.
+"""ESamp's fusion step and the novelty signal, as functions over tensors.
 
-Independent of transformers: an engine hands in the filtered reference logits, the final
+Independent of any backend: a backend hands in the filtered reference logits, the final
 state h, the distiller's prediction h_hat and the LM head; it gets back the logits to sample
 from. Shapes: R rows, V vocabulary, H hidden, K candidates per row.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .filters import NEG_INF
 
@@ -101,79 +100,6 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
         delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)
     delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
     return cand.logits + delta
-
-
-@dataclass
-class StepSignals:
-    """Per-row signals of one decode step, all on the device (no host sync)."""
-
-    logp_ref: torch.Tensor  # (R,) log-probability of the chosen token before fusion
-    logp_new: torch.Tensor  # (R,) and after
-    entropy_ref: torch.Tensor  # (R,) nats, of the distribution sampled from before fusion
-    entropy_new: torch.Tensor  # (R,)
-    top_ids: torch.Tensor  # (R, k) most likely tokens after fusion
-    top_p_ref: torch.Tensor  # (R, k)
-    top_p_new: torch.Tensor  # (R, k)
-    logp_base: torch.Tensor | None = None  # (R,) of the chosen token under the model itself (T=1, no filters)
-
-
-def step_signals(cand: Candidates, fused: torch.Tensor, tokens: torch.Tensor, raw: torch.Tensor | None = None,
-                 top: int = 5) -> StepSignals:
-    """Signals for chosen tokens (R,) given reference candidates and fused logits (R, K);
-    with the model's raw logits (R, V), also the chosen tokens' ``logp_base``."""
-    lp_ref, lp_new, sig = distribution_signals(cand, fused, top)
-    lps = (lp_ref, lp_new) if raw is None else (lp_ref, lp_new, base_logprobs(raw, cand))
-    sig.logp_ref, sig.logp_new, *base = chosen_logps(cand, tokens, *lps)
-    sig.logp_base = base[0] if base else None
-    return sig
-
-
-def distribution_signals(cand: Candidates, fused: torch.Tensor, top: int = 5
-                         ) -> tuple[torch.Tensor, torch.Tensor, StepSignals]:
-    """What a step's signals are before the token is known: (lp_ref, lp_new (R, K), signals with
-    ``logp_ref``/``logp_new`` still empty). ``chosen_logps`` fills those in once it is."""
-    lp_ref = torch.log_softmax(cand.logits, -1)  # (R, K)
-    lp_new = lp_ref if fused is cand.logits else torch.log_softmax(fused, -1)
-    k = min(top, fused.shape[-1])
-    top_lp_new, top_pos = torch.topk(lp_new, k, dim=-1)  # (R, k)
-    pad = top - k  # fewer candidates than `top`: pad with id -1 and probability 0
-    empty = lp_ref.new_empty(0)
-    return lp_ref, lp_new, StepSignals(
-        logp_ref=empty,
-        logp_new=empty,
-        entropy_ref=_entropy(lp_ref),
-        entropy_new=_entropy(lp_new),
-        top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
-        top_p_ref=F.pad(lp_ref.gather(-1, top_pos).exp(), (0, pad)),
-        top_p_new=F.pad(top_lp_new.exp(), (0, pad)),
-    )
-
-
-def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
-    """(R, K) log-probabilities of the candidates under the model itself, at T=1 with no filters,
-    from its raw logits (R, V): what perplexity is measured with, at no extra forward pass."""
-    at = raw if cand.ids is None else raw.gather(-1, cand.ids)
-    return at.float() - _logsumexp_rows(raw.float())[:, None]
-
-
-def _logsumexp_rows(x: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """logsumexp over the last dim of (R, V), a few rows at a time: each chunk stays in cache
-    (2.5x faster than ``torch.logsumexp`` on 384 x 49152 on CPU). A row of all -inf gives -inf."""
-    out = []
-    for c in x.split(chunk):
-        m = c.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
-        out.append((c - m).exp_().sum(-1).log_() + m[:, 0])
-    return torch.cat(out)
-
-
-def chosen_logps(cand: Candidates, tokens: torch.Tensor, *logps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each (R, K) log-probability tensor read at each row's chosen token (R,): one (R,) apiece."""
-    pos = cand.position_of(tokens)[:, None]  # (R, 1)
-    return tuple(lp.gather(-1, pos)[:, 0] for lp in logps)
-
-
-def _entropy(logp: torch.Tensor) -> torch.Tensor:
-    return torch.special.entr(logp.exp()).sum(-1)
 
 
 def novelty(h: torch.Tensor, h_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

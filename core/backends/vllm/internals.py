@@ -1,8 +1,9 @@
 """Everything the vLLM backend takes from vLLM that is not a documented extension point.
 
 The backend itself uses only public API: ``LLM``, ``LLMEngine.add_request/step/abort_request``,
-``LLM.apply_model`` (to install forward hooks) and the v1 logits processor interface. Three
-facts are internal and live here, each checked with a clear error:
+``LLM.apply_model`` (to install forward hooks), the v1 logits processor interface and its
+helper ``process_dict_updates``. Four facts are internal and live here, each checked with a
+clear error:
 
 1. The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on the V1 model
    runner (``VLLM_USE_V2_MODEL_RUNNER=0``; the V2 runner has another processor interface).

@@ -1,11 +1,12 @@
-"""A bank of G tiny distillers trained online, as batched tensors (no Python loop over groups).
+"""A bank of G tiny distillers trained online, as batched tensors.
 
 Each distiller maps a shallow state ``s`` to a prediction of the final state ``h``:
 ``x <- x + Down(SiLU(Gate x) * Up x)``, ``blocks`` times (ESAMP.md, 'Distiller').
 Group g owns slice g of every weight. Rows are laid out group-major: (G, m, H), where m is
 the number of rows per group (a prompt's n samples, or all rows in shared scope).
 
-Everything here is float32 and independent of transformers, so any engine can use it.
+The forward pass and the loss are batched over groups (``bmm``); the Adam step is one fused
+call per group. Everything here is float32 and independent of any backend.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam  # the functional form of torch.optim.Adam, fused kernel included
 
-from .config import EsampConfig
+from ..config import EsampConfig
 
 BETA1, BETA2 = 0.9, 0.999  # Adam's usual moments; ESAMP.md fixes only lr, eps and clipping
 

@@ -28,7 +28,7 @@ COPY bench bench
 COPY .streamlit .streamlit
 # Convert the embedded GGUF to safetensors now, so the first page load is fast and offline.
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "from core.models import embedded_model_dir; embedded_model_dir()" \
+ && python -c "from core.backends.embedded import embedded_model_dir; embedded_model_dir()" \
  && useradd --create-home --uid 10001 esamp \
  && mkdir -p /data \
  && chown -R esamp /data

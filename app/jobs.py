@@ -12,8 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from core import Progress, RunConfig, RunTrace, generate
-from core import LanguageModel as LoadedModel
+from core import LanguageModel, Progress, RunConfig, RunTrace, generate
 
 
 @dataclass
@@ -44,8 +43,8 @@ class Job:
         return min((self.current + inner) / max(len(self.labels), 1), 1.0)
 
 
-def start_job(lm: LoadedModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
-              score: Callable[[LoadedModel, RunTrace], list[float]] | None = None,
+def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
+              score: Callable[[LanguageModel, RunTrace], list[float]] | None = None,
               finish: Callable[[Job], object] | None = None) -> Job:
     """Run each config on the prompts in turn in a daemon thread; then score and finish.
 

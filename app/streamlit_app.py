@@ -1,13 +1,17 @@
-"""ESamp Explorer: the Streamlit entry point. `./run app` starts it on the embedded model."""
+"""ESamp Explorer: the Streamlit entry point. `./run app` starts it on the embedded model.
+
+Runs before every page: the model choice in the sidebar is one choice shared by all pages."""
 
 import streamlit as st
 
-st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide")
+from app.settings import model_picker
 
+st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide")
+model_picker()
 pages = [
-    st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=True),
-    st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
-    st.Page("pages/runs.py", title="History", icon=":material/history:", url_path="history"),
-    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/show_chart:"),
+    st.Page("views/runs.py", title="History", icon=":material/history:", url_path="history"),
+    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 st.navigation(pages).run()

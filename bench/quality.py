@@ -4,7 +4,8 @@
     python -m bench.quality --quick --json /tmp/q.json      # 2 prompts x 3 samples x 8 tokens
 
 For each method, the n answers to each prompt are embedded (all-MiniLM-L6-v2) and scored:
-mean pairwise cosine distance and Vendi score (semantic diversity), distinct-2 (lexical), and
+mean pairwise cosine distance and Vendi score (semantic diversity), distinct-2 and self-BLEU
+(lexical), and
 the mean perplexity of the answers under the base model at T=1 (fluency). Each metric is a
 mean over prompts with its standard error. The prompts are in bench/prompts/open_ended.txt.
 Runs on vLLM when it is installed (several times faster here), else on transformers.
@@ -15,20 +16,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 from core.scoring import trace_perplexities
-from viz import charts, metrics, spread
+from viz import charts, spread
 from viz.report import write_images
+from viz.summary import PromptScores, prompt_scores, sweep_point
 
 PROMPTS_FILE = Path(__file__).parent / "prompts" / "open_ended.txt"
 _NO_SHADOW = EsampConfig(shadow=False)  # baselines need no distiller: nothing here reads their novelty
@@ -47,12 +48,6 @@ def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
     return out
 
 
-def series_of(label: str) -> tuple[str, str]:
-    """('esamp', 'β=0.25') from 'esamp β=0.25': how the plot groups methods into lines."""
-    head, _, tail = label.partition(" ")
-    return (head, tail) if head in ("esamp", "plain") else (label, "")
-
-
 def default_backend() -> str:
     return "vllm" if importlib.util.find_spec("vllm") else "transformers"
 
@@ -62,22 +57,9 @@ def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 
 
 def score(trace, perplexities: list[float], embedder) -> dict:
-    """Per-prompt metrics of one run, then mean and standard error over prompts."""
-    per_prompt = {"cosine_distance": [], "vendi": [], "distinct_2": [], "perplexity": []}
-    for p in range(len(trace.prompts)):
-        idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == p]
-        texts = [trace.samples[i].text for i in idx]
-        emb = spread.embed(texts, embedder)
-        per_prompt["cosine_distance"].append(metrics.mean_pairwise_cosine_distance(emb))
-        per_prompt["vendi"].append(metrics.vendi_score(emb))
-        per_prompt["distinct_2"].append(metrics.distinct_n(texts, 2))
-        ppl = [perplexities[i] for i in idx if math.isfinite(perplexities[i])]
-        per_prompt["perplexity"].append(sum(ppl) / len(ppl) if ppl else math.nan)
-    summary = {}
-    for k, values in per_prompt.items():
-        mean, se = metrics.mean_and_stderr([v for v in values if math.isfinite(v)])
-        summary[k] = {"mean": mean, "se": se}
-    return {"summary": summary, "per_prompt": per_prompt}
+    """Per-prompt metrics of one run, and their mean and standard error over prompts."""
+    scores = prompt_scores(trace, spread.embed(trace.texts(), embedder), perplexities)
+    return {"summary": scores.summary(), "per_prompt": asdict(scores)}
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -92,14 +74,9 @@ def markdown(results: dict[str, dict]) -> str:
 
 
 def tradeoff_figure(results: dict[str, dict]):
-    points = []
-    for label, r in results.items():
-        series, setting = series_of(label)
-        s = r["summary"]
-        points.append({"series": series, "setting": setting, "diversity": s["cosine_distance"]["mean"],
-                       "diversity_se": s["cosine_distance"]["se"], "perplexity": s["perplexity"]["mean"],
-                       "perplexity_se": s["perplexity"]["se"]})
-    return charts.sweep_figure(points)
+    """Diversity against perplexity, one line per method family, from the results (or their JSON)."""
+    return charts.sweep_figure([sweep_point(RunConfig.from_dict(r["config"]), PromptScores(**r["per_prompt"]))
+                                for r in results.values()])
 
 
 def machine(lm) -> dict:

@@ -38,7 +38,8 @@ import torch
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 from core.config import FireConfig
 from core.esamp.distiller import DistillerBank
-from core import encode_prompts, left_pad
+from core import encode_prompts
+from core.backends.hf.loop import left_pad
 
 PROMPTS = [
     "Describe a city in the year 3000.",

@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
-PAGES = str(Path(APP).parent / "pages")
+PAGES = str(Path(APP).parent / "views")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -16,7 +16,7 @@ def history_db(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("history") / "history.sqlite3"
     os.environ["ESAMP_HISTORY_DB"] = str(path)
-    from app.common import get_history
+    from app.resources import get_history
 
     get_history.clear()
     yield path
@@ -32,6 +32,13 @@ def run_until(at: AppTest, done, timeout: float = 300) -> AppTest:
         time.sleep(0.5)
         at.run(timeout=120)
     return at
+
+
+def open_page(name: str) -> AppTest:
+    """A page of the app, through its entry point (which draws the sidebar's model choice)."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page(f"{PAGES}/{name}.py")
+    return at.run()
 
 
 def texts(at: AppTest) -> str:
@@ -100,18 +107,14 @@ def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
 
 def test_history_reopens_a_saved_run_with_its_pictures():
     explore("Name a fruit.")
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(PAGES + "/runs.py")
-    at.run()
+    at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
     assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 3
 
 
 def test_sweep_beta_and_temperature():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(PAGES + "/sweep.py")
-    at.run()
+    at = open_page("sweep")
     at.multiselect[0].set_value([0.5])
     at.multiselect[1].set_value([1.0])
     at.number_input[0].set_value(2)
@@ -123,9 +126,7 @@ def test_sweep_beta_and_temperature():
 
 
 def test_sweep_task_mode_shows_pass_at_k():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(PAGES + "/sweep.py")
-    at.run()
+    at = open_page("sweep")
     at.radio[0].set_value("Task: pass@k").run()
     at.slider[0].set_value(2)
     at.number_input[0].set_value(2)
@@ -138,9 +139,7 @@ def test_sweep_task_mode_shows_pass_at_k():
 
 
 def test_learn_page_steps_through_a_fusion():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(PAGES + "/learn.py")
-    at.run()
+    at = open_page("learn")
     at.slider[1].set_value(6)
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
@@ -152,10 +151,85 @@ def test_learn_page_steps_through_a_fusion():
 def test_markdown_escaping_leaves_no_link_image_or_tag():
     from markdown_it import MarkdownIt
 
-    from app.common import md
+    from app.render import md
 
     evil = '![x](http://e/p.png) [a](javascript:alert(1)) <b>hi</b> **bold** `c` $x$ :smile: # head\nline'
     html = MarkdownIt("commonmark").render(md(evil))
     assert "<img" not in html and "<a" not in html and "<b>" not in html and "<strong>" not in html
     assert "<code>" not in html and "<h1>" not in html
     assert "![x](http://e/p.png)" in html.replace("&lt;", "<").replace("&gt;", ">")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random llama saved locally: a non-default model that loads without a hub."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_the_reproduce_command_names_the_model_unless_it_is_the_embedded_one():
+    from dataclasses import replace
+
+    from app.render import reproduce_command
+    from core import DEFAULT_MODEL, RunTrace
+
+    trace = RunTrace.load(Path(__file__).parent / "data" / "trace-v1-with-logp-base.json")
+    assert "--model" not in reproduce_command(replace(trace, model=DEFAULT_MODEL))
+    assert "--model /models/my-llama" in reproduce_command(replace(trace, model="/models/my-llama"))
+
+
+def test_history_reproduces_a_run_of_another_model_with_its_model(tiny_model_dir):
+    """A run made with a non-default model, reopened in History: its command line names that model."""
+    from app.resources import get_history
+    from core import RunConfig, SamplingConfig, generate, load_model
+
+    trace = generate(load_model(tiny_model_dir), ["Hi"], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3)))
+    get_history().save([trace])
+    at = open_page("runs")
+    assert not at.exception, at.exception
+    assert any(f"--model {tiny_model_dir}" in c.value for c in at.code)
+
+
+def test_learn_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir):
+    at = open_page("learn")
+    at.sidebar.text_input[0].input(tiny_model_dir)
+    at.slider[1].set_value(4)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
+    assert not at.exception, at.exception
+    assert tiny_model_dir in texts(at)  # the page says which model it runs
+    assert at.session_state["learn_job"].traces[0].model == tiny_model_dir
+
+
+def test_sweep_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir, tmp_path):
+    at = open_page("sweep")
+    at.sidebar.text_input[0].input(str(tmp_path / "no-such-model")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("Cannot load model" in e.value for e in at.error)  # it tried the chosen model, not the default
+    at.sidebar.text_input[0].input(tiny_model_dir)
+    at.multiselect[0].set_value([0.5])
+    at.multiselect[1].set_value([1.0])
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(4)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
+    assert not at.exception, at.exception
+    assert {t.model for t in at.session_state["sweep_run"].job.traces} == {tiny_model_dir}
+
+
+def test_the_model_choice_is_shared_by_every_page():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["model"] = "/models/from-the-url"
+    at.run()
+    assert at.sidebar.text_input[0].value == "/models/from-the-url"
+    at.switch_page(PAGES + "/learn.py").run()
+    assert at.sidebar.text_input[0].value == "/models/from-the-url" and "/models/from-the-url" in texts(at)

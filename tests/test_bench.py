@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bench import passk, quality, speed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +21,7 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
               "plain T=1.3", "min-p 0.1", "FIRE"]
     assert list(report["methods"]) == labels
     for r in report["methods"].values():
-        assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "perplexity"}
+        assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "self_bleu", "perplexity"}
         assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
         assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
     assert report["prompts"] == quality.read_prompts()[:2] and len(quality.read_prompts()) >= 24
@@ -61,9 +59,3 @@ def test_speed_quick_reports_every_backend_workload_and_variant(tmp_path):
             assert r["ratio_to_plain"] == 1.0  # each ratio's baseline
     assert report["distiller_bytes_per_prompt"] > 0
     assert table.read_text().count("\n") == len(want) + 2
-
-
-@pytest.mark.parametrize("label,series", [("esamp β=0.25", ("esamp", "β=0.25")), ("FIRE", ("FIRE", "")),
-                                          ("min-p 0.1", ("min-p 0.1", ""))])
-def test_methods_group_into_plot_series(label, series):
-    assert quality.series_of(label) == series

@@ -122,3 +122,23 @@ def test_a_run_survives_a_restart_and_reopens_with_its_pictures(browser, tmp_pat
         page.screenshot(path=str(tmp_path / "after-restart.png"))
     finally:
         stop_server(proc)
+
+
+def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(server, browser):
+    """Opening /learn directly goes through the entry point (no automatic pages/ folder), so the
+    sidebar's model choice is there and follows the user to the next page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/learn?model=/models/from-a-link")
+    page.wait_for_selector("text=Try it on the loaded model", timeout=60_000)
+    model = page.get_by_role("textbox", name="Model")
+    expect(model).to_have_value("/models/from-a-link", timeout=10_000)
+    model.fill("/models/typed")
+    model.press("Enter")
+    expect(page.locator("text=Runs on /models/typed")).to_be_visible(timeout=10_000)
+    page.get_by_role("link", name="Sweep").click()
+    page.wait_for_selector("text=What to sweep", timeout=60_000)
+    expect(page.get_by_role("textbox", name="Model")).to_have_value("/models/typed", timeout=10_000)
+    expect(page.locator("text=Runs on /models/typed")).to_be_visible(timeout=10_000)
+    page.close()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,24 @@ def test_cli_rejects_bad_values_before_loading_a_model():
 def test_cli_unknown_model_exits_with_a_clear_message(tmp_path):
     r = cli("generate", "hello", "--model", str(tmp_path / "missing"))
     assert r.returncode == 2 and "Cannot load model" in r.stderr
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_1_traces_load_with_and_without_logp_base():
+    """Both kinds of version 1 trace, as earlier releases wrote them (tests/data: `python -m core generate
+    "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^ and 8f0caa6)."""
+    before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
+    after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
+    assert before.version == after.version == 2  # upgraded on the way in
+    assert all(t.logp_base is None for s in before.samples for t in s.tokens)
+    assert all(t.logp_base < 0 for s in after.samples for t in s.tokens)
+    assert [s.text for s in before.samples] == [s.text for s in after.samples]  # same run, same seed
+    assert json.loads(after.to_json())["version"] == 2
+
+
+def test_a_new_trace_says_version_2_and_records_logp_base(lm):
+    trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=1, max_new_tokens=3)))
+    d = json.loads(trace.to_json())
+    assert d["version"] == 2 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])

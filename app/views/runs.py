@@ -4,11 +4,12 @@ import datetime as dt
 
 import streamlit as st
 
-from app import common
+from app import render
+from app.resources import get_embedder, get_history
 from viz.report import build_report
 
 st.title("History")
-history = common.get_history()
+history = get_history()
 st.caption(f"Runs are stored in `{history.path}` (set ESAMP_HISTORY_DB to move it).")
 
 c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
@@ -31,12 +32,12 @@ chosen = st.selectbox("Open run", [r.id for r in records],
 traces, perplexities = history.load(chosen)
 
 c1, c2, c3 = st.columns(3)
+reports = st.session_state.setdefault("history_reports", {})  # run id -> report HTML
 if c1.button("Build HTML report"):
     with st.spinner("Embedding answers and drawing…"):
-        st.session_state.history_report = (chosen, build_report(traces, perplexities, embedder=common.get_embedder()))
-report = st.session_state.get("history_report")
-if report and report[0] == chosen:
-    c1.download_button("Download report.html", report[1], file_name=f"esamp-run-{chosen}.html", mime="text/html")
+        reports[chosen] = build_report(traces, perplexities, embedder=get_embedder())
+if chosen in reports:
+    c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
 for i, t in enumerate(traces):
     c2.download_button(f"Download {t.method} trace (JSON)", t.to_json(), key=f"json_{chosen}_{i}",
                        file_name=f"esamp-run-{chosen}-{i}-{t.method}.json", mime="application/json")
@@ -46,4 +47,4 @@ with c3.popover("Delete run"):
         history.delete(chosen)
         st.rerun()
 
-common.render_comparison(traces, perplexities if any(perplexities) else None, f"history_{chosen}")
+render.comparison(traces, perplexities if any(perplexities) else None, f"history_{chosen}")

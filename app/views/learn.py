@@ -1,14 +1,13 @@
 """Learn: what ESamp does, shown on the loaded model: one real fusion step with numbers, and
 novelty building up token by token. Made for teaching in front of a class."""
 
-import math
-
 import streamlit as st
 
-from app import common
+from app import render, settings
 from app.jobs import start_job
 from core import EsampConfig, RunConfig, SamplingConfig
 from viz import charts, heatmap
+from viz.summary import candidate_rows, fusion_step
 
 st.title("Learn: how ESamp explores")
 
@@ -31,6 +30,7 @@ st.markdown("Only the tokens that survive top-k / top-p / min-p are reweighted; 
             "against everything seen so far.")
 
 st.header("Try it on the loaded model")
+st.caption(f"Runs on {settings.chosen_model().label} (choose the model in the sidebar).")
 with st.form("learn"):
     prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
     c1, c2 = st.columns(2)
@@ -43,16 +43,10 @@ if go:
         st.stop()
     cfg = RunConfig(method="esamp", esamp=EsampConfig(beta=beta),
                     sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50))
-    st.session_state.learn_job = start_job(common.get_model(""), [prompt], [cfg], ["esamp"])
+    st.session_state.learn_job = start_job(settings.load_chosen_model() or st.stop(), [prompt], [cfg], ["esamp"])
 
-job = st.session_state.get("learn_job")
+job = render.finished_job(st.session_state.get("learn_job"), "learn", "Generate to step through a real run.")
 if job is None:
-    st.stop()
-
-if not common.follow(job, "learn"):
-    st.stop()
-if job.error or not job.traces:
-    st.error(f"The run failed: {common.md(job.error)}")
     st.stop()
 
 trace = job.traces[0]
@@ -70,14 +64,10 @@ st.html(heatmap.heatmap_html(trace, "novelty", samples=[sample_index], upto=pos,
                              value_range=heatmap.signal_range([trace], "novelty")))
 st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"]), key="learn_novelty")
 
-st.subheader(f"One fusion step: token {pos}, {common.md(repr(token.text))}")
+st.subheader(f"One fusion step: token {pos}, {render.md(repr(token.text))}")
 if pos == 1:
     st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
-c1, c2, c3 = st.columns(3)
-c1.metric("novelty ‖e‖", f"{token.novelty:.2f}" if token.novelty is not None else "–")
-c2.metric("p(chosen) before → after", f"{math.exp(token.logp_ref):.3f} → {math.exp(token.logp_new):.3f}")
-c3.metric("entropy before → after", f"{token.entropy_ref:.2f} → {token.entropy_new:.2f}")
+for col, (name, value) in zip(st.columns(3), fusion_step(token).items()):
+    col.metric(name, value)
 st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")
-st.dataframe([{"candidate": repr(c.text), "p before": c.p_ref, "p after": c.p_new,
-               "log ratio (β w·e / T, renormalised)": math.log(c.p_new / c.p_ref) if c.p_ref > 0 and c.p_new > 0 else None}
-              for c in token.top], hide_index=True)
+st.dataframe(candidate_rows(token), hide_index=True)

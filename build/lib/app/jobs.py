@@ -1,0 +1,90 @@
+"""Generation jobs that run in a background thread, so the page stays live: it shows progress,
+can stop a run (keeping what was generated) and never loses a finished run.
+
+A job only orchestrates calls into core (generate, perplexities) and viz (embeddings);
+the model logic lives there. Streamlit is not imported here: the page polls the job.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from core import LanguageModel, Progress, RunConfig, RunTrace, generate
+
+
+@dataclass
+class Job:
+    """State shared between the worker thread and the page (read-only for the page)."""
+
+    labels: list[str]
+    phase: str = "waiting"  # waiting -> running -> scoring -> done | stopped | error
+    current: int = 0  # index of the run in progress
+    progress: Progress | None = None
+    traces: list[RunTrace] = field(default_factory=list)
+    perplexities: list[list[float]] = field(default_factory=list)
+    result: object = None  # whatever the finishing step returns (e.g. a history id)
+    error: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "stopped", "error")
+
+    def fraction(self) -> float:
+        """Overall progress 0..1 across the runs."""
+        if self.finished:
+            return 1.0
+        p = self.progress
+        inner = p.step / p.max_steps if p and p.max_steps else 0.0
+        return min((self.current + inner) / max(len(self.labels), 1), 1.0)
+
+
+def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
+              score: Callable[[LanguageModel, RunTrace], list[float]] | None = None,
+              finish: Callable[[Job], object] | None = None) -> Job:
+    """Run each config on the prompts in turn in a daemon thread; then score and finish.
+
+    ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
+    and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
+    """
+    job = Job(labels=list(labels))
+
+    def work() -> None:
+        try:
+            if lm.lock.locked():
+                job.phase = "waiting"  # another session is generating on this model
+            for i, cfg in enumerate(configs):
+                job.current = i
+
+                def on_progress(p: Progress) -> None:
+                    job.phase = "running"
+                    job.progress = p
+
+                trace = generate(lm, prompts, cfg, progress=on_progress, cancel=job.cancel)
+                job.traces.append(trace)
+                if trace.stopped:
+                    break
+            if score is not None:
+                job.phase = "scoring"
+                job.perplexities = [score(lm, t) for t in job.traces]
+            final = "stopped" if job.cancel.is_set() else "done"
+            if finish is not None:
+                job.result = finish(job)
+            job.phase = final
+        except Exception as exc:  # shown on the page; the traces finished so far are kept
+            job.error = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            if job.traces and finish is not None:
+                try:
+                    job.result = finish(job)
+                except Exception:
+                    traceback.print_exc()
+            job.phase = "error"
+
+    job.thread = threading.Thread(target=work, name="esamp-job", daemon=True)
+    job.thread.start()
+    return job

@@ -1,0 +1,52 @@
+"""What the pages load: models and the embedder (one copy per process, shared by every
+session, never mutated: runs keep their own distillers), the run history, and cached
+embeddings and projections of answers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import streamlit as st
+
+from core import LanguageModel, load_model
+from core.config import BACKENDS
+from viz import spread
+
+from .history import History
+
+
+@st.cache_resource(show_spinner="Loading the model (the first time converts the embedded GGUF, ~1 min)…")
+def get_model(name: str, backend: str = "transformers") -> LanguageModel:
+    """One copy per model name and backend; ``""`` is the embedded default."""
+    return load_model(name or None, backend=backend)
+
+
+def backends() -> list[str]:
+    """The backends this installation has: vLLM is optional."""
+    return [b for b in BACKENDS if b != "vllm" or importlib.util.find_spec("vllm") is not None]
+
+
+@st.cache_resource(show_spinner="Loading the sentence embedder…")
+def get_embedder():
+    return spread.load_embedder()
+
+
+@st.cache_resource
+def get_history() -> History:
+    """The run history: ``streamlit run app/streamlit_app.py -- --history PATH``, else
+    ``$ESAMP_HISTORY_DB``, else the user's data directory."""
+    args = sys.argv[1:]
+    path = args[args.index("--history") + 1] if "--history" in args[:-1] else None
+    return History(path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def embeddings(texts: tuple[str, ...]) -> np.ndarray:
+    return spread.embed(list(texts), get_embedder())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def projection(texts: tuple[str, ...], seed: int) -> spread.Projection:
+    return spread.project_2d(embeddings(texts), seed)

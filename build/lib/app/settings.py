@@ -1,0 +1,165 @@
+"""The user's choices: the model (one choice in the sidebar, shared by every page) and Explore's
+prompt and sampling settings. Both live in the page URL so that a view can be shared; each URL
+parameter is defined once, in ``FIELDS``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import streamlit as st
+
+from core import DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, encode_prompts
+
+from .render import md
+from .resources import backends, get_model
+
+# Limits that keep the app responsive on a 2-core CPU; the CLI allows more.
+MAX_N = 16
+MAX_NEW_TOKENS = 256
+MAX_PROMPT_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str = ""  # "" = the embedded default
+    backend: str = "transformers"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or DEFAULT_MODEL + ' (embedded)'} · {self.backend}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    config: RunConfig  # ESamp's; the other methods reuse its sampling settings
+
+    def for_method(self, method: str) -> RunConfig:
+        return dataclasses.replace(self.config, method=method)
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # URL parameter
+    kind: type
+    default: Any
+    value: Callable[[ModelChoice, Settings], Any]  # what the URL holds for a run
+
+
+def _sampling(name: str) -> Callable[[ModelChoice, Settings], Any]:
+    return lambda m, s: getattr(s.config.sampling, name)
+
+
+FIELDS = [
+    Field("model", str, "", lambda m, s: m.name),
+    Field("backend", str, "transformers", lambda m, s: m.backend),
+    Field("prompt", str, "Describe a city in the year 3000.", lambda m, s: s.prompt),
+    Field("n", int, 4, _sampling("n")),
+    Field("tokens", int, 48, _sampling("max_new_tokens")),
+    Field("T", float, 1.0, _sampling("temperature")),
+    Field("top_k", int, 50, _sampling("top_k")),
+    Field("top_p", float, 1.0, _sampling("top_p")),
+    Field("min_p", float, 0.0, _sampling("min_p")),
+    Field("seed", int, 0, _sampling("seed")),
+    Field("beta", float, 0.25, lambda m, s: s.config.esamp.beta),
+    Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
+]
+
+
+def url_values() -> dict[str, Any]:
+    """Each field's value from the page URL; a missing or bad value gives the default."""
+    out = {}
+    for f in FIELDS:
+        raw = st.query_params.get(f.key)
+        try:
+            value = f.kind(raw) if raw is not None else f.default
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError
+        except ValueError:
+            value = f.default
+        out[f.key] = value
+    return out
+
+
+def set_url(model: ModelChoice, settings: Settings) -> None:
+    st.query_params.from_dict({f.key: f.value(model, settings) for f in FIELDS})
+
+
+def model_picker() -> None:
+    """The model and backend every page runs on, in the sidebar (first defaults from the URL)."""
+    url, options = url_values(), backends()
+    st.session_state.setdefault("model_name", url["model"])
+    st.session_state.setdefault("model_backend", url["backend"] if url["backend"] in options else options[0])
+    st.sidebar.text_input("Model", key="model_name", placeholder=f"{DEFAULT_MODEL} (embedded)",
+                          help="Empty: the embedded default. Or any transformers causal LM name or local path.")
+    st.sidebar.selectbox("Backend", options, key="model_backend",
+                         help="vllm: the same ESamp inside vLLM (faster on many rows; starting it takes ~20 s)")
+
+
+def chosen_model() -> ModelChoice:
+    return ModelChoice(st.session_state.get("model_name", "").strip(),
+                       st.session_state.get("model_backend", "transformers"))
+
+
+def load_chosen_model(slot=None) -> LanguageModel | None:
+    """The chosen model, loaded; None with the reason shown (in ``slot``, else on the page)."""
+    choice = chosen_model()
+    try:
+        return get_model(choice.name, choice.backend)
+    except Exception as exc:  # ModelLoadError, and anything a third-party checkpoint throws
+        (slot or st).error(md(exc))
+        return None
+
+
+def _clamp(v, lo, hi):
+    return min(max(v, lo), hi)
+
+
+def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
+    """The prompt and sampling settings in one form. On a valid submit: the settings and the chosen
+    model, loaded; otherwise None, with the reason shown next to the widget it concerns."""
+    d = url_values()
+    with st.form(key):
+        prompt = st.text_area("Prompt", d["prompt"], height=100, max_chars=MAX_PROMPT_CHARS,
+                              help="Model output is shown as text, never as HTML.")
+        prompt_error = st.empty()
+        mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
+                        help="chat wraps the prompt in the model's chat template")
+        beta = st.slider("Exploration strength β", 0.0, 1.0, float(_clamp(d["beta"], 0.0, 1.0)), 0.05,
+                         help="0 = plain sampling; the paper's default is 0.25")
+        c1, c2, c3 = st.columns(3)
+        n = c1.number_input("Samples per prompt (n)", 1, MAX_N, int(_clamp(d["n"], 1, MAX_N)))
+        tokens = c2.number_input("Max new tokens", 1, MAX_NEW_TOKENS, int(_clamp(d["tokens"], 1, MAX_NEW_TOKENS)))
+        seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
+        c1, c2, c3, c4 = st.columns(4)
+        temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
+        top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
+        top_p = c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01)
+        min_p = c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01)
+        submitted = st.form_submit_button("Generate", type="primary")
+        model_error = st.empty()
+    if not submitted:
+        return None
+    if not prompt.strip():
+        prompt_error.error("Write a prompt first: it is empty.")
+        return None
+    try:
+        config = RunConfig(method="esamp", chat=mode == "chat", esamp=EsampConfig(beta=float(beta)),
+                           sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), temperature=float(temperature),
+                                                   top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
+                                                   seed=int(seed)))
+    except ValueError as exc:
+        st.error(md(exc))
+        return None
+    lm = load_chosen_model(model_error)
+    if lm is None:
+        return None
+    try:
+        encode_prompts(lm, [prompt], config.chat, config.sampling.max_new_tokens)  # too long for the context?
+    except ValueError as exc:
+        prompt_error.error(md(exc))
+        return None
+    return Settings(prompt, config), lm

@@ -1,0 +1,73 @@
+"""Learn: what ESamp does, shown on the loaded model: one real fusion step with numbers, and
+novelty building up token by token. Made for teaching in front of a class."""
+
+import streamlit as st
+
+from app import render, settings
+from app.jobs import start_job
+from core import EsampConfig, RunConfig, SamplingConfig
+from viz import charts, heatmap
+from viz.summary import candidate_rows, fusion_step
+
+st.title("Learn: how ESamp explores")
+
+st.markdown("""
+**1 · What the distiller reads and predicts.** At every step the language model computes a
+*shallow* state **s** (after its first layer) and a *final* state **h** (what the output layer
+reads). A tiny network, the **distiller**, learns online — during this very generation — to
+predict **h** from **s**. Contexts it has already seen (earlier tokens of *all* n answers to
+this prompt) are predicted well; new ones are not.
+
+**2 · Novelty.** The prediction error **e = h − ĥ** is the novelty signal: its length ‖e‖ says
+how new the context is, its direction says *which* tokens lead somewhere new.
+
+**3 · Fusion.** ESamp tilts the next-token distribution toward that direction:
+""")
+st.latex(r"\ell_{new}(z) = (1+\beta)\,\ell_{ref}(z) - \beta\,\ell_{dist}(z)"
+         r"\quad\Longleftrightarrow\quad \ell_{new}(z) = \ell_{ref}(z) + \beta\,\frac{w_z\cdot e}{T}")
+st.markdown("Only the tokens that survive top-k / top-p / min-p are reweighted; β = 0 is plain sampling. "
+            "Then the distiller trains on this step's (s, h), so the next step's novelty is measured "
+            "against everything seen so far.")
+
+st.header("Try it on the loaded model")
+st.caption(f"Runs on {settings.chosen_model().label} (choose the model in the sidebar).")
+with st.form("learn"):
+    prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
+    c1, c2 = st.columns(2)
+    beta = c1.slider("β", 0.0, 1.0, 0.5, 0.05)
+    tokens = c2.slider("Tokens", 4, 48, 24)
+    go = st.form_submit_button("Generate 4 answers with ESamp", type="primary")
+if go:
+    if not prompt.strip():
+        st.error("Write a prompt first: it is empty.")
+        st.stop()
+    cfg = RunConfig(method="esamp", esamp=EsampConfig(beta=beta),
+                    sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50))
+    st.session_state.learn_job = start_job(settings.load_chosen_model() or st.stop(), [prompt], [cfg], ["esamp"])
+
+job = render.finished_job(st.session_state.get("learn_job"), "learn", "Generate to step through a real run.")
+if job is None:
+    st.stop()
+
+trace = job.traces[0]
+b = trace.config.esamp.beta
+sample_index = st.radio("Answer", range(len(trace.samples)), horizontal=True, format_func=lambda i: f"#{i + 1}")
+sample = trace.samples[sample_index]
+if not sample.tokens:
+    st.info("This answer is empty.")
+    st.stop()
+pos = st.slider("Step through the answer", 1, len(sample.tokens), min(6, len(sample.tokens)))
+token = sample.tokens[pos - 1]
+
+st.subheader("Novelty building up, token by token")
+st.html(heatmap.heatmap_html(trace, "novelty", samples=[sample_index], upto=pos,
+                             value_range=heatmap.signal_range([trace], "novelty")))
+st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"]), key="learn_novelty")
+
+st.subheader(f"One fusion step: token {pos}, {render.md(repr(token.text))}")
+if pos == 1:
+    st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
+for col, (name, value) in zip(st.columns(3), fusion_step(token).items()):
+    col.metric(name, value)
+st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")
+st.dataframe(candidate_rows(token), hide_index=True)

@@ -1,0 +1,50 @@
+"""History: every finished run, kept in SQLite. Filter, reopen with all pictures, export, delete."""
+
+import datetime as dt
+
+import streamlit as st
+
+from app import render
+from app.resources import get_embedder, get_history
+from viz.report import build_report
+
+st.title("History")
+history = get_history()
+st.caption(f"Runs are stored in `{history.path}` (set ESAMP_HISTORY_DB to move it).")
+
+c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
+text = c1.text_input("Prompt contains")
+model = c2.text_input("Model contains")
+method = c3.selectbox("Method", ["", "esamp", "plain", "fire"], format_func=lambda m: m or "any")
+dates = c4.date_input("Date range", value=(), help="leave empty for all dates")
+since = until = ""
+if len(dates) == 2:
+    since, until = dates[0].isoformat(), (dates[1] + dt.timedelta(days=1)).isoformat()
+records = history.list(text=text, model=model, method=method, since=since, until=until)
+if not records:
+    st.info("No runs yet (or none match). Generate one on the Explore page.")
+    st.stop()
+
+st.dataframe([{"id": r.id, "created": r.created, "prompt": r.prompt[:100], "model": r.model,
+               "methods": ", ".join(r.methods)} for r in records], hide_index=True)
+chosen = st.selectbox("Open run", [r.id for r in records],
+                      format_func=lambda i: next(f"#{r.id} · {r.created} · {r.prompt[:60]}" for r in records if r.id == i))
+traces, perplexities = history.load(chosen)
+
+c1, c2, c3 = st.columns(3)
+reports = st.session_state.setdefault("history_reports", {})  # run id -> report HTML
+if c1.button("Build HTML report"):
+    with st.spinner("Embedding answers and drawing…"):
+        reports[chosen] = build_report(traces, perplexities, embedder=get_embedder())
+if chosen in reports:
+    c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
+for i, t in enumerate(traces):
+    c2.download_button(f"Download {t.method} trace (JSON)", t.to_json(), key=f"json_{chosen}_{i}",
+                       file_name=f"esamp-run-{chosen}-{i}-{t.method}.json", mime="application/json")
+with c3.popover("Delete run"):
+    st.write(f"Delete run #{chosen} for good?")
+    if st.button("Yes, delete", type="primary"):
+        history.delete(chosen)
+        st.rerun()
+
+render.comparison(traces, perplexities if any(perplexities) else None, f"history_{chosen}")

@@ -1,0 +1,83 @@
+"""Sweep: β for ESamp and temperature for plain sampling, as diversity against perplexity;
+or a task with checkable answers, as pass@k curves for ESamp, plain, min-p and FIRE."""
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app import render, settings
+from app.jobs import Job, start_job
+from app.resources import embeddings, get_history
+from core import EsampConfig, RunConfig, SamplingConfig
+from core.scoring import trace_perplexities
+from core.tasks import arithmetic_tasks, tasks_from_jsonl
+from viz import charts
+from viz.summary import answer_rows, config_label, pass_at_k_table, sweep_points
+
+MAX_PROMPTS, MAX_TASKS = 4, 20
+TRADEOFF, TASK = "Diversity vs perplexity", "Task: pass@k"
+
+
+@dataclass
+class Sweep:
+    job: Job
+    answers: list[str] | None  # a task's answers per prompt; None for the diversity sweep
+
+
+st.title("Sweep")
+st.caption(f"Runs on {settings.chosen_model().label} (choose the model in the sidebar).")
+mode = st.radio("What to sweep", [TRADEOFF, TASK], horizontal=True)
+with st.form("sweep"):
+    if mode == TRADEOFF:
+        prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")
+        betas = st.multiselect("ESamp β values", [0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 1.0], [0.1, 0.25, 0.5, 1.0])
+        temps = st.multiselect("Plain temperatures", [0.5, 0.7, 1.0, 1.3, 1.6], [0.7, 1.0, 1.3])
+    else:
+        builtin = st.radio("Tasks", ["built-in arithmetic", "upload JSONL (question, answer)"], horizontal=True)
+        count = st.slider("Number of arithmetic problems", 2, MAX_TASKS, 6)
+        upload = st.file_uploader("JSONL with one {\"question\": …, \"answer\": …} a line", type=["jsonl", "json"])
+    c1, c2, c3 = st.columns(3)
+    n = c1.number_input("Samples per prompt (n)", 2, settings.MAX_N, 4)
+    tokens = c2.number_input("Max new tokens", 4, settings.MAX_NEW_TOKENS, 48)
+    seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
+    go = st.form_submit_button("Run sweep", type="primary")
+
+if go:
+    sampling = dict(n=int(n), max_new_tokens=int(tokens), seed=int(seed))
+    try:
+        if mode == TRADEOFF:
+            prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
+            configs = [RunConfig(method="esamp", sampling=SamplingConfig(**sampling), esamp=EsampConfig(beta=b))
+                       for b in sorted(betas)]
+            configs += [RunConfig(method="plain", sampling=SamplingConfig(temperature=t, **sampling))
+                        for t in sorted(temps)]
+        else:
+            tasks = (arithmetic_tasks(count, int(seed)) if builtin == "built-in arithmetic" or upload is None
+                     else tasks_from_jsonl(upload.getvalue().decode("utf-8"))[:MAX_TASKS])
+            prompts, answers = [t.prompt for t in tasks], [t.answer for t in tasks]
+            configs = [RunConfig(method=m, sampling=SamplingConfig(**sampling, **kw)) for m, kw in
+                       [("esamp", {}), ("plain", {}), ("plain", {"min_p": 0.1}), ("fire", {})]]
+        if not prompts or not configs:
+            raise ValueError("Give at least one prompt and one setting to sweep.")
+    except (ValueError, UnicodeDecodeError) as exc:
+        st.error(render.md(exc))
+        st.stop()
+    lm, history = settings.load_chosen_model() or st.stop(), get_history()
+    st.session_state.sweep_run = Sweep(start_job(
+        lm, prompts, configs, [config_label(c) for c in configs], score=trace_perplexities if answers is None else None,
+        finish=lambda job: history.save(job.traces, job.perplexities)), answers)
+
+sweep = st.session_state.get("sweep_run")
+job = render.finished_job(sweep and sweep.job, "sweep", "Choose what to sweep and run it.")
+if job is None:
+    st.stop()
+if sweep.answers is None:
+    points = sweep_points(job.traces, embeddings(tuple(s.text for t in job.traces for s in t.samples)), job.perplexities)
+    st.plotly_chart(charts.sweep_figure(points))
+    st.dataframe(points, hide_index=True)
+else:
+    curves, rows = pass_at_k_table(job.traces, sweep.answers)
+    st.plotly_chart(charts.pass_at_k_figure(curves))
+    st.dataframe(rows, hide_index=True)
+    with st.expander("Answers"):
+        st.dataframe(answer_rows(job.traces, sweep.answers), hide_index=True)

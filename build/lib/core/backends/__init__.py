@@ -1,0 +1,57 @@
+"""Backends: where a model runs. One interface (``base.Backend``), one dispatch (``get_backend``).
+
+- ``transformers`` (``hf/``): this project's decode loop over any transformers causal LM.
+- ``vllm`` (``vllm/``): the same ESamp inside vLLM's scheduler (optional: needs vLLM).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import torch
+
+from ..config import BACKENDS, RunConfig
+from ..trace import RunTrace
+from .base import Backend, LanguageModel, ProgressFn
+from .embedded import DEFAULT_MODEL
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (one of ``core.config.BACKENDS``); imports it on first use."""
+    if name == "transformers":
+        from .hf import BACKEND
+    elif name == "vllm":
+        from .vllm import BACKEND
+    else:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, but is {name!r}.")
+    return BACKEND
+
+
+def load_model(name: str | None = None, *, backend: str = "transformers", device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
+               **engine_options) -> LanguageModel:
+    """Load a causal LM by transformers name or local path; ``None`` is the embedded default.
+
+    ``backend="vllm"`` starts a vLLM engine (it picks the device itself); ``engine_options``
+    (vLLM only) go to it: ``kv_cache_gib``, ``max_num_seqs``, ``block_size``... dtype: the
+    backend's choice by default (``load_model(...).dtype`` says which). Raises ModelLoadError
+    with a message that says what to try when the model cannot be found or is not supported.
+    """
+    return get_backend(backend).load(name or DEFAULT_MODEL, device=device, dtype=dtype,
+                                     trust_remote_code=trust_remote_code, **engine_options)
+
+
+def generate(lm: LanguageModel, prompts: Sequence[str], config: RunConfig | None = None, *,
+             progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> RunTrace:
+    """Generate ``config.sampling.n`` samples for each prompt with plain, esamp or fire, on the
+    model's own backend. Returns the full trace. ``progress`` is called after every step;
+    setting ``cancel`` stops after the current step and returns what was generated
+    (``trace.stopped``)."""
+    return get_backend(lm.backend).generate(lm, prompts, config or RunConfig(), progress=progress, cancel=cancel)
+
+
+def answer_logprobs(lm: LanguageModel, prefixes: Sequence[list[int]],
+                    answers: Sequence[list[int]]) -> list[list[float]]:
+    """log p of every answer token given its prefix and the answer's earlier tokens, under the model at T=1."""
+    return get_backend(lm.backend).answer_logprobs(lm, prefixes, answers)

@@ -1,0 +1,107 @@
+"""The one interface every backend implements, and what all backends share about a run's input.
+
+A backend (``core.backends.hf``: a transformers decode loop; ``core.backends.vllm``: ESamp
+inside vLLM) is a ``Backend``: it loads a ``LanguageModel``, generates a run trace from it,
+and gives answers' log-probabilities under the model. ``core.backends.get_backend(name)`` is the
+one dispatch; everything above core/backends/ calls ``core.generate`` and ``core.load_model``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..config import RunConfig, check_prompts
+from ..esamp.fusion import LMHead
+from ..trace import RunTrace
+
+
+@dataclass
+class Progress:
+    step: int  # decode steps done
+    max_steps: int
+    tokens: int  # tokens generated so far, all rows
+    max_tokens: int  # rows x max_new_tokens
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class LanguageModel(Protocol):
+    """A loaded causal LM as every backend exposes it. Shared between sessions, never mutated by a run."""
+
+    name: str  # as the user gave it; DEFAULT_MODEL for the embedded one
+    backend: str  # the name of the Backend that loaded it
+    tokenizer: object  # a transformers tokenizer: chat template, token pieces
+    head: LMHead  # the LM head ESamp projects through
+    context_length: int
+    eos_ids: list[int]
+    lock: threading.Lock  # one generation at a time
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, name: str, *, dtype: torch.dtype | str | None, device: str | torch.device | None,
+             trust_remote_code: bool, **options) -> LanguageModel:
+        """Load a model by transformers name or local directory (DEFAULT_MODEL: the embedded one)."""
+
+    def generate(self, lm: LanguageModel, prompts: Sequence[str], config: RunConfig, *,
+                 progress: ProgressFn | None, cancel: threading.Event | None) -> RunTrace:
+        """``config.sampling.n`` samples for each prompt, with every token's signals."""
+
+    def answer_logprobs(self, lm: LanguageModel, prefixes: Sequence[list[int]],
+                        answers: Sequence[list[int]]) -> list[list[float]]:
+        """log p of every answer token given its prefix and the answer's earlier tokens, at T=1."""
+
+
+def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_new_tokens: int) -> list[list[int]]:
+    """Token ids per prompt (chat template when asked and available); checks emptiness and context."""
+    check_prompts(prompts)
+    tok = lm.tokenizer
+    use_chat = chat and getattr(tok, "chat_template", None)
+    out = []
+    for i, p in enumerate(prompts):
+        if use_chat:
+            text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(p)["input_ids"]
+        if len(ids) + max_new_tokens > lm.context_length:
+            raise ValueError(
+                f"Prompt {i} has {len(ids)} tokens and `max_new_tokens` is {max_new_tokens}: together more "
+                f"than the model's context of {lm.context_length} tokens. Shorten the prompt or lower "
+                f"max_new_tokens to at most {max(lm.context_length - len(ids), 0)}.")
+        out.append(ids)
+    return out
+
+
+def eos_ids(*sources) -> list[int]:
+    """The end-of-sequence ids named by generation configs and tokenizers (an id or a list each)."""
+    ids: set[int] = set()
+    for src in sources:
+        if src is not None:
+            ids.update(src if isinstance(src, (list, tuple)) else [src])
+    return sorted(ids)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to try."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The model's architecture has no known first layer / final norm for ESamp to read."""

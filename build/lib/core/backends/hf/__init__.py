@@ -1,0 +1,18 @@
+"""The transformers backend: any transformers causal LM, on CPU or CUDA, decoded by this
+project's own batched KV-cache loop (loop.py); ``interop.py`` puts ESamp into ``model.generate()``."""
+
+from __future__ import annotations
+
+from . import loop, model
+
+
+class HfBackend:
+    """``core.backends.base.Backend`` on transformers."""
+
+    name = "transformers"
+    load = staticmethod(model.load)
+    generate = staticmethod(loop.generate)
+    answer_logprobs = staticmethod(loop.answer_logprobs)
+
+
+BACKEND = HfBackend()

@@ -1,0 +1,73 @@
+"""ESamp for people who already call ``model.generate()``: one logits processor plus its hooks.
+
+    with esamp_for_generate(lm, config) as esamp:
+        torch.manual_seed(config.sampling.seed)
+        out = lm.model.generate(input_ids, attention_mask=mask, max_new_tokens=64, **esamp.generate_kwargs())
+
+The processor applies the filters itself (temperature -> top-k -> top-p -> min-p, as
+transformers would) and then fuses, because transformers runs custom processors *before* its
+own warpers while ESamp must rewrite only the candidates that survive the filters; so
+``generate_kwargs()`` turns transformers' warpers off. Rows are grouped as generate lays them
+out with ``num_return_sequences=n``: prompt-major, n rows per prompt.
+
+Relation to ``core.generate``: the same ``Pipeline`` (filters, fusion, distiller
+initialisation and training order), and transformers samples with ``torch.multinomial`` from
+the global generator as the transformers backend does from its own. So after
+``torch.manual_seed(seed)`` on CPU, one prompt with n=1 gives token-for-token the backend's output under the same seed (tested). With n > 1,
+generate() prefills n copies of the prompt while the backend prefills once and copies the
+cache; the float results can then differ in their last bits and, rarely, so can a token.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from ...config import RunConfig
+from ...esamp.steerer import Pipeline, Proposal
+from ..hooks import States, capture_states
+from .model import HfModel
+
+
+class GenerateProcessor(LogitsProcessor):
+    """Filters, then ESamp-fuses, the scores of each generate() step; trains after sampling."""
+
+    def __init__(self, lm: HfModel, states: States, config: RunConfig):
+        if config.method != "esamp":
+            raise ValueError(f"`method` must be 'esamp' for the generate() processor, but is {config.method!r}.")
+        self.lm, self.states, self.config = lm, states, config
+        self.eos = torch.tensor(lm.eos_ids, device=lm.device)
+        self.pipeline: Pipeline | None = None
+        self.prompt_len = 0
+        self._pending: tuple[Proposal, torch.Tensor] | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``model.generate`` that sample with this processor and nothing else."""
+        return dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+                    num_return_sequences=self.config.sampling.n,
+                    pad_token_id=self.lm.tokenizer.pad_token_id,
+                    logits_processor=LogitsProcessorList([self]))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows = input_ids.shape[0]  # (R, L) prompt plus tokens so far; scores (R, V)
+        first = self.pipeline is None
+        if first:
+            self.pipeline = Pipeline(self.config, self.lm.head, prompts=rows // self.config.sampling.n)
+            self.prompt_len = input_ids.shape[1]
+        elif self._pending is not None:  # the previous step's token is sampled now: train on its states
+            self.pipeline.reset_bad(self.pipeline.learn(*self._pending))
+        finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
+        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, first=first)
+        self._pending = (prop, ~finished)
+        return prop.to_sample
+
+
+@contextmanager
+def esamp_for_generate(lm: HfModel, config: RunConfig | None = None) -> Iterator[GenerateProcessor]:
+    """A fresh ESamp processor for one ``generate()`` call; its hooks are removed on exit."""
+    config = config or RunConfig(method="esamp")
+    with capture_states(lm.first_layer, lm.final_norm) as states:
+        yield GenerateProcessor(lm, states, config)

@@ -1,0 +1,158 @@
+"""The transformers backend's forward passes: the batched KV-cache decode loop, and answers'
+log-probabilities.
+
+Per step the loop reads like the paper's Algorithm 1: forward -> filter -> predict and fuse ->
+sample -> train the distillers. The ESamp math is core.esamp's; this module only runs the
+model, samples, and keeps the books.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+import torch
+
+from ...config import RunConfig
+from ...esamp.signals import step_signals
+from ...esamp.steerer import Pipeline
+from ...trace import RunTrace, Timings
+from ..base import Progress, ProgressFn, encode_prompts
+from ..hooks import States, capture_states
+from ..record import Recorder, build_trace
+from .model import HfModel
+
+
+def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,
+             cancel: threading.Event | None = None) -> RunTrace:
+    """``config.sampling.n`` samples for each prompt, P x n rows in one batch."""
+    sc = config.sampling
+    ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens)
+    R = len(ids) * sc.n
+    pipeline = Pipeline(config, lm.head, len(ids))
+    recorder = Recorder(R)
+    gen = torch.Generator(device=lm.device).manual_seed(sc.seed)
+    eos = torch.tensor(lm.eos_ids, device=lm.device)
+    finished = torch.zeros(R, dtype=torch.bool, device=lm.device)
+    books = _Books(progress, cancel, sc.max_new_tokens, R)
+    with lm.lock, torch.no_grad(), capture_states(lm.first_layer, lm.final_norm) as states:
+        decoder = _Decoder(lm, states)
+        logits, s, h = decoder.prefill(ids, sc.n)  # (R, V), (R, H), (R, H)
+        books.prefilled()
+        for step in range(sc.max_new_tokens):
+            prop = pipeline.propose(logits, s, h, first=step == 0)  # filter -> predict h_hat -> fuse
+            active = ~finished
+            tokens = torch.where(active, sample(prop.to_sample, gen), decoder.pad_id)
+            recorder.add(tokens, active, step_signals(prop, logits, tokens), t=step)
+            bad = pipeline.learn(prop, active)  # train on this step's (s, h), after sampling
+            if not sc.ignore_eos:
+                finished = finished | torch.isin(tokens, eos)
+            if books.end_of_step(step, active, finished, bad, pipeline):
+                break
+            logits, s, h = decoder.step(tokens)
+    timings = books.timings(pipeline.seconds)
+    P = len(ids)
+    return build_trace(lm, prompts, ids, config, recorder.per_row(), pipeline.prompt_losses(P),
+                       pipeline.prompt_resets(P), books.stopped, timings)
+
+
+def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from logits (R, V), as transformers samples: softmax then multinomial."""
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)[:, 0]
+
+
+class _Decoder:
+    """The model with its KV cache: each prompt prefilled once, then one token per row per step."""
+
+    def __init__(self, lm: HfModel, states: States):
+        self.lm, self.states = lm, states
+        self.pad_id = lm.tokenizer.pad_token_id
+
+    def prefill(self, ids: list[list[int]], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward the prompts once and copy each one's cache to its n sample rows."""
+        input_ids, mask = left_pad(ids, self.pad_id, self.lm.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1)
+        self.cache = out.past_key_values
+        self.cache.batch_repeat_interleave(n)
+        self.mask = mask.repeat_interleave(n, 0)
+        self.position = positions[:, -1:].repeat_interleave(n, 0)  # (R, 1)
+        st = self.states
+        return (out.logits[:, -1].float().repeat_interleave(n, 0), st.s.repeat_interleave(n, 0),
+                st.h.repeat_interleave(n, 0))
+
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward one new token per row (R,)."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        self.position = self.position + 1
+        out = self.lm.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.position,
+                            past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float(), self.states.s, self.states.h
+
+
+class _Books:
+    """What happens between steps: one host sync, distiller resets, progress, time, stop."""
+
+    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, max_steps: int, rows: int):
+        self.progress, self.cancel, self.max_steps, self.rows = progress, cancel, max_steps, rows
+        self.t0 = time.perf_counter()
+        self.prefill_s = 0.0
+        self.tokens = 0
+        self.stopped = False
+
+    def prefilled(self) -> None:
+        self.prefill_s = time.perf_counter() - self.t0
+
+    def end_of_step(self, step: int, active: torch.Tensor, finished: torch.Tensor, bad: torch.Tensor,
+                    pipeline: Pipeline) -> bool:
+        """Count the step's tokens, reset broken distillers, report; True when the loop should end."""
+        n_active, all_done, any_bad = torch.stack([active.sum(), finished.all(), bad.any()]).tolist()  # one sync
+        self.tokens += n_active
+        if any_bad:
+            pipeline.reset_bad(bad)
+        if self.progress:
+            self.progress(Progress(step + 1, self.max_steps, self.tokens, self.rows * self.max_steps,
+                                   time.perf_counter() - self.t0))
+        if all_done or step + 1 == self.max_steps:
+            return True
+        self.stopped = self.cancel is not None and self.cancel.is_set()
+        return self.stopped
+
+    def timings(self, esamp_seconds: float) -> Timings:
+        seconds = time.perf_counter() - self.t0
+        return Timings(seconds, self.tokens, self.tokens / seconds, self.prefill_s, esamp_seconds)
+
+
+def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, L) input ids and attention mask, padded on the left so every row ends at its last token."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def answer_logprobs(lm: HfModel, prefixes: Sequence[list[int]], answers: Sequence[list[int]],
+                    batch_size: int = 8) -> list[list[float]]:
+    """log p of every answer token given its prefix and the answer's earlier tokens, at T=1."""
+    out: list[list[float]] = []
+    with lm.lock, torch.no_grad():
+        for start in range(0, len(answers), batch_size):
+            rows = list(zip(prefixes[start:start + batch_size], answers[start:start + batch_size]))
+            width = max(len(p) + len(a) for p, a in rows)
+            ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, (p, a) in enumerate(rows):  # right padding: positions start at 0 for every row
+                ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+                mask[i, :len(p) + len(a)] = 1
+            logp = torch.log_softmax(lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+                                     .logits.float(), -1).cpu()
+            for i, (p, a) in enumerate(rows):
+                pred = logp[i, len(p) - 1:len(p) + len(a) - 1]  # position t predicts token t+1
+                out.append(pred.gather(-1, torch.tensor(a, dtype=torch.long)[:, None])[:, 0].tolist())
+    return out

@@ -1,0 +1,132 @@
+"""From a run's per-step tensors to its trace, the same for every backend.
+
+A backend adds each decode step's tokens and ``StepSignals`` to a ``Recorder`` (for all rows
+of the run, or for the rows in its batch), then ``build_trace`` turns the recorder's per-row
+lists into a ``RunTrace``. The recorded fields are ``StepSignals``'s: this module never names
+them one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Sequence
+
+import torch
+
+from ..config import RunConfig
+from ..esamp.signals import StepSignals
+from ..trace import Candidate, PromptTrace, RunTrace, Sample, Timings, Token
+from .base import LanguageModel
+
+SIGNALS = [f.name for f in fields(StepSignals)]
+TOP_FIELDS = ("top_ids", "top_p_ref", "top_p_new")  # become Token.top
+SCALARS = [name for name in SIGNALS if name not in TOP_FIELDS]  # one Token field each
+_OPTIONAL = {f.name for f in fields(Token) if f.default is None}  # None when not recorded or not finite
+
+
+@dataclass
+class _Entry:
+    rows: list[int] | None  # the layout rows of the batch's rows; None: all rows, in layout order
+    t: list[int] | int  # each row's position in its sample, or one position for all
+    tokens: torch.Tensor  # (B,)
+    active: torch.Tensor  # (B,) bool: the row produced a token at this step
+    signals: StepSignals
+
+
+class Recorder:
+    """Every step's tokens and signals, kept on the device until the run ends."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self._entries: list[_Entry] = []
+
+    def add(self, tokens: torch.Tensor, active: torch.Tensor, signals: StepSignals, t: int | list[int],
+            rows: list[int] | None = None) -> None:
+        """One step of B rows: all rows at position ``t``, or the layout ``rows`` at positions ``t``."""
+        self._entries.append(_Entry(rows, t, tokens, active, signals))
+
+    def per_row(self) -> dict[str, list[list]]:
+        """``out[field][row][t]`` for "tokens", "active" and every recorded signal; positions a row
+        never reached hold None (and ``active`` False). One host transfer per field."""
+        entries = self._entries
+        row_of, t_of = [], []
+        for e in entries:
+            b = e.tokens.shape[0]
+            row_of += range(b) if e.rows is None else e.rows
+            t_of += [e.t] * b if isinstance(e.t, int) else e.t
+        width = max(t_of, default=-1) + 1
+        names = ["tokens", "active"] + [n for n in SIGNALS if entries and getattr(entries[0].signals, n) is not None]
+        out: dict[str, list[list]] = {}
+        for name in names:
+            parts = [e.tokens if name == "tokens" else e.active if name == "active" else getattr(e.signals, name)
+                     for e in entries]
+            values = torch.cat(parts).cpu().tolist()
+            per_row: list[list] = [[False if name == "active" else None] * width for _ in range(self.rows)]
+            for r, t, v in zip(row_of, t_of, values):
+                per_row[r][t] = v
+            out[name] = per_row
+        return out
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token's piece of the decoded text, so that ``"".join(pieces)`` is the text.
+
+    Decodes incrementally against the previous piece (as vLLM's detokenizer does) so word
+    boundaries come out right; a token that ends in the middle of a multi-byte character
+    gets "" and the character goes to the token that completes it.
+    """
+    pieces: list[str] = []
+    prefix, read = 0, 0  # ids[prefix:read] is context already emitted
+    for i in range(len(ids)):
+        before = tokenizer.decode(ids[prefix:read], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        after = tokenizer.decode(ids[prefix:i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if after.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")  # incomplete character: wait for the next token
+            continue
+        pieces.append(after[len(before):])
+        prefix, read = read, i + 1
+    return pieces
+
+
+def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[int]], config: RunConfig,
+                rows: dict[str, list[list]], losses: list[list[float]], resets: list[int], stopped: bool,
+                timings: Timings) -> RunTrace:
+    """The trace from ``Recorder.per_row()`` (row r = prompt * n + sample) and each prompt's
+    distiller losses and resets."""
+    n = config.sampling.n
+    tok = lm.tokenizer
+    eos = set(lm.eos_ids)
+    vocab_text: dict[int, str] = {}
+
+    def piece_of(i: int) -> str:
+        if i not in vocab_text:
+            vocab_text[i] = tok.decode([i], skip_special_tokens=False)
+        return vocab_text[i]
+
+    def value(name: str, r: int, t: int):
+        x = rows[name][r][t] if name in rows else None
+        if name in _OPTIONAL and x is not None and not math.isfinite(x):
+            return None
+        return x
+
+    samples = []
+    for r in range(len(rows["tokens"])):
+        steps = [t for t, a in enumerate(rows["active"][r]) if a]
+        keep = [t for t in steps if config.sampling.ignore_eos or rows["tokens"][r][t] not in eos]
+        token_ids = [rows["tokens"][r][t] for t in keep]
+        pieces = token_pieces(tok, token_ids)
+        tokens = []
+        for t, tid, piece in zip(keep, token_ids, pieces):
+            top = [Candidate(i, piece_of(i), pr, pn) for i, pr, pn in zip(*(rows[k][r][t] for k in TOP_FIELDS))
+                   if i >= 0 and pn > 0]
+            tokens.append(Token(id=tid, text=piece, top=top, **{k: value(k, r, t) for k in SCALARS}))
+        reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")
+        samples.append(Sample(r // n, r % n, "".join(pieces), reason, tokens))
+    prompt_traces = [PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss, resets=resets_)
+                     for text, pid, loss, resets_ in zip(prompts, ids, losses, resets)]
+    return RunTrace(config=config, model=lm.name, backend=lm.backend, device=str(lm.device),
+                    dtype=str(lm.dtype).removeprefix("torch."), prompts=prompt_traces, samples=samples,
+                    timings=timings, stopped=stopped,
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

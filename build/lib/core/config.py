@@ -1,0 +1,151 @@
+"""Configuration dataclasses for one generation run, validated at construction.
+
+Each field's comment says why its default is what it is. A neutral value (``top_k=0``,
+``top_p=1.0``, ``min_p=0.0``) means "leave that filter out", as in transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METHODS = ("plain", "esamp", "fire")
+BACKENDS = ("transformers", "vllm")  # core/backends/hf/, core/backends/vllm/ (optional: needs vLLM)
+SCOPES = ("prompt", "shared")
+
+# Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.
+MAX_SAMPLES = 512
+MAX_NEW_TOKENS = 8192
+MAX_BETA = 10.0
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not lo <= value <= hi:
+        raise ValueError(f"`{name}` must be between {lo} and {hi}, but is {value!r}.{hint}")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"`{name}` must be an integer from {lo} to {hi}, but is {value!r}.{hint}")
+
+
+MAX_PROMPTS = 256
+
+
+def check_prompts(prompts) -> None:
+    """Non-empty list of non-blank strings, or ValueError saying which prompt is wrong."""
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("`prompts` must be a non-empty list of strings.")
+    if len(prompts) > MAX_PROMPTS:
+        raise ValueError(f"`prompts` holds {len(prompts)} prompts; at most {MAX_PROMPTS} fit one run.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"Prompt {i} is empty: give some text to continue or answer.")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn: n samples per prompt, filters in transformers' order."""
+
+    n: int = 4  # samples per prompt; ESamp's distiller is shared by a prompt's n samples
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # T=1 is the paper's setting for plain sampling
+    top_k: int = 50  # transformers' default; 0 turns it off
+    top_p: float = 1.0  # 1.0 turns it off
+    min_p: float = 0.0  # 0.0 turns it off; 0.1 is the min-p baseline of the paper
+    seed: int = 0
+    ignore_eos: bool = False  # benchmarks set it so every run does the same work
+
+    def __post_init__(self) -> None:
+        _check_int("n", self.n, 1, MAX_SAMPLES)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or not 0.0 < self.temperature <= 100.0:
+            raise ValueError(
+                f"`temperature` has to be a positive float up to 100, but is {self.temperature!r}. "
+                "For greedy decoding use a small value such as 1e-3.")
+        _check_int("top_k", self.top_k, 0, 10**7, " Use 0 to turn top-k off.")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"`top_p` has to be a float in (0, 1], but is {self.top_p!r}. "
+                             "Use 1.0 to turn top-p off.")
+        _check_range("min_p", self.min_p, 0.0, 1.0, " Use 0.0 to turn min-p off.")
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+
+    @property
+    def filters_active(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+
+@dataclass(frozen=True)
+class EsampConfig:
+    """The distiller and the fusion strength (ESAMP.md, 'Distiller' and 'Fusion')."""
+
+    beta: float = 0.25  # the paper's default; 0.1 to 0.4 all worked, 0.5 was worse on math
+    scope: str = "prompt"  # "prompt": one distiller per prompt (paper default); "shared": one
+    intermediate: int = 384  # width inside each gated block; keeps it under 10 MB for 8B models
+    blocks: int = 2  # the paper found 4 no better than 2
+    lr: float = 4e-4  # deliberately aggressive: it must adapt within one generation
+    eps: float = 1e-4
+    grad_clip: float = 0.5
+    shadow: bool = True  # run the distiller with beta=0 for plain/fire so novelty is logged
+
+    def __post_init__(self) -> None:
+        _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")
+        if self.scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}, but is {self.scope!r}.")
+        _check_int("intermediate", self.intermediate, 1, 65536)
+        _check_int("blocks", self.blocks, 1, 16)
+        _check_range("lr", self.lr, 1e-8, 1.0)
+        _check_range("eps", self.eps, 1e-12, 1.0)
+        _check_range("grad_clip", self.grad_clip, 1e-6, 1e6)
+
+
+@dataclass(frozen=True)
+class FireConfig:
+    """FIRE baseline: the first token drawn very hot inside a top-k window, then normal sampling."""
+
+    temperature: float = 10.0  # "flaming hot": close to uniform over the window
+    top_k: int = 20  # the window keeps the hot first token plausible
+
+    def __post_init__(self) -> None:
+        _check_range("fire.temperature", self.temperature, 1e-3, 1000.0)
+        _check_int("fire.top_k", self.top_k, 1, 10**7)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's tokens, apart from the model and the prompts."""
+
+    method: str = "esamp"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    esamp: EsampConfig = field(default_factory=EsampConfig)
+    fire: FireConfig = field(default_factory=FireConfig)
+    chat: bool = True  # wrap prompts in the model's chat template; False = raw continuation
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, but is {self.method!r}.")
+
+    @property
+    def beta(self) -> float:
+        """The fusion strength actually applied: 0 for every method but esamp."""
+        return self.esamp.beta if self.method == "esamp" else 0.0
+
+    @property
+    def uses_distiller(self) -> bool:
+        return self.method == "esamp" or self.esamp.shadow
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(
+            method=d["method"],
+            sampling=SamplingConfig(**d["sampling"]),
+            esamp=EsampConfig(**d["esamp"]),
+            fire=FireConfig(**d["fire"]),
+            chat=d["chat"],
+        )

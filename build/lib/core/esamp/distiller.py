@@ -1,0 +1,126 @@
+"""A bank of G tiny distillers trained online, as batched tensors.
+
+Each distiller maps a shallow state ``s`` to a prediction of the final state ``h``:
+``x <- x + Down(SiLU(Gate x) * Up x)``, ``blocks`` times (ESAMP.md, 'Distiller').
+Group g owns slice g of every weight. Rows are laid out group-major: (G, m, H), where m is
+the number of rows per group (a prompt's n samples, or all rows in shared scope).
+
+The forward pass and the loss are batched over groups (``bmm``); the Adam step is one fused
+call per group. Everything here is float32 and independent of any backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.optim.adam import adam  # the functional form of torch.optim.Adam, fused kernel included
+
+from ..config import EsampConfig
+
+BETA1, BETA2 = 0.9, 0.999  # Adam's usual moments; ESAMP.md fixes only lr, eps and clipping
+
+
+class DistillerBank:
+    """G independent distillers with a batched forward and a batched Adam step.
+
+    Usage per decode step (predict -> fuse -> sample -> train)::
+
+        pred = bank.forward(s)              # (G, m, H), keeps the graph for the update
+        h_hat = pred.detach()               # steer with it
+        ...sample...
+        loss, reset = bank.update(pred, h, mask)
+    """
+
+    def __init__(self, groups: int, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
+                 seed: int = 0):
+        self.groups, self.hidden, self.cfg = groups, hidden, cfg
+        self.device = torch.device(device)
+        self.seed = seed
+        G, H, inner = groups, hidden, cfg.intermediate
+        # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> inner), down (inner -> H).
+        self.shapes = [(G, H, inner), (G, H, inner), (G, inner, H)] * cfg.blocks
+        self.params = [torch.empty(s, device=self.device) for s in self.shapes]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        # Adam's step count, one scalar per (group, weight) as torch's fused Adam wants them.
+        self._steps = [[torch.zeros((), device=self.device) for _ in self.shapes] for _ in range(G)]
+        self.resets = torch.zeros(G, dtype=torch.long)  # NaN/inf resets per group, on the host
+        self.reset(torch.ones(G, dtype=torch.bool))
+
+    @property
+    def steps(self) -> list[int]:
+        """Adam steps taken by each distiller since its (re)initialisation."""
+        return [int(s[0]) for s in self._steps]
+
+    @property
+    def nbytes_per_distiller(self) -> int:
+        """Bytes of weights plus Adam state for one distiller."""
+        return 3 * sum(math.prod(s[1:]) for s in self.shapes) * 4
+
+    def reset(self, which: torch.Tensor) -> None:
+        """Re-initialise the groups where ``which`` (G,) is True: fresh weights, empty Adam state.
+
+        Group g's weights depend only on (seed, g, its reset count), never on how many other
+        groups share the batch, and draw from their own generator, not sampling's.
+        """
+        for g in torch.nonzero(which.cpu()).flatten().tolist():
+            gen = torch.Generator().manual_seed(hash((self.seed, g, int(self.resets[g]))) & (2**63 - 1))
+            for p, m, v, shape in zip(self.params, self.m, self.v, self.shapes):
+                bound = 1.0 / math.sqrt(shape[1])  # nn.Linear's default init, fan_in = shape[1]
+                p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
+                m[g] = 0
+                v[g] = 0
+            for step in self._steps[g]:
+                step.zero_()
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""
+        x = s
+        with torch.enable_grad():
+            for p in self.params:
+                p.requires_grad_(True)
+            for b in range(self.cfg.blocks):
+                gate, up, down = self.params[3 * b: 3 * b + 3]
+                x = x + torch.bmm(F.silu(torch.bmm(x, gate)) * torch.bmm(x, up), down)
+        return x
+
+    def update(self, pred: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step per group on the masked rows; returns (loss (G,), bad (G,) bool).
+
+        pred: (G, m, H) from ``forward``; h: (G, m, H) target; mask: (G, m) rows to train on.
+        Loss per group: mean over its masked rows of ||h - pred||^2. Each distiller's gradient
+        is clipped to norm ``grad_clip`` on its own. A group whose loss or gradient is not
+        finite is left unchanged and flagged in ``bad``: call ``handle_bad(bad)`` to reset it.
+        A group with no masked rows takes no step.
+        """
+        with torch.enable_grad():
+            sq = (h - pred).square().sum(-1)  # (G, m)
+            count = mask.sum(-1).clamp(min=1)  # (G,)
+            loss = torch.where(mask, sq, torch.zeros_like(sq)).sum(-1) / count  # (G,)
+            grads = torch.autograd.grad(loss.sum(), self.params)
+        with torch.no_grad():
+            for p in self.params:
+                p.requires_grad_(False)
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads]),
+                                            dim=0)  # (G,) per-distiller gradient norm
+            bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+            # Fused Adam, one call per distiller: grads are divided by grad_scale (the clipping),
+            # and a non-zero found_inf skips that distiller's step (not finite, or nothing to learn).
+            grad_scale = (norm / self.cfg.grad_clip).clamp(min=1.0)  # 1 / clip coefficient
+            found_inf = (bad | ~mask.any(-1)).float()
+            for g in range(self.groups):
+                adam(
+                    [p[g] for p in self.params], [gr[g] for gr in grads], [m[g] for m in self.m],
+                    [v[g] for v in self.v], [], self._steps[g], fused=True, grad_scale=grad_scale[g],
+                    found_inf=found_inf[g], amsgrad=False, beta1=BETA1, beta2=BETA2, lr=self.cfg.lr,
+                    weight_decay=0.0, eps=self.cfg.eps, maximize=False)
+        return loss.detach(), bad
+
+    def handle_bad(self, bad: torch.Tensor) -> None:
+        """Reset flagged groups and count the event (host side; call once ``bad`` is on the host)."""
+        bad = bad.cpu()
+        if bool(bad.any()):
+            self.resets += bad.long()
+            self.reset(bad)

@@ -1,0 +1,126 @@
+"""Logit filters with transformers' exact semantics, composed as a plain list.
+
+Each filter has one contract: ``filter(logits) -> logits`` on a (rows, vocab) float tensor,
+returning a new tensor in which removed tokens are ``-inf``. The input is never modified.
+Order (transformers' order, ESAMP.md): temperature -> top-k -> top-p -> min-p.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+
+from ..config import RunConfig, SamplingConfig
+
+Filter = Callable[[torch.Tensor], torch.Tensor]
+NEG_INF = float("-inf")
+
+
+class Temperature:
+    def __init__(self, temperature: float):
+        if not temperature > 0:
+            raise ValueError(f"`temperature` has to be a strictly positive float, but is {temperature}")
+        self.temperature = float(temperature)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature
+
+
+class TopK:
+    """Keep the k largest logits (ties with the k-th are kept, as in transformers)."""
+
+    def __init__(self, top_k: int):
+        if not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(f"`top_k` has to be a strictly positive integer, but is {top_k}")
+        self.top_k = top_k
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        k = min(self.top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (R, 1)
+        return logits.masked_fill(logits < kth, NEG_INF)
+
+
+class TopP:
+    """Keep the smallest set of most likely tokens whose probability adds up to top_p."""
+
+    def __init__(self, top_p: float):
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` has to be a float in (0, 1], but is {top_p}")
+        self.top_p = float(top_p)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - self.top_p)
+        remove_sorted[..., -1:] = False  # always keep the most likely token
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        return logits.masked_fill(remove, NEG_INF)
+
+
+class MinP:
+    """Keep tokens whose probability is at least min_p times the top token's."""
+
+    def __init__(self, min_p: float):
+        if not 0.0 <= min_p <= 1.0:
+            raise ValueError(f"`min_p` has to be a float in [0, 1], but is {min_p}")
+        self.min_p = float(min_p)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=-1)
+        remove = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+        remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)  # keep at least one
+        return logits.masked_fill(remove, NEG_INF)
+
+
+def build_filters(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  min_p: float = 0.0) -> list[Filter]:
+    """The filter list for these settings; neutral values leave a filter out.
+
+    Order matters and is transformers': temperature first (min-p is defined on the tempered
+    distribution), then top-k, top-p, min-p.
+    """
+    filters: list[Filter] = []
+    if temperature != 1.0:
+        filters.append(Temperature(temperature))
+    if top_k > 0:
+        filters.append(TopK(top_k))
+    if top_p < 1.0:
+        filters.append(TopP(top_p))
+    if min_p > 0.0:
+        filters.append(MinP(min_p))
+    return filters
+
+
+def filters_for(sampling: SamplingConfig) -> list[Filter]:
+    return build_filters(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
+
+
+def top_k_bound(filters: Sequence[Filter]) -> int | None:
+    """top-k's k when it is among the filters: no row keeps more candidates (ties aside)."""
+    return next((f.top_k for f in filters if isinstance(f, TopK)), None)
+
+
+class StepFilters(NamedTuple):
+    """The filters of one decode step, whether any is active, and top-k's bound on the candidates."""
+
+    filters: list[Filter]
+    active: bool
+    bound: int | None
+
+
+def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:
+    """(first token's, later tokens') filters of a run: FIRE draws its first token hotter, in a
+    top-k window; every other method filters every token alike (the same object twice)."""
+    main_filters = filters_for(config.sampling)
+    main = StepFilters(main_filters, config.sampling.filters_active, top_k_bound(main_filters))
+    if config.method != "fire":
+        return main, main
+    fire = build_filters(config.fire.temperature, config.fire.top_k)
+    return StepFilters(fire, True, top_k_bound(fire)), main
+
+
+def apply_filters(filters: Sequence[Filter], logits: torch.Tensor) -> torch.Tensor:
+    for f in filters:
+        logits = f(logits)
+    return logits

@@ -1,0 +1,108 @@
+"""ESamp's fusion step and the novelty signal, as functions over tensors.
+
+Independent of any backend: a backend hands in the filtered reference logits, the final
+state h, the distiller's prediction h_hat and the LM head; it gets back the logits to sample
+from. Shapes: R rows, V vocabulary, H hidden, K candidates per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .filters import NEG_INF
+
+# Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
+_FULL_PROJECTION_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class LMHead:
+    """What maps a final state to logits: ``softcap(W h + b)``."""
+
+    weight: torch.Tensor  # (V, H), the model's own (no copy)
+    bias: torch.Tensor | None = None  # (V,)
+    softcap: float | None = None  # gemma-2 style final logit soft-capping
+
+    def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K)."""
+        if ids is None:
+            return (x.to(self.weight.dtype) @ self.weight.T).float()
+        return torch.einsum("rkh,rh->rk", self.weight[ids].float(), x.float())  # gathers (R, K, H)
+
+    def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 logits ``softcap(W h + b)``, for all tokens or for candidate ids, like ``project``."""
+        out = self.project(h, ids)
+        if self.bias is not None:
+            out = out + (self.bias if ids is None else self.bias[ids]).float()
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+
+@dataclass
+class Candidates:
+    """The tokens a filter left, as (R, K) ids and logits; ``ids is None`` means all V tokens."""
+
+    ids: torch.Tensor | None  # (R, K) long, or None for the whole vocabulary
+    logits: torch.Tensor  # (R, K) or (R, V) float32; removed entries are -inf
+
+    @classmethod
+    def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":
+        """Gather the surviving tokens of filtered logits (R, V). One host sync for K when filtering.
+
+        ``bound`` is top-k's k when it is one of the filters: no row keeps more (ties with the k-th
+        aside, which are checked), so K is known without counting every row's survivors.
+        """
+        V = filtered.shape[-1]
+        if not filters_active:
+            return cls(None, filtered)
+        if bound is not None and bound < _FULL_PROJECTION_SHARE * V:
+            logits, ids = torch.topk(filtered, bound + 1, dim=-1)
+            if not bool(torch.isfinite(logits[:, -1]).any()):  # no tie kept a (k+1)-th token
+                return cls(ids[:, :-1], logits[:, :-1])
+        k = int((filtered > NEG_INF).sum(-1, dtype=torch.int32).max())  # the widest row decides K
+        if k > _FULL_PROJECTION_SHARE * V:
+            return cls(None, filtered)
+        logits, ids = torch.topk(filtered, k, dim=-1)  # rows with fewer survivors pad with -inf
+        return cls(ids, logits)
+
+    def scatter(self, filtered: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Candidate logits (R, K) written back into a full (R, V) tensor."""
+        return logits if self.ids is None else filtered.scatter(-1, self.ids, logits)
+
+    def token_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """Vocabulary ids of candidate positions (R, k) -> (R, k)."""
+        return positions if self.ids is None else self.ids.gather(-1, positions)
+
+    def position_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Candidate position of each row's token (R,) -> (R,)."""
+        if self.ids is None:
+            return tokens
+        return (self.ids == tokens[:, None]).int().argmax(-1)
+
+
+def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float,
+         temperature: float) -> torch.Tensor:
+    """ESamp's fused logits on the candidates: ``(1 + beta) l_ref - beta l_dist``.
+
+    cand.logits: (R, K) filtered reference logits ``l_ref`` (already divided by T);
+    h, h_hat: (R, H) final state and the distiller's prediction. Returns (R, K) float32;
+    tokens outside the candidate set stay -inf. With a linear head this is
+    ``l_ref + beta * w . (h - h_hat) / T``: the bias cancels and only ``e`` is projected.
+    A row whose prediction is not finite is left unguided.
+    """
+    if head.softcap is None:
+        delta = head.project(h - h_hat, cand.ids) * (beta / temperature)
+    else:
+        l_dist = head.logits(h_hat, cand.ids) / temperature
+        delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)
+    delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
+    return cand.logits + delta
+
+
+def novelty(h: torch.Tensor, h_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||e||, ||e|| / ||h||) per row for e = h - h_hat; (R, H) -> (R,), (R,)."""
+    err = torch.linalg.vector_norm(h - h_hat, dim=-1)
+    return err, err / torch.linalg.vector_norm(h, dim=-1).clamp(min=1e-12)

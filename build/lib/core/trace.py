@@ -1,0 +1,163 @@
+"""The run trace: one format from the engine through viz, the app, history and the CLI.
+
+Plain dataclasses with a JSON round trip (``RunTrace.from_json(t.to_json()) == t``); no pickle.
+Token pieces concatenate exactly to their sample's text.
+
+The format carries a version. A change to what a trace holds bumps ``TRACE_VERSION`` and adds
+an upgrade from the version before to ``_UPGRADES``, so every older trace still loads:
+
+- version 1: the first format;
+- version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+
+TRACE_VERSION = 2
+
+
+@dataclass
+class Candidate:
+    id: int
+    text: str
+    p_ref: float  # probability before fusion (after the filters)
+    p_new: float  # and after
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # this token's piece of the sample text ("" when it completes a later character)
+    logp_ref: float
+    logp_new: float
+    entropy_ref: float
+    entropy_new: float
+    novelty: float | None = None  # ||h - h_hat||; None when no distiller ran
+    rel_novelty: float | None = None  # ||h - h_hat|| / ||h||
+    # log p of this token under the model itself (T=1, no filters, no fusion): perplexity without a
+    # second forward pass. None only where a version 1 trace did not record it.
+    logp_base: float | None = None
+    top: list[Candidate] = field(default_factory=list)
+
+    @property
+    def logp_gain(self) -> float:
+        return self.logp_new - self.logp_ref
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    sample_index: int
+    text: str
+    finish_reason: str  # "eos", "length" or "stopped"
+    tokens: list[Token] = field(default_factory=list)
+
+
+@dataclass
+class PromptTrace:
+    text: str  # as the user gave it
+    n_prompt_tokens: int
+    loss: list[float] = field(default_factory=list)  # distiller loss per step (empty: no distiller)
+    resets: int = 0  # NaN/inf resets of this prompt's distiller
+
+
+@dataclass
+class Timings:
+    seconds: float
+    new_tokens: int
+    tokens_per_s: float
+    prefill_seconds: float = 0.0
+    distiller_seconds: float = 0.0  # of `seconds`, spent in ESamp's own work (distiller and fusion)
+
+
+@dataclass
+class RunTrace:
+    config: RunConfig
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    prompts: list[PromptTrace]
+    samples: list[Sample]
+    timings: Timings
+    stopped: bool = False  # cancelled by the user; what was generated so far is kept
+    created: str = ""  # ISO time
+    version: int = TRACE_VERSION
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def samples_of(self, prompt_index: int) -> list[Sample]:
+        return [s for s in self.samples if s.prompt_index == prompt_index]
+
+    def texts(self, prompt_index: int | None = None) -> list[str]:
+        return [s.text for s in self.samples if prompt_index is None or s.prompt_index == prompt_index]
+
+    def mean_novelty(self) -> float | None:
+        vals = [t.novelty for s in self.samples for t in s.tokens if t.novelty is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        return _finite(d)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent, allow_nan=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunTrace":
+        """A trace of this version or any older one (upgraded on the way in)."""
+        version = d.get("version", 0)
+        if not isinstance(version, int) or not 1 <= version <= TRACE_VERSION:
+            raise ValueError(f"Trace version {version!r} is not supported: this build reads versions 1 to "
+                             f"{TRACE_VERSION}. A newer ESamp Explorer wrote it; upgrade to read it.")
+        for v in range(version, TRACE_VERSION):
+            d = _UPGRADES[v](d)
+        samples = [Sample(**{**s, "tokens": [Token(**{**t, "top": [Candidate(**c) for c in t["top"]]})
+                                             for t in s["tokens"]]}) for s in d["samples"]]
+        return cls(config=RunConfig.from_dict(d["config"]), model=d["model"], backend=d["backend"],
+                   device=d["device"], dtype=d["dtype"], prompts=[PromptTrace(**p) for p in d["prompts"]],
+                   samples=samples, timings=Timings(**d["timings"]), stopped=d["stopped"],
+                   created=d["created"], version=TRACE_VERSION)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunTrace":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunTrace":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 traces were written with and without ``logp_base``; where it is missing it is unknown."""
+    for s in d["samples"]:
+        for tok in s["tokens"]:
+            tok.setdefault("logp_base", None)
+    return {**d, "version": 2}
+
+
+_UPGRADES = {1: _v1_to_v2}  # version v -> v + 1
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN/inf: -inf log-probabilities (impossible tokens) become -1e30."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return -1e30 if x < 0 else (1e30 if x > 0 else None)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x

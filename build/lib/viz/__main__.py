@@ -1,0 +1,32 @@
+"""``python -m viz report RUN.json [RUN2.json ...] -o report.html``"""
+
+import argparse
+import sys
+
+from core.trace import RunTrace
+
+from .heatmap import SIGNALS
+from .report import write_report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m viz")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison")
+    r.add_argument("runs", nargs="+", help="trace JSON files written by `python -m core generate --json`")
+    r.add_argument("-o", "--output", default="report.html")
+    r.add_argument("--signal", choices=list(SIGNALS), default="novelty")
+    r.add_argument("--images", metavar="DIR", help="also write each figure as PNG and SVG here (needs kaleido "
+                   "and a Chrome or Chromium, e.g. Debian's chromium)")
+    a = ap.parse_args(argv)
+    try:
+        traces = [RunTrace.load(p) for p in a.runs]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: cannot read a run trace: {exc}", file=sys.stderr)
+        return 2
+    for p in write_report(traces, a.output, images=a.images, signal=a.signal):
+        print(f"wrote {p}")
+    return 0
+
+
+sys.exit(main())

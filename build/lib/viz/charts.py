@@ -1,0 +1,116 @@
+"""Charts: distiller loss per step, novelty along the position, diversity vs perplexity, pass@k."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Sequence
+
+import numpy as np
+
+from core.trace import RunTrace
+
+from .style import colour_for
+
+
+def _layout(fig, title: str, x: str, y: str, height: int = 360):
+    fig.update_layout(title=escape(title), xaxis_title=x, yaxis_title=y, template="plotly_white", height=height,
+                      margin=dict(l=10, r=10, t=50, b=10), legend_title_text="")
+    return fig
+
+
+def loss_figure(traces: Sequence[RunTrace], labels: Sequence[str]):
+    """Distiller loss per decode step, mean over prompts, one line per run with a distiller."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for k, (tr, label) in enumerate(zip(traces, labels)):
+        curves = [p.loss for p in tr.prompts if p.loss]
+        if not curves:
+            continue
+        width = max(len(c) for c in curves)
+        mean = [float(np.mean([c[i] for c in curves if i < len(c)])) for i in range(width)]
+        fig.add_trace(go.Scatter(y=mean, mode="lines", name=escape(label), line=dict(color=colour_for(label, k))))
+    return _layout(fig, "Distiller loss per step (mean over prompts)", "decode step", "loss ‖h − f(s)‖²")
+
+
+def novelty_by_position(trace: RunTrace, relative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, 25th, 75th percentile) of novelty at each position, over the run's samples."""
+    rows = [[(t.rel_novelty if relative else t.novelty) for t in s.tokens] for s in trace.samples]
+    width = max((len(r) for r in rows), default=0)
+    cols = [[r[i] for r in rows if i < len(r) and r[i] is not None] for i in range(width)]
+    cols = [c for c in cols if c]
+    if not cols:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return (np.array([np.mean(c) for c in cols]), np.array([np.percentile(c, 25) for c in cols]),
+            np.array([np.percentile(c, 75) for c in cols]))
+
+
+def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: bool = False):
+    """Novelty along the position: mean line and interquartile band per run."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for k, (tr, label) in enumerate(zip(traces, labels)):
+        mean, q25, q75 = novelty_by_position(tr, relative)
+        if not len(mean):
+            continue
+        c = colour_for(label, k)
+        x = list(range(len(mean)))
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q75) + list(q25[::-1]), mode="lines", fill="toself",
+                                 fillcolor=c, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=escape(label), line=dict(color=c)))
+    return _layout(fig, "Novelty along the answer (mean, interquartile band)", "token position",
+                   "relative novelty" if relative else "novelty ‖e‖")
+
+
+def sweep_figure(points: Sequence[dict]):
+    """Diversity against perplexity across a sweep. points: dicts with 'series' (e.g. 'esamp'),
+    'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity', and optionally their standard errors
+    'diversity_se', 'perplexity_se' (drawn as error bars); one line per series, in order."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for k, series in enumerate(dict.fromkeys(p["series"] for p in points)):
+        pts = [p for p in points if p["series"] == series]
+        bars = {}
+        if all("diversity_se" in p and "perplexity_se" in p for p in pts):
+            bars = dict(error_x=dict(type="data", array=[p["perplexity_se"] for p in pts], thickness=1),
+                        error_y=dict(type="data", array=[p["diversity_se"] for p in pts], thickness=1))
+        fig.add_trace(go.Scatter(
+            x=[p["perplexity"] for p in pts], y=[p["diversity"] for p in pts], mode="lines+markers+text",
+            text=[escape(str(p["setting"])) for p in pts], textposition="top center", name=escape(series),
+            marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
+    return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
+                   "semantic diversity (mean cosine distance)")
+
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def pass_at_k_figure(curves: dict[str, Sequence[float]]):
+    """pass@k for k = 1..len(curve), one line per method."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    seen: dict[str, int] = {}  # lines so far per colour: settings of one method share it and differ in dash
+    for k, (label, ys) in enumerate(curves.items()):
+        colour = colour_for(label, k)
+        dash = _DASHES[seen.get(colour, 0) % len(_DASHES)]
+        seen[colour] = seen.get(colour, 0) + 1
+        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines+markers",
+                                 name=escape(label), line=dict(color=colour, dash=dash)))
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
+
+
+def candidates_figure(token, beta: float):
+    """One fusion step: the top candidates' probabilities before and after ESamp's reweighting."""
+    import plotly.graph_objects as go
+
+    names = [escape(repr(c.text)) for c in token.top]
+    fig = go.Figure([
+        go.Bar(name="before (p ref)", x=names, y=[c.p_ref for c in token.top], marker_color="#0072B2"),
+        go.Bar(name=f"after (β={beta:g})", x=names, y=[c.p_new for c in token.top], marker_color="#D55E00"),
+    ])
+    fig.update_layout(barmode="group")
+    return _layout(fig, "Top candidates before and after fusion", "candidate token", "probability", height=320)

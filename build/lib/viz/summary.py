@@ -1,0 +1,189 @@
+"""Every number the app and the benchmarks show about runs, computed once: labels, per-prompt
+scores, the metrics table, sweep points, pass@k tables, speed ratios and a fusion step's
+candidates. Perplexities are computed by core.scoring and passed in: viz never loads a
+language model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import numpy as np
+
+from core.config import RunConfig
+from core.tasks import is_correct
+from core.trace import RunTrace, Token
+
+from . import metrics
+
+
+def run_label(trace: RunTrace) -> str:
+    return config_label(trace.config)
+
+
+def config_label(config: RunConfig) -> str:
+    """A short name for a run's settings: 'esamp β=0.25', 'plain', 'plain T=0.7', 'min-p 0.1', 'fire'."""
+    series, setting = config_series(config)
+    s = config.sampling
+    if series == "esamp":
+        label = f"esamp {setting}"
+    elif series == "min-p":
+        label = f"min-p {s.min_p:g}"
+    else:
+        label = config.method
+    if s.temperature != 1.0:
+        label += f" T={s.temperature:g}"
+    return label
+
+
+def config_series(config: RunConfig) -> tuple[str, str]:
+    """The line a run belongs to in a sweep, and its point's name: ('esamp', 'β=0.25'),
+    ('plain', 'T=0.7'), ('min-p', 'min-p 0.1'), ('fire', 'fire')."""
+    s = config.sampling
+    if config.method == "esamp":
+        return "esamp", f"β={config.esamp.beta:g}"
+    if config.method == "plain" and s.min_p > 0:
+        return "min-p", f"min-p {s.min_p:g}"
+    if config.method == "plain":
+        return "plain", f"T={s.temperature:g}"
+    return config.method, config.method
+
+
+@dataclass
+class PromptScores:
+    """One value per prompt of a run, for each metric."""
+
+    cosine_distance: list[float]  # mean pairwise cosine distance of the prompt's answers
+    vendi: list[float]
+    distinct_2: list[float]
+    self_bleu: list[float]
+    perplexity: list[float]  # mean over the prompt's answers (NaN when unknown)
+
+    def mean_se(self, metric: str) -> tuple[float, float]:
+        """Mean over prompts and its standard error (prompts with a NaN left out)."""
+        return metrics.mean_and_stderr(getattr(self, metric))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {f.name: dict(zip(("mean", "se"), self.mean_se(f.name))) for f in fields(self)}
+
+
+def prompt_scores(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | None = None) -> PromptScores:
+    """Per-prompt metrics of a run; ``emb`` and ``perplexities`` hold one entry per sample, in
+    ``trace.samples`` order."""
+    out = PromptScores([], [], [], [], [])
+    for p in range(len(trace.prompts)):
+        idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == p]
+        texts, e = [trace.samples[i].text for i in idx], emb[idx]
+        out.cosine_distance.append(metrics.mean_pairwise_cosine_distance(e))
+        out.vendi.append(metrics.vendi_score(e))
+        out.distinct_2.append(metrics.distinct_n(texts, 2))
+        out.self_bleu.append(metrics.self_bleu(texts))
+        ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
+        out.perplexity.append(float(np.mean(ppl)) if ppl else math.nan)
+    return out
+
+
+@dataclass
+class RunSummary:
+    label: str
+    samples: int
+    tokens_per_s: float
+    mean_novelty: float | None
+    cosine_distance: float  # mean over prompts of the mean pairwise cosine distance
+    vendi: float  # mean over prompts
+    distinct_2: float
+    self_bleu: float
+    perplexity: float | None  # mean over answers, when given
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def summarize(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | None = None) -> RunSummary:
+    """Metrics of one run; ``emb`` holds one embedding per sample, in ``trace.samples`` order."""
+    scores = prompt_scores(trace, emb, perplexities)
+    ppl = [p for p in (perplexities or []) if _finite(p)]
+    return RunSummary(
+        label=run_label(trace), samples=len(trace.samples), tokens_per_s=trace.timings.tokens_per_s,
+        mean_novelty=trace.mean_novelty(),
+        cosine_distance=float(np.mean(scores.cosine_distance)), vendi=float(np.mean(scores.vendi)),
+        distinct_2=float(np.mean(scores.distinct_2)), self_bleu=float(np.mean(scores.self_bleu)),
+        perplexity=float(np.mean(ppl)) if ppl else None,
+    )
+
+
+def split_by_run(traces: Sequence[RunTrace], emb: np.ndarray) -> list[np.ndarray]:
+    """The embeddings of all runs' samples, run after run, cut into one array per run."""
+    bounds = np.cumsum([0] + [len(t.samples) for t in traces])
+    return [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def summarize_runs(traces: Sequence[RunTrace], emb: np.ndarray,
+                   perplexities: Sequence[Sequence[float]] | None = None) -> list[RunSummary]:
+    """One summary per run; ``emb`` holds the embeddings of all runs' samples, run after run."""
+    return [summarize(t, e, perplexities[i] if perplexities else None)
+            for i, (t, e) in enumerate(zip(traces, split_by_run(traces, emb)))]
+
+
+def sweep_point(config: RunConfig, scores: PromptScores) -> dict:
+    """A run as one point of diversity against perplexity (means over prompts, with standard errors)."""
+    series, setting = config_series(config)
+    (div, div_se), (ppl, ppl_se) = scores.mean_se("cosine_distance"), scores.mean_se("perplexity")
+    return {"series": series, "setting": setting, "diversity": div, "diversity_se": div_se,
+            "perplexity": ppl, "perplexity_se": ppl_se}
+
+
+def sweep_points(traces: Sequence[RunTrace], emb: np.ndarray,
+                 perplexities: Sequence[Sequence[float]]) -> list[dict]:
+    """``sweep_point`` of each run; ``emb`` holds all runs' samples, run after run."""
+    return [sweep_point(t.config, prompt_scores(t, e, p))
+            for t, e, p in zip(traces, split_by_run(traces, emb), perplexities)]
+
+
+def pass_at_k_table(traces: Sequence[RunTrace], answers: Sequence[str]) -> tuple[dict[str, list[float]], list[dict]]:
+    """pass@k curves (k = 1..n) by run label, and a row per run; answers[p] is prompt p's answer."""
+    curves, rows = {}, []
+    for t in traces:
+        n = t.config.sampling.n
+        correct = [sum(is_correct(s.text, answers[p]) for s in t.samples_of(p)) for p in range(len(t.prompts))]
+        label = run_label(t)
+        curves[label] = metrics.pass_at_k_curve(correct, n)
+        rows.append({"method": label, "pass@1": curves[label][0], f"pass@{n}": curves[label][-1],
+                     "tasks solved at least once": sum(c > 0 for c in correct)})
+    return curves, rows
+
+
+def answer_rows(traces: Sequence[RunTrace], answers: Sequence[str]) -> list[dict]:
+    """Every sample of every run with its task's expected answer and whether it got it."""
+    return [{"method": run_label(t), "task": s.prompt_index, "expected": answers[s.prompt_index], "answer": s.text,
+             "correct": is_correct(s.text, answers[s.prompt_index])} for t in traces for s in t.samples]
+
+
+def speed_ratio(traces: Sequence[RunTrace]) -> float | None:
+    """ESamp's tokens/s over plain sampling's, when both are among the runs."""
+    by = {t.method: t.timings.tokens_per_s for t in traces}
+    if by.get("esamp") and by.get("plain"):
+        return by["esamp"] / by["plain"]
+    return None
+
+
+def fusion_step(token: Token) -> dict[str, str]:
+    """What one fusion step did to a token, as labelled values: its novelty, its probability and the
+    distribution's entropy before and after."""
+    novelty = "–" if token.novelty is None else f"{token.novelty:.2f}"
+    return {"novelty ‖e‖": novelty,
+            "p(chosen) before → after": f"{math.exp(token.logp_ref):.3f} → {math.exp(token.logp_new):.3f}",
+            "entropy before → after": f"{token.entropy_ref:.2f} → {token.entropy_new:.2f}"}
+
+
+def candidate_rows(token: Token) -> list[dict]:
+    """A token's top candidates before and after fusion, with the log ratio fusion applied to each
+    (``β w·e / T`` after renormalising; None where a probability is 0)."""
+    return [{"candidate": repr(c.text), "p before": c.p_ref, "p after": c.p_new,
+             "log ratio (β w·e / T, renormalised)": math.log(c.p_new / c.p_ref) if c.p_ref > 0 and c.p_new > 0
+             else None} for c in token.top]
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)

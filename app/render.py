@@ -67,7 +67,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
                    "(plain ran its distiller in shadow to log novelty; see bench/ for the clean ratio)")
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.loss_figure(traces, labels), key=f"{key}_loss")
-    c2.plotly_chart(charts.novelty_figure(traces, labels), key=f"{key}_novelty")
+    c2.plotly_chart(charts.novelty_figure(traces, labels, relative=True), key=f"{key}_novelty")
     st.caption("Reproduce from the command line:")
     for t in traces:
         st.code(reproduce_command(t), language="bash")

@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
+from core.backends.hardware import describe
 from core.scoring import trace_perplexities
 from viz import charts, spread
 from viz.report import write_images
@@ -42,6 +40,9 @@ def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
 
     out = {f"esamp β={b}": RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=b))
            for b in (0.1, 0.25, 0.5, 1.0)}
+    # The paper's ablation: noise as long as the distiller's error, in a random direction.
+    out.update({f"esamp-noise β={b}": RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=b, noise=True))
+                for b in (0.25, 0.5)})
     out.update({f"plain T={t}": plain(temperature=t) for t in (0.7, 1.0, 1.3)})
     out["min-p 0.1"] = plain(top_k=0, min_p=0.1)
     out["FIRE"] = RunConfig(method="fire", sampling=sampling, esamp=_NO_SHADOW)
@@ -80,9 +81,8 @@ def tradeoff_figure(results: dict[str, dict]):
 
 
 def machine(lm) -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    """Where a figure was measured: the CPU (and GPU), and the model's device and dtype."""
+    return {**describe(), "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
 
 
 def parse_common(ap: argparse.ArgumentParser, argv, tokens: int, quick: str, plot: str) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import BACKENDS, METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
+from .config import BACKENDS, DISTILLERS, METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
 
 _D = SamplingConfig()
 _E = EsampConfig()
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, default=_E.beta, help="exploration strength (esamp)")
     g.add_argument("--scope", choices=SCOPES, default=_E.scope, help="one distiller per prompt, or shared")
     g.add_argument("--no-shadow", action="store_true", help="no distiller for plain/fire (no novelty logged)")
+    g.add_argument("--noise", action="store_true",
+                   help="the paper's ablation: steer by Gaussian noise as long as the error instead of the error")
+    g.add_argument("--distiller", choices=DISTILLERS, default=_E.distiller, help="the distiller's design")
+    g.add_argument("--distiller-width", type=int, default=_E.intermediate,
+                   help=f"width inside its gated blocks (default {_E.intermediate}; the paper's: 384)")
     g.add_argument("--fire-temperature", type=float, default=_F.temperature)
     g.add_argument("--fire-top-k", type=int, default=_F.top_k)
     g.add_argument("--ignore-eos", action="store_true", help="always generate max_new_tokens")
@@ -53,7 +58,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         method=a.method,
         sampling=SamplingConfig(n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                                 top_k=a.top_k, top_p=a.top_p, min_p=a.min_p, seed=a.seed, ignore_eos=a.ignore_eos),
-        esamp=EsampConfig(beta=a.beta, scope=a.scope, shadow=not a.no_shadow),
+        esamp=EsampConfig(beta=a.beta, scope=a.scope, shadow=not a.no_shadow, noise=a.noise, distiller=a.distiller,
+                          intermediate=a.distiller_width),
         fire=FireConfig(temperature=a.fire_temperature, top_k=a.fire_top_k),
         chat=not a.raw,
     )
@@ -73,6 +79,12 @@ def command_for(config: RunConfig, prompt: str, model: str | None = None, backen
         parts += ["--fire-temperature", str(f.temperature), "--fire-top-k", str(f.top_k)]
     if not e.shadow:
         parts.append("--no-shadow")
+    if e.noise:
+        parts.append("--noise")
+    if e.distiller != _E.distiller:
+        parts += ["--distiller", e.distiller]
+    if e.intermediate != _E.intermediate:
+        parts += ["--distiller-width", str(e.intermediate)]
     if s.ignore_eos:
         parts.append("--ignore-eos")
     if not config.chat:
@@ -114,7 +126,8 @@ def summary(trace) -> str:
         lines.append(f"mean novelty ||e||: {nov:.2f}")
     for i, p in enumerate(trace.prompts):
         if p.loss:
-            lines.append(f"prompt {i}: distiller loss {p.loss[0]:.1f} -> {p.loss[-1]:.1f} over {len(p.loss)} steps"
+            lines.append(f"prompt {i}: distiller loss {p.loss[0]:.1f} -> {p.loss[-1]:.1f}, relative novelty "
+                         f"{p.rel_novelty[0]:.2f} -> {p.rel_novelty[-1]:.2f} over {len(p.loss)} steps"
                          + (f", {p.resets} NaN resets" if p.resets else ""))
     return "\n".join(lines)
 

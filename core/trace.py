@@ -7,7 +7,9 @@ The format carries a version. A change to what a trace holds bumps ``TRACE_VERSI
 an upgrade from the version before to ``_UPGRADES``, so every older trace still loads:
 
 - version 1: the first format;
-- version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None).
+- version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None);
+- version 3: every prompt has ``rel_novelty``, its distiller's mean relative novelty per step
+  (empty in older traces).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 2
+TRACE_VERSION = 3
 
 
 @dataclass
@@ -65,6 +67,8 @@ class PromptTrace:
     text: str  # as the user gave it
     n_prompt_tokens: int
     loss: list[float] = field(default_factory=list)  # distiller loss per step (empty: no distiller)
+    # mean ||h - h_hat|| / ||h|| over the rows the distiller trained on, per step (1 = no better than zero)
+    rel_novelty: list[float] = field(default_factory=list)
     resets: int = 0  # NaN/inf resets of this prompt's distiller
 
 
@@ -149,7 +153,12 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "version": 2}
 
 
-_UPGRADES = {1: _v1_to_v2}  # version v -> v + 1
+def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 traces did not record the distiller's mean relative novelty per step."""
+    return {**d, "prompts": [{**p, "rel_novelty": []} for p in d["prompts"]], "version": 3}
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

@@ -17,8 +17,8 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
     assert quality.main(["--quick", "--backend", "transformers", "--json", str(out), "--markdown", str(table),
                          "--images", str(images)]) == 0
     report = json.loads(out.read_text())
-    labels = ["esamp β=0.1", "esamp β=0.25", "esamp β=0.5", "esamp β=1.0", "plain T=0.7", "plain T=1.0",
-              "plain T=1.3", "min-p 0.1", "FIRE"]
+    labels = ["esamp β=0.1", "esamp β=0.25", "esamp β=0.5", "esamp β=1.0", "esamp-noise β=0.25",
+              "esamp-noise β=0.5", "plain T=0.7", "plain T=1.0", "plain T=1.3", "min-p 0.1", "FIRE"]
     assert list(report["methods"]) == labels
     for r in report["methods"].values():
         assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "self_bleu", "perplexity"}
@@ -33,7 +33,7 @@ def test_passk_quick_reports_a_curve_per_method(tmp_path):
     out = tmp_path / "p.json"
     assert passk.main(["--quick", "--backend", "transformers", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert len(report["pass_at_k"]) == 9 and len(report["problems"]) == 3
+    assert len(report["pass_at_k"]) == 11 and len(report["problems"]) == 3
     for label, curve in report["pass_at_k"].items():
         assert len(curve) == 4 and all(0 <= x <= 1 for x in curve)
         assert curve == sorted(curve)  # pass@k never falls as k grows
@@ -59,3 +59,20 @@ def test_speed_quick_reports_every_backend_workload_and_variant(tmp_path):
             assert r["ratio_to_plain"] == 1.0  # each ratio's baseline
     assert report["distiller_bytes_per_prompt"] > 0
     assert table.read_text().count("\n") == len(want) + 2
+
+
+def test_distiller_quick_reports_every_design_and_the_check_through_generate(tmp_path):
+    from bench import distiller
+    from core.esamp.distiller import DESIGNS
+
+    out, images = tmp_path / "d.json", tmp_path / "img"
+    assert distiller.main(["--quick", "--backends", "transformers", "--json", str(out), "--images", str(images)]) == 0
+    report = json.loads(out.read_text())
+    names = {r["design"] for r in report["designs"]}
+    assert set(DESIGNS) <= names and len(report["designs"]) == len(names) * len(distiller.WIDTHS)
+    for r in report["designs"]:
+        for p in distiller.PROMPTS:
+            assert len(r["prompts"][p]["curve"]) == 16 and len(r["prompts"][p]["quarters"]) == 4
+            assert set(r["prompts"][p]["probe"]) == {"own", "unseen"}
+    assert set(report["engine"]["transformers"]) == {"plain", "esamp"}
+    assert (images / "distiller-learning.png").stat().st_size > 0

@@ -89,7 +89,7 @@ def generate(browser, url, query, tmp_path, name):
 def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
     page, _ = generate(browser, server, {"prompt": "Name a colour.", "n": 2, "tokens": 8}, tmp_path, "explore")
     assert page.locator(".esx-sample").count() == 4  # 2 samples x (esamp, plain)
-    assert page.locator(".esx-tok").first.get_attribute("title").startswith("novelty")
+    assert page.locator(".esx-tok").first.get_attribute("title").startswith("relative novelty")
     assert page.locator(".js-plotly-plot").count() >= 3
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 

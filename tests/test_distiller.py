@@ -18,7 +18,7 @@ def reference_forward(params, x):
 
 
 def test_one_group_matches_torch_adam_with_grad_clipping():
-    cfg = EsampConfig(intermediate=8)
+    cfg = EsampConfig(intermediate=8, distiller="residual")
     bank = DistillerBank(1, 6, cfg, seed=0)
     ref = reference_distiller(bank, 0)
     opt = torch.optim.Adam(ref, lr=cfg.lr, eps=cfg.eps)
@@ -70,6 +70,31 @@ def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():
 
 
 def test_memory_per_distiller_is_small():
-    bank = DistillerBank(1, 576, EsampConfig(), seed=0)
-    # 2 blocks x 3 matrices x 576 x 384 floats, times 3 (weights, Adam m and v), 4 bytes each
-    assert bank.nbytes_per_distiller == 2 * 3 * 576 * 384 * 3 * 4
+    # 2 blocks x 3 matrices x 576 x width floats, times 3 (weights, Adam m and v), 4 bytes each
+    assert DistillerBank(1, 576, EsampConfig(), seed=0).nbytes_per_distiller == 2 * 3 * 576 * 64 * 3 * 4
+    assert DistillerBank(1, 576, EsampConfig(intermediate=384), seed=0).nbytes_per_distiller == 2 * 3 * 576 * 384 * 3 * 4
+
+
+def test_the_default_design_predicts_in_hs_space_and_starts_at_the_final_norm_of_s():
+    """normed: h_hat = final_norm(x + blocks(x)) with x = 16 s / rms(s), down projections at 0 at first."""
+    from core.esamp.distiller import DESIGNS
+    from core.esamp.fusion import FinalNorm
+
+    norm = FinalNorm(torch.tensor([1.0, 2.0, 3.0, 4.0]), eps=1e-6)
+    bank = DistillerBank(1, 4, EsampConfig(intermediate=8), seed=4, norm=norm)
+    assert bank.design == DESIGNS["normed"] and all(not p[0].any() for p in bank.params[2::3])
+    s = torch.randn(1, 3, 4) * 50  # a raw residual stream: large
+    torch.testing.assert_close(bank.forward(s).detach(), norm(s))  # RMS norm ignores the scale of x
+    h = torch.randn(1, 3, 4)
+    for _ in range(3):
+        bank.update(bank.forward(s), h, torch.ones(1, 3, dtype=torch.bool))
+    x = 16 * s / s.square().mean(-1, keepdim=True).add(1e-6).sqrt()
+    expected = norm(reference_forward([p[0] for p in bank.params], x[0]))
+    torch.testing.assert_close(bank.forward(s).detach()[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_named_design_exists():
+    from core.config import DISTILLERS
+    from core.esamp.distiller import DESIGNS
+
+    assert set(DESIGNS) == set(DISTILLERS)

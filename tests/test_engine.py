@@ -171,3 +171,35 @@ def test_empty_prompt_is_rejected(lm):
 def test_prompt_longer_than_the_context_is_rejected(lm):
     with pytest.raises(ValueError, match="context of 8192 tokens"):
         run(lm, prompts=["word " * 9000])
+
+
+def test_the_distiller_learns_within_one_answer(lm):
+    """Relative novelty ||h - h_hat|| / ||h|| falls along an answer, well below 1 (= no better than
+    predicting zero): the distiller learns this prompt's contexts within the generation."""
+    from viz.summary import trace_quarters
+
+    trace = run(lm, prompts=["Describe a city in the year 3000."], method="plain", n=8, max_new_tokens=64,
+                ignore_eos=True, seed=5)
+    first, *_, last = trace_quarters(trace)
+    assert last < 1.0 and last < first - 0.15, trace_quarters(trace)
+    assert trace.prompts[0].rel_novelty[-1] < trace.prompts[0].rel_novelty[0]
+
+
+def test_the_noise_ablation_changes_tokens_only_through_the_fusion(lm):
+    kw = dict(n=3, max_new_tokens=8, seed=9, ignore_eos=True)
+    plain = run(lm, method="plain", **kw)
+    silent = generate(lm, PROMPTS, RunConfig(method="esamp", sampling=SamplingConfig(**kw),
+                                             esamp=EsampConfig(beta=0.0, noise=True)))
+    assert token_ids(silent) == token_ids(plain)  # beta 0: no fusion, so no noise reaches a token
+    esamp = run(lm, beta=1.0, **kw)
+    noise = generate(lm, PROMPTS, RunConfig(method="esamp", sampling=SamplingConfig(**kw),
+                                            esamp=EsampConfig(beta=1.0, noise=True)))
+    assert [s.tokens[0].id for s in noise.samples] == [s.tokens[0].id for s in esamp.samples]  # unguided
+    # step 1: the same distiller (trained on the same first step) sees the same contexts and the same
+    # reference distribution...
+    second = [(e.tokens[1], x.tokens[1]) for e, x in zip(esamp.samples, noise.samples)]
+    assert [x.novelty for _, x in second] == pytest.approx([e.novelty for e, _ in second])
+    assert [x.entropy_ref for _, x in second] == pytest.approx([e.entropy_ref for e, _ in second])
+    # ...but the fusion moves it another way
+    assert all(abs(x.entropy_new - e.entropy_new) > 1e-4 for e, x in second)
+    assert noise.config.esamp.noise and token_ids(noise) != token_ids(esamp)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core import RunConfig, RunTrace, SamplingConfig, generate
+from core.trace import TRACE_VERSION
 from core.backends.record import token_pieces
 
 
@@ -66,19 +67,26 @@ def test_cli_unknown_model_exits_with_a_clear_message(tmp_path):
 DATA = Path(__file__).parent / "data"
 
 
-def test_version_1_traces_load_with_and_without_logp_base():
-    """Both kinds of version 1 trace, as earlier releases wrote them (tests/data: `python -m core generate
-    "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^ and 8f0caa6)."""
-    before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
-    after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
-    assert before.version == after.version == 2  # upgraded on the way in
-    assert all(t.logp_base is None for s in before.samples for t in s.tokens)
-    assert all(t.logp_base < 0 for s in after.samples for t in s.tokens)
-    assert [s.text for s in before.samples] == [s.text for s in after.samples]  # same run, same seed
-    assert json.loads(after.to_json())["version"] == 2
+def test_older_traces_load_as_earlier_releases_wrote_them():
+    """Version 1 traces without and with logp_base, and a version 2 trace (tests/data: `python -m core
+    generate "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^, 8f0caa6, 7fc860b)."""
+    v1_before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
+    v1_after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
+    v2 = RunTrace.load(DATA / "trace-v2.json")
+    assert v1_before.version == v1_after.version == v2.version == TRACE_VERSION == 3  # upgraded on the way in
+    assert all(t.logp_base is None for s in v1_before.samples for t in s.tokens)
+    assert all(t.logp_base < 0 for trace in (v1_after, v2) for s in trace.samples for t in s.tokens)
+    assert [s.text for s in v1_before.samples] == [s.text for s in v1_after.samples]  # same run, same seed
+    assert all(p.loss and p.rel_novelty == [] for trace in (v1_before, v2) for p in trace.prompts)
+    assert json.loads(v2.to_json())["version"] == 3
 
 
-def test_a_new_trace_says_version_2_and_records_logp_base(lm):
-    trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=1, max_new_tokens=3)))
+def test_a_new_trace_records_logp_base_and_the_distillers_curves(lm):
+    trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3, ignore_eos=True)))
     d = json.loads(trace.to_json())
-    assert d["version"] == 2 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
+    assert d["version"] == 3 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
+    prompt = trace.prompts[0]
+    assert len(prompt.loss) == len(prompt.rel_novelty) == 3
+    # the per-step mean is the mean over the prompt's rows of each token's relative novelty
+    assert prompt.rel_novelty == pytest.approx([sum(s.tokens[t].rel_novelty for s in trace.samples) / 2
+                                               for t in range(3)], rel=1e-5)

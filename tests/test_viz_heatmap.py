@@ -85,3 +85,11 @@ def test_plotly_heatmap_has_one_row_per_sample_and_escaped_hover():
     z = fig.data[0].z
     assert len(z) == 1 and len(z[0]) == len(HOSTILE)
     assert all("<script" not in c for c in fig.data[0].customdata[0])
+
+
+def test_relative_novelty_has_one_readable_scale_in_every_run():
+    """0 to 1.5 whatever the values, so 1 ("no better than predicting nothing") is always the same colour."""
+    low, high = make_trace(["a", "b"]), make_trace(["a"] * 30)  # rel_novelty up to 0.1 and up to 2.9
+    assert signal_range([low], "rel_novelty") == signal_range([high], "rel_novelty") == (0.0, 1.5)
+    assert "no better than predicting nothing" in heatmap_html(low)  # the default signal's legend
+    assert signal_range([high], "novelty") != signal_range([low], "novelty")  # other signals follow the data

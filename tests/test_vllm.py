@@ -206,3 +206,12 @@ def test_more_prompt_tokens_than_one_step_takes(vlm):
     trace = run(vlm, prompts=[prompt] * 12, n=16, max_new_tokens=2, ignore_eos=True)
     assert sum(p.n_prompt_tokens for p in trace.prompts) * 16 > 4096
     assert trace.timings.new_tokens == 12 * 16 * 2
+
+
+def test_the_distiller_learns_within_one_answer_on_vllm(vlm):
+    from viz.summary import trace_quarters
+
+    trace = run(vlm, prompts=["Describe a city in the year 3000."], method="plain", n=8, max_new_tokens=64,
+                ignore_eos=True, seed=5)
+    first, *_, last = trace_quarters(trace)
+    assert last < 1.0 and last < first - 0.15, trace_quarters(trace)

@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison")
     r.add_argument("runs", nargs="+", help="trace JSON files written by `python -m core generate --json`")
     r.add_argument("-o", "--output", default="report.html")
-    r.add_argument("--signal", choices=list(SIGNALS), default="novelty")
+    r.add_argument("--signal", choices=list(SIGNALS), default="rel_novelty")
     r.add_argument("--images", metavar="DIR", help="also write each figure as PNG and SVG here (needs kaleido "
                    "and a Chrome or Chromium, e.g. Debian's chromium)")
     a = ap.parse_args(argv)

@@ -9,7 +9,8 @@ import numpy as np
 
 from core.trace import RunTrace
 
-from .style import colour_for
+from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for
+from .summary import novelty_columns
 
 
 def _layout(fig, title: str, x: str, y: str, height: int = 360):
@@ -35,10 +36,7 @@ def loss_figure(traces: Sequence[RunTrace], labels: Sequence[str]):
 
 def novelty_by_position(trace: RunTrace, relative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, 25th, 75th percentile) of novelty at each position, over the run's samples."""
-    rows = [[(t.rel_novelty if relative else t.novelty) for t in s.tokens] for s in trace.samples]
-    width = max((len(r) for r in rows), default=0)
-    cols = [[r[i] for r in rows if i < len(r) and r[i] is not None] for i in range(width)]
-    cols = [c for c in cols if c]
+    cols = novelty_columns(trace, relative)
     if not cols:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     return (np.array([np.mean(c) for c in cols]), np.array([np.percentile(c, 25) for c in cols]),
@@ -59,8 +57,30 @@ def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: 
         fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q75) + list(q25[::-1]), mode="lines", fill="toself",
                                  fillcolor=c, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=escape(label), line=dict(color=c)))
+    if relative:
+        fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting nothing")
     return _layout(fig, "Novelty along the answer (mean, interquartile band)", "token position",
-                   "relative novelty" if relative else "novelty ‖e‖")
+                   "relative novelty ‖e‖/‖h‖" if relative else "novelty ‖e‖")
+
+
+def learning_curves_figure(curves: dict[str, Sequence[float]]):
+    """Relative novelty along the answer, one line per distiller ("design, width w"): a colour per
+    design, a dash per width; with the line at 1 that means "no better than predicting zero"."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    designs = list(dict.fromkeys(label.split(",")[0] for label in curves))
+    dashes: dict[str, int] = {}
+    for label, ys in curves.items():
+        design = label.split(",")[0]
+        colour = (METHOD_COLOURS["esamp"] if design == designs[0]
+                  else EXTRA_COLOURS[(designs.index(design) - 1) % len(EXTRA_COLOURS)])
+        dash = _DASHES[dashes.get(design, 0) % len(_DASHES)]
+        dashes[design] = dashes.get(design, 0) + 1
+        fig.add_trace(go.Scatter(y=list(ys), mode="lines", name=escape(label), line=dict(color=colour, dash=dash)))
+    fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting zero")
+    return _layout(fig, "Does the distiller learn within one generation?", "decode step",
+                   "relative novelty ‖h − ĥ‖ / ‖h‖")
 
 
 def sweep_figure(points: Sequence[dict]):

@@ -21,13 +21,16 @@ class Signal:
     value: Callable[[Token], float | None]
     diverging: bool  # signed: a diverging scale centred on 0
     help: str
+    scale: tuple[float, float] | None = None  # a fixed colour range that means the same in every run
+    note: str = ""  # how to read the scale, shown with the legend
 
 
 SIGNALS: dict[str, Signal] = {
+    "rel_novelty": Signal("relative novelty ‖e‖/‖h‖", lambda t: t.rel_novelty, False,
+                          "how badly the distiller predicted this context: ||h - ĥ|| / ||h||", scale=(0.0, 1.5),
+                          note="0 = predicted exactly · 1 = no better than predicting nothing · above 1 = worse"),
     "novelty": Signal("novelty ‖e‖", lambda t: t.novelty, False,
                       "distiller error ||h - ĥ||: high where the context is new to this prompt's samples"),
-    "rel_novelty": Signal("relative novelty ‖e‖/‖h‖", lambda t: t.rel_novelty, False,
-                          "novelty relative to the size of the final state"),
     "logp_gain": Signal("log p gain (new − ref)", lambda t: t.logp_new - t.logp_ref, True,
                         "how much ESamp raised (+) or lowered (−) the chosen token's log-probability"),
     "entropy": Signal("entropy (nats)", lambda t: t.entropy_ref, False,
@@ -46,8 +49,10 @@ def signal_values(samples: Sequence[Sample], signal: str) -> list[float]:
 
 
 def signal_range(traces: Sequence[RunTrace], signal: str) -> tuple[float, float]:
-    """One colour range for several runs, so side-by-side heatmaps compare (ends at the 2nd and
-    98th percentiles, so one outlier does not wash out the rest)."""
+    """One colour range for several runs, so side-by-side heatmaps compare: the signal's fixed
+    scale, or the 2nd to 98th percentiles (so one outlier does not wash out the rest)."""
+    if _signal(signal).scale:
+        return _signal(signal).scale
     vals = sorted(v for tr in traces for v in signal_values(tr.samples, signal))
     if not vals:
         return (0.0, 1.0)
@@ -123,15 +128,17 @@ CSS = """
 .esx-nl{opacity:.55;font-size:11px}
 .esx-legend{display:flex;align-items:center;gap:.5em;font-size:12px;color:#444;margin:.3em 0 .6em 0}
 .esx-bar{height:12px;width:220px;border-radius:3px;border:1px solid #ccc}
+.esx-note{color:#666}
 """
 
 
 def legend_html(signal: str, lo: float, hi: float) -> str:
     sig = _signal(signal)
     stops = ",".join(colour(lo + (hi - lo) * i / 10, lo, hi, sig.diverging)[0] for i in range(11))
+    note = f'<span class="esx-note">{escape(sig.note)}</span>' if sig.note else ""
     return (f'<div class="esx-legend" title="{escape(sig.help, quote=True)}"><span style="font-weight:600">{escape(sig.label)}</span>'
             f'<span>{lo:.2f}</span><span class="esx-bar" style="background:linear-gradient(to right,{stops})">'
-            f'</span><span>{hi:.2f}</span></div>')
+            f'</span><span>{hi:.2f}</span>{note}</div>')
 
 
 def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str | None = None,
@@ -148,7 +155,7 @@ def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str |
     return f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div><div class="esx-text">{body}</div></div>'
 
 
-def heatmap_html(trace: RunTrace, signal: str = "novelty", samples: Sequence[int] | None = None,
+def heatmap_html(trace: RunTrace, signal: str = "rel_novelty", samples: Sequence[int] | None = None,
                  value_range: tuple[float, float] | None = None, legend: bool = True, upto: int | None = None) -> str:
     """HTML for the chosen samples (indices into ``trace.samples``; default all), coloured by signal.
 
@@ -165,7 +172,7 @@ def heatmap_html(trace: RunTrace, signal: str = "novelty", samples: Sequence[int
     return "".join(parts)
 
 
-def heatmap_figure(trace: RunTrace, signal: str = "novelty", value_range: tuple[float, float] | None = None,
+def heatmap_figure(trace: RunTrace, signal: str = "rel_novelty", value_range: tuple[float, float] | None = None,
                    max_positions: int | None = None):
     """A plotly heatmap: one row per sample, one column per token position, coloured by signal."""
     import plotly.graph_objects as go

@@ -74,11 +74,11 @@ def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] 
     emb = spread.embed(texts, embedder)
     figures = {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed),
                                               "Semantic spread of the answers"),
-               "novelty": charts.novelty_figure(traces, labels), "loss": charts.loss_figure(traces, labels)}
+               "novelty": charts.novelty_figure(traces, labels, relative=True), "loss": charts.loss_figure(traces, labels)}
     return Report(traces, labels, summarize_runs(traces, emb, perplexities), figures)
 
 
-def render_html(report: Report, signal: str = "novelty") -> str:
+def render_html(report: Report, signal: str = "rel_novelty") -> str:
     """The report as one self-contained HTML string (plotly.js inline)."""
     import plotly.offline
 
@@ -99,7 +99,7 @@ def render_html(report: Report, signal: str = "novelty") -> str:
 
 
 def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
-                 signal: str = "novelty", embedder=None, seed: int = 0) -> str:
+                 signal: str = "rel_novelty", embedder=None, seed: int = 0) -> str:
     """The report of one run or a comparison, as one HTML string."""
     return render_html(prepare(traces, perplexities, embedder, seed), signal)
 
@@ -118,7 +118,7 @@ def write_images(figures: dict, folder: str | Path) -> list[Path]:
 
 
 def write_report(traces: Sequence[RunTrace], path: str | Path, images: str | Path | None = None,
-                 signal: str = "novelty", perplexities: Sequence[Sequence[float]] | None = None,
+                 signal: str = "rel_novelty", perplexities: Sequence[Sequence[float]] | None = None,
                  embedder=None, seed: int = 0) -> list[Path]:
     """Write the report and each run's trace JSON beside it (and, given a folder, each figure as
     PNG and SVG); returns the paths written."""

@@ -6,8 +6,9 @@ METHOD_COLOURS = {
     "plain": "#0072B2",  # blue
     "fire": "#009E73",  # bluish green
     "min-p": "#CC79A7",  # reddish purple
+    "esamp-noise": "#E69F00",  # orange: the ablation, near ESamp's vermillion
 }
-EXTRA_COLOURS = ["#E69F00", "#56B4E9", "#F0E442", "#000000"]
+EXTRA_COLOURS = ["#56B4E9", "#F0E442", "#000000", "#999999"]
 
 
 def colour_for(label: str, index: int = 0) -> str:

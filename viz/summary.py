@@ -23,11 +23,12 @@ def run_label(trace: RunTrace) -> str:
 
 
 def config_label(config: RunConfig) -> str:
-    """A short name for a run's settings: 'esamp β=0.25', 'plain', 'plain T=0.7', 'min-p 0.1', 'fire'."""
+    """A short name for a run's settings: 'esamp β=0.25', 'esamp-noise β=0.25', 'plain', 'plain T=0.7',
+    'min-p 0.1', 'fire'."""
     series, setting = config_series(config)
     s = config.sampling
-    if series == "esamp":
-        label = f"esamp {setting}"
+    if series.startswith("esamp"):
+        label = f"{series} {setting}"
     elif series == "min-p":
         label = f"min-p {s.min_p:g}"
     else:
@@ -39,10 +40,10 @@ def config_label(config: RunConfig) -> str:
 
 def config_series(config: RunConfig) -> tuple[str, str]:
     """The line a run belongs to in a sweep, and its point's name: ('esamp', 'β=0.25'),
-    ('plain', 'T=0.7'), ('min-p', 'min-p 0.1'), ('fire', 'fire')."""
+    ('esamp-noise', 'β=0.25'), ('plain', 'T=0.7'), ('min-p', 'min-p 0.1'), ('fire', 'fire')."""
     s = config.sampling
     if config.method == "esamp":
-        return "esamp", f"β={config.esamp.beta:g}"
+        return "esamp-noise" if config.esamp.noise else "esamp", f"β={config.esamp.beta:g}"
     if config.method == "plain" and s.min_p > 0:
         return "min-p", f"min-p {s.min_p:g}"
     if config.method == "plain":
@@ -124,6 +125,29 @@ def summarize_runs(traces: Sequence[RunTrace], emb: np.ndarray,
     """One summary per run; ``emb`` holds the embeddings of all runs' samples, run after run."""
     return [summarize(t, e, perplexities[i] if perplexities else None)
             for i, (t, e) in enumerate(zip(traces, split_by_run(traces, emb)))]
+
+
+def quarter_means(values: Sequence[float]) -> list[float]:
+    """The mean of each quarter of a sequence, first to last (a quarter's extra element goes last)."""
+    n = len(values)
+    cuts = [round(n * i / 4) for i in range(5)]
+    return [float(np.mean(values[a:b])) if b > a else math.nan for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def novelty_columns(trace: RunTrace, relative: bool = True, prompt_index: int | None = None) -> list[list[float]]:
+    """The samples' (relative) novelty at each answer position, of one prompt or all; positions
+    no sample reached with a distiller are left out."""
+    rows = [[t.rel_novelty if relative else t.novelty for t in s.tokens] for s in trace.samples
+            if prompt_index is None or s.prompt_index == prompt_index]
+    width = max((len(r) for r in rows), default=0)
+    cols = [[r[i] for r in rows if i < len(r) and r[i] is not None] for i in range(width)]
+    return [c for c in cols if c]
+
+
+def trace_quarters(trace: RunTrace, prompt_index: int | None = None) -> list[float]:
+    """Mean relative novelty ``||h - h_hat|| / ||h||`` by quarter of the answer positions: how the
+    distiller's prediction improves along an answer (1 = no better than predicting zero)."""
+    return quarter_means([float(np.mean(c)) for c in novelty_columns(trace, True, prompt_index)])
 
 
 def sweep_point(config: RunConfig, scores: PromptScores) -> dict:

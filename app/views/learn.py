@@ -59,10 +59,12 @@ if not sample.tokens:
 pos = st.slider("Step through the answer", 1, len(sample.tokens), min(6, len(sample.tokens)))
 token = sample.tokens[pos - 1]
 
-st.subheader("Novelty building up, token by token")
-st.html(heatmap.heatmap_html(trace, "novelty", samples=[sample_index], upto=pos,
-                             value_range=heatmap.signal_range([trace], "novelty")))
-st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"]), key="learn_novelty")
+st.subheader("The distiller learning, token by token")
+st.markdown("Each token is coloured by how badly the distiller predicted its context (relative novelty "
+            "‖e‖ / ‖h‖): at 1 it does no better than predicting nothing. Along an answer it learns this "
+            "prompt's contexts, so the colour fades; a context no answer has visited yet stands out.")
+st.html(heatmap.heatmap_html(trace, "rel_novelty", samples=[sample_index], upto=pos))
+st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"], relative=True), key="learn_novelty")
 
 st.subheader(f"One fusion step: token {pos}, {render.md(repr(token.text))}")
 if pos == 1:

@@ -91,10 +91,10 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
 
 
 def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[int]], config: RunConfig,
-                rows: dict[str, list[list]], losses: list[list[float]], resets: list[int], stopped: bool,
-                timings: Timings) -> RunTrace:
+                rows: dict[str, list[list]], losses: list[list[float]], rel_novelty: list[list[float]],
+                resets: list[int], stopped: bool, timings: Timings) -> RunTrace:
     """The trace from ``Recorder.per_row()`` (row r = prompt * n + sample) and each prompt's
-    distiller losses and resets."""
+    distiller curves (loss and mean relative novelty per step) and resets."""
     n = config.sampling.n
     tok = lm.tokenizer
     eos = set(lm.eos_ids)
@@ -124,8 +124,8 @@ def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[in
             tokens.append(Token(id=tid, text=piece, top=top, **{k: value(k, r, t) for k in SCALARS}))
         reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")
         samples.append(Sample(r // n, r % n, "".join(pieces), reason, tokens))
-    prompt_traces = [PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss, resets=resets_)
-                     for text, pid, loss, resets_ in zip(prompts, ids, losses, resets)]
+    prompt_traces = [PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss, rel_novelty=rel, resets=r)
+                     for text, pid, loss, rel, r in zip(prompts, ids, losses, rel_novelty, resets)]
     return RunTrace(config=config, model=lm.name, backend=lm.backend, device=str(lm.device),
                     dtype=str(lm.dtype).removeprefix("torch."), prompts=prompt_traces, samples=samples,
                     timings=timings, stopped=stopped,

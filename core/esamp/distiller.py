@@ -1,7 +1,11 @@
 """A bank of G tiny distillers trained online, as batched tensors.
 
-Each distiller maps a shallow state ``s`` to a prediction of the final state ``h``:
-``x <- x + Down(SiLU(Gate x) * Up x)``, ``blocks`` times (ESAMP.md, 'Distiller').
+Each distiller maps a shallow state ``s`` to a prediction of the final state ``h`` through
+gated residual blocks, ``x <- x + Down(SiLU(Gate x) * Up x)``, ``blocks`` times (ESAMP.md,
+'Distiller'). What surrounds the blocks is its ``Design`` (``DESIGNS``; ``python -m
+bench.distiller`` measures each): the paper read literally (``residual``: ``h_hat = s +
+blocks(s)``) spends most of a generation learning the scale of h, since s is a raw residual
+stream and h a normed state; the default (``normed``) predicts in h's own space from the start.
 Group g owns slice g of every weight. Rows are laid out group-major: (G, m, H), where m is
 the number of rows per group (a prompt's n samples, or all rows in shared scope).
 
@@ -12,14 +16,36 @@ call per group. Everything here is float32 and independent of any backend.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam  # the functional form of torch.optim.Adam, fused kernel included
 
 from ..config import EsampConfig
+from .fusion import FinalNorm
 
 BETA1, BETA2 = 0.9, 0.999  # Adam's usual moments; ESAMP.md fixes only lr, eps and clipping
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a distiller does around its gated blocks."""
+
+    # Scale s to this RMS per dimension first (None: use the raw residual stream, whose scale differs
+    # by model). The scale is also how fast the blocks' function moves per Adam step: measured by
+    # bench.distiller, 1 learns too slowly within a generation, 8 to 32 alike; 16 is the default.
+    input_rms: float | None
+    output_norm: bool  # finish with the model's own final norm (frozen): h_hat in h's space and scale
+    zero_down: bool  # down projections start at 0, so h_hat starts at norm(x) instead of a random perturbation
+
+
+DESIGNS = {
+    "normed": Design(input_rms=16.0, output_norm=True, zero_down=True),  # final_norm(x + blocks(x)), x = 16 s/rms(s)
+    "normed-unit": Design(input_rms=1.0, output_norm=True, zero_down=True),  # the same with x = s/rms(s)
+    "final-norm": Design(input_rms=None, output_norm=True, zero_down=False),  # final_norm(s + blocks(s))
+    "residual": Design(input_rms=None, output_norm=False, zero_down=False),  # s + blocks(s): the paper literally
+}
 
 
 class DistillerBank:
@@ -34,10 +60,14 @@ class DistillerBank:
     """
 
     def __init__(self, groups: int, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
-                 seed: int = 0):
+                 seed: int = 0, norm: FinalNorm | None = None, design: Design | None = None):
+        """``norm``: the model's final norm, for designs with ``output_norm`` (a unit-gain RMS norm
+        when the model's is unknown). ``design`` overrides ``cfg.distiller`` (for experiments)."""
         self.groups, self.hidden, self.cfg = groups, hidden, cfg
+        self.design = design or DESIGNS[cfg.distiller]
         self.device = torch.device(device)
         self.seed = seed
+        self.norm = (norm or FinalNorm(torch.ones(hidden))).to(self.device)
         G, H, inner = groups, hidden, cfg.intermediate
         # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> inner), down (inner -> H).
         self.shapes = [(G, H, inner), (G, H, inner), (G, inner, H)] * cfg.blocks
@@ -67,9 +97,11 @@ class DistillerBank:
         """
         for g in torch.nonzero(which.cpu()).flatten().tolist():
             gen = torch.Generator().manual_seed(hash((self.seed, g, int(self.resets[g]))) & (2**63 - 1))
-            for p, m, v, shape in zip(self.params, self.m, self.v, self.shapes):
+            for i, (p, m, v, shape) in enumerate(zip(self.params, self.m, self.v, self.shapes)):
                 bound = 1.0 / math.sqrt(shape[1])  # nn.Linear's default init, fan_in = shape[1]
                 p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
+                if self.design.zero_down and i % 3 == 2:
+                    p[g] = 0
                 m[g] = 0
                 v[g] = 0
             for step in self._steps[g]:
@@ -77,14 +109,15 @@ class DistillerBank:
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""
-        x = s
+        gain = self.design.input_rms
+        x = s if gain is None else s * (gain * torch.rsqrt(s.square().mean(-1, keepdim=True) + 1e-6))
         with torch.enable_grad():
             for p in self.params:
                 p.requires_grad_(True)
             for b in range(self.cfg.blocks):
                 gate, up, down = self.params[3 * b: 3 * b + 3]
                 x = x + torch.bmm(F.silu(torch.bmm(x, gate)) * torch.bmm(x, up), down)
-        return x
+            return self.norm(x) if self.design.output_norm else x
 
     def update(self, pred: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step per group on the masked rows; returns (loss (G,), bad (G,) bool).

@@ -18,12 +18,49 @@ _FULL_PROJECTION_SHARE = 0.25
 
 
 @dataclass(frozen=True)
+class FinalNorm:
+    """The model's last norm as a function of tensors: what turns the last residual stream into
+    the final state h. ``(x - mean) / sqrt(var + eps) * weight + bias`` for a LayerNorm, ``x /
+    sqrt(mean(x^2) + eps) * weight`` for an RMSNorm; float32 copies of the model's parameters."""
+
+    weight: torch.Tensor  # (H,) the per-dimension gain (Gemma's ``1 + w`` already added)
+    bias: torch.Tensor | None = None  # (H,) LayerNorm only
+    eps: float = 1e-6
+    centred: bool = False  # LayerNorm subtracts the mean, RMSNorm does not
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> "FinalNorm":
+        """Read a norm module of transformers or vLLM (RMSNorm, Gemma's RMSNorm, LayerNorm)."""
+        weight = module.weight.detach().float().clone()
+        eps = next((float(getattr(module, a)) for a in ("variance_epsilon", "eps") if hasattr(module, a)), 1e-6)
+        if isinstance(module, torch.nn.LayerNorm):
+            bias = None if module.bias is None else module.bias.detach().float().clone()
+            return cls(weight, bias, eps, centred=True)
+        if "gemma" in type(module).__name__.lower():  # Gemma scales by (1 + weight)
+            weight = weight + 1.0
+        return cls(weight, None, eps)
+
+    def to(self, device: torch.device) -> "FinalNorm":
+        bias = None if self.bias is None else self.bias.to(device)
+        return FinalNorm(self.weight.to(device), bias, self.eps, self.centred)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., H) float32."""
+        x = x.float()
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        out = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        return out if self.bias is None else out + self.bias
+
+
+@dataclass(frozen=True)
 class LMHead:
-    """What maps a final state to logits: ``softcap(W h + b)``."""
+    """What maps a final state to logits: ``softcap(W h + b)``, and the norm that makes h."""
 
     weight: torch.Tensor  # (V, H), the model's own (no copy)
     bias: torch.Tensor | None = None  # (V,)
     softcap: float | None = None  # gemma-2 style final logit soft-capping
+    norm: FinalNorm | None = None  # the model's final norm: h = norm(last residual stream)
 
     def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K)."""

@@ -43,8 +43,11 @@ class Steerer:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, beta, temperature
         hidden = head.weight.shape[1]
-        self.bank = DistillerBank(groups, hidden, cfg, device=head.weight.device, seed=seed)
+        self.bank = DistillerBank(groups, hidden, cfg, device=head.weight.device, seed=seed, norm=head.norm)
+        # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
+        self.noise = torch.Generator(device=head.weight.device).manual_seed(seed) if cfg.noise else None
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
+        self.rel_novelty: list[torch.Tensor] = []  # (G,) per step: mean ||e|| / ||h|| over the group's trained rows
         self.live: list[torch.Tensor] = []  # (G,) bool per step: the group had rows to train on
         self.seconds = 0.0  # wall time in ESamp's own work (predict, fuse, train); on CUDA, launch time only
 
@@ -72,7 +75,8 @@ class Steerer:
             h_hat = h_hat[slots]  # (R, H)
         nov, rel = novelty(h, h_hat)
         if self.beta > 0 and (guided if isinstance(guided, bool) else True):
-            fused = fuse(cand, h, h_hat, self.head, self.beta, self.temperature)
+            steer_by = h_hat if self.noise is None else h - noise_like(h - h_hat, self.noise)
+            fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature)
             if isinstance(guided, torch.Tensor):
                 fused = torch.where(guided[:, None], fused, cand.logits)
             to_sample = cand.scatter(filtered, fused)
@@ -86,11 +90,19 @@ class Steerer:
         t0 = time.perf_counter()
         mask = self._grouped(self._to_layout(active, proposal._slots)[:, None])[..., 0]  # (G, m)
         loss, bad = self.bank.update(proposal._pred, proposal._h, mask)
+        rel = self._grouped(self._to_layout(proposal.rel_novelty, proposal._slots)[:, None])[..., 0]  # (G, m)
         self.losses.append(loss)
+        self.rel_novelty.append(torch.where(mask, rel, 0.0).sum(-1) / mask.sum(-1).clamp(min=1))
         self.live.append(mask.any(-1))
         proposal._pred = proposal._h = None  # free the graph
         self.seconds += time.perf_counter() - t0
         return bad
+
+
+def noise_like(e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with each row (R, H) as long as that row of ``e``: same size, random direction."""
+    z = torch.randn(e.shape, generator=generator, device=e.device)
+    return z * (torch.linalg.vector_norm(e, dim=-1, keepdim=True) / torch.linalg.vector_norm(z, dim=-1, keepdim=True))
 
 
 def unguided(filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> Proposal:
@@ -149,13 +161,17 @@ class Pipeline:
     def seconds(self) -> float:
         return self.steerer.seconds if self.steerer else 0.0
 
-    def prompt_losses(self, prompts: int) -> list[list[float]]:
-        """Each prompt's distiller loss at the steps its distiller had rows (empty without one)."""
+    def prompt_curves(self, prompts: int) -> tuple[list[list[float]], list[list[float]]]:
+        """Each prompt's distiller loss and mean relative novelty at the steps its distiller had rows
+        (empty lists without a distiller)."""
         if self.steerer is None or not self.steerer.losses:
-            return [[] for _ in range(prompts)]
-        losses = torch.stack(self.steerer.losses).cpu()  # (steps, G)
-        live = torch.stack(self.steerer.live).cpu()
-        return [losses[live[:, g], g].tolist() for g in map(self.group_of, range(prompts))]
+            return [[] for _ in range(prompts)], [[] for _ in range(prompts)]
+        live = torch.stack(self.steerer.live).cpu()  # (steps, G)
+        curves = []
+        for values in (self.steerer.losses, self.steerer.rel_novelty):
+            per_step = torch.stack(values).cpu()  # (steps, G)
+            curves.append([per_step[live[:, g], g].tolist() for g in map(self.group_of, range(prompts))])
+        return curves[0], curves[1]
 
     def prompt_resets(self, prompts: int) -> list[int]:
         """NaN/inf resets of each prompt's distiller."""

@@ -53,7 +53,7 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
             logits, s, h = decoder.step(tokens)
     timings = books.timings(pipeline.seconds)
     P = len(ids)
-    return build_trace(lm, prompts, ids, config, recorder.per_row(), pipeline.prompt_losses(P),
+    return build_trace(lm, prompts, ids, config, recorder.per_row(), *pipeline.prompt_curves(P),
                        pipeline.prompt_resets(P), books.stopped, timings)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...esamp.fusion import LMHead
+from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, UnsupportedArchitectureError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 
@@ -112,7 +112,8 @@ def wrap_model(name: str, model: torch.nn.Module, tokenizer) -> HfModel:
     final_norm = model.get_submodule(norm_path)
     out = model.get_output_embeddings()
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    head = LMHead(out.weight, getattr(out, "bias", None), getattr(cfg, "final_logit_softcapping", None))
+    head = LMHead(out.weight, getattr(out, "bias", None), getattr(cfg, "final_logit_softcapping", None),
+                  FinalNorm.of(final_norm))
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

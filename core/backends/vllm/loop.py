@@ -163,8 +163,8 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
     done = sum(sum(a) for a in rows["active"])
     timings = Timings(seconds, done, done / seconds if seconds > 0 else 0.0, (run.first_step_at or t0) - t0,
                       run.pipeline.seconds)
-    return build_trace(lm, prompts, ids, config, rows, run.pipeline.prompt_losses(P), run.pipeline.prompt_resets(P),
-                       stopped, timings)
+    return build_trace(lm, prompts, ids, config, rows, *run.pipeline.prompt_curves(P),
+                       run.pipeline.prompt_resets(P), stopped, timings)
 
 
 def request_seed(seed: int, row: int) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...esamp.fusion import LMHead
+from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hooks import permanent_hooks
@@ -125,4 +125,5 @@ def _install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
     vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
     weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
     bias = getattr(model.lm_head, "bias", None)
-    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None))
+    norm = FinalNorm.of(inner.norm) if hasattr(inner, "norm") else None
+    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None), norm)

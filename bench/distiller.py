@@ -1,0 +1,165 @@
+"""Does the distiller learn within one generation? Learning curves of each distiller design on
+the embedded model, and the check that novelty is higher on contexts the distiller has not seen.
+
+    python -m bench.distiller                       # 2 prompts x 16 samples x 128 tokens, every design
+    python -m bench.distiller --quick --json /tmp/d.json
+
+1. Plain sampling (T=1, top-k 50, EOS ignored, seed 5) generates each prompt's answers with
+   ``core.generate``; one teacher-forced forward pass per prompt gives the states a run sees at
+   every step: s (after decoder layer 0) and h (after the final norm).
+2. For each design and width, a fresh ``DistillerBank`` (the one every run uses) is trained
+   online on those states as a run trains it: at step t it predicts h from s for the prompt's
+   rows (that step's novelty), then takes one Adam step on them.
+3. Reported per design: relative novelty ``||h - h_hat|| / ||h||`` by position and by quarter
+   (1 = no better than predicting zero), the same distiller's relative novelty at step
+   ``--probe`` on the other prompt's states (an unseen context) against its own, and the cost of
+   one update (ms at the prompt's rows, parameters, bytes with Adam state).
+4. Then the default design through ``core.generate`` itself on every installed backend, plain
+   (distiller in shadow) and ESamp β=0.25: the traces' relative novelty by quarter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
+from core.esamp.distiller import DESIGNS, Design, DistillerBank
+from core.esamp.fusion import novelty
+from viz.charts import learning_curves_figure
+from viz.report import write_images
+from viz.summary import quarter_means, trace_quarters
+
+from .quality import machine
+from .speed import installed_backends
+
+PROMPTS = ["Describe a city in the year 3000.", "Explain how a refrigerator works."]
+WIDTHS = (64, 384)  # the default and the paper's
+GAINS = (2.0, 4.0, 8.0, 32.0)  # more input scales of the default design (it uses 16, normed-unit 1)
+
+
+def states(lm, prompt: str, n: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, h), each (T, n, H): the states at each step of a plain run's n answers to ``prompt``."""
+    cfg = RunConfig(method="plain", esamp=EsampConfig(shadow=False),
+                    sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True))
+    trace = generate(lm, [prompt], cfg)
+    prefix = encode_prompts(lm, [prompt], True, tokens)[0]
+    ids = torch.tensor([prefix + [t.id for t in s.tokens] for s in trace.samples], device=lm.device)
+    with torch.no_grad():
+        hidden = lm.model(ids, output_hidden_states=True).hidden_states  # embeddings, each layer, final norm
+    at = slice(len(prefix) - 1, len(prefix) - 1 + tokens)  # the positions that predict tokens 0..T-1
+    return hidden[1][:, at].float().transpose(0, 1), hidden[-1][:, at].float().transpose(0, 1)
+
+
+def replay(lm, design: Design, width: int, own: tuple[torch.Tensor, torch.Tensor],
+           other: tuple[torch.Tensor, torch.Tensor], probe: int, seed: int) -> dict:
+    """Train a fresh distiller online on ``own`` states; its novelty along the way, and at ``probe``
+    on both its own and the ``other`` prompt's states (before that step's update)."""
+    (s, h), (s_other, h_other) = own, other
+    cfg = EsampConfig(intermediate=width)  # the run defaults for everything else: lr, eps, clipping, blocks
+    bank = DistillerBank(1, lm.hidden_size, cfg, device=lm.device, seed=seed, norm=lm.head.norm, design=design)
+    rows = torch.ones(1, s.shape[1], dtype=torch.bool, device=lm.device)
+    curve, seconds, probed = [], [], {}
+    for t in range(s.shape[0]):
+        pred = bank.forward(s[t][None])  # (1, n, H)
+        curve.append(novelty(h[t], pred.detach()[0])[1].mean().item())
+        if t == probe:
+            with torch.no_grad():
+                unseen = bank.forward(s_other[t][None])[0]
+            probed = {"own": curve[-1], "unseen": novelty(h_other[t], unseen)[1].mean().item()}
+        t0 = time.perf_counter()
+        bank.update(pred, h[t][None], rows)
+        seconds.append(time.perf_counter() - t0)
+    return {"curve": curve, "quarters": quarter_means(curve), "probe": probed,
+            "update_ms": 1000 * statistics.median(seconds),
+            "parameters": bank.nbytes_per_distiller // 12, "bytes": bank.nbytes_per_distiller}
+
+
+def engine_check(backend: str, n: int, tokens: int, seed: int) -> dict:
+    """The default design in real runs: relative novelty by quarter per prompt, plain (shadow) and ESamp."""
+    lm = load_model(backend=backend)
+    out = {}
+    for method in ("plain", "esamp"):
+        cfg = RunConfig(method=method, sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True))
+        trace = generate(lm, PROMPTS, cfg)
+        out[method] = {p: trace_quarters(trace, i) for i, p in enumerate(PROMPTS)}
+        print(f"{backend:12s} {method:6s} " + "  ".join(
+            " ".join(f"{q:.2f}" for q in out[method][p]) for p in PROMPTS), file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(results: dict, probe: int) -> str:
+    lines = [f"| design | width | rel. novelty by quarter ({PROMPTS[0][:16]}…) | ({PROMPTS[1][:16]}…) "
+             f"| step {probe}: own vs unseen | update (ms) | parameters |", "|---|---:|---|---|---|---:|---:|"]
+    for r in results:
+        q = [" ".join(f"{x:.2f}" for x in r["prompts"][p]["quarters"]) for p in PROMPTS]
+        probes = " / ".join(f"{r['prompts'][p]['probe']['own']:.2f} vs {r['prompts'][p]['probe']['unseen']:.2f}"
+                            for p in PROMPTS)
+        ms = statistics.mean(r["prompts"][p]["update_ms"] for p in PROMPTS)
+        lines.append(f"| {r['design']} | {r['width']} | {q[0]} | {q[1]} | {probes} | {ms:.1f} "
+                     f"| {r['prompts'][PROMPTS[0]]['parameters'] / 1e6:.2f} M |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.distiller", description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=16, help="samples per prompt")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--probe", type=int, default=64, help="the step at which own and unseen contexts are compared")
+    ap.add_argument("--backends", default=",".join(installed_backends()), help="for the check through generate()")
+    ap.add_argument("--quick", action="store_true", help="4 samples x 16 tokens, probe at 8: checks the plumbing")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--images", type=Path, help="folder for the learning-curve plot (PNG, SVG)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.tokens, a.probe = 4, 16, 8
+    if not 0 <= a.probe < a.tokens:
+        ap.error(f"--probe must be a step from 0 to {a.tokens - 1}, but is {a.probe}.")
+    t_start = time.perf_counter()
+    lm = load_model()
+    data = {p: states(lm, p, a.n, a.tokens, a.seed) for p in PROMPTS}
+    results = []
+    designs = [(name, d) for name, d in DESIGNS.items()]
+    designs += [(f"normed rms {g:g}", dataclasses.replace(DESIGNS["normed"], input_rms=g)) for g in GAINS]
+    for name, design in designs:
+        for width in WIDTHS:
+            per = {p: replay(lm, design, width, data[p], data[q], a.probe, a.seed)
+                   for p, q in zip(PROMPTS, PROMPTS[::-1])}
+            results.append({"design": name, "width": width, **dataclasses.asdict(design), "prompts": per})
+            print(f"{name:15s} {width:4d}  " + "   ".join(
+                " ".join(f"{x:.2f}" for x in per[p]["quarters"]) + f"  own {per[p]['probe']['own']:.2f} unseen "
+                f"{per[p]['probe']['unseen']:.2f}" for p in PROMPTS) + f"  {per[PROMPTS[0]]['update_ms']:.1f} ms",
+                file=sys.stderr, flush=True)
+    engine = {b: engine_check(b, a.n, a.tokens, a.seed) for b in a.backends.split(",") if b}
+    table = markdown(results, a.probe)
+    print("\n" + table)
+    out = {"command": "python -m bench.distiller " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "model": lm.name, "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
+           "default": dataclasses.asdict(EsampConfig()), "machine": machine(lm),
+           "seconds": time.perf_counter() - t_start, "designs": results, "engine": engine}
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2))
+    if a.markdown:
+        a.markdown.write_text(table + "\n")
+    if a.images:
+        write_images({"distiller-learning": learning_figure(results)}, a.images)
+    return 0
+
+
+def learning_figure(results: list[dict]):
+    """The named designs' learning curves (mean over the prompts), from the results or their JSON."""
+    return learning_curves_figure({f"{r['design']}, width {r['width']}": [statistics.mean(c) for c in zip(
+        *(p["curve"] for p in r["prompts"].values()))] for r in results if r["design"] in DESIGNS})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""What the machine can do fast, decided at run time: machines of one kind can have different
+CPUs (some with AMX and AVX512-BF16, some without), so a dtype that is fast on one can be slow
+on the next."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of native bfloat16 matrix arithmetic
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether bfloat16 matrix products run natively here (AMX or AVX512-BF16); without them
+    PyTorch and vLLM emulate bfloat16 on CPU and it is slower than float32."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS) or torch.backends.cpu.get_cpu_capability() == "AMX"
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The faster model dtype for a device: bfloat16 on CUDA and on CPUs with native bfloat16,
+    float32 on other CPUs."""
+    if device.type == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def describe() -> dict:
+    """The machine, for benchmark reports: where a figure was measured."""
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "cpu_bf16": [f for f in BF16_FLAGS if f in cpu_flags()],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "platform": platform.platform()}

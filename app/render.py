@@ -51,8 +51,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     for col, t, label in zip(st.columns(len(traces)), traces, labels):
         with col:
             st.subheader(label)
-            st.caption(f"{t.timings.tokens_per_s:.1f} tokens/s · {t.timings.new_tokens} tokens"
-                       + (" · stopped early" if t.stopped else ""))
+            st.caption(f"{t.timings.tokens_per_s:.1f} tokens/s · {t.timings.new_tokens} tokens · {t.backend} · "
+                       f"{t.device} · {t.dtype}" + (" · stopped early" if t.stopped else ""))
             idx = [i for i, s in enumerate(t.samples) if s.prompt_index == prompt_index]
             st.html(heatmap.heatmap_html(t, signal, samples=idx, value_range=value_range))
     texts = tuple(s.text for t in traces for s in t.samples)

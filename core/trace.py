@@ -9,7 +9,8 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 1: the first format;
 - version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None);
 - version 3: every prompt has ``rel_novelty``, its distiller's mean relative novelty per step
-  (empty in older traces).
+  (empty in older traces); timings have ``parts``, the seconds per part of the per-step work; the
+  config has ``trace`` ("full", or "light": no ``logp_base``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Timings:
     tokens_per_s: float
     prefill_seconds: float = 0.0
     distiller_seconds: float = 0.0  # of `seconds`, spent in ESamp's own work (distiller and fusion)
+    # of `seconds`, by part of the per-step work around the model (core.esamp.clock.PARTS)
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,7 +158,8 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
 
 def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
     """Version 2 traces did not record the distiller's mean relative novelty per step."""
-    return {**d, "prompts": [{**p, "rel_novelty": []} for p in d["prompts"]], "version": 3}
+    return {**d, "prompts": [{**p, "rel_novelty": []} for p in d["prompts"]],
+            "timings": {**d["timings"], "parts": {}}, "version": 3}
 
 
 _UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}  # version v -> v + 1

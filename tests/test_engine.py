@@ -203,3 +203,24 @@ def test_the_noise_ablation_changes_tokens_only_through_the_fusion(lm):
     # ...but the fusion moves it another way
     assert all(abs(x.entropy_new - e.entropy_new) > 1e-4 for e, x in second)
     assert noise.config.esamp.noise and token_ids(noise) != token_ids(esamp)
+
+
+def test_a_light_trace_draws_the_same_tokens_without_logp_base(lm):
+    kw = dict(n=2, max_new_tokens=6, seed=3, ignore_eos=True)
+    full = run(lm, **kw)
+    light = generate(lm, PROMPTS, RunConfig(sampling=SamplingConfig(**kw), trace="light"))
+    assert token_ids(light) == token_ids(full)
+    assert all(t.logp_base is None for s in light.samples for t in s.tokens)
+    assert [t.novelty for s in light.samples for t in s.tokens] == [t.novelty for s in full.samples for t in s.tokens]
+    assert set(light.timings.parts) >= {"filter", "predict", "fuse", "learn", "signals", "bookkeeping"}
+
+
+def test_the_update_off_the_critical_path_gives_the_serial_tokens(lm):
+    """overlap=True trains each step in a worker thread while the next forward pass runs (a CUDA side
+    stream on GPUs); predictions wait for it, so tokens, novelty and losses are the serial order's."""
+    kw = dict(n=3, max_new_tokens=10, seed=4, ignore_eos=True)
+    serial = generate(lm, PROMPTS, RunConfig(sampling=SamplingConfig(**kw), esamp=EsampConfig(beta=1.0, overlap=False)))
+    overlapped = generate(lm, PROMPTS, RunConfig(sampling=SamplingConfig(**kw), esamp=EsampConfig(beta=1.0, overlap=True)))
+    assert token_ids(overlapped) == token_ids(serial)
+    assert [t.novelty for s in overlapped.samples for t in s.tokens] == [t.novelty for s in serial.samples for t in s.tokens]
+    assert [p.loss for p in overlapped.prompts] == [p.loss for p in serial.prompts]

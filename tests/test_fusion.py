@@ -57,7 +57,7 @@ def test_tokens_outside_the_candidate_set_stay_impossible():
     filtered = l_ref.masked_fill(l_ref < torch.topk(l_ref, 7).values[:, -1:], -INF)  # top-7
     cand = Candidates.from_filtered(filtered, filters_active=True)
     assert cand.ids.shape == (3, 7)  # candidate-only projection: 7 rows of W per row, not 1000
-    full = cand.scatter(filtered, fuse(cand, h, h_hat, head, 1.0, 1.0))
+    full = cand.dense(fuse(cand, h, h_hat, head, 1.0, 1.0))
     assert torch.equal(torch.isfinite(full), torch.isfinite(filtered))
     # and on the candidates it agrees with the full-vocabulary computation
     dense = fuse(Candidates.from_filtered(filtered, False), h, h_hat, head, 1.0, 1.0)
@@ -138,3 +138,17 @@ def test_a_top_k_bound_gives_the_same_candidates_as_counting_and_keeps_ties():
     tied = torch.tensor([[3.0, 2.0, 2.0] + [1.0] * 20])  # top-k 2 keeps both tokens tied at 2.0
     cand = Candidates.from_filtered(apply_filters(build_filters(top_k=2), tied), True, bound=2)
     assert sorted(cand.ids[0].tolist()) == [0, 1, 2]
+
+
+def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
+    torch.manual_seed(1)
+    raw = torch.randn(4, 300) * 3
+    for temperature in (1.0, 0.7):
+        filters = build_filters(temperature=temperature, top_k=20)
+        slow = Candidates.from_filtered(apply_filters(filters, raw), True, bound=20)
+        fast = Candidates.top_k(raw, 20, temperature)
+        assert torch.equal(fast.dense(fast.logits), slow.dense(slow.logits))  # the same tensor to sample from
+        assert torch.equal(fast.dense(fast.logits), apply_filters(filters, raw))
+    tied = torch.tensor([[3.0, 2.0, 2.0] + [1.0] * 20])
+    assert Candidates.top_k(tied, 2) is None  # a tie with the 2nd keeps a 3rd token: filter the full logits
+    assert Candidates.top_k(raw, 200) is None  # most of the vocabulary: a full projection is cheaper

@@ -76,12 +76,11 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
     calls = []
     original = Steerer.propose
 
-    def recording(self, filtered, filters_active, s, h, guided, slots=None, bound=None):
-        prop = original(self, filtered, filters_active, s, h, guided, slots, bound)
+    def recording(self, cand, s, h, guided, slots=None):
+        prop = original(self, cand, s, h, guided, slots)
         guided = guided.clone() if isinstance(guided, torch.Tensor) else guided
-        calls.append(dict(filtered=filtered.clone(), active=filters_active, s=s.clone(), h=h.clone(),
-                          guided=guided, slots=slots.clone(), bound=bound, to_sample=prop.to_sample.clone(),
-                          novelty=prop.novelty.clone()))
+        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), guided=guided, slots=slots.clone(),
+                          to_sample=prop.to_sample.clone(), novelty=prop.novelty.clone()))
         return prop
 
     monkeypatch.setattr(Steerer, "propose", recording)
@@ -97,13 +96,13 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm, monkeyp
         logits = lm.model(ids).logits[0, -1]
     torch.testing.assert_close(calls[step]["s"][row], states.s[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(calls[step]["h"][row], states.h[0], atol=2e-3, rtol=2e-3)
-    finite = torch.isfinite(calls[step]["filtered"][row])
-    torch.testing.assert_close(calls[step]["filtered"][row][finite], (logits / 1.0)[finite], atol=2e-3, rtol=2e-3)
+    cand = calls[step]["cand"]
+    torch.testing.assert_close(cand.logits[row], logits[cand.ids[row]], atol=2e-3, rtol=2e-3)
 
     # The same ESamp: replaying the recorded inputs gives the recorded outputs.
     replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 0.5, 1.0, seed=3)
     for c in calls:
-        prop = replay.propose(c["filtered"], c["active"], c["s"], c["h"], c["guided"], c["slots"], c["bound"])
+        prop = replay.propose(c["cand"], c["s"], c["h"], c["guided"], c["slots"])
         replay.learn(prop, torch.ones(len(c["slots"]), dtype=torch.bool))
         torch.testing.assert_close(prop.to_sample, c["to_sample"])
         torch.testing.assert_close(prop.novelty, c["novelty"])

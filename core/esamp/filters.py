@@ -101,6 +101,17 @@ def top_k_bound(filters: Sequence[Filter]) -> int | None:
     return next((f.top_k for f in filters if isinstance(f, TopK)), None)
 
 
+def top_k_only(filters: Sequence[Filter]) -> tuple[int, float] | None:
+    """(k, temperature) when the filters are top-k alone, after a temperature or not: its candidates
+    can then be taken straight from the raw logits (``Candidates.top_k``)."""
+    kinds = [type(f) for f in filters]
+    if kinds == [TopK]:
+        return filters[0].top_k, 1.0
+    if kinds == [Temperature, TopK]:
+        return filters[1].top_k, filters[0].temperature
+    return None
+
+
 class StepFilters(NamedTuple):
     """The filters of one decode step, whether any is active, and top-k's bound on the candidates."""
 

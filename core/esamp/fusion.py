@@ -84,6 +84,7 @@ class Candidates:
 
     ids: torch.Tensor | None  # (R, K) long, or None for the whole vocabulary
     logits: torch.Tensor  # (R, K) or (R, V) float32; removed entries are -inf
+    vocab: int = 0  # V; set by the constructors
 
     @classmethod
     def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":
@@ -94,20 +95,36 @@ class Candidates:
         """
         V = filtered.shape[-1]
         if not filters_active:
-            return cls(None, filtered)
+            return cls(None, filtered, V)
         if bound is not None and bound < _FULL_PROJECTION_SHARE * V:
             logits, ids = torch.topk(filtered, bound + 1, dim=-1)
             if not bool(torch.isfinite(logits[:, -1]).any()):  # no tie kept a (k+1)-th token
-                return cls(ids[:, :-1], logits[:, :-1])
+                return cls(ids[:, :-1], logits[:, :-1], V)
         k = int((filtered > NEG_INF).sum(-1, dtype=torch.int32).max())  # the widest row decides K
         if k > _FULL_PROJECTION_SHARE * V:
-            return cls(None, filtered)
+            return cls(None, filtered, V)
         logits, ids = torch.topk(filtered, k, dim=-1)  # rows with fewer survivors pad with -inf
-        return cls(ids, logits)
+        return cls(ids, logits, V)
 
-    def scatter(self, filtered: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Candidate logits (R, K) written back into a full (R, V) tensor."""
-        return logits if self.ids is None else filtered.scatter(-1, self.ids, logits)
+    @classmethod
+    def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
+        """Top-k's candidates of ``raw / temperature`` straight from the raw logits (R, V): one pass
+        over the vocabulary instead of filtering all of it first. None when a tie with the k-th value
+        would keep more than k tokens, or k is so large that a full projection is cheaper (filter the
+        full logits then). One host sync."""
+        if k >= _FULL_PROJECTION_SHARE * raw.shape[-1]:
+            return None
+        values, ids = torch.topk(raw, k + 1, dim=-1)  # temperature keeps the order
+        logits = values if temperature == 1.0 else values / temperature
+        if bool((logits[:, k] == logits[:, k - 1]).any()):
+            return None
+        return cls(ids[:, :k], logits[:, :k], raw.shape[-1])
+
+    def dense(self, logits: torch.Tensor) -> torch.Tensor:
+        """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates."""
+        if self.ids is None:
+            return logits
+        return logits.new_full((logits.shape[0], self.vocab), NEG_INF).scatter_(-1, self.ids, logits)
 
     def token_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Vocabulary ids of candidate positions (R, k) -> (R, k)."""

@@ -25,7 +25,7 @@ class StepSignals:
 
     logp_ref: torch.Tensor  # (R,) log-probability of the chosen token before fusion (after the filters)
     logp_new: torch.Tensor  # (R,) and after
-    logp_base: torch.Tensor  # (R,) under the model itself at T=1 with no filters: perplexity needs no second pass
+    logp_base: torch.Tensor | None  # (R,) under the model itself at T=1 with no filters (None: light trace)
     entropy_ref: torch.Tensor  # (R,) nats, of the distribution sampled from before fusion
     entropy_new: torch.Tensor  # (R,)
     novelty: torch.Tensor | None  # (R,) ||h - h_hat||; None when no distiller ran
@@ -42,8 +42,9 @@ class PendingSignals:
     tokens, then drops them.
     """
 
-    def __init__(self, prop: Proposal, raw: torch.Tensor, top: int = TOP):
-        """prop: the step's proposal; raw: (R, V) the model's own logits, before temperature."""
+    def __init__(self, prop: Proposal, raw: torch.Tensor, top: int = TOP, base: bool = True):
+        """prop: the step's proposal; raw: (R, V) the model's own logits, before temperature; base:
+        also each token's log p under the model itself (a pass over the whole vocabulary)."""
         cand = prop.cand
         lp_ref = torch.log_softmax(cand.logits, -1)  # (R, K)
         lp_new = lp_ref if prop.fused is cand.logits else torch.log_softmax(prop.fused, -1)
@@ -52,7 +53,7 @@ class PendingSignals:
         pad = top - k  # fewer candidates than `top`: pad with id -1 and probability 0
         self.device = raw.device
         self._cand: Candidates | None = cand
-        self._lps: tuple[torch.Tensor, ...] = (lp_ref, lp_new, base_logprobs(raw, cand))
+        self._lps: tuple[torch.Tensor, ...] = (lp_ref, lp_new) + ((base_logprobs(raw, cand),) if base else ())
         self._known = dict(
             entropy_ref=_entropy(lp_ref), entropy_new=_entropy(lp_new), novelty=prop.novelty,
             rel_novelty=prop.rel_novelty, top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
@@ -62,14 +63,15 @@ class PendingSignals:
         """The signals given the chosen tokens (R,); call once."""
         assert self._cand is not None, "PendingSignals.resolve called twice"
         pos = self._cand.position_of(tokens)[:, None]  # (R, 1)
-        ref, new, base = (lp.gather(-1, pos)[:, 0] for lp in self._lps)
+        ref, new, *base = (lp.gather(-1, pos)[:, 0] for lp in self._lps)
         self._cand, self._lps = None, ()  # free the (R, K) tensors
-        return StepSignals(logp_ref=ref, logp_new=new, logp_base=base, **self._known)
+        return StepSignals(logp_ref=ref, logp_new=new, logp_base=base[0] if base else None, **self._known)
 
 
-def step_signals(prop: Proposal, raw: torch.Tensor, tokens: torch.Tensor, top: int = TOP) -> StepSignals:
+def step_signals(prop: Proposal, raw: torch.Tensor, tokens: torch.Tensor, top: int = TOP,
+                 base: bool = True) -> StepSignals:
     """A step's signals when its tokens are already known."""
-    return PendingSignals(prop, raw, top).resolve(tokens)
+    return PendingSignals(prop, raw, top, base).resolve(tokens)
 
 
 def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:

@@ -58,7 +58,7 @@ class GenerateProcessor(LogitsProcessor):
             self.pipeline = Pipeline(self.config, self.lm.head, prompts=rows // self.config.sampling.n)
             self.prompt_len = input_ids.shape[1]
         elif self._pending is not None:  # the previous step's token is sampled now: train on its states
-            self.pipeline.reset_bad(self.pipeline.learn(*self._pending))
+            self.pipeline.learn(*self._pending)
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
         prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, first=first)
         self._pending = (prop, ~finished)

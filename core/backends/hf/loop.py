@@ -44,14 +44,17 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
             prop = pipeline.propose(logits, s, h, first=step == 0)  # filter -> predict h_hat -> fuse
             active = ~finished
             tokens = torch.where(active, sample(prop.to_sample, gen), decoder.pad_id)
-            recorder.add(tokens, active, step_signals(prop, logits, tokens), t=step)
-            bad = pipeline.learn(prop, active)  # train on this step's (s, h), after sampling
+            with pipeline.watch("signals"):
+                recorder.add(tokens, active, step_signals(prop, logits, tokens, base=pipeline.full_trace), t=step)
+            pipeline.learn(prop, active)  # train on this step's (s, h), after sampling
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)
-            if books.end_of_step(step, active, finished, bad, pipeline):
-                break
+            with pipeline.watch("bookkeeping"):
+                if books.end_of_step(step, active, finished):
+                    break
             logits, s, h = decoder.step(tokens)
-    timings = books.timings(pipeline.seconds)
+        pipeline.finish()
+    timings = books.timings(pipeline)
     P = len(ids)
     return build_trace(lm, prompts, ids, config, recorder.per_row(), *pipeline.prompt_curves(P),
                        pipeline.prompt_resets(P), books.stopped, timings)
@@ -94,7 +97,7 @@ class _Decoder:
 
 
 class _Books:
-    """What happens between steps: one host sync, distiller resets, progress, time, stop."""
+    """What happens between steps: one host sync, progress, time, stop."""
 
     def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, max_steps: int, rows: int):
         self.progress, self.cancel, self.max_steps, self.rows = progress, cancel, max_steps, rows
@@ -106,13 +109,10 @@ class _Books:
     def prefilled(self) -> None:
         self.prefill_s = time.perf_counter() - self.t0
 
-    def end_of_step(self, step: int, active: torch.Tensor, finished: torch.Tensor, bad: torch.Tensor,
-                    pipeline: Pipeline) -> bool:
-        """Count the step's tokens, reset broken distillers, report; True when the loop should end."""
-        n_active, all_done, any_bad = torch.stack([active.sum(), finished.all(), bad.any()]).tolist()  # one sync
+    def end_of_step(self, step: int, active: torch.Tensor, finished: torch.Tensor) -> bool:
+        """Count the step's tokens and report; True when the loop should end."""
+        n_active, all_done = torch.stack([active.sum(), finished.all()]).tolist()  # one sync
         self.tokens += n_active
-        if any_bad:
-            pipeline.reset_bad(bad)
         if self.progress:
             self.progress(Progress(step + 1, self.max_steps, self.tokens, self.rows * self.max_steps,
                                    time.perf_counter() - self.t0))
@@ -121,9 +121,10 @@ class _Books:
         self.stopped = self.cancel is not None and self.cancel.is_set()
         return self.stopped
 
-    def timings(self, esamp_seconds: float) -> Timings:
+    def timings(self, pipeline: Pipeline) -> Timings:
         seconds = time.perf_counter() - self.t0
-        return Timings(seconds, self.tokens, self.tokens / seconds, self.prefill_s, esamp_seconds)
+        return Timings(seconds, self.tokens, self.tokens / seconds, self.prefill_s, pipeline.seconds,
+                       pipeline.watch.parts())
 
 
 def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, UnsupportedArchitectureError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
+from ..hardware import default_dtype
 
 # model_type -> (path of the decoder layer list, path of the final norm), from the CausalLM root.
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -68,15 +69,16 @@ def default_device() -> torch.device:
 
 def load(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
          dtype: torch.dtype | str | None = None, trust_remote_code: bool = False, **options) -> HfModel:
-    """Load a causal LM by transformers name or local path. dtype defaults to float32 on CPU and
-    bfloat16 on CUDA. Raises ModelLoadError with a message that says what to try."""
+    """Load a causal LM by transformers name or local path. dtype defaults to the faster one here
+    (``hardware.default_dtype``: bfloat16 on CUDA and on CPUs with native bfloat16, else float32).
+    Raises ModelLoadError with a message that says what to try."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if options:
         raise ValueError(f"Engine options {sorted(options)} are for the vLLM backend only.")
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     source = model_source(name)

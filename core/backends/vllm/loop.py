@@ -49,11 +49,16 @@ class _Run:
 
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
         """The processor's call for this run's rows: the logits to sample from."""
+        t0 = time.perf_counter()
+        timed = sum(self.pipeline.watch.seconds.values())
         try:
             return self._step(logits, batch, capture)
         except BaseException as exc:  # keep vLLM's engine alive; generate() re-raises after aborting
             self.error = exc
             return logits
+        finally:  # the rest of this call is the backend's own bookkeeping
+            watch = self.pipeline.watch
+            watch.seconds["bookkeeping"] += time.perf_counter() - t0 - (sum(watch.seconds.values()) - timed)
 
     def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
         self.record_sampled()
@@ -76,10 +81,9 @@ class _Run:
             prop = self.pipeline.propose(raw, s.clone(), h.clone(), first, slots)
             # Training now is the same as after sampling: it reads this step's (s, h) only, and the
             # fused logits were computed with the weights from before this update.
-            bad = self.pipeline.learn(prop, torch.ones(len(batch), dtype=torch.bool, device=logits.device))
-            if bool(bad.any()):
-                self.pipeline.reset_bad(bad)
-        self.pending.append(([r for _, r in batch], t, PendingSignals(prop, raw)))
+            self.pipeline.learn(prop, torch.ones(len(batch), dtype=torch.bool, device=logits.device))
+        with self.pipeline.watch("signals"):
+            self.pending.append(([r for _, r in batch], t, PendingSignals(prop, raw, base=self.pipeline.full_trace)))
         self.rows_done += len(batch)
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
@@ -98,7 +102,8 @@ class _Run:
                 still.append((rows, t, pending))
                 continue
             tokens = torch.tensor(chosen)
-            signals = pending.resolve(tokens.clamp(min=0).to(pending.device))
+            with self.pipeline.watch("signals"):
+                signals = pending.resolve(tokens.clamp(min=0).to(pending.device))
             self.recorder.add(tokens, tokens >= 0, signals, t=t, rows=[r.row for r in rows])
         self.pending = still
 
@@ -159,10 +164,11 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
             lm.processor.attach(None, None)
         seconds = time.perf_counter() - t0
     run.record_sampled(final=True)
+    run.pipeline.finish()
     rows = run.recorder.per_row()
     done = sum(sum(a) for a in rows["active"])
     timings = Timings(seconds, done, done / seconds if seconds > 0 else 0.0, (run.first_step_at or t0) - t0,
-                      run.pipeline.seconds)
+                      run.pipeline.seconds, run.pipeline.watch.parts())
     return build_trace(lm, prompts, ids, config, rows, *run.pipeline.prompt_curves(P),
                        run.pipeline.prompt_resets(P), stopped, timings)
 

@@ -11,6 +11,7 @@ import torch
 from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
+from ..hardware import default_dtype
 from ..hooks import permanent_hooks
 from . import internals
 from .processor import Capture, VllmProcessor
@@ -50,10 +51,12 @@ class VllmModel:
 def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, device=None,
          max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,
          **llm_kwargs) -> VllmModel:
-    """Start a vLLM engine (eager mode: hooks do not run inside captured graphs) for ESamp.
+    """Start a vLLM engine for ESamp, in eager mode: a CUDA graph replays kernels without running
+    Python, so the hooks that copy s and h (and pick the sampled rows) would run only at capture.
 
-    ``name`` is a transformers model name or directory. dtype defaults to float32 on CPU (as the
-    transformers backend) and to vLLM's choice on GPUs. The KV cache takes ``kv_cache_gib``
+    ``name`` is a transformers model name or directory. dtype defaults to the faster one on CPU
+    (``hardware.default_dtype``: bfloat16 where the CPU has native bfloat16, else float32) and to
+    vLLM's choice on GPUs. The KV cache takes ``kv_cache_gib``
     (default on CPU: 2 GiB; vLLM would otherwise reserve 92% of the machine's memory); on GPUs
     vLLM sizes it. Other keyword arguments go to ``vllm.LLM``. vLLM picks the device itself.
     """
@@ -71,8 +74,12 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     # token vLLM throws away (the processor would train on it), and on CPU throwing away a seeded
     # request's token fails ("CPU Generator does not use offset", vLLM 0.32).
     llm_kwargs.setdefault("enable_chunked_prefill", False)
+    # Asynchronous scheduling (on by default on GPUs in recent vLLM) prepares step t+1 before step t's
+    # tokens are in the requests' output lists: the processor reads those lists to know each row's
+    # position and to record the chosen tokens, so it needs the synchronous order.
+    llm_kwargs.setdefault("async_scheduling", False)
     if not torch.cuda.is_available():
-        dtype = dtype or "float32"
+        dtype = dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
         kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
         llm_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
     if kv_cache_gib is not None:

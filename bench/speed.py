@@ -1,22 +1,26 @@
-"""Speed of plain sampling, ESamp and FIRE on each installed backend, rounds interleaved in one process.
+"""Speed of plain sampling and ESamp on each installed backend, from one row to 32 prompts x 16
+samples, rounds interleaved in one process.
 
-    python -m bench.speed                          # every backend, workloads 1x1 1x16 4x16 8x16, 128 tokens
-    python -m bench.speed --backends transformers --workloads 4x16 --rounds 3
+    python -m bench.speed                          # every backend, its default workloads, 64 tokens
+    python -m bench.speed --backends vllm --workloads 24x16 --rounds 3
     python -m bench.speed --quick --json out.json  # a tiny run (tests check the report's structure)
 
-Variants, on the same prompts and sampling (T=1, top-k 50, EOS ignored so every run does the
-same work):
-- ``plain``: our engine with no distiller at all (shadow off): the baseline of each ratio;
-- ``esamp``: beta 0.25, one distiller per prompt;
+Variants, on the same prompts (bench/prompts/open_ended.txt, one distinct prompt per prompt slot)
+and sampling (T=1, top-k 50, EOS ignored so every run does the same work), light traces:
+- ``plain``: no distiller at all (shadow off): the baseline of each ratio;
+- ``esamp``: beta 0.25, one distiller per prompt, the default design;
+and on the ``--extras`` workload only:
+- ``esamp-overlap``: ESamp with the distiller's update in a worker thread (``overlap=True``);
 - ``fire``: a hot first token, then plain sampling (distiller in shadow, as the app runs it);
-- ``generate``: transformers' own ``model.generate()`` with the same sampling (outside reference);
-- ``vllm-native``: vLLM's own sampler with no ESamp processor and no trace (outside reference).
+- ``generate`` / ``vllm-native``: transformers' own ``model.generate()`` / vLLM's own sampler
+  with no ESamp processor and no trace (outside references);
+- ``plain`` and ``esamp`` in the backend's other dtype (float32 / bfloat16).
 
-The extra variants (fire and the references) run on the ``--extras`` workload only, to keep the
-full benchmark under 30 minutes on two cores (one round; ``--rounds 3`` for steadier ratios).
-Machines here are noisy: every ratio is taken within a round (neighbours in time), then the
-median over rounds; each run also reports the share of its own time ESamp's work took, which
-no drift of the machine can change.
+Every variant is warmed up at every workload's size before anything is timed (the first run
+of a size pays for allocation). Machines here drift: each ratio is taken within a round
+(neighbours in time), then the median over rounds; each run also reports the share of its own
+wall time ESamp's work took (distiller and fusion), which no drift can change. ``--profile``
+reports where each step's time goes, by part, for plain and ESamp at one workload.
 """
 
 from __future__ import annotations
@@ -25,35 +29,29 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
-from core.config import FireConfig
-from core.esamp.distiller import DistillerBank
-from core import encode_prompts
+from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
+from core.backends.hardware import describe
 from core.backends.hf.loop import left_pad
+from core.esamp.clock import PARTS
+from core.esamp.distiller import DistillerBank
 
-PROMPTS = [
-    "Describe a city in the year 3000.",
-    "Write a short poem about the colour of rain.",
-    "Explain why the sky is blue to a five-year-old.",
-    "Invent a new board game and describe its rules.",
-    "What would you pack for a month on a desert island?",
-    "Tell the story of a lighthouse keeper who finds a message.",
-    "List three unusual uses for a paperclip.",
-    "Describe the taste of a fruit that does not exist.",
-]
-WORKLOADS = ["1x1", "1x16", "4x16", "8x16"]
+from .quality import read_prompts
+
+PROMPTS = read_prompts()
+WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],
+             "vllm": ["1x1", "1x16", "4x16", "8x16", "24x16", "32x16"]}
 CORE_VARIANTS = ["plain", "esamp"]
-EXTRA_VARIANTS = {"transformers": ["fire", "generate"], "vllm": ["fire", "vllm-native"]}
+EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "fire", "generate"],
+                  "vllm": ["esamp-overlap", "fire", "vllm-native"]}
 
 
 @dataclass
@@ -62,6 +60,8 @@ class Result:
     tokens_per_cpu_s: float
     distiller_share: float  # of the run's wall time, in the distiller and fusion
     peak_extra_mib: float  # memory above the level before the run (CPU: RSS; CUDA: allocated)
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per part of the per-step work
+    steps: int = 0
 
 
 class PeakMemory:
@@ -103,26 +103,31 @@ def sampling(n: int, tokens: int, seed: int) -> SamplingConfig:
     return SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True)
 
 
+def config_of(variant: str, n: int, tokens: int, seed: int) -> RunConfig:
+    method = {"esamp-overlap": "esamp"}.get(variant, variant)
+    esamp = EsampConfig(shadow=variant != "plain", overlap=variant == "esamp-overlap" or None)
+    return RunConfig(method=method, esamp=esamp, sampling=sampling(n, tokens, seed), trace="light")
+
+
 def run_variant(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> Result:
     cuda = lm.device.type == "cuda"
     cpu = time.process_time()
+    parts, share, steps = {}, 0.0, 0
     with PeakMemory(cuda) as mem:
         if variant in ("generate", "vllm-native"):
             seconds = (hf_generate if variant == "generate" else vllm_native)(lm, prompts, n, tokens, seed)
-            share = 0.0
         else:
-            cfg = RunConfig(method=variant, esamp=EsampConfig(shadow=variant != "plain"),
-                            sampling=sampling(n, tokens, seed), fire=FireConfig())
-            trace = generate(lm, prompts, cfg)
+            trace = generate(lm, prompts, config_of(variant, n, tokens, seed))
             assert trace.timings.new_tokens == len(prompts) * n * tokens, trace.timings
             seconds, share = trace.timings.seconds, trace.timings.distiller_seconds / trace.timings.seconds
+            parts, steps = trace.timings.parts, max(len(p.loss) for p in trace.prompts) or tokens
     cpu = time.process_time() - cpu
     total = len(prompts) * n * tokens
-    return Result(total / seconds, total / cpu, share, mem.peak)
+    return Result(total / seconds, total / cpu, share, mem.peak, parts, steps)
 
 
 def hf_generate(lm, prompts, n, tokens, seed) -> float:
-    """transformers' ``model.generate()`` with the engine's default sampling; returns seconds."""
+    """transformers' ``model.generate()`` with the same sampling; returns seconds."""
     sc = sampling(n, tokens, seed)
     input_ids, mask = left_pad(encode_prompts(lm, prompts, True, tokens), lm.tokenizer.pad_token_id, lm.device)
     torch.manual_seed(seed)
@@ -156,49 +161,95 @@ def installed_backends() -> list[str]:
     return ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
 
 
-def plan(backends, workloads, extras) -> list[tuple[str, str, str]]:
-    """(backend, workload, variant) in the order of one round."""
+def other_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.bfloat16 if dtype == torch.float32 else torch.float32
+
+
+def parse_workload(w: str) -> tuple[int, int]:
+    """'24x16' -> (24, 16); refuses a workload the prompt set cannot run as labelled."""
+    try:
+        p, n = map(int, w.split("x"))
+    except ValueError:
+        raise ValueError(f"A workload is PROMPTSxSAMPLES such as 24x16, not {w!r}.") from None
+    if not 1 <= p <= len(PROMPTS) or n < 1:
+        raise ValueError(f"Workload {w} needs {p} distinct prompts; bench/prompts/open_ended.txt has "
+                         f"{len(PROMPTS)}. Add prompts there or run a smaller workload.")
+    return p, n
+
+
+Key = tuple[str, str, str, str]  # backend, dtype, workload, variant
+
+
+def plan(workloads: dict[str, list[str]], extras: str, dtypes: dict[str, tuple[str, str]]) -> list[Key]:
+    """(backend, dtype, workload, variant) in the order of one round: each backend's default dtype at
+    every workload, and at the extras workload the extra variants and the other dtype."""
     out = []
-    for w in workloads:
-        for b in backends:
-            variants = CORE_VARIANTS + (EXTRA_VARIANTS[b] if w == extras else [])
-            out += [(b, w, v) for v in variants]
+    for b, ws in workloads.items():
+        main, other = dtypes[b]
+        for w in ws:
+            out += [(b, main, w, v) for v in CORE_VARIANTS]
+            if w == extras:
+                out += [(b, main, w, v) for v in EXTRA_VARIANTS[b]]
+                if other:
+                    out += [(b, other, w, v) for v in CORE_VARIANTS]
     return out
 
 
-def summarize(results: dict, backends, workloads) -> list[dict]:
-    """One row per (backend, workload, variant) with medians and within-round ratios."""
+def summarize(results: dict[Key, list[Result]]) -> list[dict]:
+    """One row per key with medians and within-round ratios to plain (same backend, dtype, workload)."""
     rows = []
-    for (b, w, v), runs in results.items():
-        base = results.get((b, w, "plain"))
-        tf_plain = results.get(("transformers", w, "plain"))
-        row = {
-            "backend": b, "workload": w, "rows": _rows(w), "variant": v,
+    for (b, d, w, v), runs in results.items():
+        base = results[(b, d, w, "plain")]
+        rows.append({
+            "backend": b, "dtype": d, "workload": w, "rows": _rows(w), "variant": v,
             "median_tokens_per_s": statistics.median(r.tokens_per_s for r in runs),
             "ratio_to_plain": statistics.median(r.tokens_per_s / p.tokens_per_s for r, p in zip(runs, base)),
             "cpu_ratio_to_plain": statistics.median(r.tokens_per_cpu_s / p.tokens_per_cpu_s
                                                     for r, p in zip(runs, base)),
             "distiller_share": statistics.median(r.distiller_share for r in runs),
             "peak_extra_mib": max(r.peak_extra_mib for r in runs),
-        }
-        if tf_plain and b != "transformers" and v == "plain":
-            row["ratio_to_transformers_plain"] = statistics.median(
-                r.tokens_per_s / p.tokens_per_s for r, p in zip(runs, tf_plain))
-        rows.append(row)
-    order = {(b, w): i for i, (b, w) in enumerate((b, w) for w in workloads for b in backends)}
-    return sorted(rows, key=lambda r: order[(r["backend"], r["workload"])])
+        })
+    return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| backend | prompts x samples | variant | median tokens/s | ratio to plain | CPU-time ratio "
+    lines = ["| backend | dtype | prompts × samples | variant | median tokens/s | ratio to plain | CPU-time ratio "
              "| distiller + fusion share | peak extra memory |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        extra = f" (vLLM/transformers plain: {r['ratio_to_transformers_plain']:.2f})" \
-            if "ratio_to_transformers_plain" in r else ""
-        lines.append(f"| {r['backend']} | {r['workload']} | {r['variant']}{extra} | {r['median_tokens_per_s']:.1f} "
-                     f"| {r['ratio_to_plain']:.3f} | {r['cpu_ratio_to_plain']:.3f} "
+        lines.append(f"| {r['backend']} | {r['dtype']} | {r['workload']} | {r['variant']} "
+                     f"| {r['median_tokens_per_s']:.1f} | {r['ratio_to_plain']:.3f} | {r['cpu_ratio_to_plain']:.3f} "
                      f"| {100 * r['distiller_share']:.1f}% | {r['peak_extra_mib']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def scaling(rows: list[dict], dtypes: dict[str, tuple[str, str]]) -> list[dict]:
+    """Per backend at its default dtype: rows -> plain and ESamp tokens/s, their ratio, ESamp's share."""
+    by = {(r["backend"], r["dtype"], r["workload"], r["variant"]): r for r in rows}
+    out = []
+    for (b, d, w, v), r in by.items():
+        if v == "esamp" and d == dtypes[b][0]:
+            plain = by[(b, d, w, "plain")]
+            out.append({"backend": b, "dtype": d, "workload": w, "rows": r["rows"],
+                        "plain": plain["median_tokens_per_s"], "esamp": r["median_tokens_per_s"],
+                        "ratio": r["ratio_to_plain"], "share": r["distiller_share"]})
+    return out
+
+
+def scaling_markdown(table: list[dict]) -> str:
+    lines = ["| backend | dtype | rows (prompts × samples) | plain tokens/s | ESamp tokens/s | ESamp / plain "
+             "| ESamp's own share |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['backend']} | {r['dtype']} | {r['rows']} ({r['workload']}) | {r['plain']:.1f} | {r['esamp']:.1f} "
+              f"| {r['ratio']:.3f} | {100 * r['share']:.1f}% |" for r in table]
+    return "\n".join(lines)
+
+
+def profile_markdown(profile: dict) -> str:
+    lines = ["| backend | variant | ms per step | " + " | ".join(PARTS) + " | the rest (model, sampling) |",
+             "|---|---|---:|" + "---:|" * (len(PARTS) + 1)]
+    for (b, v), p in profile.items():
+        cells = [f"{p['parts'].get(part, 0.0):.1f}" for part in PARTS]
+        lines.append(f"| {b} | {v} | {p['step_ms']:.1f} | " + " | ".join(cells) + f" | {p['rest_ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -211,54 +262,85 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--backends", default=",".join(installed_backends()))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="prompts x samples, comma separated")
-    ap.add_argument("--extras", default="4x16", help="the workload that also runs fire and the references")
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="full passes over every (backend, workload, variant); one takes ~22 min on 2 CPU cores")
+    ap.add_argument("--workloads", help="prompts x samples, comma separated, for every backend "
+                    f"(default: {WORKLOADS})")
+    ap.add_argument("--extras", default="4x16", help="the workload that also runs the extra variants and dtype")
+    ap.add_argument("--other-dtype", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the backend's other dtype at the extras workload")
+    ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1, help="full passes over every (backend, dtype, workload, variant)")
     ap.add_argument("--quick", action="store_true", help="1x2 and 2x2, 8 tokens, one round: checks the plumbing")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     a = ap.parse_args(argv)
+    backends = a.backends.split(",")
+    workloads = {b: a.workloads.split(",") if a.workloads else WORKLOADS[b] for b in backends}
     if a.quick:
-        a.workloads, a.extras, a.tokens, a.rounds = "1x2,2x2", "2x2", 8, 1
-    backends, workloads = a.backends.split(","), a.workloads.split(",")
-    models = {b: load_model(a.model, backend=b) for b in backends}
-    for b, lm in models.items():  # warm-up: first calls allocate and build kernels
-        run_variant(lm, "esamp", PROMPTS[:1], 2, 4, 0)
-    results: dict[tuple[str, str, str], list[Result]] = {}
-    steps = plan(backends, workloads, a.extras)
+        workloads, a.extras, a.profile, a.tokens, a.rounds = {b: ["1x2", "2x2"] for b in backends}, "2x2", "2x2", 8, 1
+    try:
+        for ws in workloads.values():
+            for w in ws + [a.extras, a.profile]:
+                parse_workload(w)
+    except ValueError as exc:
+        ap.error(str(exc))
+    models = {}
+    for b in backends:
+        lm = load_model(a.model, backend=b)
+        main_dtype = str(lm.dtype).removeprefix("torch.")
+        models[(b, main_dtype)] = lm
+        if a.other_dtype:
+            other = other_dtype(lm.dtype)
+            models[(b, str(other).removeprefix("torch."))] = load_model(a.model, backend=b, dtype=other)
+    dtypes = {b: tuple([d for (bb, d) in models if bb == b] + [""])[:2] for b in backends}
+    steps = plan(workloads, a.extras, dtypes)
+    print(f"warming up {len(steps)} runs ...", file=sys.stderr, flush=True)
+    for b, d, w, v in steps:  # every variant at every size once, before anything is timed
+        p, n = parse_workload(w)
+        run_variant(models[(b, d)], v, PROMPTS[:p], n, 4, seed=99)
+    results: dict[Key, list[Result]] = {}
     t_start = time.perf_counter()
     for r in range(a.rounds):
-        for b, w, v in steps if r % 2 == 0 else steps[::-1]:  # alternate the order against drift
-            p, n = map(int, w.split("x"))
-            res = run_variant(models[b], v, PROMPTS[:p], n, a.tokens, seed=r)
-            results.setdefault((b, w, v), []).append(res)
-            print(f"round {r + 1}/{a.rounds} {b:12s} {w:5s} {v:12s} {res.tokens_per_s:8.1f} tokens/s "
+        for key in steps if r % 2 == 0 else steps[::-1]:  # alternate the order against drift
+            b, d, w, v = key
+            p, n = parse_workload(w)
+            res = run_variant(models[(b, d)], v, PROMPTS[:p], n, a.tokens, seed=r)
+            results.setdefault(key, []).append(res)
+            print(f"round {r + 1}/{a.rounds} {b:12s} {d:8s} {w:5s} {v:13s} {res.tokens_per_s:8.1f} tokens/s "
                   f"{res.tokens_per_cpu_s:8.1f} tokens/CPU-s  distiller+fusion {100 * res.distiller_share:4.1f}%  "
                   f"+{res.peak_extra_mib:.0f} MiB", file=sys.stderr, flush=True)
-    rows = summarize(results, backends, workloads)
+    rows = summarize(results)
+    profile = {}
+    for b in backends:  # where a step's time goes, at the profile workload (its own runs, after the rounds)
+        lm, (p, n) = models[(b, dtypes[b][0])], parse_workload(a.profile)
+        for v in CORE_VARIANTS:
+            res = run_variant(lm, v, PROMPTS[:p], n, a.tokens, seed=0)
+            step_ms = 1000 * len(PROMPTS[:p]) * n * a.tokens / res.tokens_per_s / res.steps
+            parts = {k: 1000 * s / res.steps for k, s in res.parts.items()}
+            profile[(b, v)] = {"step_ms": step_ms, "parts": parts, "rest_ms": step_ms - sum(parts.values())}
+    table = scaling(rows, dtypes)
     hidden = next(iter(models.values())).hidden_size
     out = {
         "command": "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": a.extras,
+        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": a.extras, "profile_workload": a.profile,
         "model": next(iter(models.values())).name,
-        "backends": {b: {"device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
-                     for b, lm in models.items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "backends": {b: {"device": str(models[(b, dtypes[b][0])].device), "dtypes": [d for d in dtypes[b] if d]}
+                     for b in backends},
+        "machine": describe(),
         "distiller_bytes_per_prompt": DistillerBank(1, hidden, EsampConfig()).nbytes_per_distiller,
         "seconds": time.perf_counter() - t_start,
-        "rows": rows,
+        "rows": rows, "scaling": table,
+        "profile": [{"backend": b, "variant": v, **p} for (b, v), p in profile.items()],
         "runs": {"/".join(k): [vars(r) for r in v] for k, v in results.items()},
     }
-    table = markdown(rows)
-    print("\n" + table)
+    text = (markdown(rows) + "\n\n" + scaling_markdown(table) + f"\n\nPer step at {a.profile} (ms):\n\n"
+            + profile_markdown(profile))
+    print("\n" + text)
     print(f"\ndistiller weights + Adam state per prompt: {out['distiller_bytes_per_prompt'] / 2**20:.1f} MiB")
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
-        a.markdown.write_text(table + "\n")
+        a.markdown.write_text(text + "\n")
     return 0
 
 

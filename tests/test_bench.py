@@ -40,7 +40,7 @@ def test_passk_quick_reports_a_curve_per_method(tmp_path):
         assert len(report["correct_counts"][label]) == 3
 
 
-def test_speed_quick_reports_every_backend_workload_and_variant(tmp_path):
+def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     """In a fresh process: vLLM engines are per process, and this one starts its own."""
     out, table = tmp_path / "s.json", tmp_path / "s.md"
     proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--json", str(out), "--markdown", str(table)],
@@ -49,16 +49,28 @@ def test_speed_quick_reports_every_backend_workload_and_variant(tmp_path):
     report = json.loads(out.read_text())
     backends = ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
     assert list(report["backends"]) == backends
-    got = {(r["backend"], r["workload"], r["variant"]) for r in report["rows"]}
-    want = {(b, w, v) for b in backends for w in ("1x2", "2x2") for v in ("plain", "esamp")}
-    want |= {(b, "2x2", v) for b in backends for v in speed.EXTRA_VARIANTS[b]}
+    got = {(r["backend"], r["dtype"], r["workload"], r["variant"]) for r in report["rows"]}
+    want = set()
+    for b in backends:
+        main, other = report["backends"][b]["dtypes"]
+        assert {main, other} == {"float32", "bfloat16"}
+        want |= {(b, main, w, v) for w in ("1x2", "2x2") for v in ("plain", "esamp")}
+        want |= {(b, main, "2x2", v) for v in speed.EXTRA_VARIANTS[b]} | {(b, other, "2x2", v) for v in ("plain", "esamp")}
     assert got == want
     for r in report["rows"]:
         assert r["median_tokens_per_s"] > 0 and r["peak_extra_mib"] >= 0
         if r["variant"] == "plain":
             assert r["ratio_to_plain"] == 1.0  # each ratio's baseline
-    assert report["distiller_bytes_per_prompt"] > 0
-    assert table.read_text().count("\n") == len(want) + 2
+    assert {(r["backend"], r["workload"]) for r in report["scaling"]} == {(b, w) for b in backends for w in ("1x2", "2x2")}
+    assert {(p["backend"], p["variant"]) for p in report["profile"]} == {(b, v) for b in backends for v in ("plain", "esamp")}
+    assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0
+    assert "| backend | dtype |" in table.read_text()
+
+
+def test_speed_refuses_a_workload_it_cannot_run_as_labelled():
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--backends", "transformers", "--workloads", "99x16"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "needs 99 distinct prompts" in proc.stderr
 
 
 def test_distiller_quick_reports_every_design_and_the_check_through_generate(tmp_path):

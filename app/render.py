@@ -76,7 +76,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
 def job_status(job: Job) -> str:
     label = job.labels[job.current] if job.labels else ""
     if job.phase == "waiting":
-        detail = "waiting for another generation on this model to finish…"
+        detail = f"waiting for {job.waiting_for()} to finish: one generation at a time per model…"
     elif job.phase == "scoring":
         detail = "scoring perplexity…"
     elif job.progress:
@@ -95,6 +95,7 @@ def follow(job: Job, key: str) -> bool:
     """
     @st.fragment(run_every=0.5)
     def live():
+        job.watch()
         if job.finished:
             if st.session_state.get(f"{key}_shown") is not job:
                 st.session_state[f"{key}_shown"] = job
@@ -119,4 +120,6 @@ def finished_job(job: Job | None, key: str, idle: str) -> Job | None:
     if job.error:
         saved = f" What finished is saved as run #{job.result} in History." if job.result else ""
         st.error(f"The run failed: {md(job.error)}.{saved}")
+    elif job.abandoned:
+        st.warning("This run stopped early because its page stopped following it; what it made is kept.")
     return job if job.traces else None

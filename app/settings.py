@@ -12,14 +12,11 @@ from typing import Any, Callable
 import streamlit as st
 
 from core import DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, encode_prompts
+from core.tasks import Task, tasks_from_jsonl
 
+from . import serving
 from .render import md
 from .resources import backends, get_model
-
-# Limits that keep the app responsive on a 2-core CPU; the CLI allows more.
-MAX_N = 16
-MAX_NEW_TOKENS = 256
-MAX_PROMPT_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -89,12 +86,22 @@ def set_url(model: ModelChoice, settings: Settings) -> None:
 
 
 def model_picker() -> None:
-    """The model and backend every page runs on, in the sidebar (first defaults from the URL)."""
-    url, options = url_values(), backends()
-    st.session_state.setdefault("model_name", url["model"])
+    """The model and backend every page runs on, in the sidebar (first defaults from the URL).
+    A served app offers only its own list: a typed name or path would load any file on its disk."""
+    url, options, policy = url_values(), backends(), serving.policy()
     st.session_state.setdefault("model_backend", url["backend"] if url["backend"] in options else options[0])
-    st.sidebar.text_input("Model", key="model_name", placeholder=f"{DEFAULT_MODEL} (embedded)",
-                          help="Empty: the embedded default. Or any transformers causal LM name or local path.")
+    if policy.served:
+        allowed = policy.allowed_models()
+        if st.session_state.get("model_name") not in allowed:
+            st.session_state.model_name = url["model"] if url["model"] in allowed else ""
+        st.sidebar.selectbox("Model", allowed, key="model_name", format_func=lambda m: m or f"{DEFAULT_MODEL} (embedded)",
+                             help="The models this server offers.")
+        if url["model"] and url["model"] not in allowed:
+            st.sidebar.caption(f"The link asked for model {md(url['model'])}, which this server does not offer.")
+    else:
+        st.session_state.setdefault("model_name", url["model"])
+        st.sidebar.text_input("Model", key="model_name", placeholder=f"{DEFAULT_MODEL} (embedded)",
+                              help="Empty: the embedded default. Or any transformers causal LM name or local path.")
     st.sidebar.selectbox("Backend", options, key="model_backend",
                          help="vllm: the same ESamp inside vLLM (faster on many rows; starting it takes ~20 s)")
 
@@ -106,10 +113,10 @@ def chosen_model() -> ModelChoice:
 
 def load_chosen_model(slot=None) -> LanguageModel | None:
     """The chosen model, loaded; None with the reason shown (in ``slot``, else on the page)."""
-    choice = chosen_model()
+    choice, policy = chosen_model(), serving.policy()
     try:
-        return get_model(choice.name, choice.backend)
-    except Exception as exc:  # ModelLoadError, and anything a third-party checkpoint throws
+        return get_model(policy.check_model(choice.name), choice.backend, safetensors_only=policy.served)
+    except Exception as exc:  # ModelLoadError, a model this server does not offer, anything a checkpoint throws
         (slot or st).error(md(exc))
         return None
 
@@ -121,9 +128,10 @@ def _clamp(v, lo, hi):
 def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     """The prompt and sampling settings in one form. On a valid submit: the settings and the chosen
     model, loaded; otherwise None, with the reason shown next to the widget it concerns."""
-    d = url_values()
+    d, limits = url_values(), serving.policy().limits
     with st.form(key):
-        prompt = st.text_area("Prompt", d["prompt"], height=100, max_chars=MAX_PROMPT_CHARS,
+        prompt = st.text_area("Prompt", d["prompt"][:limits.max_prompt_chars], height=100,
+                              max_chars=limits.max_prompt_chars,
                               help="Model output is shown as text, never as HTML.")
         prompt_error = st.empty()
         mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
@@ -131,8 +139,9 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         beta = st.slider("Exploration strength β", 0.0, 1.0, float(_clamp(d["beta"], 0.0, 1.0)), 0.05,
                          help="0 = plain sampling; the paper's default is 0.25")
         c1, c2, c3 = st.columns(3)
-        n = c1.number_input("Samples per prompt (n)", 1, MAX_N, int(_clamp(d["n"], 1, MAX_N)))
-        tokens = c2.number_input("Max new tokens", 1, MAX_NEW_TOKENS, int(_clamp(d["tokens"], 1, MAX_NEW_TOKENS)))
+        n = c1.number_input("Samples per prompt (n)", 1, limits.max_n, int(_clamp(d["n"], 1, limits.max_n)))
+        tokens = c2.number_input("Max new tokens", 1, limits.max_new_tokens,
+                                 int(_clamp(d["tokens"], 1, limits.max_new_tokens)))
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
@@ -163,3 +172,15 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         prompt_error.error(md(exc))
         return None
     return Settings(prompt, config), lm
+
+
+def read_task_file(data: bytes, max_mb: float) -> list[Task]:
+    """An uploaded JSONL task file, checked: its size, its encoding, every line (errors name the line)."""
+    if len(data) > max_mb * 2**20:
+        raise ValueError(f"The task file is {len(data) / 2**20:.1f} MB; this server takes task files up to "
+                         f"{max_mb:g} MB.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"The task file is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+    return tasks_from_jsonl(text)

@@ -4,9 +4,16 @@ Runs before every page: the model choice in the sidebar is one choice shared by 
 
 import streamlit as st
 
+from app import serving
+from app.render import md
 from app.settings import model_picker
 
 st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide")
+try:
+    serving.policy()
+except ValueError as exc:  # a server's setting, named, instead of a traceback on every page
+    st.error(f"This server's settings are wrong: {md(exc)}")
+    st.stop()
 model_picker()
 pages = [
     st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),

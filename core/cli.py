@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -108,20 +109,42 @@ def read_prompts(a: argparse.Namespace) -> list[str]:
         if a.prompt is None:
             raise ValueError("Give a prompt, or --prompt-file with one prompt a line (or JSONL).")
         return [a.prompt]
+    try:
+        text = a.prompt_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{a.prompt_file} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
     prompts = []
-    for i, line in enumerate(a.prompt_file.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
             try:
-                prompts.append(json.loads(line)["prompt"])
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{a.prompt_file}:{i}: a JSONL line needs a 'prompt' field ({exc}).") from exc
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{a.prompt_file}:{i}: a JSONL line needs to be an object with a 'prompt' "
+                                 f"field ({type(exc).__name__}: {exc}).") from exc
+            if not isinstance(prompt, str):
+                raise ValueError(f"{a.prompt_file}:{i}: 'prompt' must be a string, not {type(prompt).__name__}.")
+            prompts.append(prompt)
         else:
             prompts.append(line)
     if a.prompt is not None:
         prompts.insert(0, a.prompt)
+    if not prompts:
+        raise ValueError(f"{a.prompt_file} holds no prompt: write one a line.")
     return prompts
+
+
+def check_output(path: Path | None) -> None:
+    """Fail before generating, not after, when the trace could not be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a directory: give a file name, e.g. {path / 'run.json'}.")
+    if not path.parent.is_dir():
+        raise ValueError(f"--json {path}: the directory {path.parent} does not exist; create it first.")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--json {path}: the directory {path.parent} is not writable.")
 
 
 def summary(trace) -> str:
@@ -147,8 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(a)
         prompts = read_prompts(a)
         check_prompts(prompts)
+        check_output(a.json)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    try:
+        return run(a, config, prompts)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback; ESAMP_DEBUG=1 shows it
+        if os.environ.get("ESAMP_DEBUG"):
+            raise
+        print(f"\nerror: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set ESAMP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def run(a: argparse.Namespace, config, prompts: list[str]) -> int:
     from .backends import generate, load_model
     from .backends.base import ModelLoadError, Progress
 
@@ -176,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("---")
     print(summary(trace))
     if a.json:
-        trace.save(a.json)
+        try:
+            trace.save(a.json)
+        except OSError as exc:  # the run is not lost: it goes next to the current directory instead
+            fallback = Path(f"esamp-run-{os.getpid()}.json").resolve()
+            trace.save(fallback)
+            print(f"error: cannot write {a.json} ({exc}); the trace was written to {fallback}", file=sys.stderr)
+            return 1
         print(f"trace written to {a.json}")
     return 0

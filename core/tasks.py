@@ -90,9 +90,14 @@ def tasks_from_jsonl(text: str) -> list[Task]:
             continue
         try:
             obj = json.loads(line)
-            tasks.append(Task(str(obj["question"]), str(obj["answer"]).strip()))
+            question, answer = obj["question"], obj["answer"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"line {i}: need a JSON object with 'question' and 'answer' ({exc}).") from exc
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"line {i}: 'question' must be a non-empty string, not {question!r:.40}.")
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+            raise ValueError(f"line {i}: 'answer' must be a number or a non-empty string, not {answer!r:.40}.")
+        tasks.append(Task(question, str(answer).strip()))
     if not tasks:
         raise ValueError("The file holds no tasks.")
     return tasks

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,29 @@ class RunTrace:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent, allow_nan=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Written whole or not at all: a crash mid-write leaves any earlier file at ``path`` as it was."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.to_json(), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunTrace":
-        """A trace of this version or any older one (upgraded on the way in)."""
+        """A trace of this version or any older one (upgraded on the way in); ValueError for
+        anything else, saying what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"Not a run trace: the JSON holds a {type(d).__name__}, not an object.")
+        try:
+            return cls._from_dict(d)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"Not a run trace of version {d.get('version')!r}: {type(exc).__name__} "
+                             f"{exc} (a damaged or hand-edited file?).") from exc
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> "RunTrace":
         version = d.get("version", 0)
         if not isinstance(version, int) or not 1 <= version <= TRACE_VERSION:
             raise ValueError(f"Trace version {version!r} is not supported: this build reads versions 1 to "
@@ -145,7 +164,12 @@ class RunTrace:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunTrace":
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not a run trace: not UTF-8 text.") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
 
 def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:

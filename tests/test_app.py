@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app.render import md
+
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 PAGES = str(Path(APP).parent / "views")
 
@@ -188,11 +190,11 @@ def test_the_reproduce_command_names_the_model_unless_it_is_the_embedded_one():
 
 def test_history_reproduces_a_run_of_another_model_with_its_model(tiny_model_dir):
     """A run made with a non-default model, reopened in History: its command line names that model."""
-    from app.resources import get_history
+    from app.resources import open_history
     from core import RunConfig, SamplingConfig, generate, load_model
 
     trace = generate(load_model(tiny_model_dir), ["Hi"], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3)))
-    get_history().save([trace])
+    open_history()[0].save([trace])
     at = open_page("runs")
     assert not at.exception, at.exception
     assert any(f"--model {tiny_model_dir}" in c.value for c in at.code)
@@ -205,7 +207,7 @@ def test_learn_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir):
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
-    assert tiny_model_dir in texts(at)  # the page says which model it runs
+    assert md(tiny_model_dir) in texts(at)  # the page says which model it runs (escaped: a name is user input)
     assert at.session_state["learn_job"].traces[0].model == tiny_model_dir
 
 
@@ -232,4 +234,93 @@ def test_the_model_choice_is_shared_by_every_page():
     at.run()
     assert at.sidebar.text_input[0].value == "/models/from-the-url"
     at.switch_page(PAGES + "/learn.py").run()
-    assert at.sidebar.text_input[0].value == "/models/from-the-url" and "/models/from-the-url" in texts(at)
+    assert at.sidebar.text_input[0].value == "/models/from-the-url" and md("/models/from-the-url") in texts(at)
+
+
+# --- things going wrong: damaged history, hostile URLs, a served deployment ---------------------------
+
+PAGE_NAMES = ["explore", "sweep", "runs", "learn"]
+
+
+@pytest.fixture
+def damaged_db(tmp_path, monkeypatch):
+    path = tmp_path / "damaged.sqlite3"
+    path.write_bytes(b"not a database at all " * 100)
+    monkeypatch.setenv("ESAMP_HISTORY_DB", str(path))
+    return path
+
+
+@pytest.mark.parametrize("page", PAGE_NAMES)
+def test_every_page_renders_with_a_damaged_history_and_says_so(damaged_db, page):
+    at = open_page(page)
+    assert not at.exception, at.exception
+    if page in ("explore", "runs"):
+        assert md(damaged_db) in texts(at) and "not a database" in texts(at)
+
+
+def test_explore_still_generates_with_a_damaged_history(damaged_db):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(n="2", tokens="4")
+    at.run()
+    at.button[0].click()
+    run_until(at, lambda a: "Done." in texts(a))
+    assert not at.exception, at.exception
+    assert len(at.get("html")) == 2 and "Runs are not saved" in texts(at)
+
+
+def test_history_moves_a_damaged_file_aside_and_starts_fresh(damaged_db):
+    at = open_page("runs")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    kept = list(damaged_db.parent.glob("damaged.sqlite3.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"not a database")  # kept, not deleted
+    at.run()
+    assert "No runs yet" in texts(at)
+
+
+def test_hostile_url_parameters_are_clamped_and_the_page_renders():
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in {"beta": "1e9", "n": "100000", "tokens": "-5", "T": "nan", "seed": "abc", "top_p": "0",
+                 "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc", "prompt": "x" * 100_000}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    assert at.slider[0].value == 1.0  # beta, clamped to the slider
+    n, tokens, seed, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
+    assert (n, tokens, seed, top_k) == (16, 1, 0, 0) and temperature == 1.0 and top_p == 0.01 and min_p == 0.0
+    assert len(at.text_area[0].value) == 4000 and at.sidebar.selectbox[0].value == "transformers"
+
+
+def test_a_bad_server_setting_is_named_on_the_page(monkeypatch):
+    monkeypatch.setenv("ESAMP_MAX_N", "lots")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    assert any(md("$ESAMP_MAX_N") in e.value for e in at.error)
+
+
+@pytest.fixture
+def served(monkeypatch, tiny_model_dir):
+    models = Path(tiny_model_dir).parent
+    monkeypatch.setenv("ESAMP_SERVED", "1")
+    monkeypatch.setenv("ESAMP_MODELS_DIR", str(models))
+    monkeypatch.setenv("ESAMP_MAX_N", "3")
+    monkeypatch.setenv("ESAMP_MAX_NEW_TOKENS", "20")
+    return Path(tiny_model_dir).name
+
+
+def test_a_served_app_offers_only_its_models_and_its_limits(served):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(model="/etc", n="10", tokens="200")
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.sidebar.text_input  # no free-form model name or path
+    assert at.sidebar.selectbox[0].options == ["smollm2-135m-instruct (embedded)", served]
+    assert at.sidebar.selectbox[0].value == ""  # not the URL's /etc
+    assert "does not offer" in " ".join(c.value for c in at.sidebar.caption)
+    assert [w.value for w in at.number_input[:2]] == [3, 20]  # the server's limits
+    at.sidebar.selectbox[0].set_value(served)
+    at.number_input[1].set_value(4)
+    at.button[0].click()
+    run_until(at, lambda a: "Saved as run" in texts(a))
+    assert not at.exception, at.exception
+    assert at.session_state["explore_job"].traces[0].model.endswith(served)

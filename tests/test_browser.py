@@ -1,7 +1,10 @@
 """The real app in a real browser: `streamlit run` on a free port, Debian's chromium via Playwright."""
 
+import json
 import os
+import re
 import shutil
+import sqlite3
 import socket
 import subprocess
 import sys
@@ -28,9 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "ESAMP_HISTORY_DB": str(db)}
+    env = {**os.environ, "ESAMP_HISTORY_DB": str(db), **env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -54,8 +57,13 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, url = start_server(tmp_path_factory.mktemp("db") / "h.sqlite3")
+def server_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("db") / "h.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def server(server_db):
+    proc, url = start_server(server_db)
     yield url
     stop_server(proc)
 
@@ -72,12 +80,28 @@ def browser():
         b.close()
 
 
-def generate(browser, url, query, tmp_path, name):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def open_page(browser, url):
+    """A page in a browser context of its own: its own cookies, so its own Streamlit session."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    return page, dialogs
+
+
+def start_generating(browser, url, query):
+    page, dialogs = open_page(browser, url)
     page.goto(f"{url}/?{urllib.parse.urlencode(query)}")
     page.get_by_role("button", name="Generate").click(timeout=120_000)
+    return page, dialogs
+
+
+def saved_run_id(page) -> int:
+    page.wait_for_selector("text=Saved as run", timeout=300_000)
+    return int(re.search(r"run #(\d+)", page.locator("text=Saved as run").first.inner_text()).group(1))
+
+
+def generate(browser, url, query, tmp_path, name):
+    page, dialogs = start_generating(browser, url, query)
     page.wait_for_selector("text=Saved as run", timeout=300_000)
     page.wait_for_selector(".esx-tok", timeout=60_000)
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
@@ -142,3 +166,82 @@ def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(ser
     expect(page.get_by_role("textbox", name="Model")).to_have_value("/models/typed", timeout=10_000)
     expect(page.locator("text=Runs on /models/typed")).to_be_visible(timeout=10_000)
     page.close()
+
+
+def prompts_of_run(db: Path, run_id: int) -> set[str]:
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT trace FROM traces WHERE run_id=?", (run_id,)).fetchall()
+    return {p["text"] for (t,) in rows for p in json.loads(t)["prompts"]}
+
+
+def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, browser):
+    """The second session waits for the first (one generation at a time per model), says what it waits
+    for, then runs; each page shows and saves its own prompt's run, nothing mixed."""
+    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": 64})
+    a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
+    b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6})
+    b.wait_for_selector("text=waiting for another session's run", timeout=60_000)
+    run_a, run_b = saved_run_id(a), saved_run_id(b)
+    assert run_a != run_b
+    assert prompts_of_run(server_db, run_a) == {"Name a river."}
+    assert prompts_of_run(server_db, run_b) == {"Name a mountain."}
+    assert a.locator(".esx-sample").count() == 4 and b.locator(".esx-sample").count() == 4
+    a.context.close()
+    b.context.close()
+
+
+def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):
+    """Closing a tab while it generates stops its run soon after (keeping what it made) so the next
+    session is not left waiting for a run nobody watches."""
+    db = tmp_path / "h.sqlite3"
+    proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="3")
+    try:
+        a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": 256})
+        a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
+        a.context.close()  # the user closes the tab mid-run
+        b, _ = start_generating(browser, url, {"prompt": "Name a bird.", "n": 2, "tokens": 4})
+        run_b = saved_run_id(b)  # would wait for all 2 x 4 x 256 tokens of the closed tab without the watch
+        assert prompts_of_run(db, run_b) == {"Name a bird."}
+        with sqlite3.connect(db) as con:
+            (stopped_trace,) = con.execute("SELECT t.trace FROM traces t JOIN runs r ON r.id = t.run_id "
+                                           "WHERE r.prompt = 'Tell a long story.'").fetchall()[0]
+        kept = json.loads(stopped_trace)
+        assert kept["stopped"] and 0 < len(kept["samples"][0]["tokens"]) < 256  # what it made is kept
+        b.context.close()
+    finally:
+        stop_server(proc)
+
+
+def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, browser, tmp_path):
+    """A run whose prompt, model name and answers are markup, opened from History in a real browser,
+    and its HTML report opened too: nothing runs, no element comes out of the text."""
+    from dataclasses import replace
+
+    from app.history import History
+    from core import RunTrace
+
+    trace = RunTrace.load(ROOT / "tests" / "data" / "trace-v2.json")
+    payload = XSS.splitlines()[0]
+    hostile = replace(trace, model="org/" + payload, samples=[replace(s, text=payload + s.text, tokens=[replace(s.tokens[0], text=payload), *s.tokens[1:]])
+                               for s in trace.samples],
+                      prompts=[replace(p, text="Say " + payload) for p in trace.prompts])
+    History(server_db).save([hostile], title=payload)
+    page, dialogs = open_page(browser, server)
+    page.goto(f"{server}/history")
+    page.wait_for_selector(".esx-tok", timeout=120_000)
+    page.get_by_role("textbox", name="Prompt contains").fill("<img")
+    page.keyboard.press("Enter")
+    page.locator(".esx-text", has_text="onerror").first.wait_for(timeout=60_000)  # the filter found it
+    page.wait_for_timeout(1500)
+    assert page.locator("img[src=x]").count() == 0 and dialogs == []
+    page.get_by_role("button", name="Build HTML report").click()
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name="Download report.html").click(timeout=120_000)
+    report = tmp_path / "report.html"
+    download.value.save_as(report)
+    page.goto(report.as_uri())
+    page.wait_for_selector(".esx-tok", timeout=60_000)
+    page.wait_for_timeout(1500)
+    assert page.locator("img[src=x]").count() == 0 and dialogs == []
+    assert payload in page.locator("body").inner_text()  # shown, as text
+    page.context.close()

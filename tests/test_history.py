@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from app.history import MIGRATIONS, SCHEMA_VERSION, History
+from app.history import MIGRATIONS, SCHEMA_VERSION, History, HistoryError, move_aside
 from core.config import RunConfig, SamplingConfig
 from core.trace import PromptTrace, RunTrace, Sample, Timings, Token
 
@@ -69,5 +69,79 @@ def test_a_newer_schema_is_refused_rather_than_damaged(tmp_path):
     path = tmp_path / "new.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer than this app"):
+    with pytest.raises(HistoryError, match="newer than this app"):
         History(path)
+
+
+def test_a_damaged_file_is_named_and_moved_aside_never_deleted(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    path.write_bytes(b"this is not a database, " * 200)  # a partial copy, a disk error
+    with pytest.raises(HistoryError, match=f"{path.name}.*(not a database|damaged)"):
+        History(path)
+    kept = move_aside(path)
+    assert kept.read_bytes().startswith(b"this is not a database") and not path.exists()
+    h = History(path)  # a fresh one in its place
+    assert h.list() == [] and h.save([trace()]) == 1
+
+
+def test_damage_after_opening_is_a_history_error_too(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    h = History(path)
+    h.save([trace()])
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        side.unlink(missing_ok=True)
+    path.write_bytes(b"\0" * 100 + b"garbage" * 1000)
+    with pytest.raises(HistoryError, match="cannot be used"):
+        h.list()
+    with pytest.raises(HistoryError):
+        h.save([trace()])
+
+
+def test_keep_deletes_the_oldest_runs_beyond_the_limit(tmp_path):
+    h = History(tmp_path / "h.sqlite3", keep=2)
+    ids = [h.save([trace(created=f"2026-11-2{i}T10:00:00+00:00")]) for i in range(1, 5)]
+    assert [r.id for r in h.list()] == ids[:1:-1]
+
+
+WRITER = """
+import sys
+from app.history import History
+from core.trace import RunTrace
+h, t = History(sys.argv[1]), RunTrace.load(sys.argv[2])
+print("ready", flush=True)
+while True:
+    print(h.save([t, t, t]), flush=True)
+"""
+
+
+def test_a_process_killed_mid_save_loses_at_most_the_run_in_flight(tmp_path):
+    """SIGKILL a real process that saves runs of three large traces back to back, at random moments,
+    many times: the database stays readable, every earlier run is whole, the one in flight whole or absent."""
+    import random
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    big = trace()
+    big = RunTrace(**{**big.__dict__, "samples": big.samples * 1000})  # ~250 kB of JSON a trace
+    big.save(tmp_path / "big.json")
+    path, rng = tmp_path / "h.sqlite3", random.Random(0)
+    before = 0
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(tmp_path / "big.json")],
+                                cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.2, 1.5))  # a save takes ~0.2 s here, most of it encoding JSON
+        proc.kill()
+        acknowledged = len(proc.communicate()[0].split())  # runs the writer saw committed
+        h = History(path)
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            counts = db.execute("SELECT run_id, COUNT(*) FROM traces GROUP BY run_id").fetchall()
+            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        assert all(n == 3 for _, n in counts) and len(counts) == runs  # no half-written run
+        assert before + acknowledged <= runs <= before + acknowledged + 1  # nothing acknowledged was lost
+        before = runs
+        assert all(len(h.load(r.id)[0]) == 3 for r in h.list(limit=2))  # the newest ones read back whole
+    assert runs >= 12  # it did save between the kills

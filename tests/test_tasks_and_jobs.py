@@ -68,3 +68,30 @@ def test_stopping_a_job_keeps_what_was_generated(lm):
 def test_a_failing_job_reports_the_error(lm):
     job = wait(start_job(lm, [""], [RunConfig()], ["a"]))
     assert job.phase == "error" and "empty" in job.error
+
+
+def test_a_job_whose_page_stopped_watching_stops_and_keeps_what_it_made(lm, monkeypatch):
+    """A closed tab stops polling its job; the job then stops (keeping its tokens) instead of holding
+    the model for nobody."""
+    import app.jobs
+
+    monkeypatch.setattr(app.jobs, "ABANDON_AFTER_S", 0.5)
+    cfg = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=200, ignore_eos=True))
+    job = start_job(lm, ["Hi"], [cfg], ["a"], finish=lambda j: len(j.traces))
+    job.watch()  # a page showed it once, then its tab closed
+    wait(job)
+    assert job.abandoned and job.phase == "stopped" and job.result == 1
+    assert job.traces[0].stopped and 0 < len(job.traces[0].samples[0].tokens) < 200
+
+
+def test_a_second_job_on_the_same_model_says_whose_run_it_waits_for(lm):
+    long = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=120, ignore_eos=True))
+    first = start_job(lm, ["Hi"], [long], ["the first run"])
+    while first.progress is None:
+        time.sleep(0.05)
+    second = start_job(lm, ["Hello"], [RunConfig(sampling=SamplingConfig(n=1, max_new_tokens=2))], ["second"])
+    time.sleep(0.3)
+    assert second.phase == "waiting" and "another session's run (the first run" in second.waiting_for()
+    first.cancel.set()
+    wait(first), wait(second)
+    assert second.phase == "done" and second.traces[0].prompts[0].text == "Hello"

@@ -91,3 +91,40 @@ def test_pass_at_k_lines_of_one_method_share_its_colour_and_differ_in_dash():
     esamp_a, esamp_b, plain = fig.data
     assert esamp_a.line.color == esamp_b.line.color != plain.line.color
     assert esamp_a.line.dash != esamp_b.line.dash
+
+
+PAYLOAD = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+
+
+def hostile_trace(method="esamp"):
+    from core.trace import PromptTrace, Sample, Timings, Token
+
+    toks = [Token(id=i, text=p, logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0, entropy_new=1.0, novelty=1.0,
+                  rel_novelty=0.5) for i, p in enumerate([PAYLOAD, " and ", PAYLOAD])]
+    return RunTrace(config=RunConfig(method=method), model=f"org/{PAYLOAD}", backend="transformers", device="cpu",
+                    dtype="float32", prompts=[PromptTrace(f"Say {PAYLOAD}", 3, [1.0, 0.9], [1.0, 0.8])],
+                    samples=[Sample(0, i, "".join(t.text for t in toks), "eos", toks) for i in range(3)],
+                    timings=Timings(1.0, 9, 9.0), created="2026-11-29T10:00:00+00:00")
+
+
+def test_the_report_and_its_images_show_hostile_text_as_text(embedder, tmp_path):
+    """Prompt, model name, answers (HTML report) and figure labels (SVG export) never become markup."""
+    from viz.charts import loss_figure
+    from viz.report import build_report, write_images
+
+    html = build_report([hostile_trace(), hostile_trace("plain")], embedder=embedder)
+    assert "<img src=x" not in html and "<script>alert" not in html
+    assert html.count("&lt;script&gt;alert(2)&lt;/script&gt;") >= 3  # prompt, model, answers: shown as text
+    texts = [hostile_trace().samples[0].text, "b", "c"]
+    figures = {"spread": spread_figure(texts, [PAYLOAD, "plain", "plain"], project_2d(np.eye(3)), PAYLOAD),
+               "loss": loss_figure([hostile_trace()], [PAYLOAD])}
+    for path in write_images(figures, tmp_path):
+        if path.suffix == ".svg":
+            import xml.etree.ElementTree as ET
+
+            root = ET.fromstring(path.read_text(encoding="utf-8"))
+            elements = list(root.iter())
+            assert not [e.tag for e in elements if e.tag.split("}")[-1] in ("img", "script", "foreignObject", "a")]
+            assert not [k for e in elements for k in e.attrib if k.lower().startswith("on")]
+            if path.stem == "spread":  # its legend names the group: there, as text
+                assert any(PAYLOAD.replace('"', "") in (e.text or "").replace('"', "") for e in elements)

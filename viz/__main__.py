@@ -1,7 +1,9 @@
 """``python -m viz report RUN.json [RUN2.json ...] -o report.html``"""
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from core.trace import RunTrace
 
@@ -19,13 +21,23 @@ def main(argv=None) -> int:
     r.add_argument("--images", metavar="DIR", help="also write each figure as PNG and SVG here (needs kaleido "
                    "and a Chrome or Chromium, e.g. Debian's chromium)")
     a = ap.parse_args(argv)
+    output = Path(a.output)
+    if output.is_dir() or not output.parent.is_dir():
+        ap.error(f"-o {output}: " + ("is a directory; give a file name." if output.is_dir()
+                                      else f"the directory {output.parent} does not exist."))
     try:
         traces = [RunTrace.load(p) for p in a.runs]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: cannot read a run trace: {exc}", file=sys.stderr)
         return 2
-    for p in write_report(traces, a.output, images=a.images, signal=a.signal):
-        print(f"wrote {p}")
+    try:
+        for p in write_report(traces, a.output, images=a.images, signal=a.signal):
+            print(f"wrote {p}")
+    except Exception as exc:  # one line, never a traceback; ESAMP_DEBUG=1 shows it
+        if os.environ.get("ESAMP_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (set ESAMP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from html import escape
 from typing import Sequence
 
 import numpy as np
 
 from core.trace import RunTrace
 
-from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for
+from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for, plotly_text
 from .summary import novelty_columns
 
 
 def _layout(fig, title: str, x: str, y: str, height: int = 360):
-    fig.update_layout(title=escape(title), xaxis_title=x, yaxis_title=y, template="plotly_white", height=height,
+    fig.update_layout(title=plotly_text(title), xaxis_title=x, yaxis_title=y, template="plotly_white", height=height,
                       margin=dict(l=10, r=10, t=50, b=10), legend_title_text="")
     return fig
 
@@ -30,7 +29,7 @@ def loss_figure(traces: Sequence[RunTrace], labels: Sequence[str]):
             continue
         width = max(len(c) for c in curves)
         mean = [float(np.mean([c[i] for c in curves if i < len(c)])) for i in range(width)]
-        fig.add_trace(go.Scatter(y=mean, mode="lines", name=escape(label), line=dict(color=colour_for(label, k))))
+        fig.add_trace(go.Scatter(y=mean, mode="lines", name=plotly_text(label), line=dict(color=colour_for(label, k))))
     return _layout(fig, "Distiller loss per step (mean over prompts)", "decode step", "loss ‖h − f(s)‖²")
 
 
@@ -56,7 +55,7 @@ def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: 
         x = list(range(len(mean)))
         fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q75) + list(q25[::-1]), mode="lines", fill="toself",
                                  fillcolor=c, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=escape(label), line=dict(color=c)))
+        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=plotly_text(label), line=dict(color=c)))
     if relative:
         fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting nothing")
     return _layout(fig, "Novelty along the answer (mean, interquartile band)", "token position",
@@ -77,7 +76,7 @@ def learning_curves_figure(curves: dict[str, Sequence[float]]):
                   else EXTRA_COLOURS[(designs.index(design) - 1) % len(EXTRA_COLOURS)])
         dash = _DASHES[dashes.get(design, 0) % len(_DASHES)]
         dashes[design] = dashes.get(design, 0) + 1
-        fig.add_trace(go.Scatter(y=list(ys), mode="lines", name=escape(label), line=dict(color=colour, dash=dash)))
+        fig.add_trace(go.Scatter(y=list(ys), mode="lines", name=plotly_text(label), line=dict(color=colour, dash=dash)))
     fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting zero")
     return _layout(fig, "Does the distiller learn within one generation?", "decode step",
                    "relative novelty ‖h − ĥ‖ / ‖h‖")
@@ -98,7 +97,7 @@ def sweep_figure(points: Sequence[dict]):
                         error_y=dict(type="data", array=[p["diversity_se"] for p in pts], thickness=1))
         fig.add_trace(go.Scatter(
             x=[p["perplexity"] for p in pts], y=[p["diversity"] for p in pts], mode="lines+markers+text",
-            text=[escape(str(p["setting"])) for p in pts], textposition="top center", name=escape(series),
+            text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center", name=plotly_text(series),
             marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)")
@@ -118,7 +117,7 @@ def pass_at_k_figure(curves: dict[str, Sequence[float]]):
         dash = _DASHES[seen.get(colour, 0) % len(_DASHES)]
         seen[colour] = seen.get(colour, 0) + 1
         fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines+markers",
-                                 name=escape(label), line=dict(color=colour, dash=dash)))
+                                 name=plotly_text(label), line=dict(color=colour, dash=dash)))
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
 
@@ -127,7 +126,7 @@ def candidates_figure(token, beta: float):
     """One fusion step: the top candidates' probabilities before and after ESamp's reweighting."""
     import plotly.graph_objects as go
 
-    names = [escape(repr(c.text)) for c in token.top]
+    names = [plotly_text(repr(c.text)) for c in token.top]
     fig = go.Figure([
         go.Bar(name="before (p ref)", x=names, y=[c.p_ref for c in token.top], marker_color="#0072B2"),
         go.Bar(name=f"after (β={beta:g})", x=names, y=[c.p_new for c in token.top], marker_color="#D55E00"),

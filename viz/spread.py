@@ -12,10 +12,11 @@ import functools
 import textwrap
 import warnings
 from dataclasses import dataclass
-from html import escape
 from typing import Sequence
 
 import numpy as np
+
+from .style import plotly_text
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (embedded)"
 MIN_UMAP_POINTS = 6  # UMAP's spectral layout and neighbour graph are meaningless below this
@@ -91,7 +92,7 @@ def hover_text(text: str, width: int = 60, max_lines: int = 8) -> str:
     lines = textwrap.wrap(text.replace("\n", " "), width) or ["(empty)"]
     if len(lines) > max_lines:
         lines = lines[:max_lines] + ["…"]
-    return "<br>".join(escape(line) for line in lines)
+    return "<br>".join(plotly_text(line) for line in lines)
 
 
 def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Projection, title: str = ""):
@@ -104,12 +105,12 @@ def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Proje
     for k, group in enumerate(dict.fromkeys(groups)):
         idx = [i for i, g in enumerate(groups) if g == group]
         fig.add_trace(go.Scatter(
-            x=projection.coords[idx, 0], y=projection.coords[idx, 1], mode="markers", name=escape(group),
+            x=projection.coords[idx, 0], y=projection.coords[idx, 1], mode="markers", name=plotly_text(group),
             marker=dict(size=11, color=colour_for(group, k), line=dict(width=1, color="white")),
-            text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + escape(group) + "</extra>"))
+            text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + plotly_text(group) + "</extra>"))
     subtitle = projection.note or "UMAP of sentence embeddings (cosine)"
-    fig.update_layout(title=dict(text=escape(title) + f"<br><sup>{escape(subtitle)}</sup>" if title else
-                                 f"<sup>{escape(subtitle)}</sup>"),
+    fig.update_layout(title=dict(text=plotly_text(title) + f"<br><sup>{plotly_text(subtitle)}</sup>" if title else
+                                 f"<sup>{plotly_text(subtitle)}</sup>"),
                       xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
                       template="plotly_white", legend_title_text="method", height=420,
                       margin=dict(l=10, r=10, t=60, b=10))

@@ -1,5 +1,7 @@
 """Colours shared by every figure: colour-blind-safe (Okabe-Ito for categories)."""
 
+from html import escape
+
 # Okabe & Ito's palette, distinguishable with the common colour-vision deficiencies.
 METHOD_COLOURS = {
     "esamp": "#D55E00",  # vermillion
@@ -15,3 +17,9 @@ def colour_for(label: str, index: int = 0) -> str:
     """A run label's colour: its method's ("esamp β=0.25" is esamp's), else a spare one by index."""
     method = label.split(" ")[0]
     return METHOD_COLOURS.get(method) or EXTRA_COLOURS[index % len(EXTRA_COLOURS)]
+
+
+def plotly_text(text: object) -> str:
+    """Text for a plotly label, title or hover: plotly renders a few HTML tags (<b>, <a href>, <br>),
+    so <, > and & are escaped; quotes are not, since plotly would show their entities as written."""
+    return escape(str(text), quote=False)

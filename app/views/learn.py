@@ -30,7 +30,7 @@ st.markdown("Only the tokens that survive top-k / top-p / min-p are reweighted; 
             "against everything seen so far.")
 
 st.header("Try it on the loaded model")
-st.caption(f"Runs on {settings.chosen_model().label} (choose the model in the sidebar).")
+st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
 with st.form("learn"):
     prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
     c1, c2 = st.columns(2)

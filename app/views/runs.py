@@ -5,11 +5,19 @@ import datetime as dt
 import streamlit as st
 
 from app import render
-from app.resources import get_embedder, get_history
+from app.history import HistoryError, move_aside
+from app.resources import get_embedder, history_path, open_history
 from viz.report import build_report
 
 st.title("History")
-history = get_history()
+history, error = open_history()
+if history is None:
+    st.error(render.md(error))
+    path = history_path()
+    if path.is_file() and st.button("Move the damaged file aside and start a fresh history", type="primary"):
+        st.success(f"Moved to `{move_aside(path)}` (kept, not deleted). A fresh history starts now.")
+        st.button("Continue")
+    st.stop()
 st.caption(f"Runs are stored in `{history.path}` (set ESAMP_HISTORY_DB to move it).")
 
 c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
@@ -20,7 +28,11 @@ dates = c4.date_input("Date range", value=(), help="leave empty for all dates")
 since = until = ""
 if len(dates) == 2:
     since, until = dates[0].isoformat(), (dates[1] + dt.timedelta(days=1)).isoformat()
-records = history.list(text=text, model=model, method=method, since=since, until=until)
+try:
+    records = history.list(text=text, model=model, method=method, since=since, until=until)
+except HistoryError as exc:  # damaged since it was opened
+    st.error(render.md(exc))
+    st.stop()
 if not records:
     st.info("No runs yet (or none match). Generate one on the Explore page.")
     st.stop()
@@ -29,7 +41,11 @@ st.dataframe([{"id": r.id, "created": r.created, "prompt": r.prompt[:100], "mode
                "methods": ", ".join(r.methods)} for r in records], hide_index=True)
 chosen = st.selectbox("Open run", [r.id for r in records],
                       format_func=lambda i: next(f"#{r.id} · {r.created} · {r.prompt[:60]}" for r in records if r.id == i))
-traces, perplexities = history.load(chosen)
+try:
+    traces, perplexities = history.load(chosen)
+except HistoryError as exc:
+    st.error(render.md(exc))
+    st.stop()
 
 c1, c2, c3 = st.columns(3)
 reports = st.session_state.setdefault("history_reports", {})  # run id -> report HTML

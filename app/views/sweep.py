@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from app import render, settings
+from app import render, serving, settings
 from app.jobs import Job, start_job
-from app.resources import embeddings, get_history
+from app.resources import embeddings, open_history
 from core import EsampConfig, RunConfig, SamplingConfig
 from core.scoring import trace_perplexities
-from core.tasks import arithmetic_tasks, tasks_from_jsonl
+from core.tasks import arithmetic_tasks
 from viz import charts
 from viz.summary import answer_rows, config_label, pass_at_k_table, sweep_points
 
@@ -25,7 +25,8 @@ class Sweep:
 
 
 st.title("Sweep")
-st.caption(f"Runs on {settings.chosen_model().label} (choose the model in the sidebar).")
+st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
+limits = serving.policy().limits
 mode = st.radio("What to sweep", [TRADEOFF, TASK], horizontal=True)
 with st.form("sweep"):
     if mode == TRADEOFF:
@@ -37,8 +38,8 @@ with st.form("sweep"):
         count = st.slider("Number of arithmetic problems", 2, MAX_TASKS, 6)
         upload = st.file_uploader("JSONL with one {\"question\": …, \"answer\": …} a line", type=["jsonl", "json"])
     c1, c2, c3 = st.columns(3)
-    n = c1.number_input("Samples per prompt (n)", 2, settings.MAX_N, 4)
-    tokens = c2.number_input("Max new tokens", 4, settings.MAX_NEW_TOKENS, 48)
+    n = c1.number_input("Samples per prompt (n)", 2, max(limits.max_n, 2), min(4, max(limits.max_n, 2)))
+    tokens = c2.number_input("Max new tokens", 4, max(limits.max_new_tokens, 4), min(48, max(limits.max_new_tokens, 4)))
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
     go = st.form_submit_button("Run sweep", type="primary")
 
@@ -53,19 +54,21 @@ if go:
                         for t in sorted(temps)]
         else:
             tasks = (arithmetic_tasks(count, int(seed)) if builtin == "built-in arithmetic" or upload is None
-                     else tasks_from_jsonl(upload.getvalue().decode("utf-8"))[:MAX_TASKS])
+                     else settings.read_task_file(upload.getvalue(), limits.max_upload_mb)[:MAX_TASKS])
             prompts, answers = [t.prompt for t in tasks], [t.answer for t in tasks]
             configs = [RunConfig(method=m, sampling=SamplingConfig(**sampling, **kw)) for m, kw in
                        [("esamp", {}), ("plain", {}), ("plain", {"min_p": 0.1}), ("fire", {})]]
         if not prompts or not configs:
             raise ValueError("Give at least one prompt and one setting to sweep.")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         st.error(render.md(exc))
         st.stop()
-    lm, history = settings.load_chosen_model() or st.stop(), get_history()
+    lm, (history, history_error) = settings.load_chosen_model() or st.stop(), open_history()
+    if history is None:
+        st.warning(f"This sweep is not saved: {render.md(history_error)}")
     st.session_state.sweep_run = Sweep(start_job(
         lm, prompts, configs, [config_label(c) for c in configs], score=trace_perplexities if answers is None else None,
-        finish=lambda job: history.save(job.traces, job.perplexities)), answers)
+        finish=history and (lambda job: history.save(job.traces, job.perplexities))), answers)
 
 sweep = st.session_state.get("sweep_run")
 job = render.finished_job(sweep and sweep.job, "sweep", "Choose what to sweep and run it.")

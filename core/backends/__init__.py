@@ -30,16 +30,18 @@ def get_backend(name: str) -> Backend:
 
 def load_model(name: str | None = None, *, backend: str = "transformers", device: str | torch.device | None = None,
                dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
-               **engine_options) -> LanguageModel:
+               safetensors_only: bool = False, **engine_options) -> LanguageModel:
     """Load a causal LM by transformers name or local path; ``None`` is the embedded default.
 
     ``backend="vllm"`` starts a vLLM engine (it picks the device itself); ``engine_options``
     (vLLM only) go to it: ``kv_cache_gib``, ``max_num_seqs``, ``block_size``... dtype: the
-    backend's choice by default (``load_model(...).dtype`` says which). Raises ModelLoadError
+    backend's choice by default (``load_model(...).dtype`` says which). ``safetensors_only`` loads
+    no pickled weights (a served app sets it: a pickle can run code). Raises ModelLoadError
     with a message that says what to try when the model cannot be found or is not supported.
     """
     return get_backend(backend).load(name or DEFAULT_MODEL, device=device, dtype=dtype,
-                                     trust_remote_code=trust_remote_code, **engine_options)
+                                     trust_remote_code=trust_remote_code, safetensors_only=safetensors_only,
+                                     **engine_options)
 
 
 def generate(lm: LanguageModel, prompts: Sequence[str], config: RunConfig | None = None, *,

@@ -57,8 +57,9 @@ class Backend(Protocol):
     name: str
 
     def load(self, name: str, *, dtype: torch.dtype | str | None, device: str | torch.device | None,
-             trust_remote_code: bool, **options) -> LanguageModel:
-        """Load a model by transformers name or local directory (DEFAULT_MODEL: the embedded one)."""
+             trust_remote_code: bool, safetensors_only: bool, **options) -> LanguageModel:
+        """Load a model by transformers name or local directory (DEFAULT_MODEL: the embedded one);
+        ``safetensors_only`` refuses pickled weights (.bin, .pt), which can run code when loaded."""
 
     def generate(self, lm: LanguageModel, prompts: Sequence[str], config: RunConfig, *,
                  progress: ProgressFn | None, cancel: threading.Event | None) -> RunTrace:

@@ -52,6 +52,41 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load a model on: CUDA when there is one, else the CPU; a device asked for
+    that this machine does not have is a ValueError that says what it has."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"Unknown device {str(device)!r}: use cpu, cuda or cuda:N.") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {str(device)!r} asked for, but this machine has no CUDA GPU (or this "
+                             "torch build has no CUDA): use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"Device {str(device)!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type != "cpu":
+        raise ValueError(f"Device {str(device)!r} is not supported: use cpu, cuda or cuda:N.")
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """A model dtype from a name or a torch dtype; None is ``default_dtype(device)``."""
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+        return getattr(torch, dtype.removeprefix("torch."))
+    return dtype
+
+
 def describe() -> dict:
     """The machine, for benchmark reports: where a figure was measured."""
     return {"cpu": cpu_name(), "cpus": os.cpu_count(), "cpu_bf16": [f for f in BF16_FLAGS if f in cpu_flags()],

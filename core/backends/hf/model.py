@@ -12,7 +12,7 @@ import torch
 from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, UnsupportedArchitectureError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
-from ..hardware import default_dtype
+from ..hardware import resolve_device, resolve_dtype
 
 # model_type -> (path of the decoder layer list, path of the final norm), from the CausalLM root.
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -63,12 +63,9 @@ class HfModel:
         return eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | str | None = None, trust_remote_code: bool = False, **options) -> HfModel:
+         dtype: torch.dtype | str | None = None, trust_remote_code: bool = False, safetensors_only: bool = False,
+         **options) -> HfModel:
     """Load a causal LM by transformers name or local path. dtype defaults to the faster one here
     (``hardware.default_dtype``: bfloat16 on CUDA and on CPUs with native bfloat16, else float32).
     Raises ModelLoadError with a message that says what to try."""
@@ -76,11 +73,11 @@ def load(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
 
     if options:
         raise ValueError(f"Engine options {sorted(options)} are for the vLLM backend only.")
-    device = torch.device(device) if device is not None else default_device()
-    if dtype is None:
-        dtype = default_dtype(device)
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    try:
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     source = model_source(name)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -97,9 +94,11 @@ def load(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
             f"supported: {', '.join(sorted(ARCHITECTURES))}.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **({"use_safetensors": True} if safetensors_only else {}))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Cannot load model {name!r}: {exc}") from exc
+        only = " (only safetensors weights load here: a pickled checkpoint can run code)" if safetensors_only else ""
+        raise ModelLoadError(f"Cannot load model {name!r}: {exc}{only}") from exc
     return wrap_model(name, model.to(device).eval(), tokenizer)
 
 

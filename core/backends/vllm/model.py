@@ -11,7 +11,7 @@ import torch
 from ...esamp.fusion import FinalNorm, LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
-from ..hardware import default_dtype
+from ..hardware import default_dtype, resolve_dtype
 from ..hooks import permanent_hooks
 from . import internals
 from .processor import Capture, VllmProcessor
@@ -50,7 +50,7 @@ class VllmModel:
 
 def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, device=None,
          max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,
-         **llm_kwargs) -> VllmModel:
+         safetensors_only: bool = False, **llm_kwargs) -> VllmModel:
     """Start a vLLM engine for ESamp, in eager mode: a CUDA graph replays kernels without running
     Python, so the hooks that copy s and h (and pick the sampled rows) would run only at capture.
 
@@ -63,9 +63,14 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     from transformers import AutoTokenizer, GenerationConfig
 
     if device is not None:
-        raise ValueError("The vLLM backend picks its device itself; leave `device` unset.")
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
+        raise ModelLoadError("The vLLM backend picks its device itself: leave the device unset.")
+    if dtype is not None:
+        try:
+            dtype = str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if safetensors_only:
+        llm_kwargs["load_format"] = "safetensors"
     vllm = internals.import_vllm()
     note = internals.version_note(vllm.__version__)
     if note:

@@ -149,6 +149,12 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
         fast = Candidates.top_k(raw, 20, temperature)
         assert torch.equal(fast.dense(fast.logits), slow.dense(slow.logits))  # the same tensor to sample from
         assert torch.equal(fast.dense(fast.logits), apply_filters(filters, raw))
-    tied = torch.tensor([[3.0, 2.0, 2.0] + [1.0] * 20])
-    assert Candidates.top_k(tied, 2) is None  # a tie with the 2nd keeps a 3rd token: filter the full logits
+    # A tie with the k-th value keeps the tied tokens too, in that row only; the others pad with -inf.
+    tied = torch.tensor([[3.0, 2.0, 2.0] + [1.0] * 20, [5.0, 4.0, 3.0] + [0.0] * 20])
+    for temperature in (1.0, 0.7):
+        cand = Candidates.top_k(tied, 2, temperature)
+        filtered = apply_filters(build_filters(temperature=temperature, top_k=2), tied)
+        assert cand.ids.shape == (2, 3) and torch.equal(cand.dense(cand.logits), filtered)
+    many = torch.tensor([[3.0] + [2.0] * 30])  # ties past 4k tokens: filter the full logits
+    assert Candidates.top_k(many, 2) is None
     assert Candidates.top_k(raw, 200) is None  # most of the vocabulary: a full projection is cheaper

@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=",".join(installed_backends()))
     ap.add_argument("--workloads", help="prompts x samples, comma separated, for every backend "
                     f"(default: {WORKLOADS})")
-    ap.add_argument("--extras", default="4x16", help="the workload that also runs the extra variants and dtype")
+    ap.add_argument("--extras", default="4x16", help="the workload that also runs the extra variants and dtype (none: no extras)")
     ap.add_argument("--other-dtype", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the backend's other dtype at the extras workload")
     ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part "
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
         workloads, a.extras, a.profile, a.tokens, a.rounds = {b: ["1x2", "2x2"] for b in backends}, "2x2", "2x2", 8, 1
     try:
         for ws in workloads.values():
-            for w in ws + [a.extras]:
+            for w in ws + ([a.extras] if a.extras != "none" else []):
                 parse_workload(w)
     except ValueError as exc:
         ap.error(str(exc))

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .filters import NEG_INF
 
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
 _FULL_PROJECTION_SHARE = 0.25
+_GATHER_ROWS = 32  # rows per gather of candidate output rows on CPU (see LMHead.project)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,14 @@ class LMHead:
         """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K)."""
         if ids is None:
             return (x.to(self.weight.dtype) @ self.weight.T).float()
-        return torch.einsum("rkh,rh->rk", self.weight[ids].float(), x.float())  # gathers (R, K, H)
+        # The candidates' rows of W, gathered (R, K, H) in row chunks that stay in a CPU's cache: the
+        # whole gather is tens of MB at hundreds of rows (384 x 50: 43 -> 18 ms here, same values).
+        chunk = len(ids) if x.is_cuda else _GATHER_ROWS
+        x, out = x.float(), x.new_empty(ids.shape, dtype=torch.float32)
+        for i in range(0, len(ids), chunk):
+            rows = slice(i, i + chunk)
+            out[rows] = (F.embedding(ids[rows], self.weight).float() @ x[rows, :, None])[..., 0]
+        return out
 
     def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """float32 logits ``softcap(W h + b)``, for all tokens or for candidate ids, like ``project``."""

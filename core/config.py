@@ -98,7 +98,9 @@ class EsampConfig:
     noise: bool = False  # the paper's ablation: fuse with Gaussian noise of e's norm per row instead of e
     # Run each step's update off the critical path, overlapping the next forward pass (the same
     # weights as the serial order). None: on CUDA (a side stream); off on CPU, where a worker
-    # thread measured no faster (bench.speed --overlap).
+    # thread competes with the forward pass for 2 cores: measured slower (bench.speed, variant
+    # esamp-overlap at 4x16: 0.77 of plain against the serial order's 0.89 on transformers, 0.87
+    # against 1.01 on vLLM; 2026-11-29, AMD EPYC, 2 cores).
     overlap: bool | None = None
 
     def __post_init__(self) -> None:

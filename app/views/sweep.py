@@ -27,6 +27,9 @@ class Sweep:
 st.title("Sweep")
 st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
 limits = serving.policy().limits
+history, history_error = open_history()
+if history is None:
+    st.warning(f"Sweeps are not saved: {render.md(history_error)} See the History page.")
 mode = st.radio("What to sweep", [TRADEOFF, TASK], horizontal=True)
 with st.form("sweep"):
     if mode == TRADEOFF:
@@ -63,9 +66,7 @@ if go:
     except ValueError as exc:
         st.error(render.md(exc))
         st.stop()
-    lm, (history, history_error) = settings.load_chosen_model() or st.stop(), open_history()
-    if history is None:
-        st.warning(f"This sweep is not saved: {render.md(history_error)}")
+    lm = settings.load_chosen_model() or st.stop()
     st.session_state.sweep_run = Sweep(start_job(
         lm, prompts, configs, [config_label(c) for c in configs], score=trace_perplexities if answers is None else None,
         finish=history and (lambda job: history.save(job.traces, job.perplexities))), answers)

@@ -77,7 +77,7 @@ class LMHead:
             return (x.to(self.weight.dtype) @ self.weight.T).float()
         # The candidates' rows of W, gathered (R, K, H) in row chunks that stay in a CPU's cache: the
         # whole gather is tens of MB at hundreds of rows (384 x 50: 43 -> 18 ms here, same values).
-        chunk = len(ids) if x.is_cuda else _GATHER_ROWS
+        chunk = max(len(ids), 1) if x.is_cuda else _GATHER_ROWS
         x, out = x.float(), x.new_empty(ids.shape, dtype=torch.float32)
         for i in range(0, len(ids), chunk):
             rows = slice(i, i + chunk)

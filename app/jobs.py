@@ -7,6 +7,7 @@ the model logic lives there. Streamlit is not imported here: the page polls the 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from core import LanguageModel, Progress, RunConfig, RunTrace, generate
 ABANDON_AFTER_S = float(os.environ.get("ESAMP_ABANDON_AFTER_S", 150))
 
 _running: dict[int, "Job"] = {}  # id(model) -> the job generating on it now
+log = logging.getLogger(__name__)
 
 
 
@@ -96,6 +98,9 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
                 job.current = i
                 if lm.lock.locked():
                     job.phase = "waiting"  # another session is generating on this model
+                s = cfg.sampling
+                log.info("generating run %d of %d (%s) on %s: %d prompt(s) x %d samples x %d tokens", i + 1,
+                         len(configs), job.labels[i], lm.name, len(prompts), s.n, s.max_new_tokens)
                 trace = generate(lm, prompts, cfg, progress=on_progress, cancel=job.cancel)
                 job.traces.append(trace)
                 if trace.stopped:

@@ -1,18 +1,21 @@
-"""Drawing what the pages show: escaped text, a finished comparison of runs (heatmaps, spread,
-metrics, charts, the command line that reproduces it) and a running job's live progress.
+"""Drawing what the pages show: escaped text, a finished comparison of runs (the β slider over a
+ladder, heatmaps, spread, metrics, charts, the command lines that reproduce it) and a running
+job's live progress.
 Every number comes from core/ or viz/; nothing is computed here."""
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import streamlit as st
 
 from core import DEFAULT_MODEL, RunTrace
 from core.cli import command_for
 from viz import charts, heatmap, spread
-from viz.summary import run_label, speed_ratio, summarize_runs
+from viz.style import run_colours
+from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence, run_label,
+                         speed_ratio, split_by_run, tradeoff_points)
 
 from .jobs import Job
 from .resources import embeddings, projection
@@ -38,39 +41,134 @@ def reproduce_command(trace: RunTrace) -> str:
     return command_for(trace.config, trace.prompts[0].text, model, trace.backend)
 
 
-def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None, key: str) -> None:
-    """Answers side by side with heatmaps, the spread, metrics, charts and the CLI command."""
+def nearest(values: Sequence[float], wanted: float | None, default: float = 0.5) -> float:
+    """The value closest to ``wanted`` (or to ``default``)."""
+    target = default if wanted is None else wanted
+    return min(values, key=lambda v: (abs(v - target), v))
+
+
+def picked_answer(points: Sequence[dict]) -> str | None:
+    """The answer a click on the spread selected ("run:sample", the point's customdata), if any."""
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, str):
+            return data
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], str):
+            return data[0]
+    return None
+
+
+def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None, key: str,
+               beta: float | None = None, on_beta: Callable[[float], None] | None = None, run_key: str = "") -> None:
+    """A run of several settings on one prompt: a β slider over the ladder (no generation: every
+    run is here already), plain vs the chosen β side by side as heatmaps, one map of every answer,
+    where this β sits on diversity vs perplexity, metrics with bootstrap intervals and whether a
+    difference is beyond noise, charts and the command lines that reproduce the runs.
+
+    ``beta``: where the slider starts; ``on_beta``: called when it moves; ``run_key``: tells this
+    run's widgets from another run's (a slider's values change with the ladder)."""
     labels = [run_label(t) for t in traces]
-    signal = signal_picker(f"{key}_signal")
-    value_range = heatmap.signal_range(traces, signal)
+    rungs = ladder(traces)
     prompts = traces[0].prompts
+    c1, c2, c3 = st.columns([4, 2, 2])
+    current = None
+    if len(rungs) > 1:
+        slider = f"{key}_beta{run_key}"
+        current = c1.select_slider(
+            "Exploration strength β", list(rungs), value=nearest(list(rungs), beta), key=slider,
+            format_func=lambda b: f"{b:g}" + (" (plain)" if b == 0 else ""),
+            on_change=on_beta and (lambda: on_beta(st.session_state[slider])),
+            help="Every β of the ladder was generated with the same seed: moving this never generates again.")
+    elif rungs:
+        current = next(iter(rungs))
+    with c2:
+        signal = signal_picker(f"{key}_signal")
     prompt_index = 0
     if len(prompts) > 1:
-        prompt_index = st.selectbox("Prompt", range(len(prompts)), format_func=lambda i: prompts[i].text[:80],
+        prompt_index = c3.selectbox("Prompt", range(len(prompts)), format_func=lambda i: prompts[i].text[:80],
                                     key=f"{key}_prompt")
-    for col, t, label in zip(st.columns(len(traces)), traces, labels):
-        with col:
-            st.subheader(label)
-            st.caption(f"{t.timings.tokens_per_s:.1f} tokens/s · {t.timings.new_tokens} tokens · {t.backend} · "
-                       f"{t.device} · {t.dtype}" + (" · stopped early" if t.stopped else ""))
-            idx = [i for i, s in enumerate(t.samples) if s.prompt_index == prompt_index]
-            st.html(heatmap.heatmap_html(t, signal, samples=idx, value_range=value_range))
+    now, base = rungs.get(current), rungs.get(0.0)
+    shown = list(dict.fromkeys(i for i in (base, now) if i is not None)) or list(range(len(traces)))
+
+    # One embedding per answer of every run; the map and the intervals use this prompt's answers.
     texts = tuple(s.text for t in traces for s in t.samples)
-    groups = [label for t, label in zip(traces, labels) for _ in t.samples]
-    st.subheader("Semantic spread")
-    st.plotly_chart(spread.spread_figure(texts, groups, projection(texts, 0)), key=f"{key}_spread")
+    per_run = split_by_run(traces, embeddings(texts))
+    stats = [diversity(t, e, perplexities[i] if perplexities else None, prompt_index)
+             for i, (t, e) in enumerate(zip(traces, per_run))]
+    answers = [(i, j) for i, t in enumerate(traces) for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]
+    prompt_emb = [e[[j for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]]
+                  for t, e in zip(traces, per_run)]
+
+    if now is not None and base is not None and now != base:
+        st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now]))
+    focus = now if now is not None else shown[-1]
+    for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
+        col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
+
+    value_range = heatmap.signal_range(traces, signal)
+    for col, i in zip(st.columns(len(shown)), shown):
+        with col:
+            _answers(traces[i], labels[i], signal, prompt_index, value_range)
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Semantic spread")
+        prompt_texts = tuple(traces[i].samples[j].text for i, j in answers)
+        figure = spread.spread_figure(prompt_texts, [labels[i] for i, _ in answers], projection(prompt_texts, 0),
+                                      highlight=labels[focus], keys=[f"{i}:{j}" for i, j in answers],
+                                      colours=run_colours(colour_order(traces)))
+        chart, opened = f"{key}_spread{run_key}", f"{key}_open{run_key}"
+
+        def on_pick():
+            picked = picked_answer(st.session_state[chart].selection.points)
+            if picked is not None:
+                st.session_state[opened] = picked
+
+        st.plotly_chart(figure, key=chart, on_select=on_pick, selection_mode="points")
+    with right:
+        st.subheader("Where this β sits")
+        st.plotly_chart(charts.sweep_figure(tradeoff_points(traces, stats), current_point(current or 0.0), height=440),
+                        key=f"{key}_tradeoff{run_key}")
+    options = [f"{i}:{j}" for i, j in answers]
+    choice = st.selectbox("Open an answer (or click a point in the spread)", [None, *options], key=opened,
+                          format_func=lambda o: "–" if o is None else _answer_name(traces, labels, o))
+    if choice is not None:
+        i, j = map(int, choice.split(":"))
+        st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
+
     st.subheader("Metrics")
-    st.dataframe([s.as_row() for s in summarize_runs(traces, embeddings(texts), perplexities)], hide_index=True)
-    ratio = speed_ratio(traces)
+    st.caption(f"For this prompt's answers; 95% intervals by bootstrap over the answers. ▶ marks β = {current:g}."
+               if current is not None else "For this prompt's answers; 95% intervals by bootstrap over the answers.")
+    st.dataframe([d.as_row(i == focus) for i, d in enumerate(stats)], hide_index=True)
+    ratio = speed_ratio([traces[i] for i in shown])
     if ratio is not None:
         st.caption(f"ESamp speed relative to plain sampling in this run: {ratio:.3f} "
                    "(plain ran its distiller in shadow to log novelty; see bench/ for the clean ratio)")
+    others = [i for i in range(len(traces)) if i not in shown]
+    if others:
+        with st.expander(f"The other {len(others)} runs' answers"):
+            for i in others:
+                _answers(traces[i], labels[i], signal, prompt_index, value_range)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(traces, labels), key=f"{key}_loss")
-    c2.plotly_chart(charts.novelty_figure(traces, labels, relative=True), key=f"{key}_novelty")
+    c1.plotly_chart(charts.loss_figure([traces[i] for i in shown], [labels[i] for i in shown]), key=f"{key}_loss")
+    c2.plotly_chart(charts.novelty_figure([traces[i] for i in shown], [labels[i] for i in shown], relative=True),
+                    key=f"{key}_novelty")
     st.caption("Reproduce from the command line:")
-    for t in traces:
-        st.code(reproduce_command(t), language="bash")
+    for i in shown:
+        st.code(reproduce_command(traces[i]), language="bash")
+
+
+def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_range: tuple[float, float]) -> None:
+    st.subheader(label)
+    st.caption(f"{trace.timings.tokens_per_s:.1f} tokens/s · {trace.timings.new_tokens} tokens · {trace.backend} · "
+               f"{trace.device} · {trace.dtype}" + (" · stopped early" if trace.stopped else ""))
+    idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
+    st.html(heatmap.heatmap_html(trace, signal, samples=idx, value_range=value_range))
+
+
+def _answer_name(traces: Sequence[RunTrace], labels: Sequence[str], option: str) -> str:
+    i, j = map(int, option.split(":"))
+    return f"{labels[i]} · answer {j + 1}: {traces[i].samples[j].text[:60]}"
 
 
 def job_status(job: Job) -> str:

@@ -4,35 +4,52 @@ embeddings and projections of answers."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from core import LanguageModel, load_model
-from core.config import BACKENDS
 from viz import spread
 
 from . import serving
 from .history import History, HistoryError, default_path
 
 
+# Loading a model and loading the embedder both import from transformers, whose lazy module is not
+# safe to import from two threads at once ("cannot import name 'AutoConfig'"): one load at a time.
+_loading = threading.Lock()
+
+
 @st.cache_resource(show_spinner="Loading the model (the first time converts the embedded GGUF, ~1 min)…")
 def get_model(name: str, backend: str = "transformers", safetensors_only: bool = False) -> LanguageModel:
     """One copy per model name and backend; ``""`` is the embedded default. Remote code never runs."""
-    return load_model(name or None, backend=backend, safetensors_only=safetensors_only)
+    with _loading:
+        return load_model(name or None, backend=backend, safetensors_only=safetensors_only)
 
 
-def backends() -> list[str]:
-    """The backends this installation has: vLLM is optional."""
-    return [b for b in BACKENDS if b != "vllm" or importlib.util.find_spec("vllm") is not None]
 
 
 @st.cache_resource(show_spinner="Loading the sentence embedder…")
 def get_embedder():
-    return spread.load_embedder()
+    with _loading:
+        return spread.load_embedder()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Load the embedder and compile UMAP (numba: ~18 s on 2 cores) once per process, in the
+    background, so that the first Generate does not wait for them."""
+    def work():
+        with _loading:
+            embedder = spread.load_embedder()
+        spread.project_2d(spread.embed([f"warm-up {i}" for i in range(spread.MIN_UMAP_POINTS)], embedder))
+
+    thread = threading.Thread(target=work, name="esamp-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def history_path() -> Path:

@@ -25,6 +25,7 @@ _TRUE = {"1", "true", "yes", "on"}
 class Limits:
     max_n: int = 16  # samples per prompt; these keep the app responsive on a 2-core CPU
     max_new_tokens: int = 256
+    max_rungs: int = 8  # runs in one Generate (β ladder and temperatures together): each is a generation
     max_prompt_chars: int = 4000
     max_upload_mb: float = 1.0  # a task file
     max_runs: int | None = None  # runs kept in the history; None: all
@@ -79,6 +80,7 @@ def from_environment(env=None) -> Policy:
     d = Limits()
     limits = Limits(max_n=_number(env, "ESAMP_MAX_N", d.max_n),
                     max_new_tokens=_number(env, "ESAMP_MAX_NEW_TOKENS", d.max_new_tokens),
+                    max_rungs=_number(env, "ESAMP_MAX_RUNGS", d.max_rungs),
                     max_prompt_chars=_number(env, "ESAMP_MAX_PROMPT_CHARS", d.max_prompt_chars),
                     max_upload_mb=_number(env, "ESAMP_MAX_UPLOAD_MB", d.max_upload_mb, float),
                     max_runs=_number(env, "ESAMP_MAX_RUNS", d.max_runs))

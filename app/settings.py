@@ -4,19 +4,20 @@ parameter is defined once, in ``FIELDS``."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import streamlit as st
 
-from core import DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, encode_prompts
+from core import DEFAULT_MODEL, LanguageModel, RunConfig, SamplingConfig, beta_ladder, encode_prompts, temperature_ladder
+from core.backends import installed_backends
+from core.config import MAX_BETA
 from core.tasks import Task, tasks_from_jsonl
 
 from . import serving
-from .render import md
-from .resources import backends, get_model
+from .render import md, nearest
+from .resources import get_model
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,19 @@ class ModelChoice:
 
 @dataclass(frozen=True)
 class Settings:
-    prompt: str
-    config: RunConfig  # ESamp's; the other methods reuse its sampling settings
+    """One Generate: the prompt, the sampling settings, the β ladder and the plain temperatures."""
 
-    def for_method(self, method: str) -> RunConfig:
-        return dataclasses.replace(self.config, method=method)
+    prompt: str
+    config: RunConfig  # the sampling settings every run shares
+    ladder: tuple[float, ...]  # β values: plain sampling at 0, ESamp above
+    temperatures: tuple[float, ...] = ()  # plain sampling at these temperatures too (optional)
+    beta: float = 0.5  # where the slider stands
+
+    def configs(self) -> list[RunConfig]:
+        """The runs, in order: the β ladder, then the temperatures not already on it (plain at the
+        sampling temperature is the ladder's β = 0)."""
+        temperatures = [t for t in self.temperatures if t != self.config.sampling.temperature]
+        return beta_ladder(self.config, self.ladder) + temperature_ladder(self.config, temperatures)
 
 
 @dataclass(frozen=True)
@@ -50,20 +59,56 @@ def _sampling(name: str) -> Callable[[ModelChoice, Settings], Any]:
     return lambda m, s: getattr(s.config.sampling, name)
 
 
+def _numbers(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+# The defaults of the first Generate, chosen by `python -m bench.demo` (README, "The default demo"):
+# about 16 s warm on 2 cores with vLLM, and ESamp more diverse than plain beyond the noise of 16
+# answers at β = 0.5 on most seeds. vLLM when it is installed: a Generate takes 2/3 of transformers'.
 FIELDS = [
     Field("model", str, "", lambda m, s: m.name),
-    Field("backend", str, "transformers", lambda m, s: m.backend),
+    Field("backend", str, installed_backends()[-1], lambda m, s: m.backend),
     Field("prompt", str, "Describe a city in the year 3000.", lambda m, s: s.prompt),
-    Field("n", int, 4, _sampling("n")),
-    Field("tokens", int, 48, _sampling("max_new_tokens")),
+    Field("n", int, 16, _sampling("n")),
+    Field("tokens", int, 32, _sampling("max_new_tokens")),
+    Field("ladder", str, "0,0.25,0.5,1", lambda m, s: _numbers(s.ladder)),
+    Field("temps", str, "", lambda m, s: _numbers(s.temperatures)),
     Field("T", float, 1.0, _sampling("temperature")),
     Field("top_k", int, 50, _sampling("top_k")),
     Field("top_p", float, 1.0, _sampling("top_p")),
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
-    Field("beta", float, 0.25, lambda m, s: s.config.esamp.beta),
+    Field("beta", float, 0.5, lambda m, s: s.beta),
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]
+DEFAULTS = {f.key: f.default for f in FIELDS}
+
+
+def parse_numbers(text: str, name: str, lo: float, hi: float, most: int) -> tuple[float, ...]:
+    """Comma- or space-separated numbers, each in [lo, hi], sorted without repeats, at most ``most``;
+    ValueError says which one is wrong."""
+    values = []
+    for word in text.replace(",", " ").split():
+        try:
+            v = float(word)
+        except ValueError:
+            raise ValueError(f"{name}: {word!r} is not a number.") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f"{name}: {word} is outside {lo:g} to {hi:g}.")
+        values.append(v)
+    values = sorted(set(values))
+    if len(values) > most:
+        raise ValueError(f"{name}: {len(values)} values; at most {most} fit one Generate.")
+    return tuple(values)
+
+
+def parse_ladder(text: str, most: int = 8) -> tuple[float, ...]:
+    """The β ladder from its text ("0, 0.1, 0.25"): at least one value, each 0 to ``MAX_BETA``."""
+    ladder = parse_numbers(text, "β ladder", 0.0, MAX_BETA, most)
+    if not ladder:
+        raise ValueError("β ladder: give at least one value, e.g. 0, 0.25, 0.5.")
+    return ladder
 
 
 def url_values() -> dict[str, Any]:
@@ -88,8 +133,8 @@ def set_url(model: ModelChoice, settings: Settings) -> None:
 def model_picker() -> None:
     """The model and backend every page runs on, in the sidebar (first defaults from the URL).
     A served app offers only its own list: a typed name or path would load any file on its disk."""
-    url, options, policy = url_values(), backends(), serving.policy()
-    st.session_state.setdefault("model_backend", url["backend"] if url["backend"] in options else options[0])
+    url, options, policy = url_values(), installed_backends(), serving.policy()
+    st.session_state.setdefault("model_backend", url["backend"] if url["backend"] in options else DEFAULTS["backend"])
     if policy.served:
         allowed = policy.allowed_models()
         if st.session_state.get("model_name") not in allowed:
@@ -108,7 +153,7 @@ def model_picker() -> None:
 
 def chosen_model() -> ModelChoice:
     return ModelChoice(st.session_state.get("model_name", "").strip(),
-                       st.session_state.get("model_backend", "transformers"))
+                       st.session_state.get("model_backend", DEFAULTS["backend"]))
 
 
 def load_chosen_model(slot=None) -> LanguageModel | None:
@@ -136,8 +181,14 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         prompt_error = st.empty()
         mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
                         help="chat wraps the prompt in the model's chat template")
-        beta = st.slider("Exploration strength β", 0.0, 1.0, float(_clamp(d["beta"], 0.0, 1.0)), 0.05,
-                         help="0 = plain sampling; the paper's default is 0.25")
+        c1, c2 = st.columns(2)
+        ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200,
+                                    help="One run per β, same seed: 0 is plain sampling, the paper's default is "
+                                         "0.25. Afterwards the β slider moves between them without generating again.")
+        temps_text = c2.text_input("Also plain sampling at temperatures (optional)", d["temps"], max_chars=200,
+                                   placeholder="e.g. 0.7, 1.3, 1.6",
+                                   help="To see where ESamp's curve lies against temperature's, for this prompt.")
+        ladder_error = st.empty()
         c1, c2, c3 = st.columns(3)
         n = c1.number_input("Samples per prompt (n)", 1, limits.max_n, int(_clamp(d["n"], 1, limits.max_n)))
         tokens = c2.number_input("Max new tokens", 1, limits.max_new_tokens,
@@ -156,12 +207,18 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         prompt_error.error("Write a prompt first: it is empty.")
         return None
     try:
-        config = RunConfig(method="esamp", chat=mode == "chat", esamp=EsampConfig(beta=float(beta)),
+        ladder = parse_ladder(ladder_text, limits.max_rungs)
+        temperatures = parse_numbers(temps_text, "Temperatures", 0.05, 5.0, limits.max_rungs)
+        config = RunConfig(method="esamp", chat=mode == "chat",
                            sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), temperature=float(temperature),
                                                    top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
                                                    seed=int(seed)))
+        chosen = Settings(prompt, config, ladder, temperatures, nearest(ladder, d["beta"]))
+        if len(chosen.configs()) > limits.max_rungs:
+            raise ValueError(f"{len(chosen.configs())} runs (β values and temperatures together); this server "
+                             f"runs at most {limits.max_rungs} in one Generate.")
     except ValueError as exc:
-        st.error(md(exc))
+        ladder_error.error(md(exc))
         return None
     lm = load_chosen_model(model_error)
     if lm is None:
@@ -171,7 +228,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     except ValueError as exc:
         prompt_error.error(md(exc))
         return None
-    return Settings(prompt, config), lm
+    return chosen, lm
 
 
 def read_task_file(data: bytes, max_mb: float) -> list[Task]:

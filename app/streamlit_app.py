@@ -2,12 +2,25 @@
 
 Runs before every page: the model choice in the sidebar is one choice shared by all pages."""
 
+import logging
+import os
+
 import streamlit as st
 
 from app import serving
 from app.render import md
 from app.settings import model_picker
 
+# The app's own log (each generation it starts) on the server's stderr, once per process (this script
+# reruns on every interaction); ESAMP_LOG_LEVEL=WARNING quiets it.
+_log = logging.getLogger("app")
+if not _log.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    _log.addHandler(_handler)
+    _log.propagate = False
+    _level = os.environ.get("ESAMP_LOG_LEVEL", "INFO").upper()
+    _log.setLevel(_level if isinstance(logging.getLevelName(_level), int) else logging.INFO)
 st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide")
 try:
     serving.policy()

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
+from core.backends import installed_backends
 from core.esamp.distiller import DESIGNS, Design, DistillerBank
 from core.esamp.fusion import novelty
 from viz.charts import learning_curves_figure
@@ -38,7 +39,6 @@ from viz.report import write_images
 from viz.summary import quarter_means, trace_quarters
 
 from .quality import machine
-from .speed import installed_backends
 
 PROMPTS = ["Describe a city in the year 3000.", "Explain how a refrigerator works."]
 WIDTHS = (64, 384)  # the default and the paper's

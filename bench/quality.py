@@ -14,7 +14,6 @@ Runs on vLLM when it is installed (several times faster here), else on transform
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
+from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
 from viz import charts, spread
@@ -50,7 +50,7 @@ def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
 
 
 def default_backend() -> str:
-    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    return installed_backends()[-1]  # vLLM when installed
 
 
 def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:

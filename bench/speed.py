@@ -26,7 +26,6 @@ reports where each step's time goes, by part, for plain and ESamp at one workloa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
+from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.backends.hf.loop import left_pad
 from core.esamp.clock import PARTS
@@ -155,10 +155,6 @@ def vllm_native(lm, prompts, n, tokens, seed) -> float:
     seconds = time.perf_counter() - t0
     assert sum(len(c.token_ids) for o in outs for c in o.outputs) == len(prompts) * n * tokens
     return seconds
-
-
-def installed_backends() -> list[str]:
-    return ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
 
 
 def other_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -9,11 +9,11 @@ ESamp or FIRE, and log per-token novelty. No Streamlit, no plotting here.
 from .backends import answer_logprobs, generate, load_model
 from .backends.base import LanguageModel, ModelLoadError, Progress, UnsupportedArchitectureError, encode_prompts
 from .backends.embedded import DEFAULT_MODEL
-from .config import EsampConfig, FireConfig, RunConfig, SamplingConfig
+from .config import EsampConfig, FireConfig, RunConfig, SamplingConfig, beta_ladder, temperature_ladder
 from .trace import RunTrace
 
 __all__ = [
     "DEFAULT_MODEL", "EsampConfig", "FireConfig", "LanguageModel", "ModelLoadError", "Progress", "RunConfig",
-    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "encode_prompts", "generate",
-    "load_model",
+    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "beta_ladder", "encode_prompts",
+    "generate", "load_model", "temperature_ladder",
 ]

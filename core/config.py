@@ -7,8 +7,8 @@ Each field's comment says why its default is what it is. A neutral value (``top_
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
 
 METHODS = ("plain", "esamp", "fire")
 BACKENDS = ("transformers", "vllm")  # core/backends/hf/, core/backends/vllm/ (optional: needs vLLM)
@@ -169,3 +169,18 @@ class RunConfig:
             chat=d["chat"],
             trace=d.get("trace", "full"),
         )
+
+
+def beta_ladder(config: RunConfig, betas: Sequence[float]) -> list[RunConfig]:
+    """One run per β, in the order given, each with ``config``'s sampling settings and seed: ESamp at
+    β > 0, plain sampling at β = 0 (its distiller in shadow, so its novelty is logged too)."""
+    if not betas:
+        raise ValueError("A β ladder needs at least one value.")
+    return [replace(config, method="esamp" if b > 0 else "plain", esamp=replace(config.esamp, beta=float(b)))
+            for b in betas]
+
+
+def temperature_ladder(config: RunConfig, temperatures: Sequence[float]) -> list[RunConfig]:
+    """Plain sampling at each temperature, with ``config``'s other settings and seed."""
+    return [replace(config, method="plain", esamp=replace(config.esamp, beta=0.0),
+                    sampling=replace(config.sampling, temperature=float(t))) for t in temperatures]

@@ -1,5 +1,6 @@
 """The Streamlit pages driven by AppTest on the embedded model, with tiny settings."""
 
+import json
 import time
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.render import md
+from app.settings import DEFAULTS, parse_ladder
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 PAGES = str(Path(APP).parent / "views")
@@ -37,8 +39,11 @@ def run_until(at: AppTest, done, timeout: float = 300) -> AppTest:
 
 
 def open_page(name: str) -> AppTest:
-    """A page of the app, through its entry point (which draws the sidebar's model choice)."""
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    """A page of the app, through its entry point (which draws the sidebar's model choice), on the
+    transformers backend (the one the test session's other tests load)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["backend"] = "transformers"
+    at.run()
     at.switch_page(f"{PAGES}/{name}.py")
     return at.run()
 
@@ -49,7 +54,7 @@ def texts(at: AppTest) -> str:
 
 def explore(prompt="Name a colour.", **params) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in {"n": 2, "tokens": 8, "seed": 0, **params}.items():
+    for k, v in {"n": 2, "tokens": 8, "seed": 0, "ladder": "0,0.25", "backend": "transformers", **params}.items():
         at.query_params[k] = str(v)
     at.run()
     assert not at.exception, at.exception
@@ -58,37 +63,93 @@ def explore(prompt="Name a colour.", **params) -> AppTest:
     return run_until(at, lambda a: "Saved as run" in texts(a))
 
 
-def test_explore_generates_esamp_and_plain_side_by_side():
+def test_explore_generates_plain_and_esamp_side_by_side():
     at = explore()
     assert not at.exception, at.exception
     assert "Saved as run" in texts(at)
-    assert [h.value for h in at.subheader][:2] == ["esamp β=0.25", "plain"]
+    assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=0.25"]
     htmls = [h for h in at.get("html")]
     assert len(htmls) == 2 and all("esx-tok" in h.proto.body for h in htmls)
-    assert len(at.get("plotly_chart")) == 3  # spread, loss, novelty
+    assert len(at.get("plotly_chart")) == 4  # spread, where this β sits, loss, novelty
     assert any("python -m core generate" in c.value for c in at.code)
-    assert at.query_params["prompt"] == "Name a colour." and at.query_params["beta"] == "0.25"  # shareable URL
+    assert at.query_params["prompt"] == "Name a colour." and at.query_params["ladder"] == "0,0.25"  # shareable URL
+    assert at.query_params["beta"] == "0.25"
 
 
-def test_explore_runs_on_the_vllm_backend():
-    pytest.importorskip("vllm")
-    at = explore(backend="vllm")
+def spy_on_generate(monkeypatch) -> list:
+    """Every call the app's jobs make into core.generate (the real one runs)."""
+    import app.jobs
+
+    calls, real = [], app.jobs.generate
+    monkeypatch.setattr(app.jobs, "generate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    return calls
+
+
+def metric_values(at: AppTest) -> list[str]:
+    return [m.value for m in at.metric]
+
+
+def test_the_beta_slider_moves_across_the_ladder_without_generating_again(monkeypatch):
+    calls = spy_on_generate(monkeypatch)
+    at = explore(n=3, tokens=8, ladder="0, 0.5, 0.25", temps="1.3")
     assert not at.exception, at.exception
-    assert [h.value for h in at.subheader][:2] == ["esamp β=0.25", "plain"]
-    assert all("esx-tok" in h.proto.body for h in at.get("html"))
-    assert any("--backend vllm" in c.value for c in at.code)
-    assert at.query_params["backend"] == "vllm"
+    assert [c.beta for c in calls] == [0.0, 0.25, 0.5, 0.0]  # the ladder, sorted, then plain at T=1.3
+    assert calls[-1].sampling.temperature == 1.3 and at.query_params["temps"] == "1.3"
+    slider = at.select_slider[0]
+    assert slider.options == ["0 (plain)", "0.25", "0.5"] and slider.value == 0.5  # opens at the URL's β
+    seen = []
+    for beta in (0.0, 0.5, 0.25):
+        at.select_slider[0].set_value(beta).run()
+        assert not at.exception, at.exception
+        label = "plain" if beta == 0 else f"esamp β={beta:g}"
+        shown = ["plain"] if beta == 0 else ["plain", label]  # at β = 0 plain alone, else beside ESamp
+        assert [h.value for h in at.subheader][:len(shown) + 1] == [*shown, "Semantic spread"]
+        heatmaps = tuple(h.proto.body for h in at.get("html")[:len(shown)])  # the others are in an expander
+        answers = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if "customdata" in t]
+        assert answers[-1]["name"] == label and answers[-1]["marker"]["size"] > answers[0]["marker"]["size"]
+        seen.append((heatmaps, tuple(metric_values(at)), at.query_params["beta"]))
+        table = at.dataframe[0].value
+        assert list(table["run"][table[""] == "▶"]) == ["plain" if beta == 0 else f"esamp β={beta:g}"]
+    assert len({s[0] for s in seen}) == 3 and len({s[1] for s in seen}) == 3  # heatmaps and metrics followed
+    assert [s[2] for s in seen] == ["0", "0.5", "0.25"]  # the URL follows the slider
+    assert len(calls) == 4  # and nothing was generated again
+    assert any("plain" in i.value and "noise" in i.value for i in at.info)  # the sentence on noise
 
 
-def test_changing_the_heatmap_signal_does_not_regenerate():
-    at = explore()
-    before = [h.proto.body for h in at.get("html")]
-    run_id = [s.value for s in at.success]
-    next(b for b in at.selectbox if b.label == "Colour tokens by").select("logp_gain").run()
+def test_an_answer_opens_from_the_spread_with_its_heatmap():
+    at = explore(n=3, ladder="0,1")
+    job = at.session_state["explore_job"]
+    picker = next(s for s in at.selectbox if s.label.startswith("Open an answer"))
+    assert picker.value is None and len(picker.options) == 1 + 6  # none, then every answer of both runs
+    picker.select("1:2").run()
+    assert not at.exception, at.exception
+    opened = at.get("html")[-1].proto.body
+    assert len(at.get("html")) == 3 and job.traces[1].samples[2].tokens[0].text.strip()[:3] in opened
+
+
+@pytest.mark.parametrize("points, picked", [
+    ([], None), ([{"point_index": 0}], None), ([{"customdata": "1:2"}], "1:2"),
+    ([{"customdata": None}, {"customdata": ["0:3"]}], "0:3")])
+def test_a_click_on_the_spread_names_the_answer_under_it(points, picked):
+    from app.render import picked_answer
+
+    assert picked_answer(points) == picked
+
+
+@pytest.mark.parametrize("ladder, temps, error", [
+    ("", "", "at least one value"), ("0, x", "", "'x' is not a number"), ("0, 20", "", "outside 0 to 10"),
+    ("0,1,2,3,4,5,6,7,8", "", "at most 8"), ("0, 0.5", "0.7 1.3 1.6 2 2.5 3 3.5", "at most 8 in one Generate"),
+    ("0", "abc", "Temperatures: 'abc'")])
+def test_a_bad_ladder_is_refused_next_to_the_widget(monkeypatch, ladder, temps, error):
+    calls = spy_on_generate(monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    fields = {t.label: t for t in at.text_input}
+    fields["β ladder"].input(ladder)
+    fields["Also plain sampling at temperatures (optional)"].input(temps)
+    at.button[0].click().run()
     assert not at.exception
-    assert [s.value for s in at.success] == run_id  # same run, nothing new generated
-    after = [h.proto.body for h in at.get("html")]
-    assert after != before and "log p gain" in after[0]
+    assert any(error in e.value.replace("\\", "") for e in at.error), [e.value for e in at.error]
+    assert calls == []
 
 
 def test_an_empty_prompt_is_refused_next_to_the_widget():
@@ -112,7 +173,8 @@ def test_history_reopens_a_saved_run_with_its_pictures():
     at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
-    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 3
+    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 4
+    assert at.select_slider[0].options == ["0 (plain)", "0.25"]  # the ladder reopens with its slider
 
 
 def test_sweep_beta_and_temperature():
@@ -142,12 +204,20 @@ def test_sweep_task_mode_shows_pass_at_k():
 
 def test_learn_page_steps_through_a_fusion():
     at = open_page("learn")
-    at.slider[1].set_value(6)
+    at.slider[0].set_value(6)
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
-    assert any("fusion step" in h.value for h in at.subheader)
+    assert any("fusion step at β = 0.5" in h.value for h in at.subheader)
     assert len(at.get("plotly_chart")) == 2 and len(at.get("html")) == 1
+    job = at.session_state["learn_job"]
+    assert tuple(t.config.beta for t in job.traces) == parse_ladder(DEFAULTS["ladder"])  # the default ladder
+    before = at.dataframe[0].value
+    at.select_slider[0].set_value(0.0).run()  # one slider in front of the class: no new generation
+    assert not at.exception and at.session_state["learn_job"] is job
+    assert any("fusion step at β = 0:" in h.value for h in at.subheader)
+    after = at.dataframe[0].value
+    assert list(after["p before"]) == list(after["p after"]) and not before.equals(after)
 
 
 def test_markdown_escaping_leaves_no_link_image_or_tag():
@@ -203,7 +273,8 @@ def test_history_reproduces_a_run_of_another_model_with_its_model(tiny_model_dir
 def test_learn_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir):
     at = open_page("learn")
     at.sidebar.text_input[0].input(tiny_model_dir)
-    at.slider[1].set_value(4)
+    at.text_input[1].input("0,0.5")
+    at.slider[0].set_value(4)
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
@@ -260,7 +331,7 @@ def test_every_page_renders_with_a_damaged_history_and_says_so(damaged_db, page)
 
 def test_explore_still_generates_with_a_damaged_history(damaged_db):
     at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(n="2", tokens="4")
+    at.query_params.update(n="2", tokens="4", ladder="0,0.25", backend="transformers")
     at.run()
     at.button[0].click()
     run_until(at, lambda a: "Done." in texts(a))
@@ -280,15 +351,16 @@ def test_history_moves_a_damaged_file_aside_and_starts_fresh(damaged_db):
 
 def test_hostile_url_parameters_are_clamped_and_the_page_renders():
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in {"beta": "1e9", "n": "100000", "tokens": "-5", "T": "nan", "seed": "abc", "top_p": "0",
+    for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan", "seed": "abc", "top_p": "0",
                  "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc", "prompt": "x" * 100_000}.items():
         at.query_params[k] = v
     at.run()
     assert not at.exception, at.exception
-    assert at.slider[0].value == 1.0  # beta, clamped to the slider
+    fields = {t.label: t.value for t in at.text_input}
+    assert fields["β ladder"] == "<script>" and fields["Also plain sampling at temperatures (optional)"] == "1e99"
     n, tokens, seed, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
     assert (n, tokens, seed, top_k) == (16, 1, 0, 0) and temperature == 1.0 and top_p == 0.01 and min_p == 0.0
-    assert len(at.text_area[0].value) == 4000 and at.sidebar.selectbox[0].value == "transformers"
+    assert len(at.text_area[0].value) == 4000 and at.sidebar.selectbox[0].value == DEFAULTS["backend"]
 
 
 def test_a_bad_server_setting_is_named_on_the_page(monkeypatch):
@@ -310,7 +382,7 @@ def served(monkeypatch, tiny_model_dir):
 
 def test_a_served_app_offers_only_its_models_and_its_limits(served):
     at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(model="/etc", n="10", tokens="200")
+    at.query_params.update(model="/etc", n="10", tokens="200", ladder="0,0.25", backend="transformers")
     at.run()
     assert not at.exception, at.exception
     assert not at.sidebar.text_input  # no free-form model name or path

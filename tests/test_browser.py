@@ -5,19 +5,19 @@ import os
 import re
 import shutil
 import sqlite3
-import socket
 import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.screenshot import launch, start_app
+from bench.screenshot import stop_app as stop_server
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
+TWO_RUNS = {"ladder": "0,0.25", "backend": "transformers"}  # plain and ESamp β=0.25: a small Generate
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -25,35 +25,11 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (./run test installs it)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(db: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "ESAMP_HISTORY_DB": str(db), **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy: " + proc.stdout.read().decode()[-2000:])
-    return proc, url
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        return start_app(db, **env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +49,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        b = launch(p)
         yield b
         b.close()
 
@@ -111,15 +85,15 @@ def generate(browser, url, query, tmp_path, name):
 
 
 def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
-    page, _ = generate(browser, server, {"prompt": "Name a colour.", "n": 2, "tokens": 8}, tmp_path, "explore")
-    assert page.locator(".esx-sample").count() == 4  # 2 samples x (esamp, plain)
+    page, _ = generate(browser, server, {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}, tmp_path, "explore")
+    assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("relative novelty")
     assert page.locator(".js-plotly-plot").count() >= 3
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
 
 def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, tmp_path):
-    query = {"prompt": XSS, "n": 2, "tokens": 24, "top_k": 1, "raw": 1}  # greedy: it repeats the markup
+    query = {"prompt": XSS, "n": 2, "tokens": 24, "top_k": 1, "raw": 1, **TWO_RUNS}  # greedy: it repeats the markup
     page, dialogs = generate(browser, server, query, tmp_path, "xss")
     text = page.locator(".esx-text").first.inner_text()
     assert "<script>alert(2)</script>" in text and 'onerror="alert(1)"' in text
@@ -132,7 +106,7 @@ def test_a_run_survives_a_restart_and_reopens_with_its_pictures(browser, tmp_pat
     db = tmp_path / "h.sqlite3"
     proc, url = start_server(db)
     try:
-        page, _ = generate(browser, url, {"prompt": "Name a tree.", "n": 2, "tokens": 6}, tmp_path, "before")
+        page, _ = generate(browser, url, {"prompt": "Name a tree.", "n": 2, "tokens": 6, **TWO_RUNS}, tmp_path, "before")
         first_answer = page.locator(".esx-text").first.inner_text()
     finally:
         stop_server(proc)
@@ -177,9 +151,9 @@ def prompts_of_run(db: Path, run_id: int) -> set[str]:
 def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, browser):
     """The second session waits for the first (one generation at a time per model), says what it waits
     for, then runs; each page shows and saves its own prompt's run, nothing mixed."""
-    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": 64})
+    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": 64, **TWO_RUNS})
     a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
-    b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6})
+    b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6, **TWO_RUNS})
     b.wait_for_selector("text=waiting for another session's run", timeout=60_000)
     run_a, run_b = saved_run_id(a), saved_run_id(b)
     assert run_a != run_b
@@ -196,10 +170,10 @@ def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):
     db = tmp_path / "h.sqlite3"
     proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="3")
     try:
-        a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": 256})
+        a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": 256, **TWO_RUNS})
         a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
         a.context.close()  # the user closes the tab mid-run
-        b, _ = start_generating(browser, url, {"prompt": "Name a bird.", "n": 2, "tokens": 4})
+        b, _ = start_generating(browser, url, {"prompt": "Name a bird.", "n": 2, "tokens": 4, **TWO_RUNS})
         run_b = saved_run_id(b)  # would wait for all 2 x 4 x 256 tokens of the closed tab without the watch
         assert prompts_of_run(db, run_b) == {"Name a bird."}
         with sqlite3.connect(db) as con:
@@ -245,3 +219,53 @@ def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, br
     assert page.locator("img[src=x]").count() == 0 and dialogs == []
     assert payload in page.locator("body").inner_text()  # shown, as text
     page.context.close()
+
+
+SPREAD_HIGHLIGHT = """() => {
+  const plot = document.querySelector('.js-plotly-plot');  // the spread is the page's first chart
+  const answers = plot && plot.data ? plot.data.filter(t => t.customdata) : [];
+  return answers.length ? answers[answers.length - 1].name : null;  // the current run is drawn last
+}"""
+
+
+def test_the_beta_slider_redraws_everything_without_generating_again(browser, tmp_path):
+    """Generate a four-β ladder once, move the slider across every β: the heatmaps, the spread's
+    highlighted run and the metrics change each time while the server's log counts four
+    generations; then a click on a point of the spread opens that answer."""
+    from playwright.sync_api import expect
+
+    proc, url = start_server(tmp_path / "h.sqlite3")
+    try:
+        query = {"prompt": "Describe a city in the year 3000.", "n": 3, "tokens": 10, "ladder": "0,0.25,0.5,1",
+                 "backend": "transformers"}
+        page, dialogs = generate(browser, url, query, tmp_path, "ladder")
+        slider = page.get_by_role("slider").first
+        states = []
+        for key, beta in [(None, 0.25), ("ArrowLeft", 0.0), ("ArrowRight", 0.25), ("ArrowRight", 0.5),
+                          ("ArrowRight", 1.0)]:
+            if key:
+                slider.press(key)
+            label = "plain" if beta == 0 else f"esamp β={beta:g}"
+            page.wait_for_function(f"({SPREAD_HIGHLIGHT})() === {json.dumps(label)}", timeout=60_000)
+            expect(page).to_have_url(re.compile(rf"beta={beta:g}(&|$)"), timeout=30_000)
+            page.wait_for_timeout(500)
+            heatmaps = tuple(page.locator(".esx-text:visible").all_inner_texts())
+            metrics = tuple(page.locator('[data-testid="stMetricValue"]').all_inner_texts())
+            headers = page.locator("h3:visible").all_inner_texts()
+            assert headers[:2] == (["plain", "Semantic spread"] if beta == 0 else ["plain", label])
+            states.append((heatmaps, metrics))
+        for before, after in zip(states, states[1:]):
+            assert before[0] != after[0] and before[1] != after[1]  # the heatmaps and metrics followed the slider
+        assert states[0] == states[2]  # back at 0.25: the same run, drawn the same
+
+        answers = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").last.locator("path.point")
+        box = answers.first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.locator("text=esamp β=1 · answer").first.wait_for(timeout=60_000)  # the picker shows the clicked one
+        expect(page.locator(".esx-sample:visible")).to_have_count(2 * 3 + 1, timeout=30_000)  # and its heatmap
+        assert dialogs == []
+    finally:
+        log = stop_server(proc)
+    assert log.count("app.jobs: generating run") == 4, log[-3000:]  # one Generate, never again
+    with sqlite3.connect(tmp_path / "h.sqlite3") as con:
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1

@@ -45,8 +45,10 @@ def test_identical_answers_do_not_break_the_projection():
 def test_spread_figure_colours_by_method_and_escapes_hover():
     texts = ["<script>alert(1)</script>", "b", "c"]
     fig = spread_figure(texts, ["esamp β=0.25", "plain", "plain"], project_2d(np.eye(3)), "t")
-    assert [t.name for t in fig.data] == ["esamp β=0.25", "plain"]
-    assert "&lt;script&gt;" in fig.data[0].text[0]
+    answers = [t for t in fig.data if t.text is not None]  # besides each run's hull and centre
+    assert [t.name for t in answers] == ["esamp β=0.25", "plain"]
+    assert [t.marker.color for t in answers] == ["#D55E00", "#0072B2"]
+    assert "&lt;script&gt;" in answers[0].text[0]
 
 
 class Resources(HTMLParser):

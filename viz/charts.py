@@ -82,10 +82,11 @@ def learning_curves_figure(curves: dict[str, Sequence[float]]):
                    "relative novelty ‖h − ĥ‖ / ‖h‖")
 
 
-def sweep_figure(points: Sequence[dict]):
+def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = None, height: int = 360):
     """Diversity against perplexity across a sweep. points: dicts with 'series' (e.g. 'esamp'),
     'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity', and optionally their standard errors
-    'diversity_se', 'perplexity_se' (drawn as error bars); one line per series, in order."""
+    'diversity_se', 'perplexity_se', or an interval 'diversity_low', 'diversity_high' (drawn as
+    error bars); one line per series, in order. ``highlight``: the (series, setting) point ringed."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -95,12 +96,26 @@ def sweep_figure(points: Sequence[dict]):
         if all("diversity_se" in p and "perplexity_se" in p for p in pts):
             bars = dict(error_x=dict(type="data", array=[p["perplexity_se"] for p in pts], thickness=1),
                         error_y=dict(type="data", array=[p["diversity_se"] for p in pts], thickness=1))
+        elif all("diversity_low" in p for p in pts):
+            bars = dict(error_y=dict(type="data", symmetric=False, thickness=1,
+                                     array=[_gap(p["diversity_high"], p["diversity"]) for p in pts],
+                                     arrayminus=[_gap(p["diversity"], p["diversity_low"]) for p in pts]))
         fig.add_trace(go.Scatter(
             x=[p["perplexity"] for p in pts], y=[p["diversity"] for p in pts], mode="lines+markers+text",
             text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center", name=plotly_text(series),
             marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
+    mark = [p for p in points if highlight and (p["series"], p["setting"]) == tuple(highlight)]
+    if mark:
+        fig.add_trace(go.Scatter(x=[mark[0]["perplexity"]], y=[mark[0]["diversity"]], mode="markers",
+                                 name=plotly_text(f"now: {mark[0]['setting']}"), hoverinfo="skip",
+                                 marker=dict(size=24, symbol="circle-open", line=dict(width=3, color="#000000"))))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
-                   "semantic diversity (mean cosine distance)")
+                   "semantic diversity (mean cosine distance)", height)
+
+
+def _gap(a: float, b: float) -> float:
+    """A non-negative error-bar length (0 where an end is unknown)."""
+    return max(a - b, 0.0) if np.isfinite(a) and np.isfinite(b) else 0.0
 
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")

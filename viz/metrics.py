@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -92,3 +93,81 @@ def pass_at_k_curve(correct_counts: Sequence[int], n: int) -> list[float]:
     if not correct_counts:
         return []
     return [float(np.mean([pass_at_k(n, c, k) for c in correct_counts])) for k in range(1, n + 1)]
+
+
+# Bootstrap intervals over answers. Resampling answers with replacement draws some twice, and a
+# repeated answer lowers both diversity metrics (a pair with itself is at distance 0; a copy adds no
+# eigenvalue), so the resampled values sit below the observed one. Two corrections: pairs of the
+# same drawn answer are left out of the mean distance, and every interval is shifted by the
+# bootstrap's bias (observed value minus the resamples' mean) so it is centred on what was observed.
+BOOTSTRAP_METRICS = ("cosine_distance", "vendi")
+MIN_BOOTSTRAP_ANSWERS = 3  # two answers have one distance: every resample repeats it, so no interval
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A value with a bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+
+def bootstrap_interval(emb: np.ndarray, metric: str = "cosine_distance", resamples: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> Interval:
+    """``metric`` ("cosine_distance" or "vendi") of the answers' embeddings, with a bias-corrected
+    percentile bootstrap interval over the answers (deterministic under ``seed``). NaN bounds for
+    fewer than ``MIN_BOOTSTRAP_ANSWERS`` answers. The bounds stay inside the metric's
+    range (cosine distance 0..2, Vendi 1..n)."""
+    value, boot = _bootstrap(emb, metric, resamples, seed)
+    interval = _interval(value, boot, level)
+    lo, hi = (0.0, 2.0) if metric == "cosine_distance" else (1.0, float(len(emb)))  # the metric's range
+    return Interval(value, min(max(interval.low, lo), hi), min(max(interval.high, lo), hi), level)
+
+
+def bootstrap_difference(emb_a: np.ndarray, emb_b: np.ndarray, metric: str = "cosine_distance",
+                         resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+    """``metric`` of b minus that of a, with a bootstrap interval (each set resampled on its own).
+    An interval that holds 0 means: with this many answers the difference cannot be told from noise."""
+    value_a, boot_a = _bootstrap(emb_a, metric, resamples, seed)
+    value_b, boot_b = _bootstrap(emb_b, metric, resamples, seed + 1)
+    return _interval(value_b - value_a, boot_b - boot_a, level)
+
+
+def _interval(value: float, boot: np.ndarray, level: float) -> Interval:
+    boot = boot[np.isfinite(boot)]
+    if not len(boot) or not math.isfinite(value):
+        return Interval(value, math.nan, math.nan, level)
+    shift = value - float(boot.mean())
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) + shift
+    return Interval(value, float(low), float(high), level)
+
+
+def _bootstrap(emb: np.ndarray, metric: str, resamples: int, seed: int) -> tuple[float, np.ndarray]:
+    """The observed value and ``resamples`` values on answers drawn with replacement."""
+    if metric not in BOOTSTRAP_METRICS:
+        raise ValueError(f"metric must be one of {BOOTSTRAP_METRICS}, not {metric!r}")
+    n = len(emb)
+    if n < MIN_BOOTSTRAP_ANSWERS:
+        value = mean_pairwise_cosine_distance(emb) if metric == "cosine_distance" else vendi_score(emb)
+        return value, np.full(resamples, math.nan)
+    sim = _unit_rows(emb) @ _unit_rows(emb).T
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    k = sim[idx[:, :, None], idx[:, None, :]]  # (B, n, n): each resample's similarity matrix
+    if metric == "cosine_distance":
+        distinct = idx[:, :, None] != idx[:, None, :]  # pairs of two different answers
+        with np.errstate(invalid="ignore"):
+            boot = ((1 - k) * distinct).sum((1, 2)) / distinct.sum((1, 2))  # NaN when one answer was drawn n times
+        return mean_pairwise_cosine_distance(emb), boot
+    return vendi_score(emb), _vendi_of_kernels(k)
+
+
+def _vendi_of_kernels(k: np.ndarray) -> np.ndarray:
+    """The Vendi score of each (n, n) similarity matrix in a (B, n, n) stack (as vendi_score computes it)."""
+    w = np.linalg.eigvalsh(k / k.shape[-1])
+    w = np.where(w > 0, w, 1.0)  # eigenvalues <= 0 add nothing to the entropy (log 1 = 0)
+    return np.exp(-(w * np.log(w)).sum(-1))

@@ -95,23 +95,63 @@ def hover_text(text: str, width: int = 60, max_lines: int = 8) -> str:
     return "<br>".join(plotly_text(line) for line in lines)
 
 
-def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Projection, title: str = ""):
-    """A plotly scatter of the projection, one colour per group (method), answers on hover."""
+def hull(points: np.ndarray) -> np.ndarray:
+    """The closed outline (k + 1, 2) of a group's 2-D points: their convex hull, the segment between
+    the two farthest apart when they lie on a line, nothing (0, 2) for fewer than two distinct points."""
+    points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
+    if len(points) < 2:
+        return np.zeros((0, 2))
+    if len(points) >= 3:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            outline = points[ConvexHull(points).vertices]
+            return np.vstack([outline, outline[:1]])
+        except QhullError:  # collinear: fall through to the segment
+            pass
+    far = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    a, b = np.unravel_index(far.argmax(), far.shape)
+    return points[[a, b, a]]
+
+
+def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Projection, title: str = "",
+                  highlight: str | None = None, keys: Sequence | None = None, colours: dict[str, str] | None = None):
+    """A plotly scatter of the projection, one colour per group (method or β) with its convex hull and
+    centroid, answers on hover. ``highlight``: the group drawn on top, the others faded; ``keys``: a
+    value per answer carried as the point's customdata (what a click on it selects); ``colours``: a
+    colour per group (default: the method's)."""
     import plotly.graph_objects as go
 
     from .style import colour_for
 
     fig = go.Figure()
-    for k, group in enumerate(dict.fromkeys(groups)):
+    order = list(dict.fromkeys(groups))
+    if highlight in order:  # drawn last: on top of the others
+        order.remove(highlight)
+        order.append(highlight)
+    for k, group in enumerate(order):
         idx = [i for i, g in enumerate(groups) if g == group]
+        xy = projection.coords[idx]
+        colour = (colours or {}).get(group) or colour_for(group, k)
+        faded, name = highlight is not None and group != highlight, plotly_text(group)
+        outline = hull(xy)
+        if len(outline):
+            fig.add_trace(go.Scatter(x=outline[:, 0], y=outline[:, 1], mode="lines", fill="toself", fillcolor=colour,
+                                     opacity=0.08 if faded else 0.22, line=dict(color=colour, width=1),
+                                     legendgroup=name, showlegend=False, hoverinfo="skip"))
+        centre = xy.mean(axis=0)
+        fig.add_trace(go.Scatter(x=[centre[0]], y=[centre[1]], mode="markers", legendgroup=name, showlegend=False,
+                                 marker=dict(symbol="x-thin", size=16, line=dict(width=3, color=colour)),
+                                 opacity=0.4 if faded else 1.0, hoverinfo="skip"))  # a click picks answers only
         fig.add_trace(go.Scatter(
-            x=projection.coords[idx, 0], y=projection.coords[idx, 1], mode="markers", name=plotly_text(group),
-            marker=dict(size=11, color=colour_for(group, k), line=dict(width=1, color="white")),
-            text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + plotly_text(group) + "</extra>"))
-    subtitle = projection.note or "UMAP of sentence embeddings (cosine)"
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, legendgroup=name, opacity=0.35 if faded else 1.0,
+            marker=dict(size=8 if faded else 13, color=colour, line=dict(width=1, color="white")),
+            customdata=None if keys is None else [keys[i] for i in idx],
+            text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + name + "</extra>"))
+    subtitle = (projection.note or "UMAP of sentence embeddings (cosine)") + "; ✕ = centre, shape = hull"
     fig.update_layout(title=dict(text=plotly_text(title) + f"<br><sup>{plotly_text(subtitle)}</sup>" if title else
                                  f"<sup>{plotly_text(subtitle)}</sup>"),
                       xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""),
-                      template="plotly_white", legend_title_text="method", height=420,
-                      margin=dict(l=10, r=10, t=60, b=10))
+                      template="plotly_white", legend_title_text="run", height=440,
+                      margin=dict(l=10, r=10, t=60, b=10), clickmode="event+select")
     return fig

@@ -211,3 +211,121 @@ def candidate_rows(token: Token) -> list[dict]:
 
 def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
+
+
+def ladder(traces: Sequence[RunTrace]) -> dict[float, int]:
+    """The runs that differ only in β, as β -> index into ``traces``, β ascending: ESamp's runs on
+    the first ESamp run's sampling settings, and plain sampling on them as β = 0 (its distiller in
+    shadow). Other runs (other temperatures, min-p, FIRE, the noise ablation) are not on it."""
+    esamp = [t for t in traces if t.method == "esamp" and not t.config.esamp.noise]
+    ref = esamp[0].config.sampling if esamp else None
+    rungs: dict[float, int] = {}
+    for i, t in enumerate(traces):
+        same = ref is None or t.config.sampling == ref
+        if same and (t in esamp or (t.method == "plain" and (ref is not None or t.config.sampling.temperature == 1))):
+            rungs.setdefault(t.config.beta, i)
+    return dict(sorted(rungs.items()))
+
+
+@dataclass
+class Diversity:
+    """A run's answers to one prompt: diversity with bootstrap intervals, coherence, novelty."""
+
+    label: str
+    answers: int
+    cosine_distance: metrics.Interval
+    vendi: metrics.Interval
+    perplexity: float  # mean over the answers (NaN when unknown)
+    mean_novelty: float | None  # mean relative novelty of the answers' tokens
+
+    def as_row(self, current: bool = False) -> dict:
+        cos, ven = self.cosine_distance, self.vendi
+        return {"": "▶" if current else "", "run": self.label, "answers": self.answers,
+                "cosine distance": round(cos.value, 3), "95% interval": _bounds(cos),
+                "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
+                "perplexity": None if not _finite(self.perplexity) else round(self.perplexity, 2),
+                "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3)}
+
+
+def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | None, prompt_index: int = 0,
+              seed: int = 0) -> Diversity:
+    """``Diversity`` of one prompt's answers; ``emb`` and ``perplexities`` hold one entry per sample
+    of the run, in ``trace.samples`` order."""
+    idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
+    e = emb[idx]
+    ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
+    rel = [t.rel_novelty for i in idx for t in trace.samples[i].tokens if t.rel_novelty is not None]
+    return Diversity(run_label(trace), len(idx), metrics.bootstrap_interval(e, "cosine_distance", seed=seed),
+                     metrics.bootstrap_interval(e, "vendi", seed=seed), float(np.mean(ppl)) if ppl else math.nan,
+                     float(np.mean(rel)) if rel else None)
+
+
+def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0) -> str:
+    """One plain sentence on whether b's answers are more or less diverse (mean pairwise cosine
+    distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference)."""
+    n_a, n_b = len(emb_a), len(emb_b)
+    if min(n_a, n_b) < metrics.MIN_BOOTSTRAP_ANSWERS:
+        return (f"With {min(n_a, n_b)} answer(s) per setting there is no telling noise from effect: "
+                f"use n ≥ {metrics.MIN_BOOTSTRAP_ANSWERS}, better 8 or more.")
+    d = metrics.bootstrap_difference(emb_a, emb_b, "cosine_distance", seed=seed)
+    answers = f"{n_a} answers" if n_a == n_b else f"{n_a} and {n_b} answers"
+    interval = f"{d.value:+.3f}, 95% interval {d.low:+.3f} to {d.high:+.3f}"
+    if d.contains(0.0):
+        return (f"{label_b} vs {label_a}: the difference in diversity ({interval}) is within the noise of "
+                f"{answers}: it could be chance. More samples (n) would tell.")
+    more = "more" if d.value > 0 else "less"
+    return f"{label_b}'s answers are {more} diverse than {label_a}'s beyond the noise of {answers} ({interval})."
+
+
+def _bounds(interval: metrics.Interval, digits: int = 3) -> str:
+    if not (_finite(interval.low) and _finite(interval.high)):
+        return "–"
+    return f"{interval.low:.{digits}f} – {interval.high:.{digits}f}"
+
+
+def tradeoff_points(traces: Sequence[RunTrace], diversities: Sequence[Diversity]) -> list[dict]:
+    """Diversity against perplexity for one prompt, one point per run (ladder rungs and plain
+    temperatures), with the bootstrap interval of its diversity; plain sampling at the ladder's
+    β = 0 starts ESamp's line as well as lying on temperature's."""
+    rungs = ladder(traces)
+    points = []
+    for i, (t, d) in enumerate(zip(traces, diversities)):
+        if t.method not in ("esamp", "plain") or t.config.esamp.noise or t.config.sampling.min_p > 0:
+            continue
+        series, setting = config_series(t.config)
+        point = {"series": series, "setting": setting, "diversity": d.cosine_distance.value,
+                 "diversity_low": d.cosine_distance.low, "diversity_high": d.cosine_distance.high,
+                 "perplexity": d.perplexity}
+        if rungs.get(0.0) == i and len(rungs) > 1:
+            points.append({**point, "series": "esamp", "setting": "β=0"})
+        points.append(point)
+    order = {"esamp": 0, "plain": 1}
+    return sorted(points, key=lambda p: (order[p["series"]], float(p["setting"].split("=")[1])))
+
+
+def current_point(beta: float) -> tuple[str, str]:
+    """The point of ``tradeoff_points`` that stands for the ladder's rung at ``beta``."""
+    return "esamp", f"β={beta:g}"
+
+
+def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
+    """The current run's headline numbers for metric cards, each with its change from ``base``
+    (plain sampling) when given: label, value, delta, and whether a rise is good ("normal") or bad."""
+    def card(label, value, base_value, fmt, colour="normal"):
+        delta = None
+        if base is not None and base is not current and _finite(value) and _finite(base_value):
+            delta = f"{value - base_value:+{fmt}} vs plain"
+        return {"label": label, "value": "–" if not _finite(value) else f"{value:{fmt}}", "delta": delta,
+                "delta_color": colour}
+
+    b = base or current
+    return [card("Diversity (mean cosine distance)", current.cosine_distance.value, b.cosine_distance.value, ".3f"),
+            card("Vendi (effective answers)", current.vendi.value, b.vendi.value, ".2f"),
+            card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse"),
+            card("Relative novelty", current.mean_novelty, b.mean_novelty, ".3f")]
+
+
+def colour_order(traces: Sequence[RunTrace]) -> list[str]:
+    """The runs' labels ordered so that each method's shades run with β, then temperature."""
+    ordered = sorted(traces, key=lambda t: (t.method, t.config.beta, t.config.sampling.temperature))
+    return [run_label(t) for t in ordered]

@@ -1,16 +1,18 @@
-"""Explore: ESamp and plain sampling side by side on one prompt, same seed and settings."""
+"""Explore: a β ladder on one prompt (plain sampling at β = 0, ESamp above it, same seed and
+settings), generated once; the β slider then moves between the runs without generating again."""
 
 import streamlit as st
 
 from app import render, settings
 from app.jobs import start_job
-from app.resources import open_history
+from app.resources import open_history, warm_up
 from core.scoring import trace_perplexities
 from viz.summary import config_label
 
 st.title("Explore")
-st.caption("ESamp and plain sampling, same seed and settings, side by side. "
-           "Plain sampling runs the distiller in shadow (β = 0) so its novelty is logged too.")
+st.caption("One Generate runs every β of the ladder with the same seed and settings (β = 0 is plain sampling, "
+           "its distiller in shadow so its novelty is logged too); then the β slider moves between them at once.")
+warm_up()  # the sentence embedder and UMAP's compilation, in the background while the prompt is typed
 
 history, history_error = open_history()
 if history is None:
@@ -18,17 +20,25 @@ if history is None:
 form = settings.settings_form("explore")
 if form is not None:
     chosen, lm = form
-    settings.set_url(settings.chosen_model(), chosen)
-    configs = [chosen.for_method("esamp"), chosen.for_method("plain")]
+    model = settings.chosen_model()
+    settings.set_url(model, chosen)
+    configs = chosen.configs()
     st.session_state.explore_job = start_job(
         lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
         finish=history and (lambda job: history.save(job.traces, job.perplexities)))
 
 job = render.finished_job(st.session_state.get("explore_job"), "explore",
-                          "Set a prompt and β, then Generate. Hover a token in the answers for its numbers.")
+                          "Set a prompt and a β ladder, then Generate. Hover a token in the answers for its numbers.")
 if job is None:
     st.stop()
 if job.phase == "stopped":
-    st.warning("Stopped: showing what was generated so far (saved in History).")
+    st.warning("Stopped: showing the runs generated so far (saved in History).")
 st.success(f"Saved as run #{job.result} in History." if job.result else "Done.")
-render.comparison(job.traces, job.perplexities or None, "explore")
+
+
+def follow_slider(beta: float) -> None:
+    st.query_params["beta"] = f"{beta:g}"  # the shared link opens at this β
+
+
+render.comparison(job.traces, job.perplexities or None, "explore", beta=settings.url_values()["beta"],
+                  on_beta=follow_slider, run_key=str(id(job)))

@@ -1,13 +1,14 @@
 """Learn: what ESamp does, shown on the loaded model: one real fusion step with numbers, and
-novelty building up token by token. Made for teaching in front of a class."""
+novelty building up token by token, at every β of a ladder generated once: a teacher moves one
+slider in front of a class."""
 
 import streamlit as st
 
-from app import render, settings
+from app import render, serving, settings
 from app.jobs import start_job
-from core import EsampConfig, RunConfig, SamplingConfig
+from core import RunConfig, SamplingConfig, beta_ladder
 from viz import charts, heatmap
-from viz.summary import candidate_rows, fusion_step
+from viz.summary import candidate_rows, config_label, fusion_step, ladder, run_label
 
 st.title("Learn: how ESamp explores")
 
@@ -34,24 +35,33 @@ st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the mode
 with st.form("learn"):
     prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
     c1, c2 = st.columns(2)
-    beta = c1.slider("β", 0.0, 1.0, 0.5, 0.05)
+    ladder_text = c1.text_input("β ladder", settings.DEFAULTS["ladder"],
+                                help="One run per β with the same seed; afterwards one slider moves between them.")
     tokens = c2.slider("Tokens", 4, 48, 24)
-    go = st.form_submit_button("Generate 4 answers with ESamp", type="primary")
+    go = st.form_submit_button("Generate 4 answers at each β", type="primary")
 if go:
-    if not prompt.strip():
-        st.error("Write a prompt first: it is empty.")
+    try:
+        if not prompt.strip():
+            raise ValueError("Write a prompt first: it is empty.")
+        betas = settings.parse_ladder(ladder_text, serving.policy().limits.max_rungs)
+    except ValueError as exc:
+        st.error(render.md(exc))
         st.stop()
-    cfg = RunConfig(method="esamp", esamp=EsampConfig(beta=beta),
-                    sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50))
-    st.session_state.learn_job = start_job(settings.load_chosen_model() or st.stop(), [prompt], [cfg], ["esamp"])
+    configs = beta_ladder(RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50)), betas)
+    st.session_state.learn_job = start_job(settings.load_chosen_model() or st.stop(), [prompt], configs,
+                                           [config_label(c) for c in configs])
 
 job = render.finished_job(st.session_state.get("learn_job"), "learn", "Generate to step through a real run.")
 if job is None:
     st.stop()
 
-trace = job.traces[0]
-b = trace.config.esamp.beta
-sample_index = st.radio("Answer", range(len(trace.samples)), horizontal=True, format_func=lambda i: f"#{i + 1}")
+rungs = ladder(job.traces)
+c1, c2 = st.columns([3, 1])
+b = c1.select_slider("β: move it in front of the class", list(rungs), value=render.nearest(list(rungs), 0.5),
+                     format_func=lambda v: f"{v:g}" + (" (plain)" if v == 0 else ""), key=f"learn_beta{id(job)}",
+                     help="Every β was generated with the same seed: moving this never generates again.")
+trace = job.traces[rungs[b]]
+sample_index = c2.radio("Answer", range(len(trace.samples)), horizontal=True, format_func=lambda i: f"#{i + 1}")
 sample = trace.samples[sample_index]
 if not sample.tokens:
     st.info("This answer is empty.")
@@ -62,13 +72,16 @@ token = sample.tokens[pos - 1]
 st.subheader("The distiller learning, token by token")
 st.markdown("Each token is coloured by how badly the distiller predicted its context (relative novelty "
             "‖e‖ / ‖h‖): at 1 it does no better than predicting nothing. Along an answer it learns this "
-            "prompt's contexts, so the colour fades; a context no answer has visited yet stands out.")
+            "prompt's contexts, so the colour fades; a context no answer has visited yet stands out. "
+            "The same seed drives every β: where a β's answer leaves plain sampling's, fusion chose another token.")
 st.html(heatmap.heatmap_html(trace, "rel_novelty", samples=[sample_index], upto=pos))
-st.plotly_chart(charts.novelty_figure([trace], [f"esamp β={b:g}"], relative=True), key="learn_novelty")
+st.plotly_chart(charts.novelty_figure([trace], [run_label(trace)], relative=True), key="learn_novelty")
 
-st.subheader(f"One fusion step: token {pos}, {render.md(repr(token.text))}")
+st.subheader(f"One fusion step at β = {b:g}: token {pos}, {render.md(repr(token.text))}")
 if pos == 1:
     st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
+elif b == 0:
+    st.info("At β = 0 fusion leaves the distribution alone (plain sampling): before = after. Move the β slider.")
 for col, (name, value) in zip(st.columns(3), fusion_step(token).items()):
     col.metric(name, value)
 st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")

@@ -17,6 +17,13 @@ from .base import Backend, LanguageModel, ProgressFn
 from .embedded import DEFAULT_MODEL
 
 
+def installed_backends() -> list[str]:
+    """The backends this installation can run, in ``BACKENDS`` order (vLLM is optional)."""
+    import importlib.util
+
+    return [b for b in BACKENDS if b != "vllm" or importlib.util.find_spec("vllm") is not None]
+
+
 def get_backend(name: str) -> Backend:
     """The backend called ``name`` (one of ``core.config.BACKENDS``); imports it on first use."""
     if name == "transformers":

@@ -1,0 +1,126 @@
+"""The default demo: how long Explore's first Generate takes, and on how many seeds it shows
+ESamp's effect beyond the noise of its n answers. Picks the app's defaults by measurement.
+
+    python -m bench.demo                                   # the app's defaults, 10 seeds, every backend
+    python -m bench.demo --n 4 8 --tokens 32 48 --ladders 0,0.25,0.5,1 0,0.1,0.25,0.5,1
+    python -m bench.demo --json bench/results/demo.json --markdown bench/results/demo.md
+
+One Generate is what Explore runs: the β ladder (plain at β = 0, then ESamp at each β, one run
+after the other with the same seed), the perplexities, the answers' embeddings, the shared map and
+the bootstrap intervals. It is timed warm (the model and embedder loaded, UMAP compiled, one tiny
+run before); the start-ups (the backend's load plus a tiny run; the embedder and UMAP) are timed
+on their own. A seed "shows the effect" at a β when ESamp's answers there are more diverse than
+plain sampling's beyond the noise: the bootstrap interval of the difference in mean pairwise
+cosine distance lies above 0 (the test behind the page's sentence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+from app.settings import DEFAULTS, parse_ladder
+from core import RunConfig, SamplingConfig, beta_ladder, generate, load_model
+from core.backends import installed_backends
+from core.backends.hardware import describe
+from core.scoring import trace_perplexities
+from viz import metrics, spread
+from viz.summary import diversity, ladder, split_by_run
+
+
+def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[float, dict[str, list[float]]]:
+    """Seconds for what Explore's Generate does, and for each β > 0 the bootstrap interval of its
+    answers' diversity (mean pairwise cosine distance) over plain sampling's: [value, low, high]."""
+    start = time.perf_counter()
+    traces = [generate(lm, [prompt], c) for c in configs]
+    perplexities = [trace_perplexities(lm, t) for t in traces]
+    texts = [s.text for t in traces for s in t.samples]
+    emb = spread.embed(texts, embedder)
+    spread.project_2d(emb, 0)
+    per_run = split_by_run(traces, emb)
+    for t, e, p in zip(traces, per_run, perplexities):
+        diversity(t, e, p)
+    seconds = time.perf_counter() - start
+    rungs = ladder(traces)
+    diffs = {f"{b:g}": metrics.bootstrap_difference(per_run[rungs[0.0]], per_run[i], "cosine_distance")
+             for b, i in rungs.items() if b > 0}
+    return seconds, {b: [d.value, d.low, d.high] for b, d in diffs.items()}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", nargs="+", default=None, help="default: every installed backend")
+    p.add_argument("--prompts", nargs="+", default=[DEFAULTS["prompt"]])
+    p.add_argument("--n", nargs="+", type=int, default=[DEFAULTS["n"]])
+    p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"]])
+    p.add_argument("--ladders", nargs="+", default=[DEFAULTS["ladder"]], help="comma-separated β values")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    args = p.parse_args(argv)
+    backends = args.backends or installed_backends()
+    start = time.perf_counter()
+    embedder = spread.load_embedder()
+    spread.project_2d(spread.embed([f"warm-up {i}" for i in range(spread.MIN_UMAP_POINTS)], embedder))
+    viz_startup = time.perf_counter() - start  # the embedder's load and UMAP's compilation (numba), once a process
+    print(f"embedder and UMAP: start-up {viz_startup:.1f} s", flush=True)
+    rows = []
+    for backend in backends:
+        start = time.perf_counter()
+        lm = load_model(None, backend=backend)
+        generate(lm, ["Hello"], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=4)))
+        startup = time.perf_counter() - start
+        print(f"{backend}: start-up {startup:.1f} s", flush=True)
+        for prompt, n, tokens, ladder_text in itertools.product(args.prompts, args.n, args.tokens, args.ladders):
+            betas = parse_ladder(ladder_text)
+            times, diffs = [], {}
+            for seed in range(args.seeds):
+                configs = beta_ladder(RunConfig(sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed)), betas)
+                seconds, by_beta = one_generate(lm, embedder, prompt, configs)
+                times.append(seconds)
+                for b, d in by_beta.items():
+                    diffs.setdefault(b, []).append(d)
+                print(f"  {backend} n={n} tokens={tokens} ladder={ladder_text} seed={seed}: {seconds:.1f} s, β - plain: "
+                      + ", ".join(f"{b}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for b, d in by_beta.items()),
+                      flush=True)
+            rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
+                         "tokens": tokens, "ladder": ladder_text, "seeds": args.seeds,
+                         "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
+                         "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
+                         "mean_difference": {b: round(statistics.mean(d[0] for d in ds), 3) for b, ds in diffs.items()},
+                         "differences": diffs, "times_s": [round(t, 2) for t in times]})
+            print(f"{backend} n={n} tokens={tokens} ladder={ladder_text}: median {rows[-1]['median_s']} s, effect beyond "
+                  f"noise (seeds of {args.seeds}, by β): {rows[-1]['seeds_showing_effect']}", flush=True)
+        del lm
+    report = {"cpu": describe(), "date": time.strftime("%Y-%m-%d"), "viz_startup_s": round(viz_startup, 1),
+              "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    cpu = report["cpu"]
+    lines = [f"Measured {report['date']} on {cpu['cpu']} ({cpu['cpus']} cores, {cpu['torch_cpu_capability']}): one "
+             f"Explore Generate, warm, over {report['rows'][0]['seeds'] if report['rows'] else 0} seeds. Start-up "
+             f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
+             "the background when it opens), the model as in the table.", "",
+             "| backend | start-up s | prompt | n | tokens | ladder | median s | max s | seeds with ESamp more "
+             "diverse than plain beyond noise, by β | mean Δ cosine distance (β − plain) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        shown = ", ".join(f"β={b}: {k} of {r['seeds']}" for b, k in r["seeds_showing_effect"].items())
+        mean = ", ".join(f"β={b}: {d:+.3f}" for b, d in r["mean_difference"].items())
+        lines.append(f"| {r['backend']} | {r['startup_s']} | {r['prompt']} | {r['n']} | {r['tokens']} | {r['ladder']} "
+                     f"| {r['median_s']} | {r['max_s']} | {shown} | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

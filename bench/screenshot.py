@@ -1,0 +1,115 @@
+"""A screenshot of Explore after the default Generate, taken from the running app in Debian's
+chromium, and the time that Generate took as a user sees it (click to the finished page).
+
+    python -m bench.screenshot                      # starts the app, writes docs/explore.png
+    python -m bench.screenshot --url http://localhost:8501 --out /tmp/explore.png
+
+Without ``--url`` it starts the app on a free port with a throwaway history. The first Generate
+of a fresh app also loads the model and compiles UMAP, so it clicks Generate twice and reports
+both: the first (cold) and the second (warm, the one in the picture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        raise RuntimeError("Debian's chromium is not installed (apt-get install chromium; ./run test does it)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(history: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """``streamlit run`` the app on a free port with its own history database; returns the process
+    (its stdout and stderr in one pipe: the app's log) and its URL once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "ESAMP_HISTORY_DB": str(history), **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the app did not become healthy: " + proc.stdout.read().decode()[-2000:])
+
+
+def stop_app(proc: subprocess.Popen) -> str:
+    """Stop the app; returns what it wrote (its log)."""
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    return out.decode(errors="replace")
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
+
+
+def generate_once(page, url: str, timeout_s: float = 600) -> float:
+    """Open Explore with its defaults, click Generate, wait for the finished page; seconds taken."""
+    page.goto(url)
+    page.get_by_role("button", name="Generate").click(timeout=120_000)
+    start = time.perf_counter()
+    page.wait_for_selector("text=Saved as run", timeout=timeout_s * 1000)
+    page.wait_for_selector(".esx-tok", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .scatterlayer').length >= 2",
+                           timeout=60_000)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ap = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.split("\n")[0])
+    ap.add_argument("--url", help="a running app (default: start one)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "explore.png")
+    args = ap.parse_args(argv)
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_app(Path(tempfile.mkdtemp()) / "history.sqlite3")
+    try:
+        with sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            cold = generate_once(page, url)
+            warm = generate_once(page, url)
+            page.wait_for_timeout(2000)  # plotly's transitions
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(args.out), full_page=True)
+            browser.close()
+    finally:
+        if proc is not None:
+            stop_app(proc)
+    print(f"default Generate, click to finished page: first {cold:.1f} s (cold: model load, UMAP compile), "
+          f"second {warm:.1f} s (warm); screenshot: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The β ladder in viz: which runs form it, bootstrap intervals on hand-made embeddings, the noise
+sentence, the spread's hulls, centres and highlight, and where a β sits on diversity vs perplexity."""
+
+import math
+
+import numpy as np
+import pytest
+
+from core.config import RunConfig, SamplingConfig, beta_ladder, temperature_ladder
+from core.trace import PromptTrace, RunTrace, Sample, Timings, Token
+from viz.charts import sweep_figure
+from viz.metrics import bootstrap_difference, bootstrap_interval, vendi_score
+from viz.spread import Projection, hull, spread_figure
+from viz.style import run_colours
+from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
+                         tradeoff_points)
+
+
+def spread_out(n: int, dims: int = 64, seed: int = 0) -> np.ndarray:
+    """n answers in unrelated directions: pairwise cosine distance near 1."""
+    return np.random.default_rng(seed).normal(size=(n, dims))
+
+
+def clustered(n: int, dims: int = 64, seed: int = 0, noise: float = 0.2) -> np.ndarray:
+    """n answers around one direction: pairwise cosine distance near 0."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=dims) + noise * rng.normal(size=(n, dims))
+
+
+# ---- bootstrap intervals -------------------------------------------------------------------------
+
+def test_identical_answers_have_zero_diversity_and_a_zero_width_interval():
+    emb = np.tile([[1.0, 0.0, 0.0]], (6, 1))
+    cos = bootstrap_interval(emb, "cosine_distance")
+    assert (cos.value, cos.low, cos.high) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    ven = bootstrap_interval(emb, "vendi")
+    assert ven.value == pytest.approx(1.0) and ven.low == pytest.approx(1.0) and ven.high == pytest.approx(1.0)
+
+
+def test_orthogonal_answers_have_distance_one_whatever_is_resampled():
+    # every pair of two different answers is at distance 1; pairs of an answer with itself are left out
+    cos = bootstrap_interval(np.eye(8), "cosine_distance")
+    assert (cos.value, cos.low, cos.high) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_an_interval_holds_its_value_and_narrows_with_more_answers():
+    few, many = bootstrap_interval(spread_out(6), "vendi"), bootstrap_interval(spread_out(48), "vendi")
+    for iv in (few, many):
+        assert iv.low < iv.value < iv.high
+    assert (many.high - many.low) / many.value < (few.high - few.low) / few.value
+    mixed = np.vstack([clustered(5), spread_out(5, seed=1)])
+    cos = bootstrap_interval(mixed, "cosine_distance")
+    assert 0.0 <= cos.low < cos.value < cos.high <= 2.0
+
+
+def test_intervals_are_deterministic_under_the_seed_and_stay_in_range():
+    emb = spread_out(5)
+    assert bootstrap_interval(emb, "vendi", seed=3) == bootstrap_interval(emb, "vendi", seed=3)
+    assert bootstrap_interval(emb, "vendi", seed=3) != bootstrap_interval(emb, "vendi", seed=4)
+    assert bootstrap_interval(emb, "vendi").high <= 5.0  # Vendi cannot exceed the number of answers
+
+
+def test_the_resampled_vendi_is_the_packages_vendi():
+    from viz.metrics import _unit_rows, _vendi_of_kernels
+
+    emb = spread_out(7)
+    k = _unit_rows(emb) @ _unit_rows(emb).T
+    assert _vendi_of_kernels(k[None])[0] == pytest.approx(vendi_score(emb))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_too_few_answers_give_no_interval(n):
+    iv = bootstrap_interval(spread_out(max(n, 1))[:n], "cosine_distance")
+    assert math.isnan(iv.low) and math.isnan(iv.high)
+    assert not iv.contains(0.0)
+
+
+def test_an_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="metric must be one of"):
+        bootstrap_interval(spread_out(4), "bleu")
+
+
+def test_a_real_difference_is_beyond_the_noise_and_none_is_within_it():
+    d = bootstrap_difference(clustered(8), spread_out(8, seed=1))
+    assert d.value > 0.5 and d.low > 0
+    same = bootstrap_difference(spread_out(8, seed=1), spread_out(8, seed=2))
+    assert same.contains(0.0)
+
+
+def test_the_noise_sentence_says_which():
+    beyond = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1))
+    assert beyond.startswith("esamp β=1's answers are more diverse than plain's beyond the noise of 8 answers")
+    within = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2))
+    assert "within the noise of 8 answers" in within and "More samples" in within
+    assert "no telling noise from effect" in noise_sentence("plain", spread_out(2), "esamp β=1", spread_out(2))
+
+
+# ---- which runs form the ladder ------------------------------------------------------------------
+
+def trace_of(config: RunConfig, texts=("a", "b", "c"), novelty=0.5, prompt="p") -> RunTrace:
+    samples = [Sample(0, i, text, "eos", [Token(id=1, text=text, logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0,
+                                                entropy_new=1.0, novelty=novelty, rel_novelty=novelty, top=[])])
+               for i, text in enumerate(texts)]
+    return RunTrace(config=config, model="m", backend="transformers", device="cpu", dtype="float32",
+                    prompts=[PromptTrace(prompt, 3, [])], samples=samples, timings=Timings(1.0, len(texts), 3.0))
+
+
+BASE = RunConfig(sampling=SamplingConfig(n=3, max_new_tokens=4, seed=1))
+
+
+def test_the_ladder_is_plain_at_zero_then_esamp_by_beta():
+    traces = [trace_of(c) for c in beta_ladder(BASE, [0.5, 0.0, 0.1])]
+    traces += [trace_of(c) for c in temperature_ladder(BASE, [0.7, 1.3])]
+    assert [t.method for t in traces[:3]] == ["esamp", "plain", "esamp"]
+    assert ladder(traces) == {0.0: 1, 0.1: 2, 0.5: 0}  # the temperatures are not on it
+
+
+def test_an_old_explore_run_is_a_two_rung_ladder_and_other_methods_stay_off():
+    old = [trace_of(RunConfig(sampling=BASE.sampling)), trace_of(RunConfig(method="plain", sampling=BASE.sampling))]
+    assert ladder(old) == {0.0: 1, 0.25: 0}
+    task = old + [trace_of(RunConfig(method="fire", sampling=BASE.sampling)),
+                  trace_of(RunConfig(method="esamp", sampling=BASE.sampling, esamp=BASE.esamp.__class__(noise=True)))]
+    assert ladder(task) == {0.0: 1, 0.25: 0}
+    assert ladder([trace_of(RunConfig(method="fire"))]) == {}
+
+
+def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
+    traces = [trace_of(c) for c in beta_ladder(BASE, [0.0, 0.5])] + [trace_of(temperature_ladder(BASE, [1.3])[0])]
+    emb = spread_out(9)
+    stats = [diversity(t, emb[3 * i:3 * i + 3], [2.0, 3.0, 4.0]) for i, t in enumerate(traces)]
+    points = tradeoff_points(traces, stats)
+    assert [(p["series"], p["setting"]) for p in points] == [("esamp", "β=0"), ("esamp", "β=0.5"),
+                                                             ("plain", "T=1"), ("plain", "T=1.3")]
+    assert points[0]["perplexity"] == pytest.approx(3.0)
+    assert points[0]["diversity_low"] <= points[0]["diversity"] <= points[0]["diversity_high"]
+    fig = sweep_figure(points, current_point(0.5))
+    ring = fig.data[-1]
+    assert ring.name == "now: β=0.5" and ring.x[0] == pytest.approx(points[1]["perplexity"])
+    assert len(sweep_figure(points, current_point(0.9)).data) == 2  # no such point: no ring
+
+
+def test_metric_cards_give_the_change_from_plain():
+    emb = np.vstack([clustered(3), spread_out(3, seed=1)])
+    plain = diversity(trace_of(BASE), emb[:3], [2.0, 2.0, 2.0])
+    esamp = diversity(trace_of(BASE, novelty=0.8), emb[3:], [3.0, 3.0, 3.0])
+    cards = {c["label"]: c for c in metric_cards(esamp, plain)}
+    assert cards["Perplexity"]["value"] == "3.00" and cards["Perplexity"]["delta"] == "+1.00 vs plain"
+    assert cards["Perplexity"]["delta_color"] == "inverse"
+    assert cards["Relative novelty"]["delta"] == "+0.300 vs plain"
+    assert all(c["delta"] is None for c in metric_cards(plain, plain))
+
+
+# ---- the spread ----------------------------------------------------------------------------------
+
+def test_hull_of_a_square_with_a_point_inside_is_its_four_corners_closed():
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]], dtype=float)
+    outline = hull(square)
+    assert len(outline) == 5 and (outline[0] == outline[-1]).all()
+    assert {tuple(p) for p in outline} == {(0, 0), (1, 0), (1, 1), (0, 1)}
+
+
+def test_hull_of_points_on_a_line_is_its_longest_segment_and_of_one_point_nothing():
+    line = np.array([[0, 0], [1, 1], [3, 3], [2, 2]], dtype=float)
+    assert {tuple(p) for p in hull(line)} == {(0, 0), (3, 3)}
+    assert hull(np.array([[1.0, 2.0], [1.0, 2.0]])).shape == (0, 2)
+
+
+def test_spread_draws_hulls_centres_and_highlights_the_current_run():
+    coords = np.array([[0, 0], [1, 0], [0, 1], [5, 5], [6, 5], [5, 6]], dtype=float)
+    groups = ["plain"] * 3 + ["esamp β=0.5"] * 3
+    keys = [f"{i // 3}:{i % 3}" for i in range(6)]
+    fig = spread_figure([f"t{i}" for i in range(6)], groups, Projection(coords, "umap", ""), highlight="plain",
+                        keys=keys, colours=run_colours(groups))
+    points = [t for t in fig.data if t.customdata is not None]
+    assert [t.name for t in points] == ["esamp β=0.5", "plain"]  # the highlighted run drawn last, on top
+    faded, current = points
+    assert current.opacity == 1.0 and faded.opacity < 1.0 and current.marker.size > faded.marker.size
+    assert list(current.customdata) == ["0:0", "0:1", "0:2"]
+    centres = [t for t in fig.data if t.marker.symbol == "x-thin"]
+    assert [tuple(c.x) + tuple(c.y) for c in centres] == [(pytest.approx(16 / 3), pytest.approx(16 / 3)),
+                                                          (pytest.approx(1 / 3), pytest.approx(1 / 3))]
+    outlines = [t for t in fig.data if t.fill == "toself"]
+    assert len(outlines) == 2 and all(len(t.x) == 4 for t in outlines)  # triangles, closed
+
+
+def test_a_ladders_colours_are_shades_of_each_method():
+    traces = [trace_of(c) for c in beta_ladder(BASE, [0.0, 0.1, 1.0])]
+    traces += [trace_of(c) for c in temperature_ladder(BASE, [1.3, 0.7])]
+    order = colour_order(traces)
+    assert order == ["esamp β=0.1", "esamp β=1", "plain T=0.7", "plain", "plain T=1.3"]
+    colours = run_colours(order)
+    assert len(set(colours.values())) == 5
+    assert colours["plain"] == "#0072B2"  # the middle of a three-shade ramp is the method's own colour

@@ -89,6 +89,13 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
                                     key=f"{key}_prompt")
     now, base = rungs.get(current), rungs.get(0.0)
     shown = list(dict.fromkeys(i for i in (base, now) if i is not None)) or list(range(len(traces)))
+    focus = now if now is not None else shown[-1]
+    summary = st.container()  # filled once the answers are embedded; the answers come first
+
+    value_range = heatmap.signal_range(traces, signal)
+    for col, i in zip(st.columns(len(shown)), shown):
+        with col:
+            _answers(traces[i], labels[i], signal, prompt_index, value_range)
 
     # One embedding per answer of every run; the map and the intervals use this prompt's answers.
     texts = tuple(s.text for t in traces for s in t.samples)
@@ -98,17 +105,11 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     answers = [(i, j) for i, t in enumerate(traces) for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]
     prompt_emb = [e[[j for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]]
                   for t, e in zip(traces, per_run)]
-
-    if now is not None and base is not None and now != base:
-        st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now]))
-    focus = now if now is not None else shown[-1]
-    for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
-        col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
-
-    value_range = heatmap.signal_range(traces, signal)
-    for col, i in zip(st.columns(len(shown)), shown):
-        with col:
-            _answers(traces[i], labels[i], signal, prompt_index, value_range)
+    with summary:
+        if now is not None and base is not None and now != base:
+            st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now]))
+        for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
+            col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
 
     left, right = st.columns([3, 2])
     with left:

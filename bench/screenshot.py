@@ -72,7 +72,7 @@ def launch(playwright):
 
 
 def generate_once(page, url: str, timeout_s: float = 600) -> float:
-    """Open Explore with its defaults, click Generate, wait for the finished page; seconds taken."""
+    """Open Explore at ``url``, click Generate, wait for the finished page; seconds taken."""
     page.goto(url)
     page.get_by_role("button", name="Generate").click(timeout=120_000)
     start = time.perf_counter()
@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="a running app (default: start one)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "explore.png")
+    ap.add_argument("--query", default="", help="URL parameters instead of the defaults, e.g. 'n=2&tokens=4'")
     args = ap.parse_args(argv)
     proc = None
     url = args.url
@@ -98,8 +99,9 @@ def main(argv=None) -> None:
         with sync_playwright() as p:
             browser = launch(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            cold = generate_once(page, url)
-            warm = generate_once(page, url)
+            explore = f"{url}/?{args.query}" if args.query else url
+            cold = generate_once(page, explore)
+            warm = generate_once(page, explore)
             page.wait_for_timeout(2000)  # plotly's transitions
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
@@ -107,7 +109,8 @@ def main(argv=None) -> None:
     finally:
         if proc is not None:
             stop_app(proc)
-    print(f"default Generate, click to finished page: first {cold:.1f} s (cold: model load, UMAP compile), "
+    what = f"Generate with {args.query}" if args.query else "default Generate"
+    print(f"{what}, click to finished page: first {cold:.1f} s (cold: model load, UMAP compile), "
           f"second {warm:.1f} s (warm); screenshot: {args.out}")
 
 

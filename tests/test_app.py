@@ -162,7 +162,7 @@ def test_an_empty_prompt_is_refused_next_to_the_widget():
 
 def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
     at = AppTest.from_file(APP, default_timeout=120).run()
-    at.text_input[0].input(str(tmp_path / "nope"))
+    at.sidebar.text_input[0].input(str(tmp_path / "nope"))
     at.button[0].click().run()
     assert not at.exception
     assert any("Cannot load model" in e.value for e in at.error)
@@ -273,7 +273,7 @@ def test_history_reproduces_a_run_of_another_model_with_its_model(tiny_model_dir
 def test_learn_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir):
     at = open_page("learn")
     at.sidebar.text_input[0].input(tiny_model_dir)
-    at.text_input[1].input("0,0.5")
+    next(t for t in at.text_input if t.label == "β ladder").input("0,0.5")
     at.slider[0].set_value(4)
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)

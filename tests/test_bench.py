@@ -88,3 +88,19 @@ def test_distiller_quick_reports_every_design_and_the_check_through_generate(tmp
             assert set(r["prompts"][p]["probe"]) == {"own", "unseen"}
     assert set(report["engine"]["transformers"]) == {"plain", "esamp"}
     assert (images / "distiller-learning.png").stat().st_size > 0
+
+
+def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
+    from bench import demo
+
+    out, table = tmp_path / "d.json", tmp_path / "d.md"
+    demo.main(["--backends", "transformers", "--n", "3", "--tokens", "3", "--ladders", "0,0.5,1", "--seeds", "2",
+               "--json", str(out), "--markdown", str(table)])
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"]) == ("transformers", 3, 3, "0,0.5,1", 2)
+    assert set(row["seeds_showing_effect"]) == set(row["differences"]) == {"0.5", "1"}
+    assert all(0 <= k <= 2 for k in row["seeds_showing_effect"].values())
+    assert all(len(ds) == 2 and all(len(d) == 3 for d in ds) for ds in row["differences"].values())
+    assert len(row["times_s"]) == 2 and row["startup_s"] > 0 and report["cpu"]["cpu"]
+    assert "| transformers |" in table.read_text()

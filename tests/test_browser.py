@@ -275,3 +275,13 @@ def test_the_beta_slider_redraws_everything_without_generating_again(browser, tm
     assert log.count("app.jobs: generating run") == 4, log[-3000:]  # one Generate, never again
     with sqlite3.connect(tmp_path / "h.sqlite3") as con:
         assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_the_screenshot_script_drives_the_running_app(server, tmp_path, capsys):
+    from bench import screenshot
+
+    out = tmp_path / "explore.png"
+    screenshot.main(["--url", server, "--out", str(out), "--query", urllib.parse.urlencode(
+        {"prompt": "Name a fish.", "n": 2, "tokens": 4, **TWO_RUNS})])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert re.search(r"first [\d.]+ s .* second [\d.]+ s", capsys.readouterr().out)

@@ -6,6 +6,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -277,11 +278,12 @@ def test_the_beta_slider_redraws_everything_without_generating_again(browser, tm
         assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
 
 
-def test_the_screenshot_script_drives_the_running_app(server, tmp_path, capsys):
-    from bench import screenshot
-
+def test_the_screenshot_script_drives_the_running_app(server, tmp_path):
+    """In a process of its own, as it is run (Playwright's sync API runs one per thread)."""
     out = tmp_path / "explore.png"
-    screenshot.main(["--url", server, "--out", str(out), "--query", urllib.parse.urlencode(
-        {"prompt": "Name a fish.", "n": 2, "tokens": 4, **TWO_RUNS})])
+    query = urllib.parse.urlencode({"prompt": "Name a fish.", "n": 2, "tokens": 4, **TWO_RUNS})
+    proc = subprocess.run([sys.executable, "-m", "bench.screenshot", "--url", server, "--out", str(out), "--query", query],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-    assert re.search(r"first [\d.]+ s .* second [\d.]+ s", capsys.readouterr().out)
+    assert re.search(r"first [\d.]+ s .* second [\d.]+ s", proc.stdout)

@@ -30,8 +30,6 @@ def get_model(name: str, backend: str = "transformers", safetensors_only: bool =
         return load_model(name or None, backend=backend, safetensors_only=safetensors_only)
 
 
-
-
 @st.cache_resource(show_spinner="Loading the sentence embedder…")
 def get_embedder():
     with _loading:

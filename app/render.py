@@ -161,8 +161,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
 
 def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_range: tuple[float, float]) -> None:
     st.subheader(label)
-    st.caption(f"{trace.timings.tokens_per_s:.1f} tokens/s · {trace.timings.new_tokens} tokens · {trace.backend} · "
-               f"{trace.device} · {trace.dtype}" + (" · stopped early" if trace.stopped else ""))
+    st.caption(f"{trace.timings.tokens_per_s:.1f} tokens/s · {trace.timings.new_tokens} tokens · "
+               + md(f"{trace.backend} · {trace.device} · {trace.dtype}") + (" · stopped early" if trace.stopped else ""))
     idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
     st.html(heatmap.heatmap_html(trace, signal, samples=idx, value_range=value_range))
 

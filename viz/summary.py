@@ -217,12 +217,12 @@ def ladder(traces: Sequence[RunTrace]) -> dict[float, int]:
     """The runs that differ only in β, as β -> index into ``traces``, β ascending: ESamp's runs on
     the first ESamp run's sampling settings, and plain sampling on them as β = 0 (its distiller in
     shadow). Other runs (other temperatures, min-p, FIRE, the noise ablation) are not on it."""
-    esamp = [t for t in traces if t.method == "esamp" and not t.config.esamp.noise]
-    ref = esamp[0].config.sampling if esamp else None
+    esamp = [i for i, t in enumerate(traces) if t.method == "esamp" and not t.config.esamp.noise]
+    ref = traces[esamp[0]].config.sampling if esamp else None
     rungs: dict[float, int] = {}
     for i, t in enumerate(traces):
         same = ref is None or t.config.sampling == ref
-        if same and (t in esamp or (t.method == "plain" and (ref is not None or t.config.sampling.temperature == 1))):
+        if same and (i in esamp or (t.method == "plain" and (ref is not None or t.config.sampling.temperature == 1))):
             rungs.setdefault(t.config.beta, i)
     return dict(sorted(rungs.items()))
 

@@ -47,6 +47,18 @@ def nearest(values: Sequence[float], wanted: float | None, default: float = 0.5)
     return min(values, key=lambda v: (abs(v - target), v))
 
 
+def beta_slider(where, betas: Sequence[float], wanted: float | None, key: str, label: str,
+                on_change: Callable[[float], None] | None = None) -> float | None:
+    """A slider over a ladder's computed βs (``where``: a column or ``st``), starting nearest ``wanted``;
+    the only β when there is one, None when there is none."""
+    if len(betas) < 2:
+        return betas[0] if betas else None
+    return where.select_slider(
+        label, betas, value=nearest(betas, wanted), key=key, format_func=lambda b: f"{b:g}" + (" (plain)" if b == 0 else ""),
+        on_change=on_change and (lambda: on_change(st.session_state[key])),
+        help="Every β of the ladder was generated with the same seed: moving this never generates again.")
+
+
 def picked_answer(points: Sequence[dict]) -> str | None:
     """The answer a click on the spread selected ("run:sample", the point's customdata), if any."""
     for point in points:
@@ -71,16 +83,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     rungs = ladder(traces)
     prompts = traces[0].prompts
     c1, c2, c3 = st.columns([4, 2, 2])
-    current = None
-    if len(rungs) > 1:
-        slider = f"{key}_beta{run_key}"
-        current = c1.select_slider(
-            "Exploration strength β", list(rungs), value=nearest(list(rungs), beta), key=slider,
-            format_func=lambda b: f"{b:g}" + (" (plain)" if b == 0 else ""),
-            on_change=on_beta and (lambda: on_beta(st.session_state[slider])),
-            help="Every β of the ladder was generated with the same seed: moving this never generates again.")
-    elif rungs:
-        current = next(iter(rungs))
+    current = beta_slider(c1, list(rungs), beta, f"{key}_beta{run_key}", "Exploration strength β", on_beta)
     with c2:
         signal = signal_picker(f"{key}_signal")
     prompt_index = 0

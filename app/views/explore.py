@@ -20,8 +20,7 @@ if history is None:
 form = settings.settings_form("explore")
 if form is not None:
     chosen, lm = form
-    model = settings.chosen_model()
-    settings.set_url(model, chosen)
+    settings.set_url(settings.chosen_model(), chosen)
     configs = chosen.configs()
     st.session_state.explore_job = start_job(
         lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,

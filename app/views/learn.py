@@ -57,11 +57,7 @@ if job is None:
 
 rungs = ladder(job.traces)
 c1, c2 = st.columns([3, 1])
-b = next(iter(rungs))
-if len(rungs) > 1:
-    b = c1.select_slider("β: move it in front of the class", list(rungs), value=render.nearest(list(rungs), 0.5),
-                         format_func=lambda v: f"{v:g}" + (" (plain)" if v == 0 else ""), key=f"learn_beta{id(job)}",
-                         help="Every β was generated with the same seed: moving this never generates again.")
+b = render.beta_slider(c1, list(rungs), 0.5, f"learn_beta{id(job)}", "β: move it in front of the class")
 trace = job.traces[rungs[b]]
 sample_index = c2.radio("Answer", range(len(trace.samples)), horizontal=True, format_func=lambda i: f"#{i + 1}")
 sample = trace.samples[sample_index]

@@ -160,7 +160,11 @@ class RunTrace:
 
     @classmethod
     def from_json(cls, text: str) -> "RunTrace":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:  # brackets nested past Python's recursion limit
+            raise ValueError("Not a run trace: its JSON is nested too deeply.") from None
+        return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunTrace":

@@ -10,9 +10,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def lm():
+    """The embedded SmolLM2-135M-Instruct in this machine's default dtype: bfloat16 on CPUs with
+    native bfloat16, float32 on the others, or what ``ESAMP_DTYPE`` forces. The suite passes either way."""
     from core import load_model
 
-    return load_model()  # the embedded SmolLM2-135M-Instruct, float32 on CPU
+    return load_model()
+
+
+def _pinned(lm, dtype):
+    import torch
+
+    from core import load_model
+
+    return lm if lm.dtype == getattr(torch, dtype) else load_model(dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def lm32(lm):
+    """The embedded model in float32, for tests of float32 numerics (exact agreement of two computations)."""
+    return _pinned(lm, "float32")
+
+
+@pytest.fixture(scope="session")
+def lm16(lm):
+    """The embedded model in bfloat16, on every machine (emulated, and slower, where the CPU lacks it)."""
+    return _pinned(lm, "bfloat16")
 
 
 @pytest.fixture(scope="session")
@@ -21,19 +43,27 @@ def tokenizer(lm):
 
 
 @pytest.fixture(scope="session")
-def recorded_and_scored(lm):
-    """(recorded, scored): the perplexities a trace recorded while generating, and those of scoring
-    its texts again with the transformers model, for the samples whose text tokenizes back to
-    their own tokens (only those are the same sequence)."""
+def recorded_and_scored():
+    """compare(trace, lm) -> (recorded, scored, corpus): the perplexities a trace recorded while
+    generating and those of scoring its texts again with the transformers model ``lm`` (give it
+    the trace's dtype), for the samples whose text tokenizes back to their own tokens (only those
+    are the same sequence); corpus: recorded over scored perplexity of those samples as one text
+    (exp of the mean log-prob difference per token)."""
+    import math
+
     from core.scoring import perplexities, recorded_perplexities
 
-    def compare(trace):
+    def compare(trace, lm):
         same = [i for i, s in enumerate(trace.samples) if s.tokens and
                 lm.tokenizer(s.text, add_special_tokens=False)["input_ids"] == [t.id for t in s.tokens]]
         assert same, "no sample tokenizes back to its own tokens"
         recorded = recorded_perplexities(trace)
         scored = perplexities(lm, [trace.prompts[trace.samples[i].prompt_index].text for i in same],
                               [trace.samples[i].text for i in same])
-        return [recorded[i] for i in same], scored
+        recorded = [recorded[i] for i in same]
+        lengths = [len(trace.samples[i].tokens) for i in same]
+        corpus = math.exp(sum(k * math.log(r / s) for r, s, k in zip(recorded, scored, lengths)) / sum(lengths))
+        return recorded, scored, corpus
 
     return compare
+

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaCo
 
 from core import RunConfig, SamplingConfig, generate
 from core import UnsupportedArchitectureError, load_model
+from core.backends.hardware import default_dtype
 from core.backends.hf.model import wrap_model
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -50,7 +51,8 @@ def test_a_local_checkpoint_directory_loads_by_path(tmp_path, tokenizer):
     AutoModelForCausalLM.from_config(tiny_configs(len(tokenizer))["llama"]).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     lm = load_model(str(tmp_path))
-    assert lm.model_type == "llama" and lm.dtype == torch.float32
+    assert lm.model_type == "llama" and lm.dtype == default_dtype(torch.device("cpu"))
+    assert load_model(str(tmp_path), dtype="float32").dtype == torch.float32
 
 
 def test_unknown_model_gives_a_clear_error(tmp_path):

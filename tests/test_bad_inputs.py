@@ -183,6 +183,7 @@ TRACES = [
     ("missing-field", json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "config"}).encode(),
      "Not a run trace"),
     ("not-utf8", b"\xff\xfe{}", "not UTF-8"),
+    ("nested-200000-deep", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
 ]
 
 

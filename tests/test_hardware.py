@@ -9,10 +9,27 @@ from core.backends import hardware
 @pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, torch.float32), ({"avx512f", "avx512_bf16"}, torch.bfloat16),
                                              ({"amx_bf16", "amx_tile"}, torch.bfloat16)])
 def test_cpus_with_native_bfloat16_get_bfloat16_and_the_others_float32(monkeypatch, flags, expected):
+    monkeypatch.delenv(hardware.DTYPE_ENV, raising=False)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert hardware.default_dtype(torch.device("cpu")) == expected
     assert hardware.default_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize("forced", ["float32", "bfloat16"])
+def test_esamp_dtype_forces_the_default_on_every_cpu(monkeypatch, forced):
+    monkeypatch.setenv(hardware.DTYPE_ENV, forced)
+    for flags in ({"avx2"}, {"avx512_bf16"}):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        assert hardware.default_dtype(torch.device("cpu")) == getattr(torch, forced)
+    assert hardware.resolve_dtype(None, torch.device("cpu")) == getattr(torch, forced)
+    assert hardware.resolve_dtype("float32", torch.device("cpu")) == torch.float32  # an explicit dtype wins
+
+
+def test_a_bad_esamp_dtype_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(hardware.DTYPE_ENV, "float8")
+    with pytest.raises(ValueError, match="ESAMP_DTYPE='float8' is not a dtype"):
+        hardware.default_dtype(torch.device("cpu"))
 
 
 def test_the_loaded_model_uses_this_machines_choice_and_the_summary_names_it(lm):

@@ -44,15 +44,21 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in cpu_flags() for flag in BF16_FLAGS) or torch.backends.cpu.get_cpu_capability() == "AMX"
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ENV = "ESAMP_DTYPE"  # forces the default dtype on every device (tests run the suite once each way)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """The faster model dtype for a device: bfloat16 on CUDA and on CPUs with native bfloat16,
-    float32 on other CPUs."""
+    float32 on other CPUs; ``ESAMP_DTYPE=float32|bfloat16|float16`` overrides the choice."""
+    forced = os.environ.get(DTYPE_ENV, "").strip()
+    if forced:
+        if forced.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"{DTYPE_ENV}={forced!r} is not a dtype: use one of {', '.join(DTYPES)}, or unset it.")
+        return getattr(torch, forced.removeprefix("torch."))
     if device.type == "cuda" or cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
-
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

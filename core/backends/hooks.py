@@ -54,6 +54,21 @@ def capture_states(first_layer: torch.nn.Module, final_norm: torch.nn.Module) ->
             handle.remove()
 
 
+@contextmanager
+def capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record the whole output (R, L, H) of ``module``, float32, at every forward pass while the block runs."""
+    outputs: list[torch.Tensor] = []
+
+    def on_output(_module, _inputs, output):
+        outputs.append((output[0] if isinstance(output, tuple) else output).detach().float())
+
+    handle = module.register_forward_hook(on_output)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
 Hook = Callable[..., None]
 
 

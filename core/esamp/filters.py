@@ -113,22 +113,25 @@ def top_k_only(filters: Sequence[Filter]) -> tuple[int, float] | None:
 
 
 class StepFilters(NamedTuple):
-    """The filters of one decode step, whether any is active, and top-k's bound on the candidates."""
+    """The filters of one decode step, whether any is active, top-k's bound on the candidates, and
+    the temperature they divide by."""
 
     filters: list[Filter]
     active: bool
     bound: int | None
+    temperature: float = 1.0
 
 
 def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:
     """(first token's, later tokens') filters of a run: FIRE draws its first token hotter, in a
     top-k window; every other method filters every token alike (the same object twice)."""
     main_filters = filters_for(config.sampling)
-    main = StepFilters(main_filters, config.sampling.filters_active, top_k_bound(main_filters))
+    main = StepFilters(main_filters, config.sampling.filters_active, top_k_bound(main_filters),
+                       config.sampling.temperature)
     if config.method != "fire":
         return main, main
     fire = build_filters(config.fire.temperature, config.fire.top_k)
-    return StepFilters(fire, True, top_k_bound(fire)), main
+    return StepFilters(fire, True, top_k_bound(fire), config.fire.temperature), main
 
 
 def apply_filters(filters: Sequence[Filter], logits: torch.Tensor) -> torch.Tensor:

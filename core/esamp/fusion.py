@@ -71,6 +71,25 @@ class LMHead:
         if self.bias is not None:
             object.__setattr__(self, "bias", self.bias.detach())
 
+    @property
+    def exact(self) -> bool:
+        """Whether the model's own logits are float32 (then they are what ``logits`` computes)."""
+        return self.weight.dtype == torch.float32
+
+    def logits32(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` computed in float32 throughout, from a float32 h (R, H): for the candidates,
+        the model's rows of W upcast; for all tokens (ids None) a float32 copy of W, made once."""
+        if ids is not None or self.exact:
+            return self.logits(h, ids)
+        weight = self.__dict__.get("_weight32")
+        if weight is None:
+            weight = self.weight.float()
+            object.__setattr__(self, "_weight32", weight)
+        out = h.float() @ weight.T
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out if self.softcap is None else torch.tanh(out / self.softcap) * self.softcap
+
     def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K)."""
         if ids is None:
@@ -101,6 +120,20 @@ class Candidates:
     ids: torch.Tensor | None  # (R, K) long, or None for the whole vocabulary
     logits: torch.Tensor  # (R, K) or (R, V) float32; removed entries are -inf
     vocab: int = 0  # V; set by the constructors
+    base: torch.Tensor | None = None  # (R, K) or (R, V) float32 logits at T=1 when ``exact`` recomputed them
+
+    def exact(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor) -> "Candidates":
+        """The same candidates with their logits recomputed in float32 from the final state h (R, H),
+        when the model computed its logits in a lower precision (bfloat16): which tokens survive
+        the filters is the model's own logits' decision; their values, and so the fusion, the
+        sampled distribution and every recorded log-probability, are float32. temperature: a
+        float or (R,) per row. A no-op for a float32 model."""
+        if head.exact:
+            return self
+        base = head.logits32(h, self.ids)  # (R, K) or (R, V)
+        t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
+        logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
+        return Candidates(self.ids, logits, self.vocab, base)
 
     @classmethod
     def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":

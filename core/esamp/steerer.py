@@ -190,6 +190,7 @@ class Pipeline:
     def __init__(self, config: RunConfig, head: LMHead, prompts: int):
         sc = config.sampling
         self.first, self.main = run_filters(config)
+        self.head = head
         self.full_trace = config.trace == "full"  # record logp_base
         self.watch = Stopwatch()  # where the time goes; the backends time their own parts with it too
         groups = prompts if config.esamp.scope == "prompt" else 1
@@ -202,10 +203,16 @@ class Pipeline:
         bool tensor) this is a sample's first token, drawn with the first-token filters and unguided."""
         with self.watch("filter"):
             cand = self._candidates(raw, first)  # temperature -> top-k -> top-p -> min-p
+            cand = cand.exact(self.head, h, self._temperature(first))  # float32 values (bfloat16 models)
             if self.steerer is None:
                 return unguided(cand)
         guided = not first if isinstance(first, bool) else ~first
         return self.steerer.propose(cand, s, h, guided=guided, slots=slots)
+
+    def _temperature(self, first: bool | torch.Tensor) -> float | torch.Tensor:
+        if isinstance(first, bool) or self.first is self.main:
+            return self.first.temperature if first is True else self.main.temperature
+        return torch.where(first, self.first.temperature, self.main.temperature)  # (R,)
 
     def _candidates(self, raw: torch.Tensor, first: bool | torch.Tensor) -> Candidates:
         if isinstance(first, bool) or self.first is self.main:

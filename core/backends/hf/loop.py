@@ -19,7 +19,7 @@ from ...esamp.signals import step_signals
 from ...esamp.steerer import Pipeline
 from ...trace import RunTrace, Timings
 from ..base import Progress, ProgressFn, encode_prompts
-from ..hooks import States, capture_states
+from ..hooks import States, capture_output, capture_states
 from ..record import Recorder, build_trace
 from .model import HfModel
 
@@ -140,9 +140,12 @@ def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[t
 
 def answer_logprobs(lm: HfModel, prefixes: Sequence[list[int]], answers: Sequence[list[int]],
                     batch_size: int = 8) -> list[list[float]]:
-    """log p of every answer token given its prefix and the answer's earlier tokens, at T=1."""
+    """log p of every answer token given its prefix and the answer's earlier tokens, at T=1.
+
+    Like the log-probabilities a run records: the LM head and the log-softmax in float32 from
+    the final norm's output, whatever the model's dtype."""
     out: list[list[float]] = []
-    with lm.lock, torch.no_grad():
+    with lm.lock, torch.no_grad(), capture_output(lm.final_norm) as hidden:
         for start in range(0, len(answers), batch_size):
             rows = list(zip(prefixes[start:start + batch_size], answers[start:start + batch_size]))
             width = max(len(p) + len(a) for p, a in rows)
@@ -151,9 +154,10 @@ def answer_logprobs(lm: HfModel, prefixes: Sequence[list[int]], answers: Sequenc
             for i, (p, a) in enumerate(rows):  # right padding: positions start at 0 for every row
                 ids[i, :len(p) + len(a)] = torch.tensor(p + a)
                 mask[i, :len(p) + len(a)] = 1
-            logp = torch.log_softmax(lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
-                                     .logits.float(), -1).cpu()
+            hidden.clear()
+            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), logits_to_keep=1)
             for i, (p, a) in enumerate(rows):
-                pred = logp[i, len(p) - 1:len(p) + len(a) - 1]  # position t predicts token t+1
-                out.append(pred.gather(-1, torch.tensor(a, dtype=torch.long)[:, None])[:, 0].tolist())
+                h = hidden[-1][i, len(p) - 1:len(p) + len(a) - 1]  # (A, H): position t predicts token t+1
+                logp = torch.log_softmax(lm.head.logits32(h), -1)
+                out.append(logp.gather(-1, torch.tensor(a, dtype=torch.long, device=h.device)[:, None])[:, 0].tolist())
     return out

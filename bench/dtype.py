@@ -42,6 +42,8 @@ def agreement(scorer, trace) -> dict:
     tok = scorer.tokenizer
     same = [i for i, s in enumerate(trace.samples)
             if s.tokens and tok(s.text, add_special_tokens=False)["input_ids"] == [t.id for t in s.tokens]]
+    if not same:
+        return {"samples": 0, "of": len(trace.samples), "median_rel": None, "max_rel": None, "corpus_rel": None}
     recorded = recorded_perplexities(trace)
     scored = perplexities(scorer, [trace.prompts[trace.samples[i].prompt_index].text for i in same],
                           [trace.samples[i].text for i in same])
@@ -107,9 +109,12 @@ def markdown(report: dict) -> str:
              f"{report['seed']} (`python -m bench.dtype`).", "",
              "| backend | dtype | method | samples compared | median |Δ| per sample | max |Δ| | all tokens |Δ| |",
              "|---|---|---|---:|---:|---:|---:|"]
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.2f} %"
+
     for r in report["perplexity"]:
         lines.append(f"| {r['backend']} | {r['dtype']} | {r['method']} | {r['samples']}/{r['of']} | "
-                     f"{100 * r['median_rel']:.2f} % | {100 * r['max_rel']:.2f} % | {100 * r['corpus_rel']:.2f} % |")
+                     f"{pct(r['median_rel'])} | {pct(r['max_rel'])} | {pct(r['corpus_rel'])} |")
     lines += ["", "Same config and seed in float32 and in bfloat16:", "",
               "| backend | method | identical samples | the others' median position of their first different token |",
               "|---|---|---:|---:|"]

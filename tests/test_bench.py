@@ -104,3 +104,16 @@ def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
     assert all(len(ds) == 2 and all(len(d) == 3 for d in ds) for ds in row["differences"].values())
     assert len(row["times_s"]) == 2 and row["startup_s"] > 0 and report["cpu"]["cpu"]
     assert "| transformers |" in table.read_text()
+
+
+def test_dtype_quick_reports_both_dtypes_and_the_tokens_across_them(tmp_path):
+    from bench import dtype
+
+    out, table = tmp_path / "d.json", tmp_path / "d.md"
+    assert dtype.main(["--quick", "--backends", "transformers", "--json", str(out), "--markdown", str(table)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["dtype"], r["method"]) for r in report["perplexity"]] == [
+        (d, m) for d in ("float32", "bfloat16") for m in ("plain", "esamp β=0.5", "esamp β=1")]
+    assert all(0 < r["samples"] <= r["of"] == 2 and r["max_rel"] >= r["median_rel"] >= 0 for r in report["perplexity"])
+    assert [r["method"] for r in report["tokens_across_dtypes"]] == ["plain", "esamp β=0.5", "esamp β=1"]
+    assert report["machine"]["cpu"] in table.read_text()

@@ -54,7 +54,8 @@ def beta_slider(where, betas: Sequence[float], wanted: float | None, key: str, l
     if len(betas) < 2:
         return betas[0] if betas else None
     return where.select_slider(
-        label, betas, value=nearest(betas, wanted), key=key, format_func=lambda b: f"{b:g}" + (" (plain)" if b == 0 else ""),
+        label, betas, value=nearest(betas, wanted), key=key,
+        format_func=lambda b: f"{b:g}" + (" (plain)" if b == 0 else ""),
         on_change=on_change and (lambda: on_change(st.session_state[key])),
         help="Every β of the ladder was generated with the same seed: moving this never generates again.")
 
@@ -81,15 +82,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     run's widgets from another run's (a slider's values change with the ladder)."""
     labels = [run_label(t) for t in traces]
     rungs = ladder(traces)
-    prompts = traces[0].prompts
-    c1, c2, c3 = st.columns([4, 2, 2])
-    current = beta_slider(c1, list(rungs), beta, f"{key}_beta{run_key}", "Exploration strength β", on_beta)
-    with c2:
-        signal = signal_picker(f"{key}_signal")
-    prompt_index = 0
-    if len(prompts) > 1:
-        prompt_index = c3.selectbox("Prompt", range(len(prompts)), format_func=lambda i: prompts[i].text[:80],
-                                    key=f"{key}_prompt")
+    current, signal, prompt_index = _controls(traces, list(rungs), key, run_key, beta, on_beta)
     now, base = rungs.get(current), rungs.get(0.0)
     shown = list(dict.fromkeys(i for i in (base, now) if i is not None)) or list(range(len(traces)))
     focus = now if now is not None else shown[-1]
@@ -114,6 +107,47 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
         for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
             col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
 
+    _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key)
+    options = [f"{i}:{j}" for i, j in answers]
+    choice = st.selectbox("Open an answer (or click a point in the spread)", [None, *options],
+                          key=f"{key}_open{run_key}",
+                          format_func=lambda o: "–" if o is None else _answer_name(traces, labels, o))
+    if choice is not None:
+        i, j = map(int, choice.split(":"))
+        st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
+    _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
+    others = [i for i in range(len(traces)) if i not in shown]
+    if others:
+        with st.expander(f"The other {len(others)} runs' answers"):
+            for i in others:
+                _answers(traces[i], labels[i], signal, prompt_index, value_range)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.loss_figure([traces[i] for i in shown], [labels[i] for i in shown]), key=f"{key}_loss")
+    c2.plotly_chart(charts.novelty_figure([traces[i] for i in shown], [labels[i] for i in shown], relative=True),
+                    key=f"{key}_novelty")
+    st.caption("Reproduce from the command line:")
+    for i in shown:
+        st.code(reproduce_command(traces[i]), language="bash")
+
+
+def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key: str, beta: float | None,
+              on_beta: Callable[[float], None] | None) -> tuple[float | None, str, int]:
+    """The comparison's controls: the β slider, the colouring, the prompt. (β, signal, prompt index)."""
+    prompts = traces[0].prompts
+    c1, c2, c3 = st.columns([4, 2, 2])
+    current = beta_slider(c1, betas, beta, f"{key}_beta{run_key}", "Exploration strength β", on_beta)
+    with c2:
+        signal = signal_picker(f"{key}_signal")
+    prompt_index = 0
+    if len(prompts) > 1:
+        prompt_index = c3.selectbox("Prompt", range(len(prompts)), format_func=lambda i: prompts[i].text[:80],
+                                    key=f"{key}_prompt")
+    return current, signal, prompt_index
+
+
+def _spread_and_tradeoff(traces: Sequence[RunTrace], labels: list[str], answers: list[tuple[int, int]], stats: list,
+                         focus: int, current: float | None, key: str, run_key: str) -> None:
+    """One map of this prompt's answers of every run (a click opens one), and where this β sits."""
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Semantic spread")
@@ -133,13 +167,10 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
         st.subheader("Where this β sits")
         st.plotly_chart(charts.sweep_figure(tradeoff_points(traces, stats), current_point(current or 0.0), height=440),
                         key=f"{key}_tradeoff{run_key}")
-    options = [f"{i}:{j}" for i, j in answers]
-    choice = st.selectbox("Open an answer (or click a point in the spread)", [None, *options], key=opened,
-                          format_func=lambda o: "–" if o is None else _answer_name(traces, labels, o))
-    if choice is not None:
-        i, j = map(int, choice.split(":"))
-        st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
 
+
+def _metrics_and_commands(traces: Sequence[RunTrace], labels: list[str], stats: list, shown: list[int], focus: int,
+                          current: float | None, key: str) -> None:
     st.subheader("Metrics")
     st.caption(f"For this prompt's answers; 95% intervals by bootstrap over the answers. ▶ marks β = {current:g}."
                if current is not None else "For this prompt's answers; 95% intervals by bootstrap over the answers.")
@@ -148,24 +179,13 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     if ratio is not None:
         st.caption(f"ESamp speed relative to plain sampling in this run: {ratio:.3f} "
                    "(plain ran its distiller in shadow to log novelty; see bench/ for the clean ratio)")
-    others = [i for i in range(len(traces)) if i not in shown]
-    if others:
-        with st.expander(f"The other {len(others)} runs' answers"):
-            for i in others:
-                _answers(traces[i], labels[i], signal, prompt_index, value_range)
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure([traces[i] for i in shown], [labels[i] for i in shown]), key=f"{key}_loss")
-    c2.plotly_chart(charts.novelty_figure([traces[i] for i in shown], [labels[i] for i in shown], relative=True),
-                    key=f"{key}_novelty")
-    st.caption("Reproduce from the command line:")
-    for i in shown:
-        st.code(reproduce_command(traces[i]), language="bash")
 
 
 def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_range: tuple[float, float]) -> None:
     st.subheader(label)
     st.caption(f"{trace.timings.tokens_per_s:.1f} tokens/s · {trace.timings.new_tokens} tokens · "
-               + md(f"{trace.backend} · {trace.device} · {trace.dtype}") + (" · stopped early" if trace.stopped else ""))
+               + md(f"{trace.backend} · {trace.device} · {trace.dtype}")
+               + (" · stopped early" if trace.stopped else ""))
     idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
     st.html(heatmap.heatmap_html(trace, signal, samples=idx, value_range=value_range))
 

@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 
-from core import DEFAULT_MODEL, LanguageModel, RunConfig, SamplingConfig, beta_ladder, encode_prompts, temperature_ladder
+from core import (DEFAULT_MODEL, LanguageModel, RunConfig, SamplingConfig, beta_ladder, encode_prompts,
+                  temperature_ladder)
 from core.backends import installed_backends
 from core.config import MAX_BETA
 from core.tasks import Task, tasks_from_jsonl
@@ -141,7 +142,8 @@ def model_picker() -> None:
         allowed = policy.allowed_models()
         if st.session_state.get("model_name") not in allowed:
             st.session_state.model_name = url["model"] if url["model"] in allowed else ""
-        st.sidebar.selectbox("Model", allowed, key="model_name", format_func=lambda m: m or f"{DEFAULT_MODEL} (embedded)",
+        st.sidebar.selectbox("Model", allowed, key="model_name",
+                             format_func=lambda m: m or f"{DEFAULT_MODEL} (embedded)",
                              help="The models this server offers.")
         if url["model"] and url["model"] not in allowed:
             st.sidebar.caption(f"The link asked for model {md(url['model'])}, which this server does not offer.")

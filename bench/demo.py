@@ -51,7 +51,7 @@ def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[f
     return seconds, {b: [d.value, d.low, d.high] for b, d in diffs.items()}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", nargs="+", default=None, help="default: every installed backend")
     p.add_argument("--prompts", nargs="+", default=[DEFAULTS["prompt"]])
@@ -84,7 +84,8 @@ def main(argv=None) -> None:
                 times.append(seconds)
                 for b, d in by_beta.items():
                     diffs.setdefault(b, []).append(d)
-                print(f"  {backend} n={n} tokens={tokens} ladder={ladder_text} seed={seed}: {seconds:.1f} s, β - plain: "
+                print(f"  {backend} n={n} tokens={tokens} ladder={ladder_text} seed={seed}: {seconds:.1f} s, "
+                      "β - plain: "
                       + ", ".join(f"{b}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for b, d in by_beta.items()),
                       flush=True)
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
@@ -93,7 +94,8 @@ def main(argv=None) -> None:
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
                          "mean_difference": {b: round(statistics.mean(d[0] for d in ds), 3) for b, ds in diffs.items()},
                          "differences": diffs, "times_s": [round(t, 2) for t in times]})
-            print(f"{backend} n={n} tokens={tokens} ladder={ladder_text}: median {rows[-1]['median_s']} s, effect beyond "
+            print(f"{backend} n={n} tokens={tokens} ladder={ladder_text}: median {rows[-1]['median_s']} s, "
+                  "effect beyond "
                   f"noise (seeds of {args.seeds}, by β): {rows[-1]['seeds_showing_effect']}", flush=True)
         del lm
     report = {"cpu": describe(), "date": time.strftime("%Y-%m-%d"), "viz_startup_s": round(viz_startup, 1),
@@ -103,6 +105,7 @@ def main(argv=None) -> None:
     if args.markdown:
         args.markdown.write_text(markdown(report))
     print(markdown(report))
+    return 0
 
 
 def markdown(report: dict) -> str:
@@ -123,4 +126,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -41,7 +41,8 @@ def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
     out = {f"esamp β={b}": RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=b))
            for b in (0.1, 0.25, 0.5, 1.0)}
     # The paper's ablation: noise as long as the distiller's error, in a random direction.
-    out.update({f"esamp-noise β={b}": RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=b, noise=True))
+    out.update({f"esamp-noise β={b}": RunConfig(method="esamp", sampling=sampling,
+                                                 esamp=EsampConfig(beta=b, noise=True))
                 for b in (0.25, 0.5)})
     out.update({f"plain T={t}": plain(temperature=t) for t in (0.7, 1.0, 1.3)})
     out["min-p 0.1"] = plain(top_k=0, min_p=0.1)

@@ -260,7 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=",".join(installed_backends()))
     ap.add_argument("--workloads", help="prompts x samples, comma separated, for every backend "
                     f"(default: {WORKLOADS})")
-    ap.add_argument("--extras", default="4x16", help="the workload that also runs the extra variants and dtype (none: no extras)")
+    ap.add_argument("--extras", default="4x16",
+                    help="the workload that also runs the extra variants and dtype (none: no extras)")
     ap.add_argument("--other-dtype", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the backend's other dtype at the extras workload")
     ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part "
@@ -318,7 +319,8 @@ def main(argv=None) -> int:
     hidden = next(iter(models.values())).hidden_size
     out = {
         "command": "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": a.extras, "profile_workload": a.profile,
+        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": a.extras,
+        "profile_workload": a.profile,
         "model": next(iter(models.values())).name,
         "backends": {b: {"device": str(models[(b, dtypes[b][0])].device), "dtypes": [d for d in dtypes[b] if d]}
                      for b in backends},

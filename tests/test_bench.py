@@ -43,7 +43,8 @@ def test_passk_quick_reports_a_curve_per_method(tmp_path):
 def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     """In a fresh process: vLLM engines are per process, and this one starts its own."""
     out, table = tmp_path / "s.json", tmp_path / "s.md"
-    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--json", str(out), "--markdown", str(table)],
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--json", str(out),
+                           "--markdown", str(table)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -55,14 +56,17 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
         main, other = report["backends"][b]["dtypes"]
         assert {main, other} == {"float32", "bfloat16"}
         want |= {(b, main, w, v) for w in ("1x2", "2x2") for v in ("plain", "esamp")}
-        want |= {(b, main, "2x2", v) for v in speed.EXTRA_VARIANTS[b]} | {(b, other, "2x2", v) for v in ("plain", "esamp")}
+        want |= {(b, main, "2x2", v) for v in speed.EXTRA_VARIANTS[b]}
+        want |= {(b, other, "2x2", v) for v in ("plain", "esamp")}
     assert got == want
     for r in report["rows"]:
         assert r["median_tokens_per_s"] > 0 and r["peak_extra_mib"] >= 0
         if r["variant"] == "plain":
             assert r["ratio_to_plain"] == 1.0  # each ratio's baseline
-    assert {(r["backend"], r["workload"]) for r in report["scaling"]} == {(b, w) for b in backends for w in ("1x2", "2x2")}
-    assert {(p["backend"], p["variant"]) for p in report["profile"]} == {(b, v) for b in backends for v in ("plain", "esamp")}
+    scaling = {(r["backend"], r["workload"]) for r in report["scaling"]}
+    assert scaling == {(b, w) for b in backends for w in ("1x2", "2x2")}
+    profiled = {(p["backend"], p["variant"]) for p in report["profile"]}
+    assert profiled == {(b, v) for b in backends for v in ("plain", "esamp")}
     assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0
     assert "| backend | dtype |" in table.read_text()
 
@@ -94,11 +98,12 @@ def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
     from bench import demo
 
     out, table = tmp_path / "d.json", tmp_path / "d.md"
-    demo.main(["--backends", "transformers", "--n", "3", "--tokens", "3", "--ladders", "0,0.5,1", "--seeds", "2",
-               "--json", str(out), "--markdown", str(table)])
+    assert demo.main(["--backends", "transformers", "--n", "3", "--tokens", "3", "--ladders", "0,0.5,1",
+                      "--seeds", "2", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["rows"]
-    assert (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"]) == ("transformers", 3, 3, "0,0.5,1", 2)
+    settings = (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"])
+    assert settings == ("transformers", 3, 3, "0,0.5,1", 2)
     assert set(row["seeds_showing_effect"]) == set(row["differences"]) == {"0.5", "1"}
     assert all(0 <= k <= 2 for k in row["seeds_showing_effect"].values())
     assert all(len(ds) == 2 and all(len(d) == 3 for d in ds) for ds in row["differences"].values())
@@ -114,6 +119,7 @@ def test_dtype_quick_reports_both_dtypes_and_the_tokens_across_them(tmp_path):
     report = json.loads(out.read_text())
     assert [(r["dtype"], r["method"]) for r in report["perplexity"]] == [
         (d, m) for d in ("float32", "bfloat16") for m in ("plain", "esamp β=0.5", "esamp β=1")]
-    assert all(0 < r["samples"] <= r["of"] == 2 and r["max_rel"] >= r["median_rel"] >= 0 for r in report["perplexity"])
+    for r in report["perplexity"]:
+        assert r["of"] == 2 and (r["samples"] == 0 or r["max_rel"] >= r["median_rel"] >= 0)
     assert [r["method"] for r in report["tokens_across_dtypes"]] == ["plain", "esamp β=0.5", "esamp β=1"]
     assert report["machine"]["cpu"] in table.read_text()

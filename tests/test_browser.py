@@ -86,7 +86,8 @@ def generate(browser, url, query, tmp_path, name):
 
 
 def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
-    page, _ = generate(browser, server, {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}, tmp_path, "explore")
+    form = {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}
+    page, _ = generate(browser, server, form, tmp_path, "explore")
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("relative novelty")
     assert page.locator(".js-plotly-plot").count() >= 3
@@ -107,7 +108,8 @@ def test_a_run_survives_a_restart_and_reopens_with_its_pictures(browser, tmp_pat
     db = tmp_path / "h.sqlite3"
     proc, url = start_server(db)
     try:
-        page, _ = generate(browser, url, {"prompt": "Name a tree.", "n": 2, "tokens": 6, **TWO_RUNS}, tmp_path, "before")
+        form = {"prompt": "Name a tree.", "n": 2, "tokens": 6, **TWO_RUNS}
+        page, _ = generate(browser, url, form, tmp_path, "before")
         first_answer = page.locator(".esx-text").first.inner_text()
     finally:
         stop_server(proc)
@@ -200,7 +202,9 @@ def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, br
 
     trace = RunTrace.load(ROOT / "tests" / "data" / "trace-v2.json")
     payload = XSS.splitlines()[0]
-    hostile = replace(trace, model="org/" + payload, samples=[replace(s, text=payload + s.text, tokens=[replace(s.tokens[0], text=payload), *s.tokens[1:]])
+    hostile = replace(trace, model="org/" + payload,
+                      samples=[replace(s, text=payload + s.text,
+                                       tokens=[replace(s.tokens[0], text=payload), *s.tokens[1:]])
                                for s in trace.samples],
                       prompts=[replace(p, text="Say " + payload) for p in trace.prompts])
     History(server_db).save([hostile], title=payload)
@@ -282,7 +286,8 @@ def test_the_screenshot_script_drives_the_running_app(server, tmp_path):
     """In a process of its own, as it is run (Playwright's sync API runs one per thread)."""
     out = tmp_path / "explore.png"
     query = urllib.parse.urlencode({"prompt": "Name a fish.", "n": 2, "tokens": 4, **TWO_RUNS})
-    proc = subprocess.run([sys.executable, "-m", "bench.screenshot", "--url", server, "--out", str(out), "--query", query],
+    proc = subprocess.run([sys.executable, "-m", "bench.screenshot", "--url", server, "--out", str(out),
+                           "--query", query],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

@@ -55,10 +55,10 @@ def test_beta_zero_is_plain_sampling_on_the_gpu(glm):
 
 
 def test_the_asynchronous_update_gives_the_serial_tokens(glm):
-    from core.esamp.steerer import Background
+    from core.esamp.steerer import Steerer
 
-    assert EsampConfig().overlap is None and torch.device("cuda").type == "cuda"  # on by default on CUDA
-    assert Background(glm.device).cuda
+    steerer = Steerer(1, 2, glm.head, EsampConfig(), 1.0)  # overlap unset: on by default on CUDA
+    assert EsampConfig().overlap is None and steerer.background is not None and steerer.background.cuda
     serial = generate(glm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True),
                                               esamp=EsampConfig(overlap=False)))
     overlapped = generate(glm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True),

@@ -72,13 +72,14 @@ def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():
 def test_memory_per_distiller_is_small():
     # 2 blocks x 3 matrices x 576 x width floats, times 3 (weights, Adam m and v), 4 bytes each
     assert DistillerBank(1, 576, EsampConfig(), seed=0).nbytes_per_distiller == 2 * 3 * 576 * 64 * 3 * 4
-    assert DistillerBank(1, 576, EsampConfig(intermediate=384), seed=0).nbytes_per_distiller == 2 * 3 * 576 * 384 * 3 * 4
+    bank = DistillerBank(1, 576, EsampConfig(intermediate=384), seed=0)
+    assert bank.nbytes_per_distiller == 2 * 3 * 576 * 384 * 3 * 4
 
 
 def test_the_default_design_predicts_in_hs_space_and_starts_at_the_final_norm_of_s():
     """normed: h_hat = final_norm(x + blocks(x)) with x = 16 s / rms(s), down projections at 0 at first."""
     from core.esamp.distiller import DESIGNS
-    from core.esamp.fusion import FinalNorm
+    from core.esamp.head import FinalNorm
 
     norm = FinalNorm(torch.tensor([1.0, 2.0, 3.0, 4.0]), eps=1e-6)
     bank = DistillerBank(1, 4, EsampConfig(intermediate=8), seed=4, norm=norm)

@@ -4,12 +4,17 @@ import math
 
 import torch
 
+from core.esamp.candidates import Candidates
 from core.esamp.filters import apply_filters, build_filters
-from core.esamp.fusion import Candidates, LMHead, fuse, novelty
-from core.esamp.signals import StepSignals, step_signals
-from core.esamp.steerer import Proposal
+from core.esamp.fusion import fuse, novelty
+from core.esamp.head import LMHead
+from core.esamp.signals import PendingSignals, StepSignals, base_logprobs
 
 INF = float("inf")
+
+
+def step_signals(cand, fused, raw, tokens, top=5):
+    return PendingSignals(cand, fused, None, None, raw, top).resolve(tokens)
 
 
 def head_3x2():
@@ -95,8 +100,7 @@ def test_step_signals_on_a_two_token_distribution():
     # reference p = [0.5, 0.5]; fused p = [0.8, 0.2]; the chosen token is 0.
     ref = torch.tensor([[0.0, 0.0]])
     fused = torch.tensor([[math.log(0.8), math.log(0.2)]])
-    prop = Proposal(Candidates(None, ref), fused, fused, None, None)
-    sig = step_signals(prop, ref, torch.tensor([0]), top=3)
+    sig = step_signals(Candidates(None, ref), fused, ref, torch.tensor([0]), top=3)
     assert math.isclose(sig.logp_ref.item(), math.log(0.5), rel_tol=1e-6)
     assert math.isclose(sig.logp_new.item(), math.log(0.8), rel_tol=1e-6)
     assert math.isclose(sig.entropy_ref.item(), math.log(2), rel_tol=1e-6)
@@ -111,7 +115,7 @@ def test_logp_base_is_under_the_unfiltered_model_at_t1():
     raw = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     filtered = apply_filters(build_filters(temperature=0.5, top_k=2), raw)
     cand = Candidates.from_filtered(filtered, True)
-    sig = step_signals(Proposal(cand, cand.logits, filtered, None, None), raw, torch.tensor([1]))
+    sig = step_signals(cand, cand.logits, raw, torch.tensor([1]))
     assert math.isclose(sig.logp_base.item(), 1.0 - torch.logsumexp(raw, -1).item(), rel_tol=1e-6)
     assert math.isclose(sig.logp_ref.item(), math.log(1 / (1 + math.exp(2.0))), rel_tol=1e-6)  # (2-4) = -2
 
@@ -158,3 +162,23 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
     many = torch.tensor([[3.0] + [2.0] * 30])  # ties past 4k tokens: filter the full logits
     assert Candidates.top_k(many, 2) is None
     assert Candidates.top_k(raw, 200) is None  # most of the vocabulary: a full projection is cheaper
+
+
+def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():
+    torch.manual_seed(2)
+    weight = torch.randn(400, 16).bfloat16()
+    head, h = LMHead(weight), torch.randn(3, 16) * 4
+    raw = (h.bfloat16() @ weight.T).float()  # what a bfloat16 model hands over: bfloat16 values
+    exact32 = h @ weight.float().T  # float32 throughout
+    for temperature in (1.0, 0.7):
+        cand = Candidates.top_k(raw, 20, temperature).exact(head, h, temperature)
+        assert torch.allclose(cand.logits, exact32.gather(-1, cand.ids) / temperature, atol=1e-5)
+        want = exact32.gather(-1, cand.ids) - torch.logsumexp(exact32, -1, keepdim=True)
+        # the candidates' own mass is float32; the other 380 tokens' comes from the bfloat16 logits
+        assert torch.allclose(base_logprobs(raw, cand), want, atol=2e-3)
+        assert (base_logprobs(raw, Candidates.top_k(raw, 20, temperature)) - want).abs().max() > 5e-3
+    whole = Candidates.from_filtered(raw, filters_active=False).exact(head, h, 1.0)  # no filter: a full projection
+    assert torch.allclose(whole.logits, exact32, atol=1e-5)
+    assert torch.allclose(base_logprobs(raw, whole), torch.log_softmax(exact32, -1), atol=1e-5)
+    f32 = Candidates.top_k(raw, 20)
+    assert f32.exact(LMHead(weight.float()), h, 1.0) is f32  # a float32 model's logits are exact already

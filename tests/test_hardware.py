@@ -6,7 +6,8 @@ import torch
 from core.backends import hardware
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, torch.float32), ({"avx512f", "avx512_bf16"}, torch.bfloat16),
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, torch.float32),
+                                             ({"avx512f", "avx512_bf16"}, torch.bfloat16),
                                              ({"amx_bf16", "amx_tile"}, torch.bfloat16)])
 def test_cpus_with_native_bfloat16_get_bfloat16_and_the_others_float32(monkeypatch, flags, expected):
     monkeypatch.delenv(hardware.DTYPE_ENV, raising=False)

@@ -57,8 +57,10 @@ def test_a_version_1_database_migrates_and_keeps_its_runs(tmp_path):
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:  # what the first release wrote
         db.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
-        db.execute("INSERT INTO runs(id, created, prompt, model, methods, settings) VALUES (1, 'x', 'p', 'm', 'esamp', '{}')")
-        db.execute("INSERT INTO traces(run_id, position, method, trace) VALUES (1, 0, 'esamp', ?)", (trace().to_json(),))
+        db.execute("INSERT INTO runs(id, created, prompt, model, methods, settings) "
+                   "VALUES (1, 'x', 'p', 'm', 'esamp', '{}')")
+        db.execute("INSERT INTO traces(run_id, position, method, trace) VALUES (1, 0, 'esamp', ?)",
+                   (trace().to_json(),))
     h = History(path)
     assert h.version == SCHEMA_VERSION == 2
     traces, ppl = h.load(1)

@@ -100,3 +100,19 @@ def test_core_uses_no_streamlit_and_no_plotting_and_viz_loads_no_llm():
             assert not tops & {"streamlit", "plotly", "matplotlib", "umap"}, m
         if m.startswith("viz"):
             assert not tops & {"streamlit", "transformers", "vllm"}, m
+
+
+MAX_FUNCTION_LINES = 60  # the engine and the pages: a longer function is two ideas
+
+
+def test_no_function_in_core_or_app_is_longer_than_sixty_lines():
+    long = []
+    for name, f in project_modules().items():
+        if name.split(".")[0] not in ("core", "app"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long

@@ -77,10 +77,9 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     calls = []
     original = Steerer.propose
 
-    def recording(self, cand, s, h, guided, slots=None):
-        prop = original(self, cand, s, h, guided, slots)
-        guided = guided.clone() if isinstance(guided, torch.Tensor) else guided
-        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), guided=guided, slots=slots.clone(),
+    def recording(self, cand, s, h, first, slots=None):
+        prop = original(self, cand, s, h, first, slots)
+        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), first=first.clone(), slots=slots.clone(),
                           to_sample=prop.to_sample.clone(), novelty=prop.novelty.clone()))
         return prop
 
@@ -101,10 +100,10 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     torch.testing.assert_close(cand.logits[row], logits[cand.ids[row]], atol=2e-3, rtol=2e-3)
 
     # The same ESamp: replaying the recorded inputs gives the recorded outputs.
-    replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 0.5, 1.0, seed=3)
+    replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 1.0, seed=3)
     for c in calls:
-        prop = replay.propose(c["cand"], c["s"], c["h"], c["guided"], c["slots"])
-        replay.learn(prop, torch.ones(len(c["slots"]), dtype=torch.bool))
+        prop = replay.propose(c["cand"], c["s"], c["h"], c["first"], c["slots"])
+        replay.learn(torch.ones(len(c["slots"]), dtype=torch.bool))
         torch.testing.assert_close(prop.to_sample, c["to_sample"])
         torch.testing.assert_close(prop.novelty, c["novelty"])
 

@@ -103,7 +103,8 @@ def merged_tokens(sample: Sample, upto: int | None = None) -> list[tuple[str, To
 
 def visible(text: str) -> str:
     """Escaped text with newlines and tabs shown as marks (and still breaking the line)."""
-    return escape(text).replace("\n", '<span class="esx-nl">↵</span>\n').replace("\t", '<span class="esx-nl">⇥</span>\t')
+    return (escape(text).replace("\n", '<span class="esx-nl">↵</span>\n')
+            .replace("\t", '<span class="esx-nl">⇥</span>\t'))
 
 
 def tooltip(token: Token, signal: str, merged: int) -> str:
@@ -138,7 +139,8 @@ def legend_html(signal: str, lo: float, hi: float) -> str:
     sig = _signal(signal)
     stops = ",".join(colour(lo + (hi - lo) * i / 10, lo, hi, sig.diverging)[0] for i in range(11))
     note = f'<span class="esx-note">{escape(sig.note)}</span>' if sig.note else ""
-    return (f'<div class="esx-legend" title="{escape(sig.help, quote=True)}"><span style="font-weight:600">{escape(sig.label)}</span>'
+    return (f'<div class="esx-legend" title="{escape(sig.help, quote=True)}">'
+            f'<span style="font-weight:600">{escape(sig.label)}</span>'
             f'<span>{lo:.2f}</span><span class="esx-bar" style="background:linear-gradient(to right,{stops})">'
             f'</span><span>{hi:.2f}</span>{note}</div>')
 
@@ -152,9 +154,11 @@ def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str |
         spans.append(f'<span class="esx-tok" style="background:{bg};color:{fg}" '
                      f'title="{tooltip(token, signal, merged)}">{visible(text)}</span>')
     if header is None:
-        header = f"prompt {sample.prompt_index} · sample {sample.sample_index} · {sample.finish_reason} · {len(sample.tokens)} tokens"
+        header = (f"prompt {sample.prompt_index} · sample {sample.sample_index} · {sample.finish_reason} · "
+                  f"{len(sample.tokens)} tokens")
     body = "".join(spans) or '<span class="esx-nl">(no tokens)</span>'
-    return f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div><div class="esx-text">{body}</div></div>'
+    return (f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div>'
+            f'<div class="esx-text">{body}</div></div>')
 
 
 def heatmap_html(trace: RunTrace, signal: str = "rel_novelty", samples: Sequence[int] | None = None,

@@ -45,7 +45,8 @@ CSS = """
 body{font-family:ui-sans-serif,system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
 h1{font-size:1.6em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .esx-prompt{white-space:pre-wrap;background:#f6f6f6;padding:.6em;border-radius:6px}
-.esx-table{border-collapse:collapse;font-size:13px} .esx-table td,.esx-table th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+.esx-table{border-collapse:collapse;font-size:13px}
+.esx-table td,.esx-table th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 .esx-table td:first-child,.esx-table th:first-child{text-align:left}
 .esx-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px} .esx-dl dt{color:#555}
 .esx-cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1em}
@@ -74,7 +75,8 @@ def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] 
     emb = spread.embed(texts, embedder)
     figures = {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed),
                                               "Semantic spread of the answers"),
-               "novelty": charts.novelty_figure(traces, labels, relative=True), "loss": charts.loss_figure(traces, labels)}
+               "novelty": charts.novelty_figure(traces, labels, relative=True),
+               "loss": charts.loss_figure(traces, labels)}
     return Report(traces, labels, summarize_runs(traces, emb, perplexities), figures)
 
 

@@ -40,7 +40,8 @@ if not records:
 st.dataframe([{"id": r.id, "created": r.created, "prompt": r.prompt[:100], "model": r.model,
                "methods": ", ".join(r.methods)} for r in records], hide_index=True)
 chosen = st.selectbox("Open run", [r.id for r in records],
-                      format_func=lambda i: next(f"#{r.id} · {r.created} · {r.prompt[:60]}" for r in records if r.id == i))
+                      format_func=lambda i: next(f"#{r.id} · {r.created} · {r.prompt[:60]}"
+                                                 for r in records if r.id == i))
 try:
     traces, perplexities = history.load(chosen)
 except HistoryError as exc:

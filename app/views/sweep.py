@@ -76,7 +76,8 @@ job = render.finished_job(sweep and sweep.job, "sweep", "Choose what to sweep an
 if job is None:
     st.stop()
 if sweep.answers is None:
-    points = sweep_points(job.traces, embeddings(tuple(s.text for t in job.traces for s in t.samples)), job.perplexities)
+    texts = tuple(s.text for t in job.traces for s in t.samples)
+    points = sweep_points(job.traces, embeddings(texts), job.perplexities)
     st.plotly_chart(charts.sweep_figure(points))
     st.dataframe(points, hide_index=True)
 else:

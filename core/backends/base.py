@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from ..config import RunConfig, check_prompts
-from ..esamp.fusion import LMHead
+from ..esamp.head import LMHead
 from ..trace import RunTrace
 
 

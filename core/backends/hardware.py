@@ -75,8 +75,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ValueError(f"Device {str(device)!r} asked for, but this machine has no CUDA GPU (or this "
                              "torch build has no CUDA): use --device cpu.")
         if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
             raise ValueError(f"Device {str(device)!r} asked for, but this machine has "
-                             f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+                             f"{count} CUDA GPU(s): cuda:0 to cuda:{count - 1}.")
     elif device.type != "cpu":
         raise ValueError(f"Device {str(device)!r} is not supported: use cpu, cuda or cuda:N.")
     return device

@@ -17,6 +17,7 @@ import torch
 
 from ..config import RunConfig
 from ..esamp.signals import StepSignals
+from ..esamp.steerer import RunStats
 from ..trace import Candidate, PromptTrace, RunTrace, Sample, Timings, Token
 from .base import LanguageModel
 
@@ -91,10 +92,13 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
 
 
 def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[int]], config: RunConfig,
-                rows: dict[str, list[list]], losses: list[list[float]], rel_novelty: list[list[float]],
-                resets: list[int], stopped: bool, timings: Timings) -> RunTrace:
-    """The trace from ``Recorder.per_row()`` (row r = prompt * n + sample) and each prompt's
-    distiller curves (loss and mean relative novelty per step) and resets."""
+                rows: dict[str, list[list]], stats: RunStats, *, seconds: float, prefill_seconds: float,
+                stopped: bool) -> RunTrace:
+    """The trace from ``Recorder.per_row()`` (row r = prompt * n + sample), the Pipeline's
+    ``RunStats``, and the run's wall time (all of it, and until the first step)."""
+    new_tokens = sum(sum(a) for a in rows["active"])
+    timings = Timings(seconds, new_tokens, new_tokens / seconds if seconds > 0 else 0.0, prefill_seconds,
+                      stats.esamp_seconds, stats.parts)
     n = config.sampling.n
     tok = lm.tokenizer
     eos = set(lm.eos_ids)
@@ -125,7 +129,7 @@ def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[in
         reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")
         samples.append(Sample(r // n, r % n, "".join(pieces), reason, tokens))
     prompt_traces = [PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss, rel_novelty=rel, resets=r)
-                     for text, pid, loss, rel, r in zip(prompts, ids, losses, rel_novelty, resets)]
+                     for text, pid, loss, rel, r in zip(prompts, ids, stats.losses, stats.rel_novelty, stats.resets)]
     return RunTrace(config=config, model=lm.name, backend=lm.backend, device=str(lm.device),
                     dtype=str(lm.dtype).removeprefix("torch."), prompts=prompt_traces, samples=samples,
                     timings=timings, stopped=stopped,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.optim.adam import adam  # the functional form of torch.optim.Adam, fused kernel included
 
 from ..config import EsampConfig
-from .fusion import FinalNorm
+from .head import FinalNorm
 
 BETA1, BETA2 = 0.9, 0.999  # Adam's usual moments; ESAMP.md fixes only lr, eps and clipping
 

@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from ..config import RunConfig, SamplingConfig
+from ..config import RunConfig
 
 Filter = Callable[[torch.Tensor], torch.Tensor]
 NEG_INF = float("-inf")
@@ -92,46 +92,30 @@ def build_filters(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     return filters
 
 
-def filters_for(sampling: SamplingConfig) -> list[Filter]:
-    return build_filters(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
-
-
-def top_k_bound(filters: Sequence[Filter]) -> int | None:
-    """top-k's k when it is among the filters: no row keeps more candidates (ties aside)."""
-    return next((f.top_k for f in filters if isinstance(f, TopK)), None)
-
-
-def top_k_only(filters: Sequence[Filter]) -> tuple[int, float] | None:
-    """(k, temperature) when the filters are top-k alone, after a temperature or not: its candidates
-    can then be taken straight from the raw logits (``Candidates.top_k``)."""
-    kinds = [type(f) for f in filters]
-    if kinds == [TopK]:
-        return filters[0].top_k, 1.0
-    if kinds == [Temperature, TopK]:
-        return filters[1].top_k, filters[0].temperature
-    return None
-
-
 class StepFilters(NamedTuple):
-    """The filters of one decode step, whether any is active, top-k's bound on the candidates, and
-    the temperature they divide by."""
+    """The filters of one decode step and what the candidates' shortcut needs to know of them."""
 
     filters: list[Filter]
-    active: bool
-    bound: int | None
-    temperature: float = 1.0
+    active: bool  # any filter besides temperature: the candidates are a subset of the vocabulary
+    top_k: int | None  # top-k's k when it is among the filters: no row keeps more (ties aside)
+    top_k_only: bool  # top-k is the only filter besides temperature (``candidates.select``'s shortcut)
+    temperature: float  # what the logits are divided by
+
+    @classmethod
+    def of(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> "StepFilters":
+        others = top_p < 1.0 or min_p > 0.0
+        return cls(build_filters(temperature, top_k, top_p, min_p), top_k > 0 or others, top_k or None,
+                   top_k > 0 and not others, float(temperature))
 
 
 def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:
     """(first token's, later tokens') filters of a run: FIRE draws its first token hotter, in a
     top-k window; every other method filters every token alike (the same object twice)."""
-    main_filters = filters_for(config.sampling)
-    main = StepFilters(main_filters, config.sampling.filters_active, top_k_bound(main_filters),
-                       config.sampling.temperature)
+    sc = config.sampling
+    main = StepFilters.of(sc.temperature, sc.top_k, sc.top_p, sc.min_p)
     if config.method != "fire":
         return main, main
-    fire = build_filters(config.fire.temperature, config.fire.top_k)
-    return StepFilters(fire, True, top_k_bound(fire), config.fire.temperature), main
+    return StepFilters.of(config.fire.temperature, config.fire.top_k), main
 
 
 def apply_filters(filters: Sequence[Filter], logits: torch.Tensor) -> torch.Tensor:

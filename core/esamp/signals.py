@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .fusion import Candidates
-from .steerer import Proposal
+from .candidates import Candidates
 
 TOP = 5  # candidates recorded per token
 
@@ -42,12 +41,14 @@ class PendingSignals:
     tokens, then drops them.
     """
 
-    def __init__(self, prop: Proposal, raw: torch.Tensor, top: int = TOP, base: bool = True):
-        """prop: the step's proposal; raw: (R, V) the model's own logits, before temperature; base:
-        also each token's log p under the model itself (a pass over the whole vocabulary)."""
-        cand = prop.cand
+    def __init__(self, cand: Candidates, fused: torch.Tensor, novelty: torch.Tensor | None,
+                 rel_novelty: torch.Tensor | None, raw: torch.Tensor, top: int = TOP, base: bool = True):
+        """cand: the step's candidates; fused: (R, K) their logits after fusion (``cand.logits``
+        itself when unguided); novelty, rel_novelty: (R,) or None; raw: (R, V) the model's own
+        logits, before temperature; base: also each token's log p under the model itself (a pass
+        over the whole vocabulary)."""
         lp_ref = torch.log_softmax(cand.logits, -1)  # (R, K)
-        lp_new = lp_ref if prop.fused is cand.logits else torch.log_softmax(prop.fused, -1)
+        lp_new = lp_ref if fused is cand.logits else torch.log_softmax(fused, -1)
         k = min(top, lp_new.shape[-1])
         top_lp_new, top_pos = torch.topk(lp_new, k, dim=-1)  # (R, k)
         pad = top - k  # fewer candidates than `top`: pad with id -1 and probability 0
@@ -55,8 +56,8 @@ class PendingSignals:
         self._cand: Candidates | None = cand
         self._lps: tuple[torch.Tensor, ...] = (lp_ref, lp_new) + ((base_logprobs(raw, cand),) if base else ())
         self._known = dict(
-            entropy_ref=_entropy(lp_ref), entropy_new=_entropy(lp_new), novelty=prop.novelty,
-            rel_novelty=prop.rel_novelty, top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
+            entropy_ref=_entropy(lp_ref), entropy_new=_entropy(lp_new), novelty=novelty,
+            rel_novelty=rel_novelty, top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
             top_p_ref=F.pad(lp_ref.gather(-1, top_pos).exp(), (0, pad)), top_p_new=F.pad(top_lp_new.exp(), (0, pad)))
 
     def resolve(self, tokens: torch.Tensor) -> StepSignals:
@@ -66,12 +67,6 @@ class PendingSignals:
         ref, new, *base = (lp.gather(-1, pos)[:, 0] for lp in self._lps)
         self._cand, self._lps = None, ()  # free the (R, K) tensors
         return StepSignals(logp_ref=ref, logp_new=new, logp_base=base[0] if base else None, **self._known)
-
-
-def step_signals(prop: Proposal, raw: torch.Tensor, tokens: torch.Tensor, top: int = TOP,
-                 base: bool = True) -> StepSignals:
-    """A step's signals when its tokens are already known."""
-    return PendingSignals(prop, raw, top, base).resolve(tokens)
 
 
 def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:

@@ -5,39 +5,58 @@ Rows are laid out group-major: R = G * m rows, group g owning rows g*m .. g*m+m-
 n samples with per-prompt scope; all rows with shared scope). A backend whose batch does not
 have that layout (vLLM reorders and drops requests every step) passes ``slots``: the layout
 row of each batch row; missing layout rows then neither steer nor train.
+
+The contract with a decode loop, per step (Algorithm 1 of the paper)::
+
+    prop = pipeline.propose(logits, s, h, first)      # filter -> predict h_hat -> fuse
+    tokens = sample(prop.to_sample)                   # the backend's own sampler
+    signals = pipeline.signals(prop, logits)          # what the trace records of this step
+    pipeline.learn(active)                            # train on this step's (s, h), after sampling
+
+and once at the end ``stats = pipeline.finish(prompts)``: what the trace needs of the run.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..config import EsampConfig, RunConfig
+from .candidates import Candidates, select, select_mixed
 from .clock import Stopwatch
 from .distiller import DistillerBank
-from .filters import apply_filters, run_filters, top_k_only
-from .fusion import Candidates, LMHead, fuse, novelty
+from .filters import run_filters
+from .fusion import fuse, novelty
+from .head import LMHead
+from .signals import PendingSignals
 
 
 @dataclass
 class Proposal:
-    """What one step proposes: the logits to sample from, and what ``learn`` needs afterwards."""
+    """What one step proposes: the logits to sample from, and the step's novelty."""
 
     cand: Candidates  # reference candidates (filtered l_ref)
     fused: torch.Tensor  # (R, K) candidate logits after fusion (``cand.logits`` when unguided)
     to_sample: torch.Tensor  # (R, V) logits to sample from
-    novelty: torch.Tensor | None  # (R,) ||h - h_hat||
+    novelty: torch.Tensor | None  # (R,) ||h - h_hat||; None without a distiller
     rel_novelty: torch.Tensor | None  # (R,)
-    _pred: torch.Tensor | None = None  # (G, m, H) the prediction (with the distiller's graph unless overlapping)
-    _h: torch.Tensor | None = None  # (G, m, H)
-    _slots: torch.Tensor | None = None  # (R,) layout row of each batch row, or None: the batch is the layout
-    _s: torch.Tensor | None = None  # (G, m, H)
+
+
+@dataclass
+class _Step:
+    """What a step's update needs, kept by the Steerer from ``propose`` to ``learn``."""
+
+    pred: torch.Tensor  # (G, m, H) the prediction (with the distiller's graph unless overlapping)
+    s: torch.Tensor  # (G, m, H)
+    h: torch.Tensor  # (G, m, H)
+    rel_novelty: torch.Tensor  # (R,)
+    slots: torch.Tensor | None  # (R,) layout row of each batch row, or None: the batch is the layout
 
 
 class Steerer:
-    """ESamp for a batch of R rows in G groups; with ``beta=0`` it only observes (shadow mode).
+    """ESamp for a batch of R rows in G groups; with ``cfg.beta == 0`` it only observes (shadow mode).
 
     Per step: ``propose`` predicts with the weights of the step before and fuses; ``learn`` takes
     the step's update. With ``overlap`` the update runs off the critical path (a CUDA side stream,
@@ -45,17 +64,20 @@ class Steerer:
     ``propose`` waits for it, so every prediction sees exactly the serial order's weights.
     """
 
-    def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, beta: float,
-                 temperature: float, seed: int = 0, watch: Stopwatch | None = None):
+    def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, temperature: float,
+                 seed: int = 0, watch: Stopwatch | None = None):
+        """cfg.beta: the fusion strength applied (0 for shadow mode); temperature: what l_ref and
+        l_dist are divided by."""
         if rows % groups:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
-        self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, beta, temperature
+        self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         device = head.weight.device
         self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm)
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
         overlap = cfg.overlap if cfg.overlap is not None else device.type == "cuda"
         self.background = Background(device) if overlap else None
+        self._step: _Step | None = None  # proposed, not yet learned
         self._learning: _Learning | None = None  # the update in flight
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
         self.rel_novelty: list[torch.Tensor] = []  # (G,) per step: mean ||e|| / ||h|| over the group's trained rows
@@ -70,13 +92,12 @@ class Steerer:
             return x
         return x.new_zeros((self.rows,) + x.shape[1:]).index_copy_(0, slots, x)
 
-    def propose(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, guided: bool | torch.Tensor,
+    def propose(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, first: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
-        """cand: the reference candidates (logits after temperature and filters); s, h: (R, H) float32.
-
-        guided=False samples unguided (the first token, or beta=0) but still predicts, so
-        novelty is logged and the distiller trains; a (R,) bool tensor decides per row.
-        """
+        """cand: the reference candidates (logits after temperature and filters); s, h: (R, H) float32;
+        first: (R,) bool on the host, the rows drawing their sample's first token: those are
+        sampled unguided (no distiller has seen their prompt's answers yet) but still predicted,
+        so novelty is logged and the distiller trains."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
             s_grouped = self._grouped(self._to_layout(s, slots))
@@ -89,30 +110,32 @@ class Steerer:
             if slots is not None:
                 h_hat = h_hat[slots]  # (R, H)
             nov, rel = novelty(h, h_hat)
-        if self.beta > 0 and (guided if isinstance(guided, bool) else True):
+        firsts = int(first.sum())
+        fused = cand.logits
+        if self.beta > 0 and firsts < len(first):
             with self.watch("fuse"):
                 steer_by = h_hat if self.noise is None else h - noise_like(h - h_hat, self.noise)
                 fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature)
-                if isinstance(guided, torch.Tensor):
-                    fused = torch.where(guided[:, None], fused, cand.logits)
-        else:
-            fused = cand.logits
+                if firsts:
+                    fused = torch.where(first.to(fused.device)[:, None], cand.logits, fused)
         with self.watch("filter"):
             to_sample = cand.dense(fused)
-        return Proposal(cand, fused, to_sample, nov, rel, pred, self._grouped(self._to_layout(h, slots)), slots,
-                        s_grouped)
+        self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
+        return Proposal(cand, fused, to_sample, nov, rel)
 
-    def learn(self, proposal: Proposal, active: torch.Tensor) -> None:
-        """Train every distiller on its active rows (R,) bool (in the background with ``overlap``)."""
+    def learn(self, active: torch.Tensor) -> None:
+        """Train every distiller on the proposed step's active rows (R,) bool (in the background
+        with ``overlap``)."""
+        step, self._step = self._step, None
+        assert step is not None, "Steerer.learn without a proposed step"
         with self.watch("learn"):
-            mask = self._grouped(self._to_layout(active, proposal._slots)[:, None])[..., 0]  # (G, m)
-            rel = self._grouped(self._to_layout(proposal.rel_novelty, proposal._slots)[:, None])[..., 0]  # (G, m)
-            pred, s, h = proposal._pred, proposal._s, proposal._h
-            proposal._pred = proposal._s = proposal._h = None  # the update owns them now
+            mask = self._grouped(self._to_layout(active, step.slots)[:, None])[..., 0]  # (G, m)
+            rel = self._grouped(self._to_layout(step.rel_novelty, step.slots)[:, None])[..., 0]  # (G, m)
             result = None
             if self.background is None:
-                result = self.bank.update(pred, h, mask)
+                result = self.bank.update(step.pred, step.h, mask)
             else:
+                s, h = step.s, step.h
                 self.background.run(lambda: self.bank.update(self.bank.forward(s), h, mask), keep=(s, h, mask))
             self._learning = _Learning(result, mask, torch.where(mask, rel, 0.0).sum(-1) / mask.sum(-1).clamp(min=1))
 
@@ -180,6 +203,17 @@ def unguided(cand: Candidates) -> Proposal:
     return Proposal(cand, cand.logits, cand.dense(cand.logits), None, None)
 
 
+@dataclass
+class RunStats:
+    """What a finished run's trace needs from its Pipeline, per prompt and in all."""
+
+    losses: list[list[float]]  # each prompt's distiller loss at the steps it had rows (empty: no distiller)
+    rel_novelty: list[list[float]]  # and its mean relative novelty over those rows
+    resets: list[int]  # NaN/inf resets of each prompt's distiller
+    esamp_seconds: float  # wall time in ESamp's own work: the distiller and the fusion
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per part (core.esamp.clock.PARTS)
+
+
 class Pipeline:
     """One run's ESamp over tensors, the same for every backend: ``propose`` filters the model's
     logits and (with a distiller) predicts and fuses; ``learn`` trains after sampling.
@@ -191,73 +225,58 @@ class Pipeline:
         sc = config.sampling
         self.first, self.main = run_filters(config)
         self.head = head
-        self.full_trace = config.trace == "full"  # record logp_base
+        self._base = config.trace == "full"  # record logp_base
         self.watch = Stopwatch()  # where the time goes; the backends time their own parts with it too
-        groups = prompts if config.esamp.scope == "prompt" else 1
-        self.steerer = Steerer(groups, prompts * sc.n, head, config.esamp, config.beta, sc.temperature,
-                               seed=sc.seed, watch=self.watch) if config.uses_distiller else None
+        self._groups = prompts if config.esamp.scope == "prompt" else 1
+        esamp = replace(config.esamp, beta=config.beta)  # the β applied: 0 for every method but esamp
+        self.steerer = Steerer(self._groups, prompts * sc.n, head, esamp, self.main.temperature, seed=sc.seed,
+                               watch=self.watch) if config.uses_distiller else None
 
-    def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, first: bool | torch.Tensor,
+    def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, first: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
-        """raw: (R, V) the model's logits; s, h: (R, H) float32; first: whether (per row, as a (R,)
-        bool tensor) this is a sample's first token, drawn with the first-token filters and unguided."""
+        """raw: (R, V) the model's logits; s, h: (R, H) float32; first: (R,) bool on the host, the
+        rows drawing their sample's first token (with the first-token filters, and unguided)."""
         with self.watch("filter"):
-            cand = self._candidates(raw, first)  # temperature -> top-k -> top-p -> min-p
-            cand = cand.exact(self.head, h, self._temperature(first))  # float32 values (bfloat16 models)
+            firsts = int(first.sum()) if self.first is not self.main else 0
+            if firsts == 0:
+                cand, temperature = select(self.main, raw), self.main.temperature
+            elif firsts == len(first):
+                cand, temperature = select(self.first, raw), self.first.temperature
+            else:  # FIRE, with rows at different positions: first tokens filtered their own way
+                on_first = first.to(raw.device)
+                cand = select_mixed(on_first, self.first, self.main, raw)
+                temperature = torch.where(on_first, self.first.temperature, self.main.temperature)
+            cand = cand.exact(self.head, h, temperature)  # float32 values (bfloat16 models)
             if self.steerer is None:
                 return unguided(cand)
-        guided = not first if isinstance(first, bool) else ~first
-        return self.steerer.propose(cand, s, h, guided=guided, slots=slots)
+        return self.steerer.propose(cand, s, h, first, slots)
 
-    def _temperature(self, first: bool | torch.Tensor) -> float | torch.Tensor:
-        if isinstance(first, bool) or self.first is self.main:
-            return self.first.temperature if first is True else self.main.temperature
-        return torch.where(first, self.first.temperature, self.main.temperature)  # (R,)
+    def signals(self, prop: Proposal, raw: torch.Tensor) -> PendingSignals:
+        """The step's recorded signals, to resolve once its tokens are sampled (raw: (R, V) the
+        model's logits, for ``logp_base``)."""
+        with self.watch("signals"):
+            return PendingSignals(prop.cand, prop.fused, prop.novelty, prop.rel_novelty, raw, base=self._base)
 
-    def _candidates(self, raw: torch.Tensor, first: bool | torch.Tensor) -> Candidates:
-        if isinstance(first, bool) or self.first is self.main:
-            f = self.first if first is True else self.main
-            fast = top_k_only(f.filters)
-            cand = Candidates.top_k(raw, *fast) if fast else None  # top-k alone: no pass over all the logits
-            return cand or Candidates.from_filtered(apply_filters(f.filters, raw), f.active, f.bound)
-        # FIRE with rows at different positions: first tokens filtered their own way.
-        filtered = torch.where(first[:, None], apply_filters(self.first.filters, raw),
-                               apply_filters(self.main.filters, raw))
-        bound = max(self.first.bound, self.main.bound) if self.first.bound and self.main.bound else None
-        return Candidates.from_filtered(filtered, self.first.active or self.main.active, bound)
-
-    def learn(self, proposal: Proposal, active: torch.Tensor) -> None:
-        """Train on the step's active rows (R,) bool, after sampling (nothing without a distiller)."""
+    def learn(self, active: torch.Tensor) -> None:
+        """Train on the proposed step's active rows (R,) bool, after sampling (nothing without a distiller)."""
         if self.steerer is not None:
-            self.steerer.learn(proposal, active)
+            self.steerer.learn(active)
 
-    def finish(self) -> None:
-        """Settle the last update: call once the run's last step has learned."""
-        if self.steerer is not None:
-            self.steerer.settle()
+    def finish(self, prompts: int) -> RunStats:
+        """Settle the last update and return the run's statistics: call once, after the last step."""
+        st = self.steerer
+        if st is not None:
+            st.settle()
+        if st is None or not st.losses:
+            curves: list[list[list[float]]] = [[[] for _ in range(prompts)] for _ in range(2)]
+        else:
+            live = torch.stack(st.live).cpu()  # (steps, G)
+            curves = []
+            for values in (st.losses, st.rel_novelty):
+                per_step = torch.stack(values).cpu()  # (steps, G)
+                curves.append([per_step[live[:, g], g].tolist() for g in map(self._group_of, range(prompts))])
+        resets = [0] * prompts if st is None else [int(st.bank.resets[self._group_of(p)]) for p in range(prompts)]
+        return RunStats(curves[0], curves[1], resets, self.watch.distiller_seconds, self.watch.parts())
 
-    @property
-    def seconds(self) -> float:
-        """Wall time in ESamp's own work: the distiller and the fusion."""
-        return self.watch.distiller_seconds
-
-    def prompt_curves(self, prompts: int) -> tuple[list[list[float]], list[list[float]]]:
-        """Each prompt's distiller loss and mean relative novelty at the steps its distiller had rows
-        (empty lists without a distiller)."""
-        if self.steerer is None or not self.steerer.losses:
-            return [[] for _ in range(prompts)], [[] for _ in range(prompts)]
-        live = torch.stack(self.steerer.live).cpu()  # (steps, G)
-        curves = []
-        for values in (self.steerer.losses, self.steerer.rel_novelty):
-            per_step = torch.stack(values).cpu()  # (steps, G)
-            curves.append([per_step[live[:, g], g].tolist() for g in map(self.group_of, range(prompts))])
-        return curves[0], curves[1]
-
-    def prompt_resets(self, prompts: int) -> list[int]:
-        """NaN/inf resets of each prompt's distiller."""
-        if self.steerer is None:
-            return [0] * prompts
-        return [int(self.steerer.bank.resets[self.group_of(p)]) for p in range(prompts)]
-
-    def group_of(self, prompt: int) -> int:
-        return prompt if self.steerer is not None and self.steerer.groups > 1 else 0
+    def _group_of(self, prompt: int) -> int:
+        return prompt if self._groups > 1 else 0

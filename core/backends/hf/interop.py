@@ -13,7 +13,8 @@ out with ``num_return_sequences=n``: prompt-major, n rows per prompt.
 Relation to ``core.generate``: the same ``Pipeline`` (filters, fusion, distiller
 initialisation and training order), and transformers samples with ``torch.multinomial`` from
 the global generator as the transformers backend does from its own. So after
-``torch.manual_seed(seed)`` on CPU, one prompt with n=1 gives token-for-token the backend's output under the same seed (tested). With n > 1,
+``torch.manual_seed(seed)`` on CPU, one prompt with n=1 gives token-for-token the backend's
+output under the same seed (tested). With n > 1,
 generate() prefills n copies of the prompt while the backend prefills once and copies the
 cache; the float results can then differ in their last bits and, rarely, so can a token.
 """
@@ -27,7 +28,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ...config import RunConfig
-from ...esamp.steerer import Pipeline, Proposal
+from ...esamp.steerer import Pipeline
 from ..hooks import States, capture_states
 from .model import HfModel
 
@@ -42,7 +43,7 @@ class GenerateProcessor(LogitsProcessor):
         self.eos = torch.tensor(lm.eos_ids, device=lm.device)
         self.pipeline: Pipeline | None = None
         self.prompt_len = 0
-        self._pending: tuple[Proposal, torch.Tensor] | None = None
+        self._active: torch.Tensor | None = None  # the rows of the step proposed last, to learn from
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Arguments for ``model.generate`` that sample with this processor and nothing else."""
@@ -57,11 +58,11 @@ class GenerateProcessor(LogitsProcessor):
         if first:
             self.pipeline = Pipeline(self.config, self.lm.head, prompts=rows // self.config.sampling.n)
             self.prompt_len = input_ids.shape[1]
-        elif self._pending is not None:  # the previous step's token is sampled now: train on its states
-            self.pipeline.learn(*self._pending)
+        elif self._active is not None:  # the previous step's token is sampled now: train on its states
+            self.pipeline.learn(self._active)
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
-        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, first=first)
-        self._pending = (prop, ~finished)
+        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, torch.full((rows,), first))
+        self._active = ~finished
         return prop.to_sample
 
 

@@ -15,9 +15,8 @@ from typing import Sequence
 import torch
 
 from ...config import RunConfig
-from ...esamp.signals import step_signals
 from ...esamp.steerer import Pipeline
-from ...trace import RunTrace, Timings
+from ...trace import RunTrace
 from ..base import Progress, ProgressFn, encode_prompts
 from ..hooks import States, capture_output, capture_states
 from ..record import Recorder, build_trace
@@ -41,23 +40,21 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
         logits, s, h = decoder.prefill(ids, sc.n)  # (R, V), (R, H), (R, H)
         books.prefilled()
         for step in range(sc.max_new_tokens):
-            prop = pipeline.propose(logits, s, h, first=step == 0)  # filter -> predict h_hat -> fuse
+            first = torch.full((R,), step == 0)  # on the host: every row is at the same position
+            prop = pipeline.propose(logits, s, h, first)  # filter -> predict h_hat -> fuse
             active = ~finished
             tokens = torch.where(active, sample(prop.to_sample, gen), decoder.pad_id)
-            with pipeline.watch("signals"):
-                recorder.add(tokens, active, step_signals(prop, logits, tokens, base=pipeline.full_trace), t=step)
-            pipeline.learn(prop, active)  # train on this step's (s, h), after sampling
+            recorder.add(tokens, active, pipeline.signals(prop, logits).resolve(tokens), t=step)
+            pipeline.learn(active)  # train on this step's (s, h), after sampling
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)
             with pipeline.watch("bookkeeping"):
                 if books.end_of_step(step, active, finished):
                     break
             logits, s, h = decoder.step(tokens)
-        pipeline.finish()
-    timings = books.timings(pipeline)
-    P = len(ids)
-    return build_trace(lm, prompts, ids, config, recorder.per_row(), *pipeline.prompt_curves(P),
-                       pipeline.prompt_resets(P), books.stopped, timings)
+        stats = pipeline.finish(len(ids))
+    return build_trace(lm, prompts, ids, config, recorder.per_row(), stats, seconds=books.elapsed(),
+                       prefill_seconds=books.prefill_s, stopped=books.stopped)
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -121,10 +118,8 @@ class _Books:
         self.stopped = self.cancel is not None and self.cancel.is_set()
         return self.stopped
 
-    def timings(self, pipeline: Pipeline) -> Timings:
-        seconds = time.perf_counter() - self.t0
-        return Timings(seconds, self.tokens, self.tokens / seconds, self.prefill_s, pipeline.seconds,
-                       pipeline.watch.parts())
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

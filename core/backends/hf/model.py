@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...esamp.fusion import FinalNorm, LMHead
+from ...esamp.head import FinalNorm, LMHead
 from ..base import ModelLoadError, UnsupportedArchitectureError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import resolve_device, resolve_dtype

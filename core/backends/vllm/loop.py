@@ -25,7 +25,7 @@ import torch
 from ...config import RunConfig
 from ...esamp.signals import PendingSignals
 from ...esamp.steerer import Pipeline
-from ...trace import RunTrace, Timings
+from ...trace import RunTrace
 from ..base import Progress, ProgressFn, encode_prompts
 from ..record import Recorder, build_trace
 from . import internals
@@ -73,7 +73,7 @@ class _Run:
         if not whole:
             s, h = s[index], h[index]
         t = [len(r.out) for _, r in batch]  # the position each row is at
-        first = torch.tensor([x == 0 for x in t], device=logits.device) if 0 in t else False
+        first = torch.tensor([x == 0 for x in t])  # on the host
         slots = torch.tensor([r.row for _, r in batch], device=logits.device)
         # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
         # (s and h enter its graph; the logits do not).
@@ -81,9 +81,8 @@ class _Run:
             prop = self.pipeline.propose(raw, s.clone(), h.clone(), first, slots)
             # Training now is the same as after sampling: it reads this step's (s, h) only, and the
             # fused logits were computed with the weights from before this update.
-            self.pipeline.learn(prop, torch.ones(len(batch), dtype=torch.bool, device=logits.device))
-        with self.pipeline.watch("signals"):
-            self.pending.append(([r for _, r in batch], t, PendingSignals(prop, raw, base=self.pipeline.full_trace)))
+            self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
+        self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
         self.rows_done += len(batch)
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
@@ -164,13 +163,8 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
             lm.processor.attach(None, None)
         seconds = time.perf_counter() - t0
     run.record_sampled(final=True)
-    run.pipeline.finish()
-    rows = run.recorder.per_row()
-    done = sum(sum(a) for a in rows["active"])
-    timings = Timings(seconds, done, done / seconds if seconds > 0 else 0.0, (run.first_step_at or t0) - t0,
-                      run.pipeline.seconds, run.pipeline.watch.parts())
-    return build_trace(lm, prompts, ids, config, rows, *run.pipeline.prompt_curves(P),
-                       run.pipeline.prompt_resets(P), stopped, timings)
+    return build_trace(lm, prompts, ids, config, run.recorder.per_row(), run.pipeline.finish(P), seconds=seconds,
+                       prefill_seconds=(run.first_step_at or t0) - t0, stopped=stopped)
 
 
 def request_seed(seed: int, row: int) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...esamp.fusion import FinalNorm, LMHead
+from ...esamp.head import FinalNorm, LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype, resolve_dtype
@@ -73,27 +73,11 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
             dtype = str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
-    if safetensors_only:
-        llm_kwargs["load_format"] = "safetensors"
+    dtype = _engine_options(llm_kwargs, dtype, kv_cache_gib, safetensors_only)
     vllm = internals.import_vllm()
     note = internals.version_note(vllm.__version__)
     if note:
         log.warning(note)
-    # Whole prompts only: with chunked prefill a partly prefilled request gets a logits row whose
-    # token vLLM throws away (the processor would train on it), and on CPU throwing away a seeded
-    # request's token fails ("CPU Generator does not use offset", vLLM 0.32).
-    llm_kwargs.setdefault("enable_chunked_prefill", False)
-    # Asynchronous scheduling (on by default on GPUs in recent vLLM) prepares step t+1 before step t's
-    # tokens are in the requests' output lists: the processor reads those lists to know each row's
-    # position and to record the chosen tokens, so it needs the synchronous order.
-    llm_kwargs.setdefault("async_scheduling", False)
-    if not torch.cuda.is_available():
-        dtype = dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
-        kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
-        llm_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
-        llm_kwargs.setdefault("max_num_seqs", CPU_MAX_NUM_SEQS)
-    if kv_cache_gib is not None:
-        llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
     source = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -117,6 +101,29 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     model_config = llm.llm_engine.model_config
     return VllmModel(name=name, llm=llm, tokenizer=tokenizer, head=head, context_length=model_config.max_model_len,
                      eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype, processor=processor)
+
+
+def _engine_options(llm_kwargs: dict, dtype: str | None, kv_cache_gib: float | None,
+                    safetensors_only: bool) -> str | None:
+    """Fill in ESamp's engine settings in ``llm_kwargs`` (the caller's win); returns the dtype."""
+    if safetensors_only:
+        llm_kwargs["load_format"] = "safetensors"
+    # Whole prompts only: with chunked prefill a partly prefilled request gets a logits row whose
+    # token vLLM throws away (the processor would train on it), and on CPU throwing away a seeded
+    # request's token fails ("CPU Generator does not use offset", vLLM 0.32).
+    llm_kwargs.setdefault("enable_chunked_prefill", False)
+    # Asynchronous scheduling (on by default on GPUs in recent vLLM) prepares step t+1 before step t's
+    # tokens are in the requests' output lists: the processor reads those lists to know each row's
+    # position and to record the chosen tokens, so it needs the synchronous order.
+    llm_kwargs.setdefault("async_scheduling", False)
+    if not torch.cuda.is_available():
+        dtype = dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch.")
+        kv_cache_gib = kv_cache_gib or CPU_KV_CACHE_GIB
+        llm_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+        llm_kwargs.setdefault("max_num_seqs", CPU_MAX_NUM_SEQS)
+    if kv_cache_gib is not None:
+        llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
+    return dtype
 
 
 def _install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:

@@ -1,0 +1,121 @@
+"""The candidates of a decode step: the tokens the filters leave, as ids and logits, and the
+top-k shortcut that finds them without filtering the whole vocabulary.
+
+ESamp rewrites only the candidates (ESAMP.md, "Candidates"), so the fusion needs their ids and
+their rows of the LM head, never a full projection. ``select`` is the one entry point: it takes a
+step's ``StepFilters`` and the model's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .filters import NEG_INF, StepFilters, apply_filters
+from .head import LMHead
+
+# Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
+_FULL_PROJECTION_SHARE = 0.25
+
+
+@dataclass
+class Candidates:
+    """The tokens a filter left, as (R, K) ids and logits; ``ids is None`` means all V tokens."""
+
+    ids: torch.Tensor | None  # (R, K) long, or None for the whole vocabulary
+    logits: torch.Tensor  # (R, K) or (R, V) float32; removed entries are -inf
+    vocab: int = 0  # V; set by the constructors
+    base: torch.Tensor | None = None  # (R, K) or (R, V) float32 logits at T=1 when ``exact`` recomputed them
+
+    def exact(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor) -> "Candidates":
+        """The same candidates with their logits recomputed in float32 from the final state h (R, H),
+        when the model computed its logits in a lower precision (bfloat16): which tokens survive
+        the filters is the model's own logits' decision; their values, and so the fusion, the
+        sampled distribution and every recorded log-probability, are float32. temperature: a
+        float or (R,) per row. A no-op for a float32 model."""
+        if head.exact:
+            return self
+        base = head.logits32(h, self.ids)  # (R, K) or (R, V)
+        t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
+        logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
+        return Candidates(self.ids, logits, self.vocab, base)
+
+    @classmethod
+    def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":
+        """Gather the surviving tokens of filtered logits (R, V). One host sync for K when filtering.
+
+        ``bound`` is top-k's k when it is one of the filters: no row keeps more (ties with the k-th
+        aside, which are checked), so K is known without counting every row's survivors.
+        """
+        V = filtered.shape[-1]
+        if not filters_active:
+            return cls(None, filtered, V)
+        if bound is not None and bound < _FULL_PROJECTION_SHARE * V:
+            logits, ids = torch.topk(filtered, bound + 1, dim=-1)
+            if not bool(torch.isfinite(logits[:, -1]).any()):  # no tie kept a (k+1)-th token
+                return cls(ids[:, :-1], logits[:, :-1], V)
+        k = int((filtered > NEG_INF).sum(-1, dtype=torch.int32).max())  # the widest row decides K
+        if k > _FULL_PROJECTION_SHARE * V:
+            return cls(None, filtered, V)
+        logits, ids = torch.topk(filtered, k, dim=-1)  # rows with fewer survivors pad with -inf
+        return cls(ids, logits, V)
+
+    @classmethod
+    def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
+        """Top-k's candidates of ``raw / temperature`` straight from the raw logits (R, V): one pass
+        over the vocabulary instead of filtering all of it first. Like transformers, a token tied
+        with the k-th value is kept too (the row then has more than k; other rows pad with -inf).
+        None when the ties run past 4k tokens, or k is so large that a full projection is cheaper
+        (filter the full logits then). One host sync, two with ties."""
+        V = raw.shape[-1]
+        if k >= _FULL_PROJECTION_SHARE * V:
+            return None
+        values, ids = torch.topk(raw, k + 1, dim=-1)  # temperature keeps the order
+        logits = values if temperature == 1.0 else values / temperature
+        if not bool((logits[:, k] == logits[:, k - 1]).any()):
+            return cls(ids[:, :k], logits[:, :k], V)
+        # Ties with the k-th value (tokens whose output rows are equal, which exploring does meet):
+        # look a little further instead of filtering the whole vocabulary (~10x the time here).
+        values, ids = torch.topk(raw, min(4 * k, V - 1) + 1, dim=-1)
+        logits = values if temperature == 1.0 else values / temperature
+        keep = logits >= logits[:, k - 1:k]
+        if bool(keep[:, -1].any()):
+            return None
+        width = int(keep.sum(-1).max())
+        return cls(ids[:, :width], logits[:, :width].masked_fill(~keep[:, :width], NEG_INF), V)
+
+    def dense(self, logits: torch.Tensor) -> torch.Tensor:
+        """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates."""
+        if self.ids is None:
+            return logits
+        return logits.new_full((logits.shape[0], self.vocab), NEG_INF).scatter_(-1, self.ids, logits)
+
+    def token_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """Vocabulary ids of candidate positions (R, k) -> (R, k)."""
+        return positions if self.ids is None else self.ids.gather(-1, positions)
+
+    def position_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Candidate position of each row's token (R,) -> (R,)."""
+        if self.ids is None:
+            return tokens
+        return (self.ids == tokens[:, None]).int().argmax(-1)
+
+
+def select(step: StepFilters, raw: torch.Tensor) -> Candidates:
+    """A step's candidates from the model's logits (R, V): temperature -> top-k -> top-p -> min-p.
+    Top-k alone (after a temperature or not) takes them straight from the raw logits, one pass
+    instead of filtering all of them first."""
+    if step.top_k_only:
+        cand = Candidates.top_k(raw, step.top_k, step.temperature)
+        if cand is not None:
+            return cand
+    return Candidates.from_filtered(apply_filters(step.filters, raw), step.active, step.top_k)
+
+
+def select_mixed(first: torch.Tensor, on_first: StepFilters, later: StepFilters, raw: torch.Tensor) -> Candidates:
+    """Candidates when some rows (first: (R,) bool) draw their first token with other filters
+    (FIRE) and the rest do not: each row filtered its own way."""
+    filtered = torch.where(first[:, None], apply_filters(on_first.filters, raw), apply_filters(later.filters, raw))
+    bound = max(on_first.top_k, later.top_k) if on_first.top_k and later.top_k else None
+    return Candidates.from_filtered(filtered, on_first.active or later.active, bound)

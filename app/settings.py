@@ -64,11 +64,9 @@ def _numbers(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-# The defaults of the first Generate, chosen by `python -m bench.demo` (README, "The default demo"):
-# about 22 s warm on 2 cores, and ESamp more diverse than plain beyond the noise of 16 answers at
-# β = 0.5 on most seeds (the effect depends on the prompt: on some it is none, or less diversity).
-# transformers: with its start-up it finishes the first Generate before vLLM (24 s against 30 s);
-# vLLM catches up at the second and is 8 s faster on each one after.
+# The defaults of the first Generate, chosen by `python -m bench.demo` (docs/results.md, "The default
+# demo"): ESamp more diverse than plain beyond the noise of its answers on most seeds, in a time a
+# class waits for; transformers because, with its start-up, it finishes the first Generate first.
 FIELDS = [
     Field("model", str, "", lambda m, s: m.name),
     Field("backend", str, "transformers", lambda m, s: m.backend),

@@ -85,7 +85,7 @@ class EsampConfig:
     """The distiller and the fusion strength (ESAMP.md, 'Distiller' and 'Fusion')."""
 
     beta: float = 0.25  # the paper's default; 0.1 to 0.4 all worked, 0.5 was worse on math
-    scope: str = "prompt"  # "prompt": one distiller per prompt (paper default); "shared": one
+    scope: str = "prompt"  # "prompt": one distiller per prompt (paper default); "shared": one for the batch
     distiller: str = "normed"  # the design around the blocks (bench.distiller); "residual": the paper literally
     # Width inside each gated block. The paper's 384 learns a little better (bench.distiller) at 6x the
     # parameters; its Adam step is memory-bound on a CPU and runs once per prompt per step.
@@ -98,9 +98,8 @@ class EsampConfig:
     noise: bool = False  # the paper's ablation: fuse with Gaussian noise of e's norm per row instead of e
     # Run each step's update off the critical path, overlapping the next forward pass (the same
     # weights as the serial order). None: on CUDA (a side stream); off on CPU, where a worker
-    # thread competes with the forward pass for 2 cores: measured slower (bench.speed, variant
-    # esamp-overlap at 4x16: 0.77 of plain against the serial order's 0.89 on transformers, 0.87
-    # against 1.01 on vLLM; 2026-11-29, AMD EPYC, 2 cores).
+    # thread competes with the forward pass for 2 cores and measured slower (bench.speed's
+    # esamp-overlap variant; the figures are in docs/results.md).
     overlap: bool | None = None
 
     def __post_init__(self) -> None:

@@ -50,10 +50,6 @@ class Token:
     logp_base: float | None = None
     top: list[Candidate] = field(default_factory=list)
 
-    @property
-    def logp_gain(self) -> float:
-        return self.logp_new - self.logp_ref
-
 
 @dataclass
 class Sample:

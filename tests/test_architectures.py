@@ -51,7 +51,7 @@ def test_a_local_checkpoint_directory_loads_by_path(tmp_path, tokenizer):
     AutoModelForCausalLM.from_config(tiny_configs(len(tokenizer))["llama"]).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     lm = load_model(str(tmp_path))
-    assert lm.model_type == "llama" and lm.dtype == default_dtype(torch.device("cpu"))
+    assert lm.model.config.model_type == "llama" and lm.dtype == default_dtype(torch.device("cpu"))
     assert load_model(str(tmp_path), dtype="float32").dtype == torch.float32
 
 

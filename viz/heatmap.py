@@ -14,8 +14,6 @@ from typing import Callable, Sequence
 
 from core.trace import RunTrace, Sample, Token
 
-from .style import plotly_text
-
 
 @dataclass(frozen=True)
 class Signal:
@@ -176,27 +174,3 @@ def heatmap_html(trace: RunTrace, signal: str = "rel_novelty", samples: Sequence
     parts += [sample_html(s, signal, lo, hi, upto=upto) for s in chosen]
     parts.append("</div>")
     return "".join(parts)
-
-
-def heatmap_figure(trace: RunTrace, signal: str = "rel_novelty", value_range: tuple[float, float] | None = None,
-                   max_positions: int | None = None):
-    """A plotly heatmap: one row per sample, one column per token position, coloured by signal."""
-    import plotly.graph_objects as go
-
-    sig = _signal(signal)
-    width = max((len(s.tokens) for s in trace.samples), default=0)
-    if max_positions:
-        width = min(width, max_positions)
-    z, text = [], []
-    for s in trace.samples:
-        row = [sig.value(t) for t in s.tokens[:width]]
-        z.append([v if v is not None else math.nan for v in row] + [math.nan] * (width - len(row)))
-        text.append([plotly_text(repr(t.text)) for t in s.tokens[:width]] + [""] * (width - len(row)))
-    lo, hi = value_range or signal_range([trace], signal)
-    fig = go.Figure(go.Heatmap(
-        z=z, customdata=text, zmin=lo, zmax=hi, colorscale=DIVERGING if sig.diverging else SEQUENTIAL,
-        zmid=0 if sig.diverging else None, colorbar=dict(title=dict(text=plotly_text(sig.label))),
-        hovertemplate="sample %{y} · position %{x}<br>token %{customdata}<br>value %{z:.3f}<extra></extra>"))
-    fig.update_layout(template="plotly_white", height=120 + 22 * len(trace.samples),
-                      xaxis_title="position", yaxis_title="sample", margin=dict(l=10, r=10, t=30, b=10))
-    return fig

@@ -56,7 +56,7 @@ class DistillerBank:
         pred = bank.forward(s)              # (G, m, H), keeps the graph for the update
         h_hat = pred.detach()               # steer with it
         ...sample...
-        loss, reset = bank.update(pred, h, mask)
+        loss, bad = bank.update(pred, h, mask)   # (G,) each; then bank.handle_bad(bad)
     """
 
     def __init__(self, groups: int, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",

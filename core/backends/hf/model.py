@@ -51,10 +51,6 @@ class HfModel:
         return self.head.weight.dtype
 
     @property
-    def model_type(self) -> str:
-        return self.model.config.model_type
-
-    @property
     def hidden_size(self) -> int:
         return self.head.weight.shape[1]
 

@@ -60,7 +60,7 @@ def version_note(version: str) -> str | None:
     if any(version == v or version.startswith(v + ".") for v in TESTED):
         return None
     return (f"vLLM {version} is untested with ESamp Explorer (tested: {', '.join(TESTED)}); "
-            "if generation fails, core/vllm_internals.py names the internals it relies on.")
+            "if generation fails, core/backends/vllm/internals.py names the internals it relies on.")
 
 
 def last_token_rows() -> torch.Tensor:

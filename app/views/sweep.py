@@ -8,7 +8,7 @@ import streamlit as st
 from app import render, serving, settings
 from app.jobs import Job, start_job
 from app.resources import embeddings, open_history
-from core import EsampConfig, RunConfig, SamplingConfig
+from core import SamplingConfig, methods
 from core.scoring import trace_perplexities
 from core.tasks import arithmetic_tasks
 from viz import charts
@@ -51,16 +51,14 @@ if go:
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            configs = [RunConfig(method="esamp", sampling=SamplingConfig(**sampling), esamp=EsampConfig(beta=b))
-                       for b in sorted(betas)]
-            configs += [RunConfig(method="plain", sampling=SamplingConfig(temperature=t, **sampling))
-                        for t in sorted(temps)]
+            configs = [methods.esamp(SamplingConfig(**sampling), b) for b in sorted(betas)]
+            configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]
         else:
             tasks = (arithmetic_tasks(count, int(seed)) if builtin == "built-in arithmetic" or upload is None
                      else settings.read_task_file(upload.getvalue(), limits.max_upload_mb)[:MAX_TASKS])
             prompts, answers = [t.prompt for t in tasks], [t.answer for t in tasks]
-            configs = [RunConfig(method=m, sampling=SamplingConfig(**sampling, **kw)) for m, kw in
-                       [("esamp", {}), ("plain", {}), ("plain", {"min_p": 0.1}), ("fire", {})]]
+            # The benchmarks' methods (core.methods): ESamp at the paper's β, plain, min-p, FIRE.
+            configs = list(methods.compared(SamplingConfig(**sampling), betas=(0.25,), temperatures=(1.0,)).values())
         if not prompts or not configs:
             raise ValueError("Give at least one prompt and one setting to sweep.")
     except ValueError as exc:

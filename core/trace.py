@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,13 @@ class Token:
     # second forward pass. None only where a version 1 trace did not record it.
     logp_base: float | None = None
     top: list[Candidate] = field(default_factory=list)
+
+
+# The per-token signals a run records: every field of Token but its id, text and candidates. This is
+# their one list: core.esamp.signals computes each per step under its name, core.backends.record
+# stores them without naming any. Adding one: a Token field (a format change: bump TRACE_VERSION,
+# with an upgrade) and its value in core.esamp.signals.
+TOKEN_SIGNALS = tuple(f.name for f in fields(Token) if f.name not in ("id", "text", "top"))
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 A backend adds each decode step's tokens and ``StepSignals`` to a ``Recorder`` (for all rows
 of the run, or for the rows in its batch), then ``build_trace`` turns the recorder's per-row
-lists into a ``RunTrace``. The recorded fields are ``StepSignals``'s: this module never names
-them one by one.
+lists into a ``RunTrace``. The recorded fields are ``core.trace.TOKEN_SIGNALS`` and the
+candidates: this module never names them one by one.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from typing import Sequence
 import torch
 
 from ..config import RunConfig
-from ..esamp.signals import StepSignals
+from ..esamp.signals import TOP_FIELDS, StepSignals
 from ..esamp.steerer import RunStats
-from ..trace import Candidate, PromptTrace, RunTrace, Sample, Timings, Token
+from ..trace import TOKEN_SIGNALS, Candidate, PromptTrace, RunTrace, Sample, Timings, Token
 from .base import LanguageModel
 
-SIGNALS = [f.name for f in fields(StepSignals)]
-TOP_FIELDS = ("top_ids", "top_p_ref", "top_p_new")  # become Token.top
-SCALARS = [name for name in SIGNALS if name not in TOP_FIELDS]  # one Token field each
+SIGNALS = (*TOKEN_SIGNALS, *TOP_FIELDS)
 _OPTIONAL = {f.name for f in fields(Token) if f.default is None}  # None when not recorded or not finite
 
 
@@ -58,10 +56,10 @@ class Recorder:
             row_of += range(b) if e.rows is None else e.rows
             t_of += [e.t] * b if isinstance(e.t, int) else e.t
         width = max(t_of, default=-1) + 1
-        names = ["tokens", "active"] + [n for n in SIGNALS if entries and getattr(entries[0].signals, n) is not None]
+        names = ["tokens", "active"] + [n for n in SIGNALS if entries and entries[0].signals[n] is not None]
         out: dict[str, list[list]] = {}
         for name in names:
-            parts = [e.tokens if name == "tokens" else e.active if name == "active" else getattr(e.signals, name)
+            parts = [e.tokens if name == "tokens" else e.active if name == "active" else e.signals[name]
                      for e in entries]
             values = torch.cat(parts).cpu().tolist()
             per_row: list[list] = [[False if name == "active" else None] * width for _ in range(self.rows)]
@@ -125,7 +123,7 @@ def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[in
         for t, tid, piece in zip(keep, token_ids, pieces):
             top = [Candidate(i, piece_of(i), pr, pn) for i, pr, pn in zip(*(rows[k][r][t] for k in TOP_FIELDS))
                    if i >= 0 and pn > 0]
-            tokens.append(Token(id=tid, text=piece, top=top, **{k: value(k, r, t) for k in SCALARS}))
+            tokens.append(Token(id=tid, text=piece, top=top, **{k: value(k, r, t) for k in TOKEN_SIGNALS}))
         reason = "eos" if len(keep) < len(steps) else ("stopped" if stopped else "length")
         samples.append(Sample(r // n, r % n, "".join(pieces), reason, tokens))
     prompt_traces = [PromptTrace(text=text, n_prompt_tokens=len(pid), loss=loss, rel_novelty=rel, resets=r)

@@ -1,37 +1,21 @@
-"""The per-token signals of a decode step, over tensors: the one list of what a trace records.
+"""The per-token signals of a decode step, over tensors.
 
-``StepSignals`` names every per-token field once. ``core.backends.record`` iterates its fields
-to store a run, and ``core.trace.Token`` has a field of the same name for each (R,) signal
-(the ``top_*`` fields become its candidate list). Adding a signal: a field here, its value in
-``PendingSignals``, a field on ``Token``.
+Their names are ``core.trace.TOKEN_SIGNALS`` (one (R,) tensor each) and ``TOP_FIELDS`` (the most
+likely candidates after fusion, which become ``Token.top``); ``PendingSignals.resolve`` returns
+them as one dict, ``StepSignals``, all on the device (no host sync).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from ..trace import TOKEN_SIGNALS
 from .candidates import Candidates
 
 TOP = 5  # candidates recorded per token
-
-
-@dataclass
-class StepSignals:
-    """Per-row signals of one decode step, all on the device (no host sync)."""
-
-    logp_ref: torch.Tensor  # (R,) log-probability of the chosen token before fusion (after the filters)
-    logp_new: torch.Tensor  # (R,) and after
-    logp_base: torch.Tensor | None  # (R,) under the model itself at T=1 with no filters (None: light trace)
-    entropy_ref: torch.Tensor  # (R,) nats, of the distribution sampled from before fusion
-    entropy_new: torch.Tensor  # (R,)
-    novelty: torch.Tensor | None  # (R,) ||h - h_hat||; None when no distiller ran
-    rel_novelty: torch.Tensor | None  # (R,) ||h - h_hat|| / ||h||
-    top_ids: torch.Tensor  # (R, TOP) most likely tokens after fusion, -1 where fewer candidates
-    top_p_ref: torch.Tensor  # (R, TOP)
-    top_p_new: torch.Tensor  # (R, TOP)
+TOP_FIELDS = ("top_ids", "top_p_ref", "top_p_new")  # (R, TOP): ids (-1 where fewer candidates), p before and after
+StepSignals = dict[str, "torch.Tensor | None"]  # TOKEN_SIGNALS and TOP_FIELDS -> their values (None: not recorded)
 
 
 class PendingSignals:
@@ -66,7 +50,9 @@ class PendingSignals:
         pos = self._cand.position_of(tokens)[:, None]  # (R, 1)
         ref, new, *base = (lp.gather(-1, pos)[:, 0] for lp in self._lps)
         self._cand, self._lps = None, ()  # free the (R, K) tensors
-        return StepSignals(logp_ref=ref, logp_new=new, logp_base=base[0] if base else None, **self._known)
+        out = dict(logp_ref=ref, logp_new=new, logp_base=base[0] if base else None, **self._known)
+        assert out.keys() == set(TOKEN_SIGNALS) | set(TOP_FIELDS), sorted(out)
+        return out
 
 
 def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:

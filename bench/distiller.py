@@ -140,7 +140,7 @@ def main(argv=None) -> int:
                 f"{per[p]['probe']['unseen']:.2f}" for p in PROMPTS) + f"  {per[PROMPTS[0]]['update_ms']:.1f} ms",
                 file=sys.stderr, flush=True)
     engine = {b: engine_check(b, a.n, a.tokens, a.seed) for b in a.backends.split(",") if b}
-    table = markdown(results, a.probe)
+    table = markdown(results, a.probe) + "\n\n" + engine_markdown(engine)
     print("\n" + table)
     out = {"command": "python -m bench.distiller " + " ".join(argv if argv is not None else sys.argv[1:]),
            "model": lm.name, "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
@@ -153,6 +153,17 @@ def main(argv=None) -> int:
     if a.images:
         write_images({"distiller-learning": learning_figure(results)}, a.images)
     return 0
+
+
+def engine_markdown(engine: dict) -> str:
+    """Relative novelty by quarter through ``generate()``, per backend and method (the distiller that ships)."""
+    prompts = list(next(iter(next(iter(engine.values())).values())))
+    lines = ["| backend | method | " + " | ".join(prompts) + " |", "|---|---|" + "---|" * len(prompts)]
+    for backend, by_method in engine.items():
+        for method, curves in by_method.items():
+            lines.append(f"| {backend} | {method} | " + " | ".join(" ".join(f"{q:.2f}" for q in curves[p])
+                                                                for p in prompts) + " |")
+    return "\n".join(lines)
 
 
 def learning_figure(results: list[dict]):

@@ -1,0 +1,51 @@
+"""The docs a newcomer reads: a short README, every link resolving (files and headings), and the
+results' tables the ones the benchmarks wrote."""
+
+import re
+from pathlib import Path
+
+from bench import docs
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
+def test_the_readme_is_short():
+    assert len((ROOT / "README.md").read_bytes()) <= 10_000
+
+
+def test_every_link_in_the_readme_and_the_docs_resolves():
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+://", target):
+                continue  # no network here; the docs link only inside the repository
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.is_file():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and anchor not in anchors(file):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_results_tables_are_the_ones_in_bench_results():
+    assert docs.main(["--check"]) == 0, "run python -m bench.docs"
+
+
+def test_a_table_marker_copies_its_sources_nth_table(tmp_path):
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "x.md").write_text("intro\n\n| a |\n|---|\n| 1 |\n\n| b |\n|---|\n| 2 |\n")
+    doc = "text\n<!-- bench/results/x.md table 2 -->\n| old |\n<!-- end -->\nmore\n"
+    assert docs.render(doc, tmp_path) == "text\n<!-- bench/results/x.md table 2 -->\n| b |\n|---|\n| 2 |\n<!-- end -->\nmore\n"

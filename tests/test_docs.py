@@ -48,4 +48,5 @@ def test_a_table_marker_copies_its_sources_nth_table(tmp_path):
     (tmp_path / "bench" / "results").mkdir(parents=True)
     (tmp_path / "bench" / "results" / "x.md").write_text("intro\n\n| a |\n|---|\n| 1 |\n\n| b |\n|---|\n| 2 |\n")
     doc = "text\n<!-- bench/results/x.md table 2 -->\n| old |\n<!-- end -->\nmore\n"
-    assert docs.render(doc, tmp_path) == "text\n<!-- bench/results/x.md table 2 -->\n| b |\n|---|\n| 2 |\n<!-- end -->\nmore\n"
+    want = "text\n<!-- bench/results/x.md table 2 -->\n| b |\n|---|\n| 2 |\n<!-- end -->\nmore\n"
+    assert docs.render(doc, tmp_path) == want

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench import passk, quality, speed
+from core import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,3 +124,21 @@ def test_dtype_quick_reports_both_dtypes_and_the_tokens_across_them(tmp_path):
         assert r["of"] == 2 and (r["samples"] == 0 or r["max_rel"] >= r["median_rel"] >= 0)
     assert [r["method"] for r in report["tokens_across_dtypes"]] == ["plain", "esamp β=0.5", "esamp β=1"]
     assert report["machine"]["cpu"] in table.read_text()
+
+
+def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
+    from bench import frontier
+
+    out, images = tmp_path / "f.json", tmp_path / "img"
+    assert frontier.main(["--quick", "--backend", "transformers", "--json", str(out), "--images", str(images)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["filters"]) == ["top-k 50", "min-p 0.1"]
+    for rows in report["filters"].values():
+        assert [(r["series"], frontier.point(r)["setting"]) for r in rows] == [
+            ("plain", "T=1"), ("esamp", "β=0.5"), ("plain", "T=1.3")]
+        for r in rows:
+            assert set(r["summary"]) == {"cosine_distance", "vendi", "perplexity", "within_distinct_2"}
+            assert 0 <= r["summary"]["within_distinct_2"]["mean"] <= 1
+    min_p = RunConfig.from_dict(report["filters"]["min-p 0.1"][1]["config"]).sampling
+    assert (min_p.top_k, min_p.min_p) == (0, 0.1)
+    assert (images / "frontier-6-min-p0.1.png").stat().st_size > 0

@@ -1,0 +1,155 @@
+"""ESamp's diversity-coherence frontier over the candidate set: for each filter, ESamp at each β
+against plain sampling's temperature curve under the same filter.
+
+    python -m bench.frontier --json bench/results/frontier-32.json --markdown bench/results/frontier-32.md \\
+        --images bench/results                              # 24 prompts x 16 samples x 32 tokens
+    python -m bench.frontier --tokens 128 ...               # the same at 128 tokens
+    python -m bench.frontier --quick --json /tmp/f.json     # 2 prompts x 3 samples x 6 tokens, two filters
+
+Three axes, each a mean over prompts with its standard error: semantic diversity of a prompt's n
+answers (mean pairwise cosine distance of their embeddings, and the Vendi score), coherence (the
+answers' mean perplexity under the base model at T = 1, recorded while generating), and
+within-answer repetition (the distinct-2 of each answer on its own, averaged: 1 = no word pair
+repeats inside an answer). A filter's candidates are what ESamp may reorder: top-k 50 lets it lift
+any of 50 tokens, min-p only tokens the model finds plausible. Plain sampling at β = 0 and at other
+temperatures, under the same filter, is the line to beat: at the same diversity, is ESamp's
+perplexity lower?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from core import RunConfig, SamplingConfig, generate, load_model, methods
+from core.scoring import trace_perplexities
+from viz import charts, metrics, spread
+from viz.report import write_images
+from viz.summary import prompt_scores
+
+from .quality import default_backend, machine, read_prompts
+
+# (label, filter settings): top-k off wherever top-p or min-p is the point.
+FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "top-p 0.95": dict(top_k=0, top_p=0.95),
+           "min-p 0.05": dict(top_k=0, min_p=0.05), "min-p 0.1": dict(top_k=0, min_p=0.1),
+           "min-p 0.2": dict(top_k=0, min_p=0.2)}
+BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
+TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
+
+
+def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES) -> list[tuple[str, RunConfig]]:
+    """(series, config) of one filter: plain at T = 1 (β = 0), ESamp at each β, plain at each temperature."""
+    out = [("plain", methods.plain(sampling, shadow=False))]
+    out += [("esamp", methods.esamp(sampling, b)) for b in betas]
+    out += [("plain", methods.plain(sampling, t, shadow=False)) for t in temperatures]
+    return out
+
+
+def within_answer_distinct_2(trace) -> list[float]:
+    """Per prompt: the mean over its answers of each answer's own distinct-2 (answers of fewer
+    than two words left out)."""
+    out = []
+    for p in range(len(trace.prompts)):
+        values = [metrics.distinct_n([s.text], 2) for s in trace.samples_of(p) if len(s.text.split()) >= 2]
+        out.append(statistics.fmean(values) if values else float("nan"))
+    return out
+
+
+def measure(lm, embedder, prompts: list[str], cfg: RunConfig) -> dict:
+    trace = generate(lm, prompts, cfg)
+    scores = prompt_scores(trace, spread.embed(trace.texts(), embedder), trace_perplexities(lm, trace))
+    within = within_answer_distinct_2(trace)
+    summary = {k: scores.summary()[k] for k in ("cosine_distance", "vendi", "perplexity")}
+    summary["within_distinct_2"] = dict(zip(("mean", "se"), metrics.mean_and_stderr(within)))
+    return {"config": cfg.to_dict(), "summary": summary, "tokens_per_s": trace.timings.tokens_per_s,
+            "eos_share": sum(s.finish_reason == "eos" for s in trace.samples) / len(trace.samples)}
+
+
+def point(r: dict) -> dict:
+    cfg, s = RunConfig.from_dict(r["config"]), r["summary"]
+    setting = f"β={cfg.esamp.beta:g}" if cfg.method == "esamp" else f"T={cfg.sampling.temperature:g}"
+    return {"series": r["series"], "setting": setting, "diversity": s["cosine_distance"]["mean"],
+            "diversity_se": s["cosine_distance"]["se"], "perplexity": s["perplexity"]["mean"],
+            "perplexity_se": s["perplexity"]["se"]}
+
+
+def figure(label: str, rows: list[dict]):
+    """Diversity against perplexity under one filter: ESamp's line from plain (β = 0) up, plain's by temperature."""
+    plain = sorted((point(r) for r in rows if r["series"] == "plain"), key=lambda p: float(p["setting"][2:]))
+    start = next(p for p in plain if p["setting"] == "T=1")
+    esamp = [{**start, "series": "esamp", "setting": "β=0"}] + [point(r) for r in rows if r["series"] == "esamp"]
+    fig = charts.sweep_figure(esamp + plain)
+    fig.update_layout(title=f"{label}: ESamp's β against plain sampling's temperature")
+    return fig
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"{len(report['prompts'])} prompts x {report['n']} samples x {report['tokens']} tokens, seed "
+             f"{report['seed']}, {report['backend']} in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs); mean ± s.e. "
+             "over prompts (`python -m bench.frontier`).", "",
+             "| filter | run | cosine distance ↑ | Vendi ↑ | perplexity ↓ | within-answer distinct-2 ↑ |",
+             "|---|---|---:|---:|---:|---:|"]
+    for label, rows in report["filters"].items():
+        for r in rows:
+            s = r["summary"]
+            cells = [f"{s[k]['mean']:.3f} ± {s[k]['se']:.3f}" for k in ("cosine_distance", "vendi")]
+            cells += [f"{s['perplexity']['mean']:.2f} ± {s['perplexity']['se']:.2f}",
+                      f"{s['within_distinct_2']['mean']:.3f} ± {s['within_distinct_2']['se']:.3f}"]
+            lines.append(f"| {label} | {r['series']} {point(r)['setting']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--backend", default=default_backend())
+    ap.add_argument("--prompts", type=int, default=24, help="how many of the stored prompts")
+    ap.add_argument("-n", type=int, default=16, help="samples per prompt")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--filters", nargs="+", default=list(FILTERS), choices=list(FILTERS))
+    ap.add_argument("--quick", action="store_true", help="2 prompts x 3 samples x 6 tokens, two filters")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--images", type=Path, help="folder for one diversity-vs-perplexity plot per filter")
+    a = ap.parse_args(argv)
+    betas, temperatures = BETAS, TEMPERATURES
+    if a.quick:
+        a.prompts, a.n, a.tokens, a.filters, betas, temperatures = 2, 3, 6, ["top-k 50", "min-p 0.1"], (0.5,), (1.3,)
+    prompts = read_prompts()[:a.prompts]
+    lm = load_model(a.model, backend=a.backend)
+    embedder = spread.load_embedder()
+    t_start = time.perf_counter()
+    results: dict[str, list[dict]] = {}
+    for label in a.filters:
+        sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed, **FILTERS[label])
+        results[label] = []
+        for series, cfg in runs(sampling, betas, temperatures):
+            results[label].append({"series": series, **measure(lm, embedder, prompts, cfg)})
+            s = results[label][-1]["summary"]
+            setting = point(results[label][-1])["setting"]
+            print(f"{label:11s} {series} {setting:7s} cos {s['cosine_distance']['mean']:.3f}"
+                  f" ppl {s['perplexity']['mean']:.2f} within-d2 {s['within_distinct_2']['mean']:.3f} "
+                  f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
+    report = {"command": "python -m bench.frontier " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "backend": a.backend, "model": lm.name, "prompts": prompts, "n": a.n, "tokens": a.tokens,
+              "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start, "filters": results}
+    table = markdown(report)
+    print(table)
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1) + "\n")
+    if a.markdown:
+        a.markdown.write_text(table)
+    if a.images:
+        write_images({f"frontier-{a.tokens}-{label.replace(' ', '')}": figure(label, rows)
+                      for label, rows in results.items()}, a.images)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,6 +17,7 @@ from viz.style import run_colours
 from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence, run_label,
                          speed_ratio, split_by_run, tradeoff_points)
 
+from . import serving
 from .jobs import Job
 from .resources import embeddings, projection
 
@@ -82,6 +83,9 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     run's widgets from another run's (a slider's values change with the ladder)."""
     labels = [run_label(t) for t in traces]
     rungs = ladder(traces)
+    finished = [b for b, i in rungs.items() if not traces[i].stopped]
+    if finished and beta is not None and traces[rungs[nearest(list(rungs), beta)]].stopped:
+        beta = nearest(finished, beta)  # open on a β that ran to the end, not on the one Stop cut short
     current, signal, prompt_index = _controls(traces, list(rungs), key, run_key, beta, on_beta)
     now, base = rungs.get(current), rungs.get(0.0)
     shown = list(dict.fromkeys(i for i in (base, now) if i is not None)) or list(range(len(traces)))
@@ -102,8 +106,13 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     prompt_emb = [e[[j for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]]
                   for t, e in zip(traces, per_run)]
     with summary:
-        if now is not None and base is not None and now != base:
-            st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now]))
+        cut = [labels[i] for i in dict.fromkeys((base, now)) if i is not None and traces[i].stopped]
+        if cut:
+            st.warning(f"{' and '.join(cut)} stopped early: its answers are cut short, so its diversity and "
+                       "perplexity are not comparable with complete answers'. The cards below compare them anyway.")
+        elif now is not None and base is not None and now != base:
+            st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
+                                   max_n=serving.policy().limits.max_n))
         for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
             col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
 
@@ -177,8 +186,9 @@ def _metrics_and_commands(traces: Sequence[RunTrace], labels: list[str], stats: 
     st.dataframe([d.as_row(i == focus) for i, d in enumerate(stats)], hide_index=True)
     ratio = speed_ratio([traces[i] for i in shown])
     if ratio is not None:
-        st.caption(f"ESamp speed relative to plain sampling in this run: {ratio:.3f} "
-                   "(plain ran its distiller in shadow to log novelty; see bench/ for the clean ratio)")
+        st.caption(f"Tokens per second, ESamp over plain, in these two runs: {ratio:.2f}. One pair of runs on a "
+                   "server other sessions share is no measurement of ESamp's cost (plain also ran its distiller "
+                   "here, to log novelty): bench.speed measures it, docs/results.md has the figures.")
 
 
 def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_range: tuple[float, float]) -> None:
@@ -192,7 +202,8 @@ def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_
 
 def _answer_name(traces: Sequence[RunTrace], labels: Sequence[str], option: str) -> str:
     i, j = map(int, option.split(":"))
-    return f"{labels[i]} · answer {j + 1}: {traces[i].samples[j].text[:60]}"
+    sample = traces[i].samples[j]
+    return f"{labels[i]} · answer {sample.sample_index + 1}: {sample.text[:60]}"
 
 
 def job_status(job: Job) -> str:

@@ -177,9 +177,10 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     model, loaded; otherwise None, with the reason shown next to the widget it concerns."""
     d, limits = url_values(), serving.policy().limits
     with st.form(key):
+        # No max_chars: the browser would drop a longer paste without a word; the length is checked below.
         prompt = st.text_area("Prompt", d["prompt"][:limits.max_prompt_chars], height=100,
-                              max_chars=limits.max_prompt_chars,
-                              help="Model output is shown as text, never as HTML.")
+                              help=f"At most {limits.max_prompt_chars:,} characters. Model output is shown as text, "
+                                   "never as HTML.")
         prompt_error = st.empty()
         mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
                         help="chat wraps the prompt in the model's chat template")
@@ -207,6 +208,10 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         return None
     if not prompt.strip():
         prompt_error.error("Write a prompt first: it is empty.")
+        return None
+    if len(prompt) > limits.max_prompt_chars:
+        prompt_error.error(f"The prompt has {len(prompt):,} characters; this server takes at most "
+                           f"{limits.max_prompt_chars:,}. Shorten it: your text is still in the box.")
         return None
     try:
         ladder = parse_ladder(ladder_text, limits.max_rungs)

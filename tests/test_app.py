@@ -160,6 +160,16 @@ def test_an_empty_prompt_is_refused_next_to_the_widget():
     assert any("empty" in e.value for e in at.error)
 
 
+def test_a_prompt_over_the_limit_is_refused_and_kept_in_the_box():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    long = "Describe the sea. " * 300  # 5,400 characters: the limit is 4,000
+    at.text_area[0].input(long)
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("5,400 characters" in e.value and "4,000" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.text_area[0].value == long  # nothing lost: the text is still there to shorten
+
+
 def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.sidebar.text_input[0].input(str(tmp_path / "nope"))
@@ -397,3 +407,34 @@ def test_a_served_app_offers_only_its_models_and_its_limits(served):
     run_until(at, lambda a: "Saved as run" in texts(a))
     assert not at.exception, at.exception
     assert at.session_state["explore_job"].traces[0].model.endswith(served)
+
+
+def _stopped_ladder_page():
+    """render.comparison on a ladder whose last β was cut short by Stop (hand-made from a stored trace)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import streamlit as st
+
+    from app import render
+    from core import RunTrace, beta_ladder
+
+    base = RunTrace.load(Path(st.session_state["data"]) / "trace-v2.json")
+    configs = beta_ladder(base.config, [0, 0.25, 0.5])
+    traces = [replace(base, config=c) for c in configs]
+    cut = replace(traces[2].samples[0], tokens=traces[2].samples[0].tokens[:1], finish_reason="stopped")
+    traces[2] = replace(traces[2], stopped=True, samples=[cut, replace(cut, sample_index=1)])
+    render.comparison(traces, None, "t", beta=0.5)
+
+
+def test_after_stop_the_slider_opens_on_a_finished_beta_and_a_cut_one_is_flagged():
+    at = AppTest.from_function(_stopped_ladder_page, default_timeout=120)
+    at.session_state["data"] = str(Path(__file__).parent / "data")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.select_slider[0].value == 0.25  # the URL asked for 0.5, which Stop cut short
+    assert not any("stopped early" in w.value for w in at.warning)
+    at.select_slider[0].set_value(0.5).run()
+    assert not at.exception, at.exception
+    assert any("esamp β=0.5 stopped early" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not any("noise" in i.value for i in at.info)  # no noise sentence on cut-short answers

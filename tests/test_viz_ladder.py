@@ -92,6 +92,8 @@ def test_the_noise_sentence_says_which():
     assert beyond.startswith("esamp β=1's answers are more diverse than plain's beyond the noise of 8 answers")
     within = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2))
     assert "within the noise of 8 answers" in within and "More samples" in within
+    at_most = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2), max_n=8)
+    assert "within the noise" in at_most and "More samples" not in at_most and "Another seed" in at_most
     assert "no telling noise from effect" in noise_sentence("plain", spread_out(2), "esamp β=1", spread_out(2))
 
 

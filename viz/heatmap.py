@@ -152,7 +152,7 @@ def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str |
         spans.append(f'<span class="esx-tok" style="background:{bg};color:{fg}" '
                      f'title="{tooltip(token, signal, merged)}">{visible(text)}</span>')
     if header is None:
-        header = (f"prompt {sample.prompt_index} · sample {sample.sample_index} · {sample.finish_reason} · "
+        header = (f"prompt {sample.prompt_index + 1} · answer {sample.sample_index + 1} · {sample.finish_reason} · "
                   f"{len(sample.tokens)} tokens")
     body = "".join(spans) or '<span class="esx-nl">(no tokens)</span>'
     return (f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div>'

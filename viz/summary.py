@@ -260,9 +260,11 @@ def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | 
                      float(np.mean(rel)) if rel else None)
 
 
-def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0) -> str:
+def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0,
+                   max_n: int | None = None) -> str:
     """One plain sentence on whether b's answers are more or less diverse (mean pairwise cosine
-    distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference)."""
+    distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference).
+    ``max_n``: the most answers the user can ask for (no advice to ask for more past it)."""
     n_a, n_b = len(emb_a), len(emb_b)
     if min(n_a, n_b) < metrics.MIN_BOOTSTRAP_ANSWERS:
         return (f"With {min(n_a, n_b)} answer(s) per setting there is no telling noise from effect: "
@@ -271,8 +273,10 @@ def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndar
     answers = f"{n_a} answers" if n_a == n_b else f"{n_a} and {n_b} answers"
     interval = f"{d.value:+.3f}, 95% interval {d.low:+.3f} to {d.high:+.3f}"
     if d.contains(0.0):
+        advice = ("More samples (n) would tell." if max_n is None or min(n_a, n_b) < max_n else
+                  "Another seed, or a prompt with more room for different answers, would tell more.")
         return (f"{label_b} vs {label_a}: the difference in diversity ({interval}) is within the noise of "
-                f"{answers}: it could be chance. More samples (n) would tell.")
+                f"{answers}: it could be chance. {advice}")
     more = "more" if d.value > 0 else "less"
     return f"{label_b}'s answers are {more} diverse than {label_a}'s beyond the noise of {answers} ({interval})."
 

@@ -30,8 +30,13 @@ def md(text: object) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
+# Where ESamp changed the pick first: it reads at a glance (plain sampling is all white), while
+# relative novelty is above 1 for most of a short answer's tokens, a distiller still learning.
+PICKER_ORDER = ("logp_gain", "rel_novelty", "novelty", "entropy", "p_ref")
+
+
 def signal_picker(key: str) -> str:
-    names = list(heatmap.SIGNALS)
+    names = [*PICKER_ORDER, *(s for s in heatmap.SIGNALS if s not in PICKER_ORDER)]
     return st.selectbox("Colour tokens by", names, format_func=lambda s: heatmap.SIGNALS[s].label, key=key,
                         help="Changing this never regenerates.")
 

@@ -136,7 +136,7 @@ def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
     assert points[0]["perplexity"] == pytest.approx(3.0)
     assert points[0]["diversity_low"] <= points[0]["diversity"] <= points[0]["diversity_high"]
     fig = sweep_figure(points, current_point(0.5))
-    ring = fig.data[-1]
+    ring = fig.data[0]  # drawn first: the labels stay on top of it
     assert ring.name == "now: β=0.5" and ring.x[0] == pytest.approx(points[1]["perplexity"])
     assert len(sweep_figure(points, current_point(0.9)).data) == 2  # no such point: no ring
 
@@ -176,7 +176,9 @@ def test_spread_draws_hulls_centres_and_highlights_the_current_run():
     points = [t for t in fig.data if t.customdata is not None]
     assert [t.name for t in points] == ["esamp β=0.5", "plain"]  # the highlighted run drawn last, on top
     faded, current = points
-    assert current.opacity == 1.0 and faded.opacity < 1.0 and current.marker.size > faded.marker.size
+    assert current.marker.opacity == 1.0 and faded.marker.opacity < 1.0 and current.marker.size > faded.marker.size
+    assert faded.marker.color == run_colours(groups)["esamp β=0.5"]  # a run keeps its colour when not chosen
+    assert [t.unselected.marker.opacity for t in points] == [faded.marker.opacity, 1.0]  # a click dims nothing
     assert list(current.customdata) == ["0:0", "0:1", "0:2"]
     centres = [t for t in fig.data if t.marker.symbol == "x-thin"]
     assert [tuple(c.x) + tuple(c.y) for c in centres] == [(pytest.approx(16 / 3), pytest.approx(16 / 3)),

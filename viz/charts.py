@@ -90,6 +90,11 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    mark = [p for p in points if highlight and (p["series"], p["setting"]) == tuple(highlight)]
+    if mark:  # first, so that the labels are drawn over the ring, not under it
+        fig.add_trace(go.Scatter(x=[mark[0]["perplexity"]], y=[mark[0]["diversity"]], mode="markers",
+                                 name=plotly_text(f"now: {mark[0]['setting']}"), hoverinfo="skip",
+                                 marker=dict(size=24, symbol="circle-open", line=dict(width=3, color="#000000"))))
     for k, series in enumerate(dict.fromkeys(p["series"] for p in points)):
         pts = [p for p in points if p["series"] == series]
         bars = {}
@@ -102,13 +107,11 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
                                      arrayminus=[_gap(p["diversity"], p["diversity_low"]) for p in pts]))
         fig.add_trace(go.Scatter(
             x=[p["perplexity"] for p in pts], y=[p["diversity"] for p in pts], mode="lines+markers+text",
-            text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center", name=plotly_text(series),
+            # labels above the first line's points and below the next one's: where two lines share a point
+            # (plain sampling is β = 0 and T = 1 at once) both stay readable
+            text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center" if k % 2 == 0 else
+            "bottom center", name=plotly_text(series),
             marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
-    mark = [p for p in points if highlight and (p["series"], p["setting"]) == tuple(highlight)]
-    if mark:
-        fig.add_trace(go.Scatter(x=[mark[0]["perplexity"]], y=[mark[0]["diversity"]], mode="markers",
-                                 name=plotly_text(f"now: {mark[0]['setting']}"), hoverinfo="skip",
-                                 marker=dict(size=24, symbol="circle-open", line=dict(width=3, color="#000000"))))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)", height)
 

@@ -31,8 +31,10 @@ SIGNALS: dict[str, Signal] = {
                           note="0 = predicted exactly · 1 = no better than predicting nothing · above 1 = worse"),
     "novelty": Signal("novelty ‖e‖", lambda t: t.novelty, False,
                       "distiller error ||h - ĥ||: high where the context is new to this prompt's samples"),
-    "logp_gain": Signal("log p gain (new − ref)", lambda t: t.logp_new - t.logp_ref, True,
-                        "how much ESamp raised (+) or lowered (−) the chosen token's log-probability"),
+    "logp_gain": Signal("where ESamp changed the pick (log p new − ref)", lambda t: t.logp_new - t.logp_ref, True,
+                        "how much ESamp raised (+) or lowered (−) the chosen token's log-probability",
+                        note="white = unchanged (all of plain sampling) · purple = ESamp made this token more "
+                             "likely · orange = less likely"),
     "entropy": Signal("entropy (nats)", lambda t: t.entropy_ref, False,
                       "uncertainty of the reference distribution the token came from"),
     "p_ref": Signal("p ref", lambda t: math.exp(t.logp_ref), False,

@@ -143,9 +143,14 @@ def spread_figure(texts: Sequence[str], groups: Sequence[str], projection: Proje
         fig.add_trace(go.Scatter(x=[centre[0]], y=[centre[1]], mode="markers", legendgroup=name, showlegend=False,
                                  marker=dict(symbol="x-thin", size=16, line=dict(width=3, color=colour)),
                                  opacity=0.4 if faded else 1.0, hoverinfo="skip"))  # a click picks answers only
+        # The other runs keep their colour (a run is the same colour whatever the slider says), only lighter;
+        # the chosen run is larger and outlined. A click selects a point without dimming the rest.
+        alpha = 0.6 if faded else 1.0
         fig.add_trace(go.Scatter(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, legendgroup=name, opacity=0.35 if faded else 1.0,
-            marker=dict(size=8 if faded else 13, color=colour, line=dict(width=1, color="white")),
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, legendgroup=name,
+            marker=dict(size=9 if faded else 13, color=colour, opacity=alpha,
+                        line=dict(width=1 if faded else 2, color="white" if faded else "#222222")),
+            selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=alpha)),
             customdata=None if keys is None else [keys[i] for i in idx],
             text=[hover_text(texts[i]) for i in idx], hovertemplate="%{text}<extra>" + name + "</extra>"))
     subtitle = (projection.note or "UMAP of sentence embeddings (cosine)") + "; ✕ = centre, shape = hull"

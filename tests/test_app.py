@@ -193,15 +193,25 @@ def test_sweep_beta_and_temperature():
     at.multiselect[1].set_value([1.0])
     at.number_input[0].set_value(2)
     at.number_input[1].set_value(6)
-    at.button[0].click()
+    at.number_input[1].set_value(40)  # long enough to be running still at the second click
+    at.button[0].click().run()
+    at.button[0].click().run()  # a second submit while the first sweep runs starts nothing
+    assert any("still running" in w.value for w in at.warning), [w.value for w in at.warning]
     run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
+    assert len(at.session_state["sweep_run"].job.traces) == 2
+    rows = at.dataframe[0].value
+    assert list(rows["run"]) == ["esamp β=0.5", "plain T=1"] and set(rows["± s.e. over prompts"]) == {"—"}
+    assert any("none with one prompt" in w.value for w in at.warning)  # one prompt, n = 2: said so
+    at.radio[0].set_value("Task: pass@k").run()  # the diversity sweep's results are not shown under the task form
+    assert not at.get("plotly_chart") and any("switch back" in i.value for i in at.info)
 
 
 def test_sweep_task_mode_shows_pass_at_k():
     at = open_page("sweep")
     at.radio[0].set_value("Task: pass@k").run()
+    assert not at.get("file_uploader")  # built-in arithmetic: nothing to upload
     at.slider[0].set_value(2)
     at.number_input[0].set_value(2)
     at.number_input[1].set_value(6)

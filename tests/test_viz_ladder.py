@@ -195,3 +195,18 @@ def test_a_ladders_colours_are_shades_of_each_method():
     colours = run_colours(order)
     assert len(set(colours.values())) == 5
     assert colours["plain"] == "#0072B2"  # the middle of a three-shade ramp is the method's own colour
+
+
+def test_a_sweeps_esamp_line_starts_at_plain_and_one_prompt_has_no_standard_error():
+    from viz.summary import sweep_rows, with_esamp_start
+
+    points = [{"series": "esamp", "setting": "β=0.5", "diversity": 0.7, "diversity_se": 0.0, "perplexity": 9.0,
+               "perplexity_se": 0.0},
+              {"series": "plain", "setting": "T=1", "diversity": 0.5, "diversity_se": 0.0, "perplexity": 5.0,
+               "perplexity_se": 0.0}]
+    drawn = with_esamp_start(points)
+    assert [(p["series"], p["setting"]) for p in drawn] == [("esamp", "β=0"), ("esamp", "β=0.5"), ("plain", "T=1")]
+    assert drawn[0]["diversity"] == 0.5
+    assert with_esamp_start(points[1:]) == points[1:]  # no ESamp run: nothing to start
+    assert {r["± s.e. over prompts"] for r in sweep_rows(points, prompts=1)} == {"—"}
+    assert sweep_rows(points, prompts=3)[0]["± s.e. over prompts"] == "0.000"

@@ -137,7 +137,13 @@ def pass_at_k_figure(curves: dict[str, Sequence[float]]):
         fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines+markers",
                                  name=plotly_text(label), line=dict(color=colour, dash=dash)))
     fig.update_yaxes(range=[0, 1.02])
-    return _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=1)  # k is a whole number of samples
+    fig = _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
+    same = [label for label, ys in curves.items() if list(ys) == list(next(iter(curves.values())))]
+    if len(curves) > 1 and len(same) == len(curves):
+        fig.add_annotation(text="all curves lie on top of each other", showarrow=False, xref="paper", yref="paper",
+                           x=0.5, y=0.95)
+    return fig
 
 
 def candidates_figure(token, beta: float):

@@ -165,6 +165,25 @@ def sweep_points(traces: Sequence[RunTrace], emb: np.ndarray,
             for t, e, p in zip(traces, split_by_run(traces, emb), perplexities)]
 
 
+def with_esamp_start(points: Sequence[dict]) -> list[dict]:
+    """Sweep points with plain sampling at T = 1 also as ESamp's β = 0, so ESamp's line starts at plain."""
+    start = next((p for p in points if p["series"] == "plain" and p["setting"] == "T=1"), None)
+    if start is None or not any(p["series"] == "esamp" for p in points):
+        return list(points)
+    esamp = [p for p in points if p["series"] == "esamp"]
+    return [{**start, "series": "esamp", "setting": "β=0"}, *esamp, *(p for p in points if p["series"] != "esamp")]
+
+
+def sweep_rows(points: Sequence[dict], prompts: int) -> list[dict]:
+    """A sweep's table with readable columns; no standard error over one prompt ("—")."""
+    def se(x: float) -> str:
+        return "—" if prompts < 2 or not _finite(x) else f"{x:.3f}"
+
+    return [{"run": f"{p['series']} {p['setting']}", "diversity (mean cosine distance)": round(p["diversity"], 3),
+             "± s.e. over prompts": se(p["diversity_se"]), "perplexity": round(p["perplexity"], 2),
+             "± s.e. over prompts ": se(p["perplexity_se"])} for p in points]
+
+
 def pass_at_k_table(traces: Sequence[RunTrace], answers: Sequence[str]) -> tuple[dict[str, list[float]], list[dict]]:
     """pass@k curves (k = 1..n) by run label, and a row per run; answers[p] is prompt p's answer."""
     curves, rows = {}, []

@@ -1,6 +1,7 @@
 """History: every finished run, kept in SQLite. Filter, reopen with all pictures, export, delete."""
 
 import datetime as dt
+import re
 
 import streamlit as st
 
@@ -8,6 +9,7 @@ from app import render
 from app.history import HistoryError, move_aside
 from app.resources import get_embedder, history_path, open_history
 from viz.report import build_report
+from viz.summary import run_label
 
 st.title("History")
 history, error = open_history()
@@ -55,9 +57,11 @@ if c1.button("Build HTML report"):
         reports[chosen] = build_report(traces, perplexities, embedder=get_embedder())
 if chosen in reports:
     c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
-for i, t in enumerate(traces):
-    c2.download_button(f"Download {t.method} trace (JSON)", t.to_json(), key=f"json_{chosen}_{i}",
-                       file_name=f"esamp-run-{chosen}-{i}-{t.method}.json", mime="application/json")
+for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)
+    label = run_label(t)
+    c2.download_button(f"Download the {label} trace (JSON)", t.to_json(), key=f"json_{chosen}_{i}",
+                       file_name=f"esamp-run-{chosen}-{i}-{re.sub(r'[^A-Za-z0-9.=-]+', '-', label)}.json",
+                       mime="application/json")
 with c3.popover("Delete run"):
     st.write(f"Delete run #{chosen} for good?")
     if st.button("Yes, delete", type="primary"):

@@ -12,7 +12,7 @@ from core import SamplingConfig, methods
 from core.scoring import trace_perplexities
 from core.tasks import arithmetic_tasks
 from viz import charts
-from viz.summary import answer_rows, config_label, pass_at_k_table, sweep_points
+from viz.summary import answer_rows, config_label, pass_at_k_table, sweep_points, sweep_rows, with_esamp_start
 
 MAX_PROMPTS, MAX_TASKS = 4, 20
 TRADEOFF, TASK = "Diversity vs perplexity", "Task: pass@k"
@@ -31,21 +31,30 @@ history, history_error = open_history()
 if history is None:
     st.warning(f"Sweeps are not saved: {render.md(history_error)} See the History page.")
 mode = st.radio("What to sweep", [TRADEOFF, TASK], horizontal=True)
+if mode == TASK:  # outside the form, so that the uploader shows only when it is the choice
+    builtin = st.radio("Tasks", ["built-in arithmetic", "upload JSONL (question, answer)"], horizontal=True)
 with st.form("sweep"):
     if mode == TRADEOFF:
         prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")
         betas = st.multiselect("ESamp β values", [0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 1.0], [0.1, 0.25, 0.5, 1.0])
         temps = st.multiselect("Plain temperatures", [0.5, 0.7, 1.0, 1.3, 1.6], [0.7, 1.0, 1.3])
     else:
-        builtin = st.radio("Tasks", ["built-in arithmetic", "upload JSONL (question, answer)"], horizontal=True)
-        count = st.slider("Number of arithmetic problems", 2, MAX_TASKS, 6)
-        upload = st.file_uploader("JSONL with one {\"question\": …, \"answer\": …} a line", type=["jsonl", "json"])
+        count, upload = 6, None
+        if builtin == "built-in arithmetic":
+            count = st.slider("Number of arithmetic problems", 2, MAX_TASKS, 6)
+        else:
+            upload = st.file_uploader(f"JSONL with one {{\"question\": …, \"answer\": …}} a line "
+                                      f"(at most {limits.max_upload_mb:g} MB)", type=["jsonl", "json"])
     c1, c2, c3 = st.columns(3)
     n = c1.number_input("Samples per prompt (n)", 2, max(limits.max_n, 2), min(4, max(limits.max_n, 2)))
     tokens = c2.number_input("Max new tokens", 4, max(limits.max_new_tokens, 4), min(48, max(limits.max_new_tokens, 4)))
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
     go = st.form_submit_button("Run sweep", type="primary")
 
+running = st.session_state.get("sweep_run")
+if go and running is not None and not running.job.finished:
+    st.warning("A sweep is still running on this page: it goes on below. Stop it first to start another.")
+    go = False
 if go:
     sampling = dict(n=int(n), max_new_tokens=int(tokens), seed=int(seed))
     try:
@@ -73,11 +82,18 @@ sweep = st.session_state.get("sweep_run")
 job = render.finished_job(sweep and sweep.job, "sweep", "Choose what to sweep and run it.")
 if job is None:
     st.stop()
-if sweep.answers is None:
+if (sweep.answers is None) != (mode == TRADEOFF):
+    st.info(f"The last sweep on this page was a {TASK if sweep.answers else TRADEOFF} one: switch back to see it.")
+elif sweep.answers is None:
     texts = tuple(s.text for t in job.traces for s in t.samples)
     points = sweep_points(job.traces, embeddings(texts), job.perplexities)
-    st.plotly_chart(charts.sweep_figure(points))
-    st.dataframe(points, hide_index=True)
+    st.plotly_chart(charts.sweep_figure(with_esamp_start(points)))
+    prompts_run = len(job.traces[0].prompts)
+    if prompts_run < 2 or job.traces[0].config.sampling.n < 4:
+        st.warning(f"{prompts_run} prompt(s) × {job.traces[0].config.sampling.n} answers: the ± columns are the "
+                   "spread over prompts (none with one prompt), and a few answers make a noisy diversity. "
+                   "Several prompts and n ≥ 8 tell more.")
+    st.dataframe(sweep_rows(points, prompts_run), hide_index=True)
 else:
     curves, rows = pass_at_k_table(job.traces, sweep.answers)
     st.plotly_chart(charts.pass_at_k_figure(curves))

@@ -238,6 +238,8 @@ def test_learn_page_steps_through_a_fusion():
     assert any("fusion step at β = 0:" in h.value for h in at.subheader)
     after = at.dataframe[0].value
     assert list(after["p before"]) == list(after["p after"]) and not before.equals(after)
+    run_until(at, lambda a: at.session_state["learn_job"].finished)
+    assert at.session_state["learn_job"].result  # saved in History like every other page's runs
 
 
 def test_markdown_escaping_leaves_no_link_image_or_tag():
@@ -345,8 +347,7 @@ def damaged_db(tmp_path, monkeypatch):
 def test_every_page_renders_with_a_damaged_history_and_says_so(damaged_db, page):
     at = open_page(page)
     assert not at.exception, at.exception
-    if page in ("explore", "sweep", "runs"):  # Learn saves nothing
-        assert md(damaged_db) in texts(at) and "not a database" in texts(at)
+    assert md(damaged_db) in texts(at) and "not a database" in texts(at)
 
 
 def test_explore_still_generates_with_a_damaged_history(damaged_db):

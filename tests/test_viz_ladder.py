@@ -210,3 +210,19 @@ def test_a_sweeps_esamp_line_starts_at_plain_and_one_prompt_has_no_standard_erro
     assert with_esamp_start(points[1:]) == points[1:]  # no ESamp run: nothing to start
     assert {r["± s.e. over prompts"] for r in sweep_rows(points, prompts=1)} == {"—"}
     assert sweep_rows(points, prompts=3)[0]["± s.e. over prompts"] == "0.000"
+
+
+def test_pieces_of_a_character_get_distinct_readable_labels_and_the_default_step_is_a_word():
+    from core.trace import Token
+    from viz.summary import readable_step, token_label
+
+    assert token_label("blue") == "'blue'"
+    assert token_label("\ufffd", 9) == "part of a character (token #9)" != token_label("\ufffd", 10)
+    assert token_label("") == "part of a character"
+
+    def tok(text):
+        return Token(id=1, text=text, logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0, entropy_new=1.0)
+
+    tokens = [tok(x) for x in ["The", " colour", " is", " ", "", "\ufffd", "\ufffd", " bright", "!"]]
+    assert readable_step(tokens, 6) == 8  # positions 4-7 are a space and an emoji's pieces
+    assert readable_step(tokens, 2) == 2

@@ -9,7 +9,7 @@ import numpy as np
 from core.trace import RunTrace
 
 from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for, plotly_text
-from .summary import novelty_columns
+from .summary import novelty_columns, token_label
 
 
 def _layout(fig, title: str, x: str, y: str, height: int = 360):
@@ -150,7 +150,7 @@ def candidates_figure(token, beta: float):
     """One fusion step: the top candidates' probabilities before and after ESamp's reweighting."""
     import plotly.graph_objects as go
 
-    names = [plotly_text(repr(c.text)) for c in token.top]
+    names = [plotly_text(token_label(c.text, c.id)) for c in token.top]
     fig = go.Figure([
         go.Bar(name="before (p ref)", x=names, y=[c.p_ref for c in token.top], marker_color="#0072B2"),
         go.Bar(name=f"after (β={beta:g})", x=names, y=[c.p_new for c in token.top], marker_color="#D55E00"),

@@ -220,10 +220,26 @@ def fusion_step(token: Token) -> dict[str, str]:
             "entropy before → after": f"{token.entropy_ref:.2f} → {token.entropy_new:.2f}"}
 
 
+def token_label(text: str, token_id: int | None = None) -> str:
+    """A token as a reader can tell it from the others: quoted, with a part of a multi-byte
+    character (an emoji is several tokens; alone each decodes to '\ufffd' or nothing) named by its id."""
+    if text and "\ufffd" not in text:
+        return repr(text)
+    return "part of a character" + ("" if token_id is None else f" (token #{token_id})")
+
+
+def readable_step(tokens: Sequence[Token], wanted: int) -> int:
+    """The 1-based position nearest ``wanted`` (later first) whose token is a whole, visible word piece."""
+    ok = [i + 1 for i, t in enumerate(tokens) if t.text.strip() and "\ufffd" not in t.text]
+    if not ok:
+        return min(wanted, len(tokens))
+    return min(ok, key=lambda p: (abs(p - wanted), p < wanted))
+
+
 def candidate_rows(token: Token) -> list[dict]:
     """A token's top candidates before and after fusion, with the log ratio fusion applied to each
     (``β w·e / T`` after renormalising; None where a probability is 0)."""
-    return [{"candidate": repr(c.text), "p before": c.p_ref, "p after": c.p_new,
+    return [{"candidate": token_label(c.text, c.id), "p before": c.p_ref, "p after": c.p_new,
              "log ratio (β w·e / T, renormalised)": math.log(c.p_new / c.p_ref) if c.p_ref > 0 and c.p_new > 0
              else None} for c in token.top]
 

@@ -6,12 +6,18 @@ import streamlit as st
 
 from app import render, serving, settings
 from app.jobs import start_job
+from app.resources import open_history
 from core import RunConfig, SamplingConfig, beta_ladder
+from core.scoring import trace_perplexities
 from viz import charts, heatmap
-from viz.summary import candidate_rows, config_label, fusion_step, ladder, run_label
+from viz.summary import candidate_rows, config_label, fusion_step, ladder, readable_step, run_label, token_label
 
 st.title("Learn: how ESamp explores")
 
+st.info("**In one sentence:** while the model writes its answers, a tiny network keeps learning to guess "
+        "the model's next thought from its first one; where the guess is bad the context is new, and ESamp "
+        "nudges the next word toward where the guess went wrong, so later answers go somewhere the earlier "
+        "ones have not been.")
 st.markdown("""
 **1 · What the distiller reads and predicts.** At every step the language model computes a
 *shallow* state **s** (after its first layer) and a *final* state **h** (what the output layer
@@ -26,11 +32,27 @@ how new the context is, its direction says *which* tokens lead somewhere new.
 """)
 st.latex(r"\ell_{new}(z) = (1+\beta)\,\ell_{ref}(z) - \beta\,\ell_{dist}(z)"
          r"\quad\Longleftrightarrow\quad \ell_{new}(z) = \ell_{ref}(z) + \beta\,\frac{w_z\cdot e}{T}")
-st.markdown("Only the tokens that survive top-k / top-p / min-p are reweighted; β = 0 is plain sampling. "
-            "Then the distiller trains on this step's (s, h), so the next step's novelty is measured "
-            "against everything seen so far.")
+st.markdown("""
+| symbol | in words |
+|---|---|
+| **s** | the shallow state: the model's vector for this position after its first layer |
+| **h** | the final state: the vector the output layer turns into next-token scores |
+| **ĥ** | the distiller's guess of **h**, made from **s** |
+| **e = h − ĥ** | how wrong the guess is: its length is the novelty |
+| ℓ_ref(z) | the model's own score (logit) for candidate token z, divided by T |
+| ℓ_dist(z) | the score token z would get if the final state were the guess ĥ |
+| w_z | the output layer's row for token z: ℓ(z) = w_z · h / T |
+| T | the sampling temperature |
+| β | the exploration strength: 0 is plain sampling |
+
+Only the tokens that survive top-k / top-p / min-p are reweighted; β = 0 is plain sampling.
+Then the distiller trains on this step's (s, h), so the next step's novelty is measured
+against everything seen so far.""")
 
 st.header("Try it on the loaded model")
+history, history_error = open_history()
+if history is None:
+    st.warning(f"Runs are not saved: {render.md(history_error)} See the History page.")
 st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
 with st.form("learn"):
     prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
@@ -48,8 +70,9 @@ if go:
         st.error(render.md(exc))
         st.stop()
     configs = beta_ladder(RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50)), betas)
-    st.session_state.learn_job = start_job(settings.load_chosen_model() or st.stop(), [prompt], configs,
-                                           [config_label(c) for c in configs])
+    st.session_state.learn_job = start_job(
+        settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
+        score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))
 
 job = render.finished_job(st.session_state.get("learn_job"), "learn", "Generate to step through a real run.")
 if job is None:
@@ -64,7 +87,7 @@ sample = trace.samples[sample_index]
 if not sample.tokens:
     st.info("This answer is empty.")
     st.stop()
-pos = st.slider("Step through the answer", 1, len(sample.tokens), min(6, len(sample.tokens)))
+pos = st.slider("Step through the answer", 1, len(sample.tokens), readable_step(sample.tokens, 6))
 token = sample.tokens[pos - 1]
 
 st.subheader("The distiller learning, token by token")
@@ -75,7 +98,7 @@ st.markdown("Each token is coloured by how badly the distiller predicted its con
 st.html(heatmap.heatmap_html(trace, "rel_novelty", samples=[sample_index], upto=pos))
 st.plotly_chart(charts.novelty_figure([trace], [run_label(trace)], relative=True), key="learn_novelty")
 
-st.subheader(f"One fusion step at β = {b:g}: token {pos}, {render.md(repr(token.text))}")
+st.subheader(f"One fusion step at β = {b:g}: token {pos}, {render.md(token_label(token.text, token.id))}")
 if pos == 1:
     st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
 elif b == 0:

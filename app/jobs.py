@@ -95,7 +95,7 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     def work() -> None:
         try:
             for i, cfg in enumerate(configs):
-                job.current = i
+                job.current, job.progress = i, None  # the bar shows this run's own progress from its first step
                 if lm.lock.locked():
                     job.phase = "waiting"  # another session is generating on this model
                 s = cfg.sampling

@@ -15,7 +15,7 @@ from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.style import run_colours
 from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence, run_label,
-                         speed_ratio, split_by_run, tradeoff_points)
+                         speed_ratio, split_by_run, token_rows, tradeoff_points)
 
 from . import serving
 from .jobs import Job
@@ -119,7 +119,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
             st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
                                    max_n=serving.policy().limits.max_n))
         for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
-            col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"])
+            col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"], help=card["help"])
 
     _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key)
     options = [f"{i}:{j}" for i, j in answers]
@@ -129,6 +129,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     if choice is not None:
         i, j = map(int, choice.split(":"))
         st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
+        with st.expander("Every token's numbers (what hovering a token shows)"):
+            st.dataframe(token_rows(traces[i].samples[j]), hide_index=True)
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     others = [i for i in range(len(traces)) if i not in shown]
     if others:

@@ -125,6 +125,9 @@ def test_an_answer_opens_from_the_spread_with_its_heatmap():
     assert not at.exception, at.exception
     opened = at.get("html")[-1].proto.body
     assert len(at.get("html")) == 3 and job.traces[1].samples[2].tokens[0].text.strip()[:3] in opened
+    assert "answer 3" in picker.format_func("1:2")  # the same number as on its card
+    tokens = next(d.value for d in at.dataframe if "relative novelty" in d.value.columns)  # no hover needed
+    assert list(tokens["#"]) == list(range(1, len(job.traces[1].samples[2].tokens) + 1))
 
 
 @pytest.mark.parametrize("points, picked", [

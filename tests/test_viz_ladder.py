@@ -148,7 +148,7 @@ def test_metric_cards_give_the_change_from_plain():
     cards = {c["label"]: c for c in metric_cards(esamp, plain)}
     assert cards["Perplexity"]["value"] == "3.00" and cards["Perplexity"]["delta"] == "+1.00 vs plain"
     assert cards["Perplexity"]["delta_color"] == "inverse"
-    assert cards["Relative novelty"]["delta"] == "+0.300 vs plain"
+    assert cards["Novelty"]["delta"] == "+0.300 vs plain"
     assert all(c["delta"] is None for c in metric_cards(plain, plain))
 
 

@@ -236,6 +236,17 @@ def readable_step(tokens: Sequence[Token], wanted: int) -> int:
     return min(ok, key=lambda p: (abs(p - wanted), p < wanted))
 
 
+def token_rows(sample) -> list[dict]:
+    """An answer's tokens as a table: what the heatmap's hover tooltips say, for every token at once
+    (and on touch screens, which have no hover)."""
+    def r(x, digits=3):
+        return None if x is None or not math.isfinite(x) else round(x, digits)
+
+    return [{"#": i + 1, "token": token_label(t.text, t.id), "p before": r(math.exp(t.logp_ref)),
+             "p after": r(math.exp(t.logp_new)), "ESamp's change (log p)": r(t.logp_new - t.logp_ref),
+             "relative novelty": r(t.rel_novelty), "entropy": r(t.entropy_ref, 2)} for i, t in enumerate(sample.tokens)]
+
+
 def candidate_rows(token: Token) -> list[dict]:
     """A token's top candidates before and after fusion, with the log ratio fusion applied to each
     (``β w·e / T`` after renormalising; None where a probability is 0)."""
@@ -350,18 +361,24 @@ def current_point(beta: float) -> tuple[str, str]:
 def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
     """The current run's headline numbers for metric cards, each with its change from ``base``
     (plain sampling) when given: label, value, delta, and whether a rise is good ("normal") or bad."""
-    def card(label, value, base_value, fmt, colour="normal"):
+    def card(label, value, base_value, fmt, colour="normal", help=""):
         delta = None
         if base is not None and base is not current and _finite(value) and _finite(base_value):
             delta = f"{value - base_value:+{fmt}} vs plain"
         return {"label": label, "value": "–" if not _finite(value) else f"{value:{fmt}}", "delta": delta,
-                "delta_color": colour}
+                "delta_color": colour, "help": help}
 
     b = base or current
-    return [card("Diversity (mean cosine distance)", current.cosine_distance.value, b.cosine_distance.value, ".3f"),
-            card("Vendi (effective answers)", current.vendi.value, b.vendi.value, ".2f"),
-            card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse"),
-            card("Relative novelty", current.mean_novelty, b.mean_novelty, ".3f")]
+    # Short labels: four cards share a row, at 1024 px too; the table below names each metric in full.
+    return [card("Diversity", current.cosine_distance.value, b.cosine_distance.value, ".3f",
+                 help="mean cosine distance between the answers' sentence embeddings: 0 = all say the same"),
+            card("Vendi", current.vendi.value, b.vendi.value, ".2f",
+                 help="Vendi score: how many really different answers there are, in effect"),
+            card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse",
+                 help="how surprised the model itself is by the answers (lower = more fluent)"),
+            card("Novelty", current.mean_novelty, b.mean_novelty, ".3f",
+                 help="mean relative novelty ‖e‖/‖h‖ of the answers' tokens: 1 = the distiller no better than "
+                      "predicting nothing")]
 
 
 def colour_order(traces: Sequence[RunTrace]) -> list[str]:

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from core.config import RunConfig
 from core.trace import RunTrace
 
 # Migration i takes the schema from version i to i + 1. Never edit one that has shipped.
@@ -155,6 +156,21 @@ class History:
         with self._db() as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
         return [RunRecord(r[0], r[1], r[2], r[3], r[4].split(","), r[5]) for r in rows]
+
+    def find(self, prompt: str, model: str, backend: str, configs: Sequence[RunConfig],
+             look_at: int = 20) -> int | None:
+        """The newest run of exactly these runs (configs, in order) on this prompt, model and backend, or None:
+        what a reloaded page's URL describes. Looks at the newest ``look_at`` runs on the prompt."""
+        for record in self.list(text=prompt, model=model, limit=look_at):
+            if record.prompt != prompt or record.model != model or len(record.methods) != len(configs):
+                continue
+            try:
+                traces, _ = self.load(record.id)
+            except (KeyError, HistoryError):
+                continue
+            if [t.config for t in traces] == list(configs) and traces[0].backend == backend:
+                return record.id
+        return None
 
     def load(self, run_id: int) -> tuple[list[RunTrace], list[list[float]]]:
         """A run's traces and their per-sample perplexities (empty lists where unknown)."""

@@ -127,6 +127,23 @@ def url_values() -> dict[str, Any]:
     return out
 
 
+def url_settings() -> Settings | None:
+    """The Generate a page's URL describes (a shared or reloaded link), or None when it names no
+    prompt or holds a value the form would refuse."""
+    d, limits = url_values(), serving.policy().limits
+    if "prompt" not in st.query_params or not d["prompt"].strip() or len(d["prompt"]) > limits.max_prompt_chars:
+        return None
+    try:
+        config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
+            n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
+            min_p=d["min_p"], seed=d["seed"]))
+        ladder = parse_ladder(d["ladder"], limits.max_rungs)
+        temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, limits.max_rungs)
+    except ValueError:
+        return None
+    return Settings(d["prompt"], config, ladder, temperatures, nearest(ladder, d["beta"]))
+
+
 def set_url(model: ModelChoice, settings: Settings) -> None:
     st.query_params.from_dict({f.key: f.value(model, settings) for f in FIELDS})
 

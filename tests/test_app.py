@@ -76,6 +76,22 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert at.query_params["beta"] == "0.25"
 
 
+def test_reloading_a_runs_link_reopens_it_from_history_without_generating(monkeypatch):
+    first = explore(prompt="Name a fruit.", ladder="0,0.5", seed=3)
+    url = dict(first.query_params)
+    calls = spy_on_generate(monkeypatch)
+    again = AppTest.from_file(APP, default_timeout=120)  # a fresh session: the page reloaded
+    for k, v in url.items():
+        again.query_params[k] = v if isinstance(v, str) else v[0]
+    again.run()
+    assert not again.exception, again.exception
+    assert any("reopened from History" in i.value for i in again.info), [i.value for i in again.info]
+    assert [h.value for h in again.subheader][:2] == ["plain", "esamp β=0.5"] and calls == []
+    again.query_params["seed"] = "4"  # another seed: no such run, the form alone
+    again.run()
+    assert not any("reopened from History" in i.value for i in again.info)
+
+
 def spy_on_generate(monkeypatch) -> list:
     """Every call the app's jobs make into core.generate (the real one runs)."""
     import app.jobs

@@ -6,6 +6,7 @@ import streamlit as st
 from app import render, settings
 from app.jobs import start_job
 from app.resources import open_history, warm_up
+from core import DEFAULT_MODEL
 from core.scoring import trace_perplexities
 from viz.summary import config_label
 
@@ -26,6 +27,22 @@ if form is not None:
         lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
         finish=history and (lambda job: history.save(job.traces, job.perplexities)))
 
+def follow_slider(beta: float) -> None:
+    st.query_params["beta"] = f"{beta:g}"  # the shared link opens at this β
+
+
+linked = settings.url_settings() if "explore_job" not in st.session_state and history is not None else None
+if linked is not None:  # a reloaded or shared link: the same prompt, model and settings may be in History
+    model = settings.chosen_model()
+    found = history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, linked.configs())
+    if found is not None:
+        traces, perplexities = history.load(found)
+        st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
+                "Generate runs it again.")
+        render.comparison(traces, perplexities or None, "explore", beta=linked.beta, on_beta=follow_slider,
+                          run_key=f"history{found}")
+        st.stop()
+
 job = render.finished_job(st.session_state.get("explore_job"), "explore",
                           "Set a prompt and a β ladder, then Generate. Hover a token in the answers for its numbers.")
 if job is None:
@@ -33,11 +50,5 @@ if job is None:
 if job.phase == "stopped":
     st.warning("Stopped: showing the runs generated so far (saved in History).")
 st.success(f"Saved as run #{job.result} in History." if job.result else "Done.")
-
-
-def follow_slider(beta: float) -> None:
-    st.query_params["beta"] = f"{beta:g}"  # the shared link opens at this β
-
-
 render.comparison(job.traces, job.perplexities or None, "explore", beta=settings.url_values()["beta"],
                   on_beta=follow_slider, run_key=str(id(job)))

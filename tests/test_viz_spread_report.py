@@ -82,7 +82,8 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
     assert "esamp β=0.25" in html and "Semantic spread" in html and "plotly" in html.lower()
     assert RunTrace.load(tmp_path / "report.run0-esamp.json") == runs[0]
     assert sorted(p.name for p in images.iterdir()) == [
-        "loss.png", "loss.svg", "novelty.png", "novelty.svg", "spread.png", "spread.svg"]
+        "loss.png", "loss.svg", "novelty.png", "novelty.svg", "spread.png", "spread.svg", "tradeoff.png",
+        "tradeoff.svg"]
     assert (images / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -130,3 +131,24 @@ def test_the_report_and_its_images_show_hostile_text_as_text(embedder, tmp_path)
             assert not [k for e in elements for k in e.attrib if k.lower().startswith("on")]
             if path.stem == "spread":  # its legend names the group: there, as text
                 assert any(PAYLOAD.replace('"', "") in (e.text or "").replace('"', "") for e in elements)
+
+
+def test_a_ladders_report_shows_what_the_app_shows(lm, embedder):
+    """A colour per β, the app's table with 95% intervals and relative novelty, a sentence per β on noise."""
+    from html import escape
+
+    from core import beta_ladder
+    from viz.report import prepare, render_html
+
+    traces = [generate(lm, ["Name an animal."], c) for c in
+              beta_ladder(RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=5, seed=1)), [0, 0.5, 1])]
+    report = prepare(traces, embedder=embedder)
+    points = [t for t in report.figures["spread"].data if t.customdata is not None or t.mode == "markers"
+              and t.marker.symbol is None]
+    colours = {t.name: t.marker.color for t in points if t.name}
+    assert len({colours["esamp β=0.5"], colours["esamp β=1"], colours["plain"]}) == 3
+    assert [r["run"] for r in report.rows] == ["plain", "esamp β=0.5", "esamp β=1"]
+    assert all("95% interval" in r and "relative novelty" in r for r in report.rows)
+    assert len(report.sentences) == 2 and all("plain" in s for s in report.sentences)
+    html = render_html(report)
+    assert "95% intervals by bootstrap" in html and all(escape(s) in html for s in report.sentences)

@@ -3,7 +3,7 @@ charts and heatmaps. plotly.js is embedded, so the file opens offline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Sequence
@@ -11,10 +11,13 @@ from typing import Sequence
 from core.trace import RunTrace
 
 from . import charts, heatmap, spread
-from .summary import RunSummary, run_label, summarize_runs
+from .style import run_colours
+from .summary import (RunSummary, colour_order, diversity, ladder, noise_sentence, run_label, split_by_run,
+                      summarize_runs, tradeoff_points)
 
+# Several prompts: means over them. One prompt (the app's case) shows what the app shows instead.
 _COLUMNS = [("label", "run"), ("samples", "samples"), ("tokens_per_s", "tokens/s"),
-            ("mean_novelty", "mean novelty"), ("cosine_distance", "cosine distance ↑"), ("vendi", "Vendi ↑"),
+            ("mean_novelty", "mean novelty ‖e‖"), ("cosine_distance", "cosine distance ↑"), ("vendi", "Vendi ↑"),
             ("distinct_2", "distinct-2 ↑"), ("self_bleu", "self-BLEU ↓"), ("perplexity", "perplexity ↓")]
 
 
@@ -22,6 +25,15 @@ def _cell(v) -> str:
     if v is None:
         return "–"
     return f"{v:.3f}" if isinstance(v, float) else escape(str(v))
+
+
+def rows_table_html(rows: Sequence[dict]) -> str:
+    """A table of dicts (one row each, the same keys), escaped."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f'<table class="esx-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def metrics_table_html(summaries: Sequence[RunSummary]) -> str:
@@ -60,7 +72,9 @@ class Report:
     traces: Sequence[RunTrace]
     labels: list[str]
     summaries: list[RunSummary]
-    figures: dict  # plotly figures by name: spread, novelty, loss
+    figures: dict  # plotly figures by name: spread, (one prompt) where each β sits, novelty, loss
+    rows: list[dict] = field(default_factory=list)  # one prompt: the app's metrics table, with 95% intervals
+    sentences: list[str] = field(default_factory=list)  # one prompt: each β against plain, beyond noise or not
 
 
 def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
@@ -74,10 +88,32 @@ def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] 
     groups = [label for t, label in zip(traces, labels) for _ in t.samples]
     emb = spread.embed(texts, embedder)
     figures = {"spread": spread.spread_figure(texts, groups, spread.project_2d(emb, seed),
-                                              "Semantic spread of the answers"),
-               "novelty": charts.novelty_figure(traces, labels, relative=True),
-               "loss": charts.loss_figure(traces, labels)}
-    return Report(traces, labels, summarize_runs(traces, emb, perplexities), figures)
+                                              "Semantic spread of the answers",
+                                              colours=run_colours(colour_order(traces)))}
+    rows, sentences = [], []
+    if len(traces[0].prompts) == 1:  # what the app shows for one prompt: the same summary
+        per_run = split_by_run(traces, emb)
+        stats = [diversity(t, e, perplexities[i] if perplexities else None) for i, (t, e) in
+                 enumerate(zip(traces, per_run))]
+        rows = [{k: v for k, v in d.as_row().items() if k} for d in stats]
+        rungs = ladder(traces)
+        if 0.0 in rungs:
+            base = rungs[0.0]
+            sentences = [noise_sentence(labels[base], per_run[base], labels[i], per_run[i])
+                         for b, i in rungs.items() if b > 0]
+        figures["tradeoff"] = charts.sweep_figure(tradeoff_points(traces, stats))
+    figures["novelty"] = charts.novelty_figure(traces, labels, relative=True)
+    figures["loss"] = charts.loss_figure(traces, labels)
+    return Report(traces, labels, summarize_runs(traces, emb, perplexities), figures, rows, sentences)
+
+
+def metrics_html(report: Report) -> str:
+    """One prompt: the app's table (95% bootstrap intervals over the answers, relative novelty) and
+    a sentence per β on noise; several prompts: means over them."""
+    if not report.rows:
+        return metrics_table_html(report.summaries)
+    said = "".join(f"<p>{escape(s)}</p>" for s in report.sentences)
+    return (rows_table_html(report.rows) + "<p>95% intervals by bootstrap over the answers.</p>" + said)
 
 
 def render_html(report: Report, signal: str = "rel_novelty") -> str:
@@ -94,7 +130,7 @@ def render_html(report: Report, signal: str = "rel_novelty") -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>"
             f"<h1>{escape(title)}</h1><h2>Prompt</h2>{prompts}<h2>Settings</h2>{settings_html(traces[0])}"
-            f"<h2>Metrics</h2>{metrics_table_html(report.summaries)}<h2>Pictures</h2>{fig_html}"
+            f"<h2>Metrics</h2>{metrics_html(report)}<h2>Pictures</h2>{fig_html}"
             f"<h2>Answers, coloured by {escape(heatmap.SIGNALS[signal].label)}</h2>"
             f"<p>Hover a token for its values and its top candidates before and after reweighting.</p>"
             f"<div class='esx-cols'>{columns}</div></body></html>")

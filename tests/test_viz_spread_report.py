@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from core import RunConfig, RunTrace, SamplingConfig, generate
+from viz import charts
 from viz.spread import embed, project_2d, spread_figure
 
 
@@ -152,3 +153,11 @@ def test_a_ladders_report_shows_what_the_app_shows(lm, embedder):
     assert len(report.sentences) == 2 and all("plain" in s for s in report.sentences)
     html = render_html(report)
     assert "95% intervals by bootstrap" in html and all(escape(s) in html for s in report.sentences)
+
+
+def test_pass_at_k_says_which_curves_lie_on_top_of_each_other():
+    fig = charts.pass_at_k_figure({"esamp β=0.25": [0.0, 0.0], "plain": [0.0, 0.0], "fire": [0.0, 0.0],
+                                   "min-p 0.1": [0.5, 1.0]})
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["esamp β=0.25, plain, fire: the same curve, drawn on top of each other"]
+    assert fig.layout.xaxis.dtick == 1  # k is whole

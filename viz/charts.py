@@ -139,10 +139,13 @@ def pass_at_k_figure(curves: dict[str, Sequence[float]]):
     fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(tickmode="linear", tick0=1, dtick=1)  # k is a whole number of samples
     fig = _layout(fig, "pass@k (unbiased estimator)", "k", "pass@k")
-    same = [label for label, ys in curves.items() if list(ys) == list(next(iter(curves.values())))]
-    if len(curves) > 1 and len(same) == len(curves):
-        fig.add_annotation(text="all curves lie on top of each other", showarrow=False, xref="paper", yref="paper",
-                           x=0.5, y=0.95)
+    by_curve: dict[tuple, list[str]] = {}
+    for label, ys in curves.items():
+        by_curve.setdefault(tuple(ys), []).append(label)
+    hidden = [labels for labels in by_curve.values() if len(labels) > 1]  # drawn on top of each other
+    for k, labels in enumerate(hidden):
+        fig.add_annotation(text=plotly_text(", ".join(labels) + ": the same curve, drawn on top of each other"),
+                           showarrow=False, xref="paper", yref="paper", x=0.02, xanchor="left", y=0.97 - 0.07 * k)
     return fig
 
 

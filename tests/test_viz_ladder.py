@@ -223,6 +223,10 @@ def test_pieces_of_a_character_get_distinct_readable_labels_and_the_default_step
     def tok(text):
         return Token(id=1, text=text, logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0, entropy_new=1.0)
 
-    tokens = [tok(x) for x in ["The", " colour", " is", " ", "", "\ufffd", "\ufffd", " bright", "!"]]
-    assert readable_step(tokens, 6) == 8  # positions 4-7 are a space and an emoji's pieces
+    tokens = [tok(x) for x in ["The", " colour", " is", " ", "", "\ufffd", " 🌵", " bright", "!"]]
+    assert readable_step(tokens, 6) == 8  # positions 4-7 are a space and an emoji's pieces, 9 no word
     assert readable_step(tokens, 2) == 2
+    from core.trace import Candidate
+
+    tokens[1].top = [Candidate(7, "\ufffd", 0.5, 0.5)]  # a word whose candidates are pieces of characters
+    assert readable_step(tokens, 2) == 3

@@ -216,7 +216,7 @@ def fusion_step(token: Token) -> dict[str, str]:
     distribution's entropy before and after."""
     novelty = "–" if token.novelty is None else f"{token.novelty:.2f}"
     return {"novelty ‖e‖": novelty,
-            "p(chosen) before → after": f"{math.exp(token.logp_ref):.3f} → {math.exp(token.logp_new):.3f}",
+            "p(chosen) before → after": f"{math.exp(token.logp_ref):.2f} → {math.exp(token.logp_new):.2f}",
             "entropy before → after": f"{token.entropy_ref:.2f} → {token.entropy_new:.2f}"}
 
 
@@ -229,8 +229,13 @@ def token_label(text: str, token_id: int | None = None) -> str:
 
 
 def readable_step(tokens: Sequence[Token], wanted: int) -> int:
-    """The 1-based position nearest ``wanted`` (later first) whose token is a whole, visible word piece."""
-    ok = [i + 1 for i, t in enumerate(tokens) if t.text.strip() and "\ufffd" not in t.text]
+    """The 1-based position nearest ``wanted`` (later first) whose token is a word piece (a letter or
+    digit in it) and whose candidates are too: not a space, nor a piece of an emoji, whose candidates
+    are other pieces of characters."""
+    def word(text: str) -> bool:
+        return "\ufffd" not in text and any(ch.isalnum() for ch in text)
+
+    ok = [i + 1 for i, t in enumerate(tokens) if word(t.text) and all(word(c.text) for c in t.top)]
     if not ok:
         return min(wanted, len(tokens))
     return min(ok, key=lambda p: (abs(p - wanted), p < wanted))

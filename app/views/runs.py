@@ -59,7 +59,7 @@ if chosen in reports:
     c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
 for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)
     label = run_label(t)
-    c2.download_button(f"Download the {label} trace (JSON)", t.to_json(), key=f"json_{chosen}_{i}",
+    c2.download_button(f"{label} · JSON", t.to_json(), key=f"json_{chosen}_{i}", help=f"Download the {label} trace",
                        file_name=f"esamp-run-{chosen}-{i}-{re.sub(r'[^A-Za-z0-9.=-]+', '-', label)}.json",
                        mime="application/json")
 with c3.popover("Delete run"):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from core.esamp.candidates import Candidates
+from core.esamp.candidates import EXACT_TOP, Candidates
 from core.esamp.filters import apply_filters, build_filters
 from core.esamp.fusion import fuse, novelty
 from core.esamp.head import LMHead
@@ -170,14 +170,19 @@ def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():
     raw = (h.bfloat16() @ weight.T).float()  # what a bfloat16 model hands over: bfloat16 values
     exact32 = h @ weight.float().T  # float32 throughout
     for temperature in (1.0, 0.7):
-        cand = Candidates.top_k(raw, 20, temperature).exact(head, h, temperature)
+        cand = Candidates.top_k(raw, 20, temperature).exact(head, h, temperature, raw)
         assert torch.allclose(cand.logits, exact32.gather(-1, cand.ids) / temperature, atol=1e-5)
         want = exact32.gather(-1, cand.ids) - torch.logsumexp(exact32, -1, keepdim=True)
         # the candidates' own mass is float32; the other 380 tokens' comes from the bfloat16 logits
         assert torch.allclose(base_logprobs(raw, cand), want, atol=2e-3)
         assert (base_logprobs(raw, Candidates.top_k(raw, 20, temperature)) - want).abs().max() > 5e-3
-    whole = Candidates.from_filtered(raw, filters_active=False).exact(head, h, 1.0)  # no filter: a full projection
-    assert torch.allclose(whole.logits, exact32, atol=1e-5)
-    assert torch.allclose(base_logprobs(raw, whole), torch.log_softmax(exact32, -1), atol=1e-5)
+    # No filter: the most likely tokens of each row float32, the rest the model's own rounding.
+    whole = Candidates.from_filtered(raw, filters_active=False).exact(head, h, 1.0, raw)
+    top = torch.topk(raw, EXACT_TOP, dim=-1).indices
+    assert torch.allclose(whole.logits.gather(-1, top), exact32.gather(-1, top), atol=1e-5)
+    assert torch.equal(whole.logits.scatter(-1, top, 0.0), raw.scatter(-1, top, 0.0))
+    # the likely tokens' log p: float32 values over a normaliser whose tail carries only the rounding
+    assert torch.allclose(base_logprobs(raw, whole).gather(-1, top), torch.log_softmax(exact32, -1).gather(-1, top),
+                          atol=2e-3)
     f32 = Candidates.top_k(raw, 20)
-    assert f32.exact(LMHead(weight.float()), h, 1.0) is f32  # a float32 model's logits are exact already
+    assert f32.exact(LMHead(weight.float()), h, 1.0, raw) is f32  # a float32 model's logits are exact already

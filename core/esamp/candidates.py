@@ -17,6 +17,7 @@ from .head import LMHead
 
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
 _FULL_PROJECTION_SHARE = 0.25
+EXACT_TOP = 64  # with the whole vocabulary as candidates, the tokens per row whose logits are made float32
 
 
 @dataclass
@@ -28,15 +29,25 @@ class Candidates:
     vocab: int = 0  # V; set by the constructors
     base: torch.Tensor | None = None  # (R, K) or (R, V) float32 logits at T=1 when ``exact`` recomputed them
 
-    def exact(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor) -> "Candidates":
+    def exact(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor,
+              raw: torch.Tensor) -> "Candidates":
         """The same candidates with their logits recomputed in float32 from the final state h (R, H),
         when the model computed its logits in a lower precision (bfloat16): which tokens survive
         the filters is the model's own logits' decision; their values, and so the fusion, the
         sampled distribution and every recorded log-probability, are float32. temperature: a
-        float or (R,) per row. A no-op for a float32 model."""
+        float or (R,) per row; raw: (R, V) the model's logits. A no-op for a float32 model.
+
+        With the whole vocabulary as candidates (no filter, or one that keeps most of it) only the
+        ``EXACT_TOP`` most likely tokens of each row are recomputed (a full float32 projection
+        would cost as much as a third of a bfloat16 model step here); the others keep the model's
+        values, whose rounding averages out over tens of thousands of tokens."""
         if head.exact:
             return self
-        base = head.logits32(h, self.ids)  # (R, K) or (R, V)
+        if self.ids is None:
+            top = torch.topk(raw, min(EXACT_TOP, raw.shape[-1]), dim=-1).indices  # (R, M)
+            base = raw.float().scatter(-1, top, head.logits32(h, top))  # (R, V)
+        else:
+            base = head.logits32(h, self.ids)  # (R, K)
         t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
         logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
         return Candidates(self.ids, logits, self.vocab, base)

@@ -62,7 +62,8 @@ def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
     Where ``Candidates.exact`` recomputed the candidates' logits in float32 (a bfloat16 model),
     those values are used, and the normaliser adds the candidates' float32 mass to the rest of
     the vocabulary's from the model's own logits: the candidates hold almost all of the mass, and
-    the rest's rounding errors average out over tens of thousands of tokens.
+    the rest's rounding errors average out over tens of thousands of tokens (with the whole
+    vocabulary as candidates, ``base`` already holds both).
     """
     if cand.base is None:
         at = raw if cand.ids is None else raw.gather(-1, cand.ids)

@@ -246,7 +246,7 @@ class Pipeline:
                 on_first = first.to(raw.device)
                 cand = select_mixed(on_first, self.first, self.main, raw)
                 temperature = torch.where(on_first, self.first.temperature, self.main.temperature)
-            cand = cand.exact(self.head, h, temperature)  # float32 values (bfloat16 models)
+            cand = cand.exact(self.head, h, temperature, raw)  # float32 values (bfloat16 models)
             if self.steerer is None:
                 return unguided(cand)
         return self.steerer.propose(cand, s, h, first, slots)

@@ -76,11 +76,11 @@ FIELDS = [
     Field("ladder", str, "0,0.25,0.5,1", lambda m, s: _numbers(s.ladder)),
     Field("temps", str, "", lambda m, s: _numbers(s.temperatures)),
     Field("T", float, 1.0, _sampling("temperature")),
-    Field("top_k", int, 50, _sampling("top_k")),
-    Field("top_p", float, 1.0, _sampling("top_p")),
+    Field("top_k", int, 0, _sampling("top_k")),
+    Field("top_p", float, 0.9, _sampling("top_p")),
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
-    Field("beta", float, 0.5, lambda m, s: s.beta),
+    Field("beta", float, 1.0, lambda m, s: s.beta),
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]
 DEFAULTS = {f.key: f.default for f in FIELDS}

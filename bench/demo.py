@@ -28,6 +28,8 @@ from core import RunConfig, SamplingConfig, beta_ladder, generate, load_model
 from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
+
+from .frontier import FILTERS
 from viz import metrics, spread
 from viz.summary import diversity, ladder, split_by_run
 
@@ -59,10 +61,13 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"]])
     p.add_argument("--ladders", nargs="+", default=[DEFAULTS["ladder"]], help="comma-separated β values")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--filter", choices=list(FILTERS), default=None,
+                   help="the candidate set (bench.frontier's names); default: the app's")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
     backends = args.backends or installed_backends()
+    candidates = FILTERS[args.filter] if args.filter else {k: DEFAULTS[k] for k in ("top_k", "top_p", "min_p")}
     start = time.perf_counter()
     embedder = spread.load_embedder()
     spread.project_2d(spread.embed([f"warm-up {i}" for i in range(spread.MIN_UMAP_POINTS)], embedder))
@@ -79,7 +84,8 @@ def main(argv=None) -> int:
             betas = parse_ladder(ladder_text)
             times, diffs = [], {}
             for seed in range(args.seeds):
-                configs = beta_ladder(RunConfig(sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed)), betas)
+                sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
+                configs = beta_ladder(RunConfig(sampling=sampling), betas)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)
                 for b, d in by_beta.items():
@@ -89,6 +95,7 @@ def main(argv=None) -> int:
                       + ", ".join(f"{b}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for b, d in by_beta.items()),
                       flush=True)
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
+                         "filter": filter_label(candidates), "dtype": str(lm.dtype).removeprefix("torch."),
                          "tokens": tokens, "ladder": ladder_text, "seeds": args.seeds,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
@@ -108,20 +115,29 @@ def main(argv=None) -> int:
     return 0
 
 
+def filter_label(candidates: dict) -> str:
+    """'top-k 50', 'top-p 0.9', 'min-p 0.1' (top-k off unless named), 'none'."""
+    parts = [f"top-k {candidates['top_k']}" if candidates.get("top_k") else "",
+             f"top-p {candidates['top_p']:g}" if candidates.get("top_p", 1.0) < 1 else "",
+             f"min-p {candidates['min_p']:g}" if candidates.get("min_p", 0.0) > 0 else ""]
+    return " + ".join(p for p in parts if p) or "none"
+
+
 def markdown(report: dict) -> str:
     cpu = report["cpu"]
     lines = [f"Measured {report['date']} on {cpu['cpu']} ({cpu['cpus']} cores, {cpu['torch_cpu_capability']}): one "
              f"Explore Generate, warm, over {report['rows'][0]['seeds'] if report['rows'] else 0} seeds. Start-up "
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
-             "| backend | start-up s | prompt | n | tokens | ladder | median s | max s | seeds with ESamp more "
-             "diverse than plain beyond noise, by β | mean Δ cosine distance (β − plain) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | median s | max s | "
+             "seeds with ESamp more diverse than plain beyond noise, by β | mean Δ cosine distance (β − plain) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         shown = ", ".join(f"β={b}: {k} of {r['seeds']}" for b, k in r["seeds_showing_effect"].items())
         mean = ", ".join(f"β={b}: {d:+.3f}" for b, d in r["mean_difference"].items())
-        lines.append(f"| {r['backend']} | {r['startup_s']} | {r['prompt']} | {r['n']} | {r['tokens']} | {r['ladder']} "
-                     f"| {r['median_s']} | {r['max_s']} | {shown} | {mean} |")
+        lines.append(f"| {r['backend']} | {r.get('dtype', 'float32')} | {r['startup_s']} | {r['prompt']} | "
+                     f"{r['n']} | {r['tokens']} | {r.get('filter', 'top-k 50')} | {r['ladder']} | {r['median_s']} | "
+                     f"{r['max_s']} | {shown} | {mean} |")
     return "\n".join(lines) + "\n"
 
 

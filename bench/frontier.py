@@ -84,6 +84,7 @@ def figure(label: str, rows: list[dict]):
     esamp = [{**start, "series": "esamp", "setting": "β=0"}] + [point(r) for r in rows if r["series"] == "esamp"]
     fig = charts.sweep_figure(esamp + plain)
     fig.update_layout(title=f"{label}: ESamp's β against plain sampling's temperature")
+    fig.update_xaxes(type="log", title="perplexity (log scale; lower = more fluent)")  # hot plain runs reach 1000s
     return fig
 
 
@@ -117,7 +118,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="folder for one diversity-vs-perplexity plot per filter")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only draw the plots of a run's JSON into --images")
     a = ap.parse_args(argv)
+    if a.replot:
+        report = json.loads(a.replot.read_text())
+        write_images({f"frontier-{report['tokens']}-{label.replace(' ', '')}": figure(label, rows)
+                      for label, rows in report["filters"].items()}, a.images or a.replot.parent)
+        return 0
     betas, temperatures = BETAS, TEMPERATURES
     if a.quick:
         a.prompts, a.n, a.tokens, a.filters, betas, temperatures = 2, 3, 6, ["top-k 50", "min-p 0.1"], (0.5,), (1.3,)

@@ -247,7 +247,7 @@ def test_learn_page_steps_through_a_fusion():
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
-    assert any("fusion step at β = 0.5" in h.value for h in at.subheader)
+    assert any(f"fusion step at β = {DEFAULTS['beta']:g}" in h.value for h in at.subheader)
     assert len(at.get("plotly_chart")) == 2 and len(at.get("html")) == 1
     job = at.session_state["learn_job"]
     assert tuple(t.config.beta for t in job.traces) == parse_ladder(DEFAULTS["ladder"])  # the default ladder

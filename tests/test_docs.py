@@ -50,3 +50,14 @@ def test_a_table_marker_copies_its_sources_nth_table(tmp_path):
     doc = "text\n<!-- bench/results/x.md table 2 -->\n| old |\n<!-- end -->\nmore\n"
     want = "text\n<!-- bench/results/x.md table 2 -->\n| b |\n|---|\n| 2 |\n<!-- end -->\nmore\n"
     assert docs.render(doc, tmp_path) == want
+
+
+def test_the_apps_defaults_are_the_ones_the_frontier_chose():
+    """docs/results.md names Explore's default candidate set and ladder; the app uses exactly those."""
+    from app.settings import DEFAULTS
+
+    marker = re.search(r"<!-- defaults: (.*?) -->", (ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
+    named = dict(item.split("=") for item in marker.group(1).split())
+    assert (DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["min_p"]) == (
+        int(named["top_k"]), float(named["top_p"]), float(named["min_p"]))
+    assert DEFAULTS["ladder"] == named["ladder"] and DEFAULTS["beta"] == float(named["beta"])

@@ -69,7 +69,9 @@ if go:
     except ValueError as exc:
         st.error(render.md(exc))
         st.stop()
-    configs = beta_ladder(RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=50)), betas)
+    d = settings.DEFAULTS  # Explore's candidate set (docs/results.md, "The candidate set")
+    sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
+    configs = beta_ladder(RunConfig(sampling=sampling), betas)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
         score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))
@@ -80,7 +82,8 @@ if job is None:
 
 rungs = ladder(job.traces)
 c1, c2 = st.columns([3, 1])
-b = render.beta_slider(c1, list(rungs), 0.5, f"learn_beta{id(job)}", "β: move it in front of the class")
+b = render.beta_slider(c1, list(rungs), settings.DEFAULTS["beta"], f"learn_beta{id(job)}",
+                       "β: move it in front of the class")
 trace = job.traces[rungs[b]]
 sample_index = c2.radio("Answer", range(len(trace.samples)), horizontal=True, format_func=lambda i: f"#{i + 1}")
 sample = trace.samples[sample_index]

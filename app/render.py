@@ -111,26 +111,9 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     prompt_emb = [e[[j for j, s in enumerate(t.samples) if s.prompt_index == prompt_index]]
                   for t, e in zip(traces, per_run)]
     with summary:
-        cut = [labels[i] for i in dict.fromkeys((base, now)) if i is not None and traces[i].stopped]
-        if cut:
-            st.warning(f"{' and '.join(cut)} stopped early: its answers are cut short, so its diversity and "
-                       "perplexity are not comparable with complete answers'. The cards below compare them anyway.")
-        elif now is not None and base is not None and now != base:
-            st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
-                                   max_n=serving.policy().limits.max_n))
-        for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
-            col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"], help=card["help"])
-
+        _headline(traces, labels, prompt_emb, stats, base, now, focus)
     _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key)
-    options = [f"{i}:{j}" for i, j in answers]
-    choice = st.selectbox("Open an answer (or click a point in the spread)", [None, *options],
-                          key=f"{key}_open{run_key}",
-                          format_func=lambda o: "–" if o is None else _answer_name(traces, labels, o))
-    if choice is not None:
-        i, j = map(int, choice.split(":"))
-        st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
-        with st.expander("Every token's numbers (what hovering a token shows)"):
-            st.dataframe(token_rows(traces[i].samples[j]), hide_index=True)
+    _open_answer(traces, labels, answers, signal, value_range, f"{key}_open{run_key}")
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     others = [i for i in range(len(traces)) if i not in shown]
     if others:
@@ -144,6 +127,32 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     st.caption("Reproduce from the command line:")
     for i in shown:
         st.code(reproduce_command(traces[i]), language="bash")
+
+
+def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, stats: list, base: int | None,
+              now: int | None, focus: int) -> None:
+    """Whether the chosen β differs from plain beyond noise (or that one of them was cut short), and the cards."""
+    cut = [labels[i] for i in dict.fromkeys((base, now)) if i is not None and traces[i].stopped]
+    if cut:
+        st.warning(f"{' and '.join(cut)} stopped early: its answers are cut short, so its diversity and "
+                   "perplexity are not comparable with complete answers'. The cards below compare them anyway.")
+    elif now is not None and base is not None and now != base:
+        st.info(noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
+                               max_n=serving.policy().limits.max_n))
+    for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
+        col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"], help=card["help"])
+
+
+def _open_answer(traces: Sequence[RunTrace], labels: list[str], answers: list[tuple[int, int]], signal: str,
+                 value_range: tuple[float, float], key: str) -> None:
+    """A picker (the spread's click sets it too) that opens one answer's heatmap and its tokens' numbers."""
+    choice = st.selectbox("Open an answer (or click a point in the spread)", [None, *(f"{i}:{j}" for i, j in answers)],
+                          key=key, format_func=lambda o: "–" if o is None else _answer_name(traces, labels, o))
+    if choice is not None:
+        i, j = map(int, choice.split(":"))
+        st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
+        with st.expander("Every token's numbers (what hovering a token shows)"):
+            st.dataframe(token_rows(traces[i].samples[j]), hide_index=True)
 
 
 def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key: str, beta: float | None,

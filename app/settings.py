@@ -223,12 +223,9 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         model_error = st.empty()
     if not submitted:
         return None
-    if not prompt.strip():
-        prompt_error.error("Write a prompt first: it is empty.")
-        return None
-    if len(prompt) > limits.max_prompt_chars:
-        prompt_error.error(f"The prompt has {len(prompt):,} characters; this server takes at most "
-                           f"{limits.max_prompt_chars:,}. Shorten it: your text is still in the box.")
+    problem = prompt_problem(prompt, limits.max_prompt_chars)
+    if problem:
+        prompt_error.error(problem)
         return None
     try:
         ladder = parse_ladder(ladder_text, limits.max_rungs)
@@ -245,14 +242,27 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         ladder_error.error(md(exc))
         return None
     lm = load_chosen_model(model_error)
-    if lm is None:
-        return None
+    return None if lm is None or not _fits(lm, chosen, prompt_error) else (chosen, lm)
+
+
+def _fits(lm: LanguageModel, chosen: Settings, slot) -> bool:
+    """Whether the prompt and its tokens fit the model's context; if not, the reason goes to ``slot``."""
     try:
-        encode_prompts(lm, [prompt], config.chat, config.sampling.max_new_tokens)  # too long for the context?
+        encode_prompts(lm, [chosen.prompt], chosen.config.chat, chosen.config.sampling.max_new_tokens)
     except ValueError as exc:
-        prompt_error.error(md(exc))
-        return None
-    return chosen, lm
+        slot.error(md(exc))
+        return False
+    return True
+
+
+def prompt_problem(prompt: str, max_chars: int) -> str | None:
+    """Why a prompt cannot be generated from, or None."""
+    if not prompt.strip():
+        return "Write a prompt first: it is empty."
+    if len(prompt) > max_chars:
+        return (f"The prompt has {len(prompt):,} characters; this server takes at most {max_chars:,}. "
+                "Shorten it: your text is still in the box.")
+    return None
 
 
 def read_task_file(data: bytes, max_mb: float) -> list[Task]:

@@ -89,7 +89,7 @@ def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
     form = {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}
     page, _ = generate(browser, server, form, tmp_path, "explore")
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
-    assert page.locator(".esx-tok").first.get_attribute("title").startswith("relative novelty")
+    assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
     assert page.locator(".js-plotly-plot").count() >= 3
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
@@ -249,8 +249,8 @@ def test_the_beta_slider_redraws_everything_without_generating_again(browser, tm
         page, dialogs = generate(browser, url, query, tmp_path, "ladder")
         slider = page.get_by_role("slider").first
         states = []
-        for key, beta in [(None, 0.5), ("ArrowRight", 1.0), ("ArrowLeft", 0.5), ("ArrowLeft", 0.25),
-                          ("ArrowLeft", 0.0)]:  # it opens at the default β, 0.5
+        for key, beta in [(None, 1.0), ("ArrowLeft", 0.5), ("ArrowRight", 1.0), ("ArrowLeft", 0.5),
+                          ("ArrowLeft", 0.25), ("ArrowLeft", 0.0)]:  # it opens at the default β, 1
             if key:
                 slider.press(key)
             label = "plain" if beta == 0 else f"esamp β={beta:g}"
@@ -264,7 +264,7 @@ def test_the_beta_slider_redraws_everything_without_generating_again(browser, tm
             states.append((heatmaps, metrics))
         for before, after in zip(states, states[1:]):
             assert before[0] != after[0] and before[1] != after[1]  # the heatmaps and metrics followed the slider
-        assert states[0] == states[2]  # back at 0.5: the same run, drawn the same
+        assert states[0] == states[2]  # back at 1: the same run, drawn the same
 
         # the slider is at β = 0 now: plain's answers are the ones on top
         answers = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").last.locator("path.point")

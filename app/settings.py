@@ -80,7 +80,7 @@ FIELDS = [
     Field("top_p", float, 0.9, _sampling("top_p")),
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
-    Field("beta", float, 1.0, lambda m, s: s.beta),
+    Field("beta", float, 1.0, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]
 DEFAULTS = {f.key: f.default for f in FIELDS}

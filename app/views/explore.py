@@ -27,6 +27,7 @@ if form is not None:
         lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
         finish=history and (lambda job: history.save(job.traces, job.perplexities)))
 
+
 def follow_slider(beta: float) -> None:
     st.query_params["beta"] = f"{beta:g}"  # the shared link opens at this β
 

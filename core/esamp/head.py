@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 _GATHER_ROWS = 32  # rows per gather of candidate output rows on CPU (see LMHead.project)
+_VOCAB_CHUNK = 8192  # rows of W upcast at a time by LMHead.logits32 (19 MB at H = 576)
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,12 @@ class LMHead:
 
     def logits32(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """``logits`` computed in float32 throughout, from a float32 h (R, H): for the candidates,
-        the model's rows of W upcast; for all tokens (ids None) a float32 copy of W, made once."""
+        the model's rows of W upcast; for all tokens (ids None; scoring a text, not a decode step)
+        W upcast a slice of the vocabulary at a time, so no float32 copy of it stays in memory."""
         if ids is not None or self.exact:
             return self.logits(h, ids)
-        weight = self.__dict__.get("_weight32")
-        if weight is None:
-            weight = self.weight.float()
-            object.__setattr__(self, "_weight32", weight)
-        out = h.float() @ weight.T
+        h = h.float()
+        out = torch.cat([h @ rows.float().T for rows in self.weight.split(_VOCAB_CHUNK)], dim=-1)  # (R, V)
         if self.bias is not None:
             out = out + self.bias.float()
         return out if self.softcap is None else torch.tanh(out / self.softcap) * self.softcap

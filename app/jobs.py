@@ -15,11 +15,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from core import LanguageModel, Progress, RunConfig, RunTrace, generate
+from core import LanguageModel, Progress, RunConfig, RunTrace, generate_runs
 
 # A job whose page stopped asking about it (its tab was closed) for this long stops, keeping what it
-# made, so that it does not hold the model for other sessions. Above a minute: browsers slow the
-# timers of a hidden tab to one a minute.
+# made, so that it does not hold the model (or its share of the engine) for other sessions. Above a
+# minute: browsers slow the timers of a hidden tab to one a minute.
 ABANDON_AFTER_S = float(os.environ.get("ESAMP_ABANDON_AFTER_S", 150))
 
 _running: dict[int, "Job"] = {}  # id(model) -> the job generating on it now
@@ -32,9 +32,10 @@ class Job:
     """State shared between the worker thread and the page (read-only for the page)."""
 
     labels: list[str]
+    together: bool = False  # the runs generate at the same time (vLLM), not one after the other
     phase: str = "waiting"  # waiting -> running -> scoring -> done | stopped | error
-    current: int = 0  # index of the run in progress
-    progress: Progress | None = None
+    current: int = 0  # index of the run in progress (of the latest to report, when together)
+    progresses: dict[int, Progress] = field(default_factory=dict)  # run index -> its latest progress
     traces: list[RunTrace] = field(default_factory=list)
     perplexities: list[list[float]] = field(default_factory=list)
     result: object = None  # whatever the finishing step returns (e.g. a history id)
@@ -44,6 +45,17 @@ class Job:
     model: int = 0  # id() of the model it runs on
     watched: float | None = None  # when a page last asked about it (None: nobody watches, never abandoned)
     abandoned: bool = False
+
+    @property
+    def progress(self) -> Progress | None:
+        """The progress of the current run; of all runs together when they generate at once."""
+        if not self.together:
+            return self.progresses.get(self.current)
+        ps = list(self.progresses.values())
+        if not ps:
+            return None
+        return Progress(max(p.step for p in ps), max(p.max_steps for p in ps), sum(p.tokens for p in ps),
+                        sum(p.max_tokens for p in ps), max(p.seconds for p in ps))
 
     @property
     def finished(self) -> bool:
@@ -71,39 +83,43 @@ class Job:
         """Overall progress 0..1 across the runs."""
         if self.finished:
             return 1.0
-        p = self.progress
-        inner = p.step / p.max_steps if p and p.max_steps else 0.0
-        return min((self.current + inner) / max(len(self.labels), 1), 1.0)
+        done = sum(p.step / p.max_steps for p in self.progresses.values() if p.max_steps)
+        return min(done / max(len(self.labels), 1), 1.0)
 
 
 def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
               score: Callable[[LanguageModel, RunTrace], list[float]] | None = None,
               finish: Callable[[Job], object] | None = None) -> Job:
-    """Run each config on the prompts in turn in a daemon thread; then score and finish.
+    """Run the configs on the prompts in a daemon thread (together on vLLM, in turn on transformers);
+    then score and finish.
 
     ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
     and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
     """
-    job = Job(labels=list(labels), model=id(lm))
+    job = Job(labels=list(labels), together=lm.lock is None, model=id(lm))
 
-    def on_progress(p: Progress) -> None:
-        _running[id(lm)] = job
+    def on_progress(p: Progress, offset: int = 0) -> None:
+        if lm.lock is not None:
+            _running[id(lm)] = job
         job.phase = "running"
-        job.progress = p
+        job.current = offset + p.run
+        job.progresses[job.current] = p
         job.check_abandoned()
 
     def work() -> None:
         try:
-            for i, cfg in enumerate(configs):
-                job.current, job.progress = i, None  # the bar shows this run's own progress from its first step
-                if lm.lock.locked():
+            s = configs[0].sampling
+            log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(configs),
+                     ", ".join(job.labels), lm.name, len(prompts), s.n, s.max_new_tokens)
+            # All at once where the model batches runs; else one at a time, so that a failure keeps
+            # the runs finished before it and the page can say whose run it waits for.
+            batches = [list(range(len(configs)))] if job.together else [[i] for i in range(len(configs))]
+            for batch in batches:
+                if lm.lock is not None and lm.lock.locked():
                     job.phase = "waiting"  # another session is generating on this model
-                s = cfg.sampling
-                log.info("generating run %d of %d (%s) on %s: %d prompt(s) x %d samples x %d tokens", i + 1,
-                         len(configs), job.labels[i], lm.name, len(prompts), s.n, s.max_new_tokens)
-                trace = generate(lm, prompts, cfg, progress=on_progress, cancel=job.cancel)
-                job.traces.append(trace)
-                if trace.stopped:
+                job.traces += generate_runs(lm, prompts, [configs[i] for i in batch], cancel=job.cancel,
+                                            progress=lambda p, offset=batch[0]: on_progress(p, offset))
+                if job.traces[-1].stopped:
                     break
             if score is not None:
                 job.phase = "scoring"

@@ -224,6 +224,8 @@ def _answer_name(traces: Sequence[RunTrace], labels: Sequence[str], option: str)
 
 def job_status(job: Job) -> str:
     label = job.labels[job.current] if job.labels else ""
+    if job.together and job.phase != "waiting":
+        label = f"{len(job.labels)} runs at once" if len(job.labels) > 1 else label
     if job.phase == "waiting":
         detail = f"waiting for {job.waiting_for()} to finish: one generation at a time per model…"
     elif job.phase == "scoring":
@@ -233,6 +235,8 @@ def job_status(job: Job) -> str:
         detail = f"{p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"
     else:
         detail = "starting…"
+    if job.together:
+        return f"{label}: {detail}"
     return f"Run {job.current + 1} of {len(job.labels)} · {label}: {detail}"
 
 

@@ -145,13 +145,14 @@ def vllm_native(lm, prompts, n, tokens, seed) -> float:
     """vLLM sampling with its own filters and no ESamp processor work; returns seconds."""
     from vllm import SamplingParams
 
+    from core.backends.vllm.loop import native
+
     sc = sampling(n, tokens, seed)
     ids = encode_prompts(lm, prompts, True, tokens)
     params = SamplingParams(n=n, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, max_tokens=tokens,
                             ignore_eos=True, seed=seed, detokenize=False)
     t0 = time.perf_counter()
-    with lm.lock:
-        outs = lm.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+    outs = native(lm, ids, [params] * len(ids))  # through the engine every caller shares, as a run is
     seconds = time.perf_counter() - t0
     assert sum(len(c.token_ids) for o in outs for c in o.outputs) == len(prompts) * n * tokens
     return seconds

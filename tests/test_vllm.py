@@ -40,7 +40,7 @@ def token_ids(trace):
 def test_beta_zero_gives_the_same_tokens_as_plain_and_as_vllms_own_sampling(vlm):
     from vllm import SamplingParams
 
-    from core.backends.vllm.loop import request_seed
+    from core.backends.vllm.loop import native, request_seed
 
     kw = dict(n=3, max_new_tokens=10, seed=7, temperature=0.8, top_k=50, ignore_eos=True)
     plain = run(vlm, method="plain", shadow=False, **kw)
@@ -51,8 +51,8 @@ def test_beta_zero_gives_the_same_tokens_as_plain_and_as_vllms_own_sampling(vlm)
     ids = encode_prompts(vlm, PROMPTS, True, 10)
     params = [SamplingParams(max_tokens=10, temperature=0.8, top_k=50, ignore_eos=True, detokenize=False,
                              seed=request_seed(7, r)) for r in range(6)]
-    native = vlm.llm.generate([{"prompt_token_ids": ids[r // 3]} for r in range(6)], params, use_tqdm=False)
-    assert [list(o.outputs[0].token_ids) for o in native] == token_ids(plain)
+    own = native(vlm, [ids[r // 3] for r in range(6)], params)
+    assert [list(o.outputs[0].token_ids) for o in own] == token_ids(plain)
 
 
 def test_esamp_changes_the_distribution_and_logs_every_signal(vlm):
@@ -133,6 +133,95 @@ def test_samples_of_a_prompt_share_a_distiller_and_prompts_do_not(vlm):
     # Shared scope: prompt 1's rows train prompt 0's distiller too.
     shared = run(vlm, prompts=PROMPTS, n=2, scope="shared", **kw)
     assert novelty(shared)[2:] != pytest.approx(novelty(alone)[2:], rel=1e-3)
+
+
+def _config(beta, seed, n=2, tokens=10, **esamp):
+    return RunConfig(sampling=SamplingConfig(n=n, max_new_tokens=tokens, ignore_eos=True, seed=seed),
+                     esamp=EsampConfig(beta=beta, **esamp))
+
+
+def _together(*calls):
+    """Run each call in its own thread at once; their results (or errors), in order."""
+    import threading
+
+    results = [None] * len(calls)
+
+    def work(i, call):
+        try:
+            results[i] = call()
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
+
+
+def test_runs_sharing_the_engine_keep_their_own_distillers(vlm):
+    """Two runs of the same prompt, batched in one call and from two threads at once: each gets the
+    tokens and distiller losses it gets alone (float32 here: the batch's make-up moves only roundings)."""
+    from core import generate_runs
+
+    a, b = _config(0.5, seed=1), _config(1.0, seed=2, n=3)
+    alone = [generate(vlm, PROMPTS[:1], c) for c in (a, b)]
+    batched = generate_runs(vlm, PROMPTS[:1], [a, b])
+    threads = _together(lambda: generate(vlm, PROMPTS[:1], a), lambda: generate(vlm, PROMPTS[:1], b))
+    for together in (batched, threads):
+        for solo, other in zip(alone, together):
+            assert token_ids(other) == token_ids(solo)
+            assert other.prompts[0].loss == pytest.approx(solo.prompts[0].loss, rel=1e-4)
+            assert [t.novelty for s in other.samples for t in s.tokens] == pytest.approx(
+                [t.novelty for s in solo.samples for t in s.tokens], rel=1e-4)
+
+
+def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
+    import threading
+
+    from core.backends.vllm.state import RunState
+
+    other = _config(0.5, seed=4, tokens=24)
+    alone = generate(vlm, PROMPTS[:1], other)
+    cancel = threading.Event()
+
+    def stop_after_three(p):
+        if p.step >= 3:
+            cancel.set()
+
+    stopped, kept = _together(lambda: generate(vlm, PROMPTS[:1], _config(0.5, seed=3, tokens=200), cancel=cancel,
+                                               progress=stop_after_three),
+                              lambda: generate(vlm, PROMPTS[:1], other))
+    assert stopped.stopped and all(len(s.tokens) < 200 for s in stopped.samples)
+    assert token_ids(kept) == token_ids(alone) and not kept.stopped
+
+    original = RunState._step
+
+    def fails_for_seed_13(self, *args):
+        if self.config.sampling.seed == 13:
+            raise ValueError("a broken run")
+        return original(self, *args)
+
+    monkeypatch.setattr(RunState, "_step", fails_for_seed_13)
+    broken, kept = _together(lambda: generate(vlm, PROMPTS[:1], _config(0.5, seed=13, tokens=200)),
+                             lambda: generate(vlm, PROMPTS[:1], other))
+    assert isinstance(broken, RuntimeError) and "a broken run" in str(broken)
+    assert token_ids(kept) == token_ids(alone)
+    assert run(vlm, n=1, max_new_tokens=2).timings.new_tokens > 0  # the engine goes on
+    assert not vlm.engine.call(lambda llm: llm.collective_rpc("esamp_processor")[0].runs)  # no run's state stays behind
+
+
+def test_a_bad_request_is_refused_where_vllm_takes_it(vlm):
+    from vllm import SamplingParams
+
+    from core.backends.vllm.loop import native
+    from core.backends.vllm.state import EXTRA_KEY
+
+    params = SamplingParams(max_tokens=2, extra_args={EXTRA_KEY: {"run": "x", "row": 0, "prompts": 1,
+                                                                  "config": {"method": "esamp"}}})
+    with pytest.raises(Exception, match=r"is not a run configuration \(no 'sampling'\)"):  # VLLMValidationError
+        native(vlm, [[1, 2, 3]], [params])
 
 
 def test_eos_ends_samples_and_stop_keeps_what_was_generated(vlm):

@@ -60,6 +60,16 @@ def generate(lm: LanguageModel, prompts: Sequence[str], config: RunConfig | None
     return get_backend(lm.backend).generate(lm, prompts, config or RunConfig(), progress=progress, cancel=cancel)
 
 
+def generate_runs(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
+                  progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
+    """One run per config on the same prompts (a β or temperature ladder, compared methods). On vLLM
+    they are submitted together and generate in the same engine steps, next to every other caller's
+    runs; on transformers one after the other. ``progress`` gets each run's ``Progress`` (its
+    ``run`` field says which). On ``cancel`` the runs stop where they are: vLLM returns every run,
+    cut short (``trace.stopped``); transformers the finished ones and the cut-short one."""
+    return get_backend(lm.backend).generate_runs(lm, prompts, list(configs), progress=progress, cancel=cancel)
+
+
 def answer_logprobs(lm: LanguageModel, prefixes: Sequence[list[int]],
                     answers: Sequence[list[int]]) -> list[list[float]]:
     """log p of every answer token given its prefix and the answer's earlier tokens, under the model at T=1."""

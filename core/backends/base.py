@@ -26,6 +26,7 @@ class Progress:
     tokens: int  # tokens generated so far, all rows
     max_tokens: int  # rows x max_new_tokens
     seconds: float
+    run: int = 0  # which of the call's runs (``generate_runs``)
 
     @property
     def tokens_per_s(self) -> float:
@@ -44,7 +45,7 @@ class LanguageModel(Protocol):
     head: LMHead  # the LM head ESamp projects through
     context_length: int
     eos_ids: list[int]
-    lock: threading.Lock  # one generation at a time
+    lock: threading.Lock | None  # one generation at a time; None: runs share the model at once (vLLM)
 
     @property
     def device(self) -> torch.device: ...
@@ -64,6 +65,11 @@ class Backend(Protocol):
     def generate(self, lm: LanguageModel, prompts: Sequence[str], config: RunConfig, *,
                  progress: ProgressFn | None, cancel: threading.Event | None) -> RunTrace:
         """``config.sampling.n`` samples for each prompt, with every token's signals."""
+
+    def generate_runs(self, lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
+                      progress: ProgressFn | None, cancel: threading.Event | None) -> list[RunTrace]:
+        """Each config's run on the prompts, together where the backend batches runs (``Progress.run``
+        says whose progress); with ``cancel`` set, the runs finished and the cut-short ones."""
 
     def answer_logprobs(self, lm: LanguageModel, prefixes: Sequence[list[int]],
                         answers: Sequence[list[int]]) -> list[list[float]]:

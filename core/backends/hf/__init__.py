@@ -12,6 +12,7 @@ class HfBackend:
     name = "transformers"
     load = staticmethod(model.load)
     generate = staticmethod(loop.generate)
+    generate_runs = staticmethod(loop.generate_runs)
     answer_logprobs = staticmethod(loop.answer_logprobs)
 
 

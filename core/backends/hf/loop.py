@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -21,6 +22,18 @@ from ..base import Progress, ProgressFn, encode_prompts
 from ..hooks import States, capture_output, capture_states
 from ..record import Recorder, build_trace
 from .model import HfModel
+
+
+def generate_runs(lm: HfModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
+                  progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
+    """The runs one after the other (one batch at a time on this backend); none after a cut-short one."""
+    traces: list[RunTrace] = []
+    for i, config in enumerate(configs):
+        report = None if progress is None else (lambda p, i=i: progress(replace(p, run=i)))
+        traces.append(generate(lm, prompts, config, progress=report, cancel=cancel))
+        if traces[-1].stopped:
+            break
+    return traces
 
 
 def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,

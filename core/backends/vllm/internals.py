@@ -1,12 +1,14 @@
 """Everything the vLLM backend takes from vLLM that is not a documented extension point.
 
 The backend itself uses only public API: ``LLM``, ``LLMEngine.add_request/step/abort_request``,
-``LLM.apply_model`` (to install forward hooks), the v1 logits processor interface and its
-helper ``process_dict_updates``. Four facts are internal and live here, each checked with a
-clear error:
+``LLM.collective_rpc`` into a ``worker_extension_cls`` (to install forward hooks and take a run's
+results), the v1 logits processor interface and its helper ``process_dict_updates``. These facts
+are internal and live here, each checked with a clear error:
 
-1. The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on the V1 model
-   runner (``VLLM_USE_V2_MODEL_RUNNER=0``; the V2 runner has another processor interface).
+1. The engine runs on the V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``; the V2 runner has
+   another processor interface). Where it runs (this process or vLLM's engine process) is
+   ``VLLM_ENABLE_V1_MULTIPROCESSING``, read when an engine starts, and cached by vLLM after the
+   first engine in a process has started (``engine_process`` clears that cache).
 2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
 3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
    sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
@@ -28,7 +30,8 @@ from typing import Iterator
 import torch
 
 TESTED = ("0.32",)
-_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+_ENV = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 class VllmUnavailableError(RuntimeError):
@@ -86,13 +89,22 @@ def residual_stream(output) -> torch.Tensor:
     return output
 
 
-def check_in_process(llm) -> None:
-    """The engine must share this process: the hooks and the processor exchange tensors in memory."""
-    executor = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
-    if executor is None:
-        raise VllmUnavailableError(
-            "vLLM's engine runs in another process here; the ESamp backend needs it in-process "
-            "(VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is imported).")
+@contextmanager
+def engine_process(separate: bool) -> Iterator[None]:
+    """While an engine starts: in vLLM's own engine process (``separate``) or in this one."""
+    import vllm.envs
+
+    before = os.environ.get(_PROCESS_ENV)
+    os.environ[_PROCESS_ENV] = "1" if separate else "0"
+    if hasattr(vllm.envs, "disable_envs_cache"):
+        vllm.envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_PROCESS_ENV]
+        else:
+            os.environ[_PROCESS_ENV] = before
 
 
 @contextmanager

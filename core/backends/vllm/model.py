@@ -1,23 +1,27 @@
-"""Starting a vLLM engine for ESamp: the engine, its model's hooks and the ESamp processor."""
+"""Starting a vLLM engine for ESamp: the engine (here or in vLLM's engine process), its model's
+hooks and the ESamp processor, and the driver every caller shares."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 
 import torch
 
-from ...esamp.head import FinalNorm, LMHead
+from ...esamp.head import LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype, resolve_dtype
-from ..hooks import permanent_hooks
-from . import internals
-from .processor import Capture, VllmProcessor
+from . import internals, worker
+from .engine import Engine
+from .processor import VllmProcessor
 
 log = logging.getLogger(__name__)
 
+PLACEMENTS = ("inline", "process")
+DEFAULT_PLACEMENT = "inline"
+PLACEMENT_ENV = "ESAMP_VLLM_PLACEMENT"
 CPU_KV_CACHE_GIB = 2.0
 # vLLM's prefix cache shares whole KV blocks only. With its CPU default of 128 tokens a block,
 # a shorter prompt would be prefilled again for each of its n samples.
@@ -30,31 +34,27 @@ CPU_MAX_NUM_SEQS = 512
 
 @dataclass
 class VllmModel:
-    """A vLLM engine with ESamp's hooks and processor (a ``LanguageModel``); one generation at a time."""
+    """A vLLM engine with ESamp's hooks and processor (a ``LanguageModel``), shared by every caller:
+    runs from any thread generate together (``engine``)."""
 
     name: str
     llm: object
+    engine: Engine
     tokenizer: object  # transformers tokenizer of the same model: chat template, token pieces
-    head: LMHead
+    head: LMHead | None  # the worker's head, where the engine runs in this process; None in vLLM's own
+    hidden_size: int
     context_length: int
     eos_ids: list[int]
     dtype: torch.dtype
-    processor: VllmProcessor
+    placement: str  # "inline": the engine in this process; "process": in vLLM's engine process
+    device: torch.device
     backend: str = "vllm"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
-    @property
-    def hidden_size(self) -> int:
-        return self.head.weight.shape[1]
+    lock: None = None  # no lock: runs share the engine
 
 
 def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, device=None,
          max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,
-         safetensors_only: bool = False, **llm_kwargs) -> VllmModel:
+         safetensors_only: bool = False, placement: str | None = None, **llm_kwargs) -> VllmModel:
     """Start a vLLM engine for ESamp, in eager mode: a CUDA graph replays kernels without running
     Python, so the hooks that copy s and h (and pick the sampled rows) would run only at capture.
 
@@ -62,12 +62,18 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     (``hardware.default_dtype``: bfloat16 where the CPU has native bfloat16, else float32) and to
     vLLM's choice on GPUs. The KV cache takes ``kv_cache_gib``
     (default on CPU: 2 GiB; vLLM would otherwise reserve 92% of the machine's memory); on GPUs
-    vLLM sizes it. Other keyword arguments go to ``vllm.LLM``. vLLM picks the device itself.
+    vLLM sizes it. ``placement``: "inline" runs vLLM's engine in this process, "process" in
+    vLLM's own engine process (its default; what tensor and data parallelism need); default
+    ``DEFAULT_PLACEMENT`` or ``$ESAMP_VLLM_PLACEMENT``. Other keyword arguments go to
+    ``vllm.LLM``. vLLM picks the device itself.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
     if device is not None:
         raise ModelLoadError("The vLLM backend picks its device itself: leave the device unset.")
+    placement = placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT
+    if placement not in PLACEMENTS:
+        raise ModelLoadError(f"`placement` (or ${PLACEMENT_ENV}) must be one of {PLACEMENTS}, not {placement!r}.")
     if dtype is not None:
         try:
             dtype = str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
@@ -84,23 +90,25 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Cannot load model {name!r} for vLLM: {str(exc).splitlines()[0]}") from exc
     try:
-        before = set(VllmProcessor._instances)
-        with internals.scan_safe():
+        with internals.scan_safe(), internals.engine_process(placement == "process"):
             llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
                            max_model_len=max_model_len, logits_processors=[VllmProcessor],
-                           trust_remote_code=trust_remote_code, **llm_kwargs)
+                           worker_extension_cls=worker.QUALNAME, trust_remote_code=trust_remote_code,
+                           **llm_kwargs)
     except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
-    internals.check_in_process(llm)
-    processor = VllmProcessor.created_since(before)
-    head = llm.apply_model(lambda model: _install_hooks(model, processor.capture))[0]
+    shape = llm.collective_rpc("esamp_install")[0]
+    head = llm.collective_rpc("esamp_head")[0] if placement == "inline" else None
     try:
         gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
     except OSError:
         gen_eos = None
     model_config = llm.llm_engine.model_config
-    return VllmModel(name=name, llm=llm, tokenizer=tokenizer, head=head, context_length=model_config.max_model_len,
-                     eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype, processor=processor)
+    failed = (lambda: llm.collective_rpc("esamp_failed")[0]) if placement == "inline" else None
+    return VllmModel(name=name, llm=llm, engine=Engine(llm, failed), tokenizer=tokenizer, head=head,
+                     hidden_size=shape["hidden_size"], context_length=model_config.max_model_len,
+                     eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype,
+                     placement=placement, device=torch.device(shape["device"]))
 
 
 def _engine_options(llm_kwargs: dict, dtype: str | None, kv_cache_gib: float | None,
@@ -124,30 +132,3 @@ def _engine_options(llm_kwargs: dict, dtype: str | None, kv_cache_gib: float | N
     if kv_cache_gib is not None:
         llm_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
     return dtype
-
-
-def _install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
-    """Runs inside the worker (``apply_model``): permanent hooks that fill ``capture`` for the rows
-    the sampler reads; returns the LM head."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None or not hasattr(model, "logits_processor") or not hasattr(model, "lm_head"):
-        raise ModelLoadError(f"ESamp's vLLM backend cannot find the first layer and LM head of "
-                             f"{type(model).__name__} (it expects model.model.layers and model.lm_head).")
-    lp = model.logits_processor
-    if getattr(lp, "scale", 1.0) != 1.0:
-        raise ModelLoadError(f"{type(model).__name__} scales its logits by {lp.scale}; ESamp's fusion does not yet.")
-
-    def on_first_layer(_module, _inputs, output):
-        rows = internals.last_token_rows()
-        capture.s = internals.residual_stream(output)[rows].float()  # copies: vLLM reuses its buffers in place
-
-    def on_head_input(_module, args):
-        capture.h = args[1].float()  # (B, H): compute_logits(hidden_states[logits_indices])
-
-    permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
-    vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
-    weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
-    bias = getattr(model.lm_head, "bias", None)
-    norm = FinalNorm.of(inner.norm) if hasattr(inner, "norm") else None
-    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None), norm)

@@ -1,0 +1,185 @@
+"""One long-lived vLLM engine per loaded model, shared by every caller: a driver thread steps it
+while any request is unfinished, and callers from any thread add their requests, abort them and
+wait for them between steps. vLLM batches whatever is unfinished at each step (continuous
+batching), so runs from many sessions generate together and none waits for another to finish.
+
+Only the driver thread touches vLLM's ``LLMEngine`` (it is not thread-safe): everything else
+reaches it through ``Engine.call`` or the queue that ``submit`` and ``abort`` fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """vLLM's engine failed; the model has to be loaded again."""
+
+
+@dataclass
+class Request:
+    id: str
+    prompt: list[int]  # token ids
+    params: Any  # vllm.SamplingParams
+
+
+@dataclass
+class Submission:
+    """Requests submitted together, followed by the driver: ``first`` go in at once, each of
+    ``after[id]`` once request ``id`` has its first output (its prompt is in the prefix cache)."""
+
+    first: list[Request]
+    after: dict[str, list[Request]] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()  # the ESamp runs among the requests (``Engine``'s ``failed`` names them)
+    tokens: dict[str, int] = field(default_factory=dict)  # request id -> output tokens so far
+    outputs: dict[str, Any] = field(default_factory=dict)  # request id -> its last RequestOutput
+    steps: int = 0  # engine steps since the first request went in
+    error: BaseException | None = None
+    _unfinished: set[str] = field(default_factory=set)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self):
+        self._unfinished = {r.id for r in self.first} | {r.id for rs in self.after.values() for r in rs}
+
+    @property
+    def finished(self) -> bool:
+        return not self._unfinished or self.error is not None
+
+    def wait(self, timeout: float) -> None:
+        """Until the next engine step has been seen (or ``timeout`` seconds)."""
+        with self._changed:
+            if not self.finished:
+                self._changed.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+
+class Engine:
+    """vLLM's ``LLM`` with the driver thread; ``failed()`` (optional) names the submissions whose
+    work failed inside the engine after a step, so that they stop at once."""
+
+    def __init__(self, llm, failed: Callable[[], dict[str, str]] | None = None):
+        self.llm = llm
+        self._core = llm.llm_engine
+        self._failed = failed
+        self._cv = threading.Condition()
+        self._todo: list[Callable[[], None]] = []
+        self._owner: dict[str, Submission] = {}  # unfinished request id -> its submission
+        self._live: list[Submission] = []
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="esamp-vllm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, sub: Submission) -> Submission:
+        """Add ``sub``'s requests at the next step; returns it (follow it with ``wait`` and ``finished``)."""
+        self._queue(lambda: self._start(sub))
+        return sub
+
+    def abort(self, sub: Submission, error: BaseException | None = None) -> None:
+        """Abort ``sub``'s unfinished requests (and the ones that have not joined yet); ``error`` is kept on it."""
+        self._queue(lambda: self._end(sub, error))
+
+    def call(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(llm)`` on the driver thread, between two steps; returns its result or raises its error."""
+        done: Future = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(self.llm))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+        self._queue(run)
+        return done.result()
+
+    def _queue(self, action: Callable[[], None]) -> None:
+        with self._cv:
+            if self._dead is not None:
+                raise EngineDeadError(f"The vLLM engine stopped: {self._dead}") from self._dead
+            self._todo.append(action)
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._todo and not self._core.has_unfinished_requests():
+                    self._cv.wait()
+                todo, self._todo = self._todo, []
+            for action in todo:
+                action()
+            if not self._core.has_unfinished_requests():
+                continue
+            try:
+                outputs = self._core.step()
+                failed = self._failed() if self._failed else {}
+            except BaseException as exc:  # noqa: BLE001 - every caller hears of it
+                log.exception("the vLLM engine failed")
+                self._die(exc)
+                return
+            self._dispatch(outputs, failed)
+
+    def _dispatch(self, outputs, failed: dict[str, str]) -> None:
+        for out in outputs:
+            sub = self._owner.get(out.request_id)
+            if sub is None:
+                continue
+            sub.tokens[out.request_id] = sub.tokens.get(out.request_id, 0) + len(out.outputs[0].token_ids)
+            sub.outputs[out.request_id] = out
+            for request in sub.after.pop(out.request_id, ()):
+                self._add(sub, request)
+            if out.finished:
+                self._owner.pop(out.request_id, None)
+                sub._unfinished.discard(out.request_id)
+        for sub in list(self._live):
+            sub.steps += 1
+            problem = next((failed[k] for k in sub.keys if k in failed), None)
+            if problem is not None:
+                self._end(sub, RuntimeError(f"ESamp failed inside vLLM: {problem}"))
+            elif not sub._unfinished:
+                self._live.remove(sub)
+            sub._notify()
+
+    def _start(self, sub: Submission) -> None:
+        self._live.append(sub)
+        try:
+            for request in sub.first:
+                self._add(sub, request)
+        except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
+            self._end(sub, exc)
+
+    def _add(self, sub: Submission, request: Request) -> None:
+        self._owner[request.id] = sub
+        self._core.add_request(request.id, {"prompt_token_ids": request.prompt}, request.params)
+
+    def _end(self, sub: Submission, error: BaseException | None) -> None:
+        started = [i for i in sub._unfinished if self._owner.get(i) is sub]
+        if started:
+            self._core.abort_request(started)
+        for i in started:
+            del self._owner[i]
+        sub.after.clear()
+        sub._unfinished.clear()
+        if error is not None and sub.error is None:
+            sub.error = error
+        if sub in self._live:
+            self._live.remove(sub)
+        sub._notify()
+
+    def _die(self, exc: BaseException) -> None:
+        with self._cv:
+            self._dead = exc
+            todo, self._todo = self._todo, []
+        for sub in self._live:
+            sub.error = sub.error or EngineDeadError(f"The vLLM engine stopped: {exc}")
+            sub._notify()
+        self._live.clear()
+        for action in todo:  # calls waiting for an answer get the error
+            action()

@@ -1,0 +1,166 @@
+"""One ESamp run's state inside vLLM's worker: created by the processor when the run's first request
+joins, stepped with the run's rows of every engine step, taken (and freed) by the caller once the
+run's requests have all finished.
+
+Everything a run needs comes with its requests (``SamplingParams.extra_args[EXTRA_KEY]``): its
+key, the row of each request (prompt * n + sample: the prompt's distiller), the number of prompts
+and the whole ``RunConfig``. Any number of runs share an engine step; each has its own Pipeline
+(distillers, seeds, recorder), so one run never sees another's rows.
+
+The chosen token of a step is known only after vLLM samples it, so a step's signals wait
+(``PendingSignals``) until the request's output list holds that token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...config import RunConfig
+from ...esamp.head import LMHead
+from ...esamp.signals import PendingSignals
+from ...esamp.steerer import Pipeline
+from ..record import Recorder
+from . import internals
+
+EXTRA_KEY = "esamp_explorer"
+
+
+@dataclass
+class Capture:
+    """The states of the latest forward pass at the sampled rows, written by the model's hooks."""
+
+    s: torch.Tensor | None = None  # (B, H) float32, first decoder layer's residual stream
+    h: torch.Tensor | None = None  # (B, H) float32, LM head input
+
+
+@dataclass
+class Row:
+    run: str  # the run's key
+    row: int  # prompt * n + sample
+    out: list[int]  # vLLM's live list of this request's output token ids
+
+
+def request_extra(key: str, row: int, prompts: int, config: RunConfig) -> dict:
+    """What one request of a run carries for its ESamp (``SamplingParams.extra_args``)."""
+    return {EXTRA_KEY: {"run": key, "row": row, "prompts": prompts, "config": config.to_dict()}}
+
+
+def check_extra(extra) -> RunConfig:
+    """The RunConfig of a request's ESamp arguments; ValueError saying what is wrong."""
+    if not isinstance(extra, dict) or not {"run", "row", "prompts", "config"} <= extra.keys():
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs run, row, prompts and config.")
+    prompts, row = extra["prompts"], extra["row"]
+    try:
+        config = RunConfig.from_dict(extra["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['config'] is not a run configuration ({what}).") from exc
+    if not (isinstance(prompts, int) and isinstance(row, int) and 0 <= row < prompts * config.sampling.n):
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]: row {row!r} is not one of {prompts!r} prompts' samples.")
+    return config
+
+
+class FailedRun:
+    """A run whose state could not be made: its rows keep the model's logits, its result is the error."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def step(self, *_args) -> None:
+        return None
+
+    def result(self) -> dict:
+        return {"error": self.error}
+
+
+class RunState:
+    """One run's Pipeline and what waits to be recorded, stepped by the processor."""
+
+    def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead):
+        self.key = key
+        self.config = config
+        self.prompts = prompts
+        self.pipeline = Pipeline(config, head, prompts)
+        self.recorder = Recorder(prompts * config.sampling.n)
+        self.pending: list[tuple[list[Row], list[int], PendingSignals]] = []  # tokens not sampled yet
+        self.first_step_at: float | None = None
+        self.error: str | None = None
+
+    @classmethod
+    def of(cls, extra: dict, head: LMHead | None) -> "RunState | FailedRun":
+        """The state of the run a request's extra args describe, or a FailedRun saying why there is none."""
+        try:
+            if head is None:
+                raise internals.VllmUnavailableError("ESamp's hooks are not installed in this vLLM worker.")
+            with torch.inference_mode(False):  # vLLM updates its batch under inference mode; the distiller trains
+                return cls(extra["run"], check_extra(extra), extra["prompts"], head)
+        except Exception as exc:  # noqa: BLE001 - the engine goes on; the caller gets the message
+            return FailedRun(f"{type(exc).__name__}: {exc}")
+
+    def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor | None:
+        """This run's rows of the step (batch index, row): the logits to sample them from, (len(batch), V).
+        A failure is kept for the caller (None: the rows keep the model's logits)."""
+        if self.error is not None:
+            return None
+        t0 = time.perf_counter()
+        watch = self.pipeline.watch
+        timed = sum(watch.seconds.values())
+        try:
+            return self._step(logits, batch, capture)
+        except Exception as exc:  # noqa: BLE001 - keep vLLM's engine and the other runs alive
+            self.error = f"{type(exc).__name__}: {exc}"
+            return None
+        finally:  # the rest of this call is the backend's own bookkeeping
+            watch.seconds["bookkeeping"] += time.perf_counter() - t0 - (sum(watch.seconds.values()) - timed)
+
+    def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
+        self.record_sampled()
+        s, h = capture.s, capture.h
+        if s is None or h is None or s.shape[0] != logits.shape[0] or h.shape[0] != logits.shape[0]:
+            raise internals.VllmUnavailableError(
+                f"ESamp's hooks saw {None if s is None else s.shape[0]} / {None if h is None else h.shape[0]} "
+                f"rows but the sampler has {logits.shape[0]}; this vLLM lays out batches differently.")
+        whole = len(batch) == logits.shape[0]
+        index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
+        raw, s, h = (logits, s, h) if whole else (logits[index], s[index], h[index])
+        t = [len(r.out) for _, r in batch]  # the position each row is at
+        first = torch.tensor([x == 0 for x in t])  # on the host
+        slots = torch.tensor([r.row for _, r in batch], device=logits.device)
+        # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
+        # (s and h enter its graph; the logits do not).
+        with torch.inference_mode(False):
+            prop = self.pipeline.propose(raw, s.clone(), h.clone(), first, slots)
+            # Training now is the same as after sampling: it reads this step's (s, h) only, and the
+            # fused logits were computed with the weights from before this update.
+            self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
+        self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+        return prop.to_sample
+
+    def record_sampled(self, final: bool = False) -> None:
+        """Record the steps whose tokens are in the output lists now (``final``: all of them; a token
+        still missing was never sampled: the run stopped first)."""
+        still = []
+        for rows, t, pending in self.pending:
+            chosen = [r.out[x] if len(r.out) > x else -1 for r, x in zip(rows, t)]
+            if not final and -1 in chosen:
+                still.append((rows, t, pending))
+                continue
+            tokens = torch.tensor(chosen)
+            with self.pipeline.watch("signals"):
+                signals = pending.resolve(tokens.clamp(min=0).to(pending.device))
+            self.recorder.add(tokens, tokens >= 0, signals, t=t, rows=[r.row for r in rows])
+        self.pending = still
+
+    def result(self) -> dict:
+        """Everything the caller builds the trace from, in types vLLM's RPC carries (lists, dicts,
+        numbers): call once, after the run's last step."""
+        if self.error is not None:
+            return {"error": self.error}
+        self.record_sampled(final=True)
+        return {"rows": self.recorder.per_row(), "stats": asdict(self.pipeline.finish(self.prompts)),
+                "first_step_at": self.first_step_at, "error": None}

@@ -109,14 +109,14 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     def work() -> None:
         try:
             s = configs[0].sampling
-            log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(configs),
-                     ", ".join(job.labels), lm.name, len(prompts), s.n, s.max_new_tokens)
             # All at once where the model batches runs; else one at a time, so that a failure keeps
             # the runs finished before it and the page can say whose run it waits for.
             batches = [list(range(len(configs)))] if job.together else [[i] for i in range(len(configs))]
             for batch in batches:
                 if lm.lock is not None and lm.lock.locked():
                     job.phase = "waiting"  # another session is generating on this model
+                log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(batch),
+                         ", ".join(job.labels[i] for i in batch), lm.name, len(prompts), s.n, s.max_new_tokens)
                 job.traces += generate_runs(lm, prompts, [configs[i] for i in batch], cancel=job.cancel,
                                             progress=lambda p, offset=batch[0]: on_progress(p, offset))
                 if job.traces[-1].stopped:

@@ -227,7 +227,8 @@ def job_status(job: Job) -> str:
     if job.together and job.phase != "waiting":
         label = f"{len(job.labels)} runs at once" if len(job.labels) > 1 else label
     if job.phase == "waiting":
-        detail = f"waiting for {job.waiting_for()} to finish: one generation at a time per model…"
+        detail = (f"waiting for {job.waiting_for()} to finish: one generation at a time per model on "
+                  "transformers (the vllm backend generates every session's runs at once)…")
     elif job.phase == "scoring":
         detail = "scoring perplexity…"
     elif job.progress:

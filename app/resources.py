@@ -4,6 +4,7 @@ embeddings and projections of answers."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ from viz import spread
 from . import serving
 from .history import History, HistoryError, default_path
 
+
+log = logging.getLogger(__name__)
 
 # Loading a model and loading the embedder both import from transformers, whose lazy module is not
 # safe to import from two threads at once ("cannot import name 'AutoConfig'"): one load at a time.
@@ -38,9 +41,17 @@ def get_embedder():
 
 @st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
-    """Load the embedder and compile UMAP (numba: ~18 s on 2 cores) once per process, in the
-    background, so that the first Generate does not wait for them."""
+    """Once per process, in the background, so that the first Generate does not wait for them: load
+    the default model (unless ``ESAMP_PRELOAD=0``), the embedder, and compile UMAP (numba: ~18 s
+    on 2 cores)."""
+    policy = serving.policy()
+
     def work():
+        if policy.preload:
+            try:
+                get_model("", policy.backend, safetensors_only=policy.served)
+            except Exception:  # noqa: BLE001 - the Generate that needs it shows the error
+                log.exception("preloading the default model failed")
         with _loading:
             embedder = spread.load_embedder()
         spread.project_2d(spread.embed([f"warm-up {i}" for i in range(spread.MIN_UMAP_POINTS)], embedder))

@@ -8,17 +8,26 @@ load. All of it is the server's to set, from the environment:
   load (a pickled checkpoint can run code).
 - ``ESAMP_MAX_N``, ``ESAMP_MAX_NEW_TOKENS``, ``ESAMP_MAX_PROMPT_CHARS``, ``ESAMP_MAX_UPLOAD_MB``,
   ``ESAMP_MAX_RUNS`` (runs kept in the history; the oldest go first): the limits, in either mode.
+- ``ESAMP_BACKEND``: the backend a new session starts on (default: ``DEFAULT_BACKEND`` where it
+  is installed); ``ESAMP_PRELOAD=0``: do not load the default model in the background when the
+  first page opens (it then loads at the first Generate).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import DEFAULT_MODEL
+from core.backends import installed_backends
+from core.config import BACKENDS
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# The backend a session starts on, where it is installed: vLLM finishes the app's first Generate and
+# every later one sooner, and generates every session's runs at once (docs/results.md, "Starting the app").
+DEFAULT_BACKEND = "vllm"
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class Policy:
     models: tuple[str, ...] = ()  # names or paths allowed besides the embedded default
     models_dir: Path | None = None
     limits: Limits = Limits()
+    backend: str = field(default_factory=lambda: _backend({}))  # the backend a new session starts on
+    preload: bool = True  # load the default model when the first page opens
 
     def allowed_models(self) -> list[str]:
         """The choices a served app offers ("" is the embedded default), in a stable order."""
@@ -87,7 +98,37 @@ def from_environment(env=None) -> Policy:
     models = tuple(m.strip() for m in env.get("ESAMP_MODELS", "").split(",") if m.strip())
     models_dir = Path(env["ESAMP_MODELS_DIR"]) if env.get("ESAMP_MODELS_DIR") else None
     return Policy(served=env.get("ESAMP_SERVED", "").lower() in _TRUE, models=models, models_dir=models_dir,
-                  limits=limits)
+                  limits=limits, backend=_backend(env), preload=_switch(env, "ESAMP_PRELOAD", True))
+
+
+def default_backend() -> str:
+    """The backend a new session starts on (a bad $ESAMP_BACKEND: the first installed; the page says
+    what is wrong with it)."""
+    try:
+        return _backend(os.environ)
+    except ValueError:
+        return installed_backends()[0]
+
+
+def _backend(env) -> str:
+    installed = installed_backends()
+    name = env.get("ESAMP_BACKEND", "").strip()
+    if not name:
+        return DEFAULT_BACKEND if DEFAULT_BACKEND in installed else installed[0]
+    if name not in BACKENDS:
+        raise ValueError(f"$ESAMP_BACKEND={name!r} is not a backend; choose one of {', '.join(BACKENDS)}.")
+    if name not in installed:
+        raise ValueError(f"$ESAMP_BACKEND={name!r} is not installed here (installed: {', '.join(installed)}).")
+    return name
+
+
+def _switch(env, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise ValueError(f"${name}={env[name]!r} must be 1 or 0.")
+    return raw in _TRUE
 
 
 def policy() -> Policy:

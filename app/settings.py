@@ -66,10 +66,10 @@ def _numbers(values: Sequence[float]) -> str:
 
 # The defaults of the first Generate, chosen by `python -m bench.demo` (docs/results.md, "The default
 # demo"): ESamp more diverse than plain beyond the noise of its answers on most seeds, in a time a
-# class waits for; transformers because, with its start-up, it finishes the first Generate first.
+# class waits for. The backend: app/serving.py's DEFAULT_BACKEND (or $ESAMP_BACKEND).
 FIELDS = [
     Field("model", str, "", lambda m, s: m.name),
-    Field("backend", str, "transformers", lambda m, s: m.backend),
+    Field("backend", str, serving.default_backend(), lambda m, s: m.backend),
     Field("prompt", str, "Invent a name for a new colour and describe it.", lambda m, s: s.prompt),
     Field("n", int, 16, _sampling("n")),
     Field("tokens", int, 32, _sampling("max_new_tokens")),
@@ -167,7 +167,8 @@ def model_picker() -> None:
         st.sidebar.text_input("Model", key="model_name", placeholder=f"{DEFAULT_MODEL} (embedded)",
                               help="Empty: the embedded default. Or any transformers causal LM name or local path.")
     st.sidebar.selectbox("Backend", options, key="model_backend",
-                         help="vllm: the same ESamp inside vLLM (faster on many rows; starting it takes ~20 s)")
+                         help="vllm: the same ESamp inside vLLM, which generates every session's runs at once "
+                              "(starting it takes ~15 s). transformers: one generation at a time per model.")
 
 
 def chosen_model() -> ModelChoice:

@@ -5,13 +5,14 @@ ESamp's effect beyond the noise of its n answers. Picks the app's defaults by me
     python -m bench.demo --n 4 8 --tokens 32 48 --ladders 0,0.25,0.5,1 0,0.1,0.25,0.5,1
     python -m bench.demo --json bench/results/demo.json --markdown bench/results/demo.md
 
-One Generate is what Explore runs: the β ladder (plain at β = 0, then ESamp at each β, one run
-after the other with the same seed), the perplexities, the answers' embeddings, the shared map and
-the bootstrap intervals. It is timed warm (the model and embedder loaded, UMAP compiled, one tiny
-run before); the start-ups (the backend's load plus a tiny run; the embedder and UMAP) are timed
-on their own. A seed "shows the effect" at a β when ESamp's answers there are more diverse than
-plain sampling's beyond the noise: the bootstrap interval of the difference in mean pairwise
-cosine distance lies above 0 (the test behind the page's sentence).
+One Generate is what Explore runs: the β ladder (plain at β = 0, then ESamp at each β, with the
+same seed; ``core.generate_runs``: together on vLLM, one after the other on transformers), the
+perplexities, the answers' embeddings, the shared map and the bootstrap intervals. It is timed
+warm (the model and embedder loaded, UMAP compiled, one tiny run before); the start-ups (the
+backend's load plus a tiny run; the embedder and UMAP) are timed on their own. A seed "shows the
+effect" at a β when ESamp's answers there are more diverse than plain sampling's beyond the noise:
+the bootstrap interval of the difference in mean pairwise cosine distance lies above 0 (the test
+behind the page's sentence).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from app.settings import DEFAULTS, parse_ladder
-from core import RunConfig, SamplingConfig, beta_ladder, generate, load_model
+from core import RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
@@ -38,7 +39,7 @@ def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[f
     """Seconds for what Explore's Generate does, and for each β > 0 the bootstrap interval of its
     answers' diversity (mean pairwise cosine distance) over plain sampling's: [value, low, high]."""
     start = time.perf_counter()
-    traces = [generate(lm, [prompt], c) for c in configs]
+    traces = generate_runs(lm, [prompt], configs)
     perplexities = [trace_perplexities(lm, t) for t in traces]
     texts = [s.text for t in traces for s in t.samples]
     emb = spread.embed(texts, embedder)

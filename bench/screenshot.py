@@ -71,9 +71,11 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
 
 
-def generate_once(page, url: str, timeout_s: float = 600) -> float:
-    """Open Explore at ``url``, click Generate, wait for the finished page; seconds taken."""
-    page.goto(url)
+def generate_once(page, url: str, timeout_s: float = 600, reload: bool = True) -> float:
+    """Open Explore at ``url`` (``reload=False``: it is open), click Generate, wait for the finished
+    page; seconds from the click."""
+    if reload:
+        page.goto(url)
     page.get_by_role("button", name="Generate").click(timeout=120_000)
     start = time.perf_counter()
     page.wait_for_selector("text=Saved as run", timeout=timeout_s * 1000)

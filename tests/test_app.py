@@ -20,11 +20,18 @@ def history_db(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("history") / "history.sqlite3"
     os.environ["ESAMP_HISTORY_DB"] = str(path)
+    # AppTest runs the pages in this process: no default model (a vLLM engine) loaded behind the tests
+    preload = os.environ.get("ESAMP_PRELOAD")
+    os.environ["ESAMP_PRELOAD"] = "0"
     from app.resources import get_history
 
     get_history.clear()
     yield path
     get_history.clear()
+    if preload is None:
+        del os.environ["ESAMP_PRELOAD"]
+    else:
+        os.environ["ESAMP_PRELOAD"] = preload
 
 
 def run_until(at: AppTest, done, timeout: float = 300) -> AppTest:
@@ -93,11 +100,11 @@ def test_reloading_a_runs_link_reopens_it_from_history_without_generating(monkey
 
 
 def spy_on_generate(monkeypatch) -> list:
-    """Every call the app's jobs make into core.generate (the real one runs)."""
+    """Every run the app's jobs ask core.generate_runs for (the real one runs)."""
     import app.jobs
 
-    calls, real = [], app.jobs.generate
-    monkeypatch.setattr(app.jobs, "generate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    calls, real = [], app.jobs.generate_runs
+    monkeypatch.setattr(app.jobs, "generate_runs", lambda *a, **k: calls.extend(a[2]) or real(*a, **k))
     return calls
 
 

@@ -142,3 +142,24 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
     min_p = RunConfig.from_dict(report["filters"]["min-p 0.1"][1]["config"]).sampling
     assert (min_p.top_k, min_p.min_p) == (0, 0.1)
     assert (images / "frontier-6-min-p0.1.png").stat().st_size > 0
+
+
+def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
+    """In a fresh process (its own vLLM engine): K sessions from threads, each finishing with its tokens."""
+    if importlib.util.find_spec("vllm") is None:
+        import pytest
+
+        pytest.skip("vLLM is optional; ./run test installs it")
+    out = tmp_path / "c.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.concurrency", "--ks", "1,2", "--tokens", "2",
+                           "--placements", "inline", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["placements"]["inline"]
+    assert [r["k"] for r in rows] == [1, 2] and [r["rows"] for r in rows] == [64, 128]
+    for r in rows:
+        assert len(r["sessions"]) == r["k"] and r["tokens"] == r["rows"] * 2  # EOS ignored: every token made
+        assert all(0 < s["first_token_s"] <= s["finish_s"] for s in r["sessions"])
+        assert r["tokens_per_s"] > 0 and r["esamp_batched_tokens_per_s"] > 0 and r["vllm_native_tokens_per_s"] > 0
+    assert rows[0]["first_token_vs_alone"] == 1.0

@@ -1,5 +1,6 @@
 """The real app in a real browser: `streamlit run` on a free port, Debian's chromium via Playwright."""
 
+import importlib.util
 import json
 import os
 import re
@@ -170,6 +171,35 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
     b.context.close()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is optional; ./run test installs it")
+def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
+    """On vLLM no session waits for another: both pages show their own runs generating at the same
+    time, both finish, and each saves its own prompt's run."""
+    from playwright.sync_api import expect
+
+    db = tmp_path / "h.sqlite3"
+    proc, url = start_server(db, ESAMP_BACKEND="vllm")
+    try:
+        runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
+        a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
+        a.wait_for_selector("text=2 runs at once", timeout=300_000)
+        b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
+        b.wait_for_selector("text=2 runs at once", timeout=120_000)
+        assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
+        run_b = saved_run_id(b)
+        assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
+        run_a = saved_run_id(a)
+        for page in (a, b):
+            assert page.locator("text=waiting for").count() == 0
+            expect(page.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers
+        assert prompts_of_run(db, run_a) == {"Tell a long story about a river."}
+        assert prompts_of_run(db, run_b) == {"Name a mountain."}
+        a.context.close()
+        b.context.close()
+    finally:
+        stop_server(proc)
+
+
 def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):
     """Closing a tab while it generates stops its run soon after (keeping what it made) so the next
     session is not left waiting for a run nobody watches."""
@@ -277,7 +307,8 @@ def test_the_beta_slider_redraws_everything_without_generating_again(browser, tm
         assert dialogs == []
     finally:
         log = stop_server(proc)
-    assert log.count("app.jobs: generating run") == 4, log[-3000:]  # one Generate, never again
+    runs = [int(n) for n in re.findall(r"app\.jobs: generating (\d+) run", log)]
+    assert sum(runs) == 4, log[-3000:]  # one Generate (its 4 runs together or in turn), never again
     with sqlite3.connect(tmp_path / "h.sqlite3") as con:
         assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
 

@@ -27,6 +27,15 @@ def test_the_environment_sets_the_policy(tmp_path):
     for bad in ("lots", "0", "-3"):
         with pytest.raises(ValueError, match="ESAMP_MAX_N"):
             from_environment({"ESAMP_MAX_N": bad})
+    # the backend a session starts on: vLLM where it is installed, else transformers; and preloading
+    import importlib.util
+
+    assert Policy().backend == ("vllm" if importlib.util.find_spec("vllm") else "transformers") and Policy().preload
+    assert from_environment({"ESAMP_BACKEND": "transformers", "ESAMP_PRELOAD": "0"}) == Policy(
+        backend="transformers", preload=False)
+    for env, message in (({"ESAMP_BACKEND": "tensorrt"}, "is not a backend"), ({"ESAMP_PRELOAD": "maybe"}, "1 or 0")):
+        with pytest.raises(ValueError, match=message):
+            from_environment(env)
 
 
 def test_a_served_app_loads_only_what_it_offers(tmp_path):

@@ -305,6 +305,40 @@ def test_the_distiller_learns_within_one_answer_on_vllm(vlm):
     assert last < 1.0 and last < first - 0.15, trace_quarters(trace)
 
 
+@pytest.fixture(scope="module")
+def vlm_process():
+    lm = load_model(backend="vllm", dtype="float32", placement="process")
+    yield lm
+    lm.close()
+
+
+def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
+    """vLLM's default placement (what its server and parallelism use): the processor runs in the
+    engine's process and the signals come back through the worker extension, complete."""
+    import threading
+
+    assert vlm_process.placement == "process" and vlm_process.head is None
+    # n = 1: every row starts at once (a prompt's later samples join when the caller sees its first
+    # token, and with the engine in another process that step depends on timing).
+    cfg = _config(0.5, seed=21, n=1, tokens=12)
+    here, there = generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg)
+    assert token_ids(there) == token_ids(here)
+    for a, b in zip(here.samples, there.samples):
+        assert [t.novelty for t in b.tokens] == pytest.approx([t.novelty for t in a.tokens], rel=1e-4)
+        assert [t.logp_ref for t in b.tokens] == pytest.approx([t.logp_ref for t in a.tokens], rel=1e-4, abs=1e-5)
+    for a, b in zip(here.prompts, there.prompts):
+        assert b.loss == pytest.approx(a.loss, rel=1e-4)
+
+    cancel = threading.Event()
+    long = _config(0.5, seed=22, n=2, tokens=300)
+    stopped, kept = _together(
+        lambda: generate(vlm_process, PROMPTS[:1], long, cancel=cancel,
+                         progress=lambda p: p.step >= 3 and cancel.set()),
+        lambda: generate(vlm_process, PROMPTS[1:], cfg))
+    assert stopped.stopped and all(len(s.tokens) < 300 for s in stopped.samples)
+    assert token_ids(kept) == token_ids(generate(vlm, PROMPTS[1:], cfg)) and not kept.stopped
+
+
 # bfloat16 last: a second engine, in this machine's fast dtype or emulated. Two implementations
 # (vLLM's CPU attention with its paged cache, transformers' one pass) round differently along an
 # answer: on the embedded model (bench.dtype, 2 x 4 x 32 tokens, four seeds) recorded against

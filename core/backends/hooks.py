@@ -5,9 +5,9 @@ Two kinds, for two kinds of ownership:
 - ``capture_states``: temporary hooks on a shared transformers model (the app serves every
   session from one copy), installed for one generation and removed in ``finally``.
 - ``permanent_hooks``: hooks installed once on a model that one engine owns for its whole life
-  (vLLM's model lives inside its engine and is reached only through ``LLM.apply_model``, a
-  call into the worker that is too costly per generation). They stay until the engine is
-  shut down; they only copy states, and the ESamp processor ignores what it does not need.
+  (vLLM's model lives inside its engine's worker, maybe in another process, and is reached only
+  through ``collective_rpc`` into ESamp's worker extension, once, when the engine starts). They
+  stay until the engine is shut down; they only copy states, and the ESamp processor ignores what it does not need.
 
 Observer hooks copy (``.float()`` of a slice) and return None: they never change the model.
 """

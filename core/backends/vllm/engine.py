@@ -100,6 +100,17 @@ class Engine:
         self._queue(run)
         return done.result()
 
+    def close(self) -> None:
+        """Shut vLLM's engine down (its process too) and stop the driver; runs still going fail."""
+        def shut(llm) -> None:
+            llm.llm_engine.engine_core.shutdown()
+            self._die(EngineDeadError("the model was closed"))
+
+        try:
+            self.call(shut)
+        except EngineDeadError:
+            pass  # closed already
+
     def _queue(self, action: Callable[[], None]) -> None:
         with self._cv:
             if self._dead is not None:
@@ -110,11 +121,15 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._todo and not self._core.has_unfinished_requests():
+                while not self._todo and self._dead is None and not self._core.has_unfinished_requests():
                     self._cv.wait()
+                if self._dead is not None:
+                    break
                 todo, self._todo = self._todo, []
             for action in todo:
                 action()
+            if self._dead is not None:  # closed by one of them
+                break
             if not self._core.has_unfinished_requests():
                 continue
             try:
@@ -174,6 +189,7 @@ class Engine:
         sub._notify()
 
     def _die(self, exc: BaseException) -> None:
+        """On the driver thread: every caller hears of ``exc``, and the driver stops."""
         with self._cv:
             self._dead = exc
             todo, self._todo = self._todo, []

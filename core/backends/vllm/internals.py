@@ -91,13 +91,22 @@ def residual_stream(output) -> torch.Tensor:
 
 @contextmanager
 def engine_process(separate: bool) -> Iterator[None]:
-    """While an engine starts: in vLLM's own engine process (``separate``) or in this one."""
+    """While an engine starts: in vLLM's own engine process (``separate``) or in this one.
+
+    On CPU vLLM starts its processes with ``spawn``, which runs the parent's ``__main__`` again in
+    the child unless it is a module run by name. Under Streamlit (and its AppTest) ``__main__`` is
+    the page script, which must not run there: the child is told of no main module at all."""
     import vllm.envs
 
     before = os.environ.get(_PROCESS_ENV)
     os.environ[_PROCESS_ENV] = "1" if separate else "0"
     if hasattr(vllm.envs, "disable_envs_cache"):
         vllm.envs.disable_envs_cache()
+    main = sys.modules.get("__main__")
+    hidden = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if k in main.__dict__} \
+        if separate and main is not None else {}
+    if hidden:
+        main.__spec__ = None
     try:
         yield
     finally:
@@ -105,6 +114,8 @@ def engine_process(separate: bool) -> Iterator[None]:
             del os.environ[_PROCESS_ENV]
         else:
             os.environ[_PROCESS_ENV] = before
+        if hidden:
+            main.__dict__.update(hidden)
 
 
 @contextmanager

@@ -51,6 +51,10 @@ class VllmModel:
     backend: str = "vllm"
     lock: None = None  # no lock: runs share the engine
 
+    def close(self) -> None:
+        """Shut the engine down (and vLLM's engine process); the model cannot generate afterwards."""
+        self.engine.close()
+
 
 def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, device=None,
          max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,

@@ -1,0 +1,213 @@
+"""K sessions pressing the default Generate at once on one vLLM engine: when each sees its first
+token and its last, and the engine's throughput, against the same rows in one batch.
+
+    python -m bench.concurrency                                   # K = 1, 2, 4, 8, 16; both placements
+    python -m bench.concurrency --ks 1,2 --tokens 4 --placements inline --json out.json   # the plumbing
+
+A session is what the app's Generate does: ``core.generate_runs`` of Explore's default β ladder
+on its default prompt and sampling (n = 16, top-p 0.9), from its own thread, every session with
+its own seed. EOS is ignored so that every K does the same work per session. At each K, in the
+same engine and next to it in time:
+
+- ``ESamp batched``: the same K x ladder runs in one call (what concurrency itself costs is the
+  difference to the sessions);
+- ``plain batched``: the same rows as plain sampling (no distiller) in one call: what bench.speed
+  calls plain, at the same total rows (ESamp's own cost is the difference to ESamp batched);
+- ``vllm native``: the same rows through vLLM's own sampler (no ESamp processor, no trace).
+
+``placement``: the engine in this process ("inline") or in vLLM's own engine process ("process").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from core import RunConfig, SamplingConfig, beta_ladder, encode_prompts, generate_runs, load_model
+
+from .quality import machine
+
+PROMPT = "Invent a name for a new colour and describe it."  # Explore's default (app/settings.py FIELDS)
+LADDER = (0.0, 0.25, 0.5, 1.0)
+SAMPLING = SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9, ignore_eos=True)
+
+
+def session_configs(tokens: int, seed: int) -> list[RunConfig]:
+    return beta_ladder(RunConfig(sampling=replace(SAMPLING, max_new_tokens=tokens, seed=seed)), LADDER)
+
+
+def sessions(lm, k: int, tokens: int) -> dict:
+    """K default Generates started together; per session its first-token and finish times (s)."""
+    start = threading.Barrier(k + 1)
+    rows = [dict() for _ in range(k)]
+
+    def one(i: int) -> None:
+        configs = session_configs(tokens, seed=i)
+        start.wait()
+        t0 = time.perf_counter()
+        row = rows[i]
+
+        def seen(p) -> None:
+            if p.tokens > 0 and "first_token_s" not in row:
+                row["first_token_s"] = time.perf_counter() - t0
+
+        traces = generate_runs(lm, [PROMPT], configs, progress=seen)
+        row["finish_s"] = time.perf_counter() - t0
+        row["tokens"] = sum(t.timings.new_tokens for t in traces)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    total = sum(r["tokens"] for r in rows)
+    return {"sessions": rows, "wall_s": wall, "tokens": total, "tokens_per_s": total / wall}
+
+
+def batched(lm, k: int, tokens: int, plain: bool) -> float:
+    """The K sessions' runs in one call (as plain sampling without a distiller: ``plain``); tokens/s."""
+    configs = [replace(c, method="plain", esamp=replace(c.esamp, shadow=False)) if plain else c
+               for i in range(k) for c in session_configs(tokens, seed=i)]
+    t0 = time.perf_counter()
+    traces = generate_runs(lm, [PROMPT], configs)
+    return sum(t.timings.new_tokens for t in traces) / (time.perf_counter() - t0)
+
+
+def vllm_native(lm, k: int, tokens: int) -> float:
+    """The same rows through vLLM's own sampler; tokens/s."""
+    from vllm import SamplingParams
+
+    from core.backends.vllm.loop import native
+
+    ids = encode_prompts(lm, [PROMPT], True, tokens)[0]
+    runs = k * len(LADDER)
+    params = [SamplingParams(n=SAMPLING.n, top_p=SAMPLING.top_p, max_tokens=tokens, ignore_eos=True, seed=i,
+                             detokenize=False) for i in range(runs)]
+    t0 = time.perf_counter()
+    outs = native(lm, [ids] * runs, params)
+    seconds = time.perf_counter() - t0
+    return sum(len(c.token_ids) for o in outs for c in o.outputs) / seconds
+
+
+def measure(lm, ks: list[int], tokens: int) -> list[dict]:
+    sessions(lm, 1, 4)  # warm-up: the first run of an engine pays for allocation
+    rows = []
+    for k in ks:
+        got = sessions(lm, k, tokens)
+        together, plain, own = batched(lm, k, tokens, False), batched(lm, k, tokens, True), vllm_native(lm, k, tokens)
+        firsts = [s["first_token_s"] for s in got["sessions"]]
+        finishes = [s["finish_s"] for s in got["sessions"]]
+        row = {"k": k, "rows": k * len(LADDER) * SAMPLING.n, **got, "esamp_batched_tokens_per_s": together,
+               "plain_batched_tokens_per_s": plain,
+               "vllm_native_tokens_per_s": own, "first_token_s": {"median": statistics.median(firsts),
+                                                                  "max": max(firsts)},
+               "finish_s": {"median": statistics.median(finishes), "max": max(finishes)}}
+        rows.append(row)
+        print(f"K={k:2d} ({row['rows']:4d} rows): {got['tokens_per_s']:6.0f} tokens/s (ESamp batched {together:.0f}, "
+              f"plain batched {plain:.0f}, "
+              f"vLLM native {own:.0f}); first token median {row['first_token_s']['median']:.2f} s max "
+              f"{row['first_token_s']['max']:.2f} s; finished median {row['finish_s']['median']:.1f} s max "
+              f"{row['finish_s']['max']:.1f} s", file=sys.stderr, flush=True)
+    alone = rows[0]["first_token_s"]["median"] if rows and rows[0]["k"] == 1 else None
+    for r in rows:
+        r["first_token_vs_alone"] = r["first_token_s"]["max"] / alone if alone else None
+        r["ratio_to_esamp_batched"] = r["tokens_per_s"] / r["esamp_batched_tokens_per_s"]
+        r["ratio_to_plain_batched"] = r["tokens_per_s"] / r["plain_batched_tokens_per_s"]
+        r["ratio_to_vllm_native"] = r["tokens_per_s"] / r["vllm_native_tokens_per_s"]
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Default Generates at once ({len(LADDER)} runs × {SAMPLING.n} samples × {report['tokens']} tokens each, "
+             f"EOS ignored), vLLM in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs); `{report['command']}`.", "",
+             "| placement | K | rows | K sessions: tokens/s | ÷ ESamp batched | ÷ plain batched | ÷ vLLM native | "
+             "first token: median / max (s) | max ÷ alone | finished: median / max (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for placement, rows in report["placements"].items():
+        for r in rows:
+            vs = "" if r["first_token_vs_alone"] is None else f"{r['first_token_vs_alone']:.2f}"
+            lines.append(f"| {placement} | {r['k']} | {r['rows']} | {r['tokens_per_s']:.0f} | "
+                         f"{r['ratio_to_esamp_batched']:.2f} | {r['ratio_to_plain_batched']:.2f} | "
+                         f"{r['ratio_to_vllm_native']:.2f} | "
+                         f"{r['first_token_s']['median']:.2f} / {r['first_token_s']['max']:.2f} | {vs} | "
+                         f"{r['finish_s']['median']:.1f} / {r['finish_s']['max']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(report: dict):
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput (tokens/s)", "the slowest session's wait (s)"))
+    colour = {"K sessions": "#d62728", "ESamp batched": "#ff9896", "plain batched": "#7f7f7f",
+              "vLLM native": "#1f77b4", "first token": "#2ca02c", "finished": "#9467bd"}
+    for placement, rows in report["placements"].items():
+        ks = [r["k"] for r in rows]
+        dash = "solid" if placement == "inline" else "dot"
+        for name, key in (("K sessions", "tokens_per_s"), ("ESamp batched", "esamp_batched_tokens_per_s"),
+                          ("plain batched", "plain_batched_tokens_per_s"), ("vLLM native", "vllm_native_tokens_per_s")):
+            fig.add_scatter(x=ks, y=[r[key] for r in rows], name=f"{name} ({placement})",
+                            line={"dash": dash, "color": colour[name]}, row=1, col=1)
+        for name, key in (("first token", "first_token_s"), ("finished", "finish_s")):
+            fig.add_scatter(x=ks, y=[r[key]["max"] for r in rows], name=f"{name} ({placement})",
+                            line={"dash": dash, "color": colour[name]}, row=1, col=2)
+    fig.update_xaxes(type="log", title="sessions pressing Generate at once (K)", tickvals=[1, 2, 4, 8, 16])
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(height=440, template="plotly_white",
+                      title=f"Default Generates at once on one vLLM engine ({report['machine']['cpus']} CPUs, "
+                            f"{report['machine']['dtype']})<br><sup>solid: the engine in the app's process; "
+                            "dotted: in vLLM's own engine process</sup>")
+    return fig
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__.split("\n")[0])
+    ap.add_argument("--ks", default="1,2,4,8,16", help="numbers of sessions at once")
+    ap.add_argument("--tokens", type=int, default=SAMPLING.max_new_tokens)
+    ap.add_argument("--placements", default="inline,process")
+    ap.add_argument("--process-ks", default="1,4,8", help="the Ks for the engine in vLLM's own process")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--images", type=Path, help="a folder for the plot (PNG and SVG)")
+    ap.add_argument("--replot", type=Path, help="draw the plot of an earlier --json report, measure nothing")
+    a = ap.parse_args(argv)
+    if a.replot:
+        from viz.report import write_images
+
+        write_images({"concurrency": figure(json.loads(a.replot.read_text()))}, a.images or a.replot.parent)
+        return 0
+    ks = [int(k) for k in a.ks.split(",")]
+    report = {"command": "python -m bench.concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "tokens": a.tokens, "prompt": PROMPT, "ladder": LADDER, "placements": {}}
+    for placement in a.placements.split(","):
+        t0 = time.perf_counter()
+        lm = load_model(backend="vllm", placement=placement)
+        report.setdefault("load_s", {})[placement] = time.perf_counter() - t0
+        report["machine"] = machine(lm)
+        chosen = [int(k) for k in a.process_ks.split(",")] if placement == "process" else ks
+        report["placements"][placement] = measure(lm, chosen, a.tokens)
+        lm.close()
+    text = markdown(report)
+    print("\n" + text)
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2))
+    if a.markdown:
+        a.markdown.write_text(text)
+    if a.images:
+        from viz.report import write_images
+
+        write_images({"concurrency": figure(report)}, a.images)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -105,3 +105,20 @@ def test_min_p_applies_after_temperature():
     logits = torch.tensor([[math.log(0.6), math.log(0.3), math.log(0.1)]])
     assert torch.isfinite(apply_filters(build_filters(1.0, 0, 1.0, 0.25), logits)).sum() == 2
     assert torch.isfinite(apply_filters(build_filters(0.25, 0, 1.0, 0.25), logits)).sum() == 1
+
+
+def test_top_p_looks_at_the_likeliest_tokens_first_and_sorts_a_row_only_when_its_nucleus_is_wider():
+    """The nucleus of a peaked row lies inside the first ``guess`` tokens; a flat row's does not
+    (then the whole row is sorted, as transformers does). Either way transformers' tokens stay."""
+    g = torch.Generator().manual_seed(5)
+    peaked = torch.randn(3, 5000, generator=g) * 4
+    flat = torch.randn(3, 5000, generator=g) * 0.1
+    for logits in (peaked, flat, torch.cat([peaked, flat])):
+        ours = TopP(0.9, guess=256)(logits)
+        theirs = TopPLogitsWarper(0.9)(None, logits)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+        assert torch.equal(ours[torch.isfinite(ours)], logits[torch.isfinite(theirs)])
+    assert int(torch.isfinite(TopP(0.9, guess=256)(peaked)).sum(-1).max()) < 256 < int(
+        torch.isfinite(TopP(0.9, guess=256)(flat)).sum(-1).min())  # both paths were taken
+    half = peaked.bfloat16()
+    assert TopP(0.9, guess=256)(half).dtype == torch.bfloat16  # the logits' own dtype comes back

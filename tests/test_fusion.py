@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from core.esamp.candidates import EXACT_TOP, Candidates
-from core.esamp.filters import apply_filters, build_filters
+from core.esamp.candidates import EXACT_TOP, Candidates, select
+from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, novelty
 from core.esamp.head import LMHead
 from core.esamp.signals import PendingSignals, base_logprobs
@@ -186,3 +186,28 @@ def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():
                           atol=2e-3)
     f32 = Candidates.top_k(raw, 20)
     assert f32.exact(LMHead(weight.float()), h, 1.0, raw) is f32  # a float32 model's logits are exact already
+
+
+def test_the_packed_projection_computes_only_the_kept_entries_and_agrees_with_the_dense_one():
+    """Top-p or min-p leave most of a padded (R, K), or of the whole vocabulary, empty: the fusion
+    projects only the candidates (one row of W per kept entry), the same values as the dense paths."""
+    torch.manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        head, x = LMHead(torch.randn(3000, 16).to(dtype)), torch.randn(4, 16)
+        keep = torch.rand(4, 3000) < 0.02  # 2% of the vocabulary: packed
+        whole = head.project(x, None, keep)  # float32 math on the model's weights, like the candidates' gather
+        assert torch.allclose(whole[keep], (x @ head.weight.float().T)[keep], rtol=1e-5, atol=1e-4)
+        assert not whole[~keep].any()  # never computed
+        ids = torch.stack([torch.randperm(3000)[:200] for _ in range(4)])
+        some = torch.zeros(4, 200, dtype=torch.bool)
+        some[:, :30] = True  # a padded (R, K) with most entries padding
+        assert torch.allclose(head.project(x, ids, some)[some], head.project(x, ids)[some], rtol=1e-5, atol=1e-5)
+        assert torch.allclose(head.project(x, ids, torch.ones_like(some)), head.project(x, ids))  # most kept: dense
+    # fusion under top-p: candidates only, the same fused logits as projecting everything
+    raw = torch.randn(4, 3000) * 3
+    cand = select(StepFilters.of(top_p=0.5), raw)
+    e = torch.randn(4, 16)
+    fused = fuse(cand, e, torch.zeros(4, 16), head, 0.5, 1.0)
+    dense = cand.logits + 0.5 * head.project(e, cand.ids)
+    assert torch.allclose(fused[torch.isfinite(fused)], dense[torch.isfinite(dense)], rtol=1e-4, atol=1e-3)
+    assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))

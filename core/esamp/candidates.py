@@ -46,8 +46,9 @@ class Candidates:
         if self.ids is None:
             top = torch.topk(raw, min(EXACT_TOP, raw.shape[-1]), dim=-1).indices  # (R, M)
             base = raw.float().scatter(-1, top, head.logits32(h, top))  # (R, V)
-        else:
-            base = head.logits32(h, self.ids)  # (R, K)
+        else:  # the surviving entries; a padding entry keeps the model's value (base_logprobs sums them)
+            keep = torch.isfinite(self.logits)
+            base = torch.where(keep, head.logits32(h, self.ids, keep), raw.gather(-1, self.ids).float())  # (R, K)
         t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
         logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
         return Candidates(self.ids, logits, self.vocab, base)

@@ -42,14 +42,34 @@ class TopK:
 
 
 class TopP:
-    """Keep the smallest set of most likely tokens whose probability adds up to top_p."""
+    """Keep the smallest set of most likely tokens whose probability adds up to top_p.
 
-    def __init__(self, top_p: float):
+    transformers sorts the whole vocabulary (on a CPU ~1 ms a row at 49k tokens, most of a
+    bfloat16 step's filtering); a nucleus is usually a few hundred tokens, so the ``guess`` most
+    likely are looked at first and the whole row sorted only when its nucleus is wider. Which
+    tokens stay is transformers' rule (a token stays while the tokens above it hold less than
+    top_p); the sums run the other way round, so a token whose mass above is top_p to the last
+    float32 bit may fall on the other side."""
+
+    def __init__(self, top_p: float, guess: int = 1024):
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"`top_p` has to be a float in (0, 1], but is {top_p}")
         self.top_p = float(top_p)
+        self.guess = guess
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.guess < logits.shape[-1]:
+            x = logits.float()
+            values, ids = torch.topk(x, self.guess, dim=-1)  # (R, guess), most likely first
+            probs = (values - torch.logsumexp(x, -1, keepdim=True)).exp()
+            keep = probs.cumsum(-1) - probs < self.top_p  # the mass of the tokens above each
+            if not bool(keep[:, -1].any()):  # every row's nucleus ends inside the guess
+                kept = torch.where(keep, logits.gather(-1, ids), NEG_INF)
+                return torch.full_like(logits, NEG_INF).scatter_(-1, ids, kept)
+        return self._sorted(logits)
+
+    def _sorted(self, logits: torch.Tensor) -> torch.Tensor:
+        """transformers' own: sort the whole vocabulary."""
         sorted_logits, sorted_idx = torch.sort(logits, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove_sorted = cum <= (1 - self.top_p)

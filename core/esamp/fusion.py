@@ -23,8 +23,8 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     ``l_ref + beta * w . (h - h_hat) / T``: the bias cancels and only ``e`` is projected.
     A row whose prediction is not finite is left unguided.
     """
-    if head.softcap is None:
-        delta = head.project(h - h_hat, cand.ids) * (beta / temperature)
+    if head.softcap is None:  # only the candidates' entries are needed (the rest stay -inf)
+        delta = head.project(h - h_hat, cand.ids, keep=torch.isfinite(cand.logits)) * (beta / temperature)
     else:
         l_dist = head.logits(h_hat, cand.ids) / temperature
         delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 
 _GATHER_ROWS = 32  # rows per gather of candidate output rows on CPU (see LMHead.project)
+_ENTRIES = 4096  # (row, token) entries per gather of the packed projection (LMHead.project with ``keep``)
+# The packed projection reads a row of W per kept entry; one GEMM over the whole vocabulary does about
+# this many multiply-adds in the time of one such read (measured: bench/results/speed.md, per-step parts).
+_GEMM_SPEEDUP = 8
 _VOCAB_CHUNK = 8192  # rows of W upcast at a time by LMHead.logits32 (19 MB at H = 576)
 
 
@@ -71,20 +75,31 @@ class LMHead:
         """Whether the model's own logits are float32 (then they are what ``logits`` computes)."""
         return self.weight.dtype == torch.float32
 
-    def logits32(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def logits32(self, h: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         """``logits`` computed in float32 throughout, from a float32 h (R, H): for the candidates,
         the model's rows of W upcast; for all tokens (ids None; scoring a text, not a decode step)
         W upcast a slice of the vocabulary at a time, so no float32 copy of it stays in memory."""
         if ids is not None or self.exact:
-            return self.logits(h, ids)
+            return self.logits(h, ids, keep)
         h = h.float()
         out = torch.cat([h @ rows.float().T for rows in self.weight.split(_VOCAB_CHUNK)], dim=-1)  # (R, V)
         if self.bias is not None:
             out = out + self.bias.float()
         return out if self.softcap is None else torch.tanh(out / self.softcap) * self.softcap
 
-    def project(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K)."""
+    def project(self, x: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K).
+
+        ``keep`` (same shape as the result, bool): only those entries are needed; the others may
+        come back 0. Where they are few (top-p or min-p leave most of a padded (R, K), or of the
+        whole vocabulary, empty) only the kept entries are computed."""
+        if keep is not None:
+            kept = int(keep.sum())
+            dense = keep.numel() / (_GEMM_SPEEDUP if ids is None else 2)
+            if kept < dense:
+                return self._project_kept(x, keep, ids)
         if ids is None:
             return (x.to(self.weight.dtype) @ self.weight.T).float()
         # The candidates' rows of W, gathered (R, K, H) in row chunks that stay in a CPU's cache: the
@@ -96,9 +111,21 @@ class LMHead:
             out[rows] = (F.embedding(ids[rows], self.weight).float() @ x[rows, :, None])[..., 0]
         return out
 
-    def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 logits ``softcap(W h + b)``, for all tokens or for candidate ids, like ``project``."""
-        out = self.project(h, ids)
+    def _project_kept(self, x: torch.Tensor, keep: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        """``project`` at the kept entries only, packed: one row of W per (row, token) entry."""
+        rows, cols = keep.nonzero(as_tuple=True)
+        tokens = cols if ids is None else ids[rows, cols]
+        x = x.float()
+        values = torch.cat([(F.embedding(t, self.weight).float() * x[r]).sum(-1)
+                            for t, r in zip(tokens.split(_ENTRIES), rows.split(_ENTRIES))]) if len(rows) else \
+            x.new_empty(0)
+        return x.new_zeros(keep.shape).index_put_((rows, cols), values)
+
+    def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """float32 logits ``softcap(W h + b)``, for all tokens or for candidate ids, like ``project``
+        (``keep``: the entries needed, as there)."""
+        out = self.project(h, ids, keep)
         if self.bias is not None:
             out = out + (self.bias if ids is None else self.bias[ids]).float()
         if self.softcap is not None:

@@ -96,7 +96,8 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
     and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
     """
-    job = Job(labels=list(labels), together=lm.lock is None, model=id(lm))
+    together = lm.lock is None  # nothing to wait for: the runs join the engine's next step
+    job = Job(labels=list(labels), together=together, phase="running" if together else "waiting", model=id(lm))
 
     def on_progress(p: Progress, offset: int = 0) -> None:
         if lm.lock is not None:

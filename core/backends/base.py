@@ -42,7 +42,7 @@ class LanguageModel(Protocol):
     name: str  # as the user gave it; DEFAULT_MODEL for the embedded one
     backend: str  # the name of the Backend that loaded it
     tokenizer: object  # a transformers tokenizer: chat template, token pieces
-    head: LMHead  # the LM head ESamp projects through
+    head: LMHead | None  # the LM head ESamp projects through (None: it lives in vLLM's engine process)
     context_length: int
     eos_ids: list[int]
     lock: threading.Lock | None  # one generation at a time; None: runs share the model at once (vLLM)

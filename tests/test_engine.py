@@ -257,3 +257,7 @@ def test_the_update_off_the_critical_path_gives_the_serial_tokens(lm):
 
     assert novelty(overlapped) == novelty(serial)
     assert [p.loss for p in overlapped.prompts] == [p.loss for p in serial.prompts]
+
+
+def test_a_warm_up_holds_the_guidance_back_while_the_distiller_learns(lm, check_warm_up):
+    check_warm_up(lm, held=5)  # the first token, then 4 steps: every row is at the distiller's step

@@ -68,23 +68,29 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_older_traces_load_as_earlier_releases_wrote_them():
-    """Version 1 traces without and with logp_base, and a version 2 trace (tests/data: `python -m core
-    generate "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^, 8f0caa6, 7fc860b)."""
+    """Version 1 traces without and with logp_base, a version 2 and a version 3 trace (tests/data: `python -m
+    core generate "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^, 8f0caa6,
+    7fc860b, e59d25d)."""
     v1_before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
     v1_after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
     v2 = RunTrace.load(DATA / "trace-v2.json")
-    assert v1_before.version == v1_after.version == v2.version == TRACE_VERSION == 3  # upgraded on the way in
+    v3 = RunTrace.load(DATA / "trace-v3.json")
+    traces = (v1_before, v1_after, v2, v3)
+    assert {t.version for t in traces} == {TRACE_VERSION} and TRACE_VERSION == 4  # upgraded on the way in
     assert all(t.logp_base is None for s in v1_before.samples for t in s.tokens)
-    assert all(t.logp_base < 0 for trace in (v1_after, v2) for s in trace.samples for t in s.tokens)
+    assert all(t.logp_base < 0 for trace in (v1_after, v2, v3) for s in trace.samples for t in s.tokens)
     assert [s.text for s in v1_before.samples] == [s.text for s in v1_after.samples]  # same run, same seed
     assert all(p.loss and p.rel_novelty == [] for trace in (v1_before, v2) for p in trace.prompts)
-    assert json.loads(v2.to_json())["version"] == 3
+    assert all(len(p.rel_novelty) == 4 for p in v3.prompts)
+    assert all(t.config.esamp.warmup_steps == 0 and t.config.esamp.warmup_novelty == 0.0 for t in traces)
+    assert json.loads(v2.to_json())["version"] == 4
+    assert json.loads(v3.to_json())["config"]["esamp"]["warmup_steps"] == 0
 
 
 def test_a_new_trace_records_logp_base_and_the_distillers_curves(lm):
     trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3, ignore_eos=True)))
     d = json.loads(trace.to_json())
-    assert d["version"] == 3 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
+    assert d["version"] == 4 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
     prompt = trace.prompts[0]
     assert len(prompt.loss) == len(prompt.rel_novelty) == 3
     # the per-step mean is the mean over the prompt's rows of each token's relative novelty
@@ -99,7 +105,8 @@ ROUND_TRIP = [RunConfig(), RunConfig(method="plain"), RunConfig(method="fire"),
               RunConfig(sampling=SamplingConfig(top_k=0, min_p=0.1, top_p=0.9, seed=9, ignore_eos=True),
                         esamp=EsampConfig(beta=0.8, scope="shared", noise=True, distiller="residual",
                                           intermediate=384)),
-              RunConfig(method="plain", esamp=EsampConfig(shadow=False))]
+              RunConfig(method="plain", esamp=EsampConfig(shadow=False)),
+              RunConfig(esamp=EsampConfig(beta=1.0, warmup_steps=8, warmup_novelty=0.9))]
 
 
 @pytest.mark.parametrize("config", ROUND_TRIP)

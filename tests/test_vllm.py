@@ -71,6 +71,12 @@ def test_esamp_changes_the_distribution_and_logs_every_signal(vlm):
     assert [len(p.loss) for p in trace.prompts] == [9, 9]
 
 
+def test_a_warm_up_holds_the_guidance_back_on_vllm_too(vlm, check_warm_up):
+    # a prompt's second sample joins a step after its first, so it reaches the distiller's fifth step
+    # at its own fourth token
+    check_warm_up(vlm, held=4)
+
+
 def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monkeypatch):
     """vLLM's hooks see the states the transformers model computes for the same tokens, and the
     vLLM steps replayed through a fresh Steerer give the same fused logits and novelty."""

@@ -77,6 +77,7 @@ class Steerer:
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
         overlap = cfg.overlap if cfg.overlap is not None else device.type == "cuda"
         self.background = Background(device) if overlap else None
+        self.warmup = Warmup(groups, cfg.warmup_steps, cfg.warmup_novelty, device) if cfg.warms_up else None
         self._step: _Step | None = None  # proposed, not yet learned
         self._learning: _Learning | None = None  # the update in flight
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
@@ -116,8 +117,12 @@ class Steerer:
             with self.watch("fuse"):
                 steer_by = h_hat if self.noise is None else h - noise_like(h - h_hat, self.noise)
                 fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature)
-                if firsts:
-                    fused = torch.where(first.to(fused.device)[:, None], cand.logits, fused)
+                waiting = first.to(fused.device) if firsts else None
+                if self.warmup is not None:
+                    warming = ~self.warmup.started(self.rows // self.groups, slots, len(first))
+                    waiting = warming if waiting is None else waiting | warming
+                if waiting is not None:
+                    fused = torch.where(waiting[:, None], cand.logits, fused)
         with self.watch("filter"):
             to_sample = cand.dense(fused)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
@@ -149,7 +154,39 @@ class Steerer:
         self.losses.append(loss)
         self.rel_novelty.append(learning.rel_novelty)
         self.live.append(learning.mask.any(-1))
+        if self.warmup is not None:
+            self.warmup.update(learning.rel_novelty, self.live[-1])
         self.bank.handle_bad(bad)
+
+
+class Warmup:
+    """Which groups' guidance has started (EsampConfig.warmup_steps, .warmup_novelty): once the
+    group's distiller has taken 1 + ``steps`` update steps and, with ``novelty`` > 0, its running
+    relative novelty is below ``novelty``. Tensors on the device: no host sync."""
+
+    DECAY = 0.75  # the running mean's weight on the steps before: about the last four steps
+
+    def __init__(self, groups: int, steps: int, novelty: float, device: torch.device):
+        self.steps, self.novelty = steps, novelty
+        self.trained = torch.zeros(groups, dtype=torch.long, device=device)
+        self.running = torch.zeros(groups, device=device)
+        self.open = torch.zeros(groups, dtype=torch.bool, device=device)
+
+    def update(self, rel_novelty: torch.Tensor, live: torch.Tensor) -> None:
+        """After an update step: rel_novelty (G,) the trained rows' mean, live (G,) bool the groups trained."""
+        blended = torch.where(self.trained == 0, rel_novelty,
+                              self.DECAY * self.running + (1 - self.DECAY) * rel_novelty)
+        self.running = torch.where(live, blended, self.running)
+        self.trained = self.trained + live.long()
+        ready = self.trained > self.steps
+        if self.novelty > 0:
+            ready = ready & (self.running < self.novelty)
+        self.open = self.open | ready
+
+    def started(self, per_group: int, slots: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """(R,) bool: the batch rows whose group's guidance has started."""
+        layout = slots if slots is not None else torch.arange(rows, device=self.open.device)
+        return self.open[layout.to(self.open.device) // per_group]
 
 
 @dataclass

@@ -4,7 +4,12 @@ against plain sampling's temperature curve under the same filter.
     python -m bench.frontier --json bench/results/frontier-32.json --markdown bench/results/frontier-32.md \\
         --images bench/results                              # 24 prompts x 16 samples x 32 tokens
     python -m bench.frontier --tokens 128 ...               # the same at 128 tokens
+    python -m bench.frontier --add-to bench/results/frontier-32.json ...   # only the runs that JSON lacks
     python -m bench.frontier --quick --json /tmp/f.json     # 2 prompts x 3 samples x 6 tokens, two filters
+
+Under the warm-up filters (the two where ESamp beat temperature at 32 tokens) ESamp also runs with a
+warm-up of its guidance: unguided until the prompt's distiller has taken 8 more steps, or until its
+running relative novelty is below 1 (it predicts better than nothing), at each of WARMUP_BETAS.
 
 Three axes, each a mean over prompts with its standard error: semantic diversity of a prompt's n
 answers (mean pairwise cosine distance of their embeddings, and the Vendi score), coherence (the
@@ -39,13 +44,19 @@ FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "t
            "min-p 0.2": dict(top_k=0, min_p=0.2)}
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
+WARMUPS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0)}
+WARMUP_FILTERS = ("top-p 0.9", "top-p 0.95")
+WARMUP_BETAS = (0.5, 1.0, 1.5)
 
 
-def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES) -> list[tuple[str, RunConfig]]:
-    """(series, config) of one filter: plain at T = 1 (β = 0), ESamp at each β, plain at each temperature."""
+def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES, warmups=(),
+         warmup_betas=WARMUP_BETAS) -> list[tuple[str, RunConfig]]:
+    """(series, config) of one filter: plain at T = 1 (β = 0), ESamp at each β, plain at each
+    temperature, and ESamp with each of ``warmups`` (names in WARMUPS) at each of ``warmup_betas``."""
     out = [("plain", methods.plain(sampling, shadow=False))]
     out += [("esamp", methods.esamp(sampling, b)) for b in betas]
     out += [("plain", methods.plain(sampling, t, shadow=False)) for t in temperatures]
+    out += [(w, methods.esamp(sampling, b, **WARMUPS[w])) for w in warmups for b in warmup_betas]
     return out
 
 
@@ -81,7 +92,9 @@ def figure(label: str, rows: list[dict]):
     """Diversity against perplexity under one filter: ESamp's line from plain (β = 0) up, plain's by temperature."""
     plain = sorted((point(r) for r in rows if r["series"] == "plain"), key=lambda p: float(p["setting"][2:]))
     start = next(p for p in plain if p["setting"] == "T=1")
-    esamp = [{**start, "series": "esamp", "setting": "β=0"}] + [point(r) for r in rows if r["series"] == "esamp"]
+    esamp = []
+    for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its warm-ups
+        esamp += [{**start, "series": series, "setting": "β=0"}] + [point(r) for r in rows if r["series"] == series]
     fig = charts.sweep_figure(esamp + plain)
     fig.update_layout(title=f"{label}: ESamp's β against plain sampling's temperature")
     fig.update_xaxes(type="log", title="perplexity (log scale; lower = more fluent)")  # hot plain runs reach 1000s
@@ -102,6 +115,9 @@ def markdown(report: dict) -> str:
             cells += [f"{s['perplexity']['mean']:.2f} ± {s['perplexity']['se']:.2f}",
                       f"{s['within_distinct_2']['mean']:.3f} ± {s['within_distinct_2']['se']:.3f}"]
             lines.append(f"| {label} | {r['series']} {point(r)['setting']} | " + " | ".join(cells) + " |")
+    for added in report.get("added", []):
+        m = added["machine"]
+        lines += ["", f"Rows added by `{added['command']}` ({m['dtype']} on {m['cpu']}, {m['cpus']} CPUs)."]
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +130,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--filters", nargs="+", default=list(FILTERS), choices=list(FILTERS))
+    ap.add_argument("--warmup-filters", nargs="*", default=list(WARMUP_FILTERS), choices=list(FILTERS),
+                    help="the filters whose ESamp also runs with each warm-up (none: no warm-up runs)")
     ap.add_argument("--quick", action="store_true", help="2 prompts x 3 samples x 6 tokens, two filters")
+    ap.add_argument("--add-to", type=Path, metavar="JSON",
+                    help="keep this run's results and measure only the runs it lacks (same prompts, n, tokens, seed)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="folder for one diversity-vs-perplexity plot per filter")
@@ -122,30 +142,43 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.replot:
         report = json.loads(a.replot.read_text())
-        write_images({f"frontier-{report['tokens']}-{label.replace(' ', '')}": figure(label, rows)
-                      for label, rows in report["filters"].items()}, a.images or a.replot.parent)
+        write_images(figures(report), a.images or a.replot.parent)
         return 0
-    betas, temperatures = BETAS, TEMPERATURES
+    betas, temperatures, warmup_betas = BETAS, TEMPERATURES, WARMUP_BETAS
     if a.quick:
-        a.prompts, a.n, a.tokens, a.filters, betas, temperatures = 2, 3, 6, ["top-k 50", "min-p 0.1"], (0.5,), (1.3,)
+        a.prompts, a.n, a.tokens, a.filters = 2, 3, 6, ["top-k 50", "min-p 0.1"]
+        betas, temperatures, warmup_betas = (0.5,), (1.3,), (0.5,)
+        a.warmup_filters = [f for f in a.warmup_filters if f in a.filters] or ["min-p 0.1"]
     prompts = read_prompts()[:a.prompts]
+    earlier = json.loads(a.add_to.read_text()) if a.add_to else None
+    if earlier and (earlier["prompts"], earlier["n"], earlier["tokens"], earlier["seed"]) != (
+            prompts, a.n, a.tokens, a.seed):
+        raise SystemExit(f"{a.add_to} was run with other prompts, n, tokens or seed: nothing to add to.")
     lm = load_model(a.model, backend=a.backend)
     embedder = spread.load_embedder()
     t_start = time.perf_counter()
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[dict]] = dict(earlier["filters"]) if earlier else {}  # filters not run stay
     for label in a.filters:
         sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed, **FILTERS[label])
+        kept = (earlier or {}).get("filters", {}).get(label, [])
         results[label] = []
-        for series, cfg in runs(sampling, betas, temperatures):
-            results[label].append({"series": series, **measure(lm, embedder, prompts, cfg)})
-            s = results[label][-1]["summary"]
-            setting = point(results[label][-1])["setting"]
+        for series, cfg in runs(sampling, betas, temperatures, WARMUPS if label in a.warmup_filters else (),
+                                warmup_betas):
+            done = [r for r in kept if r["series"] == series and RunConfig.from_dict(r["config"]) == cfg]
+            results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
+            s, setting = results[label][-1]["summary"], point(results[label][-1])["setting"]
             print(f"{label:11s} {series} {setting:7s} cos {s['cosine_distance']['mean']:.3f}"
                   f" ppl {s['perplexity']['mean']:.2f} within-d2 {s['within_distinct_2']['mean']:.3f} "
-                  f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
-    report = {"command": "python -m bench.frontier " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "backend": a.backend, "model": lm.name, "prompts": prompts, "n": a.n, "tokens": a.tokens,
-              "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start, "filters": results}
+                  f"({'kept' if done else f'{time.perf_counter() - t_start:.0f} s so far'})", file=sys.stderr,
+                  flush=True)
+        results[label] += [r for r in kept if r not in results[label]]  # what this run does not repeat stays
+    command = "python -m bench.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = {"command": command, "backend": a.backend, "model": lm.name, "prompts": prompts, "n": a.n,
+              "tokens": a.tokens, "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start,
+              "filters": results}
+    if earlier:  # the first run's command and machine stay; this one is recorded as an addition
+        report = {**earlier, "filters": results, "added": earlier.get("added", []) + [
+            {"command": command, "machine": machine(lm), "seconds": report["seconds"]}]}
     table = markdown(report)
     print(table)
     if a.json:
@@ -153,9 +186,13 @@ def main(argv=None) -> int:
     if a.markdown:
         a.markdown.write_text(table)
     if a.images:
-        write_images({f"frontier-{a.tokens}-{label.replace(' ', '')}": figure(label, rows)
-                      for label, rows in results.items()}, a.images)
+        write_images(figures(report), a.images)
     return 0
+
+
+def figures(report: dict) -> dict:
+    return {f"frontier-{report['tokens']}-{label.replace(' ', '')}": figure(label, rows)
+            for label, rows in report["filters"].items()}
 
 
 if __name__ == "__main__":

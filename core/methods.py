@@ -11,9 +11,10 @@ from .config import EsampConfig, RunConfig, SamplingConfig
 MIN_P = 0.1  # the paper's min-p baseline, with top-k off: min-p alone decides the candidates
 
 
-def esamp(sampling: SamplingConfig, beta: float, noise: bool = False) -> RunConfig:
-    """ESamp at β (``noise``: the paper's ablation, Gaussian noise as long as the distiller's error)."""
-    return RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=beta, noise=noise))
+def esamp(sampling: SamplingConfig, beta: float, noise: bool = False, **warmup) -> RunConfig:
+    """ESamp at β (``noise``: the paper's ablation, Gaussian noise as long as the distiller's error;
+    ``warmup``: EsampConfig's warmup_steps and warmup_novelty)."""
+    return RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=beta, noise=noise, **warmup))
 
 
 def plain(sampling: SamplingConfig, temperature: float | None = None, shadow: bool = True) -> RunConfig:

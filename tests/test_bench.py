@@ -133,15 +133,26 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
     assert frontier.main(["--quick", "--backend", "transformers", "--json", str(out), "--images", str(images)]) == 0
     report = json.loads(out.read_text())
     assert list(report["filters"]) == ["top-k 50", "min-p 0.1"]
-    for rows in report["filters"].values():
+    warmups = [(w, "β=0.5") for w in frontier.WARMUPS]
+    for label, rows in report["filters"].items():
         assert [(r["series"], frontier.point(r)["setting"]) for r in rows] == [
-            ("plain", "T=1"), ("esamp", "β=0.5"), ("plain", "T=1.3")]
+            ("plain", "T=1"), ("esamp", "β=0.5"), ("plain", "T=1.3")] + (warmups if label == "min-p 0.1" else [])
         for r in rows:
             assert set(r["summary"]) == {"cosine_distance", "vendi", "perplexity", "within_distinct_2"}
             assert 0 <= r["summary"]["within_distinct_2"]["mean"] <= 1
     min_p = RunConfig.from_dict(report["filters"]["min-p 0.1"][1]["config"]).sampling
     assert (min_p.top_k, min_p.min_p) == (0, 0.1)
     assert (images / "frontier-6-min-p0.1.png").stat().st_size > 0
+    warm = RunConfig.from_dict(report["filters"]["min-p 0.1"][3]["config"]).esamp
+    assert (warm.beta, warm.warmup_steps) == (0.5, 8)
+    # --add-to keeps what a report has and measures only what it lacks: here, warm-ups under top-k 50
+    more = tmp_path / "more.json"
+    assert frontier.main(["--quick", "--backend", "transformers", "--warmup-filters", "top-k 50", "--add-to",
+                          str(out), "--json", str(more)]) == 0
+    again = json.loads(more.read_text())
+    assert again["filters"]["min-p 0.1"] == report["filters"]["min-p 0.1"] and len(again["added"]) == 1
+    assert again["filters"]["top-k 50"][:3] == report["filters"]["top-k 50"]
+    assert [r["series"] for r in again["filters"]["top-k 50"][3:]] == list(frontier.WARMUPS)
 
 
 def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):

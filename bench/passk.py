@@ -1,11 +1,18 @@
-"""pass@k for k = 1..16 on generated arithmetic word problems, for the methods of bench.quality.
+"""pass@k for k = 1..16 on math word problems, for the methods of bench.quality or the frontier's.
 
     python -m bench.passk                                # 60 problems x 16 samples, up to 48 tokens
+    python -m bench.passk --tasks svamp --methods frontier --model qwen2.5-coder-0.5b-instruct ...
     python -m bench.passk --quick --json /tmp/p.json     # 3 problems x 4 samples x 8 tokens
 
-Problems come from core.tasks.arithmetic_tasks (fixed seed, integer answers); an answer is
-correct when its last number equals the problem's. pass@k is the unbiased estimator
-1 - C(n-c, k) / C(n, k), averaged over problems. Samples end at EOS or after --tokens.
+Problems: ``arithmetic`` from core.tasks.arithmetic_tasks (fixed seed, integer answers), or
+``svamp``, a fixed random choice (by --seed) of SVAMP's 1,000 grade-school problems (vendored in
+bench/data/svamp with its MIT license). An answer is correct when its last number equals the
+problem's. pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k), averaged over problems.
+Samples end at EOS or after --tokens.
+
+``--methods frontier``: the app's defaults against plain sampling's temperatures and min-p: plain
+at T = 0.5, 0.7 and 1 and ESamp at β = 0.5 and 1 (with and without the 8-step warm-up) under
+top-p 0.9 with top-k off, and min-p 0.1 at T = 1.
 """
 
 from __future__ import annotations
@@ -15,12 +22,44 @@ import json
 import sys
 import time
 
-from core import SamplingConfig, generate, load_model
-from core.tasks import arithmetic_tasks, is_correct
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from core import RunConfig, SamplingConfig, generate, load_model
+from core import methods as core_methods
+from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
 from viz.report import write_images
 
 from .quality import machine, methods, parse_common
+
+
+SVAMP = Path(__file__).parent / "data" / "svamp" / "SVAMP.json"
+
+
+def svamp_tasks(count: int, seed: int = 0) -> list[Task]:
+    """``count`` of SVAMP's problems, chosen at random by ``seed`` (the same for the same seed)."""
+    rows = json.loads(SVAMP.read_text(encoding="utf-8"))
+    chosen = random.Random(seed).sample(rows, min(count, len(rows)))
+    return [Task(f"{r['Body'].strip()} {r['Question'].strip()}", f"{float(r['Answer']):g}") for r in chosen]
+
+
+TASKS = {"arithmetic": arithmetic_tasks, "svamp": svamp_tasks}
+
+
+def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
+    """The app's candidate set (top-p 0.9, top-k off) for plain and ESamp, and min-p 0.1 (core.methods)."""
+    top_p = replace(sampling, top_k=0, top_p=0.9)
+    out = {f"plain T={t:g}": core_methods.plain(top_p, t, shadow=False) for t in (0.5, 0.7, 1.0)}
+    out[f"min-p {core_methods.MIN_P:g}"] = core_methods.min_p(sampling, shadow=False)
+    for b in (0.5, 1.0):
+        out[f"esamp β={b:g}"] = core_methods.esamp(top_p, b)
+        out[f"esamp β={b:g} warm-up 8"] = core_methods.esamp(top_p, b, warmup_steps=8)
+    return out
+
+
+METHODS = {"quality": methods, "frontier": frontier_methods}
 
 
 def markdown(curves: dict[str, list[float]], ks=(1, 2, 4, 8, 16)) -> str:
@@ -34,27 +73,30 @@ def markdown(curves: dict[str, list[float]], ks=(1, 2, 4, 8, 16)) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.passk", description=__doc__.split("\n")[0])
     ap.add_argument("--problems", type=int, default=60)
+    ap.add_argument("--tasks", choices=list(TASKS), default="arithmetic")
+    ap.add_argument("--methods", choices=list(METHODS), default="quality",
+                    help="quality: bench.quality's methods; frontier: the app's defaults against plain and min-p")
     a = parse_common(ap, argv, tokens=48, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
     if a.quick:
         a.problems, a.n, a.tokens = 3, 4, 8
-    tasks = arithmetic_tasks(a.problems, seed=a.seed)
+    tasks = TASKS[a.tasks](a.problems, seed=a.seed)
     lm = load_model(a.model, backend=a.backend)
     sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed)
     curves: dict[str, list[float]] = {}
     correct_counts: dict[str, list[int]] = {}
     t_start = time.perf_counter()
-    for label, cfg in methods(sampling).items():
+    for label, cfg in METHODS[a.methods](sampling).items():
         trace = generate(lm, [t.prompt for t in tasks], cfg)
         correct = [sum(is_correct(s.text, task.answer) for s in trace.samples_of(p)) for p, task in enumerate(tasks)]
         correct_counts[label] = correct
         curves[label] = metrics.pass_at_k_curve(correct, a.n)
-        print(f"{label:14s} pass@1 {curves[label][0]:.3f}  pass@{a.n} {curves[label][-1]:.3f}  "
+        print(f"{label:22s} pass@1 {curves[label][0]:.3f}  pass@{a.n} {curves[label][-1]:.3f}  "
               f"({trace.timings.tokens_per_s:.0f} tokens/s, {time.perf_counter() - t_start:.0f} s so far)",
               file=sys.stderr, flush=True)
     table = markdown(curves)
     print("\n" + table)
     out = {"command": "python -m bench.passk " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "backend": a.backend, "model": lm.name, "problems": [vars(t) for t in tasks], "n": a.n,
+           "backend": a.backend, "model": lm.name, "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
            "tokens": a.tokens, "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start,
            "pass_at_k": curves, "correct_counts": correct_counts}
     if a.json:

@@ -41,6 +41,20 @@ def test_passk_quick_reports_a_curve_per_method(tmp_path):
         assert len(report["correct_counts"][label]) == 3
 
 
+def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
+    out = tmp_path / "p.json"
+    assert passk.main(["--quick", "--backend", "transformers", "--tasks", "svamp", "--methods", "frontier",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tasks"] == "svamp" and list(report["pass_at_k"]) == [
+        "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1", "esamp β=0.5", "esamp β=0.5 warm-up 8",
+        "esamp β=1", "esamp β=1 warm-up 8"]
+    # three of SVAMP's problems, the same for the same seed, with their numeric answers
+    assert report["problems"] == [vars(t) for t in passk.svamp_tasks(3, seed=0)] != [
+        vars(t) for t in passk.svamp_tasks(3, seed=1)]
+    assert all(float(p["answer"]) >= 0 and "?" in p["question"] for p in report["problems"])
+
+
 def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     """In a fresh process: vLLM engines are per process, and this one starts its own."""
     out, table = tmp_path / "s.json", tmp_path / "s.md"

@@ -8,8 +8,10 @@ one dispatch; everything above core/backends/ calls ``core.generate`` and ``core
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -108,6 +110,11 @@ def eos_ids(*sources) -> list[int]:
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to try."""
+
+
+def cache_dir() -> Path:
+    """Where converted and fetched models live: ``$ESAMP_CACHE_DIR``, default ``~/.cache/esamp-explorer``."""
+    return Path(os.environ.get("ESAMP_CACHE_DIR") or Path.home() / ".cache" / "esamp-explorer")
 
 
 class UnsupportedArchitectureError(ModelLoadError):

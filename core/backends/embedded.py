@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from .base import ModelLoadError
+from .base import ModelLoadError, cache_dir
+from .fetch import MODELS, model_file
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,11 @@ def model_source(name: str) -> str:
     converted copy, or the name itself (a transformers model name or directory)."""
     if name == DEFAULT_MODEL:
         return str(embedded_model_dir())
+    if name in MODELS:  # an opt-in model, fetched by ./run setup-qwen
+        return str(gguf_model_dir(model_file(name)))
     if name.lower().endswith(".gguf"):
         return str(gguf_model_dir(Path(name).expanduser()))
     return name
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ESAMP_CACHE_DIR") or Path.home() / ".cache" / "esamp-explorer")
 
 
 def embedded_gguf() -> Path:

@@ -13,9 +13,10 @@ import streamlit as st
 from core import DEFAULT_MODEL, RunTrace
 from core.cli import command_for
 from viz import charts, heatmap, spread
+from viz.fork import fork_sentence, forks
 from viz.style import run_colours
-from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence, run_label,
-                         speed_ratio, split_by_run, token_rows, tradeoff_points)
+from viz.summary import (candidate_rows, colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
+                         run_label, speed_ratio, split_by_run, token_label, token_rows, tradeoff_points)
 
 from . import serving
 from .jobs import Job
@@ -115,6 +116,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key)
     _open_answer(traces, labels, answers, signal, value_range, f"{key}_open{run_key}")
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
+    if base is not None and len(rungs) > 1:
+        _forks(traces, labels, rungs, now, prompt_index, f"{key}_fork{run_key}")
     others = [i for i in range(len(traces)) if i not in shown]
     if others:
         with st.expander(f"The other {len(others)} runs' answers"):
@@ -153,6 +156,33 @@ def _open_answer(traces: Sequence[RunTrace], labels: list[str], answers: list[tu
         st.html(heatmap.heatmap_html(traces[i], signal, samples=[j], value_range=value_range))
         with st.expander("Every token's numbers (what hovering a token shows)"):
             st.dataframe(token_rows(traces[i].samples[j]), hide_index=True)
+
+
+def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int], now: int | None,
+           prompt_index: int, key: str) -> None:
+    """Where each β's answers part from plain sampling's (same seed, same draws): the sentence for the
+    chosen β, the fork positions of every β, and one answer's fork with its candidates."""
+    found = {labels[i]: [f for f in forks(traces[rungs[0.0]], traces[i]) if f.prompt_index == prompt_index]
+             for b, i in rungs.items() if b > 0}
+    st.subheader("Where ESamp steered: the fork from plain sampling")
+    st.caption("Every β drew the same random numbers as plain sampling, so an answer is plain's token for token "
+               "until fusion moved the distribution enough to change a draw: that token is the fork.")
+    focus = labels[now] if now is not None and labels[now] in found else next(iter(found))
+    st.info(md(fork_sentence(focus, found[focus])))
+    warmup = traces[rungs[0.0]].config.esamp.warmup_steps
+    st.plotly_chart(charts.fork_figure(found, warmup), key=f"{key}_chart")
+    parted = [f for f in found[focus] if f.position is not None and f.esamp is not None]
+    if not parted:
+        return
+    k = st.selectbox(f"One {focus} answer at its fork", range(len(parted)), key=f"{key}_pick",
+                     format_func=lambda k: f"answer {parted[k].sample_index + 1}: token {parted[k].position + 1}")
+    f = parted[k]
+    plain_word = md(token_label(f.plain.text, f.plain.id)) if f.plain else "nothing (its answer had ended)"
+    novelty = f" (relative novelty {f.esamp.rel_novelty:.2f} there)" if f.esamp.rel_novelty is not None else ""
+    st.markdown(f"**Shared beginning** ({f.position} tokens): {md(f.prefix) or '(none)'}  \n**Token "
+                f"{f.position + 1}:** plain sampling drew {plain_word}, {md(focus)} drew "
+                f"{md(token_label(f.esamp.text, f.esamp.id))}{novelty}. Its candidates there, before and after fusion:")
+    st.dataframe(candidate_rows(f.esamp), hide_index=True)
 
 
 def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key: str, beta: float | None,

@@ -10,8 +10,8 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 
-from core import (DEFAULT_MODEL, LanguageModel, RunConfig, SamplingConfig, beta_ladder, encode_prompts,
-                  temperature_ladder)
+from core import (DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, beta_ladder,
+                  encode_prompts, temperature_ladder)
 from core.backends import installed_backends
 from core.config import MAX_BETA
 from core.tasks import Task, tasks_from_jsonl
@@ -73,14 +73,15 @@ FIELDS = [
     Field("prompt", str, "Invent a name for a new colour and describe it.", lambda m, s: s.prompt),
     Field("n", int, 16, _sampling("n")),
     Field("tokens", int, 32, _sampling("max_new_tokens")),
-    Field("ladder", str, "0,0.25,0.5,1", lambda m, s: _numbers(s.ladder)),
+    Field("ladder", str, "0,0.5,1,1.5", lambda m, s: _numbers(s.ladder)),
     Field("temps", str, "", lambda m, s: _numbers(s.temperatures)),
     Field("T", float, 1.0, _sampling("temperature")),
     Field("top_k", int, 0, _sampling("top_k")),
     Field("top_p", float, 0.9, _sampling("top_p")),
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
-    Field("beta", float, 1.0, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
+    Field("warmup", int, 8, lambda m, s: s.config.esamp.warmup_steps),  # EsampConfig.warmup_steps
+    Field("beta", float, 1.5, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]
 DEFAULTS = {f.key: f.default for f in FIELDS}
@@ -136,7 +137,7 @@ def url_settings() -> Settings | None:
     try:
         config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
             n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
-            min_p=d["min_p"], seed=d["seed"]))
+            min_p=d["min_p"], seed=d["seed"]), esamp=EsampConfig(warmup_steps=d["warmup"]))
         ladder = parse_ladder(d["ladder"], limits.max_rungs)
         temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, limits.max_rungs)
     except ValueError:
@@ -210,11 +211,17 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                                    placeholder="e.g. 0.7, 1.3, 1.6",
                                    help="To see where ESamp's curve lies against temperature's, for this prompt.")
         ladder_error = st.empty()
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         n = c1.number_input("Samples per prompt (n)", 1, limits.max_n, int(_clamp(d["n"], 1, limits.max_n)))
         tokens = c2.number_input("Max new tokens", 1, limits.max_new_tokens,
                                  int(_clamp(d["tokens"], 1, limits.max_new_tokens)))
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
+        warmup = c4.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
+                                 int(_clamp(d["warmup"], 0, limits.max_new_tokens)),
+                                 help="ESamp samples this many tokens after the first unguided, while the "
+                                      "distiller learns the prompt (0: the paper's rule, only the first token). "
+                                      "Guiding by a distiller that has not learned yet broke the text "
+                                      "(docs/results.md, the frontier).")
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
@@ -234,7 +241,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         config = RunConfig(method="esamp", chat=mode == "chat",
                            sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), temperature=float(temperature),
                                                    top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-                                                   seed=int(seed)))
+                                                   seed=int(seed)), esamp=EsampConfig(warmup_steps=int(warmup)))
         chosen = Settings(prompt, config, ladder, temperatures, nearest(ladder, d["beta"]))
         if len(chosen.configs()) > limits.max_rungs:
             raise ValueError(f"{len(chosen.configs())} runs (β values and temperatures together); this server "

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from app.settings import DEFAULTS, parse_ladder
-from core import RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
+from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", nargs="+", type=int, default=[DEFAULTS["n"]])
     p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"]])
     p.add_argument("--ladders", nargs="+", default=[DEFAULTS["ladder"]], help="comma-separated β values")
+    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="ESamp's warm-up steps (the app's default)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--filter", choices=list(FILTERS), default=None,
                    help="the candidate set (bench.frontier's names); default: the app's")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
             times, diffs = [], {}
             for seed in range(args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
-                configs = beta_ladder(RunConfig(sampling=sampling), betas)
+                configs = beta_ladder(RunConfig(sampling=sampling, esamp=EsampConfig(warmup_steps=args.warmup)), betas)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)
                 for b, d in by_beta.items():
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
                       flush=True)
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
                          "filter": filter_label(candidates), "dtype": str(lm.dtype).removeprefix("torch."),
-                         "tokens": tokens, "ladder": ladder_text, "seeds": args.seeds,
+                         "tokens": tokens, "ladder": ladder_text, "warmup": args.warmup, "seeds": args.seeds,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
                          "mean_difference": {b: round(statistics.mean(d[0] for d in ds), 3) for b, ds in diffs.items()},
@@ -130,15 +131,16 @@ def markdown(report: dict) -> str:
              f"Explore Generate, warm, over {report['rows'][0]['seeds'] if report['rows'] else 0} seeds. Start-up "
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
-             "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | median s | max s | "
-             "seeds with ESamp more diverse than plain beyond noise, by β | mean Δ cosine distance (β − plain) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | median s | "
+             "max s | seeds with ESamp more diverse than plain beyond noise, by β | "
+             "mean Δ cosine distance (β − plain) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         shown = ", ".join(f"β={b}: {k} of {r['seeds']}" for b, k in r["seeds_showing_effect"].items())
         mean = ", ".join(f"β={b}: {d:+.3f}" for b, d in r["mean_difference"].items())
         lines.append(f"| {r['backend']} | {r.get('dtype', 'float32')} | {r['startup_s']} | {r['prompt']} | "
-                     f"{r['n']} | {r['tokens']} | {r.get('filter', 'top-k 50')} | {r['ladder']} | {r['median_s']} | "
-                     f"{r['max_s']} | {shown} | {mean} |")
+                     f"{r['n']} | {r['tokens']} | {r.get('filter', 'top-k 50')} | {r['ladder']} | "
+                     f"{r.get('warmup', 0)} | {r['median_s']} | {r['max_s']} | {shown} | {mean} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """A screenshot of Explore's results after the default Generate, taken from the running app in
 Debian's chromium, and the time that Generate took as a user sees it (click to the finished page).
 
-    python -m bench.screenshot                      # starts the app, writes docs/explore.png
+    python -m bench.screenshot                      # starts the app, writes docs/explore.png and docs/fork.png
     python -m bench.screenshot --url http://localhost:8501 --out /tmp/explore.png
 
 Without ``--url`` it starts the app on a free port with a throwaway history. The first Generate
@@ -95,12 +95,22 @@ def shoot_results(page, out: Path, width: int = 1400) -> None:
     page.screenshot(path=str(out), clip={"x": 0, "y": top, "width": width, "height": height - top})
 
 
+def shoot_section(page, heading: str, out: Path, below: str, width: int = 1400) -> None:
+    """One section of the finished page (as tall as the page already is): from its ``heading`` to the
+    top of the element matching ``below`` that follows it, or 900 px."""
+    start = page.get_by_text(heading).first.bounding_box()["y"] - 16
+    after = [b for b in (e.bounding_box() for e in page.locator(below).all()) if b and b["y"] > start + 40]
+    end = min(after, key=lambda b: b["y"])["y"] + min(after, key=lambda b: b["y"])["height"] if after else start + 900
+    page.screenshot(path=str(out), clip={"x": 0, "y": start, "width": width, "height": end - start + 16})
+
+
 def main(argv=None) -> None:
     from playwright.sync_api import sync_playwright
 
     ap = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="a running app (default: start one)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "explore.png")
+    ap.add_argument("--fork-out", type=Path, default=ROOT / "docs" / "fork.png", help="the fork view alone")
     ap.add_argument("--query", default="", help="URL parameters instead of the defaults, e.g. 'n=2&tokens=4'")
     args = ap.parse_args(argv)
     proc = None
@@ -116,13 +126,14 @@ def main(argv=None) -> None:
             warm = generate_once(page, explore)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             shoot_results(page, args.out)
+            shoot_section(page, "Where ESamp steered", args.fork_out, below="[data-testid=stDataFrame]")
             browser.close()
     finally:
         if proc is not None:
             stop_app(proc)
     what = f"Generate with {args.query}" if args.query else "default Generate"
     print(f"{what}, click to finished page: first {cold:.1f} s (cold: model load, UMAP compile), "
-          f"second {warm:.1f} s (warm); screenshot: {args.out}")
+          f"second {warm:.1f} s (warm); screenshots: {args.out}, {args.fork_out}")
 
 
 if __name__ == "__main__":

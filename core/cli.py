@@ -52,7 +52,7 @@ OPTIONS = [
     Option(("--distiller-width",), "esamp.intermediate", int,
            f"width inside its gated blocks (default {EsampConfig().intermediate}; the paper's: 384)"),
     Option(("--warmup-steps",), "esamp.warmup_steps", int,
-           "esamp: sample unguided until the prompt's distiller has taken this many more steps"),
+           "esamp: sample this many tokens after the first unguided while the distiller learns"),
     Option(("--warmup-novelty",), "esamp.warmup_novelty", float,
            "esamp: sample unguided until the distiller's running relative novelty is below this"),
     Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),

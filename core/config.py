@@ -102,10 +102,10 @@ class EsampConfig:
     # esamp-overlap variant; the figures are in docs/results.md).
     overlap: bool | None = None
     # A warm-up of the guidance (bench.frontier's warm-up rows): the fusion waits while the prompt's
-    # distiller is still learning. The first token is never guided; beyond it, guidance starts once
-    # the distiller has taken `warmup_steps` more update steps and, with `warmup_novelty` > 0, once its
-    # running relative novelty (about its last four steps) has fallen below that value; from then on
-    # it stays on. 0 and 0.0: the paper's rule, every token but the first.
+    # distiller is still learning. The first token of an answer is never guided; with `warmup_steps`
+    # the next that many tokens of every answer are not either, and with `warmup_novelty` > 0 guidance
+    # starts only once the prompt's distiller's running relative novelty (about its last four steps)
+    # has fallen below that value, and stays on. 0 and 0.0: the paper's rule, every token but the first.
     warmup_steps: int = 0
     warmup_novelty: float = 0.0
 
@@ -122,10 +122,6 @@ class EsampConfig:
         _check_range("grad_clip", self.grad_clip, 1e-6, 1e6)
         _check_int("warmup_steps", self.warmup_steps, 0, MAX_NEW_TOKENS, " Use 0 for no warm-up.")
         _check_range("warmup_novelty", self.warmup_novelty, 0.0, 10.0, " Use 0 for no novelty threshold.")
-
-    @property
-    def warms_up(self) -> bool:
-        return self.warmup_steps > 0 or self.warmup_novelty > 0
 
 
 @dataclass(frozen=True)

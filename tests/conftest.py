@@ -95,3 +95,25 @@ def check_warm_up():
         assert ids(beta=1.0, warmup_novelty=10.0)[1] == ids(beta=1.0)[1]  # below it from the first step
 
     return check
+
+
+@pytest.fixture(scope="session")
+def check_forks():
+    """check(lm, held): on a real ladder with a 3-step warm-up, answers at β = 1.5 part from plain
+    sampling's, none within the first ``held`` tokens, and every fork falls on a token whose
+    distribution fusion moved: the same random draw met two distributions (viz.fork)."""
+    from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate_runs
+    from viz.fork import forks
+
+    def check(lm, held):
+        config = RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, seed=2, top_k=0, top_p=0.9,
+                                                   ignore_eos=True), esamp=EsampConfig(warmup_steps=3))
+        plain, esamp = generate_runs(lm, ["Invent a name for a new colour and describe it."],
+                                     beta_ladder(config, [0, 1.5]))
+        parted = [f for f in forks(plain, esamp) if f.position is not None]
+        assert parted, "no answer parted from plain sampling's at β = 1.5"
+        for f in parted:
+            assert f.position >= held and f.esamp is not None and f.plain is not None
+            assert abs(f.esamp.logp_new - f.esamp.logp_ref) > 1e-6 or f.esamp.entropy_new != f.esamp.entropy_ref
+
+    return check

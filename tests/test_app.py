@@ -60,9 +60,13 @@ def texts(at: AppTest) -> str:
 
 
 def explore(prompt="Name a colour.", **params) -> AppTest:
+    """Explore's Generate from a link's settings. No warm-up unless asked (warmup=None: the app's own
+    default): in these 8-token runs the default's would leave every token unguided."""
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in {"n": 2, "tokens": 8, "seed": 0, "ladder": "0,0.25", "backend": "transformers", **params}.items():
-        at.query_params[k] = str(v)
+    for k, v in {"n": 2, "tokens": 8, "seed": 0, "ladder": "0,0.25", "backend": "transformers", "warmup": 0,
+                 **params}.items():
+        if v is not None:
+            at.query_params[k] = str(v)
     at.run()
     assert not at.exception, at.exception
     at.text_area[0].input(prompt)
@@ -71,16 +75,26 @@ def explore(prompt="Name a colour.", **params) -> AppTest:
 
 
 def test_explore_generates_plain_and_esamp_side_by_side():
-    at = explore()
+    at = explore(warmup=None)
     assert not at.exception, at.exception
     assert "Saved as run" in texts(at)
     assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=0.25"]
     htmls = [h for h in at.get("html")]
     assert len(htmls) == 2 and all("esx-tok" in h.proto.body for h in htmls)
-    assert len(at.get("plotly_chart")) == 4  # spread, where this β sits, loss, novelty
+    assert len(at.get("plotly_chart")) == 5  # spread, where this β sits, the forks, loss, novelty
+    assert any(h.value.startswith("Where ESamp steered") for h in at.subheader)
+    # tokens 8 and a warm-up of 8: every token unguided, so the answers are plain's throughout
+    assert any("all 2 answers are plain sampling's, token for token" in i.value for i in at.info)
     assert any("python -m core generate" in c.value for c in at.code)
     assert at.query_params["prompt"] == "Name a colour." and at.query_params["ladder"] == "0,0.25"  # shareable URL
-    assert at.query_params["beta"] == "0.25"
+    assert at.query_params["beta"] == "0.25" and at.query_params["warmup"] == str(DEFAULTS["warmup"]) == "8"
+
+
+def test_the_warm_up_goes_from_the_link_into_every_run_and_the_command(monkeypatch):
+    calls = spy_on_generate(monkeypatch)
+    at = explore(ladder="0,1", warmup=2)
+    assert [c.esamp.warmup_steps for c in calls] == [2, 2]
+    assert any("--warmup-steps 2" in c.value for c in at.code) and at.query_params["warmup"] == "2"
 
 
 def test_reloading_a_runs_link_reopens_it_from_history_without_generating(monkeypatch):
@@ -209,7 +223,7 @@ def test_history_reopens_a_saved_run_with_its_pictures():
     at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
-    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 4
+    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 5  # the fork chart too
     assert at.select_slider[0].options == ["0 (plain)", "0.25"]  # the ladder reopens with its slider
 
 
@@ -250,7 +264,7 @@ def test_sweep_task_mode_shows_pass_at_k():
 
 def test_learn_page_steps_through_a_fusion():
     at = open_page("learn")
-    at.slider[0].set_value(6)
+    at.slider[0].set_value(14)  # past the warm-up (DEFAULTS["warmup"] + 1 tokens unguided)
     at.button[0].click()
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
@@ -400,14 +414,15 @@ def test_hostile_url_parameters_are_clamped_and_the_page_renders():
     at = AppTest.from_file(APP, default_timeout=120)
     for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan",
                  "seed": "abc", "top_p": "0", "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc",
-                 "prompt": "x" * 100_000}.items():
+                 "warmup": "-4", "prompt": "x" * 100_000}.items():
         at.query_params[k] = v
     at.run()
     assert not at.exception, at.exception
     fields = {t.label: t.value for t in at.text_input}
     assert fields["β ladder"] == "<script>" and fields["Also plain sampling at temperatures (optional)"] == "1e99"
-    n, tokens, seed, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
-    assert (n, tokens, seed, top_k) == (16, 1, 0, 0) and temperature == 1.0 and top_p == 0.01 and min_p == 0.0
+    n, tokens, seed, warmup, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
+    assert (n, tokens, seed, warmup, top_k) == (16, 1, 0, 0, 0) and temperature == 1.0 and top_p == 0.01
+    assert min_p == 0.0
     assert len(at.text_area[0].value) == 4000 and at.sidebar.selectbox[0].value == DEFAULTS["backend"]
 
 

@@ -72,9 +72,11 @@ def test_esamp_changes_the_distribution_and_logs_every_signal(vlm):
 
 
 def test_a_warm_up_holds_the_guidance_back_on_vllm_too(vlm, check_warm_up):
-    # a prompt's second sample joins a step after its first, so it reaches the distiller's fifth step
-    # at its own fourth token
-    check_warm_up(vlm, held=4)
+    check_warm_up(vlm, held=5)  # the first token, then 4: every answer's own tokens, as on transformers
+
+
+def test_forks_from_plain_fall_where_fusion_moved_the_distribution_on_vllm(vlm, check_forks):
+    check_forks(vlm, held=4)
 
 
 def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monkeypatch):
@@ -83,9 +85,9 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     calls = []
     original = Steerer.propose
 
-    def recording(self, cand, s, h, first, slots=None):
-        prop = original(self, cand, s, h, first, slots)
-        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), first=first.clone(), slots=slots.clone(),
+    def recording(self, cand, s, h, positions, slots=None):
+        prop = original(self, cand, s, h, positions, slots)
+        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), positions=positions.clone(), slots=slots.clone(),
                           to_sample=prop.to_sample.clone(), novelty=prop.novelty.clone()))
         return prop
 
@@ -108,7 +110,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     # The same ESamp: replaying the recorded inputs gives the recorded outputs.
     replay = Steerer(1, 2, vlm.head, EsampConfig(beta=0.5), 1.0, seed=3)
     for c in calls:
-        prop = replay.propose(c["cand"], c["s"], c["h"], c["first"], c["slots"])
+        prop = replay.propose(c["cand"], c["s"], c["h"], c["positions"], c["slots"])
         replay.learn(torch.ones(len(c["slots"]), dtype=torch.bool))
         torch.testing.assert_close(prop.to_sample, c["to_sample"])
         torch.testing.assert_close(prop.novelty, c["novelty"])

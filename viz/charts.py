@@ -160,3 +160,27 @@ def candidates_figure(token, beta: float):
     ])
     fig.update_layout(barmode="group")
     return _layout(fig, "Top candidates before and after fusion", "candidate token", "probability", height=320)
+
+
+def fork_figure(found: dict[str, Sequence], warmup: int = 0):
+    """Where each β's answers part from plain sampling's: one row of points per β (``found``: label ->
+    viz.fork.Fork list), at the 1-based token of the fork; answers that never part are left out (the
+    sentence beside it counts them). ``warmup``: ESamp's warm-up steps; its first warmup + 1 tokens are
+    unguided, shaded (no fork falls there)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    colour = colour_for("esamp")
+    for label, forks in found.items():
+        xs = [f.position + 1 for f in forks if f.position is not None]
+        fig.add_trace(go.Box(x=xs, name=plotly_text(label), boxpoints="all", jitter=0.4, pointpos=0,
+                             orientation="h", marker=dict(color=colour, size=8), line=dict(color=colour),
+                             fillcolor="rgba(0,0,0,0)",
+                             hovertext=[plotly_text(f"answer #{f.sample_index + 1}: token {f.position + 1}")
+                                        for f in forks if f.position is not None], hoverinfo="text"))
+    if warmup:
+        fig.add_vrect(x0=0.5, x1=warmup + 1.5, fillcolor="#999999", opacity=0.15, line_width=0,
+                      annotation_text="unguided: first token and warm-up", annotation_position="top left")
+    fig.update_layout(showlegend=False)
+    return _layout(fig, "Where each answer parts from plain sampling's (same seed)", "token of the fork",
+                   "", height=140 + 50 * len(found))

@@ -7,7 +7,7 @@ import streamlit as st
 from app import render, serving, settings
 from app.jobs import start_job
 from app.resources import open_history
-from core import RunConfig, SamplingConfig, beta_ladder
+from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder
 from core.scoring import trace_perplexities
 from viz import charts, heatmap
 from viz.summary import candidate_rows, config_label, fusion_step, ladder, readable_step, run_label, token_label
@@ -47,7 +47,9 @@ st.markdown("""
 
 Only the tokens that survive top-k / top-p / min-p are reweighted; β = 0 is plain sampling.
 Then the distiller trains on this step's (s, h), so the next step's novelty is measured
-against everything seen so far.""")
+against everything seen so far. The first tokens of an answer are sampled unguided (here the
+first {warm}): the distiller has not learned the prompt yet, and its guesses would steer at
+random.""".format(warm=settings.DEFAULTS["warmup"] + 1))
 
 st.header("Try it on the loaded model")
 history, history_error = open_history()
@@ -69,9 +71,9 @@ if go:
     except ValueError as exc:
         st.error(render.md(exc))
         st.stop()
-    d = settings.DEFAULTS  # Explore's candidate set (docs/results.md, "The candidate set")
+    d = settings.DEFAULTS  # Explore's candidate set and warm-up (docs/results.md, "The candidate set")
     sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
-    configs = beta_ladder(RunConfig(sampling=sampling), betas)
+    configs = beta_ladder(RunConfig(sampling=sampling, esamp=EsampConfig(warmup_steps=d["warmup"])), betas)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
         score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))
@@ -90,7 +92,8 @@ sample = trace.samples[sample_index]
 if not sample.tokens:
     st.info("This answer is empty.")
     st.stop()
-pos = st.slider("Step through the answer", 1, len(sample.tokens), readable_step(sample.tokens, 6))
+held = trace.config.esamp.warmup_steps + 1  # the tokens sampled unguided (the first, then the warm-up)
+pos = st.slider("Step through the answer", 1, len(sample.tokens), readable_step(sample.tokens, held + 2))
 token = sample.tokens[pos - 1]
 
 st.subheader("The distiller learning, token by token")
@@ -104,6 +107,9 @@ st.plotly_chart(charts.novelty_figure([trace], [run_label(trace)], relative=True
 st.subheader(f"One fusion step at β = {b:g}: token {pos}, {render.md(token_label(token.text, token.id))}")
 if pos == 1:
     st.info("The first token is sampled unguided: the distiller has not trained yet, so before = after.")
+elif pos <= held and b > 0 and token.logp_new == token.logp_ref:
+    st.info(f"Warm-up: ESamp samples the first {held} tokens unguided while the distiller learns this prompt, "
+            "so before = after. Step further along the answer.")
 elif b == 0:
     st.info("At β = 0 fusion leaves the distribution alone (plain sampling): before = after. Move the β slider.")
 for col, (name, value) in zip(st.columns(3), fusion_step(token).items()):

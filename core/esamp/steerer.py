@@ -8,7 +8,7 @@ row of each batch row; missing layout rows then neither steer nor train.
 
 The contract with a decode loop, per step (Algorithm 1 of the paper)::
 
-    prop = pipeline.propose(logits, s, h, first)      # filter -> predict h_hat -> fuse
+    prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
     tokens = sample(prop.to_sample)                   # the backend's own sampler
     signals = pipeline.signals(prop, logits)          # what the trace records of this step
     pipeline.learn(active)                            # train on this step's (s, h), after sampling
@@ -77,7 +77,8 @@ class Steerer:
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
         overlap = cfg.overlap if cfg.overlap is not None else device.type == "cuda"
         self.background = Background(device) if overlap else None
-        self.warmup = Warmup(groups, cfg.warmup_steps, cfg.warmup_novelty, device) if cfg.warms_up else None
+        self.warmup_steps = cfg.warmup_steps
+        self.warmup = Warmup(groups, cfg.warmup_novelty, device) if cfg.warmup_novelty > 0 else None
         self._step: _Step | None = None  # proposed, not yet learned
         self._learning: _Learning | None = None  # the update in flight
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
@@ -93,12 +94,12 @@ class Steerer:
             return x
         return x.new_zeros((self.rows,) + x.shape[1:]).index_copy_(0, slots, x)
 
-    def propose(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, first: torch.Tensor,
+    def propose(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
         """cand: the reference candidates (logits after temperature and filters); s, h: (R, H) float32;
-        first: (R,) bool on the host, the rows drawing their sample's first token: those are
-        sampled unguided (no distiller has seen their prompt's answers yet) but still predicted,
-        so novelty is logged and the distiller trains."""
+        positions: (R,) int on the host, the token of its answer each row draws (0: the first). A
+        first token is sampled unguided (no distiller has seen its prompt's answers yet), and so are
+        the warm-up's tokens, but they are still predicted, so novelty is logged and the distiller trains."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
             s_grouped = self._grouped(self._to_layout(s, slots))
@@ -111,15 +112,15 @@ class Steerer:
             if slots is not None:
                 h_hat = h_hat[slots]  # (R, H)
             nov, rel = novelty(h, h_hat)
-        firsts = int(first.sum())
+        held = positions <= self.warmup_steps  # the first token, and the warm-up's
         fused = cand.logits
-        if self.beta > 0 and firsts < len(first):
+        if self.beta > 0 and not bool(held.all()):
             with self.watch("fuse"):
                 steer_by = h_hat if self.noise is None else h - noise_like(h - h_hat, self.noise)
                 fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature)
-                waiting = first.to(fused.device) if firsts else None
+                waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
-                    warming = ~self.warmup.started(self.rows // self.groups, slots, len(first))
+                    warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
                     waiting = warming if waiting is None else waiting | warming
                 if waiting is not None:
                     fused = torch.where(waiting[:, None], cand.logits, fused)
@@ -160,14 +161,13 @@ class Steerer:
 
 
 class Warmup:
-    """Which groups' guidance has started (EsampConfig.warmup_steps, .warmup_novelty): once the
-    group's distiller has taken 1 + ``steps`` update steps and, with ``novelty`` > 0, its running
-    relative novelty is below ``novelty``. Tensors on the device: no host sync."""
+    """Which groups' guidance has started under EsampConfig.warmup_novelty: once the group's
+    distiller's running relative novelty is below ``novelty``. Tensors on the device: no host sync."""
 
     DECAY = 0.75  # the running mean's weight on the steps before: about the last four steps
 
-    def __init__(self, groups: int, steps: int, novelty: float, device: torch.device):
-        self.steps, self.novelty = steps, novelty
+    def __init__(self, groups: int, novelty: float, device: torch.device):
+        self.novelty = novelty
         self.trained = torch.zeros(groups, dtype=torch.long, device=device)
         self.running = torch.zeros(groups, device=device)
         self.open = torch.zeros(groups, dtype=torch.bool, device=device)
@@ -178,10 +178,7 @@ class Warmup:
                               self.DECAY * self.running + (1 - self.DECAY) * rel_novelty)
         self.running = torch.where(live, blended, self.running)
         self.trained = self.trained + live.long()
-        ready = self.trained > self.steps
-        if self.novelty > 0:
-            ready = ready & (self.running < self.novelty)
-        self.open = self.open | ready
+        self.open = self.open | ((self.trained > 0) & (self.running < self.novelty))
 
     def started(self, per_group: int, slots: torch.Tensor | None, rows: int) -> torch.Tensor:
         """(R,) bool: the batch rows whose group's guidance has started."""
@@ -269,10 +266,11 @@ class Pipeline:
         self.steerer = Steerer(self._groups, prompts * sc.n, head, esamp, self.main.temperature, seed=sc.seed,
                                watch=self.watch) if config.uses_distiller else None
 
-    def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, first: torch.Tensor,
+    def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
-        """raw: (R, V) the model's logits; s, h: (R, H) float32; first: (R,) bool on the host, the
-        rows drawing their sample's first token (with the first-token filters, and unguided)."""
+        """raw: (R, V) the model's logits; s, h: (R, H) float32; positions: (R,) int on the host, the
+        token of its answer each row draws (0: the first, drawn with the first-token filters, unguided)."""
+        first = positions == 0
         with self.watch("filter"):
             firsts = int(first.sum()) if self.first is not self.main else 0
             if firsts == 0:
@@ -286,7 +284,7 @@ class Pipeline:
             cand = cand.exact(self.head, h, temperature, raw)  # float32 values (bfloat16 models)
             if self.steerer is None:
                 return unguided(cand)
-        return self.steerer.propose(cand, s, h, first, slots)
+        return self.steerer.propose(cand, s, h, positions, slots)
 
     def signals(self, prop: Proposal, raw: torch.Tensor) -> PendingSignals:
         """The step's recorded signals, to resolve once its tokens are sampled (raw: (R, V) the

@@ -61,7 +61,8 @@ class GenerateProcessor(LogitsProcessor):
         elif self._active is not None:  # the previous step's token is sampled now: train on its states
             self.pipeline.learn(self._active)
         finished = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(-1)  # (R,)
-        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, torch.full((rows,), first))
+        position = input_ids.shape[1] - self.prompt_len  # every row draws the same token of its answer
+        prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, torch.full((rows,), position))
         self._active = ~finished
         return prop.to_sample
 

@@ -53,8 +53,8 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
         logits, s, h = decoder.prefill(ids, sc.n)  # (R, V), (R, H), (R, H)
         books.prefilled()
         for step in range(sc.max_new_tokens):
-            first = torch.full((R,), step == 0)  # on the host: every row is at the same position
-            prop = pipeline.propose(logits, s, h, first)  # filter -> predict h_hat -> fuse
+            positions = torch.full((R,), step)  # on the host: every row is at the same position
+            prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
             active = ~finished
             tokens = torch.where(active, sample(prop.to_sample, gen), decoder.pad_id)
             recorder.add(tokens, active, pipeline.signals(prop, logits).resolve(tokens), t=step)

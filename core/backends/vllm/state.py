@@ -127,12 +127,12 @@ class RunState:
         index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
         raw, s, h = (logits, s, h) if whole else (logits[index], s[index], h[index])
         t = [len(r.out) for _, r in batch]  # the position each row is at
-        first = torch.tensor([x == 0 for x in t])  # on the host
+        positions = torch.tensor(t)  # on the host
         slots = torch.tensor([r.row for _, r in batch], device=logits.device)
         # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
         # (s and h enter its graph; the logits do not).
         with torch.inference_mode(False):
-            prop = self.pipeline.propose(raw, s.clone(), h.clone(), first, slots)
+            prop = self.pipeline.propose(raw, s.clone(), h.clone(), positions, slots)
             # Training now is the same as after sampling: it reads this step's (s, h) only, and the
             # fused logits were computed with the weights from before this update.
             self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))

@@ -45,6 +45,7 @@ FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "t
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
 WARMUPS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0)}
+WARMUP_COLOURS = dict(zip(WARMUPS, ("#009E73", "#CC79A7")))  # Okabe-Ito's green and purple: apart from ESamp's
 WARMUP_FILTERS = ("top-p 0.9", "top-p 0.95")
 WARMUP_BETAS = (0.5, 1.0, 1.5)
 
@@ -95,7 +96,7 @@ def figure(label: str, rows: list[dict]):
     esamp = []
     for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its warm-ups
         esamp += [{**start, "series": series, "setting": "β=0"}] + [point(r) for r in rows if r["series"] == series]
-    fig = charts.sweep_figure(esamp + plain)
+    fig = charts.sweep_figure(esamp + plain, colours=WARMUP_COLOURS)
     fig.update_layout(title=f"{label}: ESamp's β against plain sampling's temperature")
     fig.update_xaxes(type="log", title="perplexity (log scale; lower = more fluent)")  # hot plain runs reach 1000s
     return fig

@@ -82,11 +82,13 @@ def learning_curves_figure(curves: dict[str, Sequence[float]]):
                    "relative novelty ‖h − ĥ‖ / ‖h‖")
 
 
-def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = None, height: int = 360):
+def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = None, height: int = 360,
+                 colours: dict[str, str] | None = None):
     """Diversity against perplexity across a sweep. points: dicts with 'series' (e.g. 'esamp'),
     'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity', and optionally their standard errors
     'diversity_se', 'perplexity_se', or an interval 'diversity_low', 'diversity_high' (drawn as
-    error bars); one line per series, in order. ``highlight``: the (series, setting) point ringed."""
+    error bars); one line per series, in order. ``highlight``: the (series, setting) point ringed;
+    ``colours``: a series' colour where its method's would not tell it apart."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -97,6 +99,7 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
                                  marker=dict(size=24, symbol="circle-open", line=dict(width=3, color="#000000"))))
     for k, series in enumerate(dict.fromkeys(p["series"] for p in points)):
         pts = [p for p in points if p["series"] == series]
+        colour = (colours or {}).get(series) or colour_for(series, k)
         bars = {}
         if all("diversity_se" in p and "perplexity_se" in p for p in pts):
             bars = dict(error_x=dict(type="data", array=[p["perplexity_se"] for p in pts], thickness=1),
@@ -111,7 +114,7 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
             # (plain sampling is β = 0 and T = 1 at once) both stay readable
             text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center" if k % 2 == 0 else
             "bottom center", name=plotly_text(series),
-            marker=dict(size=10, color=colour_for(series, k)), line=dict(color=colour_for(series, k)), **bars))
+            marker=dict(size=10, color=colour), line=dict(color=colour), **bars))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)", height)
 

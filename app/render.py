@@ -14,6 +14,7 @@ from core import DEFAULT_MODEL, RunTrace
 from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.fork import fork_sentence, forks
+from viz.tree import answer_tree, layout
 from viz.style import run_colours
 from viz.summary import (candidate_rows, colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
                          run_label, speed_ratio, split_by_run, token_label, token_rows, tradeoff_points)
@@ -118,6 +119,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     if base is not None and len(rungs) > 1:
         _forks(traces, labels, rungs, now, prompt_index, f"{key}_fork{run_key}")
+    _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}")
     others = [i for i in range(len(traces)) if i not in shown]
     if others:
         with st.expander(f"The other {len(others)} runs' answers"):
@@ -183,6 +185,28 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
                 f"{f.position + 1}:** plain sampling drew {plain_word}, {md(focus)} drew "
                 f"{md(token_label(f.esamp.text, f.esamp.id))}{novelty}. Its candidates there, before and after fusion:")
     st.dataframe(candidate_rows(f.esamp), hide_index=True)
+
+
+def _tree(trace: RunTrace, label: str, prompt_index: int, key: str) -> None:
+    """The chosen run's answers as a prefix tree; a click on a node shows the candidates where it branched."""
+    st.subheader(f"The answers as a tree ({md(label)})")
+    st.caption("Answers that begin alike share a branch, as thick as the answers through it; a node's colour is "
+               "how novel its tokens' contexts were. Click a node: the candidates at its first token, where it "
+               "branched off, before and after fusion.")
+    root = answer_tree(trace, prompt_index)
+    placed = layout(root)
+    if not placed:
+        st.info("No answers to draw.")
+        return
+    st.plotly_chart(charts.tree_figure(root), key=key, on_select="rerun", selection_mode="points")
+    points = st.session_state[key].selection.points if key in st.session_state else []
+    picked = next((p["customdata"] for p in points if isinstance(p.get("customdata"), int)), None)
+    if picked is None or not 0 <= picked < len(placed):
+        return
+    node = placed[picked][0]
+    st.markdown(f"**Tokens {node.start + 1}-{node.start + len(node.tokens)}**, {len(node.samples)} of "
+                f"{len(root.samples)} answers: {md(node.text)}")
+    st.dataframe(candidate_rows(node.tokens[0]), hide_index=True)
 
 
 def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key: str, beta: float | None,

@@ -61,3 +61,4 @@ def test_the_apps_defaults_are_the_ones_the_frontier_chose():
     assert (DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["min_p"]) == (
         int(named["top_k"]), float(named["top_p"]), float(named["min_p"]))
     assert DEFAULTS["ladder"] == named["ladder"] and DEFAULTS["beta"] == float(named["beta"])
+    assert DEFAULTS["warmup"] == int(named["warmup"])

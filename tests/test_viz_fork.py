@@ -54,3 +54,28 @@ def test_runs_of_different_seeds_have_no_fork():
 
 def test_real_forks_fall_where_fusion_moved_the_distribution(lm, check_forks):
     check_forks(lm, held=4)
+
+
+def test_the_answers_tree_of_a_hand_made_run():
+    from viz.charts import tree_figure
+    from viz.tree import answer_tree, layout
+
+    run = trace(LADDER[1], [[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6, 7, 8], [9]], moved_from=2)
+    root = answer_tree(run)
+    assert root.tokens == [] and [len(c.samples) for c in root.children] == [3, 1]
+    shared, alone = root.children
+    assert [t.id for t in shared.tokens] == [1, 2] and shared.samples == [0, 1, 2]
+    assert [t.id for t in alone.tokens] == [9] and alone.children == []
+    three, five = shared.children  # more answers first
+    assert ([t.id for t in three.tokens], three.samples, three.start) == ([3], [0, 2], 2)
+    assert [t.id for t in five.tokens] == [5] and five.children == []
+    # a tail only one answer takes is one node, however long
+    assert [[t.id for t in c.tokens] for c in three.children] == [[4], [6, 7, 8]]
+    assert sum(1 for _ in root.walk()) == 7
+    rows = {n.text: r for n, r, _ in layout(root)}
+    assert rows[" w4"] == 0 and rows[" w6 w7 w8"] == 1 and rows[" w3"] == 0.5 and rows[" w9"] == 3
+    fig = tree_figure(root, "logp_gain")
+    points = fig.data[-1]
+    assert len(points.customdata) == 6 and " w6 w7 w8" in points.text
+    assert points.marker.color[list(points.text).index(" w1 w2")] == 0.0  # unmoved: no gain
+    assert points.marker.color[list(points.text).index(" w3")] == 0.5  # moved by fusion: +0.5

@@ -187,3 +187,49 @@ def fork_figure(found: dict[str, Sequence], warmup: int = 0):
     fig.update_layout(showlegend=False)
     return _layout(fig, "Where each answer parts from plain sampling's (same seed)", "token of the fork",
                    "", height=140 + 50 * len(found))
+
+
+def tree_figure(root, signal: str = "rel_novelty", label_chars: int = 18):
+    """A prompt's answers as a tree (viz.tree): x is the token position, one row per branch's end;
+    each node is a segment as thick as the answers through it, coloured by its tokens' mean
+    ``signal`` ("rel_novelty", or "logp_gain": how much fusion raised the chosen tokens' log p), with
+    its text (cut to ``label_chars``); a point at each node's start carries its index for a click."""
+    import plotly.graph_objects as go
+
+    from .tree import layout
+
+    placed = layout(root)
+    most = max((len(n.samples) for n, _, _ in placed), default=1)
+    values = [_node_value(n, signal) for n, _, _ in placed]
+    fig = go.Figure()
+    rows = {id(n): r for n, r, _ in placed}
+    for node, row, parent in placed:  # an elbow from the parent's end down to the row, then the node's tokens
+        up = row if parent is None else rows[id(parent)]
+        fig.add_trace(go.Scatter(x=[node.start, node.start, node.start + len(node.tokens)], y=[up, row, row],
+                                 mode="lines", hoverinfo="skip",
+                                 line=dict(width=1 + 7 * len(node.samples) / most, color="#888888"),
+                                 showlegend=False))
+    fig.add_trace(go.Scatter(
+        x=[n.start + len(n.tokens) / 2 for n, _, _ in placed], y=[r for _, r, _ in placed], mode="markers+text",
+        text=[plotly_text(_cut(n.text, label_chars)) for n, _, _ in placed], textposition="top center",
+        customdata=list(range(len(placed))), showlegend=False,
+        hovertext=[plotly_text(f"{len(n.samples)} answers · tokens {n.start + 1}-{n.start + len(n.tokens)}: "
+                               f"{_cut(n.text, 80)}") for n, _, _ in placed], hoverinfo="text",
+        marker=dict(size=[8 + 10 * len(n.samples) / most for n, _, _ in placed], color=values,
+                    colorscale="YlGnBu", showscale=True, colorbar=dict(title=signal.replace("_", " ")))))
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "The answers as a tree: shared beginnings are shared branches", "token position", "",
+                   height=160 + 26 * max(1, len([n for n, _, _ in placed if not n.children])))
+
+
+def _node_value(node, signal: str) -> float:
+    if signal == "logp_gain":
+        vals = [t.logp_new - t.logp_ref for t in node.tokens]
+    else:
+        vals = [getattr(t, signal) for t in node.tokens if getattr(t, signal) is not None]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _cut(text: str, chars: int) -> str:
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= chars else text[:chars - 1] + "…"

@@ -14,6 +14,19 @@ from typing import Any, Callable, Sequence
 from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
                      SamplingConfig, check_prompts)
 
+
+def token_ids(text: str) -> tuple[int, ...]:
+    """``--prefix-ids 12,345,6``: comma-separated token ids (empty: none)."""
+    try:
+        return tuple(int(w) for w in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids") from None
+
+
+def _written(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 @dataclass(frozen=True)
 class Option:
     """One run setting on the command line: its flag, the ``RunConfig`` field it sets, and when
@@ -59,6 +72,8 @@ OPTIONS = [
     Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
     Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "
            "scores the text again)", choices=TRACE_LEVELS),
+    Option(("--prefix-ids",), "prefix_ids", token_ids, "continue every answer from these token ids (comma-"
+           "separated), taken as given after the prompt"),
 ]
 SECTIONS = {"sampling": SamplingConfig, "esamp": EsampConfig, "fire": FireConfig}
 
@@ -119,7 +134,7 @@ def command_for(config: RunConfig, prompt: str, model: str | None = None, backen
             if value != o.negate:  # a switch is written when it is on: --noise, or --raw for chat=False
                 parts.append(o.flags[-1])
         else:
-            parts += [o.flags[0], str(value)]
+            parts += [o.flags[0], _written(value)]
     if model:
         parts += ["--model", model]
     if backend != "transformers":

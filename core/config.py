@@ -148,12 +148,21 @@ class RunConfig:
     # "full" records every token's log p under the model itself (logp_base: perplexity with no second
     # pass, at one pass over the vocabulary per step); "light" leaves it out, for batch runs and benchmarks.
     trace: str = "full"
+    # A continuation: token ids every answer starts with, taken as given after the prompt (and its chat
+    # template); the answers are the tokens generated after them. () = answers from the prompt on.
+    prefix_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, but is {self.method!r}.")
         if self.trace not in TRACE_LEVELS:
             raise ValueError(f"`trace` must be one of {TRACE_LEVELS}, but is {self.trace!r}.")
+        ids = self.prefix_ids
+        if isinstance(ids, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                    for i in ids) or len(ids) > MAX_NEW_TOKENS:
+            raise ValueError(f"`prefix_ids` must be at most {MAX_NEW_TOKENS} token ids (integers >= 0), "
+                             f"but is {ids!r:.80}.")
+        object.__setattr__(self, "prefix_ids", tuple(ids))  # a list from JSON: still one hashable config
 
     @property
     def beta(self) -> float:
@@ -176,6 +185,7 @@ class RunConfig:
             fire=FireConfig(**d["fire"]),
             chat=d["chat"],
             trace=d.get("trace", "full"),
+            prefix_ids=tuple(d.get("prefix_ids", ())),
         )
 
 

@@ -12,7 +12,8 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
   (empty in older traces); timings have ``parts``, the seconds per part of the per-step work; the
   config has ``trace`` ("full", or "light": no ``logp_base``);
 - version 4: the config's ``esamp`` has ``warmup_steps`` and ``warmup_novelty`` (older traces had
-  no warm-up: 0 and 0.0).
+  no warm-up: 0 and 0.0);
+- version 5: the config has ``prefix_ids``, a continuation's given tokens (older traces: none).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 4
+TRACE_VERSION = 5
 
 
 @dataclass
@@ -201,7 +202,12 @@ def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "config": {**d["config"], "esamp": esamp}, "version": 4}
 
 
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}  # version v -> v + 1
+def _v4_to_v5(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 traces had no continuations."""
+    return {**d, "config": {"prefix_ids": [], **d["config"]}, "version": 5}
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

@@ -35,6 +35,9 @@ def test_bad_method_scope_and_fire_settings():
         EsampConfig(warmup_steps=-1)
     with pytest.raises(ValueError, match="`warmup_novelty` must be between 0.0 and 10.0, but is nan"):
         EsampConfig(warmup_novelty=math.nan)
+    with pytest.raises(ValueError, match="`prefix_ids` must be at most 8192 token ids"):
+        RunConfig(prefix_ids=(3, -1))
+    assert RunConfig(prefix_ids=[3, 4]).prefix_ids == (3, 4)  # a JSON list becomes the tuple
 
 
 def test_config_round_trips_through_a_dict():

@@ -261,3 +261,7 @@ def test_the_update_off_the_critical_path_gives_the_serial_tokens(lm):
 
 def test_a_warm_up_holds_the_guidance_back_while_the_distiller_learns(lm, check_warm_up):
     check_warm_up(lm, held=5)  # the first token, then 4 steps: every row is at the distiller's step
+
+
+def test_a_continuation_takes_its_prefix_as_given(lm, check_continuation):
+    check_continuation(lm)

@@ -68,29 +68,32 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_older_traces_load_as_earlier_releases_wrote_them():
-    """Version 1 traces without and with logp_base, a version 2 and a version 3 trace (tests/data: `python -m
+    """Version 1 traces without and with logp_base, and traces of versions 2, 3 and 4 (tests/data: `python -m
     core generate "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^, 8f0caa6,
-    7fc860b, e59d25d)."""
+    7fc860b, e59d25d, acb3de6)."""
     v1_before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
     v1_after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
     v2 = RunTrace.load(DATA / "trace-v2.json")
     v3 = RunTrace.load(DATA / "trace-v3.json")
-    traces = (v1_before, v1_after, v2, v3)
-    assert {t.version for t in traces} == {TRACE_VERSION} and TRACE_VERSION == 4  # upgraded on the way in
+    v4 = RunTrace.load(DATA / "trace-v4.json")
+    traces = (v1_before, v1_after, v2, v3, v4)
+    assert {t.version for t in traces} == {TRACE_VERSION} and TRACE_VERSION == 5  # upgraded on the way in
     assert all(t.logp_base is None for s in v1_before.samples for t in s.tokens)
     assert all(t.logp_base < 0 for trace in (v1_after, v2, v3) for s in trace.samples for t in s.tokens)
     assert [s.text for s in v1_before.samples] == [s.text for s in v1_after.samples]  # same run, same seed
     assert all(p.loss and p.rel_novelty == [] for trace in (v1_before, v2) for p in trace.prompts)
     assert all(len(p.rel_novelty) == 4 for p in v3.prompts)
     assert all(t.config.esamp.warmup_steps == 0 and t.config.esamp.warmup_novelty == 0.0 for t in traces)
-    assert json.loads(v2.to_json())["version"] == 4
+    assert all(t.config.prefix_ids == () for t in traces)
+    assert json.loads(v2.to_json())["version"] == 5
     assert json.loads(v3.to_json())["config"]["esamp"]["warmup_steps"] == 0
+    assert json.loads(v4.to_json())["config"]["prefix_ids"] == []
 
 
 def test_a_new_trace_records_logp_base_and_the_distillers_curves(lm):
     trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3, ignore_eos=True)))
     d = json.loads(trace.to_json())
-    assert d["version"] == 4 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
+    assert d["version"] == 5 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
     prompt = trace.prompts[0]
     assert len(prompt.loss) == len(prompt.rel_novelty) == 3
     # the per-step mean is the mean over the prompt's rows of each token's relative novelty
@@ -106,7 +109,8 @@ ROUND_TRIP = [RunConfig(), RunConfig(method="plain"), RunConfig(method="fire"),
                         esamp=EsampConfig(beta=0.8, scope="shared", noise=True, distiller="residual",
                                           intermediate=384)),
               RunConfig(method="plain", esamp=EsampConfig(shadow=False)),
-              RunConfig(esamp=EsampConfig(beta=1.0, warmup_steps=8, warmup_novelty=0.9))]
+              RunConfig(esamp=EsampConfig(beta=1.0, warmup_steps=8, warmup_novelty=0.9)),
+              RunConfig(prefix_ids=(12, 345, 6))]
 
 
 @pytest.mark.parametrize("config", ROUND_TRIP)

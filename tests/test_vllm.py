@@ -79,6 +79,10 @@ def test_forks_from_plain_fall_where_fusion_moved_the_distribution_on_vllm(vlm, 
     check_forks(vlm, held=4)
 
 
+def test_a_continuation_takes_its_prefix_as_given_on_vllm(vlm, check_continuation):
+    check_continuation(vlm)
+
+
 def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monkeypatch):
     """vLLM's hooks see the states the transformers model computes for the same tokens, and the
     vLLM steps replayed through a fresh Steerer give the same fused logits and novelty."""

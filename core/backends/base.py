@@ -78,10 +78,16 @@ class Backend(Protocol):
         """log p of every answer token given its prefix and the answer's earlier tokens, at T=1."""
 
 
-def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_new_tokens: int) -> list[list[int]]:
-    """Token ids per prompt (chat template when asked and available); checks emptiness and context."""
+def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_new_tokens: int,
+                   prefix_ids: Sequence[int] = ()) -> list[list[int]]:
+    """Token ids per prompt (chat template when asked and available), then ``prefix_ids`` (a
+    continuation's given tokens); checks emptiness, the prefix's ids and the context."""
     check_prompts(prompts)
     tok = lm.tokenizer
+    vocab = len(tok)
+    bad = [i for i in prefix_ids if not 0 <= i < vocab]
+    if bad:
+        raise ValueError(f"The prefix holds token id {bad[0]}, which is not in the model's vocabulary of {vocab}.")
     use_chat = chat and getattr(tok, "chat_template", None)
     out = []
     for i, p in enumerate(prompts):
@@ -90,6 +96,7 @@ def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_ne
             ids = tok(text, add_special_tokens=False)["input_ids"]
         else:
             ids = tok(p)["input_ids"]
+        ids = ids + list(prefix_ids)
         if len(ids) + max_new_tokens > lm.context_length:
             raise ValueError(
                 f"Prompt {i} has {len(ids)} tokens and `max_new_tokens` is {max_new_tokens}: together more "

@@ -40,7 +40,7 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
              cancel: threading.Event | None = None) -> RunTrace:
     """``config.sampling.n`` samples for each prompt, P x n rows in one batch."""
     sc = config.sampling
-    ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens)
+    ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens, config.prefix_ids)
     R = len(ids) * sc.n
     pipeline = Pipeline(config, lm.head, len(ids))
     recorder = Recorder(R)

@@ -46,12 +46,12 @@ class _Run:
 def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
-    encoded: dict[tuple[bool, int], list[list[int]]] = {}  # a ladder's runs share their prompts' ids
+    encoded: dict[tuple, list[list[int]]] = {}  # a ladder's runs share their prompts' ids
     for c in configs:
-        key = (c.chat, c.sampling.max_new_tokens)
+        key = (c.chat, c.sampling.max_new_tokens, c.prefix_ids)
         if key not in encoded:
             encoded[key] = encode_prompts(lm, prompts, *key)
-    ids_of = [encoded[(c.chat, c.sampling.max_new_tokens)] for c in configs]
+    ids_of = [encoded[(c.chat, c.sampling.max_new_tokens, c.prefix_ids)] for c in configs]
     runs, first, after = _requests(lm, ids_of, configs)
     t0 = time.perf_counter()
     sub = lm.engine.submit(Submission(first, after, keys=tuple(r.key for r in runs)))

@@ -10,11 +10,14 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from core import DEFAULT_MODEL, RunTrace
+from dataclasses import replace
+
+from core import DEFAULT_MODEL, RunConfig, RunTrace
+from core.config import MAX_BETA
 from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.fork import fork_sentence, forks
-from viz.tree import answer_tree, layout
+from viz.tree import BRANCHED, answer_tree, branch_point, layout
 from viz.style import run_colours
 from viz.summary import (candidate_rows, colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
                          run_label, speed_ratio, split_by_run, token_label, token_rows, tradeoff_points)
@@ -80,14 +83,17 @@ def picked_answer(points: Sequence[dict]) -> str | None:
 
 
 def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None, key: str,
-               beta: float | None = None, on_beta: Callable[[float], None] | None = None, run_key: str = "") -> None:
+               beta: float | None = None, on_beta: Callable[[float], None] | None = None, run_key: str = "",
+               branches: Sequence[RunTrace] = (), on_branch: Callable[[RunConfig], None] | None = None) -> None:
     """A run of several settings on one prompt: a β slider over the ladder (no generation: every
     run is here already), plain vs the chosen β side by side as heatmaps, one map of every answer,
     where this β sits on diversity vs perplexity, metrics with bootstrap intervals and whether a
     difference is beyond noise, charts and the command lines that reproduce the runs.
 
     ``beta``: where the slider starts; ``on_beta``: called when it moves; ``run_key``: tells this
-    run's widgets from another run's (a slider's values change with the ladder)."""
+    run's widgets from another run's (a slider's values change with the ladder); ``branches``: runs
+    continued from these answers, joined to the tree; ``on_branch``: offers branching by hand (a
+    node's "continue from here"), called with the continuation's config."""
     labels = [run_label(t) for t in traces]
     rungs = ladder(traces)
     finished = [b for b, i in rungs.items() if not traces[i].stopped]
@@ -119,7 +125,6 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     if base is not None and len(rungs) > 1:
         _forks(traces, labels, rungs, now, prompt_index, f"{key}_fork{run_key}")
-    _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}")
     others = [i for i in range(len(traces)) if i not in shown]
     if others:
         with st.expander(f"The other {len(others)} runs' answers"):
@@ -132,6 +137,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     st.caption("Reproduce from the command line:")
     for i in shown:
         st.code(reproduce_command(traces[i]), language="bash")
+    _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}", branches, on_branch)
+    _branches(traces[focus], branches, signal, prompt_index)
 
 
 def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, stats: list, base: int | None,
@@ -187,13 +194,15 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
     st.dataframe(candidate_rows(f.esamp), hide_index=True)
 
 
-def _tree(trace: RunTrace, label: str, prompt_index: int, key: str) -> None:
-    """The chosen run's answers as a prefix tree; a click on a node shows the candidates where it branched."""
+def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Sequence[RunTrace] = (),
+          on_branch: Callable[[RunConfig], None] | None = None) -> None:
+    """The chosen run's answers (and its branches) as a prefix tree; a click on a node shows the
+    candidates where it branched off, and with ``on_branch`` a form to continue from another one."""
     st.subheader(f"The answers as a tree ({md(label)})")
     st.caption("Answers that begin alike share a branch, as thick as the answers through it; a node's colour is "
                "how novel its tokens' contexts were. Click a node: the candidates at its first token, where it "
-               "branched off, before and after fusion.")
-    root = answer_tree(trace, prompt_index)
+               "branched off, before and after fusion" + (", and continue from one of them." if on_branch else "."))
+    root = answer_tree(trace, prompt_index, branches)
     placed = layout(root)
     if not placed:
         st.info("No answers to draw.")
@@ -207,6 +216,49 @@ def _tree(trace: RunTrace, label: str, prompt_index: int, key: str) -> None:
     st.markdown(f"**Tokens {node.start + 1}-{node.start + len(node.tokens)}**, {len(node.samples)} of "
                 f"{len(root.samples)} answers: {md(node.text)}")
     st.dataframe(candidate_rows(node.tokens[0]), hide_index=True)
+    if on_branch is not None and node.samples[0] < BRANCHED and node.tokens[0].top:
+        _branch_form(trace, prompt_index, node, on_branch, f"{key}_branch")
+
+
+def _branch_form(trace: RunTrace, prompt_index: int, node, on_branch: Callable[[RunConfig], None], key: str) -> None:
+    """Continue one answer from the node's first token with a candidate of choice: n answers at a β."""
+    sample = next(s for s in trace.samples if s.prompt_index == prompt_index and s.sample_index == node.samples[0])
+    token, limits, sc = node.tokens[0], serving.policy().limits, trace.config.sampling
+    with st.form(key):
+        st.markdown(f"**Branch here:** answer {sample.sample_index + 1}'s first {node.start} tokens, then a "
+                    "candidate of your choice instead of the model's pick, and n new answers from there.")
+        c1, c2, c3, c4 = st.columns(4)
+        top = token.top
+        pick = c1.selectbox("Candidate", range(len(top)), format_func=lambda i: (
+            f"{token_label(top[i].text, top[i].id)} (p {top[i].p_ref:.3f} → {top[i].p_new:.3f})"))
+        n = c2.number_input("Answers (n)", 1, limits.max_n, min(4, limits.max_n))
+        beta = c3.number_input("β (0 = plain)", 0.0, MAX_BETA, float(trace.config.beta), 0.25)
+        room = max(1, min(limits.max_new_tokens, sc.max_new_tokens - node.start - 1))
+        tokens = c4.number_input("New tokens", 1, limits.max_new_tokens, room)
+        go = st.form_submit_button("Continue from here")
+    if go:
+        prefix = trace.config.prefix_ids + tuple(t.id for t in sample.tokens[:node.start]) + (token.top[pick].id,)
+        on_branch(replace(trace.config, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
+                          esamp=replace(trace.config.esamp, beta=float(beta)),
+                          sampling=replace(sc, n=int(n), max_new_tokens=int(tokens))))
+
+
+def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str, prompt_index: int) -> None:
+    """Each branch of this run: where it left which answer, and its answers as heatmaps."""
+    for branch in branches:
+        point = branch_point(trace, branch)
+        if point is None:
+            continue
+        was = md(token_label(point.replaced.text, point.replaced.id)) if point.replaced else "its end"
+        chose = md(token_label(point.given[-1].text, point.given[-1].id)) if point.given[-1].text else \
+            f"token #{point.given[-1].id}"
+        same = point.replaced is not None and point.replaced.id == point.given[-1].id
+        swap = f"{chose} again" if same else f"{chose} instead of {was}"
+        st.subheader(f"Branch: answer {point.sample_index + 1} from token {point.position + 1}, {swap} "
+                     f"({md(run_label(branch))}, {len(branch.samples)} answers)")
+        st.caption(f"Shared beginning: {md(''.join(t.text for t in point.given[:-1])) or '(none)'}")
+        st.html(heatmap.heatmap_html(branch, signal))
+        st.code(reproduce_command(branch), language="bash")
 
 
 def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key: str, beta: float | None,

@@ -5,7 +5,7 @@ parameter is defined once, in ``FIELDS``."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import streamlit as st
@@ -283,3 +283,27 @@ def read_task_file(data: bytes, max_mb: float) -> list[Task]:
     except UnicodeDecodeError as exc:
         raise ValueError(f"The task file is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
     return tasks_from_jsonl(text)
+
+
+# A branch by hand (Explore's tree): its settings in the URL beside the run's, so a link reopens it.
+BRANCH_KEYS = ("bprefix", "bn", "bbeta", "btokens")
+
+
+def set_branch_url(config: RunConfig) -> None:
+    st.query_params.update(bprefix=",".join(map(str, config.prefix_ids)), bn=str(config.sampling.n),
+                           bbeta=f"{config.beta:g}", btokens=str(config.sampling.max_new_tokens))
+
+
+def url_branch(base: RunConfig) -> RunConfig | None:
+    """The branch the URL names, as a config on ``base``'s other settings; None if none or not valid."""
+    if not all(k in st.query_params for k in BRANCH_KEYS):
+        return None
+    try:
+        prefix = tuple(int(w) for w in st.query_params["bprefix"].split(","))
+        beta = float(st.query_params["bbeta"])
+        return replace(base, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
+                       esamp=replace(base.esamp, beta=beta),
+                       sampling=replace(base.sampling, n=int(st.query_params["bn"]),
+                                        max_new_tokens=int(st.query_params["btokens"])))
+    except (ValueError, TypeError):
+        return None

@@ -323,3 +323,35 @@ def test_the_screenshot_script_drives_the_running_app(server, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     assert re.search(r"first [\d.]+ s .* second [\d.]+ s", proc.stdout)
+
+
+def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(server, server_db, browser, tmp_path):
+    """Generate, click a node of the answers' tree, pick another candidate, continue: the branch appears
+    under the tree and in it, History holds it, and the page's link reopens the run with its branch."""
+    query = {"prompt": "Name a colour.", "n": 3, "tokens": 8, "warmup": 0, "ladder": "0,1", "backend": "transformers"}
+    page, _ = generate(browser, server, query, tmp_path, "before-branch")
+    tree = page.locator(".js-plotly-plot").last  # the tree is the page's last chart
+    tree.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    box = tree.locator(".scatterlayer .trace").last.locator("path.point").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly hears it on its drag layer
+    form = page.locator("[data-testid=stForm]").last
+    form.locator("[data-testid=stSelectbox]").first.click()  # the candidate: not the model's own pick
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Continue from here").click(timeout=60_000)
+    page.wait_for_selector("text=Branch: answer", timeout=300_000)
+    heading = page.get_by_text("Branch: answer").first.inner_text()
+    assert "instead of" in heading and heading.endswith("(esamp β=1, 4 answers)")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(tmp_path / "branch.png"), full_page=True)
+    with sqlite3.connect(server_db) as db:  # saved like every run: a continuation with its given tokens
+        settings = [json.loads(s) for (s,) in db.execute("SELECT settings FROM runs ORDER BY id")]
+    assert settings[-1]["prefix_ids"] and settings[-1]["sampling"]["n"] == 4
+    link = page.url
+    assert "bprefix=" in link
+    again, _ = open_page(browser, server)  # a fresh session on the link: the run and its branch, from History
+    again.goto(link)
+    again.wait_for_selector("text=reopened from History", timeout=120_000)
+    again.wait_for_selector("text=Branch: answer", timeout=120_000)
+    assert again.get_by_text("Branch: answer").first.inner_text() == heading

@@ -4,10 +4,13 @@ tokens stay a readable tree (a tail only one answer takes is one node)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from core.trace import RunTrace, Token
+
+BRANCHED = 1000  # a branch's answers are samples BRANCHED * (b + 1) + k in a joined tree
 
 
 @dataclass
@@ -30,11 +33,52 @@ class Node:
             yield from child.walk()
 
 
-def answer_tree(trace: RunTrace, prompt_index: int = 0) -> Node:
+def answer_tree(trace: RunTrace, prompt_index: int = 0, branches: Sequence[RunTrace] = ()) -> Node:
     """The prefix tree of a prompt's answers: the root holds no token; children are ordered by how
-    many answers go through them (most first), then by their first token's id."""
-    answers = {s.sample_index: s.tokens for s in trace.samples_of(prompt_index)}
+    many answers go through them (most first), then by their first token's id. ``branches``: runs
+    continued from one of these answers (``branch_point``), joined where they left it."""
+    answers = {s.sample_index: list(s.tokens) for s in trace.samples_of(prompt_index)}
+    for b, branch in enumerate(branches):
+        point = branch_point(trace, branch)
+        if point is None:
+            continue  # not a branch of this run
+        for s in branch.samples:
+            answers[BRANCHED * (b + 1) + s.sample_index] = point.given + list(s.tokens)
     return _grow(0, sorted(answers), answers)
+
+
+@dataclass(frozen=True)
+class BranchPoint:
+    """Where a continuation left one of a run's answers: that answer's tokens before ``position``,
+    then the token chosen instead (``given`` holds both), against the token the answer had there."""
+
+    sample_index: int
+    position: int
+    given: list[Token]
+    replaced: Token | None  # the answer's own token at ``position`` (None: it had ended)
+
+
+def branch_point(parent: RunTrace, branch: RunTrace) -> BranchPoint | None:
+    """Which answer of ``parent`` a continuation ``branch`` left, and where; None if it is none of them
+    (another prompt or run). Its prefix is the parent's own prefix, the answer's first tokens, and one
+    token of choice: a candidate at that step (its probabilities known) or any other token."""
+    own, given = parent.config.prefix_ids, branch.config.prefix_ids
+    if [p.text for p in parent.prompts] != [p.text for p in branch.prompts] or len(given) <= len(own) or \
+            given[:len(own)] != own:
+        return None
+    pos, last = len(given) - len(own) - 1, given[-1]
+    for s in parent.samples:
+        if len(s.tokens) >= pos and [t.id for t in s.tokens[:pos]] == list(given[len(own):-1]):
+            here = s.tokens[pos] if pos < len(s.tokens) else None
+            cand = next((c for c in (here.top if here else []) if c.id == last), None)
+            chosen = Token(id=last, text=cand.text if cand else "", logp_ref=_log(cand.p_ref if cand else 0.0),
+                           logp_new=_log(cand.p_new if cand else 0.0), entropy_ref=0.0, entropy_new=0.0)
+            return BranchPoint(s.sample_index, pos, list(s.tokens[:pos]) + [chosen], here)
+    return None
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -1e30
 
 
 def _grow(start: int, samples: list[int], answers: dict[int, Sequence[Token]]) -> Node:

@@ -32,6 +32,40 @@ def follow_slider(beta: float) -> None:
     st.query_params["beta"] = f"{beta:g}"  # the shared link opens at this β
 
 
+def branches_of(parent: str) -> list:
+    """The branches by hand of the run shown (``parent``: its key), a finished pending one added."""
+    branches = st.session_state.setdefault("explore_branches", {}).setdefault(parent, [])
+    pending = st.session_state.get("explore_branch")
+    if pending is not None and pending[0] == parent and pending[1].finished:
+        del st.session_state["explore_branch"]
+        if pending[1].error:
+            st.error(f"The branch failed: {render.md(pending[1].error)}")
+        branches.extend(pending[1].traces)
+        if pending[1].traces:
+            settings.set_branch_url(pending[1].traces[0].config)
+    return branches
+
+
+def branch_from(parent: str, prompt: str):
+    """What a "continue from here" starts: the continuation as a job, saved in History like every run."""
+    def start(config) -> None:
+        lm = settings.load_chosen_model()
+        if lm is not None:
+            st.session_state.explore_branch = (parent, start_job(
+                lm, [prompt], [config], [f"branch, {config_label(config)}"], score=trace_perplexities,
+                finish=history and (lambda job: history.save(job.traces, job.perplexities))))
+    return start
+
+
+def show(traces, perplexities, parent: str, beta) -> None:
+    """The run (its comparison, its branches) and a branch in flight, below its tree."""
+    render.comparison(traces, perplexities or None, "explore", beta=beta, on_beta=follow_slider, run_key=parent,
+                      branches=branches_of(parent), on_branch=branch_from(parent, traces[0].prompts[0].text))
+    pending = st.session_state.get("explore_branch")
+    if pending is not None and pending[0] == parent:
+        render.follow(pending[1], "explore_branch")
+
+
 linked = settings.url_settings() if "explore_job" not in st.session_state and history is not None else None
 if linked is not None:  # a reloaded or shared link: the same prompt, model and settings may be in History
     model = settings.chosen_model()
@@ -40,8 +74,11 @@ if linked is not None:  # a reloaded or shared link: the same prompt, model and 
         traces, perplexities = history.load(found)
         st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
                 "Generate runs it again.")
-        render.comparison(traces, perplexities or None, "explore", beta=linked.beta, on_beta=follow_slider,
-                          run_key=f"history{found}")
+        branch = settings.url_branch(traces[0].config)
+        kept = branch and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, [branch])
+        if kept and not branches_of(f"history{found}"):
+            branches_of(f"history{found}").extend(history.load(kept)[0])  # the link's branch, from History
+        show(traces, perplexities, f"history{found}", linked.beta)
         st.stop()
 
 job = render.finished_job(st.session_state.get("explore_job"), "explore",
@@ -51,5 +88,4 @@ if job is None:
 if job.phase == "stopped":
     st.warning("Stopped: showing the runs generated so far (saved in History).")
 st.success(f"Saved as run #{job.result} in History." if job.result else "Done.")
-render.comparison(job.traces, job.perplexities or None, "explore", beta=settings.url_values()["beta"],
-                  on_beta=follow_slider, run_key=str(id(job)))
+show(job.traces, job.perplexities, str(id(job)), settings.url_values()["beta"])

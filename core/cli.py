@@ -74,6 +74,8 @@ OPTIONS = [
            "scores the text again)", choices=TRACE_LEVELS),
     Option(("--prefix-ids",), "prefix_ids", token_ids, "continue every answer from these token ids (comma-"
            "separated), taken as given after the prompt"),
+    Option(("--prime",), "esamp.prime", None, "with --prefix-ids: first train the distiller on the given "
+           "tokens' states (transformers only)"),
 ]
 SECTIONS = {"sampling": SamplingConfig, "esamp": EsampConfig, "fire": FireConfig}
 

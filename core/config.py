@@ -108,6 +108,10 @@ class EsampConfig:
     # has fallen below that value, and stays on. 0 and 0.0: the paper's rule, every token but the first.
     warmup_steps: int = 0
     warmup_novelty: float = 0.0
+    # A continuation's distiller (RunConfig.prefix_ids): False starts it fresh, as for any run; True
+    # first trains it one step per given token on that token's states, as the original answer's run
+    # did (one row a step, not n; transformers only). bench.branch measured both.
+    prime: bool = False
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")

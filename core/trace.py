@@ -13,7 +13,8 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
   config has ``trace`` ("full", or "light": no ``logp_base``);
 - version 4: the config's ``esamp`` has ``warmup_steps`` and ``warmup_novelty`` (older traces had
   no warm-up: 0 and 0.0);
-- version 5: the config has ``prefix_ids``, a continuation's given tokens (older traces: none).
+- version 5: the config has ``prefix_ids``, a continuation's given tokens, and its ``esamp`` has
+  ``prime`` (older traces: none, and False).
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
 
 def _v4_to_v5(d: dict[str, Any]) -> dict[str, Any]:
     """Version 4 traces had no continuations."""
-    return {**d, "config": {"prefix_ids": [], **d["config"]}, "version": 5}
+    esamp = {"prime": False, **d["config"]["esamp"]}
+    return {**d, "config": {"prefix_ids": [], **d["config"], "esamp": esamp}, "version": 5}
 
 
 _UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}  # version v -> v + 1

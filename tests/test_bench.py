@@ -188,3 +188,15 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
         assert all(0 < s["first_token_s"] <= s["finish_s"] for s in r["sessions"])
         assert r["tokens_per_s"] > 0 and r["esamp_batched_tokens_per_s"] > 0 and r["vllm_native_tokens_per_s"] > 0
     assert rows[0]["first_token_vs_alone"] == 1.0
+
+
+def test_branch_quick_compares_a_fresh_and_a_primed_continuation(tmp_path):
+    from bench import branch
+
+    out = tmp_path / "b.json"
+    assert branch.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["gaps"]) == {"fresh", "primed"} and len(report["rows"]) == 2
+    row = report["rows"][0]
+    assert len(row["original"]) == 4 and len(row["fresh"]) == len(row["primed"]) == 1 and len(row["fresh"][0]) == 4
+    assert all(g[0] >= abs(g[1]) for g in report["gaps"].values())  # |mean| <= mean of |.|

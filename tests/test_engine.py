@@ -265,3 +265,17 @@ def test_a_warm_up_holds_the_guidance_back_while_the_distiller_learns(lm, check_
 
 def test_a_continuation_takes_its_prefix_as_given(lm, check_continuation):
     check_continuation(lm)
+
+
+def test_a_primed_continuation_starts_from_a_distiller_that_has_seen_its_given_tokens(lm):
+    """prime: one update per given token before the first step; the tokens drawn stay plain sampling's
+    (priming moves the distiller, not the draws), and the first step's novelty is lower than fresh."""
+    prompt = ["Write one sentence about the sea and the sky at night."]
+    base = RunConfig(method="plain", sampling=SamplingConfig(n=2, max_new_tokens=12, seed=1, ignore_eos=True))
+    given = tuple(t.id for t in generate(lm, prompt, base).samples[0].tokens[:10])
+    fresh = generate(lm, prompt, RunConfig(method="plain", sampling=base.sampling, prefix_ids=given))
+    primed = generate(lm, prompt, RunConfig(method="plain", sampling=base.sampling, prefix_ids=given,
+                                            esamp=EsampConfig(prime=True)))
+    assert token_ids(primed) == token_ids(fresh)
+    assert len(primed.prompts[0].loss) == len(fresh.prompts[0].loss) == 12  # priming is not a step of the run
+    assert primed.prompts[0].rel_novelty[0] < fresh.prompts[0].rel_novelty[0]

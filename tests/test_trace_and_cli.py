@@ -84,7 +84,7 @@ def test_older_traces_load_as_earlier_releases_wrote_them():
     assert all(p.loss and p.rel_novelty == [] for trace in (v1_before, v2) for p in trace.prompts)
     assert all(len(p.rel_novelty) == 4 for p in v3.prompts)
     assert all(t.config.esamp.warmup_steps == 0 and t.config.esamp.warmup_novelty == 0.0 for t in traces)
-    assert all(t.config.prefix_ids == () for t in traces)
+    assert all(t.config.prefix_ids == () and not t.config.esamp.prime for t in traces)
     assert json.loads(v2.to_json())["version"] == 5
     assert json.loads(v3.to_json())["config"]["esamp"]["warmup_steps"] == 0
     assert json.loads(v4.to_json())["config"]["prefix_ids"] == []
@@ -110,7 +110,7 @@ ROUND_TRIP = [RunConfig(), RunConfig(method="plain"), RunConfig(method="fire"),
                                           intermediate=384)),
               RunConfig(method="plain", esamp=EsampConfig(shadow=False)),
               RunConfig(esamp=EsampConfig(beta=1.0, warmup_steps=8, warmup_novelty=0.9)),
-              RunConfig(prefix_ids=(12, 345, 6))]
+              RunConfig(prefix_ids=(12, 345, 6), esamp=EsampConfig(prime=True))]
 
 
 @pytest.mark.parametrize("config", ROUND_TRIP)

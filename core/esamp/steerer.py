@@ -129,6 +129,18 @@ class Steerer:
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
         return Proposal(cand, fused, to_sample, nov, rel)
 
+    def prime(self, s: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None:
+        """Before a continuation's first step: one update per given token, in order, on its states.
+        s, h: (k, P, H) float32, each prompt's states at the k given tokens; rows: (P,) the layout row
+        each prompt's states train (its first sample's). Not recorded as steps of the run."""
+        mask = torch.zeros(self.rows, dtype=torch.bool, device=s.device).index_fill_(0, rows, True)
+        for s_j, h_j in zip(s, h):
+            layout_s = s_j.new_zeros((self.rows, s_j.shape[-1])).index_copy_(0, rows, s_j)
+            layout_h = h_j.new_zeros((self.rows, h_j.shape[-1])).index_copy_(0, rows, h_j)
+            pred = self.bank.forward(self._grouped(layout_s))
+            _, bad = self.bank.update(pred, self._grouped(layout_h), self._grouped(mask[:, None])[..., 0])
+            self.bank.handle_bad(bad)
+
     def learn(self, active: torch.Tensor) -> None:
         """Train every distiller on the proposed step's active rows (R,) bool (in the background
         with ``overlap``)."""
@@ -291,6 +303,13 @@ class Pipeline:
         model's logits, for ``logp_base``)."""
         with self.watch("signals"):
             return PendingSignals(prop.cand, prop.fused, prop.novelty, prop.rel_novelty, raw, base=self._base)
+
+    def prime(self, s: torch.Tensor, h: torch.Tensor) -> None:
+        """A continuation's distiller, first trained on its given tokens' states (EsampConfig.prime):
+        s, h (k, P, H) float32, each prompt's states at the k given tokens."""
+        if self.steerer is not None:
+            n = self.steerer.rows // s.shape[1]
+            self.steerer.prime(s, h, torch.arange(s.shape[1], device=s.device) * n)
 
     def learn(self, active: torch.Tensor) -> None:
         """Train on the proposed step's active rows (R,) bool, after sampling (nothing without a distiller)."""

@@ -49,6 +49,8 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
     finished = torch.zeros(R, dtype=torch.bool, device=lm.device)
     books = _Books(progress, cancel, sc.max_new_tokens, R)
     with lm.lock, torch.no_grad(), capture_states(lm.first_layer, lm.final_norm) as states:
+        if config.esamp.prime and config.prefix_ids:
+            pipeline.prime(*given_states(lm, ids, len(config.prefix_ids)))
         decoder = _Decoder(lm, states)
         logits, s, h = decoder.prefill(ids, sc.n)  # (R, V), (R, H), (R, H)
         books.prefilled()
@@ -68,6 +70,18 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
         stats = pipeline.finish(len(ids))
     return build_trace(lm, prompts, ids, config, recorder.per_row(), stats, seconds=books.elapsed(),
                        prefill_seconds=books.prefill_s, stopped=books.stopped)
+
+
+def given_states(lm: HfModel, ids: list[list[int]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, h) (k, P, H) float32 at the positions that drew each prompt's k given tokens (a
+    continuation's prefix, the last k of its ids): one forward pass of the whole prompts."""
+    input_ids, mask = left_pad(ids, lm.tokenizer.pad_token_id, lm.device)
+    with capture_output(lm.first_layer) as s_out, capture_output(lm.final_norm) as h_out:
+        lm.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                 logits_to_keep=1)
+    width = input_ids.shape[1]  # left-padded: every prompt ends at the last column
+    take = slice(width - k - 1, width - 1)  # the state before each given token drew it
+    return s_out[-1][:, take].transpose(0, 1).contiguous(), h_out[-1][:, take].transpose(0, 1).contiguous()
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

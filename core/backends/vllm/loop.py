@@ -46,6 +46,9 @@ class _Run:
 def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
+    if any(c.esamp.prime and c.prefix_ids for c in configs):
+        raise ValueError("A primed continuation (`prime`) runs on the transformers backend only: vLLM's worker "
+                         "sees no states of the given tokens.")
     encoded: dict[tuple, list[list[int]]] = {}  # a ladder's runs share their prompts' ids
     for c in configs:
         key = (c.chat, c.sampling.max_new_tokens, c.prefix_ids)

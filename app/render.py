@@ -239,8 +239,14 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, on_branch: Callable[[
     if go:
         prefix = trace.config.prefix_ids + tuple(t.id for t in sample.tokens[:node.start]) + (token.top[pick].id,)
         on_branch(replace(trace.config, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
-                          esamp=replace(trace.config.esamp, beta=float(beta)),
+                          esamp=replace(trace.config.esamp, beta=float(beta), prime=primes(trace.backend)),
                           sampling=replace(sc, n=int(n), max_new_tokens=int(tokens))))
+
+
+def primes(backend: str) -> bool:
+    """Whether a branch's distiller starts primed on the given tokens: where the backend can
+    (transformers), since that put novelty along a continuation nearer the original's (bench.branch)."""
+    return backend == "transformers"
 
 
 def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str, prompt_index: int) -> None:

@@ -294,15 +294,16 @@ def set_branch_url(config: RunConfig) -> None:
                            bbeta=f"{config.beta:g}", btokens=str(config.sampling.max_new_tokens))
 
 
-def url_branch(base: RunConfig) -> RunConfig | None:
-    """The branch the URL names, as a config on ``base``'s other settings; None if none or not valid."""
+def url_branch(base: RunConfig, prime: bool) -> RunConfig | None:
+    """The branch the URL names, as a config on ``base``'s other settings (``prime``: its distiller
+    starts primed, render.primes); None if none or not valid."""
     if not all(k in st.query_params for k in BRANCH_KEYS):
         return None
     try:
         prefix = tuple(int(w) for w in st.query_params["bprefix"].split(","))
         beta = float(st.query_params["bbeta"])
         return replace(base, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
-                       esamp=replace(base.esamp, beta=beta),
+                       esamp=replace(base.esamp, beta=beta, prime=prime),
                        sampling=replace(base.sampling, n=int(st.query_params["bn"]),
                                         max_new_tokens=int(st.query_params["btokens"])))
     except (ValueError, TypeError):

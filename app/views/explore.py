@@ -74,7 +74,7 @@ if linked is not None:  # a reloaded or shared link: the same prompt, model and 
         traces, perplexities = history.load(found)
         st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
                 "Generate runs it again.")
-        branch = settings.url_branch(traces[0].config)
+        branch = settings.url_branch(traces[0].config, render.primes(traces[0].backend))
         kept = branch and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, [branch])
         if kept and not branches_of(f"history{found}"):
             branches_of(f"history{found}").extend(history.load(kept)[0])  # the link's branch, from History

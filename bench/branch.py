@@ -16,7 +16,6 @@ tokens' states, which vLLM's worker does not see).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 
-from .quality import machine, read_prompts
+from .quality import machine, read_prompts, write_report
 
 
 def mean_rel_novelty(trace, start: int, length: int) -> list[float]:
@@ -95,12 +94,7 @@ def main(argv=None) -> int:
               "model": lm.name, "n": a.n, "given": a.given, "tokens": a.tokens, "answers": a.answers, "seed": a.seed,
               "machine": machine(lm), "seconds": time.perf_counter() - t0, "rows": rows,
               "gaps": {start: gaps(rows, start) for start in ("fresh", "primed")}}
-    table = markdown(report)
-    print(table)
-    if a.json:
-        a.json.write_text(json.dumps(report, indent=1) + "\n")
-    if a.markdown:
-        a.markdown.write_text(table)
+    write_report(a, report, markdown(report))
     return 0
 
 

@@ -36,7 +36,7 @@ from viz import charts, metrics, spread
 from viz.report import write_images
 from viz.summary import prompt_scores
 
-from .quality import default_backend, machine, read_prompts
+from .quality import default_backend, machine, read_prompts, write_report
 
 # (label, filter settings): top-k off wherever top-p or min-p is the point.
 FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "top-p 0.95": dict(top_k=0, top_p=0.95),
@@ -180,12 +180,7 @@ def main(argv=None) -> int:
     if earlier:  # the first run's command and machine stay; this one is recorded as an addition
         report = {**earlier, "filters": results, "added": earlier.get("added", []) + [
             {"command": command, "machine": machine(lm), "seconds": report["seconds"]}]}
-    table = markdown(report)
-    print(table)
-    if a.json:
-        a.json.write_text(json.dumps(report, indent=1) + "\n")
-    if a.markdown:
-        a.markdown.write_text(table)
+    write_report(a, report, markdown(report))
     if a.images:
         write_images(figures(report), a.images)
     return 0

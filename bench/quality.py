@@ -76,6 +76,15 @@ def machine(lm) -> dict:
     return {**describe(), "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
 
 
+def write_report(a: argparse.Namespace, report: dict, table: str) -> None:
+    """Print a benchmark's table; write its JSON to ``a.json`` and the table to ``a.markdown`` if given."""
+    print(table)
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1) + "\n")
+    if a.markdown:
+        a.markdown.write_text(table)
+
+
 def parse_common(ap: argparse.ArgumentParser, argv, tokens: int, quick: str, plot: str) -> argparse.Namespace:
     """The options bench.quality and bench.passk share, then parse."""
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")

@@ -6,19 +6,18 @@ Every number comes from core/ or viz/; nothing is computed here."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import streamlit as st
-
-from dataclasses import replace
 
 from core import DEFAULT_MODEL, RunConfig, RunTrace
 from core.config import MAX_BETA
 from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.fork import fork_sentence, forks
-from viz.tree import BRANCHED, answer_tree, branch_point, layout
 from viz.style import run_colours
+from viz.tree import BRANCHED, answer_tree, branch_point, layout
 from viz.summary import (candidate_rows, colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
                          run_label, speed_ratio, split_by_run, token_label, token_rows, tradeoff_points)
 

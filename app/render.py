@@ -99,6 +99,9 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     if finished and beta is not None and traces[rungs[nearest(list(rungs), beta)]].stopped:
         beta = nearest(finished, beta)  # open on a β that ran to the end, not on the one Stop cut short
     current, signal, prompt_index = _controls(traces, list(rungs), key, run_key, beta, on_beta)
+    if traces[0].config.prefix_ids:
+        st.caption(f"A continuation: every answer here starts after {len(traces[0].config.prefix_ids)} given "
+                   "tokens (a branch of another run's answer); only the tokens generated after them are shown.")
     now, base = rungs.get(current), rungs.get(0.0)
     shown = list(dict.fromkeys(i for i in (base, now) if i is not None)) or list(range(len(traces)))
     focus = now if now is not None else shown[-1]
@@ -259,8 +262,9 @@ def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str, prompt
             f"token #{point.given[-1].id}"
         same = point.replaced is not None and point.replaced.id == point.given[-1].id
         swap = f"{chose} again" if same else f"{chose} instead of {was}"
+        count = f"{len(branch.samples)} answer" + ("" if len(branch.samples) == 1 else "s")
         st.subheader(f"Branch: answer {point.sample_index + 1} from token {point.position + 1}, {swap} "
-                     f"({md(run_label(branch))}, {len(branch.samples)} answers)")
+                     f"({md(run_label(branch))}, {count})")
         st.caption(f"Shared beginning: {md(''.join(t.text for t in point.given[:-1])) or '(none)'}")
         st.html(heatmap.heatmap_html(branch, signal))
         st.code(reproduce_command(branch), language="bash")

@@ -491,3 +491,37 @@ def test_after_stop_the_slider_opens_on_a_finished_beta_and_a_cut_one_is_flagged
     assert not at.exception, at.exception
     assert any("esamp β=0.5 stopped early" in w.value for w in at.warning), [w.value for w in at.warning]
     assert not any("noise" in i.value for i in at.info)  # no noise sentence on cut-short answers
+
+
+def _branch_page():
+    """render.comparison on a run with one branch of its answer 1 (hand-made from a stored trace)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import streamlit as st
+
+    from app import render
+    from core import RunTrace
+
+    base = RunTrace.load(Path(st.session_state["data"]) / "trace-v4.json")
+    answer = base.samples[0].tokens
+    given = (answer[0].id, answer[1].top[-1].id)  # answer 1's first token, then its last-listed candidate
+    branch = replace(base, config=replace(base.config, prefix_ids=given), samples=base.samples[1:])
+    st.session_state["view"] = st.session_state.get("view", "parent")
+    if st.session_state["view"] == "parent":
+        render.comparison([base], None, "t", branches=[branch])
+    else:
+        render.comparison([branch], None, "t")
+
+
+def test_a_branch_is_shown_where_it_left_its_answer_and_a_continuation_says_what_it_is():
+    at = AppTest.from_function(_branch_page, default_timeout=120)
+    at.session_state["data"] = str(Path(__file__).parent / "data")
+    at.run()
+    assert not at.exception, at.exception
+    heading = next(h.value for h in at.subheader if h.value.startswith("Branch: answer 1 from token 2"))
+    assert "instead of" in heading and heading.endswith(", 1 answer)")
+    assert not any("A continuation" in c.value for c in at.caption)
+    at.session_state["view"] = "branch"
+    at.run()  # the branch on its own (as History reopens it): it says it continues given tokens
+    assert any("A continuation: every answer here starts after 2 given tokens" in c.value for c in at.caption)

@@ -206,7 +206,9 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         c1, c2 = st.columns(2)
         ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200,
                                     help="One run per β, same seed: 0 is plain sampling, the paper's default is "
-                                         "0.25. Afterwards the β slider moves between them without generating again.")
+                                         "0.25. Afterwards the β slider moves between them without generating "
+                                         "again. For answers much longer than 32 tokens keep β at 0.5 or below: "
+                                         "above it long answers repeat themselves (docs/results.md, 128 tokens).")
         temps_text = c2.text_input("Also plain sampling at temperatures (optional)", d["temps"], max_chars=200,
                                    placeholder="e.g. 0.7, 1.3, 1.6",
                                    help="To see where ESamp's curve lies against temperature's, for this prompt.")

@@ -333,6 +333,8 @@ def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(
     tree = page.locator(".js-plotly-plot").last  # the tree is the page's last chart
     tree.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
+    assert page.get_by_text("Where ESamp steered").count() == 1  # the fork view is on the page too
+    nodes = tree.locator(".scatterlayer .trace").last.locator("path.point").count()
     box = tree.locator(".scatterlayer .trace").last.locator("path.point").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly hears it on its drag layer
     form = page.locator("[data-testid=stForm]").last
@@ -343,6 +345,8 @@ def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(
     page.wait_for_selector("text=Branch: answer", timeout=300_000)
     heading = page.get_by_text("Branch: answer").first.inner_text()
     assert "instead of" in heading and heading.endswith("(esamp β=1, 4 answers)")
+    grown = page.locator(".js-plotly-plot").last.locator(".scatterlayer .trace").last.locator("path.point")
+    assert grown.count() > nodes  # the branch joined the tree
     page.wait_for_timeout(1500)
     page.screenshot(path=str(tmp_path / "branch.png"), full_page=True)
     with sqlite3.connect(server_db) as db:  # saved like every run: a continuation with its given tokens

@@ -79,3 +79,24 @@ def test_the_answers_tree_of_a_hand_made_run():
     assert len(points.customdata) == 6 and " w6 w7 w8" in points.text
     assert points.marker.color[list(points.text).index(" w1 w2")] == 0.0  # unmoved: no gain
     assert points.marker.color[list(points.text).index(" w3")] == 0.5  # moved by fusion: +0.5
+
+
+def test_a_branch_joins_the_tree_where_it_left_its_answer():
+    from dataclasses import replace
+
+    from viz.tree import BRANCHED, answer_tree, branch_point
+
+    run = trace(LADDER[1], [[1, 2, 3, 4], [1, 2, 5, 6]])
+    # answer 2's first two tokens, then its candidate 9 instead of its own 5: two new answers from there
+    branch = replace(trace(LADDER[1], [[7, 8], [7]]), config=replace(LADDER[1], prefix_ids=(1, 2, 9)))
+    point = branch_point(run, branch)
+    assert (point.sample_index, point.position, point.replaced.id) == (0, 2, 3)  # the first answer matching
+    assert [t.id for t in point.given] == [1, 2, 9]
+    root = answer_tree(run, branches=[branch])
+    (shared,) = root.children
+    assert [t.id for t in shared.tokens] == [1, 2] and len(shared.samples) == 4  # 2 answers + 2 branched
+    assert sorted(len(c.samples) for c in shared.children) == [1, 1, 2]
+    nine = next(c for c in shared.children if c.tokens[0].id == 9)
+    assert all(k >= BRANCHED for k in nine.samples) and [t.id for t in nine.tokens] == [9, 7]
+    other = replace(branch, config=replace(LADDER[1], prefix_ids=(4, 9)))  # starts like no answer of the run
+    assert branch_point(run, other) is None and len(answer_tree(run, branches=[other]).children[0].samples) == 2

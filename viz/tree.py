@@ -44,7 +44,8 @@ def answer_tree(trace: RunTrace, prompt_index: int = 0, branches: Sequence[RunTr
             continue  # not a branch of this run
         for s in branch.samples:
             answers[BRANCHED * (b + 1) + s.sample_index] = point.given + list(s.tokens)
-    return _grow(0, sorted(answers), answers)
+    grown = _grow(0, sorted(answers), answers)
+    return Node(0, [], grown.samples, [grown]) if grown.tokens else grown  # every answer's shared start: a node
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,14 @@ def _clamp(v, lo, hi):
     return min(max(v, lo), hi)
 
 
+LADDER_HELP = ("One run per β, same seed: 0 is plain sampling, the paper's default is 0.25. Afterwards the β "
+               "slider moves between them without generating again. For answers much longer than 32 tokens keep "
+               "β at 0.5 or below: above it long answers repeat themselves (docs/results.md, 128 tokens).")
+WARMUP_HELP = ("ESamp samples this many tokens after the first unguided, while the distiller learns the prompt "
+               "(0: the paper's rule, only the first token). Guiding by a distiller that has not learned yet "
+               "broke the text (docs/results.md, the frontier).")
+
+
 def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     """The prompt and sampling settings in one form. On a valid submit: the settings and the chosen
     model, loaded; otherwise None, with the reason shown next to the widget it concerns."""
@@ -204,11 +212,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
                         help="chat wraps the prompt in the model's chat template")
         c1, c2 = st.columns(2)
-        ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200,
-                                    help="One run per β, same seed: 0 is plain sampling, the paper's default is "
-                                         "0.25. Afterwards the β slider moves between them without generating "
-                                         "again. For answers much longer than 32 tokens keep β at 0.5 or below: "
-                                         "above it long answers repeat themselves (docs/results.md, 128 tokens).")
+        ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200, help=LADDER_HELP)
         temps_text = c2.text_input("Also plain sampling at temperatures (optional)", d["temps"], max_chars=200,
                                    placeholder="e.g. 0.7, 1.3, 1.6",
                                    help="To see where ESamp's curve lies against temperature's, for this prompt.")
@@ -219,11 +223,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                                  int(_clamp(d["tokens"], 1, limits.max_new_tokens)))
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
         warmup = c4.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
-                                 int(_clamp(d["warmup"], 0, limits.max_new_tokens)),
-                                 help="ESamp samples this many tokens after the first unguided, while the "
-                                      "distiller learns the prompt (0: the paper's rule, only the first token). "
-                                      "Guiding by a distiller that has not learned yet broke the text "
-                                      "(docs/results.md, the frontier).")
+                                 int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))

@@ -217,17 +217,23 @@ def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Se
     node = placed[picked][0]
     st.markdown(f"**Tokens {node.start + 1}-{node.start + len(node.tokens)}**, {len(node.samples)} of "
                 f"{len(root.samples)} answers: {md(node.text)}")
-    st.dataframe(candidate_rows(node.tokens[0]), hide_index=True)
-    if on_branch is not None and node.samples[0] < BRANCHED and node.tokens[0].top:
-        _branch_form(trace, prompt_index, node, on_branch, f"{key}_branch")
+    pos = node.start  # a node's first token, or any of its tokens
+    if len(node.tokens) > 1:
+        pos = int(st.number_input("At token", node.start + 1, node.start + len(node.tokens), node.start + 1,
+                                  key=f"{key}_at{picked}", help="Which of this node's tokens to look at and "
+                                  "branch from.")) - 1
+    st.dataframe(candidate_rows(node.tokens[pos - node.start]), hide_index=True)
+    if on_branch is not None and node.samples[0] < BRANCHED and node.tokens[pos - node.start].top:
+        _branch_form(trace, prompt_index, node, pos, on_branch, f"{key}_branch")
 
 
-def _branch_form(trace: RunTrace, prompt_index: int, node, on_branch: Callable[[RunConfig], None], key: str) -> None:
-    """Continue one answer from the node's first token with a candidate of choice: n answers at a β."""
+def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: Callable[[RunConfig], None],
+                 key: str) -> None:
+    """Continue one answer from its token ``pos`` (in ``node``) with a candidate of choice: n answers at a β."""
     sample = next(s for s in trace.samples if s.prompt_index == prompt_index and s.sample_index == node.samples[0])
-    token, limits, sc = node.tokens[0], serving.policy().limits, trace.config.sampling
+    token, limits, sc = node.tokens[pos - node.start], serving.policy().limits, trace.config.sampling
     with st.form(key):
-        st.markdown(f"**Branch here:** answer {sample.sample_index + 1}'s first {node.start} tokens, then a "
+        st.markdown(f"**Branch here:** answer {sample.sample_index + 1}'s first {pos} tokens, then a "
                     "candidate of your choice instead of the model's pick, and n new answers from there.")
         c1, c2, c3, c4 = st.columns(4)
         top = token.top
@@ -235,11 +241,11 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, on_branch: Callable[[
             f"{token_label(top[i].text, top[i].id)} (p {top[i].p_ref:.3f} → {top[i].p_new:.3f})"))
         n = c2.number_input("Answers (n)", 1, limits.max_n, min(4, limits.max_n))
         beta = c3.number_input("β (0 = plain)", 0.0, MAX_BETA, float(trace.config.beta), 0.25)
-        room = max(1, min(limits.max_new_tokens, sc.max_new_tokens - node.start - 1))
+        room = max(1, min(limits.max_new_tokens, sc.max_new_tokens - pos - 1))
         tokens = c4.number_input("New tokens", 1, limits.max_new_tokens, room)
         go = st.form_submit_button("Continue from here")
     if go:
-        prefix = trace.config.prefix_ids + tuple(t.id for t in sample.tokens[:node.start]) + (token.top[pick].id,)
+        prefix = trace.config.prefix_ids + tuple(t.id for t in sample.tokens[:pos]) + (token.top[pick].id,)
         on_branch(replace(trace.config, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
                           esamp=replace(trace.config.esamp, beta=float(beta), prime=primes(trace.backend)),
                           sampling=replace(sc, n=int(n), max_new_tokens=int(tokens))))

@@ -337,6 +337,13 @@ def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(
     nodes = tree.locator(".scatterlayer .trace").last.locator("path.point").count()
     box = tree.locator(".scatterlayer .trace").last.locator("path.point").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly hears it on its drag layer
+    page.wait_for_selector("text=Continue from here", timeout=60_000)
+    first, last = map(int, re.search(r"Tokens (\d+)-(\d+)", page.get_by_text(re.compile(r"Tokens \d+-\d+")).first
+                                     .inner_text()).groups())
+    if last > first:  # a node of several tokens: branch from its last one
+        page.get_by_role("spinbutton", name="At token").fill(str(last))
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(2000)
     form = page.locator("[data-testid=stForm]").last
     form.locator("[data-testid=stSelectbox]").first.click()  # the candidate: not the model's own pick
     page.keyboard.press("ArrowDown")
@@ -345,6 +352,7 @@ def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(
     page.wait_for_selector("text=Branch: answer", timeout=300_000)
     heading = page.get_by_text("Branch: answer").first.inner_text()
     assert "instead of" in heading and heading.endswith("(esamp β=1, 4 answers)")
+    assert f"from token {last}," in heading
     grown = page.locator(".js-plotly-plot").last.locator(".scatterlayer .trace").last.locator("path.point")
     assert grown.count() > nodes  # the branch joined the tree
     page.wait_for_timeout(1500)

@@ -140,7 +140,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     for i in shown:
         st.code(reproduce_command(traces[i]), language="bash")
     _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}", branches, on_branch)
-    _branches(traces[focus], branches, signal, prompt_index)
+    _branches(traces[focus], branches, signal)
 
 
 def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, stats: list, base: int | None,
@@ -257,7 +257,7 @@ def primes(backend: str) -> bool:
     return backend == "transformers"
 
 
-def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str, prompt_index: int) -> None:
+def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str) -> None:
     """Each branch of this run: where it left which answer, and its answers as heatmaps."""
     for branch in branches:
         point = branch_point(trace, branch)

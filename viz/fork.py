@@ -26,7 +26,6 @@ class Fork:
     prefix: str  # the text both answers share before the fork
     plain: Token | None  # plain sampling's token at the fork (None where plain's answer had ended)
     esamp: Token | None  # ESamp's token at the fork (None where ESamp's answer had ended)
-    length: int  # ESamp's answer's tokens
 
 
 def fork_position(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -52,7 +51,7 @@ def forks(plain: RunTrace, esamp: RunTrace) -> list[Fork]:
         pos = fork_position([t.id for t in base.tokens], [t.id for t in s.tokens])
         shared = s.tokens if pos is None else s.tokens[:pos]
         out.append(Fork(s.prompt_index, s.sample_index, pos, "".join(t.text for t in shared),
-                        _at(base.tokens, pos), _at(s.tokens, pos), len(s.tokens)))
+                        _at(base.tokens, pos), _at(s.tokens, pos)))
     return out
 
 

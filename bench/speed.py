@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -52,6 +53,7 @@ WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],
 CORE_VARIANTS = ["plain", "esamp"]
 EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "fire", "generate"],
                   "vllm": ["esamp-overlap", "fire", "vllm-native"]}
+NATIVE = {"transformers": "generate", "vllm": "vllm-native"}  # what a user would run instead
 
 
 @dataclass
@@ -112,7 +114,7 @@ def config_of(variant: str, n: int, tokens: int, seed: int) -> RunConfig:
 def run_variant(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> Result:
     cuda = lm.device.type == "cuda"
     cpu = time.process_time()
-    parts, share, steps = {}, 0.0, 0
+    parts, share, steps = {}, 0.0, tokens
     with PeakMemory(cuda) as mem:
         if variant in ("generate", "vllm-native"):
             seconds = (hf_generate if variant == "generate" else vllm_native)(lm, prompts, n, tokens, seed)
@@ -177,16 +179,18 @@ def parse_workload(w: str) -> tuple[int, int]:
 Key = tuple[str, str, str, str]  # backend, dtype, workload, variant
 
 
-def plan(workloads: dict[str, list[str]], extras: str, dtypes: dict[str, tuple[str, str]]) -> list[Key]:
+def plan(workloads: dict[str, list[str]], extras: Sequence[str], dtypes: dict[str, tuple[str, str]],
+         variants: Sequence[str] | None = None) -> list[Key]:
     """(backend, dtype, workload, variant) in the order of one round: each backend's default dtype at
-    every workload, and at the extras workload the extra variants and the other dtype."""
+    every workload, and at each extras workload the extra variants (those of ``variants`` only, when
+    given) and the other dtype."""
     out = []
     for b, ws in workloads.items():
         main, other = dtypes[b]
         for w in ws:
             out += [(b, main, w, v) for v in CORE_VARIANTS]
-            if w == extras:
-                out += [(b, main, w, v) for v in EXTRA_VARIANTS[b]]
+            if w in extras:
+                out += [(b, main, w, v) for v in EXTRA_VARIANTS[b] if variants is None or v in variants]
                 if other:
                     out += [(b, other, w, v) for v in CORE_VARIANTS]
     return out
@@ -196,11 +200,13 @@ def summarize(results: dict[Key, list[Result]]) -> list[dict]:
     """One row per key with medians and within-round ratios to plain (same backend, dtype, workload)."""
     rows = []
     for (b, d, w, v), runs in results.items():
-        base = results[(b, d, w, "plain")]
+        base, native = results[(b, d, w, "plain")], results.get((b, d, w, NATIVE[b]))
         rows.append({
             "backend": b, "dtype": d, "workload": w, "rows": _rows(w), "variant": v,
             "median_tokens_per_s": statistics.median(r.tokens_per_s for r in runs),
             "ratio_to_plain": statistics.median(r.tokens_per_s / p.tokens_per_s for r, p in zip(runs, base)),
+            "ratio_to_native": None if native is None else
+            statistics.median(r.tokens_per_s / q.tokens_per_s for r, q in zip(runs, native)),
             "cpu_ratio_to_plain": statistics.median(r.tokens_per_cpu_s / p.tokens_per_cpu_s
                                                     for r, p in zip(runs, base)),
             "distiller_share": statistics.median(r.distiller_share for r in runs),
@@ -210,12 +216,14 @@ def summarize(results: dict[Key, list[Result]]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| backend | dtype | prompts × samples | variant | median tokens/s | ratio to plain | CPU-time ratio "
-             "| distiller + fusion share | peak extra memory |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | dtype | prompts × samples | variant | median tokens/s | ratio to plain | ratio to native "
+             "| CPU-time ratio | distiller + fusion share | peak extra memory |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        native = "" if r.get("ratio_to_native") is None else f"{r['ratio_to_native']:.3f}"
         lines.append(f"| {r['backend']} | {r['dtype']} | {r['workload']} | {r['variant']} "
-                     f"| {r['median_tokens_per_s']:.1f} | {r['ratio_to_plain']:.3f} | {r['cpu_ratio_to_plain']:.3f} "
+                     f"| {r['median_tokens_per_s']:.1f} | {r['ratio_to_plain']:.3f} | {native} "
+                     f"| {r['cpu_ratio_to_plain']:.3f} "
                      f"| {100 * r['distiller_share']:.1f}% | {r['peak_extra_mib']:.0f} MiB |")
     return "\n".join(lines)
 
@@ -262,7 +270,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", help="prompts x samples, comma separated, for every backend "
                     f"(default: {WORKLOADS})")
     ap.add_argument("--extras", default="4x16",
-                    help="the workload that also runs the extra variants and dtype (none: no extras)")
+                    help="the workloads (comma separated) that also run the extra variants and dtype (none: no extras)")
+    ap.add_argument("--extra-variants", help="only these extra variants, comma separated (default: all of "
+                    f"{EXTRA_VARIANTS})")
     ap.add_argument("--other-dtype", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the backend's other dtype at the extras workload")
     ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part "
@@ -275,11 +285,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     backends = a.backends.split(",")
     workloads = {b: a.workloads.split(",") if a.workloads else WORKLOADS[b] for b in backends}
+    extras = [] if a.extras == "none" else a.extras.split(",")
+    variants = a.extra_variants.split(",") if a.extra_variants else None
     if a.quick:
-        workloads, a.extras, a.profile, a.tokens, a.rounds = {b: ["1x2", "2x2"] for b in backends}, "2x2", "2x2", 8, 1
+        workloads, extras, a.profile, a.tokens, a.rounds = {b: ["1x2", "2x2"] for b in backends}, ["2x2"], "2x2", 8, 1
     try:
         for ws in workloads.values():
-            for w in ws + ([a.extras] if a.extras != "none" else []):
+            for w in ws + extras:
                 parse_workload(w)
     except ValueError as exc:
         ap.error(str(exc))
@@ -292,7 +304,7 @@ def main(argv=None) -> int:
             other = other_dtype(lm.dtype)
             models[(b, str(other).removeprefix("torch."))] = load_model(a.model, backend=b, dtype=other)
     dtypes = {b: tuple([d for (bb, d) in models if bb == b] + [""])[:2] for b in backends}
-    steps = plan(workloads, a.extras, dtypes)
+    steps = plan(workloads, extras, dtypes, variants)
     print(f"warming up {len(steps)} runs ...", file=sys.stderr, flush=True)
     for b, d, w, v in steps:  # every variant at every size once, before anything is timed
         p, n = parse_workload(w)
@@ -311,7 +323,7 @@ def main(argv=None) -> int:
     rows = summarize(results)
     profile = {}
     for (b, d, w, v), runs in results.items():  # where a step's time goes, at the profile workload
-        if w == a.profile and d == dtypes[b][0] and v in CORE_VARIANTS:
+        if w == a.profile and d == dtypes[b][0] and v in CORE_VARIANTS + [NATIVE[b]]:
             res = runs[0]
             step_ms = 1000 * _rows(w) * a.tokens / res.tokens_per_s / res.steps
             parts = {k: 1000 * s / res.steps for k, s in res.parts.items()}
@@ -320,7 +332,7 @@ def main(argv=None) -> int:
     hidden = next(iter(models.values())).hidden_size
     out = {
         "command": "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": a.extras,
+        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": extras,
         "profile_workload": a.profile,
         "model": next(iter(models.values())).name,
         "backends": {b: {"device": str(models[(b, dtypes[b][0])].device), "dtypes": [d for d in dtypes[b] if d]}

@@ -81,7 +81,7 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     scaling = {(r["backend"], r["workload"]) for r in report["scaling"]}
     assert scaling == {(b, w) for b in backends for w in ("1x2", "2x2")}
     profiled = {(p["backend"], p["variant"]) for p in report["profile"]}
-    assert profiled == {(b, v) for b in backends for v in ("plain", "esamp")}
+    assert profiled == {(b, v) for b in backends for v in ("plain", "esamp", speed.NATIVE[b])}
     assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0
     assert "| backend | dtype |" in table.read_text()
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from core.esamp.candidates import EXACT_TOP, Candidates, select
+from core.esamp.candidates import EXACT_TOP, TIE_SLACK, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, novelty
 from core.esamp.head import LMHead
@@ -158,8 +158,16 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
         cand = Candidates.top_k(tied, 2, temperature)
         filtered = apply_filters(build_filters(temperature=temperature, top_k=2), tied)
         assert cand.ids.shape == (2, 3) and torch.equal(cand.dense(cand.logits), filtered)
+    out = torch.randn(2, 23)  # the model's logits, once read: the tensor to sample from is written into them
+    assert cand.dense(cand.logits, out) is out and torch.equal(out, filtered)
     many = torch.tensor([[3.0] + [2.0] * 30])  # ties past 4k tokens: filter the full logits
     assert Candidates.top_k(many, 2) is None
+    # Ties running past the first window (k + TIE_SLACK) but not past 4k: a second, wider pass.
+    k = 2 * TIE_SLACK
+    long_tie = torch.cat([torch.arange(200.0, 200.0 - k + 1, -1), torch.full((k,), 1.0), torch.zeros(1000)])[None]
+    cand = Candidates.top_k(long_tie, k)
+    assert cand.ids.shape == (1, 2 * k - 1)
+    assert torch.equal(cand.dense(cand.logits), apply_filters(build_filters(top_k=k), long_tie))
     assert Candidates.top_k(raw, 200) is None  # most of the vocabulary: a full projection is cheaper
 
 

@@ -89,10 +89,10 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     calls = []
     original = Steerer.propose
 
-    def recording(self, cand, s, h, positions, slots=None):
-        prop = original(self, cand, s, h, positions, slots)
-        calls.append(dict(cand=cand, s=s.clone(), h=h.clone(), positions=positions.clone(), slots=slots.clone(),
-                          to_sample=prop.to_sample.clone(), novelty=prop.novelty.clone()))
+    def recording(self, cand, s, h, positions, slots=None, exact=None):
+        prop = original(self, cand, s, h, positions, slots, exact)
+        calls.append(dict(cand=prop.cand, s=s.clone(), h=h.clone(), positions=positions.clone(), slots=slots.clone(),
+                          fused=prop.fused.clone(), novelty=prop.novelty.clone()))
         return prop
 
     monkeypatch.setattr(Steerer, "propose", recording)
@@ -116,7 +116,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     for c in calls:
         prop = replay.propose(c["cand"], c["s"], c["h"], c["positions"], c["slots"])
         replay.learn(torch.ones(len(c["slots"]), dtype=torch.bool))
-        torch.testing.assert_close(prop.to_sample, c["to_sample"])
+        torch.testing.assert_close(prop.fused, c["fused"])
         torch.testing.assert_close(prop.novelty, c["novelty"])
 
 

@@ -18,6 +18,7 @@ from .head import LMHead
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
 _FULL_PROJECTION_SHARE = 0.25
 EXACT_TOP = 64  # with the whole vocabulary as candidates, the tokens per row whose logits are made float32
+TIE_SLACK = 32  # tokens past top-k's k looked at in the same pass, for ties with the k-th value
 
 
 @dataclass
@@ -41,17 +42,30 @@ class Candidates:
         ``EXACT_TOP`` most likely tokens of each row are recomputed (a full float32 projection
         would cost as much as a third of a bfloat16 model step here); the others keep the model's
         values, whose rounding averages out over tens of thousands of tokens."""
+        return self.exact_with(head, h, temperature, raw)[0]
+
+    def exact_with(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor, raw: torch.Tensor,
+                   also: torch.Tensor | None = None) -> "tuple[Candidates, torch.Tensor | None]":
+        """``exact``, and ``W also`` (R, K) at the candidates for another state also (R, H) (the
+        fusion's e) from the same read of the candidates' rows of W; None where there is no such
+        read to share (a float32 model, the whole vocabulary as candidates, a soft-capped head)."""
         if head.exact:
-            return self
+            return self, None
+        also_w = None
         if self.ids is None:
             top = torch.topk(raw, min(EXACT_TOP, raw.shape[-1]), dim=-1).indices  # (R, M)
             base = raw.float().scatter(-1, top, head.logits32(h, top))  # (R, V)
         else:  # the surviving entries; a padding entry keeps the model's value (base_logprobs sums them)
             keep = torch.isfinite(self.logits)
-            base = torch.where(keep, head.logits32(h, self.ids, keep), raw.gather(-1, self.ids).float())  # (R, K)
+            if also is None or head.softcap is not None:
+                own = head.logits32(h, self.ids, keep)
+            else:  # (2, R, K): one gather of the candidates' rows for both
+                own, also_w = head.project(torch.stack([h.float(), also.float()]), self.ids, keep)
+                own = head.output(own, self.ids)
+            base = torch.where(keep, own, raw.gather(-1, self.ids).float())  # (R, K)
         t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
         logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
-        return Candidates(self.ids, logits, self.vocab, base)
+        return Candidates(self.ids, logits, self.vocab, base), also_w
 
     @classmethod
     def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":
@@ -76,32 +90,41 @@ class Candidates:
     @classmethod
     def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
         """Top-k's candidates of ``raw / temperature`` straight from the raw logits (R, V): one pass
-        over the vocabulary instead of filtering all of it first. Like transformers, a token tied
-        with the k-th value is kept too (the row then has more than k; other rows pad with -inf).
-        None when the ties run past 4k tokens, or k is so large that a full projection is cheaper
-        (filter the full logits then). One host sync, two with ties."""
+        over the vocabulary instead of filtering all of it first. Like transformers (and vLLM), a
+        token tied with the k-th value is kept too (the row then has more than k; other rows pad
+        with -inf). None when the ties run past 4k tokens, or k is so large that a full projection
+        is cheaper (filter the full logits then). One host sync, two when the ties run long."""
         V = raw.shape[-1]
         if k >= _FULL_PROJECTION_SHARE * V:
             return None
-        values, ids = torch.topk(raw, k + 1, dim=-1)  # temperature keeps the order
-        logits = values if temperature == 1.0 else values / temperature
-        if not bool((logits[:, k] == logits[:, k - 1]).any()):
-            return cls(ids[:, :k], logits[:, :k], V)
-        # Ties with the k-th value (tokens whose output rows are equal, which exploring does meet):
-        # look a little further instead of filtering the whole vocabulary (~10x the time here).
-        values, ids = torch.topk(raw, min(4 * k, V - 1) + 1, dim=-1)
-        logits = values if temperature == 1.0 else values / temperature
-        keep = logits >= logits[:, k - 1:k]
-        if bool(keep[:, -1].any()):
-            return None
-        width = int(keep.sum(-1).max())
-        return cls(ids[:, :width], logits[:, :width].masked_fill(~keep[:, :width], NEG_INF), V)
+        # A bfloat16 model's logits tie with the k-th value in most rows (8 bits of mantissa: at 384
+        # rows of SmolLM2, 60% of rows at k = 50, up to 8 tokens wide), so look a little past k at
+        # once: a wider top-k costs little (k + 32: 14 ms against 12 ms), a second pass a whole one.
+        width = min(k + TIE_SLACK, V)
+        while True:
+            values, ids = torch.topk(raw, width, dim=-1)  # temperature keeps the order
+            logits = values if temperature == 1.0 else values / temperature
+            keep = logits >= logits[:, k - 1:k]
+            kept = int(keep.sum(-1).max())
+            if kept > 4 * k:
+                return None
+            if kept < width or width == V:  # every row's ties end inside the window
+                return cls(ids[:, :kept], logits[:, :kept].masked_fill(~keep[:, :kept], NEG_INF), V)
+            if width >= 4 * k + 1:
+                return None
+            width = min(4 * k + 1, V)
 
-    def dense(self, logits: torch.Tensor) -> torch.Tensor:
-        """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates."""
+    def dense(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates: written
+        into ``out`` (R, V) when given, a tensor nobody reads again (the model's logits once the
+        step's signals are taken). On a CPU a fresh (R, V) float32 tensor comes from the OS every
+        step once it is over glibc's mmap threshold (32 MB: 171 rows of a 49k vocabulary), and
+        touching its pages costs ten times the fill (at 384 rows: 18 against 2 ms). With the whole
+        vocabulary as candidates ``logits`` is that tensor already and is returned as it is."""
         if self.ids is None:
             return logits
-        return logits.new_full((logits.shape[0], self.vocab), NEG_INF).scatter_(-1, self.ids, logits)
+        out = logits.new_full((logits.shape[0], self.vocab), NEG_INF) if out is None else out.fill_(NEG_INF)
+        return out.scatter_(-1, self.ids, logits)
 
     def token_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Vocabulary ids of candidate positions (R, k) -> (R, k)."""

@@ -14,17 +14,20 @@ from .head import LMHead
 
 
 def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float,
-         temperature: float) -> torch.Tensor:
+         temperature: float, projected: torch.Tensor | None = None) -> torch.Tensor:
     """ESamp's fused logits on the candidates: ``(1 + beta) l_ref - beta l_dist``.
 
     cand.logits: (R, K) filtered reference logits ``l_ref`` (already divided by T);
     h, h_hat: (R, H) final state and the distiller's prediction. Returns (R, K) float32;
     tokens outside the candidate set stay -inf. With a linear head this is
     ``l_ref + beta * w . (h - h_hat) / T``: the bias cancels and only ``e`` is projected.
-    A row whose prediction is not finite is left unguided.
+    A row whose prediction is not finite is left unguided. ``projected``: ``W (h - h_hat)`` at the
+    candidates when already computed (``Candidates.exact_with``), for a linear head.
     """
     if head.softcap is None:  # only the candidates' entries are needed (the rest stay -inf)
-        delta = head.project(h - h_hat, cand.ids, keep=torch.isfinite(cand.logits)) * (beta / temperature)
+        if projected is None:
+            projected = head.project(h - h_hat, cand.ids, keep=torch.isfinite(cand.logits))
+        delta = projected * (beta / temperature)
     else:
         l_dist = head.logits(h_hat, cand.ids) / temperature
         delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)

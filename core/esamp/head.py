@@ -91,42 +91,51 @@ class LMHead:
 
     def project(self, x: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K).
+        """float32 ``W x`` for x (R, H): all tokens (R, V), or candidate ids (R, K) -> (R, K). x may
+        also be (C, R, H), C vectors per row projected at once with one read of the rows of W
+        (the result then (C, R, V) or (C, R, K)).
 
-        ``keep`` (same shape as the result, bool): only those entries are needed; the others may
-        come back 0. Where they are few (top-p or min-p leave most of a padded (R, K), or of the
-        whole vocabulary, empty) only the kept entries are computed."""
-        if keep is not None:
-            kept = int(keep.sum())
-            dense = keep.numel() / (_GEMM_SPEEDUP if ids is None else 2)
-            if kept < dense:
-                return self._project_kept(x, keep, ids)
-        if ids is None:
-            return (x.to(self.weight.dtype) @ self.weight.T).float()
-        # The candidates' rows of W, gathered (R, K, H) in row chunks that stay in a CPU's cache: the
-        # whole gather is tens of MB at hundreds of rows (384 x 50: 43 -> 18 ms here, same values).
-        chunk = max(len(ids), 1) if x.is_cuda else _GATHER_ROWS
-        x, out = x.float(), x.new_empty(ids.shape, dtype=torch.float32)
-        for i in range(0, len(ids), chunk):
-            rows = slice(i, i + chunk)
-            out[rows] = (F.embedding(ids[rows], self.weight).float() @ x[rows, :, None])[..., 0]
-        return out
+        ``keep`` (same shape as one vector's result, bool): only those entries are needed; the
+        others may come back 0. Where they are few (top-p or min-p leave most of a padded (R, K),
+        or of the whole vocabulary, empty) only the kept entries are computed."""
+        one = x.dim() == 2
+        x = x[None] if one else x  # (C, R, H)
+        if keep is not None and int(keep.sum()) < keep.numel() / (_GEMM_SPEEDUP if ids is None else 2):
+            out = self._project_kept(x, keep, ids)
+        elif ids is None:
+            out = (x.to(self.weight.dtype) @ self.weight.T).float()
+        else:
+            # The candidates' rows of W, gathered (R, K, H) in row chunks that stay in a CPU's cache: the
+            # whole gather is tens of MB at hundreds of rows (384 x 50: 43 -> 18 ms here, same values).
+            chunk = max(len(ids), 1) if x.is_cuda else _GATHER_ROWS
+            x, out = x.float(), x.new_empty((x.shape[0],) + ids.shape, dtype=torch.float32)
+            for i in range(0, len(ids), chunk):
+                rows = slice(i, i + chunk)
+                out[:, rows] = torch.bmm(F.embedding(ids[rows], self.weight).float(),
+                                         x[:, rows].permute(1, 2, 0)).permute(2, 0, 1)
+        return out[0] if one else out
 
     def _project_kept(self, x: torch.Tensor, keep: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-        """``project`` at the kept entries only, packed: one row of W per (row, token) entry."""
+        """``project`` of x (C, R, H) at the kept entries only, packed: one row of W per (row, token) entry."""
         rows, cols = keep.nonzero(as_tuple=True)
         tokens = cols if ids is None else ids[rows, cols]
         x = x.float()
-        values = torch.cat([(F.embedding(t, self.weight).float() * x[r]).sum(-1)
-                            for t, r in zip(tokens.split(_ENTRIES), rows.split(_ENTRIES))]) if len(rows) else \
-            x.new_empty(0)
-        return x.new_zeros(keep.shape).index_put_((rows, cols), values)
+        values = torch.cat([(F.embedding(t, self.weight).float() * x[:, r]).sum(-1)
+                            for t, r in zip(tokens.split(_ENTRIES), rows.split(_ENTRIES))], dim=-1) if len(rows) else \
+            x.new_empty((x.shape[0], 0))
+        out = x.new_zeros((x.shape[0],) + keep.shape)
+        out[:, rows, cols] = values
+        return out
 
     def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
                ) -> torch.Tensor:
         """float32 logits ``softcap(W h + b)``, for all tokens or for candidate ids, like ``project``
         (``keep``: the entries needed, as there)."""
-        out = self.project(h, ids, keep)
+        return self.output(self.project(h, ids, keep), ids)
+
+    def output(self, projected: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from ``project``'s ``W h`` (R, V), or (R, K) at candidate ids: ``softcap(W h + b)``."""
+        out = projected
         if self.bias is not None:
             out = out + (self.bias if ids is None else self.bias[ids]).float()
         if self.softcap is not None:

@@ -9,8 +9,8 @@ row of each batch row; missing layout rows then neither steer nor train.
 The contract with a decode loop, per step (Algorithm 1 of the paper)::
 
     prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
-    tokens = sample(prop.to_sample)                   # the backend's own sampler
     signals = pipeline.signals(prop, logits)          # what the trace records of this step
+    tokens = sample(pipeline.to_sample(prop, logits))  # the backend's own sampler
     pipeline.learn(active)                            # train on this step's (s, h), after sampling
 
 and once at the end ``stats = pipeline.finish(prompts)``: what the trace needs of the run.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
@@ -33,13 +34,15 @@ from .head import LMHead
 from .signals import PendingSignals
 
 
+Exact = Callable[[torch.Tensor | None], tuple[Candidates, torch.Tensor | None]]  # see Steerer.propose
+
+
 @dataclass
 class Proposal:
     """What one step proposes: the logits to sample from, and the step's novelty."""
 
     cand: Candidates  # reference candidates (filtered l_ref)
     fused: torch.Tensor  # (R, K) candidate logits after fusion (``cand.logits`` when unguided)
-    to_sample: torch.Tensor  # (R, V) logits to sample from
     novelty: torch.Tensor | None  # (R,) ||h - h_hat||; None without a distiller
     rel_novelty: torch.Tensor | None  # (R,)
 
@@ -95,11 +98,13 @@ class Steerer:
         return x.new_zeros((self.rows,) + x.shape[1:]).index_copy_(0, slots, x)
 
     def propose(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
-                slots: torch.Tensor | None = None) -> Proposal:
+                slots: torch.Tensor | None = None, exact: Exact | None = None) -> Proposal:
         """cand: the reference candidates (logits after temperature and filters); s, h: (R, H) float32;
         positions: (R,) int on the host, the token of its answer each row draws (0: the first). A
         first token is sampled unguided (no distiller has seen its prompt's answers yet), and so are
-        the warm-up's tokens, but they are still predicted, so novelty is logged and the distiller trains."""
+        the warm-up's tokens, but they are still predicted, so novelty is logged and the distiller trains.
+        exact: makes the candidates' values float32 (``Candidates.exact_with``; a bfloat16 model),
+        sharing its read of their rows of W with the fusion's; None: the candidates are final."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
             s_grouped = self._grouped(self._to_layout(s, slots))
@@ -113,21 +118,24 @@ class Steerer:
                 h_hat = h_hat[slots]  # (R, H)
             nov, rel = novelty(h, h_hat)
         held = positions <= self.warmup_steps  # the first token, and the warm-up's
+        guided = self.beta > 0 and not bool(held.all())
+        steer_by = h_hat if self.noise is None or not guided else h - noise_like(h - h_hat, self.noise)
+        projected = None
+        if exact is not None:
+            with self.watch("filter"):
+                cand, projected = exact(h - steer_by if guided else None)
         fused = cand.logits
-        if self.beta > 0 and not bool(held.all()):
+        if guided:
             with self.watch("fuse"):
-                steer_by = h_hat if self.noise is None else h - noise_like(h - h_hat, self.noise)
-                fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature)
+                fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected)
                 waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
                     waiting = warming if waiting is None else waiting | warming
                 if waiting is not None:
                     fused = torch.where(waiting[:, None], cand.logits, fused)
-        with self.watch("filter"):
-            to_sample = cand.dense(fused)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
-        return Proposal(cand, fused, to_sample, nov, rel)
+        return Proposal(cand, fused, nov, rel)
 
     def prime(self, s: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None:
         """Before a continuation's first step: one update per given token, in order, on its states.
@@ -246,7 +254,7 @@ def noise_like(e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def unguided(cand: Candidates) -> Proposal:
     """A proposal with no distiller at all (plain sampling with the shadow off)."""
-    return Proposal(cand, cand.logits, cand.dense(cand.logits), None, None)
+    return Proposal(cand, cand.logits, None, None)
 
 
 @dataclass
@@ -293,16 +301,23 @@ class Pipeline:
                 on_first = first.to(raw.device)
                 cand = select_mixed(on_first, self.first, self.main, raw)
                 temperature = torch.where(on_first, self.first.temperature, self.main.temperature)
-            cand = cand.exact(self.head, h, temperature, raw)  # float32 values (bfloat16 models)
             if self.steerer is None:
-                return unguided(cand)
-        return self.steerer.propose(cand, s, h, positions, slots)
+                return unguided(cand.exact(self.head, h, temperature, raw))  # float32 values (bfloat16 models)
+        return self.steerer.propose(cand, s, h, positions, slots,
+                                    exact=lambda also: cand.exact_with(self.head, h, temperature, raw, also))
 
     def signals(self, prop: Proposal, raw: torch.Tensor) -> PendingSignals:
         """The step's recorded signals, to resolve once its tokens are sampled (raw: (R, V) the
         model's logits, for ``logp_base``)."""
         with self.watch("signals"):
             return PendingSignals(prop.cand, prop.fused, prop.novelty, prop.rel_novelty, raw, base=self._base)
+
+    def to_sample(self, prop: Proposal, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, V) logits to sample the step's tokens from; written into ``out`` when given (see
+        ``Candidates.dense``): pass the model's logits (R, V) once nothing reads them again, after
+        ``signals``."""
+        with self.watch("filter"):
+            return prop.cand.dense(prop.fused, out)
 
     def prime(self, s: torch.Tensor, h: torch.Tensor) -> None:
         """A continuation's distiller, first trained on its given tokens' states (EsampConfig.prime):

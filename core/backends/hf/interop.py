@@ -64,7 +64,7 @@ class GenerateProcessor(LogitsProcessor):
         position = input_ids.shape[1] - self.prompt_len  # every row draws the same token of its answer
         prop = self.pipeline.propose(scores.float(), self.states.s, self.states.h, torch.full((rows,), position))
         self._active = ~finished
-        return prop.to_sample
+        return self.pipeline.to_sample(prop)  # a new tensor: generate() may keep the scores it passed
 
 
 @contextmanager

@@ -58,8 +58,9 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
             positions = torch.full((R,), step)  # on the host: every row is at the same position
             prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
             active = ~finished
-            tokens = torch.where(active, sample(prop.to_sample, gen), decoder.pad_id)
-            recorder.add(tokens, active, pipeline.signals(prop, logits).resolve(tokens), t=step)
+            pending = pipeline.signals(prop, logits)  # before the logits become the ones to sample from
+            tokens = torch.where(active, sample(pipeline.to_sample(prop, logits), gen), decoder.pad_id)
+            recorder.add(tokens, active, pending.resolve(tokens), t=step)
             pipeline.learn(active)  # train on this step's (s, h), after sampling
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)

@@ -139,7 +139,7 @@ class RunState:
         self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
-        return prop.to_sample
+        return self.pipeline.to_sample(prop, raw)  # into vLLM's logits (or this run's copy of its rows)
 
     def record_sampled(self, final: bool = False) -> None:
         """Record the steps whose tokens are in the output lists now (``final``: all of them; a token

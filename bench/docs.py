@@ -1,6 +1,6 @@
-"""The tables of docs/results.md, copied from what the benchmarks wrote to bench/results/.
+"""The tables of docs/results.md and README.md, copied from what the benchmarks wrote to bench/results/.
 
-A table in docs/results.md sits between two markers that name where it comes from::
+A table in either sits between two markers that name where it comes from::
 
     <!-- bench/results/quality.md table 1 -->
     | method | ... |
@@ -9,7 +9,7 @@ A table in docs/results.md sits between two markers that name where it comes fro
 and this script rewrites every such block from that file's N-th table (1-based), so no number in
 the docs is typed by hand. A benchmark run updates bench/results/; then:
 
-    python -m bench.docs            # rewrite docs/results.md
+    python -m bench.docs            # rewrite docs/results.md and README.md
     python -m bench.docs --check    # exit 1 when it is out of date (a test runs this)
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DOC = ROOT / "docs" / "results.md"
+DOCS = [RESULTS_DOC, ROOT / "README.md"]
 BLOCK = re.compile(r"(<!-- (bench/results/[\w.-]+\.md) table (\d+) -->\n)(.*?)(<!-- end -->)", re.S)
 
 
@@ -44,17 +45,21 @@ def render(doc: str, root: Path = ROOT) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="only say whether docs/results.md is up to date")
+    p.add_argument("--check", action="store_true", help="only say whether the docs are up to date")
     a = p.parse_args(argv)
-    doc = RESULTS_DOC.read_text(encoding="utf-8")
-    new = render(doc)
-    if a.check:
-        if new != doc:
-            print("docs/results.md is out of date: run python -m bench.docs", file=sys.stderr)
-            return 1
-        return 0
-    RESULTS_DOC.write_text(new, encoding="utf-8")
-    print(f"wrote {RESULTS_DOC.relative_to(ROOT)} ({len(BLOCK.findall(doc))} tables)")
+    stale = []
+    for path in DOCS:
+        doc = path.read_text(encoding="utf-8")
+        new = render(doc)
+        if new == doc:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not a.check:
+            path.write_text(new, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)} ({len(BLOCK.findall(doc))} tables)")
+    if a.check and stale:
+        print(f"{', '.join(map(str, stale))} out of date: run python -m bench.docs", file=sys.stderr)
+        return 1
     return 0
 
 

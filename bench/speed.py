@@ -249,6 +249,27 @@ def scaling_markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def native_markdown(rows: list[dict]) -> str:
+    """Against what a user would run instead (``NATIVE``), per backend, dtype and workload that ran it."""
+    by = {(r["backend"], r["dtype"], r["workload"], r["variant"]): r for r in rows}
+    lines = ["| backend | dtype | prompts × samples | native | tokens/s | plain / native | ESamp / native "
+             "| ESamp / plain |", "|---|---|---|---|---:|---:|---:|---:|"]
+    for (b, d, w, v), r in by.items():
+        if v == NATIVE[b] and (b, d, w, "esamp") in by:
+            plain, esamp = by[(b, d, w, "plain")], by[(b, d, w, "esamp")]
+            lines.append(f"| {b} | {d} | {w} | {v} | {r['median_tokens_per_s']:.1f} | {plain['ratio_to_native']:.3f} "
+                         f"| {esamp['ratio_to_native']:.3f} | {esamp['ratio_to_plain']:.3f} |")
+    return "\n".join(lines)
+
+
+def report_markdown(rows: list[dict], table: list[dict], profile: dict, workload: str) -> str:
+    """The report's tables: every run, ESamp against plain by size, against native (when it ran), per step."""
+    text = markdown(rows) + "\n\n" + scaling_markdown(table)
+    if any(r["variant"] == NATIVE[r["backend"]] for r in rows):
+        text += "\n\nAgainst what a user would run instead (medians of within-round ratios):\n\n" + native_markdown(rows)
+    return text + f"\n\nPer step at {workload} (ms):\n\n" + profile_markdown(profile)
+
+
 def profile_markdown(profile: dict) -> str:
     lines = ["| backend | variant | ms per step | " + " | ".join(PARTS) + " | the rest (model, sampling) |",
              "|---|---|---:|" + "---:|" * (len(PARTS) + 1)]
@@ -282,7 +303,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1x2 and 2x2, 8 tokens, one round: checks the plumbing")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--render", type=Path, help="write --markdown from this earlier --json report and exit")
     a = ap.parse_args(argv)
+    if a.render:
+        report = json.loads(a.render.read_text())
+        profile = {(p["backend"], p["variant"]): p for p in report["profile"]}
+        text = report_markdown(report["rows"], report["scaling"], profile, report["profile_workload"])
+        (a.markdown.write_text(text + "\n") if a.markdown else print(text))
+        return 0
     backends = a.backends.split(",")
     workloads = {b: a.workloads.split(",") if a.workloads else WORKLOADS[b] for b in backends}
     extras = [] if a.extras == "none" else a.extras.split(",")
@@ -344,8 +372,7 @@ def main(argv=None) -> int:
         "profile": [{"backend": b, "variant": v, **p} for (b, v), p in profile.items()],
         "runs": {"/".join(k): [vars(r) for r in v] for k, v in results.items()},
     }
-    text = (markdown(rows) + "\n\n" + scaling_markdown(table) + f"\n\nPer step at {a.profile} (ms):\n\n"
-            + profile_markdown(profile))
+    text = report_markdown(rows, table, profile, a.profile)
     print("\n" + text)
     print(f"\ndistiller weights + Adam state per prompt: {out['distiller_bytes_per_prompt'] / 2**20:.1f} MiB")
     if a.json:

@@ -84,6 +84,12 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     assert profiled == {(b, v) for b in backends for v in ("plain", "esamp", speed.NATIVE[b])}
     assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0
     assert "| backend | dtype |" in table.read_text()
+    native = {(r["backend"], r["variant"]): r["ratio_to_native"] for r in report["rows"]
+              if r["workload"] == "2x2" and r["dtype"] == report["backends"][r["backend"]]["dtypes"][0]}
+    assert all(native[(b, speed.NATIVE[b])] == 1.0 and native[(b, "esamp")] > 0 for b in backends)
+    again = tmp_path / "again.md"  # the tables rendered again from the JSON report are the same
+    assert speed.main(["--render", str(out), "--markdown", str(again)]) == 0
+    assert again.read_text() == table.read_text() and "ESamp / native" in again.read_text()
 
 
 def test_speed_refuses_a_workload_it_cannot_run_as_labelled():

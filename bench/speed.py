@@ -266,7 +266,8 @@ def report_markdown(rows: list[dict], table: list[dict], profile: dict, workload
     """The report's tables: every run, ESamp against plain by size, against native (when it ran), per step."""
     text = markdown(rows) + "\n\n" + scaling_markdown(table)
     if any(r["variant"] == NATIVE[r["backend"]] for r in rows):
-        text += "\n\nAgainst what a user would run instead (medians of within-round ratios):\n\n" + native_markdown(rows)
+        text += ("\n\nAgainst what a user would run instead (medians of within-round ratios):\n\n"
+                 + native_markdown(rows))
     return text + f"\n\nPer step at {workload} (ms):\n\n" + profile_markdown(profile)
 
 

@@ -89,6 +89,15 @@ def _get(config: RunConfig, path: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Exploratory Sampling (ESamp) engine.")
     sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("serve", help="vLLM's OpenAI-compatible server with ESamp per request (vllm_xargs)",
+                       description="Start vLLM's server with ESamp's plugin. A request asks for ESamp with "
+                       'extra_body={"vllm_xargs": {"esamp_beta": 0.25}}; options after -- go to vllm serve.')
+    v.add_argument("--model", default=None, help="a transformers model directory or name, or a .gguf file "
+                   "(default: embedded SmolLM2-135M-Instruct)")
+    v.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--dtype", default=None, help="default: bfloat16 on CPUs with native bfloat16, else float32")
+    v.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then more of vllm serve's own options")
     g = sub.add_parser("generate", help="generate n samples per prompt and log per-token novelty")
     g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt-file)")
     g.add_argument("--prompt-file", type=Path, help="one prompt a line, or JSONL with a 'prompt' field")
@@ -206,6 +215,8 @@ def summary(trace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.command == "serve":
+        return serve(a)
     try:
         config = config_from_args(a)
         prompts = read_prompts(a)
@@ -224,6 +235,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nerror: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(set ESAMP_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def serve(a: argparse.Namespace) -> int:
+    """``python -m core serve``: vLLM's server in place of this process."""
+    from .backends.base import ModelLoadError
+    from .backends.vllm.serve import serve as start
+
+    extra = a.vllm_args[1:] if a.vllm_args[:1] == ["--"] else a.vllm_args
+    try:
+        start(a.model, a.host, a.port, a.dtype, extra)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0  # not reached: the server replaced this process
 
 
 def run(a: argparse.Namespace, config, prompts: list[str]) -> int:

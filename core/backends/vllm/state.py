@@ -13,6 +13,7 @@ The chosen token of a step is known only after vLLM samples it, so a step's sign
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,7 @@ from ...esamp.steerer import Pipeline
 from ..record import Recorder
 from . import internals
 
+log = logging.getLogger(__name__)
 EXTRA_KEY = "esamp_explorer"
 
 
@@ -79,8 +81,10 @@ class FailedRun:
 class RunState:
     """One run's Pipeline and what waits to be recorded, stepped by the processor."""
 
-    def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead):
+    def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead, record: bool = True):
+        """record: keep every token's signals for ``result`` (a served run has nobody to take them)."""
         self.key = key
+        self.record = record
         self.config = config
         self.prompts = prompts
         self.pipeline = Pipeline(config, head, prompts)
@@ -90,13 +94,13 @@ class RunState:
         self.error: str | None = None
 
     @classmethod
-    def of(cls, extra: dict, head: LMHead | None) -> "RunState | FailedRun":
+    def of(cls, extra: dict, head: LMHead | None, record: bool = True) -> "RunState | FailedRun":
         """The state of the run a request's extra args describe, or a FailedRun saying why there is none."""
         try:
             if head is None:
                 raise internals.VllmUnavailableError("ESamp's hooks are not installed in this vLLM worker.")
             with torch.inference_mode(False):  # vLLM updates its batch under inference mode; the distiller trains
-                return cls(extra["run"], check_extra(extra), extra["prompts"], head)
+                return cls(extra["run"], check_extra(extra), extra["prompts"], head, record)
         except Exception as exc:  # noqa: BLE001 - the engine goes on; the caller gets the message
             return FailedRun(f"{type(exc).__name__}: {exc}")
 
@@ -112,12 +116,15 @@ class RunState:
             return self._step(logits, batch, capture)
         except Exception as exc:  # noqa: BLE001 - keep vLLM's engine and the other runs alive
             self.error = f"{type(exc).__name__}: {exc}"
+            if not self.record:  # a served run: nobody takes its result, the server's log says it
+                log.error("ESamp failed for a served request (it goes on unguided): %s", self.error)
             return None
         finally:  # the rest of this call is the backend's own bookkeeping
             watch.seconds["bookkeeping"] += time.perf_counter() - t0 - (sum(watch.seconds.values()) - timed)
 
     def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
-        self.record_sampled()
+        if self.record:
+            self.record_sampled()
         s, h = capture.s, capture.h
         if s is None or h is None or s.shape[0] != logits.shape[0] or h.shape[0] != logits.shape[0]:
             raise internals.VllmUnavailableError(
@@ -136,7 +143,8 @@ class RunState:
             # Training now is the same as after sampling: it reads this step's (s, h) only, and the
             # fused logits were computed with the weights from before this update.
             self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
-        self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
+        if self.record:
+            self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
         return self.pipeline.to_sample(prop, raw)  # into vLLM's logits (or this run's copy of its rows)

@@ -1,0 +1,38 @@
+"""The hooks ESamp installs on the model inside vLLM's worker: they fill the processor's
+``Capture`` with the states of the rows the sampler reads, every forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from ...esamp.head import FinalNorm, LMHead
+from ..base import ModelLoadError
+from ..hooks import permanent_hooks
+from . import internals
+from .state import Capture
+
+
+def install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
+    """Permanent hooks that fill ``capture`` for the rows the sampler reads; returns the LM head."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(model, "logits_processor") or not hasattr(model, "lm_head"):
+        raise ModelLoadError(f"ESamp's vLLM backend cannot find the first layer and LM head of "
+                             f"{type(model).__name__} (it expects model.model.layers and model.lm_head).")
+    lp = model.logits_processor
+    if getattr(lp, "scale", 1.0) != 1.0:
+        raise ModelLoadError(f"{type(model).__name__} scales its logits by {lp.scale}; ESamp's fusion does not yet.")
+
+    def on_first_layer(_module, _inputs, output):
+        rows = internals.last_token_rows()
+        capture.s = internals.residual_stream(output)[rows].float()  # copies: vLLM reuses its buffers in place
+
+    def on_head_input(_module, args):
+        capture.h = args[1].float()  # (B, H): compute_logits(hidden_states[logits_indices])
+
+    permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
+    vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
+    weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
+    bias = getattr(model.lm_head, "bias", None)
+    norm = FinalNorm.of(inner.norm) if hasattr(inner, "norm") else None
+    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None), norm)

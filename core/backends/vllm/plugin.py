@@ -1,0 +1,29 @@
+"""ESamp's vLLM plugin: what ``vllm serve`` (and any vLLM engine in an environment with this project
+installed) loads through vLLM's entry points (pyproject.toml):
+
+- ``vllm.logits_processors``: ``processor.VllmProcessor``, in every engine; it does nothing for a
+  request that does not ask for ESamp.
+- ``vllm.general_plugins``: ``register``, in every vLLM process, so that a served request's run can
+  find its worker's model and install its hooks there (internals, fact 4).
+"""
+
+from __future__ import annotations
+
+from . import internals
+
+NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
+PROCESSOR = "core.backends.vllm.processor:VllmProcessor"
+
+
+def register() -> None:
+    """vLLM's general plugin hook: runs in every vLLM process, maybe more than once."""
+    internals.prepare_environment()
+    internals.remember_model_runners()
+
+
+def installed() -> bool:
+    """Whether this environment registers the processor with vLLM (then vLLM loads it in every engine,
+    and an engine must not be given it a second time)."""
+    from importlib.metadata import entry_points
+
+    return any(e.value == PROCESSOR for e in entry_points(group="vllm.logits_processors"))

@@ -1,0 +1,77 @@
+"""ESamp for requests that come through vLLM's own server (``vllm serve`` with this project
+installed: pyproject.toml registers the processor and a plugin with vLLM's entry points).
+
+A request asks for ESamp with ``esamp_*`` keys in its ``vllm_xargs`` (OpenAI clients:
+``extra_body={"vllm_xargs": {"esamp_beta": 0.25}}``); its n, seed, temperature, top_k, top_p,
+min_p and max_tokens are the ordinary request fields. A request without such keys is vLLM's own.
+
+Where vLLM checks a request (``VllmProcessor.validate_params``, in the server's own process, before
+it fans ``n`` out into n child requests), ``prepare`` checks the keys (a bad one is an HTTP 400
+naming it), gives the request a run key of its own, and moves its temperature and filters into
+the run's configuration: ESamp filters and fuses, and vLLM then samples at T = 1 with no filters
+of its own (as the in-process backend asks of it). The n children carry the same run key, so
+they share one distiller; two requests never do.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import fields
+
+from ...config import EsampConfig, RunConfig, SamplingConfig
+
+PREFIX = "esamp_"
+RUN_KEY = "esamp_run"  # set here: the run a child request belongs to
+CONFIG_KEY = "esamp_config"  # set here: the run's whole RunConfig
+# What a request may set, as esamp_<field>: the fusion and the distiller; scope and priming have
+# no meaning for one served request (one prompt), overlap is the server's to choose.
+FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
+XARGS = tuple(PREFIX + f for f in FIELDS)
+_OURS = (RUN_KEY, CONFIG_KEY)
+
+
+def wants_esamp(extra: dict | None) -> bool:
+    """Whether a request's extra args ask for ESamp."""
+    return bool(extra) and any(isinstance(k, str) and k.startswith(PREFIX) for k in extra)
+
+
+def prepare(params) -> RunConfig:
+    """Check an ESamp request's ``vllm_xargs`` and rewrite its SamplingParams for ESamp (see the
+    module's doc); ValueError naming the bad field. Called again for each prompt of a request that
+    shares one SamplingParams: each prompt gets its own run key."""
+    extra = params.extra_args
+    if CONFIG_KEY in extra:  # a second prompt of the same request: already rewritten
+        config = RunConfig.from_dict(extra[CONFIG_KEY])
+    else:
+        config = RunConfig(method="esamp", esamp=_esamp(extra), sampling=_sampling(params), trace="light")
+        extra[CONFIG_KEY] = config.to_dict()
+        params.temperature, params.top_k, params.top_p, params.min_p = 1.0, 0, 1.0, 0.0
+    extra[RUN_KEY] = uuid.uuid4().hex
+    return config
+
+
+def _esamp(extra: dict) -> EsampConfig:
+    unknown = sorted(k for k in extra if isinstance(k, str) and k.startswith(PREFIX) and k not in XARGS + _OURS)
+    if unknown:
+        raise ValueError(f"vllm_xargs: unknown ESamp key {unknown[0]!r}; the keys are {', '.join(XARGS)}.")
+    given = {k[len(PREFIX):]: v for k, v in extra.items() if k in XARGS}
+    for name, value in given.items():
+        try:
+            EsampConfig(**{name: value})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"vllm_xargs[{PREFIX + name!r}]: {exc}") from None
+    return EsampConfig(**given)
+
+
+def _sampling(params) -> SamplingConfig:
+    if params.temperature < 1e-5:
+        raise ValueError("ESamp samples: a request that asks for it needs a temperature above 0 (it has "
+                         f"{params.temperature}).")
+    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+    try:
+        return SamplingConfig(n=params.n, max_new_tokens=params.max_tokens or 16, temperature=params.temperature,
+                              top_k=max(params.top_k, 0), top_p=params.top_p, min_p=params.min_p, seed=seed,
+                              ignore_eos=params.ignore_eos)
+    except ValueError as exc:
+        raise ValueError(f"ESamp cannot run this request's sampling: {exc}") from None

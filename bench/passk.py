@@ -3,12 +3,15 @@
     python -m bench.passk                                # 60 problems x 16 samples, up to 48 tokens
     python -m bench.passk --tasks svamp --methods frontier --model qwen2.5-coder-0.5b-instruct ...
     python -m bench.passk --quick --json /tmp/p.json     # 3 problems x 4 samples x 8 tokens
+    python -m bench.passk --server http://gpu-box:8000 -n 64 --tasks svamp --methods frontier
 
 Problems: ``arithmetic`` from core.tasks.arithmetic_tasks (fixed seed, integer answers), or
 ``svamp``, a fixed random choice (by --seed) of SVAMP's 1,000 grade-school problems (vendored in
 bench/data/svamp with its MIT license). An answer is correct when its last number equals the
 problem's. pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k), averaged over problems.
-Samples end at EOS or after --tokens.
+Samples end at EOS or after --tokens. ``--server URL`` generates through a running ESamp server
+(``python -m core serve``: the same settings as an OpenAI client sends them, bench.client), for
+paper-scale models on a GPU machine; FIRE and the noise ablation are left out there.
 
 ``--methods frontier``: the app's defaults against plain sampling's temperatures and min-p: plain
 at T = 0.5, 0.7 and 1 and ESamp at β = 0.5 and 1 (with and without the 8-step warm-up) under
@@ -32,6 +35,9 @@ from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
 from viz.report import write_images
 
+from core.backends.hardware import describe
+
+from . import client
 from .quality import machine, methods, parse_common
 
 
@@ -76,28 +82,43 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", choices=list(TASKS), default="arithmetic")
     ap.add_argument("--methods", choices=list(METHODS), default="quality",
                     help="quality: bench.quality's methods; frontier: the app's defaults against plain and min-p")
+    ap.add_argument("--server", help="a running ESamp server's URL (python -m core serve): generate there "
+                    "instead of loading --model here (FIRE and the noise ablation are not offered there)")
     a = parse_common(ap, argv, tokens=48, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
     if a.quick:
         a.problems, a.n, a.tokens = 3, 4, 8
     tasks = TASKS[a.tasks](a.problems, seed=a.seed)
-    lm = load_model(a.model, backend=a.backend)
+    prompts = [t.prompt for t in tasks]
+    if a.server:
+        served_client, served_model = client.connect(a.server)
+        where = {**describe(), "server": a.server, "model": served_model}
+    else:
+        lm = load_model(a.model, backend=a.backend)
+        where = machine(lm)
     sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed)
     curves: dict[str, list[float]] = {}
     correct_counts: dict[str, list[int]] = {}
     t_start = time.perf_counter()
     for label, cfg in METHODS[a.methods](sampling).items():
-        trace = generate(lm, [t.prompt for t in tasks], cfg)
-        correct = [sum(is_correct(s.text, task.answer) for s in trace.samples_of(p)) for p, task in enumerate(tasks)]
+        if a.server and not client.offered(cfg):
+            print(f"{label:22s} not offered by a server: left out", file=sys.stderr)
+            continue
+        if a.server:
+            texts = client.answers(served_client, served_model, prompts, cfg)
+        else:
+            trace = generate(lm, prompts, cfg)
+            texts = [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
+        correct = [sum(is_correct(t, task.answer) for t in ts) for ts, task in zip(texts, tasks)]
         correct_counts[label] = correct
         curves[label] = metrics.pass_at_k_curve(correct, a.n)
         print(f"{label:22s} pass@1 {curves[label][0]:.3f}  pass@{a.n} {curves[label][-1]:.3f}  "
-              f"({trace.timings.tokens_per_s:.0f} tokens/s, {time.perf_counter() - t_start:.0f} s so far)",
-              file=sys.stderr, flush=True)
+              f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
     table = markdown(curves)
     print("\n" + table)
     out = {"command": "python -m bench.passk " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "backend": a.backend, "model": lm.name, "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
-           "tokens": a.tokens, "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start,
+           "backend": "server" if a.server else a.backend, "model": where.get("model") or lm.name,
+           "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
+           "tokens": a.tokens, "seed": a.seed, "machine": where, "seconds": time.perf_counter() - t_start,
            "pass_at_k": curves, "correct_counts": correct_counts}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))

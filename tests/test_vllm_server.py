@@ -221,3 +221,34 @@ def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(tmp_pat
     (first,) = ranks
     assert first["done"] and all(n == rows for n, rows in first["done"]), first
     assert first["live"] == 0 and first["resting"] == 0
+
+
+def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
+    from vllm import SamplingParams
+
+    from core.backends.vllm.processor import VllmProcessor
+
+    forged = {"method": "plain", "sampling": {"n": 99}}  # a client's own esamp_config is not trusted
+    params = SamplingParams(n=2, temperature=0.7, top_k=5, seed=1,
+                            extra_args={"esamp_beta": 0.5, "esamp_config": forged, "other_plugin": 1})
+    VllmProcessor.validate_params(params)
+    first = dict(params.extra_args)
+    config = first[served.CONFIG_KEY]
+    assert config["method"] == "esamp" and config["esamp"]["beta"] == 0.5
+    assert (config["sampling"]["n"], config["sampling"]["temperature"], config["sampling"]["top_k"]) == (2, 0.7, 5)
+    assert (params.temperature, params.top_k) == (1.0, 0) and params.extra_args["other_plugin"] == 1
+    VllmProcessor.validate_params(params)  # the same params for a request's second prompt
+    assert params.extra_args[served.CONFIG_KEY] == config and params.extra_args[served.RUN_KEY] != first[served.RUN_KEY]
+
+
+def test_passk_runs_through_the_server(server, tmp_path):
+    from bench import passk
+
+    out = tmp_path / "passk.json"
+    assert passk.main(["--quick", "--server", server, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    labels = set(report["pass_at_k"])
+    assert report["backend"] == "server" and report["model"] == DEFAULT_MODEL
+    assert any(label.startswith("esamp") for label in labels) and any("min-p" in label for label in labels)
+    assert not any("fire" in label.lower() or "noise" in label for label in labels)  # not offered there
+    assert all(len(curve) == 4 and 0 <= curve[-1] <= 1 for curve in report["pass_at_k"].values())

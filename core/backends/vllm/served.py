@@ -28,7 +28,9 @@ CONFIG_KEY = "esamp_config"  # set here: the run's whole RunConfig
 # no meaning for one served request (one prompt), overlap is the server's to choose.
 FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
 XARGS = tuple(PREFIX + f for f in FIELDS)
-_OURS = (RUN_KEY, CONFIG_KEY)
+_MARK = "esamp_prepared"  # set here, with a value no client knows: this process rewrote the request
+_SECRET = secrets.token_hex(16)
+_OURS = (RUN_KEY, CONFIG_KEY, _MARK)
 
 
 def wants_esamp(extra: dict | None) -> bool:
@@ -41,11 +43,11 @@ def prepare(params) -> RunConfig:
     module's doc); ValueError naming the bad field. Called again for each prompt of a request that
     shares one SamplingParams: each prompt gets its own run key."""
     extra = params.extra_args
-    if CONFIG_KEY in extra:  # a second prompt of the same request: already rewritten
+    if extra.get(_MARK) == _SECRET:  # a second prompt of the same request: already rewritten here
         config = RunConfig.from_dict(extra[CONFIG_KEY])
-    else:
+    else:  # (a client's own esamp_config or esamp_run is an unknown key, or overwritten)
         config = RunConfig(method="esamp", esamp=_esamp(extra), sampling=_sampling(params), trace="light")
-        extra[CONFIG_KEY] = config.to_dict()
+        extra[CONFIG_KEY], extra[_MARK] = config.to_dict(), _SECRET
         params.temperature, params.top_k, params.top_p, params.min_p = 1.0, 0, 1.0, 0.0
     extra[RUN_KEY] = uuid.uuid4().hex
     return config

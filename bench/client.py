@@ -1,0 +1,59 @@
+"""A benchmark's runs through a running ESamp server (``python -m core serve``, or ``vllm serve``
+with this project installed) instead of a model loaded here: the same RunConfig, sent as an OpenAI
+client sends it, so the paper-scale runs (7B-8B models, 16-64 samples) can be made on a GPU box
+with the same code (``--server URL``).
+
+Only answers' texts come back (no trace: a served client gets no per-token novelty, docs/serving.md).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from core import EsampConfig, RunConfig
+from core.backends.vllm import served  # the keys a server takes (no vLLM import)
+
+DEFAULTS = EsampConfig()
+
+
+def offered(config: RunConfig) -> bool:
+    """Whether the server runs this config: plain sampling, min-p and ESamp, not FIRE or the noise ablation."""
+    return config.method == "plain" or (config.method == "esamp" and not config.esamp.noise)
+
+
+def request_of(config: RunConfig) -> dict:
+    """The keyword arguments of ``chat.completions.create`` (besides model and messages) for a run's
+    prompt: its sampling from the ordinary fields, ESamp's settings in ``vllm_xargs``."""
+    if not offered(config):
+        raise ValueError(f"A server does not run method {config.method!r}"
+                         + (" with noise" if config.esamp.noise else "") + ".")
+    sc = config.sampling
+    body: dict = {"top_k": sc.top_k, "min_p": sc.min_p, "ignore_eos": sc.ignore_eos}
+    if config.method == "esamp":
+        body["vllm_xargs"] = {f"esamp_{name}": getattr(config.esamp, name) for name in served.FIELDS
+                              if name == "beta" or getattr(config.esamp, name) != getattr(DEFAULTS, name)}
+    return {"n": sc.n, "seed": sc.seed, "temperature": sc.temperature, "top_p": sc.top_p,
+            "max_tokens": sc.max_new_tokens, "extra_body": body}
+
+
+def answers(client, model: str, prompts: list[str], config: RunConfig) -> list[list[str]]:
+    """Each prompt's n answers, every prompt's request at once (chat, or a plain completion when the
+    config does not use the chat template)."""
+    kw = request_of(config)
+
+    def ask(prompt: str) -> list[str]:
+        if config.chat:
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **kw)
+            return [c.message.content or "" for c in r.choices]
+        return [c.text for c in client.completions.create(model=model, prompt=prompt, **kw).choices]
+
+    with ThreadPoolExecutor(min(len(prompts), 16)) as pool:
+        return list(pool.map(ask, prompts))
+
+
+def connect(url: str):
+    """An OpenAI client of the server at ``url`` and the name of the model it serves."""
+    import openai
+
+    client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="not needed", max_retries=0)
+    return client, client.models.list().data[0].id

@@ -8,7 +8,16 @@ Only answers' texts come back (no trace: a served client gets no per-token novel
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 from core import EsampConfig, RunConfig
 from core.backends.vllm import served  # the keys a server takes (no vLLM import)
@@ -57,3 +66,46 @@ def connect(url: str):
 
     client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="not needed", max_retries=0)
     return client, client.models.list().data[0].id
+
+
+START_S = 300  # how long a server may take to start (the embedded model on 2 CPU cores: about 30 s)
+
+
+@contextmanager
+def running_server(*args: str, log: Path | None = None, env: dict | None = None) -> Iterator[str]:
+    """``python -m core serve`` on a free port of 127.0.0.1 with ``args`` (its options, then ``--`` and
+    vllm serve's), its output to ``log``; yields its URL once it answers /health, stops it after.
+    RuntimeError with the log's end when it does not start."""
+    from .screenshot import free_port
+
+    port = free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), *args],
+                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-3000:] if log else ""
+                raise RuntimeError(f"python -m core serve did not start (exit {proc.poll()}):\n{tail}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -25,11 +25,13 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 from core.backends.hardware import describe
 
+from .client import connect, running_server
 from .quality import read_prompts
 from .speed import parse_workload
 
@@ -89,11 +91,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     prompts = read_prompts()[:p]
-    with _server(a.server) as url:
-        import openai
-
-        client = openai.OpenAI(base_url=url + "/v1", api_key="not needed", max_retries=0)
-        model = client.models.list().data[0].id
+    with nullcontext(a.server) if a.server else running_server() as url:
+        client, model = connect(url)
         lm = load_model(backend="vllm")
 
         def run(v: str, seed: int) -> float:
@@ -147,42 +146,6 @@ def markdown(rows: list[dict], workload: str, dtype: str) -> str:
         e, i = ("" if r[k] is None else f"{r[k]:.3f}" for k in ("esamp_to_plain", "ratio_to_inprocess"))
         lines.append(f"| {r['variant']} | {workload} | {dtype} | {r['median_tokens_per_s']:.1f} | {i} | {e} |")
     return "\n".join(lines)
-
-
-class _server:
-    """A running server's URL: the given one, or ``python -m core serve`` started (and stopped) here."""
-
-    def __init__(self, url: str | None):
-        self.url, self.proc = url, None
-
-    def __enter__(self) -> str:
-        if self.url:
-            return self.url.rstrip("/")
-        import subprocess
-        import urllib.request
-
-        from .screenshot import free_port
-
-        port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    return url
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"python -m core serve did not start (exit {self.proc.poll()})") from None
-                time.sleep(1)
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            import os
-            import signal
-
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
 
 
 if __name__ == "__main__":

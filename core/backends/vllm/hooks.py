@@ -31,14 +31,25 @@ def install_hooks(model: torch.nn.Module, capture: Capture) -> LMHead:
         capture.h = args[1].float()  # (B, H): compute_logits(hidden_states[logits_indices])
 
     vocab = model.config.vocab_size if hasattr(model, "config") else lp.org_vocab_size
-    if model.lm_head.weight.shape[0] < vocab or getattr(model.lm_head, "tp_size", 1) > 1:
-        # Under tensor parallelism each rank holds a slice of the vocabulary's rows of W, while its
-        # sampler (and so ESamp's processor) sees the whole vocabulary's logits.
+    weight, bias = whole_head(model.lm_head)
+    if weight.shape[0] < vocab:
         raise ModelLoadError(f"ESamp needs the whole LM head in each worker, and this one holds "
-                             f"{model.lm_head.weight.shape[0]} of {vocab} rows (tensor parallelism is not "
-                             "supported yet; data parallelism is).")
+                             f"{weight.shape[0]} of {vocab} rows.")
     permanent_hooks(forward=[(layers[0], on_first_layer)], forward_pre=[(lp, on_head_input)])
-    weight = model.lm_head.weight[:vocab]  # the embedding may be padded beyond the vocabulary
-    bias = getattr(model.lm_head, "bias", None)
     norm = FinalNorm.of(inner.norm) if hasattr(inner, "norm") else None
-    return LMHead(weight, None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None), norm)
+    # The embedding may be padded beyond the vocabulary.
+    return LMHead(weight[:vocab], None if bias is None else bias[:vocab], getattr(lp, "soft_cap", None), norm)
+
+
+def whole_head(lm_head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight (V, H) and bias. Under tensor parallelism each rank holds a slice of
+    the vocabulary's rows while its sampler (and ESamp's processor) sees the whole vocabulary's
+    logits: the slices are gathered once, a whole copy of the head on every rank (internals, fact 8).
+    Every rank must call this at once (a collective)."""
+    weight, bias = lm_head.weight.detach(), getattr(lm_head, "bias", None)
+    if getattr(lm_head, "tp_size", 1) > 1:
+        from vllm.distributed import tensor_model_parallel_all_gather
+
+        weight = tensor_model_parallel_all_gather(weight.contiguous(), dim=0)
+        bias = None if bias is None else tensor_model_parallel_all_gather(bias.detach().contiguous(), dim=0)
+    return weight, bias

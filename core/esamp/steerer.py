@@ -123,7 +123,8 @@ class Steerer:
         projected = None
         if exact is not None:
             with self.watch("filter"):
-                cand, projected = exact(h - steer_by if guided else None)
+                # The fusion's e rides along only where the recompute reads W's rows (a bfloat16 head).
+                cand, projected = exact(h - steer_by if guided and not self.head.exact else None)
         fused = cand.logits
         if guided:
             with self.watch("fuse"):

@@ -17,7 +17,6 @@ from typing import Iterable
 
 import torch
 
-from ...config import RunConfig
 from . import internals, served
 from .hooks import install_hooks
 from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
@@ -77,7 +76,7 @@ class VllmProcessor(LogitsProcessor):
 
     def _start_served(self, args: dict) -> None:
         key = args[served.RUN_KEY]
-        self._served[key] = (RunConfig.from_dict(args[served.CONFIG_KEY]).sampling.n, {})
+        self._served[key] = (args[served.CONFIG_KEY]["sampling"]["n"], {})  # checked by served.prepare
         if self.head is None:
             try:
                 with torch.inference_mode(False):  # the head's norm enters the distiller's graph

@@ -237,8 +237,10 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: 
                     "candidate of your choice instead of the model's pick, and n new answers from there.")
         c1, c2, c3, c4 = st.columns(4)
         top = token.top
-        pick = c1.selectbox("Candidate", range(len(top)), format_func=lambda i: (
-            f"{token_label(top[i].text, top[i].id)} (p {top[i].p_ref:.3f} → {top[i].p_new:.3f})"))
+        other = next((i for i, c in enumerate(top) if c.id != token.id), 0)  # not the model's pick, to start
+        pick = c1.selectbox("Candidate", range(len(top)), index=other, format_func=lambda i: (
+            f"{token_label(top[i].text, top[i].id)} (p {top[i].p_ref:.3f} → {top[i].p_new:.3f})"
+            + (" · the model's pick" if top[i].id == token.id else "")))
         n = c2.number_input("Answers (n)", 1, limits.max_n, min(4, limits.max_n))
         beta = c3.number_input("β (0 = plain)", 0.0, MAX_BETA, float(trace.config.beta), 0.25)
         room = max(1, min(limits.max_new_tokens, sc.max_new_tokens - pos - 1))

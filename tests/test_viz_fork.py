@@ -100,3 +100,20 @@ def test_a_branch_joins_the_tree_where_it_left_its_answer():
     assert all(k >= BRANCHED for k in nine.samples) and [t.id for t in nine.tokens] == [9, 7]
     other = replace(branch, config=replace(LADDER[1], prefix_ids=(4, 9)))  # starts like no answer of the run
     assert branch_point(run, other) is None and len(answer_tree(run, branches=[other]).children[0].samples) == 2
+
+
+def test_a_branch_at_a_fork_left_the_answer_whose_token_it_replaced():
+    """Two answers share [1, 2] and split there (3 and 5): a branch that gives 5 after [1, 2] left the
+    answer that had 3 (5 is the other answer's own token there, not the one it replaced)."""
+    from dataclasses import replace
+
+    from viz.tree import branch_point
+
+    run = trace(LADDER[1], [[1, 2, 3, 4], [1, 2, 5, 6]])
+    for given, left, replaced in ((5, 0, 3), (3, 1, 5)):
+        branch = replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(1, 2, given)))
+        point = branch_point(run, branch)
+        assert (point.sample_index, point.replaced.id, point.given[-1].id) == (left, replaced, given)
+    ended = trace(LADDER[1], [[1, 2], [1, 2, 5]])  # an answer that ended there: the branch continued it
+    point = branch_point(ended, replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(1, 2, 5))))
+    assert point.sample_index == 0 and point.replaced is None

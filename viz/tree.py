@@ -68,14 +68,18 @@ def branch_point(parent: RunTrace, branch: RunTrace) -> BranchPoint | None:
             given[:len(own)] != own:
         return None
     pos, last = len(given) - len(own) - 1, given[-1]
-    for s in parent.samples:
-        if len(s.tokens) >= pos and [t.id for t in s.tokens[:pos]] == list(given[len(own):-1]):
-            here = s.tokens[pos] if pos < len(s.tokens) else None
-            cand = next((c for c in (here.top if here else []) if c.id == last), None)
-            chosen = Token(id=last, text=cand.text if cand else "", logp_ref=_log(cand.p_ref if cand else 0.0),
-                           logp_new=_log(cand.p_new if cand else 0.0), entropy_ref=0.0, entropy_new=0.0)
-            return BranchPoint(s.sample_index, pos, list(s.tokens[:pos]) + [chosen], here)
-    return None
+    left = [s for s in parent.samples
+            if len(s.tokens) >= pos and [t.id for t in s.tokens[:pos]] == list(given[len(own):-1])]
+    if not left:
+        return None
+    # Answers with these first tokens split here when their next tokens differ: the one left is one
+    # whose own next token is not the chosen one, where there is such (the chosen may be another's).
+    s = next((s for s in left if pos == len(s.tokens) or s.tokens[pos].id != last), left[0])
+    here = s.tokens[pos] if pos < len(s.tokens) else None
+    cand = next((c for o in left if pos < len(o.tokens) for c in o.tokens[pos].top if c.id == last), None)
+    chosen = Token(id=last, text=cand.text if cand else "", logp_ref=_log(cand.p_ref if cand else 0.0),
+                   logp_new=_log(cand.p_new if cand else 0.0), entropy_ref=0.0, entropy_new=0.0)
+    return BranchPoint(s.sample_index, pos, list(s.tokens[:pos]) + [chosen], here)
 
 
 def _log(p: float) -> float:

@@ -28,9 +28,11 @@ _loading = threading.Lock()
 
 @st.cache_resource(show_spinner="Loading the model (the first time converts the embedded GGUF, ~1 min)…")
 def get_model(name: str, backend: str = "transformers", safetensors_only: bool = False) -> LanguageModel:
-    """One copy per model name and backend; ``""`` is the embedded default. Remote code never runs."""
+    """One copy per model name and backend; ``""`` is the embedded default (on a server: whichever it
+    serves). Remote code never runs."""
+    where = {"url": serving.policy().server} if backend == serving.SERVER else {}
     with _loading:
-        return load_model(name or None, backend=backend, safetensors_only=safetensors_only)
+        return load_model(name or None, backend=backend, safetensors_only=safetensors_only, **where)
 
 
 @st.cache_resource(show_spinner="Loading the sentence embedder…")

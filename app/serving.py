@@ -8,6 +8,9 @@ load. All of it is the server's to set, from the environment:
   load (a pickled checkpoint can run code).
 - ``ESAMP_MAX_N``, ``ESAMP_MAX_NEW_TOKENS``, ``ESAMP_MAX_PROMPT_CHARS``, ``ESAMP_MAX_UPLOAD_MB``,
   ``ESAMP_MAX_RUNS`` (runs kept in the history; the oldest go first): the limits, in either mode.
+- ``ESAMP_SERVER=http://host:port``: the app is a client of an ESamp server (``python -m core serve``
+  there): every run generates on the server's model, none loads here (the model and backend
+  pickers give way to the server's name).
 - ``ESAMP_BACKEND``: the backend a new session starts on (default: ``DEFAULT_BACKEND`` where it
   is installed); ``ESAMP_PRELOAD=0``: do not load the default model in the background when the
   first page opens (it then loads at the first Generate).
@@ -28,6 +31,7 @@ _FALSE = {"0", "false", "no", "off"}
 # The backend a session starts on, where it is installed: vLLM finishes the app's first Generate and
 # every later one sooner, and generates every session's runs at once (docs/results.md, "Starting the app").
 DEFAULT_BACKEND = "vllm"
+SERVER = "server"  # core/backends/remote.py: runs generate on an ESamp server ($ESAMP_SERVER)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Policy:
     limits: Limits = Limits()
     backend: str = field(default_factory=lambda: _backend({}))  # the backend a new session starts on
     preload: bool = True  # load the default model when the first page opens
+    server: str | None = None  # an ESamp server's URL: every run generates there (backend "server")
 
     def allowed_models(self) -> list[str]:
         """The choices a served app offers ("" is the embedded default), in a stable order."""
@@ -97,17 +102,36 @@ def from_environment(env=None) -> Policy:
                     max_runs=_number(env, "ESAMP_MAX_RUNS", d.max_runs))
     models = tuple(m.strip() for m in env.get("ESAMP_MODELS", "").split(",") if m.strip())
     models_dir = Path(env["ESAMP_MODELS_DIR"]) if env.get("ESAMP_MODELS_DIR") else None
+    server = _server(env)
     return Policy(served=env.get("ESAMP_SERVED", "").lower() in _TRUE, models=models, models_dir=models_dir,
-                  limits=limits, backend=_backend(env), preload=_switch(env, "ESAMP_PRELOAD", True))
+                  limits=limits, backend=SERVER if server else _backend(env), preload=_switch(env, "ESAMP_PRELOAD", True),
+                  server=server)
+
+
+def _server(env) -> str | None:
+    raw = env.get("ESAMP_SERVER", "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")) or len(raw.split("//", 1)[1].strip("/")) == 0:
+        raise ValueError(f"$ESAMP_SERVER={raw!r} must be a server's address, such as http://127.0.0.1:8000.")
+    return raw.rstrip("/")
 
 
 def default_backend() -> str:
     """The backend a new session starts on (a bad $ESAMP_BACKEND: the first installed; the page says
     what is wrong with it)."""
     try:
-        return _backend(os.environ)
+        return SERVER if _server(os.environ) else _backend(os.environ)
     except ValueError:
         return installed_backends()[0]
+
+
+def backends() -> list[str]:
+    """The backends a session may choose: the server's only when the app is its client."""
+    try:
+        return [SERVER] if _server(os.environ) else installed_backends()
+    except ValueError:
+        return installed_backends()
 
 
 def _backend(env) -> str:

@@ -12,7 +12,6 @@ import streamlit as st
 
 from core import (DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, beta_ladder,
                   encode_prompts, temperature_ladder)
-from core.backends import installed_backends
 from core.config import MAX_BETA
 from core.tasks import Task, tasks_from_jsonl
 
@@ -28,6 +27,8 @@ class ModelChoice:
 
     @property
     def label(self) -> str:
+        if self.backend == serving.SERVER:
+            return f"the model of the ESamp server at {serving.policy().server}"
         return f"{self.name or DEFAULT_MODEL + ' (embedded)'} · {self.backend}"
 
 
@@ -152,8 +153,12 @@ def set_url(model: ModelChoice, settings: Settings) -> None:
 def model_picker() -> None:
     """The model and backend every page runs on, in the sidebar (first defaults from the URL).
     A served app offers only its own list: a typed name or path would load any file on its disk."""
-    url, options, policy = url_values(), installed_backends(), serving.policy()
+    url, options, policy = url_values(), serving.backends(), serving.policy()
     st.session_state.setdefault("model_backend", url["backend"] if url["backend"] in options else DEFAULTS["backend"])
+    if policy.server:
+        st.session_state.model_name, st.session_state.model_backend = "", serving.SERVER
+        _server_caption(policy.server)
+        return
     if policy.served:
         allowed = policy.allowed_models()
         if st.session_state.get("model_name") not in allowed:
@@ -170,6 +175,17 @@ def model_picker() -> None:
     st.sidebar.selectbox("Backend", options, key="model_backend",
                          help="vllm: the same ESamp inside vLLM, which generates every session's runs at once "
                               "(starting it takes ~15 s). transformers: one generation at a time per model.")
+
+
+def _server_caption(url: str) -> None:
+    """What a client of an ESamp server runs on (the server's model: there is nothing to choose)."""
+    try:
+        lm = get_model("", serving.SERVER)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError, or anything the server answers
+        st.sidebar.error(md(exc))
+        return
+    st.sidebar.markdown(f"**Model:** {md(lm.name)}  \n**Runs on** the ESamp server at {md(url)} "
+                        f"({md(str(lm.device))}, {md(str(lm.dtype).removeprefix('torch.'))})")
 
 
 def chosen_model() -> ModelChoice:

@@ -148,6 +148,8 @@ def command_for(config: RunConfig, prompt: str, model: str | None = None, backen
             parts += [o.flags[0], _written(value)]
     if model:
         parts += ["--model", model]
+    if backend == "server":  # a server's runs are its vLLM backend's (core/backends/vllm/routes.py): run there
+        backend = "vllm"
     if backend != "transformers":
         parts += ["--backend", backend]
     return shlex.join(parts)

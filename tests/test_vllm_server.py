@@ -5,6 +5,7 @@ import json
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,8 @@ openai = pytest.importorskip("openai")
 
 from bench import client as client_lib  # noqa: E402
 from core import DEFAULT_MODEL  # noqa: E402
+from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
+from core.backends.base import ModelLoadError  # noqa: E402
 from core.backends.vllm import served  # noqa: E402
 
 PROMPT = "Describe a city in the year 3000."
@@ -132,7 +135,7 @@ def test_a_client_that_goes_away_frees_its_run(server, client):
     deadline = time.monotonic() + 60
     while served_runs(server)["live"] and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None}
+    assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None, "runs": 0}
 
 
 def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
@@ -189,6 +192,10 @@ def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(tmp_pat
         for n, seed in asks:
             assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
         ranks = rpc(url, "esamp_served")
+        lm = load_model(backend="server", url=url)  # ESamp's routes: each run on one engine, taken from it
+        traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
+        assert [len(t.samples) for t in traces] == [3, 3, 3]
+        assert all(t.samples[0].tokens[-1].novelty is not None for t in traces)
     # vLLM answers from its first engine only: the runs that engine had, each with all its samples.
     (first,) = ranks
     assert first["done"] and all(n == rows for n, rows in first["done"]), first
@@ -255,8 +262,122 @@ def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
                             "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding)")
             answers = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
             ranks = rpc(url, "esamp_served")
+        lm = load_model(backend="server", url=url)  # ESamp's routes: each run on one engine, taken from it
+        traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
+        assert [len(t.samples) for t in traces] == [3, 3, 3]
+        assert all(t.samples[0].tokens[-1].novelty is not None for t in traces)
         assert len(ranks) == tp and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
         got.append(answers)
     one, two = got
     assert two == one and one[1] == one[0] and one[2] != one[0]  # β = 0 is vLLM's own; β > 0 steers
 
+
+
+# ESamp's own routes (core/backends/vllm/routes.py) and their client, the backend "server"
+
+
+def esamp_config(beta: float = 1.0, n: int = 3, tokens: int = 10, **sampling) -> RunConfig:
+    return RunConfig(method="esamp" if beta else "plain", esamp=EsampConfig(beta=beta, warmup_steps=0),
+                     sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=1, **sampling))
+
+
+def texts_of(trace) -> list[str]:
+    return [s.text for s in trace.samples]
+
+
+def post(url: str, route: str, body) -> tuple[int, dict]:
+    req = urllib.request.Request(url + "/v1/esamp/" + route, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.readline())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_server_backend_runs_what_the_in_process_backend_runs(server):
+    """The same runs through the server's routes and in process (both vLLM, float32): plain sampling's
+    tokens are the same; ESamp's change them; every token carries its signals; the progress names both
+    runs; the traces say they ran on the server; the answers' log-probabilities agree."""
+    lm = load_model(backend="server", url=server)
+    assert (lm.name, lm.backend, str(lm.dtype)) == (DEFAULT_MODEL, "server", "torch.float32")
+    configs = [esamp_config(beta=0.0), esamp_config(beta=1.0)]
+    seen = []
+    there = generate_runs(lm, [PROMPT], configs, progress=seen.append)
+    assert {p.run for p in seen} == {0, 1} and seen[-1].tokens > 0
+    assert [t.backend for t in there] == ["server", "server"] and there[0].dtype == "float32"
+    assert texts_of(there[1]) != texts_of(there[0])
+    assert all(t.novelty is not None and t.top for s in there[1].samples for t in s.tokens[1:])
+    here = load_model(backend="vllm", dtype="float32")
+    try:
+        local = generate_runs(here, [PROMPT], configs)
+        ids = [[t.id for t in s.tokens] for s in there[0].samples]
+        prefixes = [list(range(5, 15))] * len(ids)
+        far, near = lm_logprobs(lm, prefixes, ids), lm_logprobs(here, prefixes, ids)
+    finally:
+        here.close()
+    assert texts_of(there[0]) == texts_of(local[0])
+    assert len(far) == 3 and all(abs(a - b) < 1e-4 for x, y in zip(far, near) for a, b in zip(x, y))
+
+
+def lm_logprobs(lm, prefixes, answers):
+    from core import answer_logprobs
+
+    return answer_logprobs(lm, prefixes, answers)
+
+
+def test_a_stopped_server_run_comes_back_cut_short_and_frees_its_state(server):
+    lm = load_model(backend="server", url=server)
+    cancel = threading.Event()
+    config = esamp_config(n=2, tokens=400, ignore_eos=True)
+    (trace,) = generate_runs(lm, [PROMPT], [config], cancel=cancel,
+                             progress=lambda p: p.tokens >= 6 and cancel.set())
+    assert trace.stopped and all(6 <= len(s.tokens) < 400 for s in trace.samples)
+    assert all(s.finish_reason == "stopped" for s in trace.samples)
+    assert served_runs(server)["runs"] == 0
+
+
+def test_a_client_that_leaves_the_runs_stream_frees_its_runs(server):
+    body = {"prompts": [PROMPT], "configs": [esamp_config(n=2, tokens=400, ignore_eos=True).to_dict()], "job": "gone"}
+    req = urllib.request.Request(server + "/v1/esamp/runs", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert "progress" in json.loads(r.readline())
+    deadline = time.monotonic() + 60
+    while served_runs(server)["runs"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served_runs(server)["runs"] == 0
+    assert post(server, "stop", {"job": "gone"})[0] == 404  # the job is over
+
+
+def config_with(**sampling) -> dict:
+    d = RunConfig().to_dict()
+    return {**d, "sampling": {**d["sampling"], **sampling}}
+
+
+@pytest.mark.parametrize("route, body, status, says", [
+    ("runs", {"prompts": [PROMPT]}, 400, "missing: configs, job"),
+    ("runs", {"prompts": "a text", "configs": [config_with()], "job": "j"}, 400, "list of strings"),
+    ("runs", {"prompts": [PROMPT], "configs": [{"sampling": {}}], "job": "j"}, 400, "lacks 'method'"),
+    ("runs", {"prompts": [PROMPT], "configs": [config_with(n=0)], "job": "j"}, 400, "`n`"),
+    ("runs", {"prompts": [PROMPT], "configs": [config_with(max_new_tokens=8190)], "job": "j"}, 400, "context"),
+    ("runs", {"prompts": [""], "configs": [config_with()], "job": "j"}, 400, "empty"),
+    ("logprobs", {"prefixes": [[1]], "answers": [[10**9]]}, 400, "ids below"),
+    ("stop", {"job": "never started"}, 404, "No running job"),
+    ("nothing", {}, 404, "the routes are"),
+])
+def test_a_bad_call_to_the_routes_says_what_is_wrong(server, route, body, status, says):
+    code, answer = post(server, route, body)
+    assert code == status and says in answer["error"], answer
+
+
+def test_the_server_backend_refuses_what_it_cannot_reach_or_run(server):
+    from bench.screenshot import free_port
+
+    with pytest.raises(ModelLoadError, match="Cannot reach an ESamp server"):
+        load_model(backend="server", url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ModelLoadError, match="serves 'smollm2"):
+        load_model("another/model", backend="server", url=server)
+    lm = load_model(backend="server", url=server)
+    with pytest.raises(ValueError, match="context"):
+        generate_runs(lm, [PROMPT], [esamp_config(tokens=8190)])

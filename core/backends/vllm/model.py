@@ -71,7 +71,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     ``DEFAULT_PLACEMENT`` or ``$ESAMP_VLLM_PLACEMENT``. Other keyword arguments go to
     ``vllm.LLM``. vLLM picks the device itself.
     """
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     if device is not None:
         raise ModelLoadError("The vLLM backend picks its device itself: leave the device unset.")
@@ -102,16 +102,23 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     except Exception as exc:  # vLLM raises many types (pydantic validation, OSError, RuntimeError)
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     shape, head = _hook(llm, name, placement)
-    try:
-        gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
-    except OSError:
-        gen_eos = None
     model_config = llm.llm_engine.model_config
     failed = (lambda: llm.collective_rpc("esamp_failed")[0]) if placement == "inline" else None
     return VllmModel(name=name, llm=llm, engine=Engine(llm, failed), tokenizer=tokenizer, head=head,
                      hidden_size=shape["hidden_size"], context_length=model_config.max_model_len,
-                     eos_ids=eos_ids(gen_eos, tokenizer.eos_token_id), dtype=model_config.dtype,
+                     eos_ids=model_eos(source, tokenizer), dtype=model_config.dtype,
                      placement=placement, device=torch.device(shape["device"]))
+
+
+def model_eos(source: str, tokenizer) -> list[int]:
+    """The model's end-of-sequence ids: its generation config's and its tokenizer's."""
+    from transformers import GenerationConfig
+
+    try:
+        gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
+    except OSError:
+        gen_eos = None
+    return eos_ids(gen_eos, tokenizer.eos_token_id)
 
 
 def _hook(llm, name: str, placement: str) -> tuple[dict, LMHead | None]:

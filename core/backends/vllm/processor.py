@@ -120,9 +120,10 @@ class VllmProcessor(LogitsProcessor):
         self.served_done.append((n, len(rows)))
 
     def served(self) -> dict:
-        """What the served runs are doing: how many are live, and (n, rows) of the last ones freed."""
+        """What the served runs are doing: how many are live, and (n, rows) of the last ones freed; and
+        how many ESamp runs of any kind hold state here (``runs``)."""
         return {"live": len(self._served) - len(self._resting), "resting": len(self._resting),
-                "done": list(self.served_done)}
+                "done": list(self.served_done), "runs": len(self.runs)}
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:

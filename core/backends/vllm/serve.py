@@ -1,7 +1,8 @@
 """``python -m core serve``: vLLM's own OpenAI-compatible server with ESamp's plugin (installed with
 this project) and the settings ESamp needs, on 127.0.0.1 by default.
 
-A request asks for ESamp with ``vllm_xargs`` (served.py); everything else is ``vllm serve``.
+A request asks for ESamp with ``vllm_xargs`` (served.py); ESamp's own routes (routes.py) give whole
+run traces to the app and other clients; everything else is ``vllm serve``.
 The limits of the app's served mode hold: one model, chosen by whoever starts the server (a
 client cannot load another), no remote code, safetensors weights only.
 """
@@ -16,7 +17,7 @@ import torch
 from ..base import ModelLoadError
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype
-from . import internals, plugin, worker
+from . import internals, plugin, routes, worker
 from .model import CPU_BLOCK_SIZE, CPU_KV_CACHE_GIB, CPU_MAX_NUM_SEQS
 
 REFUSED = ("--trust-remote-code", "--load-format")  # the served limits: no remote code, safetensors only
@@ -39,8 +40,9 @@ def command(model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
             # ESamp's hooks run Python in every forward pass (eager); it reads each request's output list
             # as the step's tokens arrive (synchronous scheduling) and needs whole prompts (model.py).
             "--enforce-eager", "--no-async-scheduling", "--no-enable-chunked-prefill",
-            # esamp_* calls into the workers (with VLLM_SERVER_DEV_MODE=1: POST /collective_rpc)
-            "--worker-extension-cls", worker.QUALNAME]
+            # esamp_* calls into the workers (the routes', and POST /collective_rpc with VLLM_SERVER_DEV_MODE=1)
+            "--worker-extension-cls", worker.QUALNAME,
+            "--middleware", routes.MIDDLEWARE]  # whole run traces for the app (ESAMP_SERVER) and other clients
     if not torch.cuda.is_available():
         argv += ["--dtype", dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch."),
                  "--block-size", str(CPU_BLOCK_SIZE), "--max-num-seqs", str(CPU_MAX_NUM_SEQS),

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import streamlit as st
 
 from core import (DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, beta_ladder,
-                  encode_prompts, temperature_ladder)
+                  check_runs, temperature_ladder)
 from core.config import MAX_BETA
 from core.tasks import Task, tasks_from_jsonl
 
@@ -274,7 +274,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
 def _fits(lm: LanguageModel, chosen: Settings, slot) -> bool:
     """Whether the prompt and its tokens fit the model's context; if not, the reason goes to ``slot``."""
     try:
-        encode_prompts(lm, [chosen.prompt], chosen.config.chat, chosen.config.sampling.max_new_tokens)
+        check_runs(lm, [chosen.prompt], [chosen.config])
     except ValueError as exc:
         slot.error(md(exc))
         return False

@@ -6,7 +6,7 @@ ESamp or FIRE, and log per-token novelty. No Streamlit, no plotting here.
     trace.py    the run trace every layer reads
 """
 
-from .backends import answer_logprobs, generate, generate_runs, load_model
+from .backends import answer_logprobs, check_runs, generate, generate_runs, load_model
 from .backends.base import LanguageModel, ModelLoadError, Progress, UnsupportedArchitectureError, encode_prompts
 from .backends.embedded import DEFAULT_MODEL
 from .config import EsampConfig, FireConfig, RunConfig, SamplingConfig, beta_ladder, temperature_ladder
@@ -14,6 +14,6 @@ from .trace import RunTrace
 
 __all__ = [
     "DEFAULT_MODEL", "EsampConfig", "FireConfig", "LanguageModel", "ModelLoadError", "Progress", "RunConfig",
-    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "beta_ladder", "encode_prompts",
+    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "beta_ladder", "check_runs", "encode_prompts",
     "generate", "generate_runs", "load_model", "temperature_ladder",
 ]

@@ -381,3 +381,79 @@ def test_the_server_backend_refuses_what_it_cannot_reach_or_run(server):
     lm = load_model(backend="server", url=server)
     with pytest.raises(ValueError, match="context"):
         generate_runs(lm, [PROMPT], [esamp_config(tokens=8190)])
+
+
+# The app as a client of the server (ESAMP_SERVER): every page runs on the server's model
+
+
+@pytest.fixture
+def app_on_server(server, monkeypatch, tmp_path):
+    """The app's environment as a client of ``server``, with its own history; no model of its own."""
+    from app.resources import get_history, get_model
+
+    monkeypatch.setenv("ESAMP_SERVER", server)
+    monkeypatch.setenv("ESAMP_PRELOAD", "0")
+    monkeypatch.setenv("ESAMP_HISTORY_DB", str(tmp_path / "history.sqlite3"))
+    get_history.clear()
+    get_model.clear()
+    yield
+    get_history.clear()
+    get_model.clear()
+
+
+def test_the_app_on_a_server_generates_there_shows_everything_and_reopens_from_history(app_on_server, server):
+    from test_app import explore, open_page, texts
+
+    at = explore(ladder="0,1")
+    assert not at.exception, at.exception
+    assert f"the ESamp server at {md_url(server)}" in " ".join(m.value for m in at.sidebar.markdown)
+    assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=1"]
+    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 6  # heatmaps; spread, fork, tree, charts
+    assert "server · cpu · float32" in texts(at)  # where the runs ran
+    assert any("--backend vllm" in c.value for c in at.code)  # the command reproduces it on the server's machine
+    at = open_page("runs")
+    assert not at.exception, at.exception
+    assert len(at.get("html")) == 2 and at.select_slider[0].options == ["0 (plain)", "1"]
+
+
+def md_url(url: str) -> str:
+    from app.render import md
+
+    return md(url)
+
+
+def test_sweep_and_learn_run_on_the_server(app_on_server):
+    from test_app import open_page, run_until
+
+    at = open_page("sweep")
+    at.multiselect[0].set_value([0.5])
+    at.multiselect[1].set_value([1.0])
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(6)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
+    assert not at.exception, at.exception
+    assert [t.backend for t in at.session_state["sweep_run"].job.traces] == ["server", "server"]
+    at = open_page("learn")
+    at.slider[0].set_value(12)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
+    assert not at.exception, at.exception
+    assert any("fusion step at β" in h.value for h in at.subheader)
+    assert {t.backend for t in at.session_state["learn_job"].traces} == {"server"}
+
+
+def test_the_app_says_when_its_server_cannot_be_reached(monkeypatch, tmp_path):
+    from app.resources import get_model
+    from bench.screenshot import free_port
+    from test_app import open_page
+
+    monkeypatch.setenv("ESAMP_SERVER", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ESAMP_PRELOAD", "0")
+    get_model.clear()
+    try:
+        at = open_page("explore")
+        assert not at.exception, at.exception
+        assert any("Cannot reach an ESamp server" in e.value for e in at.sidebar.error)
+    finally:
+        get_model.clear()

@@ -74,6 +74,12 @@ def generate_runs(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[R
     return get_backend(lm.backend).generate_runs(lm, prompts, list(configs), progress=progress, cancel=cancel)
 
 
+def check_runs(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
+    """ValueError saying why these runs cannot start on ``lm`` (a prompt too long for its context with
+    its new tokens, a prefix id outside its vocabulary, what its backend does not run); None if they can."""
+    get_backend(lm.backend).check_runs(lm, prompts, list(configs))
+
+
 def answer_logprobs(lm: LanguageModel, prefixes: Sequence[list[int]],
                     answers: Sequence[list[int]]) -> list[list[float]]:
     """log p of every answer token given its prefix and the answer's earlier tokens, under the model at T=1."""

@@ -77,6 +77,10 @@ class Backend(Protocol):
                         answers: Sequence[list[int]]) -> list[list[float]]:
         """log p of every answer token given its prefix and the answer's earlier tokens, at T=1."""
 
+    def check_runs(self, lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
+        """ValueError saying why these runs cannot start on this model (a prompt and its new tokens over
+        the context, a prefix id outside the vocabulary, what the backend does not run), before any does."""
+
 
 def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_new_tokens: int,
                    prefix_ids: Sequence[int] = ()) -> list[list[int]]:
@@ -104,6 +108,12 @@ def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool, max_ne
                 f"max_new_tokens to at most {max(lm.context_length - len(ids), 0)}.")
         out.append(ids)
     return out
+
+
+def check_encoding(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
+    """``Backend.check_runs`` where encoding the prompts is the whole check."""
+    for c in configs:
+        encode_prompts(lm, prompts, c.chat, c.sampling.max_new_tokens, c.prefix_ids)
 
 
 def eos_ids(*sources) -> list[int]:

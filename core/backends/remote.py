@@ -98,6 +98,10 @@ class ServerBackend:
                     _call(lm.url, "POST", "stop", {"job": job}, lm.api_key, CONNECT_S)
         raise ServerError(f"The server at {lm.url} ended the runs' stream without their traces.")
 
+    def check_runs(self, lm: RemoteModel, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
+        body = {"prompts": list(prompts), "configs": [c.to_dict() for c in configs]}
+        _call(lm.url, "POST", "check", body, lm.api_key, CONNECT_S + 20)
+
     def answer_logprobs(self, lm: RemoteModel, prefixes: Sequence[list[int]],
                         answers: Sequence[list[int]]) -> list[list[float]]:
         body = {"prefixes": [list(p) for p in prefixes], "answers": [list(a) for a in answers]}

@@ -3,6 +3,7 @@ project's own batched KV-cache loop (loop.py); ``interop.py`` puts ESamp into ``
 
 from __future__ import annotations
 
+from ..base import check_encoding
 from . import loop, model
 
 
@@ -14,6 +15,7 @@ class HfBackend:
     generate = staticmethod(loop.generate)
     generate_runs = staticmethod(loop.generate_runs)
     answer_logprobs = staticmethod(loop.answer_logprobs)
+    check_runs = staticmethod(check_encoding)
 
 
 BACKEND = HfBackend()

@@ -20,6 +20,7 @@ class VllmBackend:
     generate = staticmethod(loop.generate)
     generate_runs = staticmethod(loop.generate_runs)
     answer_logprobs = staticmethod(loop.answer_logprobs)
+    check_runs = staticmethod(loop.check_runs)
 
 
 BACKEND = VllmBackend()

@@ -71,6 +71,11 @@ def encode_runs(lm, prompts: Sequence[str], configs: Sequence[RunConfig]) -> lis
     return [encoded[(c.chat, c.sampling.max_new_tokens, c.prefix_ids)] for c in configs]
 
 
+def check_runs(lm, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
+    """``Backend.check_runs`` on vLLM."""
+    encode_runs(lm, prompts, configs)
+
+
 def traces_of(lm, prompts: Sequence[str], runs: Sequence[Run], ids_of, results: Sequence[dict], *, t0: float,
               seconds: float, stopped: bool) -> list[RunTrace]:
     """The runs' traces from their results taken from the worker (``esamp_take``)."""

@@ -13,6 +13,8 @@ both). They live under /v1, so that ``--api-key`` guards them as it guards vLLM'
   recorded in the worker, the same tokens and signals), streamed as JSON lines: ``{"progress":
   [...]}`` (each run's ``Progress``) at least every ``BEAT_S``, then ``{"traces": [...]}`` or
   ``{"error": ...}``. A client that goes away aborts its runs.
+- ``POST /v1/esamp/check`` ``{"prompts": [...], "configs": [...]}``: whether the runs can start (a
+  400 that says why not: a prompt too long for the context, say), before the client asks for them.
 - ``POST /v1/esamp/stop`` ``{"job": id}``: the job's runs stop where they are and its stream ends
   with them, cut short (``trace.stopped``), as a cancel does in process.
 - ``POST /v1/esamp/logprobs`` ``{"prefixes": [[ids]], "answers": [[ids]]}``: ``answer_logprobs``.
@@ -142,16 +144,28 @@ def _configs(body: dict) -> tuple[list[str], list[RunConfig]]:
         raise BadRequest(f"A run configuration is not valid: {exc}") from None
 
 
-async def _runs(request, engine):
-    from starlette.responses import StreamingResponse
-
-    body = await _body(request, "prompts", "configs", "job")
+async def _encoded(request, engine, *keys: str) -> tuple[dict, Served, list[str], list[RunConfig], list]:
+    """The body, the model, the runs and their prompts' ids; BadRequest where they cannot run."""
+    body = await _body(request, "prompts", "configs", *keys)
     prompts, configs = _configs(body)
     lm = await served_model(engine)
     try:
-        ids_of = loop.encode_runs(lm, prompts, configs)
+        return body, lm, prompts, configs, loop.encode_runs(lm, prompts, configs)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+
+
+async def _check(request, engine):
+    from starlette.responses import JSONResponse
+
+    await _encoded(request, engine)
+    return JSONResponse({"ok": True})
+
+
+async def _runs(request, engine):
+    from starlette.responses import StreamingResponse
+
+    body, lm, prompts, configs, ids_of = await _encoded(request, engine, "job")
     job = str(body["job"])
     if job in _jobs:
         raise BadRequest(f"Job {job!r} is already running.")
@@ -273,5 +287,5 @@ def _line(obj: dict) -> bytes:
     return (json.dumps(obj) + "\n").encode()
 
 
-_ROUTES = {("GET", "model"): _model, ("POST", "runs"): _runs, ("POST", "stop"): _stop,
+_ROUTES = {("GET", "model"): _model, ("POST", "check"): _check, ("POST", "runs"): _runs, ("POST", "stop"): _stop,
            ("POST", "logprobs"): _logprobs}

@@ -2,6 +2,7 @@
 
     python -m bench.quality                                 # 24 prompts x 16 samples x 128 tokens
     python -m bench.quality --quick --json /tmp/q.json      # 2 prompts x 3 samples x 8 tokens
+    python -m bench.quality --server http://gpu-box:8000    # generated there (python -m core serve), scored here
 
 For each method, the n answers to each prompt are embedded (all-MiniLM-L6-v2) and scored:
 mean pairwise cosine distance and Vendi score (semantic diversity), distinct-2 and self-BLEU
@@ -72,8 +73,10 @@ def tradeoff_figure(results: dict[str, dict]):
 
 
 def machine(lm) -> dict:
-    """Where a figure was measured: the CPU (and GPU), and the model's device and dtype."""
-    return {**describe(), "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
+    """Where a figure was measured: the CPU (and GPU), and the model's device and dtype; for a model on
+    a server (backend "server"), the server and its device and dtype (its CPU is not known here)."""
+    where = {"server": lm.url} if lm.backend == "server" else describe()
+    return {**where, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
 
 
 def write_report(a: argparse.Namespace, report: dict, table: str) -> None:
@@ -102,11 +105,13 @@ def parse_common(ap: argparse.ArgumentParser, argv, tokens: int, quick: str, plo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=24, help="how many of the stored prompts")
+    ap.add_argument("--server", help="a running ESamp server's URL (python -m core serve): generate there, with "
+                                     "every method and every token's signals (ESamp's routes), score here")
     a = parse_common(ap, argv, tokens=128, quick="2 prompts x 3 samples x 8 tokens", plot="diversity-vs-perplexity")
     if a.quick:
         a.prompts, a.n, a.tokens = 2, 3, 8
     prompts = read_prompts()[:a.prompts]
-    lm = load_model(a.model, backend=a.backend)
+    lm = load_model(a.model, backend="server", url=a.server) if a.server else load_model(a.model, backend=a.backend)
     embedder = spread.load_embedder()
     sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed)
     results: dict[str, dict] = {}
@@ -125,7 +130,7 @@ def main(argv=None) -> int:
     table = markdown(results)
     print("\n" + table)
     out = {"command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "backend": a.backend, "model": lm.name, "prompts": prompts, "n": a.n, "tokens": a.tokens,
+           "backend": lm.backend, "model": lm.name, "prompts": prompts, "n": a.n, "tokens": a.tokens,
            "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start, "methods": results}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))

@@ -6,14 +6,17 @@ interleaved in one process: does serving cost anything?
     python -m bench.served --quick --json out.json   # 1x2, 8 tokens, one round: checks the plumbing
 
 Variants, on the same prompts (bench/prompts/open_ended.txt, chat template) and sampling (T = 1,
-top-k 50, EOS ignored, the same seeds), each timed from the first request to the last token:
+top-k 50, EOS ignored, the same seeds), each timed from the call to its last answer or trace:
 - ``inprocess-plain`` / ``inprocess-esamp``: ``core.generate`` on the vLLM backend in this process
   (β = 0.25, light trace), as bench.speed runs them: one run for all the prompts;
 - ``inprocess-esamp-each``: the same with each prompt its own run, all at once from threads (what
   the server does: every request is a run);
 - ``served-native``: the server's own sampling (no ``vllm_xargs``), one chat request per prompt
   with n samples, all at once from threads, through the ``openai`` client;
-- ``served-esamp``: the same with ``vllm_xargs={"esamp_beta": 0.25}``.
+- ``served-esamp``: the same with ``vllm_xargs={"esamp_beta": 0.25}``;
+- ``routes-plain`` / ``routes-esamp``: ``core.generate`` on the backend "server" (ESamp's own routes
+  on the same server, what the app uses with ESAMP_SERVER): the in-process runs, made there, with
+  every token's signals streamed back as a trace.
 The server and the in-process engine share the machine: only one runs at a time.
 """
 
@@ -35,19 +38,21 @@ from .client import connect, running_server
 from .quality import read_prompts
 from .speed import parse_workload
 
-VARIANTS = ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native", "served-esamp"]
+VARIANTS = ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native", "served-esamp",
+            "routes-plain", "routes-esamp"]
 BETA = 0.25
 
 
 def inprocess(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> float:
-    """Seconds for one in-process run (the trace's own timing: first step to last token)."""
-    esamp = variant != "inprocess-plain"
+    """Seconds for one run, from the call to its trace (on the backend "server": the trace back here)."""
+    esamp = not variant.endswith("-plain")
     config = RunConfig(method="esamp" if esamp else "plain", esamp=EsampConfig(beta=BETA, shadow=esamp),
                        sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True), trace="light")
     if variant != "inprocess-esamp-each":
+        t0 = time.perf_counter()
         trace = generate(lm, prompts, config)
         assert trace.timings.new_tokens == len(prompts) * n * tokens
-        return trace.timings.seconds
+        return time.perf_counter() - t0
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(prompts)) as pool:
         traces = list(pool.map(lambda p: generate(lm, [p], config), prompts))
@@ -93,11 +98,11 @@ def main(argv=None) -> int:
     prompts = read_prompts()[:p]
     with nullcontext(a.server) if a.server else running_server() as url:
         client, model = connect(url)
-        lm = load_model(backend="vllm")
+        lm, remote = load_model(backend="vllm"), load_model(backend="server", url=url)
 
         def run(v: str, seed: int) -> float:
-            if v.startswith("inprocess"):
-                return inprocess(lm, v, prompts, n, a.tokens, seed)
+            if v.startswith(("inprocess", "routes")):
+                return inprocess(lm if v.startswith("inprocess") else remote, v, prompts, n, a.tokens, seed)
             return served(client, model, v, prompts, n, a.tokens, seed)
 
         for v in VARIANTS:  # warm up every variant at this size
@@ -130,9 +135,10 @@ def summarize(seconds: dict[str, list[float]], tokens: int) -> list[dict]:
         return statistics.median(sb / sa for sa, sb in zip(seconds[a], seconds[b]))
 
     inprocess_of = {"served-esamp": "inprocess-esamp", "served-native": "inprocess-plain",
-                    "inprocess-esamp-each": "inprocess-esamp"}
+                    "inprocess-esamp-each": "inprocess-esamp", "routes-plain": "inprocess-plain",
+                    "routes-esamp": "inprocess-esamp"}
     plain_of = {"inprocess-esamp": "inprocess-plain", "inprocess-esamp-each": "inprocess-plain",
-                "served-esamp": "served-native"}
+                "served-esamp": "served-native", "routes-esamp": "routes-plain"}
     return [{"variant": v, "median_tokens_per_s": statistics.median(tokens / s for s in seconds[v]),
              "ratio_to_inprocess": ratio(v, inprocess_of[v]) if v in inprocess_of else None,
              "esamp_to_plain": ratio(v, plain_of[v]) if v in plain_of else None} for v in VARIANTS]

@@ -104,7 +104,7 @@ def test_served_quick_times_the_server_beside_the_in_process_backend(tmp_path):
     report = json.loads(out.read_text())
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native",
-                          "served-esamp"]
+                          "served-esamp", "routes-plain", "routes-esamp"]
     assert all(r["median_tokens_per_s"] > 0 for r in rows.values())
     assert rows["served-esamp"]["ratio_to_inprocess"] > 0 and rows["served-esamp"]["esamp_to_plain"] > 0
     assert report["machine"]["cpu"] and "| served-esamp | 1x2 |" in proc.stdout

@@ -457,3 +457,16 @@ def test_the_app_says_when_its_server_cannot_be_reached(monkeypatch, tmp_path):
         assert any("Cannot reach an ESamp server" in e.value for e in at.sidebar.error)
     finally:
         get_model.clear()
+
+
+def test_quality_runs_every_method_through_the_servers_routes(server, tmp_path):
+    from bench import quality
+
+    out = tmp_path / "quality.json"
+    assert quality.main(["--quick", "--server", server, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backend"] == "server" and report["machine"]["server"] == server
+    assert report["machine"]["dtype"] == "float32"
+    labels = set(report["methods"])
+    assert any(label.startswith("esamp") for label in labels) and any("fire" in label.lower() for label in labels)
+    assert all(r["summary"]["perplexity"]["mean"] > 1 for r in report["methods"].values())

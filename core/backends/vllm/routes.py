@@ -193,9 +193,13 @@ async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
             yield _line({"progress": [asdict(p) for p in _progress(runs, counts, t0)]})
         work.result()
         results = [await _take(engine, r.key) for r in runs]
-        traces = await asyncio.to_thread(loop.traces_of, lm, prompts, runs, ids_of, results, t0=t0,
-                                         seconds=time.perf_counter() - t0, stopped=stop.done())
-        yield _line({"traces": [t.to_dict() for t in traces]})
+        seconds = time.perf_counter() - t0
+
+        def answer() -> bytes:  # off the server's event loop: every other request's outputs go through it
+            traces = loop.traces_of(lm, prompts, runs, ids_of, results, t0=t0, seconds=seconds, stopped=stop.done())
+            return _line({"traces": [t.to_dict() for t in traces]})
+
+        yield await asyncio.to_thread(answer)
     except Exception as exc:  # noqa: BLE001 - the client is told; the server goes on
         log.exception("ESamp job %s failed", job)
         yield _line({"error": f"{type(exc).__name__}: {exc}"})

@@ -30,7 +30,8 @@ _loading = threading.Lock()
 def get_model(name: str, backend: str = "transformers", safetensors_only: bool = False) -> LanguageModel:
     """One copy per model name and backend; ``""`` is the embedded default (on a server: whichever it
     serves). Remote code never runs."""
-    where = {"url": serving.policy().server} if backend == serving.SERVER else {}
+    policy = serving.policy()
+    where = {"url": policy.server, "api_key": policy.server_key} if backend == serving.SERVER else {}
     with _loading:
         return load_model(name or None, backend=backend, safetensors_only=safetensors_only, **where)
 

@@ -10,7 +10,7 @@ load. All of it is the server's to set, from the environment:
   ``ESAMP_MAX_RUNS`` (runs kept in the history; the oldest go first): the limits, in either mode.
 - ``ESAMP_SERVER=http://host:port``: the app is a client of an ESamp server (``python -m core serve``
   there): every run generates on the server's model, none loads here (the model and backend
-  pickers give way to the server's name).
+  pickers give way to the server's name); ``ESAMP_SERVER_API_KEY``: its ``--api-key``, if it has one.
 - ``ESAMP_BACKEND``: the backend a new session starts on (default: ``DEFAULT_BACKEND`` where it
   is installed); ``ESAMP_PRELOAD=0``: do not load the default model in the background when the
   first page opens (it then loads at the first Generate).
@@ -53,6 +53,7 @@ class Policy:
     backend: str = field(default_factory=lambda: _backend({}))  # the backend a new session starts on
     preload: bool = True  # load the default model when the first page opens
     server: str | None = None  # an ESamp server's URL: every run generates there (backend "server")
+    server_key: str | None = field(default=None, repr=False)  # its API key
 
     def allowed_models(self) -> list[str]:
         """The choices a served app offers ("" is the embedded default), in a stable order."""
@@ -105,7 +106,7 @@ def from_environment(env=None) -> Policy:
     server = _server(env)
     return Policy(served=env.get("ESAMP_SERVED", "").lower() in _TRUE, models=models, models_dir=models_dir,
                   limits=limits, backend=SERVER if server else _backend(env), preload=_switch(env, "ESAMP_PRELOAD", True),
-                  server=server)
+                  server=server, server_key=env.get("ESAMP_SERVER_API_KEY") or None)
 
 
 def _server(env) -> str | None:

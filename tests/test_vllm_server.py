@@ -470,3 +470,13 @@ def test_quality_runs_every_method_through_the_servers_routes(server, tmp_path):
     labels = set(report["methods"])
     assert any(label.startswith("esamp") for label in labels) and any("fire" in label.lower() for label in labels)
     assert all(r["summary"]["perplexity"]["mean"] > 1 for r in report["methods"].values())
+
+
+def test_a_servers_api_key_guards_esamps_routes_too(tmp_path):
+    with running_server(tmp_path / "key.log", "--api-key", "sekret") as url:
+        with pytest.raises(ModelLoadError, match="Unauthorized"):
+            load_model(backend="server", url=url)
+        assert post(url, "check", {"prompts": [PROMPT], "configs": [config_with()]})[0] == 401
+        lm = load_model(backend="server", url=url, api_key="sekret")
+        (trace,) = generate_runs(lm, [PROMPT], [esamp_config(n=2, tokens=4)])
+        assert len(trace.samples) == 2

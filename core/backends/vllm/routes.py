@@ -5,7 +5,7 @@ client is ``core.backends.remote`` (the backend "server").
 vLLM's server adds them as a middleware, its documented extension point for routes of one's own
 (``--middleware core.backends.vllm.routes.esamp_routes``, with the worker extension
 ``--worker-extension-cls core.backends.vllm.worker.EsampWorker``; ``python -m core serve`` adds
-both). They live under /v1, so that ``--api-key`` guards them as it guards vLLM's own.
+both). They live under /v1 and take the server's ``--api-key`` as vLLM's own routes do.
 
 - ``GET /v1/esamp/model``: the served model, as the client needs to know it.
 - ``POST /v1/esamp/runs`` ``{"prompts": [...], "configs": [RunConfig dicts], "job": id}``: the runs,
@@ -26,6 +26,7 @@ engine (its own distiller), the runs of a call round robin over the engines.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import json
 import logging
@@ -82,6 +83,9 @@ async def esamp_routes(request, call_next):
     path = request.url.path
     if not path.startswith(PREFIX):
         return await call_next(request)
+    if not _allowed(request):
+        return JSONResponse({"error": "Unauthorized: this server wants its API key (Authorization: Bearer KEY)."},
+                            status_code=401)
     handler = _ROUTES.get((request.method, path[len(PREFIX):]))
     if handler is None:
         return JSONResponse({"error": f"No ESamp route {request.method} {path}; the routes are "
@@ -90,6 +94,19 @@ async def esamp_routes(request, call_next):
         return await handler(request, request.app.state.engine_client)
     except BadRequest as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+def _allowed(request) -> bool:
+    """The server's ``--api-key`` (or ``$VLLM_API_KEY``) holds here too: vLLM adds a ``--middleware`` outside
+    its own key check, so these routes check the key themselves, as vLLM's check does."""
+    import os
+
+    args = getattr(request.app.state, "args", None)
+    keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY", "")]) if k]
+    if not keys:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
 
 
 async def served_model(engine) -> Served:

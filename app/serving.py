@@ -105,8 +105,9 @@ def from_environment(env=None) -> Policy:
     models_dir = Path(env["ESAMP_MODELS_DIR"]) if env.get("ESAMP_MODELS_DIR") else None
     server = _server(env)
     return Policy(served=env.get("ESAMP_SERVED", "").lower() in _TRUE, models=models, models_dir=models_dir,
-                  limits=limits, backend=SERVER if server else _backend(env), preload=_switch(env, "ESAMP_PRELOAD", True),
-                  server=server, server_key=env.get("ESAMP_SERVER_API_KEY") or None)
+                  limits=limits, backend=SERVER if server else _backend(env),
+                  preload=_switch(env, "ESAMP_PRELOAD", True), server=server,
+                  server_key=env.get("ESAMP_SERVER_API_KEY") or None)
 
 
 def _server(env) -> str | None:

@@ -14,6 +14,6 @@ from .trace import RunTrace
 
 __all__ = [
     "DEFAULT_MODEL", "EsampConfig", "FireConfig", "LanguageModel", "ModelLoadError", "Progress", "RunConfig",
-    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "beta_ladder", "check_runs", "encode_prompts",
-    "generate", "generate_runs", "load_model", "temperature_ladder",
+    "RunTrace", "SamplingConfig", "UnsupportedArchitectureError", "answer_logprobs", "beta_ladder", "check_runs",
+    "encode_prompts", "generate", "generate_runs", "load_model", "temperature_ladder",
 ]

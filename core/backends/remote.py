@@ -73,8 +73,8 @@ class ServerBackend:
         return RemoteModel(url, info["name"], info["context_length"], list(info["eos_ids"]),
                            getattr(torch, info["dtype"]), torch.device(info["device"]), api_key)
 
-    def generate(self, lm: RemoteModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,
-                 cancel: threading.Event | None = None) -> RunTrace:
+    def generate(self, lm: RemoteModel, prompts: Sequence[str], config: RunConfig, *,
+                 progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> RunTrace:
         return self.generate_runs(lm, prompts, [config], progress=progress, cancel=cancel)[0]
 
     def generate_runs(self, lm: RemoteModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,

@@ -249,6 +249,18 @@ def test_sweep_beta_and_temperature():
     assert not at.get("plotly_chart") and any("switch back" in i.value for i in at.info)
 
 
+def small_sweep(at: AppTest, tokens: int) -> AppTest:
+    """Sweep's diversity mode with ESamp at β = 0.5 and plain at T = 1, n = 2, until its chart is drawn."""
+    at.multiselect[0].set_value([0.5])
+    at.multiselect[1].set_value([1.0])
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(tokens)
+    at.button[0].click()
+    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
+    assert not at.exception, at.exception
+    return at
+
+
 def test_sweep_task_mode_shows_pass_at_k():
     at = open_page("sweep")
     at.radio[0].set_value("Task: pass@k").run()
@@ -352,13 +364,7 @@ def test_sweep_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir, tmp_path)
     assert not at.exception
     assert any("Cannot load model" in e.value for e in at.error)  # it tried the chosen model, not the default
     at.sidebar.text_input[0].input(tiny_model_dir)
-    at.multiselect[0].set_value([0.5])
-    at.multiselect[1].set_value([1.0])
-    at.number_input[0].set_value(2)
-    at.number_input[1].set_value(4)
-    at.button[0].click()
-    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
-    assert not at.exception, at.exception
+    small_sweep(at, tokens=4)
     assert {t.model for t in at.session_state["sweep_run"].job.traces} == {tiny_model_dir}
 
 

@@ -172,7 +172,7 @@ def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
     update(added=[(0, whole), (1, whole), (2, part)])
     assert len({r.run for r in proc.rows.values()}) == 2 and "no model" in next(iter(proc.failed().values()))
     update(removed=[0, 1, 2])
-    assert proc.served() == {"live": 0, "resting": 1, "done": [(2, 2)]}
+    assert proc.served() == {"live": 0, "resting": 1, "done": [(2, 2)], "runs": 1}
     update(added=[(0, part)])  # a late sample of the resting run: it goes on
     assert proc.served()["resting"] == 0 and proc.rows[0].row == 1
     update(removed=[0])
@@ -262,10 +262,9 @@ def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
                             "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding)")
             answers = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
             ranks = rpc(url, "esamp_served")
-        lm = load_model(backend="server", url=url)  # ESamp's routes: each run on one engine, taken from it
-        traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
-        assert [len(t.samples) for t in traces] == [3, 3, 3]
-        assert all(t.samples[0].tokens[-1].novelty is not None for t in traces)
+            lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
+            (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
+            assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
         assert len(ranks) == tp and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
         got.append(answers)
     one, two = got
@@ -423,16 +422,9 @@ def md_url(url: str) -> str:
 
 
 def test_sweep_and_learn_run_on_the_server(app_on_server):
-    from test_app import open_page, run_until
+    from test_app import open_page, run_until, small_sweep
 
-    at = open_page("sweep")
-    at.multiselect[0].set_value([0.5])
-    at.multiselect[1].set_value([1.0])
-    at.number_input[0].set_value(2)
-    at.number_input[1].set_value(6)
-    at.button[0].click()
-    run_until(at, lambda a: len(a.get("plotly_chart")) > 0)
-    assert not at.exception, at.exception
+    at = small_sweep(open_page("sweep"), tokens=6)
     assert [t.backend for t in at.session_state["sweep_run"].job.traces] == ["server", "server"]
     at = open_page("learn")
     at.slider[0].set_value(12)

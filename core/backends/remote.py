@@ -65,7 +65,9 @@ class ServerBackend:
         url = url.rstrip("/")
         try:
             info = _call(url, "GET", "model", None, api_key, CONNECT_S + 60)  # the first call loads the tokenizer
-        except (OSError, ServerError, ValueError) as exc:
+        except (ServerError, ValueError) as exc:
+            raise ModelLoadError(f"The ESamp server at {url} refused: {exc}") from exc
+        except OSError as exc:
             raise ModelLoadError(f"Cannot reach an ESamp server at {url}: {exc}. Start one there with "
                                  "`python -m core serve` (it serves the embedded model on 127.0.0.1:8000).") from exc
         if name not in (DEFAULT_MODEL, info["name"]):
@@ -89,13 +91,16 @@ class ServerBackend:
                 if "error" in line:
                     raise ServerError(line["error"])
                 if "traces" in line:
-                    return [_here(RunTrace.from_dict(t), lm) for t in line["traces"]]
+                    return [_here(RunTrace.from_dict(t)) for t in line["traces"]]
                 if progress is not None:
                     for p in line["progress"]:
                         progress(Progress(**p))
                 if cancel is not None and cancel.is_set() and not stopping:
                     stopping = True
-                    _call(lm.url, "POST", "stop", {"job": job}, lm.api_key, CONNECT_S)
+                    try:
+                        _call(lm.url, "POST", "stop", {"job": job}, lm.api_key, CONNECT_S)
+                    except ServerError:  # it has just finished: its traces are on their way
+                        pass
         raise ServerError(f"The server at {lm.url} ended the runs' stream without their traces.")
 
     def check_runs(self, lm: RemoteModel, prompts: Sequence[str], configs: Sequence[RunConfig]) -> None:
@@ -108,7 +113,7 @@ class ServerBackend:
         return _call(lm.url, "POST", "logprobs", body, lm.api_key, READ_S)["logprobs"]
 
 
-def _here(trace: RunTrace, lm: RemoteModel) -> RunTrace:
+def _here(trace: RunTrace) -> RunTrace:
     """A trace from the server as this side's: its backend is the server (device and dtype are the server's)."""
     return replace(trace, backend=NAME)
 

@@ -64,7 +64,7 @@ class ServerBackend:
             raise ModelLoadError("A server runs its model on its own device and dtype: leave them unset.")
         url = url.rstrip("/")
         try:
-            info = _call(url, "GET", "model", None, api_key, CONNECT_S + 60)  # the first call loads the tokenizer
+            info = _call(url, "GET", "model", None, api_key, CONNECT_S + 20)  # the first call loads the tokenizer
         except (ServerError, ValueError) as exc:
             raise ModelLoadError(f"The ESamp server at {url} refused: {exc}") from exc
         except OSError as exc:

@@ -43,7 +43,7 @@ VARIANTS = ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "serve
 BETA = 0.25
 
 
-def inprocess(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> float:
+def through_core(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> float:
     """Seconds for one run, from the call to its trace (on the backend "server": the trace back here)."""
     esamp = not variant.endswith("-plain")
     config = RunConfig(method="esamp" if esamp else "plain", esamp=EsampConfig(beta=BETA, shadow=esamp),
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
         def run(v: str, seed: int) -> float:
             if v.startswith(("inprocess", "routes")):
-                return inprocess(lm if v.startswith("inprocess") else remote, v, prompts, n, a.tokens, seed)
+                return through_core(lm if v.startswith("inprocess") else remote, v, prompts, n, a.tokens, seed)
             return served(client, model, v, prompts, n, a.tokens, seed)
 
         for v in VARIANTS:  # warm up every variant at this size

@@ -127,15 +127,31 @@ def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressF
         sub.wait(POLL_S)
         if progress is not None and sub.steps != seen:
             seen = sub.steps
-            for i, run in enumerate(runs):
-                sc = run.config.sampling
-                tokens = sum(sub.tokens.get(rid, 0) for rid in run.request_ids)
-                progress(Progress(min(seen, sc.max_new_tokens), sc.max_new_tokens, tokens,
-                                  len(run.request_ids) * sc.max_new_tokens, time.perf_counter() - t0, run=i))
+            for p in progress_of(runs, sub.tokens, seen, t0):
+                progress(p)
         if cancel is not None and cancel.is_set() and not stopped and not sub.finished:
             stopped = True
             lm.engine.abort(sub)
     return stopped
+
+
+def progress_of(runs: Sequence[Run], tokens: dict[str, int], steps: int | None, t0: float) -> list[Progress]:
+    """Each run's progress from its requests' tokens so far, after ``steps`` engine steps (None: as
+    many as its longest sample has tokens)."""
+    out = []
+    for i, run in enumerate(runs):
+        sc, done = run.config.sampling, [tokens.get(rid, 0) for rid in run.request_ids]
+        step = max(done) if steps is None else steps
+        out.append(Progress(min(step, sc.max_new_tokens), sc.max_new_tokens, sum(done),
+                            len(done) * sc.max_new_tokens, time.perf_counter() - t0, run=i))
+    return out
+
+
+def prompt_logprobs_of(out, prefix: Sequence[int], answer: Sequence[int]) -> list[float]:
+    """log p of each answer token from a request's ``prompt_logprobs`` over prefix + answer (entry t:
+    the log-probability of token t given those before)."""
+    steps = out.prompt_logprobs[len(prefix):len(prefix) + len(answer)]
+    return [step[tok].logprob for step, tok in zip(steps, answer)]
 
 
 def request_seed(seed: int, row: int) -> int:
@@ -167,8 +183,4 @@ def answer_logprobs(lm: VllmModel, prefixes: Sequence[list[int]], answers: Seque
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
     outs = native(lm, [list(p) + list(a) for p, a in zip(prefixes, answers)], [params] * len(prefixes))
-    result = []
-    for out, p, a in zip(outs, prefixes, answers):
-        steps = out.prompt_logprobs[len(p):len(p) + len(a)]  # entry t: the logprob of token t given those before
-        result.append([step[tok].logprob for step, tok in zip(steps, a)])
-    return result
+    return [prompt_logprobs_of(out, p, a) for out, p, a in zip(outs, prefixes, answers)]

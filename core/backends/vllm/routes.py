@@ -37,7 +37,6 @@ from typing import Any, Sequence
 import torch
 
 from ...config import RunConfig
-from ..base import Progress
 from . import internals, loop
 from .model import model_eos
 
@@ -194,10 +193,10 @@ async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
     """The JSON lines of one job: progress while its runs generate, then their traces."""
     runs, first, after = loop.requests_of(lm, ids_of, configs)
     counts: dict[str, int] = {}
-    changed, t0 = asyncio.Event(), time.perf_counter()  # (perf_counter: the clock of the worker's first_step_at)
+    t0 = time.perf_counter()  # (the clock of the worker's first_step_at)
     rank = {r.key: next(_rank) % lm.engines if lm.engines > 1 else None for r in runs}
     run_of = {rid: r.key for r in runs for rid in r.request_ids}
-    work = asyncio.create_task(_follow(engine, first, after, counts, changed, rank, run_of))
+    work = asyncio.create_task(_follow(engine, first, after, counts, rank, run_of))
     stop = asyncio.create_task(_jobs[job].wait())
     aborted = False
     try:
@@ -206,8 +205,7 @@ async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
             if stop.done() and not aborted:
                 aborted = True
                 await engine.abort([rid for r in runs for rid in r.request_ids])
-            changed.clear()
-            yield _line({"progress": [asdict(p) for p in _progress(runs, counts, t0)]})
+            yield _line({"progress": [asdict(p) for p in loop.progress_of(runs, counts, None, t0)]})
         work.result()
         results = [await _take(engine, r.key) for r in runs]
         seconds = time.perf_counter() - t0
@@ -241,7 +239,7 @@ async def _forget(engine, runs: Sequence[loop.Run]) -> None:
         log.exception("freeing an abandoned ESamp job failed")
 
 
-async def _follow(engine, first, after, counts, changed, rank, run_of) -> None:
+async def _follow(engine, first, after, counts, rank, run_of) -> None:
     """Every request of the job, each prompt's later samples once its first has an output (loop.py)."""
     async def one(req) -> None:
         later: list[asyncio.Task] = []
@@ -250,20 +248,9 @@ async def _follow(engine, first, after, counts, changed, rank, run_of) -> None:
             counts[req.id] = counts.get(req.id, 0) + len(out.outputs[0].token_ids)
             if not later and req.id in after:
                 later = [asyncio.create_task(one(r)) for r in after[req.id]]
-            changed.set()
         await asyncio.gather(*later)
 
     await asyncio.gather(*(one(r) for r in first))
-
-
-def _progress(runs: Sequence[loop.Run], counts: dict[str, int], t0: float) -> list[Progress]:
-    out = []
-    for i, run in enumerate(runs):
-        sc = run.config.sampling
-        done = [counts.get(rid, 0) for rid in run.request_ids]
-        out.append(Progress(max(done), sc.max_new_tokens, sum(done), len(done) * sc.max_new_tokens,
-                            time.perf_counter() - t0, run=i))
-    return out
 
 
 async def _take(engine, key: str) -> dict:
@@ -299,8 +286,7 @@ async def _logprobs(request, engine):
     for i, (p, a) in enumerate(zip(prefixes, answers)):
         async for out in engine.generate({"prompt_token_ids": p + a}, params, f"{tag}-{i}"):
             final = out
-        steps = final.prompt_logprobs[len(p):len(p) + len(a)]
-        result.append([step[tok].logprob for step, tok in zip(steps, a)])
+        result.append(loop.prompt_logprobs_of(final, p, a))
     return JSONResponse({"logprobs": result})
 
 

@@ -17,6 +17,7 @@ from ..config import BACKENDS, RunConfig
 from ..trace import RunTrace
 from .base import Backend, LanguageModel, ProgressFn
 from .embedded import DEFAULT_MODEL
+from .hardware import keep_freed_memory
 
 
 def installed_backends() -> list[str]:
@@ -50,6 +51,7 @@ def load_model(name: str | None = None, *, backend: str = "transformers", device
     no pickled weights (a served app sets it: a pickle can run code). Raises ModelLoadError
     with a message that says what to try when the model cannot be found or is not supported.
     """
+    keep_freed_memory()  # each step's tensors reuse the last step's memory (see there)
     return get_backend(backend).load(name or DEFAULT_MODEL, device=device, dtype=dtype,
                                      trust_remote_code=trust_remote_code, safetensors_only=safetensors_only,
                                      **engine_options)

@@ -4,9 +4,11 @@ on the next."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
+import sys
 
 import torch
 
@@ -59,6 +61,35 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" or cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+MALLOC_ENV = "ESAMP_KEEP_FREED"  # "0" leaves glibc's malloc as it is
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # the largest mallopt takes on 64-bit Linux
+TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it goes back to the OS
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation of the same size, for the
+    whole process; True where it now does. By default glibc gives blocks of a few MB back to the
+    OS when they are freed (it serves them by mmap, and trims the heap's free top), so the next
+    step's tensor of that size (or one a little larger: a growing KV cache) comes as fresh pages,
+    and touching them can cost more than the arithmetic: the distillers' forward and backward at
+    24 prompts x 16 rows took 11 ms that way against 6 ms with the memory kept (2-core Intel
+    Xeon); a transformers decode step at 4 x 16 faulted 2000-3000 pages, with it 20-170. PyTorch's
+    own advice on CPUs is an allocator that keeps it (jemalloc, tcmalloc); this is the same in
+    glibc's own terms: blocks under 32 MB from the heap, up to 256 MB of free heap kept.
+    ``ESAMP_KEEP_FREED=0`` turns it off; a no-op off glibc."""
+    if os.environ.get(MALLOC_ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has mallopt but not these parameters)
+    except (OSError, AttributeError):
+        return False
+    mmap = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return bool(mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -17,11 +17,13 @@ from typing import Iterable
 
 import torch
 
+from .. import hardware
 from . import internals, served
 from .hooks import install_hooks
 from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
 
 internals.prepare_environment()  # before anything imports vllm
+hardware.keep_freed_memory()  # in vLLM's worker process too (where this module is loaded)
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor

@@ -110,6 +110,18 @@ def test_served_quick_times_the_server_beside_the_in_process_backend(tmp_path):
     assert report["machine"]["cpu"] and "| served-esamp | 1x2 |" in proc.stdout
 
 
+def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "sampler.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.sampler", "--rows", "4,8", "--repeats", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["rows"] for r in report["rows"]] == [4, 8] and report["machine"]["cpu"]
+    for r in report["rows"]:
+        assert r["same_candidates"] and r["ms"]["plain"] > 0 and r["ms"]["vllm-native"] > 0
+
+
 def test_speed_refuses_a_workload_it_cannot_run_as_labelled():
     proc = subprocess.run([sys.executable, "-m", "bench.speed", "--backends", "transformers", "--workloads", "99x16"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

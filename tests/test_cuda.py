@@ -69,7 +69,39 @@ def test_the_asynchronous_update_gives_the_serial_tokens(glm):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 def test_esamp_runs_inside_vllm_on_the_gpu(model_name):
-    vlm = load_model(model_name, backend="vllm")
+    vlm = load_model(model_name, backend="vllm", gpu_memory_utilization=0.3)
+    try:
+        check_vllm(vlm)
+    finally:
+        vlm.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_esamp_runs_inside_vllm_with_cuda_graphs(model_name, monkeypatch):
+    """ESAMP_VLLM_CUDA_GRAPHS=1 (graph-safe hooks, vLLM captures CUDA graphs): never run before the
+    first GPU with vLLM; the same checks as eager mode, and the first token's states as eager's."""
+    from core.backends.vllm import hooks
+
+    monkeypatch.setenv(hooks.GRAPHS_ENV, "1")
+    vlm = load_model(model_name, backend="vllm", placement="process", gpu_memory_utilization=0.3)
+    try:
+        assert vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+        assert not vlm.llm.llm_engine.vllm_config.model_config.enforce_eager
+        graphs = check_vllm(vlm)
+    finally:
+        vlm.close()
+    monkeypatch.delenv(hooks.GRAPHS_ENV)
+    vlm = load_model(model_name, backend="vllm", placement="process", gpu_memory_utilization=0.3)
+    try:
+        eager = check_vllm(vlm)
+    finally:
+        vlm.close()
+    first = [[s.tokens[0].novelty for s in t.samples] for t in (graphs, eager)]
+    assert first[0] == pytest.approx(first[1], rel=0.05)  # compiled kernels round differently
+
+
+def check_vllm(vlm):
+    """ESamp's run complete with every signal, β = 0 as plain sampling; returns the ESamp trace."""
     trace = generate(vlm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True)))
     assert trace.backend == "vllm" and trace.timings.new_tokens == 2 * 4 * 16
     assert all(t.novelty is not None for s in trace.samples for t in s.tokens)
@@ -78,3 +110,4 @@ def test_esamp_runs_inside_vllm_on_the_gpu(model_name):
     zero = generate(vlm, PROMPTS, RunConfig(esamp=EsampConfig(beta=0.0),
                                             sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True)))
     assert ids(zero) == ids(plain)
+    return trace

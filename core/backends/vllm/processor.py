@@ -158,6 +158,14 @@ class VllmProcessor(LogitsProcessor):
         return {k: r.error for k, r in self.runs.items() if r.error is not None}
 
 
+def install_at_load(runner) -> None:
+    """Graph-safe capture's hooks (hooks.py), installed as the runner loads its model, before vLLM
+    compiles and captures it (``internals.after_model_load``; the plugin registers this)."""
+    processor = find(runner.input_batch.logitsprocs.all)
+    with torch.inference_mode(False):  # the head's norm enters the distiller's graph
+        processor.head = install_hooks(runner.get_model(), processor.capture, runner)
+
+
 def find(processors: Iterable) -> VllmProcessor:
     """The ESamp processor among a model runner's logits processors."""
     mine = [p for p in processors if isinstance(p, VllmProcessor)]

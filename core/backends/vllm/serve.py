@@ -17,7 +17,7 @@ import torch
 from ..base import ModelLoadError
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype
-from . import internals, plugin, routes, worker
+from . import hooks, internals, plugin, routes, worker
 from .model import CPU_BLOCK_SIZE, CPU_KV_CACHE_GIB, CPU_MAX_NUM_SEQS
 
 REFUSED = ("--trust-remote-code", "--load-format")  # the served limits: no remote code, safetensors only
@@ -37,12 +37,14 @@ def command(model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
     name = model or DEFAULT_MODEL
     argv = ["serve", model_source(name),
             "--served-model-name", name, "--host", host, "--port", str(port), "--load-format", "safetensors",
-            # ESamp's hooks run Python in every forward pass (eager); it reads each request's output list
-            # as the step's tokens arrive (synchronous scheduling) and needs whole prompts (model.py).
-            "--enforce-eager", "--no-async-scheduling", "--no-enable-chunked-prefill",
+            # ESamp reads each request's output list as the step's tokens arrive (synchronous
+            # scheduling) and needs whole prompts (model.py).
+            "--no-async-scheduling", "--no-enable-chunked-prefill",
             # esamp_* calls into the workers (the routes', and POST /collective_rpc with VLLM_SERVER_DEV_MODE=1)
             "--worker-extension-cls", worker.QUALNAME,
             "--middleware", routes.MIDDLEWARE]  # whole run traces for the app (ESAMP_SERVER) and other clients
+    if not hooks.cuda_graphs():  # ESamp's default hooks run Python in every forward pass (hooks.py)
+        argv.append("--enforce-eager")
     if not torch.cuda.is_available():
         argv += ["--dtype", dtype or str(default_dtype(torch.device("cpu"))).removeprefix("torch."),
                  "--block-size", str(CPU_BLOCK_SIZE), "--max-num-seqs", str(CPU_MAX_NUM_SEQS),

@@ -36,6 +36,7 @@ class Capture:
 
     s: torch.Tensor | None = None  # (B, H) float32, first decoder layer's residual stream
     h: torch.Tensor | None = None  # (B, H) float32, LM head input
+    graph_safe: bool = False  # filled by graph-safe hooks (hooks.py)
 
 
 @dataclass

@@ -32,7 +32,8 @@ class EsampWorker:
         if processor.head is None:
             processor.head = install_hooks(self.get_model(), processor.capture)
         head = processor.head
-        return {"hidden_size": int(head.weight.shape[1]), "device": str(head.weight.device)}
+        return {"hidden_size": int(head.weight.shape[1]), "device": str(head.weight.device),
+                "graph_safe": processor.capture.graph_safe}
 
     def esamp_head(self) -> LMHead:
         """The head itself: for an engine in this process only (a tensor this size is no RPC message)."""

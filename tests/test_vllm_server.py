@@ -332,7 +332,9 @@ def test_a_stopped_server_run_comes_back_cut_short_and_frees_its_state(server):
     config = esamp_config(n=2, tokens=400, ignore_eos=True)
     (trace,) = generate_runs(lm, [PROMPT], [config], cancel=cancel,
                              progress=lambda p: p.tokens >= 6 and cancel.set())
-    assert trace.stopped and all(6 <= len(s.tokens) < 400 for s in trace.samples)
+    # The progress counts every sample's tokens: at least 6 in all were kept, whenever the report came.
+    assert trace.stopped and sum(len(s.tokens) for s in trace.samples) >= 6
+    assert all(len(s.tokens) < 400 for s in trace.samples)
     assert all(s.finish_reason == "stopped" for s in trace.samples)
     assert served_runs(server)["runs"] == 0
 

@@ -139,15 +139,13 @@ class DistillerBank:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads]),
                                             dim=0)  # (G,) per-distiller gradient norm
             bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-            clip = (norm / self.cfg.grad_clip).clamp(min=1.0)  # (G,): 1 / clip coefficient
-            # A group steps unless its loss or gradient is not finite or it had no rows (one host sync).
-            steps, clipped = torch.stack([~bad & mask.any(-1), clip > 1]).tolist()
-            stepping = [g for g, ok in enumerate(steps) if ok]
-            if any(clipped[g] for g in stepping):  # else every factor is 1: skip a pass over the gradients
-                for gr in grads:
-                    gr.div_(clip[:, None, None])
+            clip = (norm / self.cfg.grad_clip).clamp(min=1.0)[:, None, None]  # (G, 1, 1): 1 / clip coefficient
+            for gr in grads:
+                gr.div_(clip)
             # One fused Adam call for every distiller that steps (one call per distiller costs ~40 ms
-            # each on a 2-core CPU, whatever its size): each slice has its own step count.
+            # each on a 2-core CPU, whatever its size): each slice has its own step count. A group
+            # steps unless its loss or gradient is not finite or it had no rows (one host sync).
+            stepping = [g for g, ok in enumerate((~bad & mask.any(-1)).tolist()) if ok]
             if stepping:
                 adam([p[g] for g in stepping for p in self.params], [gr[g] for g in stepping for gr in grads],
                      [m[g] for g in stepping for m in self.m], [v[g] for g in stepping for v in self.v], [],

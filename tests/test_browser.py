@@ -318,10 +318,11 @@ def test_the_screenshot_script_drives_the_running_app(server, tmp_path):
     out = tmp_path / "explore.png"
     query = urllib.parse.urlencode({"prompt": "Name a fish.", "n": 2, "tokens": 4, **TWO_RUNS})
     proc = subprocess.run([sys.executable, "-m", "bench.screenshot", "--url", server, "--out", str(out),
-                           "--query", query],
+                           "--fork-out", str(tmp_path / "fork.png"), "--query", query],  # not docs/fork.png
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert (tmp_path / "fork.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"first [\d.]+ s .* second [\d.]+ s", proc.stdout)
 
 

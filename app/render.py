@@ -36,7 +36,7 @@ def md(text: object) -> str:
 
 # Where ESamp changed the pick first: it reads at a glance (plain sampling is all white), while
 # relative novelty is above 1 for most of a short answer's tokens, a distiller still learning.
-PICKER_ORDER = ("logp_gain", "rel_novelty", "novelty", "entropy", "p_ref")
+PICKER_ORDER = ("logp_gain", "kl", "rel_novelty", "novelty", "entropy", "p_ref")
 
 
 def signal_picker(key: str) -> str:

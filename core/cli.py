@@ -23,6 +23,16 @@ def token_ids(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids") from None
 
 
+def bound(text: str) -> float | None:
+    """``--max-kl 0.5``, or ``--max-kl none`` for no bound."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nats, nor 'none'") from None
+
+
 def _written(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -68,6 +78,9 @@ OPTIONS = [
            "esamp: sample this many tokens after the first unguided while the distiller learns"),
     Option(("--warmup-novelty",), "esamp.warmup_novelty", float,
            "esamp: sample unguided until the distiller's running relative novelty is below this"),
+    Option(("--max-kl",), "esamp.max_kl", bound,
+           "esamp: no token's distribution moves more than this many nats (KL) from plain sampling's; none: "
+           "unbounded, the paper's fusion"),
     Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),
     Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
     Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "

@@ -20,6 +20,7 @@ DISTILLERS = ("normed", "normed-unit", "final-norm", "residual")  # core/esamp/d
 MAX_SAMPLES = 512
 MAX_NEW_TOKENS = 8192
 MAX_BETA = 10.0
+MAX_KL = 100.0  # nats; a bound this large never binds on a real vocabulary
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float, hint: str = "") -> None:
@@ -112,9 +113,16 @@ class EsampConfig:
     # first trains it one step per given token on that token's states, as the original answer's run
     # did (one row a step, not n; transformers only). bench.branch measured both.
     prime: bool = False
+    # A bounded push per token (core/esamp/budget.py): no guided token's distribution moves more than
+    # this many nats (KL to the filtered reference) from plain sampling's; where the paper's fusion at
+    # β would move it further, that token gets the largest β below that stays within. None: unbounded
+    # (the paper's fusion); 0: no push at all.
+    max_kl: float | None = None
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")
+        if self.max_kl is not None:
+            _check_range("max_kl", self.max_kl, 0.0, MAX_KL, " Use None for no bound (the paper's fusion).")
         if self.scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, but is {self.scope!r}.")
         if self.distiller not in DISTILLERS:

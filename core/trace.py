@@ -14,7 +14,9 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 4: the config's ``esamp`` has ``warmup_steps`` and ``warmup_novelty`` (older traces had
   no warm-up: 0 and 0.0);
 - version 5: the config has ``prefix_ids``, a continuation's given tokens, and its ``esamp`` has
-  ``prime`` (older traces: none, and False).
+  ``prime`` (older traces: none, and False);
+- version 6: every token has ``kl``, how far the fusion moved its step's distribution, and the
+  config's ``esamp`` has ``max_kl``, the bound on it (older traces: unknown, None; and no bound, None).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 5
+TRACE_VERSION = 6
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Token:
     # log p of this token under the model itself (T=1, no filters, no fusion): perplexity without a
     # second forward pass. None only where a version 1 trace did not record it.
     logp_base: float | None = None
+    # KL(p_new || p_ref) of this token's step in nats: how far the fusion moved the distribution it was
+    # drawn from (0 where unguided). None where a version 5 or older trace did not record it.
+    kl: float | None = None
     top: list[Candidate] = field(default_factory=list)
 
 
@@ -209,7 +214,16 @@ def _v4_to_v5(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "config": {"prefix_ids": [], **d["config"], "esamp": esamp}, "version": 5}
 
 
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}  # version v -> v + 1
+def _v5_to_v6(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 traces had no bound on the fusion's push and did not record it per token."""
+    for s in d["samples"]:
+        for tok in s["tokens"]:
+            tok.setdefault("kl", None)
+    esamp = {"max_kl": None, **d["config"]["esamp"]}
+    return {**d, "config": {**d["config"], "esamp": esamp}, "version": 6}
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

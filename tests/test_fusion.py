@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from core.esamp.budget import kl
 from core.esamp.candidates import EXACT_TOP, TIE_SLACK, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, novelty
@@ -106,6 +107,8 @@ def test_step_signals_on_a_two_token_distribution():
     assert math.isclose(sig["entropy_ref"].item(), math.log(2), rel_tol=1e-6)
     # H = -(0.8 ln 0.8 + 0.2 ln 0.2) = 0.5004
     assert math.isclose(sig["entropy_new"].item(), 0.50040242, rel_tol=1e-5)
+    # KL(new || ref) = 0.8 ln(0.8 / 0.5) + 0.2 ln(0.2 / 0.5) = 0.3760 - 0.1833 = 0.1927
+    assert math.isclose(sig["kl"].item(), 0.19274, rel_tol=1e-4)
     assert sig["top_ids"].tolist() == [[0, 1, -1]]  # padded to `top` with id -1
     assert torch.allclose(sig["top_p_new"], torch.tensor([[0.8, 0.2, 0.0]]))
 
@@ -124,7 +127,7 @@ def test_every_recorded_signal_is_a_token_field_and_the_step_computes_each():
     from core.trace import TOKEN_SIGNALS
 
     assert set(TOKEN_SIGNALS) == {"logp_ref", "logp_new", "logp_base", "entropy_ref", "entropy_new", "novelty",
-                                  "rel_novelty"}
+                                  "rel_novelty", "kl"}
     ref = torch.tensor([[0.0, 1.0]])
     assert set(step_signals(Candidates(None, ref), ref, ref, torch.tensor([1]))) >= set(TOKEN_SIGNALS)
 
@@ -219,3 +222,40 @@ def test_the_packed_projection_computes_only_the_kept_entries_and_agrees_with_th
     dense = cand.logits + 0.5 * head.project(e, cand.ids)
     assert torch.allclose(fused[torch.isfinite(fused)], dense[torch.isfinite(dense)], rtol=1e-4, atol=1e-3)
     assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))
+
+
+def test_the_budget_bounds_each_rows_push_and_leaves_the_paper_fusion_where_it_does_not_bind():
+    # Two tokens, p_ref = [0.5, 0.5], the error pointing at token 0 with w.e / T = [2, -2] per unit of β.
+    # At β = 1: p_new ∝ [e^2, e^-2] = [0.982, 0.018], KL = 0.982 ln(1.964) + 0.018 ln(0.036) = 0.603 nats.
+    head = LMHead(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    h, h_hat = torch.tensor([[0.0, 1.0]]), torch.tensor([[-2.0, 1.0]])  # e = (2, 0)
+    cand = Candidates.from_filtered(head.logits(h), filters_active=False)  # [0, 0]
+    paper = fuse(cand, h, h_hat, head, 1.0, 1.0)
+    assert torch.allclose(paper, torch.tensor([[2.0, -2.0]]))
+    kl_paper = kl(torch.log_softmax(paper, -1), torch.log_softmax(cand.logits, -1))
+    assert math.isclose(kl_paper.item(), 0.603, abs_tol=1e-3)
+    assert torch.equal(fuse(cand, h, h_hat, head, 1.0, 1.0, max_kl=0.7), paper)  # 0.603 <= 0.7: not bound
+    bound = fuse(cand, h, h_hat, head, 1.0, 1.0, max_kl=0.1)
+    moved = kl(torch.log_softmax(bound, -1), torch.log_softmax(cand.logits, -1)).item()
+    assert 0.1 - 1e-3 < moved <= 0.1  # bound: as far as the budget lets it, never further
+    assert bound[0, 0] > 0 > bound[0, 1]  # the same direction, a smaller step
+    assert torch.equal(fuse(cand, h, h_hat, head, 1.0, 1.0, max_kl=0.0), cand.logits)  # ε = 0: no push at all
+    assert torch.equal(fuse(cand, h, h_hat, head, 0.0, 1.0, max_kl=0.1), cand.logits)  # β = 0: none either
+
+
+def test_the_budget_holds_on_every_row_of_a_filtered_batch():
+    g = torch.Generator().manual_seed(3)
+    head = LMHead(torch.randn(200, 16, generator=g))
+    h, h_hat = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g) * 3  # untrained: large errors
+    l_ref = head.logits(h)
+    filtered = l_ref.masked_fill(l_ref < torch.topk(l_ref, 20).values[:, -1:], -INF)
+    cand = Candidates.from_filtered(filtered, filters_active=True)
+    for eps in (0.05, 0.3, 1.0):
+        fused = fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=eps)
+        moved = kl(torch.log_softmax(fused, -1), torch.log_softmax(cand.logits, -1))
+        assert (moved <= eps + 1e-6).all() and (moved > 0).all()
+        assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))  # the candidates stay the candidates
+    # β_t is the largest within the budget: a looser budget never pushes less
+    pushes = [kl(torch.log_softmax(fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=e), -1),
+                 torch.log_softmax(cand.logits, -1)) for e in (0.05, 0.3, 1.0)]
+    assert (pushes[0] <= pushes[1] + 1e-6).all() and (pushes[1] <= pushes[2] + 1e-6).all()

@@ -35,6 +35,10 @@ SIGNALS: dict[str, Signal] = {
                         "how much ESamp raised (+) or lowered (−) the chosen token's log-probability",
                         note="white = unchanged (all of plain sampling) · purple = ESamp made this token more "
                              "likely · orange = less likely"),
+    "kl": Signal("how far ESamp pushed (KL, nats)", lambda t: t.kl, False,
+                 "KL(p after || p before) of this token's step: how far fusion moved the distribution it was "
+                 "drawn from", scale=(0.0, 1.0),
+                 note="palest = not moved (all of plain sampling) · darkest = moved a nat or more"),
     "entropy": Signal("entropy (nats)", lambda t: t.entropy_ref, False,
                       "uncertainty of the reference distribution the token came from"),
     "p_ref": Signal("p ref", lambda t: math.exp(t.logp_ref), False,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..trace import TOKEN_SIGNALS
+from .budget import kl
 from .candidates import Candidates
 
 TOP = 5  # candidates recorded per token
@@ -40,7 +41,7 @@ class PendingSignals:
         self._cand: Candidates | None = cand
         self._lps: tuple[torch.Tensor, ...] = (lp_ref, lp_new) + ((base_logprobs(raw, cand),) if base else ())
         self._known = dict(
-            entropy_ref=_entropy(lp_ref), entropy_new=_entropy(lp_new), novelty=novelty,
+            entropy_ref=_entropy(lp_ref), entropy_new=_entropy(lp_new), kl=kl(lp_new, lp_ref), novelty=novelty,
             rel_novelty=rel_novelty, top_ids=F.pad(cand.token_ids(top_pos), (0, pad), value=-1),
             top_p_ref=F.pad(lp_ref.gather(-1, top_pos).exp(), (0, pad)), top_p_new=F.pad(top_lp_new.exp(), (0, pad)))
 
@@ -91,3 +92,4 @@ def _logsumexp_rows(x: torch.Tensor, chunk: int = 32, exclude: torch.Tensor | No
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(logp.exp()).sum(-1)
+

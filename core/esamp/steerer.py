@@ -74,6 +74,7 @@ class Steerer:
         if rows % groups:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
+        self.max_kl = cfg.max_kl
         device = head.weight.device
         self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm)
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
@@ -128,7 +129,7 @@ class Steerer:
         fused = cand.logits
         if guided:
             with self.watch("fuse"):
-                fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected)
+                fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected, self.max_kl)
                 waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))

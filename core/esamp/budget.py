@@ -1,0 +1,62 @@
+"""A bounded push per token: the fusion's strength chosen per row so that no step moves the
+sampled distribution more than ``max_kl`` nats from the reference.
+
+The fusion comes from ``max_pi E_pi[r] - (1/beta) KL(pi || pi_ref)``; its closed form is the
+tilted distribution ``pi_t ∝ pi_ref exp(t r)`` at ``t = beta``. The constrained form
+``max_pi E_pi[r]  s.t.  KL(pi || pi_ref) <= eps`` has the same closed form at the largest t with
+``KL(pi_t || pi_ref) <= eps`` (KL grows with t: its derivative is ``t Var_{pi_t}(r)``). So each row
+gets ``t = min(beta, t_eps)``: the paper's fusion wherever the budget does not bind, and a push of
+exactly ``eps`` nats where it does, however large or untrained the distiller's error.
+
+In logits the tilt is ``l_ref + t * d`` with ``d = w . e / T`` (``core.esamp.fusion.fuse`` at
+β = 1 minus ``l_ref``); ``bounded`` finds t by bisection, all rows at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BISECTIONS = 14  # t to within beta / 2**14 of the bound, always on the safe side of it
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """(R,) KL(p || q) in nats of two (R, K) rows of log-probabilities over the same candidates
+    (entries where p is 0 add nothing; the same tensor twice: exactly 0)."""
+    if logp is logq:
+        return torch.zeros(logp.shape[:1], device=logp.device)
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
+def kl_of_tilt(ref: torch.Tensor, direction: torch.Tensor, t: torch.Tensor,
+               log_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(pi_t || pi_ref) per row for ``pi_t ∝ exp(ref + t * direction)``.
+
+    ref: (R, K) reference logits, -inf outside the candidates; direction: (R, K), finite where
+    ref is; t: (R,) the tilt of each row; log_ref: ``log_softmax(ref)`` when already computed.
+    Returns (R,) in nats."""
+    log_ref = torch.log_softmax(ref, dim=-1) if log_ref is None else log_ref
+    return kl(torch.log_softmax(ref + t[:, None] * direction, dim=-1), log_ref)
+
+
+def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float, max_kl: float) -> torch.Tensor:
+    """(R,) each row's tilt: ``beta`` where ``KL(pi_beta || pi_ref) <= max_kl``, else the largest
+    t in [0, beta] found by bisection whose KL is within it (never over it).
+
+    ref: (R, K) reference logits (after temperature and filters; -inf outside the candidates);
+    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite)."""
+    t = torch.full(ref.shape[:1], float(beta), dtype=ref.dtype, device=ref.device)
+    if max_kl <= 0 or beta <= 0:
+        return torch.zeros_like(t)
+    log_ref = torch.log_softmax(ref, dim=-1)
+    over = kl_of_tilt(ref, direction, t, log_ref) > max_kl
+    if not bool(over.any()):  # one host sync a guided step
+        return t
+    rows = torch.nonzero(over).flatten()
+    r, d, lr = ref[rows], direction[rows], log_ref[rows]
+    lo, hi = torch.zeros_like(t[rows]), t[rows]  # KL(lo) <= max_kl < KL(hi)
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        fits = kl_of_tilt(r, d, mid, lr) <= max_kl
+        lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
+    return t.index_copy(0, rows, lo)

@@ -9,13 +9,18 @@ against plain sampling's temperature curve under the same filter.
 
 Under the warm-up filters (the two where ESamp beat temperature at 32 tokens) ESamp also runs with a
 warm-up of its guidance: unguided until the prompt's distiller has taken 8 more steps, or until its
-running relative novelty is below 1 (it predicts better than nothing), at each of WARMUP_BETAS.
+running relative novelty is below 1 (it predicts better than nothing), at each of VARIANT_BETAS; the
+other VARIANTS (a bounded push per token, and with the warm-up) when named with --variants.
 
 Three axes, each a mean over prompts with its standard error: semantic diversity of a prompt's n
 answers (mean pairwise cosine distance of their embeddings, and the Vendi score), coherence (the
-answers' mean perplexity under the base model at T = 1, recorded while generating), and
-within-answer repetition (the distinct-2 of each answer on its own, averaged: 1 = no word pair
-repeats inside an answer). A filter's candidates are what ESamp may reorder: top-k 50 lets it lift
+answers' mean perplexity under the base model at T = 1, recorded while generating), and broken
+text, on token ids (viz.metrics): each answer's seq-rep-4 (the share of its token 4-grams that
+repeat an earlier one of its own), the share of answers that loop (seq-rep-4 over
+``DEGENERATE_SEQ_REP_4``), and the copy rate (seq-rep-2: tokens whose bigram already occurred in the
+answer); beside them the mean KL each guided token's fusion moved its distribution by, and each
+answer's own word distinct-2 (the older measure, blind to a loop glued into one non-word).
+A filter's candidates are what ESamp may reorder: top-k 50 lets it lift
 any of 50 tokens, min-p only tokens the model finds plausible. Plain sampling at β = 0 and at other
 temperatures, under the same filter, is the line to beat: at the same diversity, is ESamp's
 perplexity lower?
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -44,20 +50,30 @@ FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "t
            "min-p 0.2": dict(top_k=0, min_p=0.2)}
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
-WARMUPS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0)}
-WARMUP_COLOURS = dict(zip(WARMUPS, ("#009E73", "#CC79A7")))  # Okabe-Ito's green and purple: apart from ESamp's
-WARMUP_FILTERS = ("top-p 0.9", "top-p 0.95")
-WARMUP_BETAS = (0.5, 1.0, 1.5)
+# Named ESamp variants (each a series of its own), run at each of --variant-betas under --variant-filters.
+VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0),
+            "esamp, pretrained start": dict(start="pretrained"),
+            "esamp, ≤ 0.1 nats a token": dict(max_kl=0.1),
+            "esamp, pretrained, ≤ 0.05 nats": dict(start="pretrained", max_kl=0.05),
+            "esamp, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1),
+            "esamp, pretrained, ≤ 0.2 nats": dict(start="pretrained", max_kl=0.2),
+            "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True)}
+WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
+VARIANT_COLOURS = dict(zip(VARIANTS, ("#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#999999", "#0072B2", "#000000",
+                                      "#E69F00")))
+VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
+VARIANT_BETAS = (0.5, 1.0, 1.5)
+METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")
 
 
-def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES, warmups=(),
-         warmup_betas=WARMUP_BETAS) -> list[tuple[str, RunConfig]]:
+def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES, variants=(),
+         variant_betas=VARIANT_BETAS) -> list[tuple[str, RunConfig]]:
     """(series, config) of one filter: plain at T = 1 (β = 0), ESamp at each β, plain at each
-    temperature, and ESamp with each of ``warmups`` (names in WARMUPS) at each of ``warmup_betas``."""
+    temperature, and ESamp with each of ``variants`` (names in VARIANTS) at each of ``variant_betas``."""
     out = [("plain", methods.plain(sampling, shadow=False))]
     out += [("esamp", methods.esamp(sampling, b)) for b in betas]
     out += [("plain", methods.plain(sampling, t, shadow=False)) for t in temperatures]
-    out += [(w, methods.esamp(sampling, b, **WARMUPS[w])) for w in warmups for b in warmup_betas]
+    out += [(v, methods.esamp(sampling, b, **VARIANTS[v])) for v in variants for b in variant_betas]
     return out
 
 
@@ -71,13 +87,29 @@ def within_answer_distinct_2(trace) -> list[float]:
     return out
 
 
+def broken_text(trace) -> dict[str, list[float]]:
+    """Per prompt, on token ids: the copy rate (mean seq-rep-2 of its answers) and the mean KL of its
+    guided tokens' steps (0 for a run that guides none); with every answer's seq-rep-4, in order."""
+    copy, kl = [], []
+    for p in range(len(trace.prompts)):
+        answers = [[t.id for t in s.tokens] for s in trace.samples_of(p)]
+        copy.append(statistics.fmean(metrics.seq_rep(a, 2) for a in answers) if answers else float("nan"))
+        moved = [t.kl for s in trace.samples_of(p) for t in s.tokens if t.kl]
+        kl.append(statistics.fmean(moved) if moved else 0.0)
+    return {"copy_rate": copy, "kl": kl,
+            "answers_seq_rep_4": [metrics.seq_rep([t.id for t in s.tokens], 4) for s in trace.samples]}
+
+
 def measure(lm, embedder, prompts: list[str], cfg: RunConfig) -> dict:
     trace = generate(lm, prompts, cfg)
     scores = prompt_scores(trace, spread.embed(trace.texts(), embedder), trace_perplexities(lm, trace))
-    within = within_answer_distinct_2(trace)
-    summary = {k: scores.summary()[k] for k in ("cosine_distance", "vendi", "perplexity")}
-    summary["within_distinct_2"] = dict(zip(("mean", "se"), metrics.mean_and_stderr(within)))
-    return {"config": cfg.to_dict(), "summary": summary, "tokens_per_s": trace.timings.tokens_per_s,
+    per_prompt = {k: getattr(scores, k) for k in ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate")}
+    extra = broken_text(trace)
+    per_prompt |= {"copy_rate": extra["copy_rate"], "kl": extra["kl"],
+                   "within_distinct_2": within_answer_distinct_2(trace)}
+    summary = {k: dict(zip(("mean", "se"), metrics.mean_and_stderr(v))) for k, v in per_prompt.items()}
+    return {"config": cfg.to_dict(), "summary": summary, "per_prompt": per_prompt,
+            "answers_seq_rep_4": extra["answers_seq_rep_4"], "tokens_per_s": trace.timings.tokens_per_s,
             "eos_share": sum(s.finish_reason == "eos" for s in trace.samples) / len(trace.samples)}
 
 
@@ -90,32 +122,82 @@ def point(r: dict) -> dict:
 
 
 def figure(label: str, rows: list[dict]):
-    """Diversity against perplexity under one filter: ESamp's line from plain (β = 0) up, plain's by temperature."""
+    """Diversity against perplexity under one filter: ESamp's line from plain (β = 0) up, plain's by
+    temperature; a point whose answers loop more often than plain sampling's is crossed out."""
     plain = sorted((point(r) for r in rows if r["series"] == "plain"), key=lambda p: float(p["setting"][2:]))
     start = next(p for p in plain if p["setting"] == "T=1")
+    base = _plain(rows)["summary"].get("degenerate", {}).get("mean", math.inf)
+
+    def marked(r: dict) -> dict:  # crossed out: more answers loop than plain's at T = 1
+        return {**point(r), "loops": r["summary"].get("degenerate", {}).get("mean", 0.0) > base}
+
     esamp = []
-    for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its warm-ups
-        esamp += [{**start, "series": series, "setting": "β=0"}] + [point(r) for r in rows if r["series"] == series]
-    fig = charts.sweep_figure(esamp + plain, colours=WARMUP_COLOURS)
+    for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its variants
+        esamp += [{**start, "series": series, "setting": "β=0"}] + [marked(r) for r in rows if r["series"] == series]
+    fig = charts.sweep_figure(esamp + plain, colours=VARIANT_COLOURS)
     fig.update_layout(title=f"{label}: ESamp's β against plain sampling's temperature")
     fig.update_xaxes(type="log", title="perplexity (log scale; lower = more fluent)")  # hot plain runs reach 1000s
     return fig
 
 
+def temperature_perplexity(rows: list[dict], diversity: float) -> float:
+    """Plain sampling's perplexity at ``diversity`` on its temperature curve (linear in log perplexity
+    between its points; past its last point, that point's: the curve is not extrapolated)."""
+    curve = sorted((r["summary"]["cosine_distance"]["mean"], r["summary"]["perplexity"]["mean"])
+                   for r in rows if r["series"] == "plain")
+    for (d0, p0), (d1, p1) in zip(curve, curve[1:]):
+        if d0 <= diversity <= d1 and d1 > d0:
+            return math.exp(math.log(p0) + (diversity - d0) / (d1 - d0) * (math.log(p1) - math.log(p0)))
+    return curve[-1][1] if diversity > curve[-1][0] else curve[0][1]
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The rule the app's defaults follow, under one filter: of the ESamp runs more diverse than plain
+    sampling at T = 1, those whose share of answers that loop is no worse than plain's (the paired
+    difference over prompts within two standard errors of 0, or below it) and whose perplexity is no
+    worse than temperature's at the same diversity; the one with the largest diversity gain. None: none holds."""
+    plain = _plain(rows)
+    best, gain = None, 0.0
+    for r in rows:
+        if r["series"] == "plain" or "degenerate" not in r.get("per_prompt", {}):
+            continue
+        div = r["summary"]["cosine_distance"]["mean"]
+        diff = [a - b for a, b in zip(r["per_prompt"]["degenerate"], plain["per_prompt"]["degenerate"])]
+        mean, se = metrics.mean_and_stderr(diff)
+        holds = mean <= 2 * se and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)
+        if holds and div - plain["summary"]["cosine_distance"]["mean"] > gain:
+            best, gain = r, div - plain["summary"]["cosine_distance"]["mean"]
+    return best
+
+
+def _plain(rows: list[dict]) -> dict:
+    """Plain sampling at T = 1 among one filter's rows."""
+    return next(r for r in rows
+                if r["series"] == "plain" and RunConfig.from_dict(r["config"]).sampling.temperature == 1)
+
+
+COLUMNS = {"cosine_distance": ("cosine distance ↑", 3), "vendi": ("Vendi ↑", 3), "perplexity": ("perplexity ↓", 2),
+           "seq_rep_4": ("seq-rep-4 ↓", 3), "degenerate": ("answers that loop ↓", 3), "copy_rate": ("copy rate ↓", 3),
+           "kl": ("KL a guided token", 3), "within_distinct_2": ("within-answer distinct-2 ↑", 3)}
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
+    shown = [k for k in COLUMNS if any(k in r["summary"] for rows in report["filters"].values() for r in rows)]
     lines = [f"{len(report['prompts'])} prompts x {report['n']} samples x {report['tokens']} tokens, seed "
              f"{report['seed']}, {report['backend']} in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs); mean ± s.e. "
              "over prompts (`python -m bench.frontier`).", "",
-             "| filter | run | cosine distance ↑ | Vendi ↑ | perplexity ↓ | within-answer distinct-2 ↑ |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| filter | run | " + " | ".join(COLUMNS[k][0] for k in shown) + " |",
+             "|---|---|" + "---:|" * len(shown)]
     for label, rows in report["filters"].items():
         for r in rows:
             s = r["summary"]
-            cells = [f"{s[k]['mean']:.3f} ± {s[k]['se']:.3f}" for k in ("cosine_distance", "vendi")]
-            cells += [f"{s['perplexity']['mean']:.2f} ± {s['perplexity']['se']:.2f}",
-                      f"{s['within_distinct_2']['mean']:.3f} ± {s['within_distinct_2']['se']:.3f}"]
+            cells = [f"{s[k]['mean']:.{COLUMNS[k][1]}f} ± {s[k]['se']:.{COLUMNS[k][1]}f}" if k in s else "–"
+                     for k in shown]
             lines.append(f"| {label} | {r['series']} {point(r)['setting']} | " + " | ".join(cells) + " |")
+    chosen = [(label, choose(rows)) for label, rows in report["filters"].items()]
+    lines += ["", "The rule's choice under each filter (`bench.frontier.choose`): " + "; ".join(
+        f"{label}: " + (f"{r['series']} {point(r)['setting']}" if r else "none holds") for label, r in chosen) + "."]
     for added in report.get("added", []):
         m = added["machine"]
         lines += ["", f"Rows added by `{added['command']}` ({m['dtype']} on {m['cpu']}, {m['cpus']} CPUs)."]
@@ -131,8 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--filters", nargs="+", default=list(FILTERS), choices=list(FILTERS))
-    ap.add_argument("--warmup-filters", nargs="*", default=list(WARMUP_FILTERS), choices=list(FILTERS),
-                    help="the filters whose ESamp also runs with each warm-up (none: no warm-up runs)")
+    ap.add_argument("--warmup-filters", "--variant-filters", dest="variant_filters", nargs="*",
+                    default=list(VARIANT_FILTERS), choices=list(FILTERS),
+                    help="the filters whose ESamp also runs as each variant (none: no variant runs)")
+    ap.add_argument("--variants", nargs="*", default=list(WARMUPS), choices=list(VARIANTS), help="ESamp's variants")
+    ap.add_argument("--betas", type=float, nargs="*", default=list(BETAS), help="ESamp's βs without a variant")
+    ap.add_argument("--variant-betas", type=float, nargs="+", default=list(VARIANT_BETAS))
+    ap.add_argument("--temperatures", type=float, nargs="*", default=list(TEMPERATURES),
+                    help="plain sampling's besides T = 1")
     ap.add_argument("--quick", action="store_true", help="2 prompts x 3 samples x 6 tokens, two filters")
     ap.add_argument("--add-to", type=Path, metavar="JSON",
                     help="keep this run's results and measure only the runs it lacks (same prompts, n, tokens, seed)")
@@ -145,11 +233,10 @@ def main(argv=None) -> int:
         report = json.loads(a.replot.read_text())
         write_images(figures(report), a.images or a.replot.parent)
         return 0
-    betas, temperatures, warmup_betas = BETAS, TEMPERATURES, WARMUP_BETAS
     if a.quick:
         a.prompts, a.n, a.tokens, a.filters = 2, 3, 6, ["top-k 50", "min-p 0.1"]
-        betas, temperatures, warmup_betas = (0.5,), (1.3,), (0.5,)
-        a.warmup_filters = [f for f in a.warmup_filters if f in a.filters] or ["min-p 0.1"]
+        a.betas, a.temperatures, a.variant_betas = (0.5,), (1.3,), (0.5,)
+        a.variant_filters = [f for f in a.variant_filters if f in a.filters] or ["min-p 0.1"]
     prompts = read_prompts()[:a.prompts]
     earlier = json.loads(a.add_to.read_text()) if a.add_to else None
     if earlier and (earlier["prompts"], earlier["n"], earlier["tokens"], earlier["seed"]) != (
@@ -163,13 +250,14 @@ def main(argv=None) -> int:
         sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed, **FILTERS[label])
         kept = (earlier or {}).get("filters", {}).get(label, [])
         results[label] = []
-        for series, cfg in runs(sampling, betas, temperatures, WARMUPS if label in a.warmup_filters else (),
-                                warmup_betas):
+        for series, cfg in runs(sampling, a.betas, a.temperatures, a.variants if label in a.variant_filters else (),
+                                a.variant_betas):
             done = [r for r in kept if r["series"] == series and RunConfig.from_dict(r["config"]) == cfg]
             results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
             s, setting = results[label][-1]["summary"], point(results[label][-1])["setting"]
             print(f"{label:11s} {series} {setting:7s} cos {s['cosine_distance']['mean']:.3f}"
-                  f" ppl {s['perplexity']['mean']:.2f} within-d2 {s['within_distinct_2']['mean']:.3f} "
+                  f" ppl {s['perplexity']['mean']:.2f} seq-rep-4 {s.get('seq_rep_4', {}).get('mean', math.nan):.3f}"
+                  f" loops {s.get('degenerate', {}).get('mean', math.nan):.3f} "
                   f"({'kept' if done else f'{time.perf_counter() - t_start:.0f} s so far'})", file=sys.stderr,
                   flush=True)
         results[label] += [r for r in kept if r not in results[label]]  # what this run does not repeat stays

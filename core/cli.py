@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
+from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, STARTS, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
                      SamplingConfig, check_prompts)
 
 
@@ -81,6 +81,8 @@ OPTIONS = [
     Option(("--max-kl",), "esamp.max_kl", bound,
            "esamp: no token's distribution moves more than this many nats (KL) from plain sampling's; none: "
            "unbounded, the paper's fusion"),
+    Option(("--start",), "esamp.start", str, "where each run's distillers start: fresh (the paper) or this model's "
+           "pretrained distiller (built once, cached)", choices=STARTS),
     Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),
     Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
     Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "

@@ -15,6 +15,7 @@ BACKENDS = ("transformers", "vllm")  # core/backends/hf/, core/backends/vllm/ (o
 SCOPES = ("prompt", "shared")
 TRACE_LEVELS = ("full", "light")
 DISTILLERS = ("normed", "normed-unit", "final-norm", "residual")  # core/esamp/distiller.py, DESIGNS
+STARTS = ("fresh", "pretrained")  # core/backends/start.py
 
 # Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.
 MAX_SAMPLES = 512
@@ -118,6 +119,10 @@ class EsampConfig:
     # β would move it further, that token gets the largest β below that stays within. None: unbounded
     # (the paper's fusion); 0: no push at all.
     max_kl: float | None = None
+    # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
+    # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
+    # which predicts better than nothing from a run's first token on. Either adapts online, per run.
+    start: str = "fresh"
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")
@@ -125,6 +130,8 @@ class EsampConfig:
             _check_range("max_kl", self.max_kl, 0.0, MAX_KL, " Use None for no bound (the paper's fusion).")
         if self.scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, but is {self.scope!r}.")
+        if self.start not in STARTS:
+            raise ValueError(f"`start` must be one of {STARTS}, but is {self.start!r}.")
         if self.distiller not in DISTILLERS:
             raise ValueError(f"`distiller` must be one of {DISTILLERS}, but is {self.distiller!r}.")
         _check_int("intermediate", self.intermediate, 1, 65536)

@@ -11,10 +11,10 @@ from .config import EsampConfig, RunConfig, SamplingConfig
 MIN_P = 0.1  # the paper's min-p baseline, with top-k off: min-p alone decides the candidates
 
 
-def esamp(sampling: SamplingConfig, beta: float, noise: bool = False, **warmup) -> RunConfig:
+def esamp(sampling: SamplingConfig, beta: float, noise: bool = False, **settings) -> RunConfig:
     """ESamp at β (``noise``: the paper's ablation, Gaussian noise as long as the distiller's error;
-    ``warmup``: EsampConfig's warmup_steps and warmup_novelty)."""
-    return RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=beta, noise=noise, **warmup))
+    ``settings``: more of EsampConfig's, such as warmup_steps, max_kl, start)."""
+    return RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=beta, noise=noise, **settings))
 
 
 def plain(sampling: SamplingConfig, temperature: float | None = None, shadow: bool = True) -> RunConfig:

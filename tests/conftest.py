@@ -148,3 +148,25 @@ def check_continuation():
             generate(lm, prompt, replace(greedy, prefix_ids=(len(lm.tokenizer) + 5,)))
 
     return check
+
+
+@pytest.fixture(scope="session")
+def check_pretrained_start():
+    """check(lm): runs whose distillers start from the model's pretrained distiller predict better than
+    nothing from their first token (relative novelty below 1), where fresh ones predict worse; the
+    distiller still adapts to the prompt (its novelty falls along the answer); at β = 0 the tokens
+    are plain sampling's."""
+    from core import EsampConfig, RunConfig, SamplingConfig, generate
+
+    def check(lm):
+        sampling = SamplingConfig(n=8, max_new_tokens=24, seed=5, top_k=0, top_p=0.9, ignore_eos=True)
+        prompt = ["Describe a city in the year 3000."]
+        fresh, warm = (generate(lm, prompt, RunConfig(method="plain", sampling=sampling, esamp=EsampConfig(start=s)))
+                       for s in ("fresh", "pretrained"))
+        assert [[t.id for t in s.tokens] for s in warm.samples] == [[t.id for t in s.tokens] for s in fresh.samples]
+        assert warm.prompts[0].rel_novelty[0] < 1.0 < fresh.prompts[0].rel_novelty[0]
+        assert warm.config.esamp.start == "pretrained"
+        later = warm.prompts[0].rel_novelty
+        assert sum(later[-6:]) / 6 < sum(later[1:7]) / 6, later  # it still learns this prompt's contexts
+
+    return check

@@ -188,8 +188,12 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
         assert [(r["series"], frontier.point(r)["setting"]) for r in rows] == [
             ("plain", "T=1"), ("esamp", "β=0.5"), ("plain", "T=1.3")] + (warmups if label == "min-p 0.1" else [])
         for r in rows:
-            assert set(r["summary"]) == {"cosine_distance", "vendi", "perplexity", "within_distinct_2"}
+            assert set(r["summary"]) == set(frontier.METRICS) == set(r["per_prompt"])
+            assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts
             assert 0 <= r["summary"]["within_distinct_2"]["mean"] <= 1
+            assert all(0 <= x <= 1 for x in r["answers_seq_rep_4"]) and len(r["answers_seq_rep_4"]) == 2 * 3
+        assert rows[0]["summary"]["kl"]["mean"] == 0.0  # plain sampling pushes nothing
+    assert "The rule's choice under each filter" in frontier.markdown(report)
     min_p = RunConfig.from_dict(report["filters"]["min-p 0.1"][1]["config"]).sampling
     assert (min_p.top_k, min_p.min_p) == (0, 0.1)
     assert (images / "frontier-6-min-p0.1.png").stat().st_size > 0

@@ -3,7 +3,7 @@
 import torch
 
 from core.config import EsampConfig
-from core.esamp.distiller import DistillerBank
+from core.esamp.distiller import DistillerBank, pretrain
 
 
 def reference_distiller(bank: DistillerBank, g: int) -> list[torch.nn.Parameter]:
@@ -99,3 +99,32 @@ def test_every_named_design_exists():
     from core.esamp.distiller import DESIGNS
 
     assert set(DESIGNS) == set(DISTILLERS)
+
+
+def test_a_bank_starts_every_group_from_the_initial_weights_and_a_reset_returns_there():
+    cfg = EsampConfig(intermediate=8)
+    g = torch.Generator().manual_seed(4)
+    m = torch.randn(6, 6, generator=g)  # a fixed map the pretraining can learn
+    s = torch.randn(200, 6, generator=g)
+    h = torch.tanh(s @ m)
+    initial = pretrain(s, h, cfg, steps=50)
+    bank = DistillerBank(3, 6, cfg, seed=2, initial=initial)
+    assert all(torch.equal(p[k], w) for p, w in zip(bank.params, initial) for k in range(3))
+    bank.update(bank.forward(s[None, :4].expand(3, -1, -1)), h[None, :4].expand(3, -1, -1),
+                torch.ones(3, 4, dtype=torch.bool))  # every group moves away from it, on its own rows
+    assert not torch.equal(bank.params[0][0], initial[0])
+    bank.handle_bad(torch.tensor([False, True, False]))  # a NaN reset of group 1: back to the start
+    assert torch.equal(bank.params[0][1], initial[0]) and not torch.equal(bank.params[0][0], initial[0])
+    with torch.no_grad():  # pretrained on the map: it predicts unseen states of it better than a fresh one
+        unseen = torch.randn(1, 50, 6, generator=g)
+        errors = [(DistillerBank(1, 6, cfg, seed=2, initial=w).forward(unseen)[0] - torch.tanh(unseen[0] @ m)).norm()
+                  for w in (initial, None)]
+    assert errors[0] < errors[1]
+
+
+def test_initial_weights_of_another_shape_are_refused():
+    initial = pretrain(torch.randn(20, 6), torch.randn(20, 6), EsampConfig(intermediate=8), steps=1)
+    import pytest
+
+    with pytest.raises(ValueError, match="do not fit this design and width"):
+        DistillerBank(1, 6, EsampConfig(intermediate=16), initial=initial)

@@ -214,6 +214,10 @@ def test_the_distiller_learns_within_one_answer(lm):
     assert trace.prompts[0].rel_novelty[-1] < trace.prompts[0].rel_novelty[0]
 
 
+def test_a_pretrained_start_predicts_better_than_nothing_from_the_first_token(lm, check_pretrained_start):
+    check_pretrained_start(lm)
+
+
 def test_the_noise_ablation_changes_tokens_only_through_the_fusion(lm):
     kw = dict(n=3, max_new_tokens=8, seed=9, ignore_eos=True)
     plain = run(lm, method="plain", **kw)

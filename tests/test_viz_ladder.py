@@ -2,6 +2,7 @@
 sentence, the spread's hulls, centres and highlight, and where a β sits on diversity vs perplexity."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from viz.charts import sweep_figure
 from viz.metrics import bootstrap_difference, bootstrap_interval, vendi_score
 from viz.spread import Projection, hull, spread_figure
 from viz.style import run_colours
-from viz.summary import (colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
+from viz.summary import (colour_order, current_point, diversity, file_label, ladder, metric_cards, noise_sentence,
                          tradeoff_points)
 
 
@@ -97,6 +98,15 @@ def test_the_noise_sentence_says_which():
     assert "no telling noise from effect" in noise_sentence("plain", spread_out(2), "esamp β=1", spread_out(2))
 
 
+def test_the_noise_sentence_never_calls_a_run_that_loops_more_diverse_and_nothing_else():
+    said = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), loops=(0, 3))
+    assert "more diverse" in said and "but 3 of esamp β=1's 8 answers repeat themselves (plain: 0 of 8)" in said
+    assert "broken text" in said
+    within = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2), loops=(1, 2))
+    assert "within the noise" in within and "2 of esamp β=1's 8 answers repeat themselves" in within
+    assert "repeat" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), loops=(2, 2))
+
+
 # ---- which runs form the ladder ------------------------------------------------------------------
 
 def trace_of(config: RunConfig, texts=("a", "b", "c"), novelty=0.5, prompt="p") -> RunTrace:
@@ -108,6 +118,10 @@ def trace_of(config: RunConfig, texts=("a", "b", "c"), novelty=0.5, prompt="p") 
 
 
 BASE = RunConfig(sampling=SamplingConfig(n=3, max_new_tokens=4, seed=1))
+
+
+def test_a_runs_file_name_keeps_its_beta():
+    assert file_label("esamp β=1.5") == "esamp-beta=1.5" and file_label("plain T=0.7") == "plain-T=0.7"
 
 
 def test_the_ladder_is_plain_at_zero_then_esamp_by_beta():
@@ -139,6 +153,25 @@ def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
     ring = fig.data[0]  # drawn first: the labels stay on top of it
     assert ring.name == "now: β=0.5" and ring.x[0] == pytest.approx(points[1]["perplexity"])
     assert len(sweep_figure(points, current_point(0.9)).data) == 2  # no such point: no ring
+    assert not any(p["loops"] for p in points)
+
+
+def test_a_run_whose_answers_loop_more_than_plains_is_crossed_out_where_it_sits():
+    looping = ["la la la la la la la la", "no no no no no no no no", "ok ok ok ok ok ok ok ok"]
+    configs = beta_ladder(BASE, [0.0, 0.5])
+    traces = [trace_of(configs[0]), trace_of(configs[1], texts=looping)]
+    for t in traces:  # each answer's tokens: its words, as ids
+        for s in t.samples:
+            s.tokens = [replace(s.tokens[0], id=hash(w) % 1000, text=w) for w in s.text.split()] or s.tokens
+    emb = spread_out(6)
+    stats = [diversity(t, emb[3 * i:3 * i + 3], [2.0, 2.0, 2.0]) for i, t in enumerate(traces)]
+    assert (stats[0].degenerate, stats[1].degenerate) == (0, 3) and stats[1].loops_more_than(stats[0])
+    points = tradeoff_points(traces, stats)
+    assert [p["loops"] for p in points] == [False, True, False]  # β=0, β=0.5; plain T=1
+    crossed = sweep_figure(points).data[-1]
+    assert crossed.name == "more answers loop than plain's" and list(crossed.y) == [points[1]["diversity"]]
+    cards = {c["label"]: c for c in metric_cards(stats[1], stats[0])}
+    assert cards["Answers that loop"]["value"] == "3" and cards["Answers that loop"]["delta"] == "+3 vs plain"
 
 
 def test_metric_cards_give_the_change_from_plain():

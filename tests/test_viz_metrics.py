@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import comb
 
-from viz.metrics import distinct_n, mean_and_stderr, mean_pairwise_cosine_distance, pass_at_k, self_bleu, vendi_score
+from viz.metrics import (DEGENERATE_SEQ_REP_4, degenerate_share, distinct_n, is_degenerate, mean_and_stderr,
+                          mean_pairwise_cosine_distance, pass_at_k, self_bleu, seq_rep, vendi_score)
 
 
 def test_cosine_distance_of_orthogonal_and_identical_vectors():
@@ -21,6 +22,22 @@ def test_vendi_score_counts_effectively_distinct_answers():
     assert vendi_score(np.eye(3)) == pytest.approx(3.0)
     # two identical answers: K = all ones, eigenvalues 1 and 0: exp(0) = 1
     assert vendi_score(np.array([[1.0, 0.0], [1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_seq_rep_counts_the_n_grams_that_repeat_an_earlier_one_of_the_same_answer():
+    # 1 2 3 4 1 2 3 4 1: 4-grams 1234 2341 3412 4123 1234 2341 -> the last two repeat: 2/6
+    assert seq_rep([1, 2, 3, 4, 1, 2, 3, 4, 1], 4) == pytest.approx(2 / 6)
+    assert seq_rep([1, 2, 3, 4, 5, 6], 4) == 0.0  # no 4-gram twice
+    assert seq_rep([7, 7, 7, 7, 7, 7], 4) == pytest.approx(2 / 3)  # 3 4-grams, all 7777: 2 repeat
+    assert seq_rep([1, 2, 3], 4) == 0.0  # too short for one 4-gram
+
+
+def test_an_answer_that_loops_is_degenerate_and_ordinary_text_is_not():
+    loop = [5, 9, 13] * 10  # "ESSEESSEESSEES": 30 tokens, 27 4-grams of 3 kinds, 24 of them repeats
+    text = list(range(40))
+    assert is_degenerate(loop) and not is_degenerate(text)
+    assert seq_rep(loop, 4) == pytest.approx(24 / 27) and 24 / 27 > DEGENERATE_SEQ_REP_4
+    assert degenerate_share([loop, text, text, text]) == pytest.approx(0.25) and degenerate_share([]) == 0.0
 
 
 def test_distinct_2():

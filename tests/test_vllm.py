@@ -318,6 +318,10 @@ def test_the_distiller_learns_within_one_answer_on_vllm(vlm):
     assert last < 1.0 and last < first - 0.15, trace_quarters(trace)
 
 
+def test_a_pretrained_start_predicts_better_than_nothing_on_vllm_too(vlm, check_pretrained_start):
+    check_pretrained_start(vlm)
+
+
 @pytest.fixture(scope="module")
 def vlm_process():
     lm = load_model(backend="vllm", dtype="float32", placement="process")

@@ -51,6 +51,35 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(grams) / total if total else 0.0
 
 
+def seq_rep(ids: Sequence[int], n: int = 4) -> float:
+    """Welleck et al. (2019)'s seq-rep-n of one answer, on its token ids: the share of its n-grams
+    that repeat an earlier n-gram of the same answer (0 = none does; 0 for fewer than n + 1 tokens).
+    On tokens, not words: a loop glued into one non-word ("ESSEESSEESSEES") repeats too.
+
+    >>> seq_rep([1, 2, 3, 1, 2, 3], n=2)  # bigrams 12 23 31 12 23: the last two repeat
+    0.4
+    """
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+# An answer is degenerate (it loops) when more than this share of its token 4-grams repeat an earlier one:
+# plain sampling's own answers stay under it (docs/results.md, "Broken text", has their spread).
+DEGENERATE_SEQ_REP_4 = 0.2
+
+
+def is_degenerate(ids: Sequence[int], threshold: float = DEGENERATE_SEQ_REP_4) -> bool:
+    """Whether an answer (its token ids) repeats itself: its seq-rep-4 is above ``threshold``."""
+    return seq_rep(ids, 4) > threshold
+
+
+def degenerate_share(answers: Sequence[Sequence[int]], threshold: float = DEGENERATE_SEQ_REP_4) -> float:
+    """The share of answers (token id lists) that repeat themselves (``is_degenerate``); 0 for none."""
+    if not answers:
+        return 0.0
+    return sum(is_degenerate(a, threshold) for a in answers) / len(answers)
+
+
 def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
     """Mean BLEU of each answer against all the others (lower = more diverse); nltk's BLEU
     with smoothing method 1, whitespace tokens. 0 for fewer than two answers."""

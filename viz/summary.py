@@ -6,7 +6,8 @@ language model."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +39,12 @@ def config_label(config: RunConfig) -> str:
     return label
 
 
+def file_label(label: str) -> str:
+    """A run label as part of a file name: 'esamp β=1.5' -> 'esamp-beta=1.5' (characters every OS and
+    shell keep as they are)."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", label.replace("β", "beta")).strip("-")
+
+
 def config_series(config: RunConfig) -> tuple[str, str]:
     """The line a run belongs to in a sweep, and its point's name: ('esamp', 'β=0.25'),
     ('esamp-noise', 'β=0.25'), ('plain', 'T=0.7'), ('min-p', 'min-p 0.1'), ('fire', 'fire')."""
@@ -60,6 +67,11 @@ class PromptScores:
     distinct_2: list[float]
     self_bleu: list[float]
     perplexity: list[float]  # mean over the prompt's answers (NaN when unknown)
+    # Broken text, on token ids: the mean seq-rep-4 of the prompt's answers (the share of an answer's
+    # token 4-grams that repeat an earlier one of its own), and the share of its answers over
+    # metrics.DEGENERATE_SEQ_REP_4. Empty in reports written before they were measured.
+    seq_rep_4: list[float] = field(default_factory=list)
+    degenerate: list[float] = field(default_factory=list)
 
     def mean_se(self, metric: str) -> tuple[float, float]:
         """Mean over prompts and its standard error (prompts with a NaN left out)."""
@@ -82,6 +94,9 @@ def prompt_scores(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float
         out.self_bleu.append(metrics.self_bleu(texts))
         ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
         out.perplexity.append(float(np.mean(ppl)) if ppl else math.nan)
+        ids = [[t.id for t in trace.samples[i].tokens] for i in idx]
+        out.seq_rep_4.append(float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else math.nan)
+        out.degenerate.append(metrics.degenerate_share(ids) if ids else math.nan)
     return out
 
 
@@ -280,7 +295,7 @@ def ladder(traces: Sequence[RunTrace]) -> dict[float, int]:
 
 @dataclass
 class Diversity:
-    """A run's answers to one prompt: diversity with bootstrap intervals, coherence, novelty."""
+    """A run's answers to one prompt: diversity with bootstrap intervals, coherence, broken text, novelty."""
 
     label: str
     answers: int
@@ -288,6 +303,8 @@ class Diversity:
     vendi: metrics.Interval
     perplexity: float  # mean over the answers (NaN when unknown)
     mean_novelty: float | None  # mean relative novelty of the answers' tokens
+    seq_rep_4: float = 0.0  # mean over the answers of their own token seq-rep-4 (metrics.seq_rep)
+    degenerate: int = 0  # answers over metrics.DEGENERATE_SEQ_REP_4: text that repeats itself
 
     def as_row(self, current: bool = False) -> dict:
         cos, ven = self.cosine_distance, self.vendi
@@ -295,7 +312,12 @@ class Diversity:
                 "cosine distance": round(cos.value, 3), "95% interval": _bounds(cos),
                 "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
                 "perplexity": None if not _finite(self.perplexity) else round(self.perplexity, 2),
+                "repeated 4-grams": round(self.seq_rep_4, 3), "answers that loop": self.degenerate,
                 "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3)}
+
+    def loops_more_than(self, base: "Diversity | None") -> bool:
+        """Whether more of these answers repeat themselves than of ``base``'s (plain sampling's)."""
+        return base is not None and base is not self and self.degenerate > base.degenerate
 
 
 def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | None, prompt_index: int = 0,
@@ -306,16 +328,21 @@ def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | 
     e = emb[idx]
     ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
     rel = [t.rel_novelty for i in idx for t in trace.samples[i].tokens if t.rel_novelty is not None]
+    ids = [[t.id for t in trace.samples[i].tokens] for i in idx]
     return Diversity(run_label(trace), len(idx), metrics.bootstrap_interval(e, "cosine_distance", seed=seed),
                      metrics.bootstrap_interval(e, "vendi", seed=seed), float(np.mean(ppl)) if ppl else math.nan,
-                     float(np.mean(rel)) if rel else None)
+                     float(np.mean(rel)) if rel else None,
+                     float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else 0.0,
+                     sum(metrics.is_degenerate(a) for a in ids))
 
 
 def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0,
-                   max_n: int | None = None) -> str:
+                   max_n: int | None = None, loops: tuple[int, int] = (0, 0)) -> str:
     """One plain sentence on whether b's answers are more or less diverse (mean pairwise cosine
     distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference).
-    ``max_n``: the most answers the user can ask for (no advice to ask for more past it)."""
+    ``max_n``: the most answers the user can ask for (no advice to ask for more past it); ``loops``:
+    how many of a's and of b's answers repeat themselves (``Diversity.degenerate``): where b has more,
+    the sentence says so, and never calls b more diverse without it."""
     n_a, n_b = len(emb_a), len(emb_b)
     if min(n_a, n_b) < metrics.MIN_BOOTSTRAP_ANSWERS:
         return (f"With {min(n_a, n_b)} answer(s) per setting there is no telling noise from effect: "
@@ -323,13 +350,19 @@ def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndar
     d = metrics.bootstrap_difference(emb_a, emb_b, "cosine_distance", seed=seed)
     answers = f"{n_a} answers" if n_a == n_b else f"{n_a} and {n_b} answers"
     interval = f"{d.value:+.3f}, 95% interval {d.low:+.3f} to {d.high:+.3f}"
+    broken = (f"{loops[1]} of {label_b}'s {n_b} answers repeat themselves ({label_a}: {loops[0]} of {n_a})"
+              if loops[1] > loops[0] else "")
     if d.contains(0.0):
         advice = ("More samples (n) would tell." if max_n is None or min(n_a, n_b) < max_n else
                   "Another seed, or a prompt with more room for different answers, would tell more.")
-        return (f"{label_b} vs {label_a}: the difference in diversity ({interval}) is within the noise of "
+        said = (f"{label_b} vs {label_a}: the difference in diversity ({interval}) is within the noise of "
                 f"{answers}: it could be chance. {advice}")
+        return said + (f" And {broken}." if broken else "")
     more = "more" if d.value > 0 else "less"
-    return f"{label_b}'s answers are {more} diverse than {label_a}'s beyond the noise of {answers} ({interval})."
+    said = f"{label_b}'s answers are {more} diverse than {label_a}'s beyond the noise of {answers} ({interval})"
+    if broken and more == "more":
+        return f"{said}, but {broken}: part of that diversity is broken text, not exploration."
+    return said + (f"; and {broken}." if broken else ".")
 
 
 def _bounds(interval: metrics.Interval, digits: int = 3) -> str:
@@ -341,8 +374,11 @@ def _bounds(interval: metrics.Interval, digits: int = 3) -> str:
 def tradeoff_points(traces: Sequence[RunTrace], diversities: Sequence[Diversity]) -> list[dict]:
     """Diversity against perplexity for one prompt, one point per run (ladder rungs and plain
     temperatures), with the bootstrap interval of its diversity; plain sampling at the ladder's
-    β = 0 starts ESamp's line as well as lying on temperature's."""
+    β = 0 starts ESamp's line as well as lying on temperature's. A run with more answers that loop
+    than plain sampling's at the ladder's β = 0 is marked ``loops`` (its place on the chart is not
+    a better trade-off: looping text is diverse between answers and likely within them)."""
     rungs = ladder(traces)
+    base = diversities[rungs[0.0]] if 0.0 in rungs else None
     points = []
     for i, (t, d) in enumerate(zip(traces, diversities)):
         if t.method not in ("esamp", "plain") or t.config.esamp.noise or t.config.sampling.min_p > 0:
@@ -350,7 +386,7 @@ def tradeoff_points(traces: Sequence[RunTrace], diversities: Sequence[Diversity]
         series, setting = config_series(t.config)
         point = {"series": series, "setting": setting, "diversity": d.cosine_distance.value,
                  "diversity_low": d.cosine_distance.low, "diversity_high": d.cosine_distance.high,
-                 "perplexity": d.perplexity}
+                 "perplexity": d.perplexity, "loops": d.loops_more_than(base)}
         if rungs.get(0.0) == i and len(rungs) > 1:
             points.append({**point, "series": "esamp", "setting": "β=0"})
         points.append(point)
@@ -374,13 +410,17 @@ def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
                 "delta_color": colour, "help": help}
 
     b = base or current
-    # Short labels: four cards share a row, at 1024 px too; the table below names each metric in full.
+    # Short labels: four cards share a row, at 1024 px too; the table below names each metric in full
+    # (Vendi with them).
     return [card("Diversity", current.cosine_distance.value, b.cosine_distance.value, ".3f",
                  help="mean cosine distance between the answers' sentence embeddings: 0 = all say the same"),
-            card("Vendi", current.vendi.value, b.vendi.value, ".2f",
-                 help="Vendi score: how many really different answers there are, in effect"),
             card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse",
-                 help="how surprised the model itself is by the answers (lower = more fluent)"),
+                 help="how surprised the model itself is by the answers (lower = more fluent; text that loops "
+                      "is likely text, so a low perplexity alone does not mean good text)"),
+            card("Answers that loop", current.degenerate, b.degenerate, "d", "inverse",
+                 help=f"answers more than {metrics.DEGENERATE_SEQ_REP_4:.0%} of whose token 4-grams repeat an earlier "
+                      "one of their own (\"sapphire sapphire sapphire\", \",,,,,,\"): broken text, whatever the "
+                      "diversity says"),
             card("Novelty", current.mean_novelty, b.mean_novelty, ".3f",
                  help="mean relative novelty ‖e‖/‖h‖ of the answers' tokens: 1 = the distiller no better than "
                       "predicting nothing")]

@@ -1,7 +1,6 @@
 """History: every finished run, kept in SQLite. Filter, reopen with all pictures, export, delete."""
 
 import datetime as dt
-import re
 
 import streamlit as st
 
@@ -9,7 +8,8 @@ from app import render
 from app.history import HistoryError, move_aside
 from app.resources import get_embedder, history_path, open_history
 from viz.report import build_report
-from viz.summary import run_label
+from viz.summary import file_label, run_label
+
 
 st.title("History")
 history, error = open_history()
@@ -60,7 +60,7 @@ if chosen in reports:
 for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)
     label = run_label(t)
     c2.download_button(f"{label} · JSON", t.to_json(), key=f"json_{chosen}_{i}", help=f"Download the {label} trace",
-                       file_name=f"esamp-run-{chosen}-{i}-{re.sub(r'[^A-Za-z0-9.=-]+', '-', label)}.json",
+                       file_name=f"esamp-run-{chosen}-{i}-{file_label(label)}.json",
                        mime="application/json")
 with c3.popover("Delete run"):
     st.write(f"Delete run #{chosen} for good?")

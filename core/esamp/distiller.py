@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,12 @@ class DistillerBank:
     """
 
     def __init__(self, groups: int, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
-                 seed: int = 0, norm: FinalNorm | None = None, design: Design | None = None):
+                 seed: int = 0, norm: FinalNorm | None = None, design: Design | None = None,
+                 initial: Sequence[torch.Tensor] | None = None):
         """``norm``: the model's final norm, for designs with ``output_norm`` (a unit-gain RMS norm
-        when the model's is unknown). ``design`` overrides ``cfg.distiller`` (for experiments)."""
+        when the model's is unknown). ``design`` overrides ``cfg.distiller`` (for experiments).
+        ``initial``: one distiller's weights (``pretrain``'s) that every group starts from, and
+        starts again from after a reset; None: fresh random weights (the paper)."""
         self.groups, self.hidden, self.cfg = groups, hidden, cfg
         self.design = design or DESIGNS[cfg.distiller]
         self.device = torch.device(device)
@@ -77,6 +81,10 @@ class DistillerBank:
         # Adam's step count, one scalar per (group, weight) as torch's fused Adam wants them.
         self._steps = [[torch.zeros((), device=self.device) for _ in self.shapes] for _ in range(G)]
         self.resets = torch.zeros(G, dtype=torch.long)  # NaN/inf resets per group, on the host
+        self.initial = None if initial is None else [w.to(self.device, torch.float32) for w in initial]
+        if self.initial is not None and [tuple(w.shape) for w in self.initial] != [s[1:] for s in self.shapes]:
+            raise ValueError("the initial distiller's weights do not fit this design and width: "
+                             f"{[tuple(w.shape) for w in self.initial]} against {[s[1:] for s in self.shapes]}")
         self.reset(torch.ones(G, dtype=torch.bool))
 
     @property
@@ -90,17 +98,21 @@ class DistillerBank:
         return 3 * sum(math.prod(s[1:]) for s in self.shapes) * 4
 
     def reset(self, which: torch.Tensor) -> None:
-        """Re-initialise the groups where ``which`` (G,) is True: fresh weights, empty Adam state.
+        """Re-initialise the groups where ``which`` (G,) is True: the initial weights (or fresh ones),
+        empty Adam state.
 
-        Group g's weights depend only on (seed, g, its reset count), never on how many other
+        Group g's fresh weights depend only on (seed, g, its reset count), never on how many other
         groups share the batch, and draw from their own generator, not sampling's.
         """
         for g in torch.nonzero(which.cpu()).flatten().tolist():
             gen = torch.Generator().manual_seed(hash((self.seed, g, int(self.resets[g]))) & (2**63 - 1))
             for i, (p, m, v, shape) in enumerate(zip(self.params, self.m, self.v, self.shapes)):
                 bound = 1.0 / math.sqrt(shape[1])  # nn.Linear's default init, fan_in = shape[1]
-                p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
-                if self.design.zero_down and i % 3 == 2:
+                if self.initial is not None:
+                    p[g] = self.initial[i]
+                else:
+                    p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
+                if self.initial is None and self.design.zero_down and i % 3 == 2:
                     p[g] = 0
                 m[g] = 0
                 v[g] = 0
@@ -159,3 +171,25 @@ class DistillerBank:
         if bool(bad.any()):
             self.resets += bad.long()
             self.reset(bad)
+
+
+PRETRAIN_STEPS = 200  # Adam steps on generic text; 100 and 400 learned alike (docs/results.md)
+PRETRAIN_BATCH = 64  # rows a step, drawn at random from all the states
+
+
+def pretrain(s: torch.Tensor, h: torch.Tensor, cfg: EsampConfig, norm: FinalNorm | None = None,
+             steps: int = PRETRAIN_STEPS, seed: int = 0) -> list[torch.Tensor]:
+    """One distiller trained on a model's states over generic text, to start every run's distillers
+    from (``DistillerBank(initial=...)``): what every context of this model shares (the scale of h,
+    the map from a first-layer state to a final one) is then known before a run starts, and a run's
+    own training learns what is particular to its prompt. s, h: (N, H) float32 states at N
+    positions. Returns the weights, on the host."""
+    bank = DistillerBank(1, s.shape[-1], cfg, device=s.device, seed=seed, norm=norm)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.ones(1, min(PRETRAIN_BATCH, len(s)), dtype=torch.bool, device=s.device)
+    for _ in range(steps):
+        pick = torch.randint(0, len(s), (rows.shape[1],), generator=gen).to(s.device)
+        pred = bank.forward(s[pick][None])
+        _, bad = bank.update(pred, h[pick][None], rows)
+        bank.handle_bad(bad)
+    return [p[0].detach().cpu().clone() for p in bank.params]

@@ -68,15 +68,16 @@ class Steerer:
     """
 
     def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, temperature: float,
-                 seed: int = 0, watch: Stopwatch | None = None):
+                 seed: int = 0, watch: Stopwatch | None = None, initial: list[torch.Tensor] | None = None):
         """cfg.beta: the fusion strength applied (0 for shadow mode); temperature: what l_ref and
-        l_dist are divided by."""
+        l_dist are divided by; initial: the weights every distiller starts from (None: fresh)."""
         if rows % groups:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         self.max_kl = cfg.max_kl
         device = head.weight.device
-        self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm)
+        self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm,
+                                  initial=initial)
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
         overlap = cfg.overlap if cfg.overlap is not None else device.type == "cuda"
@@ -277,7 +278,8 @@ class Pipeline:
     Plain sampling with the shadow off has no distiller: ``propose`` only filters.
     """
 
-    def __init__(self, config: RunConfig, head: LMHead, prompts: int):
+    def __init__(self, config: RunConfig, head: LMHead, prompts: int, initial: list[torch.Tensor] | None = None):
+        """initial: the weights every distiller starts from (``core.backends.start``; None: fresh)."""
         sc = config.sampling
         self.first, self.main = run_filters(config)
         self.head = head
@@ -286,7 +288,7 @@ class Pipeline:
         self._groups = prompts if config.esamp.scope == "prompt" else 1
         esamp = replace(config.esamp, beta=config.beta)  # the β applied: 0 for every method but esamp
         self.steerer = Steerer(self._groups, prompts * sc.n, head, esamp, self.main.temperature, seed=sc.seed,
-                               watch=self.watch) if config.uses_distiller else None
+                               watch=self.watch, initial=initial) if config.uses_distiller else None
 
     def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:

@@ -3,8 +3,19 @@ project's own batched KV-cache loop (loop.py); ``interop.py`` puts ESamp into ``
 
 from __future__ import annotations
 
+from .. import start
 from ..base import check_encoding
 from . import loop, model
+
+
+def generate(lm, prompts, config, *, progress=None, cancel=None):
+    """loop.generate, its distillers starting where ``config.esamp.start`` says."""
+    return loop.generate(lm, prompts, config, progress=progress, cancel=cancel, initial=start.initial_for(lm, config))
+
+
+def generate_runs(lm, prompts, configs, *, progress=None, cancel=None):
+    return loop.generate_runs(lm, prompts, configs, progress=progress, cancel=cancel,
+                              initial=lambda config: start.initial_for(lm, config))
 
 
 class HfBackend:
@@ -12,8 +23,8 @@ class HfBackend:
 
     name = "transformers"
     load = staticmethod(model.load)
-    generate = staticmethod(loop.generate)
-    generate_runs = staticmethod(loop.generate_runs)
+    generate = staticmethod(generate)
+    generate_runs = staticmethod(generate_runs)
     answer_logprobs = staticmethod(loop.answer_logprobs)
     check_runs = staticmethod(check_encoding)
 

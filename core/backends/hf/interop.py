@@ -29,6 +29,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ...config import RunConfig
 from ...esamp.steerer import Pipeline
+from .. import start
 from ..hooks import States, capture_states
 from .model import HfModel
 
@@ -36,10 +37,11 @@ from .model import HfModel
 class GenerateProcessor(LogitsProcessor):
     """Filters, then ESamp-fuses, the scores of each generate() step; trains after sampling."""
 
-    def __init__(self, lm: HfModel, states: States, config: RunConfig):
+    def __init__(self, lm: HfModel, states: States, config: RunConfig, initial: list[torch.Tensor] | None = None):
+        """initial: the weights the distillers start from (``core.backends.start``; None: fresh)."""
         if config.method != "esamp":
             raise ValueError(f"`method` must be 'esamp' for the generate() processor, but is {config.method!r}.")
-        self.lm, self.states, self.config = lm, states, config
+        self.lm, self.states, self.config, self.initial = lm, states, config, initial
         self.eos = torch.tensor(lm.eos_ids, device=lm.device)
         self.pipeline: Pipeline | None = None
         self.prompt_len = 0
@@ -56,7 +58,7 @@ class GenerateProcessor(LogitsProcessor):
         rows = input_ids.shape[0]  # (R, L) prompt plus tokens so far; scores (R, V)
         first = self.pipeline is None
         if first:
-            self.pipeline = Pipeline(self.config, self.lm.head, prompts=rows // self.config.sampling.n)
+            self.pipeline = Pipeline(self.config, self.lm.head, rows // self.config.sampling.n, self.initial)
             self.prompt_len = input_ids.shape[1]
         elif self._active is not None:  # the previous step's token is sampled now: train on its states
             self.pipeline.learn(self._active)
@@ -71,5 +73,6 @@ class GenerateProcessor(LogitsProcessor):
 def esamp_for_generate(lm: HfModel, config: RunConfig | None = None) -> Iterator[GenerateProcessor]:
     """A fresh ESamp processor for one ``generate()`` call; its hooks are removed on exit."""
     config = config or RunConfig(method="esamp")
+    initial = start.initial_for(lm, config)  # built (once) before the hooks go on
     with capture_states(lm.first_layer, lm.final_norm) as states:
-        yield GenerateProcessor(lm, states, config)
+        yield GenerateProcessor(lm, states, config, initial)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,25 +24,30 @@ from ..record import Recorder, build_trace
 from .model import HfModel
 
 
+Initial = Callable[[RunConfig], "list[torch.Tensor] | None"]  # a run's distillers' first weights (backends.start)
+
+
 def generate_runs(lm: HfModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
-                  progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
+                  progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                  initial: Initial = lambda config: None) -> list[RunTrace]:
     """The runs one after the other (one batch at a time on this backend); none after a cut-short one."""
     traces: list[RunTrace] = []
     for i, config in enumerate(configs):
         report = None if progress is None else (lambda p, i=i: progress(replace(p, run=i)))
-        traces.append(generate(lm, prompts, config, progress=report, cancel=cancel))
+        traces.append(generate(lm, prompts, config, progress=report, cancel=cancel, initial=initial(config)))
         if traces[-1].stopped:
             break
     return traces
 
 
 def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,
-             cancel: threading.Event | None = None) -> RunTrace:
-    """``config.sampling.n`` samples for each prompt, P x n rows in one batch."""
+             cancel: threading.Event | None = None, initial: "list[torch.Tensor] | None" = None) -> RunTrace:
+    """``config.sampling.n`` samples for each prompt, P x n rows in one batch; ``initial``: the
+    weights its distillers start from (None: fresh)."""
     sc = config.sampling
     ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens, config.prefix_ids)
     R = len(ids) * sc.n
-    pipeline = Pipeline(config, lm.head, len(ids))
+    pipeline = Pipeline(config, lm.head, len(ids), initial=initial)
     recorder = Recorder(R)
     gen = torch.Generator(device=lm.device).manual_seed(sc.seed)
     eos = torch.tensor(lm.eos_ids, device=lm.device)
@@ -83,6 +88,21 @@ def given_states(lm: HfModel, ids: list[list[int]], k: int) -> tuple[torch.Tenso
     width = input_ids.shape[1]  # left-padded: every prompt ends at the last column
     take = slice(width - k - 1, width - 1)  # the state before each given token drew it
     return s_out[-1][:, take].transpose(0, 1).contiguous(), h_out[-1][:, take].transpose(0, 1).contiguous()
+
+
+def states_of(lm: HfModel, rows: Sequence[list[int]], batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, h), each (N, H) float32: the shallow and final states at every position of every token
+    sequence in ``rows`` (N positions in all), read in one forward pass per batch."""
+    s_all, h_all = [], []
+    with lm.lock, torch.no_grad(), capture_output(lm.first_layer) as s_out, capture_output(lm.final_norm) as h_out:
+        for start in range(0, len(rows), batch_size):
+            input_ids, mask = left_pad(list(rows[start:start + batch_size]), lm.tokenizer.pad_token_id, lm.device)
+            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                     logits_to_keep=1)
+            real = mask.bool()
+            s_all.append(s_out.pop()[real])
+            h_all.append(h_out.pop()[real])
+    return torch.cat(s_all), torch.cat(h_all)
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

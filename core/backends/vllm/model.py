@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from ...config import EsampConfig
 from ...esamp.head import LMHead
+from .. import start
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype, resolve_dtype
@@ -108,11 +110,22 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     shape, head = _hook(llm, name, placement)
     model_config = llm.llm_engine.model_config
+    prebuild(source, model_config.dtype)
     failed = (lambda: llm.collective_rpc("esamp_failed")[0]) if placement == "inline" else None
     return VllmModel(name=name, llm=llm, engine=Engine(llm, failed), tokenizer=tokenizer, head=head,
                      hidden_size=shape["hidden_size"], context_length=model_config.max_model_len,
                      eos_ids=model_eos(source, tokenizer), dtype=model_config.dtype,
                      placement=placement, device=torch.device(shape["device"]))
+
+
+def prebuild(source: str, dtype: torch.dtype | str) -> None:
+    """The model's pretrained distiller for the default design, built now (once; cached) where it is
+    not yet, so that no engine step waits for it (core.backends.start). A failure only logs: runs
+    that start fresh do not need it, and one that asks for it says why it cannot have it."""
+    try:
+        start.initial(source, str(dtype).removeprefix("torch."), replace(EsampConfig(), start="pretrained"))
+    except Exception as exc:  # noqa: BLE001 - the engine runs without it
+        log.warning("no pretrained distiller for %s: %s", source, exc)
 
 
 def model_eos(source: str, tokenizer) -> list[int]:

@@ -46,6 +46,9 @@ class VllmProcessor(LogitsProcessor):
         self._taken: OrderedDict[str, None] = OrderedDict()
         self.capture = Capture()
         self.head = None  # set when the hooks are installed (worker extension, or a served run's first request)
+        model = vllm_config.model_config if vllm_config is not None else None
+        # the model as core.backends.start keys its pretrained distiller: its source and dtype
+        self.model = (model.model, str(model.dtype).removeprefix("torch.")) if model is not None else None
         # served run -> (its n, the row of each request by its output list)
         self._served: dict[str, tuple[int, dict[int, int]]] = {}
         self._resting: OrderedDict[str, None] = OrderedDict()  # served runs out of the batch with rows to come
@@ -69,7 +72,7 @@ class VllmProcessor(LogitsProcessor):
                 args = (params.extra_args or {}) if params is not None else {}
                 extra = args.get(EXTRA_KEY)
                 if extra is not None and extra["run"] not in self.runs and extra["run"] not in self._taken:
-                    self.runs[extra["run"]] = RunState.of(extra, self.head)  # a failure is kept in the state
+                    self.runs[extra["run"]] = RunState.of(extra, self.head, model=self.model)  # a failure is kept
                 elif served.RUN_KEY in args and args[served.RUN_KEY] not in self.runs:
                     self._start_served(args)
         process_dict_updates(self.rows, batch_update, self._row_of)
@@ -88,7 +91,7 @@ class VllmProcessor(LogitsProcessor):
                 log.error("ESamp cannot run served requests in this worker: %s", self.runs[key].error)
                 return
         extra = {"run": key, "row": 0, "prompts": 1, "config": args[served.CONFIG_KEY]}
-        self.runs[key] = RunState.of(extra, self.head, record=False)
+        self.runs[key] = RunState.of(extra, self.head, record=False, model=self.model)
 
     def _row_of(self, params, _prompt_ids, out: list[int]) -> Row | None:
         args = params.extra_args or {}

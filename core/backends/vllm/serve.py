@@ -18,7 +18,7 @@ from ..base import ModelLoadError
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import default_dtype
 from . import hooks, internals, plugin, routes, worker
-from .model import CPU_BLOCK_SIZE, CPU_KV_CACHE_GIB, CPU_MAX_NUM_SEQS
+from .model import CPU_BLOCK_SIZE, CPU_KV_CACHE_GIB, CPU_MAX_NUM_SEQS, prebuild
 
 REFUSED = ("--trust-remote-code", "--load-format")  # the served limits: no remote code, safetensors only
 
@@ -58,6 +58,8 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, d
           extra: Sequence[str] = ()) -> None:
     """Run vLLM's server in this process until it stops."""
     argv = command(model, host, port, dtype, extra)
+    if "--dtype" in argv:  # a known dtype: the pretrained distiller now, before any request waits for it
+        prebuild(argv[1], argv[argv.index("--dtype") + 1])
     internals.prepare_environment()  # the processor is a V1 one (internals, fact 1)
     internals.cli_version()
     from vllm.entrypoints.cli.main import main

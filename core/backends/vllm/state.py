@@ -23,6 +23,7 @@ from ...config import RunConfig
 from ...esamp.head import LMHead
 from ...esamp.signals import PendingSignals
 from ...esamp.steerer import Pipeline
+from .. import start
 from ..record import Recorder
 from . import internals
 
@@ -82,26 +83,30 @@ class FailedRun:
 class RunState:
     """One run's Pipeline and what waits to be recorded, stepped by the processor."""
 
-    def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead, record: bool = True):
-        """record: keep every token's signals for ``result`` (a served run has nobody to take them)."""
+    def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead, record: bool = True,
+                 model: tuple[str, str] | None = None):
+        """record: keep every token's signals for ``result`` (a served run has nobody to take them);
+        model: the engine's model source and dtype, for a pretrained distiller (core.backends.start)."""
         self.key = key
         self.record = record
         self.config = config
         self.prompts = prompts
-        self.pipeline = Pipeline(config, head, prompts)
+        initial = start.initial(*model, config.esamp) if model and config.uses_distiller else None
+        self.pipeline = Pipeline(config, head, prompts, initial)
         self.recorder = Recorder(prompts * config.sampling.n)
         self.pending: list[tuple[list[Row], list[int], PendingSignals]] = []  # tokens not sampled yet
         self.first_step_at: float | None = None
         self.error: str | None = None
 
     @classmethod
-    def of(cls, extra: dict, head: LMHead | None, record: bool = True) -> "RunState | FailedRun":
+    def of(cls, extra: dict, head: LMHead | None, record: bool = True,
+           model: tuple[str, str] | None = None) -> "RunState | FailedRun":
         """The state of the run a request's extra args describe, or a FailedRun saying why there is none."""
         try:
             if head is None:
                 raise internals.VllmUnavailableError("ESamp's hooks are not installed in this vLLM worker.")
             with torch.inference_mode(False):  # vLLM updates its batch under inference mode; the distiller trains
-                return cls(extra["run"], check_extra(extra), extra["prompts"], head, record)
+                return cls(extra["run"], check_extra(extra), extra["prompts"], head, record, model)
         except Exception as exc:  # noqa: BLE001 - the engine goes on; the caller gets the message
             return FailedRun(f"{type(exc).__name__}: {exc}")
 

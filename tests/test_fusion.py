@@ -259,3 +259,25 @@ def test_the_budget_holds_on_every_row_of_a_filtered_batch():
     pushes = [kl(torch.log_softmax(fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=e), -1),
                  torch.log_softmax(cand.logits, -1)) for e in (0.05, 0.3, 1.0)]
     assert (pushes[0] <= pushes[1] + 1e-6).all() and (pushes[1] <= pushes[2] + 1e-6).all()
+
+
+def test_unguided_rows_sample_from_the_models_own_logits_in_bfloat16_and_record_float32():
+    """β = 0 is the model's own sampling in every dtype: a bfloat16 model's candidates are recorded with
+    float32 values (Candidates.exact), but an unguided row samples from the model's own logits."""
+    from core.config import EsampConfig, RunConfig, SamplingConfig
+    from core.esamp.steerer import Pipeline
+
+    g = torch.Generator().manual_seed(5)
+    head = LMHead(torch.randn(300, 16, generator=g).to(torch.bfloat16))  # a bfloat16 head: not exact
+    h = torch.randn(4, 16, generator=g)
+    raw = (h.to(torch.bfloat16) @ head.weight.T).float()  # (R, V) the model's own logits, bfloat16 values
+    sampling = SamplingConfig(n=2, top_k=0, top_p=0.9, temperature=0.8)
+    want = apply_filters(build_filters(temperature=0.8, top_p=0.9), raw)
+    for config in (RunConfig(method="plain", sampling=sampling),  # β = 0, its distiller in shadow
+                   RunConfig(method="plain", sampling=sampling, esamp=EsampConfig(shadow=False)),
+                   RunConfig(sampling=sampling, esamp=EsampConfig(beta=1.0, warmup_steps=3))):  # held: warm-up
+        pipeline = Pipeline(config, head, prompts=2)
+        prop = pipeline.propose(raw, torch.randn(4, 16, generator=g), h, torch.full((4,), 2))
+        assert not torch.equal(prop.cand.logits, raw.gather(-1, prop.cand.ids) / 0.8)  # recorded: float32
+        assert torch.equal(pipeline.to_sample(prop), want), config.method  # sampled: the model's own
+        pipeline.learn(torch.ones(4, dtype=torch.bool))

@@ -357,6 +357,14 @@ def config_with(**sampling) -> dict:
     return {**d, "sampling": {**d["sampling"], **sampling}}
 
 
+def test_a_deeply_nested_body_is_a_400_not_a_server_error(server):
+    deep = ('{"prompts": ["x"], "job": "j", "configs": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+    req = urllib.request.Request(server + "/v1/esamp/runs", deep, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    assert caught.value.code == 400 and "nests too deeply" in json.loads(caught.value.read())["error"]
+
+
 @pytest.mark.parametrize("route, body, status, says", [
     ("runs", {"prompts": [PROMPT]}, 400, "missing: configs, job"),
     ("runs", {"prompts": "a text", "configs": [config_with()], "job": "j"}, 400, "list of strings"),

@@ -226,13 +226,16 @@ def speed_ratio(traces: Sequence[RunTrace]) -> float | None:
     return None
 
 
-def fusion_step(token: Token) -> dict[str, str]:
-    """What one fusion step did to a token, as labelled values: its novelty, its probability and the
-    distribution's entropy before and after."""
+def fusion_step(token: Token, max_kl: float | None = None) -> dict[str, str]:
+    """What one fusion step did to a token, as labelled values: its novelty, its probability before
+    and after, and how far the whole distribution moved (KL, nats), against the bound ``max_kl``."""
     novelty = "–" if token.novelty is None else f"{token.novelty:.2f}"
+    moved = "–" if token.kl is None else f"{token.kl:.2f}"
+    if token.kl is not None and max_kl is not None:
+        moved += f" of at most {max_kl:g}" + (" (the bound held it back)" if token.kl >= 0.98 * max_kl > 0 else "")
     return {"novelty ‖e‖": novelty,
             "p(chosen) before → after": f"{math.exp(token.logp_ref):.2f} → {math.exp(token.logp_new):.2f}",
-            "entropy before → after": f"{token.entropy_ref:.2f} → {token.entropy_new:.2f}"}
+            "push: KL(after ‖ before), nats": moved}
 
 
 def token_label(text: str, token_id: int | None = None) -> str:

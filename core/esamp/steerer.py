@@ -41,10 +41,14 @@ Exact = Callable[[torch.Tensor | None], tuple[Candidates, torch.Tensor | None]] 
 class Proposal:
     """What one step proposes: the logits to sample from, and the step's novelty."""
 
-    cand: Candidates  # reference candidates (filtered l_ref)
+    cand: Candidates  # reference candidates (filtered l_ref, float32 values: what the trace records)
     fused: torch.Tensor  # (R, K) candidate logits after fusion (``cand.logits`` when unguided)
     novelty: torch.Tensor | None  # (R,) ||h - h_hat||; None without a distiller
     rel_novelty: torch.Tensor | None  # (R,)
+    # (R, K) the logits the step samples from: ``fused`` on guided rows; on unguided ones (β = 0, a first
+    # token, the warm-up) the model's own values, so that there sampling is exactly the model's own in
+    # every dtype (a bfloat16 model's float32 recompute would move its draws); None: ``fused``.
+    sample: torch.Tensor | None = None
 
 
 @dataclass
@@ -106,7 +110,8 @@ class Steerer:
         first token is sampled unguided (no distiller has seen its prompt's answers yet), and so are
         the warm-up's tokens, but they are still predicted, so novelty is logged and the distiller trains.
         exact: makes the candidates' values float32 (``Candidates.exact_with``; a bfloat16 model),
-        sharing its read of their rows of W with the fusion's; None: the candidates are final."""
+        sharing its read of their rows of W with the fusion's; None: the candidates are final.
+        Unguided rows sample from ``cand`` as given (``Proposal.sample``)."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
             s_grouped = self._grouped(self._to_layout(s, slots))
@@ -122,23 +127,25 @@ class Steerer:
         held = positions <= self.warmup_steps  # the first token, and the warm-up's
         guided = self.beta > 0 and not bool(held.all())
         steer_by = h_hat if self.noise is None or not guided else h - noise_like(h - h_hat, self.noise)
-        projected = None
+        projected, own = None, cand.logits
         if exact is not None:
             with self.watch("filter"):
                 # The fusion's e rides along only where the recompute reads W's rows (a bfloat16 head).
                 cand, projected = exact(h - steer_by if guided and not self.head.exact else None)
-        fused = cand.logits
+        fused, sample = cand.logits, own
         if guided:
             with self.watch("fuse"):
-                fused = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected, self.max_kl)
+                fused = sample = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected,
+                                      self.max_kl)
                 waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
                     waiting = warming if waiting is None else waiting | warming
                 if waiting is not None:
                     fused = torch.where(waiting[:, None], cand.logits, fused)
+                    sample = fused if own is cand.logits else torch.where(waiting[:, None], own, sample)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
-        return Proposal(cand, fused, nov, rel)
+        return Proposal(cand, fused, nov, rel, sample)
 
     def prime(self, s: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None:
         """Before a continuation's first step: one update per given token, in order, on its states.
@@ -255,9 +262,10 @@ def noise_like(e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return z * (torch.linalg.vector_norm(e, dim=-1, keepdim=True) / torch.linalg.vector_norm(z, dim=-1, keepdim=True))
 
 
-def unguided(cand: Candidates) -> Proposal:
-    """A proposal with no distiller at all (plain sampling with the shadow off)."""
-    return Proposal(cand, cand.logits, None, None)
+def unguided(cand: Candidates, own: Candidates | None = None) -> Proposal:
+    """A proposal with no distiller at all (plain sampling with the shadow off); ``own``: the same
+    candidates with the model's own values, to sample from (None: ``cand``'s)."""
+    return Proposal(cand, cand.logits, None, None, None if own is None else own.logits)
 
 
 @dataclass
@@ -306,7 +314,7 @@ class Pipeline:
                 cand = select_mixed(on_first, self.first, self.main, raw)
                 temperature = torch.where(on_first, self.first.temperature, self.main.temperature)
             if self.steerer is None:
-                return unguided(cand.exact(self.head, h, temperature, raw))  # float32 values (bfloat16 models)
+                return unguided(cand.exact(self.head, h, temperature, raw), cand)  # float32 values (bfloat16 models)
         return self.steerer.propose(cand, s, h, positions, slots,
                                     exact=lambda also: cand.exact_with(self.head, h, temperature, raw, also))
 
@@ -321,7 +329,7 @@ class Pipeline:
         ``Candidates.dense``): pass the model's logits (R, V) once nothing reads them again, after
         ``signals``."""
         with self.watch("filter"):
-            return prop.cand.dense(prop.fused, out)
+            return prop.cand.dense(prop.fused if prop.sample is None else prop.sample, out)
 
     def prime(self, s: torch.Tensor, h: torch.Tensor) -> None:
         """A continuation's distiller, first trained on its given tokens' states (EsampConfig.prime):

@@ -140,6 +140,8 @@ async def _body(request, *keys: str) -> dict:
         body = await request.json()
     except ValueError as exc:
         raise BadRequest(f"The body is not JSON: {exc}") from None
+    except RecursionError:  # json's parser gives up on deep nesting; nothing here nests that deep
+        raise BadRequest("The body nests too deeply to be a request of these routes.") from None
     missing = [k for k in keys if not isinstance(body, dict) or k not in body]
     if missing:
         raise BadRequest(f"The body needs {', '.join(keys)} (missing: {', '.join(missing)}).")
@@ -158,6 +160,8 @@ def _configs(body: dict) -> tuple[list[str], list[RunConfig]]:
         raise BadRequest(f"A run configuration lacks {exc} (RunConfig.to_dict() gives them all).") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise BadRequest(f"A run configuration is not valid: {exc}") from None
+    except RecursionError:  # a value nested so deep that even its repr fails
+        raise BadRequest("A run configuration nests too deeply to be valid.") from None
 
 
 async def _encoded(request, engine, *keys: str) -> tuple[dict, Served, list[str], list[RunConfig], list]:

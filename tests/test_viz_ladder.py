@@ -13,8 +13,8 @@ from viz.charts import sweep_figure
 from viz.metrics import bootstrap_difference, bootstrap_interval, vendi_score
 from viz.spread import Projection, hull, spread_figure
 from viz.style import run_colours
-from viz.summary import (colour_order, current_point, diversity, file_label, ladder, metric_cards, noise_sentence,
-                         tradeoff_points)
+from viz.summary import (colour_order, current_point, diversity, file_label, ladder, learning_sentence,
+                         metric_cards, noise_sentence, tradeoff_points)
 
 
 def spread_out(n: int, dims: int = 64, seed: int = 0) -> np.ndarray:
@@ -263,3 +263,15 @@ def test_pieces_of_a_character_get_distinct_readable_labels_and_the_default_step
 
     tokens[1].top = [Candidate(7, "\ufffd", 0.5, 0.5)]  # a word whose candidates are pieces of characters
     assert readable_step(tokens, 2) == 3
+
+
+def test_the_learning_sentence_says_what_the_heatmap_shows():
+    def sample(values):
+        tok = Token(id=1, text="a", logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0, entropy_new=1.0)
+        return Sample(0, 0, "a" * len(values), "length", [replace(tok, rel_novelty=v) for v in values])
+
+    fading = learning_sentence(sample([1.3, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7, 0.6]))
+    assert "starts at 1.25" in fading and "no better than predicting nothing" in fading and "fades" in fading
+    dark = learning_sentence(sample([1.3] * 8))  # a whole answer at 1.3: the words must not say it fades
+    assert "fades" not in dark and "hardly changes" in dark
+    assert "already better than predicting nothing" in learning_sentence(sample([0.6] * 8))

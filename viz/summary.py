@@ -159,6 +159,23 @@ def novelty_columns(trace: RunTrace, relative: bool = True, prompt_index: int | 
     return [c for c in cols if c]
 
 
+def learning_sentence(sample) -> str:
+    """What an answer's relative novelty did along it, in words that match its heatmap: where it
+    started and ended (means of its first and last quarters), against 1 = no better than nothing."""
+    values = [t.rel_novelty for t in sample.tokens if t.rel_novelty is not None]
+    if not values:
+        return "No distiller ran for this answer, so there is no novelty to show."
+    first, *_, last = quarter_means(values) if len(values) >= 4 else (values[0], values[-1])
+    where = ("already better than predicting nothing" if first < 1 else "no better than predicting nothing")
+    if last < first - 0.05:
+        trend = f"and it learns: by the last quarter it is at {last:.2f}, so the colour fades"
+    elif last > first + 0.05:
+        trend = f"and it rises to {last:.2f} by the last quarter: the answer went somewhere its distiller had not seen"
+    else:
+        trend = f"and it stays about there ({last:.2f} in the last quarter), so the colour hardly changes"
+    return f"Along this answer relative novelty starts at {first:.2f} in its first quarter, {where}, {trend}."
+
+
 def trace_quarters(trace: RunTrace, prompt_index: int | None = None) -> list[float]:
     """Mean relative novelty ``||h - h_hat|| / ||h||`` by quarter of the answer positions: how the
     distiller's prediction improves along an answer (1 = no better than predicting zero)."""

@@ -10,7 +10,8 @@ from app.resources import open_history
 from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder
 from core.scoring import trace_perplexities
 from viz import charts, heatmap
-from viz.summary import candidate_rows, config_label, fusion_step, ladder, readable_step, run_label, token_label
+from viz.summary import (candidate_rows, config_label, fusion_step, ladder, learning_sentence, readable_step, run_label,
+                         token_label)
 
 st.title("Learn: how ESamp explores")
 
@@ -30,8 +31,8 @@ how new the context is, its direction says *which* tokens lead somewhere new.
 
 **3 · Fusion.** ESamp tilts the next-token distribution toward that direction:
 """)
-st.latex(r"\ell_{new}(z) = (1+\beta)\,\ell_{ref}(z) - \beta\,\ell_{dist}(z)"
-         r"\quad\Longleftrightarrow\quad \ell_{new}(z) = \ell_{ref}(z) + \beta\,\frac{w_z\cdot e}{T}")
+st.latex(r"\ell_{new}(z) = (1+\beta)\,\ell_{ref}(z) - \beta\,\ell_{dist}(z)")  # two lines: each fits 1024 px
+st.latex(r"\Longleftrightarrow\quad \ell_{new}(z) = \ell_{ref}(z) + \beta\,\frac{w_z\cdot e}{T}")
 st.markdown("""
 | symbol | in words |
 |---|---|
@@ -39,6 +40,7 @@ st.markdown("""
 | **h** | the final state: the vector the output layer turns into next-token scores |
 | **ĥ** | the distiller's guess of **h**, made from **s** |
 | **e = h − ĥ** | how wrong the guess is: its length is the novelty |
+| ℓ_new(z) | the score ESamp samples token z by: the model's own, tilted toward the error |
 | ℓ_ref(z) | the model's own score (logit) for candidate token z, divided by T |
 | ℓ_dist(z) | the score token z would get if the final state were the guess ĥ |
 | w_z | the output layer's row for token z: ℓ(z) = w_z · h / T |
@@ -98,9 +100,9 @@ token = sample.tokens[pos - 1]
 
 st.subheader("The distiller learning, token by token")
 st.markdown("Each token is coloured by how badly the distiller predicted its context (relative novelty "
-            "‖e‖ / ‖h‖): at 1 it does no better than predicting nothing. Along an answer it learns this "
-            "prompt's contexts, so the colour fades; a context no answer has visited yet stands out. "
-            "The same seed drives every β: where a β's answer leaves plain sampling's, fusion chose another token.")
+            "‖e‖ / ‖h‖): at 1 it does no better than predicting nothing; a context no answer has visited yet "
+            "stands out. The same seed drives every β: where a β's answer leaves plain sampling's, fusion chose "
+            "another token. " + render.md(learning_sentence(sample)))
 st.html(heatmap.heatmap_html(trace, "rel_novelty", samples=[sample_index], upto=pos))
 st.plotly_chart(charts.novelty_figure([trace], [run_label(trace)], relative=True), key="learn_novelty")
 
@@ -112,7 +114,7 @@ elif pos <= held and b > 0 and token.logp_new == token.logp_ref:
             "so before = after. Step further along the answer.")
 elif b == 0:
     st.info("At β = 0 fusion leaves the distribution alone (plain sampling): before = after. Move the β slider.")
-for col, (name, value) in zip(st.columns(3), fusion_step(token).items()):
+for col, (name, value) in zip(st.columns(3), fusion_step(token, trace.config.esamp.max_kl).items()):
     col.metric(name, value)
 st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")
 st.dataframe(candidate_rows(token), hide_index=True)

@@ -23,8 +23,15 @@ from core import LanguageModel, Progress, RunConfig, RunTrace, generate_runs
 ABANDON_AFTER_S = float(os.environ.get("ESAMP_ABANDON_AFTER_S", 150))
 
 _running: dict[int, "Job"] = {}  # id(model) -> the job generating on it now
+_started: dict[object, "Job"] = {}  # a job's key (start_job's ``key``) -> the job, until it has finished
 log = logging.getLogger(__name__)
 
+
+def running(key: object) -> "Job | None":
+    """The unfinished job started with ``key``, if any: a page reloaded during its Generate finds its run here
+    (its session, and with it the job, is new; the run goes on in this process)."""
+    job = _started.get(key)
+    return job if job is not None and not job.finished else None
 
 
 @dataclass
@@ -89,12 +96,13 @@ class Job:
 
 def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
               score: Callable[[LanguageModel, RunTrace], list[float]] | None = None,
-              finish: Callable[[Job], object] | None = None) -> Job:
+              finish: Callable[[Job], object] | None = None, key: object = None) -> Job:
     """Run the configs on the prompts in a daemon thread (together on vLLM, in turn on transformers);
     then score and finish.
 
     ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
     and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
+    ``key``: what ``running`` finds the job by while it runs (hashable; None: not findable).
     """
     together = lm.lock is None  # nothing to wait for: the runs join the engine's next step
     job = Job(labels=list(labels), together=together, phase="running" if together else "waiting", model=id(lm))
@@ -141,7 +149,11 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
         finally:
             if _running.get(id(lm)) is job:
                 del _running[id(lm)]
+            if key is not None and _started.get(key) is job:
+                del _started[key]
 
+    if key is not None:
+        _started[key] = job
     job.thread = threading.Thread(target=work, name="esamp-job", daemon=True)
     job.thread.start()
     return job

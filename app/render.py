@@ -235,8 +235,11 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: 
     sample = next(s for s in trace.samples if s.prompt_index == prompt_index and s.sample_index == node.samples[0])
     token, limits, sc = node.tokens[pos - node.start], serving.policy().limits, trace.config.sampling
     with st.form(key):
-        st.markdown(f"**Branch here:** answer {sample.sample_index + 1}'s first {pos} tokens, then a "
-                    "candidate of your choice instead of the model's pick, and n new answers from there.")
+        start = ("from the start: " if pos == 0 else
+                 f"the first {pos} tokens of the {len(node.samples)} answers through this node, then " if
+                 len(node.samples) > 1 else f"answer {sample.sample_index + 1}'s first {pos} tokens, then ")
+        st.markdown(f"**Branch here:** {start}a candidate of your choice instead of the model's pick, and n new "
+                    "answers from there.")
         c1, c2, c3, c4 = st.columns(4)
         top = token.top
         other = next((i for i, c in enumerate(top) if c.id != token.id), 0)  # not the model's pick, to start
@@ -267,14 +270,8 @@ def _branches(trace: RunTrace, branches: Sequence[RunTrace], signal: str) -> Non
         point = branch_point(trace, branch)
         if point is None:
             continue
-        was = md(token_label(point.replaced.text, point.replaced.id)) if point.replaced else "its end"
-        chose = md(token_label(point.given[-1].text, point.given[-1].id)) if point.given[-1].text else \
-            f"token #{point.given[-1].id}"
-        same = point.replaced is not None and point.replaced.id == point.given[-1].id
-        swap = f"{chose} again" if same else f"{chose} instead of {was}"
         count = f"{len(branch.samples)} answer" + ("" if len(branch.samples) == 1 else "s")
-        st.subheader(f"Branch: answer {point.sample_index + 1} from token {point.position + 1}, {swap} "
-                     f"({md(run_label(branch))}, {count})")
+        st.subheader(f"Branch: {md(point.heading())} ({md(run_label(branch))}, {count})")
         st.caption(f"Shared beginning: {md(''.join(t.text for t in point.given[:-1])) or '(none)'}")
         st.html(heatmap.heatmap_html(branch, signal))
         st.code(reproduce_command(branch), language="bash")

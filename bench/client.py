@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +21,8 @@ from typing import Iterator
 
 from core import EsampConfig, RunConfig
 from core.backends.vllm import served  # the keys a server takes (no vLLM import)
+
+from .procs import free_port, wait_ready
 
 DEFAULTS = EsampConfig()
 
@@ -69,29 +71,22 @@ def connect(url: str, timeout: float = 600.0):
     return client, client.models.list().data[0].id
 
 
-START_S = 300  # how long a server may take to start (the embedded model on 2 CPU cores: about 30 s)
-
-
 @contextmanager
 def running_server(*args: str, log: Path | None = None, env: dict | None = None) -> Iterator[str]:
     """``python -m core serve`` on a free port of 127.0.0.1 with ``args`` (its options, then ``--`` and
-    vllm serve's), its output to ``log``; yields its URL once it answers /health, stops it after.
+    vllm serve's), its output to ``log`` (a temporary file without one); yields its URL once it answers
+    /health, stops it after. It may start as slowly as a busy machine makes it (``procs.wait_ready``);
     RuntimeError with the log's end when it does not start."""
-    from .screenshot import free_port
-
     port = free_port()
-    out = open(log, "w") if log else subprocess.DEVNULL
+    if log is None:
+        log = Path(tempfile.mkdtemp()) / "server.log"
+    out = open(log, "w")
     proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), *args],
                             env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_S
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text()[-3000:] if log else ""
-                raise RuntimeError(f"python -m core serve did not start (exit {proc.poll()}):\n{tail}")
-            time.sleep(1)
+        wait_ready(proc, lambda: _healthy(url), log, "python -m core serve")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -100,8 +95,7 @@ def running_server(*args: str, log: Path | None = None, env: dict | None = None)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if log:
-            out.close()
+        out.close()
 
 
 def _healthy(url: str) -> bool:

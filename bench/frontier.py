@@ -53,14 +53,14 @@ TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
 # Named ESamp variants (each a series of its own), run at each of --variant-betas under --variant-filters.
 VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0),
             "esamp, pretrained start": dict(start="pretrained"),
-            "esamp, ≤ 0.1 nats a token": dict(max_kl=0.1),
-            "esamp, pretrained, ≤ 0.05 nats": dict(start="pretrained", max_kl=0.05),
-            "esamp, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1),
-            "esamp, pretrained, ≤ 0.2 nats": dict(start="pretrained", max_kl=0.2),
+            **{f"esamp, ≤ {e:g} nats a token": dict(max_kl=e) for e in (0.1, 0.2, 0.3, 0.5)},
+            "esamp, ≤ 0.3 nats, warm-up 8": dict(max_kl=0.3, warmup_steps=8),
+            "esamp noise, ≤ 0.3 nats a token": dict(max_kl=0.3, noise=True),
+            **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e) for e in (0.05, 0.1, 0.2)},
             "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True)}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
-VARIANT_COLOURS = dict(zip(VARIANTS, ("#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#999999", "#0072B2", "#000000",
-                                      "#E69F00")))
+VARIANT_COLOURS = dict(zip(VARIANTS, ["#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#999999", "#0072B2", "#000000",
+                                      "#E69F00"] * 2))
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")

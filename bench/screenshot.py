@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from .procs import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,37 +35,45 @@ def chromium() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(history: Path, **env: str) -> tuple[subprocess.Popen, str]:
     """``streamlit run`` the app on a free port with its own history database; returns the process
-    (its stdout and stderr in one pipe: the app's log) and its URL once it answers."""
+    (its stdout and stderr in one file beside the history: the app's log, ``stop_app`` returns it)
+    and its URL once it answers (``procs.wait_ready``: a slow start on a busy machine is no failure)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "ESAMP_HISTORY_DB": str(history), **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = history.with_name(f"{history.stem}-app-{port}.log")
+    with open(log, "wb") as out:  # a file, not a pipe: nobody reads a pipe while the app runs, and it fills
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port",
+             str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env={**os.environ, "ESAMP_HISTORY_DB": str(history), **env}, stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the app did not become healthy: " + proc.stdout.read().decode()[-2000:])
+    try:
+        wait_ready(proc, lambda: _answers(f"{url}/_stcore/health"), log, "the app")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.read() == b"ok"
+    except OSError:
+        return False
 
 
 def stop_app(proc: subprocess.Popen) -> str:
     """Stop the app; returns what it wrote (its log)."""
     proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    return out.decode(errors="replace")
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.log.read_text(errors="replace")
 
 
 def launch(playwright):

@@ -7,6 +7,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The files whose tests start processes of their own (servers, the app, chromium, vLLM engines, the
+# benchmarks' runs): marked ``slow``, so that ``./run test -m "not slow"`` runs the fast core of the
+# suite while changing code. ``./run test`` (and CI) runs everything.
+SLOW_FILES = {"test_browser.py", "test_vllm_server.py", "test_vllm.py", "test_bench.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def lm():

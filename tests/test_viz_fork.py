@@ -114,6 +114,12 @@ def test_a_branch_at_a_fork_left_the_answer_whose_token_it_replaced():
         branch = replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(1, 2, given)))
         point = branch_point(run, branch)
         assert (point.sample_index, point.replaced.id, point.given[-1].id) == (left, replaced, given)
+    assert point.shared == 2 and point.heading() == "at token 3, ' w3' where 2 answers that begin alike went on in " \
+        "their own ways"  # not one answer's branch: both had [1, 2]
+    alone = branch_point(run, replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(1, 2, 5, 9))))
+    assert alone.shared == 1 and alone.heading() == "answer 2 from token 4, token #9 instead of ' w6'"
+    at_start = branch_point(run, replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(9,))))
+    assert at_start.shared == 2 and at_start.heading().startswith("at the first token, ")  # no one answer's branch
     ended = trace(LADDER[1], [[1, 2], [1, 2, 5]])  # an answer that ended there: the branch continued it
     point = branch_point(ended, replace(trace(LADDER[1], [[7]]), config=replace(LADDER[1], prefix_ids=(1, 2, 5))))
     assert point.sample_index == 0 and point.replaced is None

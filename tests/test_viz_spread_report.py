@@ -151,8 +151,13 @@ def test_a_ladders_report_shows_what_the_app_shows(lm, embedder):
     assert [r["run"] for r in report.rows] == ["plain", "esamp β=0.5", "esamp β=1"]
     assert all("95% interval" in r and "relative novelty" in r for r in report.rows)
     assert len(report.sentences) == 2 and all("plain" in s for s in report.sentences)
+    assert all("answers that loop" in r for r in report.rows)
     html = render_html(report)
     assert "95% intervals by bootstrap" in html and all(escape(s) in html for s in report.sentences)
+    within = [s for s in report.sentences if "within the noise" in s]
+    assert all("More samples (n) would tell" in s for s in within)
+    at_most = prepare(traces, embedder=embedder, max_n=4)  # n is already the most a user could ask for
+    assert not any("More samples" in s for s in at_most.sentences)
 
 
 def test_pass_at_k_says_which_curves_lie_on_top_of_each_other():

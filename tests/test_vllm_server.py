@@ -382,7 +382,7 @@ def test_a_bad_call_to_the_routes_says_what_is_wrong(server, route, body, status
 
 
 def test_the_server_backend_refuses_what_it_cannot_reach_or_run(server):
-    from bench.screenshot import free_port
+    from bench.procs import free_port
 
     with pytest.raises(ModelLoadError, match="Cannot reach an ESamp server"):
         load_model(backend="server", url=f"http://127.0.0.1:{free_port()}")
@@ -448,7 +448,7 @@ def test_sweep_and_learn_run_on_the_server(app_on_server):
 
 def test_the_app_says_when_its_server_cannot_be_reached(monkeypatch, tmp_path):
     from app.resources import get_model
-    from bench.screenshot import free_port
+    from bench.procs import free_port
     from test_app import open_page
 
     monkeypatch.setenv("ESAMP_SERVER", f"http://127.0.0.1:{free_port()}")

@@ -78,9 +78,10 @@ class Report:
 
 
 def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
-            embedder=None, seed: int = 0) -> Report:
+            embedder=None, seed: int = 0, max_n: int | None = None) -> Report:
     """Embed the answers once, then summarise the runs and draw the figures.
-    perplexities[i] are run i's per-sample perplexities, if known."""
+    perplexities[i] are run i's per-sample perplexities, if known; ``max_n``: the most answers a
+    user could have asked for (no advice to ask for more past it)."""
     if not traces:
         raise ValueError("a report needs at least one run trace.")
     labels = [run_label(t) for t in traces]
@@ -99,7 +100,7 @@ def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] 
         rungs = ladder(traces)
         if 0.0 in rungs:
             base = rungs[0.0]
-            sentences = [noise_sentence(labels[base], per_run[base], labels[i], per_run[i],
+            sentences = [noise_sentence(labels[base], per_run[base], labels[i], per_run[i], max_n=max_n,
                                         loops=(stats[base].degenerate, stats[i].degenerate))
                          for b, i in rungs.items() if b > 0]
         figures["tradeoff"] = charts.sweep_figure(tradeoff_points(traces, stats))
@@ -138,9 +139,9 @@ def render_html(report: Report, signal: str = "rel_novelty") -> str:
 
 
 def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] | None = None,
-                 signal: str = "rel_novelty", embedder=None, seed: int = 0) -> str:
-    """The report of one run or a comparison, as one HTML string."""
-    return render_html(prepare(traces, perplexities, embedder, seed), signal)
+                 signal: str = "rel_novelty", embedder=None, seed: int = 0, max_n: int | None = None) -> str:
+    """The report of one run or a comparison, as one HTML string (``max_n``: see ``prepare``)."""
+    return render_html(prepare(traces, perplexities, embedder, seed, max_n), signal)
 
 
 def write_images(figures: dict, folder: str | Path) -> list[Path]:

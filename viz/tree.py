@@ -10,6 +10,8 @@ from typing import Sequence
 
 from core.trace import RunTrace, Token
 
+from .summary import token_label
+
 BRANCHED = 1000  # a branch's answers are samples BRANCHED * (b + 1) + k in a joined tree
 
 
@@ -57,6 +59,20 @@ class BranchPoint:
     position: int
     given: list[Token]
     replaced: Token | None  # the answer's own token at ``position`` (None: it had ended)
+    shared: int = 1  # how many of the run's answers begin with the same tokens: with more than one, the
+    # branch left all of them there, and ``sample_index`` is only one of them
+
+    def heading(self) -> str:
+        """Where the branch left the run, in words."""
+        given = self.given[-1]  # no text: a token of choice that was none of the candidates shown
+        chose = token_label(given.text, given.id) if given.text else f"token #{given.id}"
+        if self.shared > 1:
+            begin = "at the first token" if self.position == 0 else f"at token {self.position + 1}"
+            return (f"{begin}, {chose} where {self.shared} answers that begin alike went on in their own ways")
+        was = token_label(self.replaced.text, self.replaced.id) if self.replaced else "its end"
+        swap = f"{chose} again" if self.replaced is not None and self.replaced.id == self.given[-1].id else \
+            f"{chose} instead of {was}"
+        return f"answer {self.sample_index + 1} from token {self.position + 1}, {swap}"
 
 
 def branch_point(parent: RunTrace, branch: RunTrace) -> BranchPoint | None:
@@ -79,7 +95,7 @@ def branch_point(parent: RunTrace, branch: RunTrace) -> BranchPoint | None:
     cand = next((c for o in left if pos < len(o.tokens) for c in o.tokens[pos].top if c.id == last), None)
     chosen = Token(id=last, text=cand.text if cand else "", logp_ref=_log(cand.p_ref if cand else 0.0),
                    logp_new=_log(cand.p_new if cand else 0.0), entropy_ref=0.0, entropy_new=0.0)
-    return BranchPoint(s.sample_index, pos, list(s.tokens[:pos]) + [chosen], here)
+    return BranchPoint(s.sample_index, pos, list(s.tokens[:pos]) + [chosen], here, len(left))
 
 
 def _log(p: float) -> float:

@@ -3,29 +3,18 @@ settings), generated once; the β slider then moves between the runs without gen
 
 import streamlit as st
 
-from app import render, settings
+from app import jobs, render, settings
 from app.jobs import start_job
 from app.resources import open_history, warm_up
 from core import DEFAULT_MODEL
 from core.scoring import trace_perplexities
 from viz.summary import config_label
 
-st.title("Explore")
-st.caption("One Generate runs every β of the ladder with the same seed and settings (β = 0 is plain sampling, "
-           "its distiller in shadow so its novelty is logged too); then the β slider moves between them at once.")
-warm_up()  # the sentence embedder and UMAP's compilation, in the background while the prompt is typed
 
-history, history_error = open_history()
-if history is None:
-    st.warning(f"Runs are not saved: {render.md(history_error)} See the History page.")
-form = settings.settings_form("explore")
-if form is not None:
-    chosen, lm = form
-    settings.set_url(settings.chosen_model(), chosen)
-    configs = chosen.configs()
-    st.session_state.explore_job = start_job(
-        lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
-        finish=history and (lambda job: history.save(job.traces, job.perplexities)))
+def job_key(chosen: settings.Settings) -> tuple:
+    """What a Generate's job is found by after a reload: its prompt, model and runs."""
+    model = settings.chosen_model()
+    return chosen.prompt, model.name or DEFAULT_MODEL, model.backend, tuple(chosen.configs())
 
 
 def follow_slider(beta: float) -> None:
@@ -66,20 +55,50 @@ def show(traces, perplexities, parent: str, beta) -> None:
         render.follow(pending[1], "explore_branch")
 
 
+st.title("Explore")
+st.markdown("**ESamp** (exploratory sampling) nudges each next word toward what a small network, learning while the "
+            "model writes, failed to predict, so that the answers go where the earlier ones have not. One Generate "
+            "writes the same prompt's answers with plain sampling (β = 0) and with ESamp at each β of the ladder, "
+            "from the same random seed; the β slider then moves between them.")
+st.page_link("views/learn.py", label="How it works, step by step: Learn", icon=":material/school:")
+warm_up()  # the sentence embedder and UMAP's compilation, in the background while the prompt is typed
+
+history, history_error = open_history()
+if history is None:
+    st.warning(f"Runs are not saved: {render.md(history_error)} See the History page.")
 linked = settings.url_settings() if "explore_job" not in st.session_state and history is not None else None
-if linked is not None:  # a reloaded or shared link: the same prompt, model and settings may be in History
-    model = settings.chosen_model()
-    found = history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, linked.configs())
-    if found is not None:
-        traces, perplexities = history.load(found)
-        st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
-                "Generate runs it again.")
-        branch = settings.url_branch(traces[0].config, render.primes(traces[0].backend))
-        kept = branch and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, [branch])
-        if kept and not branches_of(f"history{found}"):
-            branches_of(f"history{found}").extend(history.load(kept)[0])  # the link's branch, from History
-        show(traces, perplexities, f"history{found}", linked.beta)
-        st.stop()
+model = settings.chosen_model()
+found = linked and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, linked.configs())
+if linked and not found and jobs.running(job_key(linked)):  # reloaded during its Generate: follow it here
+    st.session_state.explore_job = jobs.running(job_key(linked))
+    st.info("This link's Generate is still running (the page was reloaded): its progress continues below, and "
+            "the run is saved in History when it finishes.")
+# Once a run is on the page the form folds away, so what just finished is what a projector shows first.
+ran = "explore_job" in st.session_state or bool(found)
+with st.expander("Prompt and settings: change them and Generate again" if ran else "Prompt and settings",
+                 expanded=not ran):
+    form = settings.settings_form("explore")
+if form is not None:
+    chosen, lm = form
+    settings.set_url(settings.chosen_model(), chosen)
+    configs = chosen.configs()
+    st.session_state.explore_job = start_job(
+        lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
+        finish=history and (lambda job: history.save(job.traces, job.perplexities)),
+        key=job_key(chosen))
+
+
+
+if found and "explore_job" not in st.session_state:  # a reloaded or shared link whose run is in History
+    traces, perplexities = history.load(found)
+    st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
+            "Generate runs it again.")
+    branch = settings.url_branch(traces[0].config, render.primes(traces[0].backend))
+    kept = branch and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, [branch])
+    if kept and not branches_of(f"history{found}"):
+        branches_of(f"history{found}").extend(history.load(kept)[0])  # the link's branch, from History
+    show(traces, perplexities, f"history{found}", linked.beta)
+    st.stop()
 
 job = render.finished_job(st.session_state.get("explore_job"), "explore",
                           "Set a prompt and a β ladder, then Generate. Hover a token in the answers for its numbers.")

@@ -4,7 +4,7 @@ import datetime as dt
 
 import streamlit as st
 
-from app import render
+from app import render, serving
 from app.history import HistoryError, move_aside
 from app.resources import get_embedder, history_path, open_history
 from viz.report import build_report
@@ -54,7 +54,8 @@ c1, c2, c3 = st.columns(3)
 reports = st.session_state.setdefault("history_reports", {})  # run id -> report HTML
 if c1.button("Build HTML report"):
     with st.spinner("Embedding answers and drawing…"):
-        reports[chosen] = build_report(traces, perplexities, embedder=get_embedder())
+        reports[chosen] = build_report(traces, perplexities, embedder=get_embedder(),
+                                       max_n=serving.policy().limits.max_n)
 if chosen in reports:
     c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
 for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)

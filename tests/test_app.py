@@ -242,6 +242,10 @@ def test_sweep_beta_and_temperature():
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
     assert len(at.session_state["sweep_run"].job.traces) == 2
+    esamp = at.session_state["sweep_run"].job.traces[0].config  # Explore's candidates and warm-up, as said
+    assert (esamp.sampling.top_k, esamp.sampling.top_p, esamp.esamp.warmup_steps) == (
+        DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["warmup"])
+    assert any("Explore's candidates" in c.value for c in at.caption)
     rows = at.dataframe[0].value
     assert list(rows["run"]) == ["esamp β=0.5", "plain T=1"] and set(rows["± s.e. over prompts"]) == {"—"}
     assert any("none with one prompt" in w.value for w in at.warning)  # one prompt, n = 2: said so
@@ -273,6 +277,7 @@ def test_sweep_task_mode_shows_pass_at_k():
     assert not at.exception, at.exception
     rows = at.dataframe[0].value
     assert list(rows["method"]) == ["esamp β=0.25", "plain", "min-p 0.1", "fire"]
+    assert any("moves a curve by 0.50" in c.value and "chance" in c.value for c in at.caption)  # 2 problems: noise
 
 
 def test_learn_page_steps_through_a_fusion():

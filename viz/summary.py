@@ -229,6 +229,18 @@ def pass_at_k_table(traces: Sequence[RunTrace], answers: Sequence[str]) -> tuple
     return curves, rows
 
 
+def passk_noise(problems: int) -> str:
+    """How much of a pass@k curve is noise with this many problems: one problem more or less solved moves
+    it by 1 / problems, so smaller differences between methods are chance."""
+    step = 1 / max(problems, 1)
+    said = (f"Over {problems} problem{'s' if problems != 1 else ''}, one problem solved or not moves a curve "
+            f"by {step:.2f}")
+    if problems < 20:
+        return said + (": differences of that size between methods are chance; 20 or more problems, and several "
+                       "seeds, tell more.")
+    return said + "; a difference of a few such steps can still be chance (another seed tells)."
+
+
 def answer_rows(traces: Sequence[RunTrace], answers: Sequence[str]) -> list[dict]:
     """Every sample of every run with its task's expected answer and whether it got it."""
     return [{"method": run_label(t), "task": s.prompt_index, "expected": answers[s.prompt_index], "answer": s.text,

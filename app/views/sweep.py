@@ -12,7 +12,8 @@ from core import SamplingConfig, methods
 from core.scoring import trace_perplexities
 from core.tasks import arithmetic_tasks
 from viz import charts
-from viz.summary import answer_rows, config_label, pass_at_k_table, sweep_points, sweep_rows, with_esamp_start
+from viz.summary import (answer_rows, config_label, pass_at_k_table, passk_noise, sweep_points, sweep_rows,
+                         with_esamp_start)
 
 MAX_PROMPTS, MAX_TASKS = 4, 20
 TRADEOFF, TASK = "Diversity vs perplexity", "Task: pass@k"
@@ -33,11 +34,16 @@ if history is None:
 mode = st.radio("What to sweep", [TRADEOFF, TASK], horizontal=True)
 if mode == TASK:  # outside the form, so that the uploader shows only when it is the choice
     builtin = st.radio("Tasks", ["built-in arithmetic", "upload JSONL (question, answer)"], horizontal=True)
+d = settings.DEFAULTS  # Explore's candidate set and warm-up: a sweep compares the method Explore shows
+st.caption(f"ESamp and plain sampling here draw from Explore's candidates (top-k {d['top_k'] or 'off'}, top-p "
+           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}) with its warm-up of {d['warmup']} tokens; change them below.")
 with st.form("sweep"):
     if mode == TRADEOFF:
         prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")
-        betas = st.multiselect("ESamp β values", [0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 1.0], [0.1, 0.25, 0.5, 1.0])
-        temps = st.multiselect("Plain temperatures", [0.5, 0.7, 1.0, 1.3, 1.6], [0.7, 1.0, 1.3])
+        ladder = list(settings.parse_ladder(d["ladder"]))
+        betas = st.multiselect("ESamp β values", sorted({0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, *ladder}),
+                               [b for b in ladder if b > 0])
+        temps = st.multiselect("Plain temperatures", [0.5, 0.7, 1.0, 1.15, 1.3, 1.6], [0.7, 1.0, 1.3])
     else:
         count, upload = 6, None
         if builtin == "built-in arithmetic":
@@ -49,6 +55,12 @@ with st.form("sweep"):
     n = c1.number_input("Samples per prompt (n)", 2, max(limits.max_n, 2), min(4, max(limits.max_n, 2)))
     tokens = c2.number_input("Max new tokens", 4, max(limits.max_new_tokens, 4), min(48, max(limits.max_new_tokens, 4)))
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
+    c1, c2, c3, c4 = st.columns(4)
+    top_k = c1.number_input("Top-k (0 = off)", 0, 1000, d["top_k"])
+    top_p = c2.number_input("Top-p (1 = off)", 0.01, 1.0, d["top_p"], 0.01)
+    min_p = c3.number_input("Min-p (0 = off)", 0.0, 1.0, d["min_p"], 0.01)
+    warmup = c4.number_input("Warm-up (tokens)", 0, max(limits.max_new_tokens, 4), d["warmup"],
+                             help=settings.WARMUP_HELP)
     go = st.form_submit_button("Run sweep", type="primary")
 
 running = st.session_state.get("sweep_run")
@@ -56,11 +68,12 @@ if go and running is not None and not running.job.finished:
     st.warning("A sweep is still running on this page: it goes on below. Stop it first to start another.")
     go = False
 if go:
-    sampling = dict(n=int(n), max_new_tokens=int(tokens), seed=int(seed))
+    sampling = dict(n=int(n), max_new_tokens=int(tokens), seed=int(seed), top_k=int(top_k), top_p=float(top_p),
+                    min_p=float(min_p))
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            configs = [methods.esamp(SamplingConfig(**sampling), b) for b in sorted(betas)]
+            configs = [methods.esamp(SamplingConfig(**sampling), b, warmup_steps=int(warmup)) for b in sorted(betas)]
             configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]
         else:
             tasks = (arithmetic_tasks(count, int(seed)) if builtin == "built-in arithmetic" or upload is None
@@ -97,6 +110,7 @@ elif sweep.answers is None:
 else:
     curves, rows = pass_at_k_table(job.traces, sweep.answers)
     st.plotly_chart(charts.pass_at_k_figure(curves))
+    st.caption(render.md(passk_noise(len(sweep.answers))))
     st.dataframe(rows, hide_index=True)
     with st.expander("Answers"):
         st.dataframe(answer_rows(job.traces, sweep.answers), hide_index=True)

@@ -11,6 +11,7 @@ from app.render import md
 from app.settings import DEFAULTS, parse_ladder
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+TIMEOUT_S = 900  # one script run of a page (a model load on a busy machine is the slowest): a ceiling, not a pace
 PAGES = str(Path(APP).parent / "views")
 
 
@@ -34,21 +35,31 @@ def history_db(tmp_path_factory):
         os.environ["ESAMP_PRELOAD"] = preload
 
 
-def run_until(at: AppTest, done, timeout: float = 300) -> AppTest:
-    """Rerun the page (as the polling fragment would) until done(at) or the time runs out."""
-    end = time.time() + timeout
-    at.run(timeout=120)
-    while not done(at) and time.time() < end:
+def run_until(at: AppTest, done, quiet_s: float = 600, ceiling_s: float = 1800) -> AppTest:
+    """Rerun the page (as the polling fragment would) until done(at). A busy machine only slows it: it
+    gives up when the page has not changed for ``quiet_s`` (a running job's progress changes it every
+    step) or after ``ceiling_s``."""
+    start = last = time.time()
+    at.run(timeout=ceiling_s)
+    seen = shown(at)
+    while not done(at) and time.time() - last < quiet_s and time.time() - start < ceiling_s:
         assert not at.exception, at.exception
         time.sleep(0.5)
-        at.run(timeout=120)
+        at.run(timeout=ceiling_s)
+        if shown(at) != seen:
+            seen, last = shown(at), time.time()
     return at
+
+
+def shown(at: AppTest) -> str:
+    """Everything a page says, its progress bars' text included (a running job changes it every step)."""
+    return texts(at) + " ".join(str(p.proto.text) for p in at.get("progress"))
 
 
 def open_page(name: str) -> AppTest:
     """A page of the app, through its entry point (which draws the sidebar's model choice), on the
     transformers backend (the one the test session's other tests load)."""
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.query_params["backend"] = "transformers"
     at.run()
     at.switch_page(f"{PAGES}/{name}.py")
@@ -62,7 +73,7 @@ def texts(at: AppTest) -> str:
 def explore(prompt="Name a colour.", **params) -> AppTest:
     """Explore's Generate from a link's settings. No warm-up unless asked (warmup=None: the app's own
     default): in these 8-token runs the default's would leave every token unguided."""
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     for k, v in {"n": 2, "tokens": 8, "seed": 0, "ladder": "0,0.25", "backend": "transformers", "warmup": 0,
                  **params}.items():
         if v is not None:
@@ -112,6 +123,26 @@ def test_reloading_a_runs_link_reopens_it_from_history_without_generating(monkey
     again.query_params["seed"] = "4"  # another seed: no such run, the form alone
     again.run()
     assert not any("reopened from History" in i.value for i in again.info)
+
+
+def test_a_page_reloaded_during_its_generate_finds_the_run_going_on():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    for k, v in {"n": 2, "tokens": 48, "seed": 7, "ladder": "0,0.5", "backend": "transformers", "warmup": 0}.items():
+        at.query_params[k] = str(v)
+    at.run()
+    at.text_area[0].input("Name a river.")
+    at.button[0].click().run()
+    job = at.session_state["explore_job"]
+    assert not job.finished
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT_S)  # a fresh session: the page reloaded mid-run
+    for k, v in dict(at.query_params).items():
+        again.query_params[k] = v if isinstance(v, str) else v[0]
+    again.run()
+    assert not again.exception, again.exception
+    assert again.session_state["explore_job"] is job  # the same run, followed here
+    assert any("still running" in i.value for i in again.info), [i.value for i in again.info]
+    run_until(again, lambda a: "Saved as run" in texts(a))
+    assert [h.value for h in again.subheader][:2] == ["plain", "esamp β=0.5"]
 
 
 def spy_on_generate(monkeypatch) -> list:
@@ -183,7 +214,7 @@ def test_a_click_on_the_spread_names_the_answer_under_it(points, picked):
     ("0", "abc", "Temperatures: 'abc'")])
 def test_a_bad_ladder_is_refused_next_to_the_widget(monkeypatch, ladder, temps, error):
     calls = spy_on_generate(monkeypatch)
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     fields = {t.label: t for t in at.text_input}
     fields["β ladder"].input(ladder)
     fields["Also plain sampling at temperatures (optional)"].input(temps)
@@ -194,7 +225,7 @@ def test_a_bad_ladder_is_refused_next_to_the_widget(monkeypatch, ladder, temps, 
 
 
 def test_an_empty_prompt_is_refused_next_to_the_widget():
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     at.text_area[0].input("   ")
     at.button[0].click().run()
     assert not at.exception
@@ -202,7 +233,7 @@ def test_an_empty_prompt_is_refused_next_to_the_widget():
 
 
 def test_a_prompt_over_the_limit_is_refused_and_kept_in_the_box():
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     long = "Describe the sea. " * 300  # 5,400 characters: the limit is 4,000
     at.text_area[0].input(long)
     at.button[0].click().run()
@@ -212,7 +243,7 @@ def test_a_prompt_over_the_limit_is_refused_and_kept_in_the_box():
 
 
 def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     at.sidebar.text_input[0].input(str(tmp_path / "nope"))
     at.button[0].click().run()
     assert not at.exception
@@ -374,7 +405,7 @@ def test_sweep_runs_on_the_model_chosen_in_the_sidebar(tiny_model_dir, tmp_path)
 
 
 def test_the_model_choice_is_shared_by_every_page():
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.query_params["model"] = "/models/from-the-url"
     at.run()
     assert at.sidebar.text_input[0].value == "/models/from-the-url"
@@ -403,7 +434,7 @@ def test_every_page_renders_with_a_damaged_history_and_says_so(damaged_db, page)
 
 
 def test_explore_still_generates_with_a_damaged_history(damaged_db):
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.query_params.update(n="2", tokens="4", ladder="0,0.25", backend="transformers")
     at.run()
     at.button[0].click()
@@ -423,7 +454,7 @@ def test_history_moves_a_damaged_file_aside_and_starts_fresh(damaged_db):
 
 
 def test_hostile_url_parameters_are_clamped_and_the_page_renders():
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan",
                  "seed": "abc", "top_p": "0", "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc",
                  "warmup": "-4", "prompt": "x" * 100_000}.items():
@@ -440,7 +471,7 @@ def test_hostile_url_parameters_are_clamped_and_the_page_renders():
 
 def test_a_bad_server_setting_is_named_on_the_page(monkeypatch):
     monkeypatch.setenv("ESAMP_MAX_N", "lots")
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     assert not at.exception
     assert any(md("$ESAMP_MAX_N") in e.value for e in at.error)
 
@@ -456,7 +487,7 @@ def served(monkeypatch, tiny_model_dir):
 
 
 def test_a_served_app_offers_only_its_models_and_its_limits(served):
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.query_params.update(model="/etc", n="10", tokens="200", ladder="0,0.25", backend="transformers")
     at.run()
     assert not at.exception, at.exception

@@ -110,7 +110,7 @@ elif sweep.answers is None:
 else:
     curves, rows = pass_at_k_table(job.traces, sweep.answers)
     st.plotly_chart(charts.pass_at_k_figure(curves))
-    st.caption(render.md(passk_noise(len(sweep.answers))))
+    st.caption(passk_noise(len(sweep.answers)))
     st.dataframe(rows, hide_index=True)
     with st.expander("Answers"):
         st.dataframe(answer_rows(job.traces, sweep.answers), hide_index=True)

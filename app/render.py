@@ -122,7 +122,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
                   for t, e in zip(traces, per_run)]
     with summary:
         _headline(traces, labels, prompt_emb, stats, base, now, focus)
-    _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key)
+    _spread_and_tradeoff(traces, labels, answers, stats, focus, current, key, run_key, prompt_emb)
     _open_answer(traces, labels, answers, signal, value_range, f"{key}_open{run_key}")
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     if base is not None and len(rungs) > 1:
@@ -293,8 +293,9 @@ def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key:
 
 
 def _spread_and_tradeoff(traces: Sequence[RunTrace], labels: list[str], answers: list[tuple[int, int]], stats: list,
-                         focus: int, current: float | None, key: str, run_key: str) -> None:
-    """One map of this prompt's answers of every run (a click opens one), and where this β sits."""
+                         focus: int, current: float | None, key: str, run_key: str, prompt_emb: list) -> None:
+    """One map of this prompt's answers of every run (a click opens one), how far apart each run's answers
+    are (what the map cannot show), and where this β sits."""
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Semantic spread")
@@ -310,6 +311,11 @@ def _spread_and_tradeoff(traces: Sequence[RunTrace], labels: list[str], answers:
                 st.session_state[opened] = picked
 
         st.plotly_chart(figure, key=chart, on_select=on_pick, selection_mode="points")
+        st.caption("The map keeps each answer near those that say something alike; it does not keep distances, so "
+                   "a run's patch can look no wider than another's when its answers are further apart. How far "
+                   "apart they are:")
+        st.plotly_chart(charts.distance_strip_figure(dict(zip(labels, prompt_emb)), run_colours(colour_order(traces)),
+                                                     height=90 + 50 * len(labels)), key=f"{key}_strip{run_key}")
     with right:
         st.subheader("Where this β sits")
         st.plotly_chart(charts.sweep_figure(tradeoff_points(traces, stats), current_point(current or 0.0), height=440),

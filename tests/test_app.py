@@ -92,7 +92,7 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=0.25"]
     htmls = [h for h in at.get("html")]
     assert len(htmls) == 2 and all("esx-tok" in h.proto.body for h in htmls)
-    assert len(at.get("plotly_chart")) == 6  # spread, where this β sits, the forks, the tree, loss, novelty
+    assert len(at.get("plotly_chart")) == 7  # spread, distances, where β sits, the forks, the tree, loss, novelty
     assert any(h.value.startswith("Where ESamp steered") for h in at.subheader)
     assert any(h.value.startswith("The answers as a tree") for h in at.subheader)
     # tokens 8 and a warm-up of 8: every token unguided, so the answers are plain's throughout
@@ -255,7 +255,7 @@ def test_history_reopens_a_saved_run_with_its_pictures():
     at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
-    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 6  # the fork chart and the tree too
+    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 7  # the fork chart and the tree too
     assert at.select_slider[0].options == ["0 (plain)", "0.25"]  # the ladder reopens with its slider
 
 

@@ -275,3 +275,16 @@ def test_the_learning_sentence_says_what_the_heatmap_shows():
     dark = learning_sentence(sample([1.3] * 8))  # a whole answer at 1.3: the words must not say it fades
     assert "fades" not in dark and "hardly changes" in dark
     assert "already better than predicting nothing" in learning_sentence(sample([0.6] * 8))
+
+
+def test_the_distance_strip_shows_each_runs_spread_in_the_metrics_order():
+    from viz.charts import distance_strip_figure
+    from viz.metrics import mean_pairwise_cosine_distance
+
+    runs = {"plain": clustered(8), "esamp β=1": spread_out(8, seed=1), "esamp β=0.5": spread_out(8, seed=3) * 0.5
+            + clustered(8) * 2}
+    fig = distance_strip_figure(runs)
+    drawn = {t.name: float(np.mean(t.x)) for t in fig.data}  # each row's points are its answers' distances
+    assert all(len(t.x) == 8 * 7 // 2 and t.boxmean for t in fig.data)
+    assert drawn == pytest.approx({k: mean_pairwise_cosine_distance(e) for k, e in runs.items()})
+    assert sorted(drawn, key=drawn.get) == sorted(runs, key=lambda k: mean_pairwise_cosine_distance(runs[k]))

@@ -242,3 +242,23 @@ def _node_value(node, signal: str) -> float:
 def _cut(text: str, chars: int) -> str:
     text = text.replace("\n", " ⏎ ")
     return text if len(text) <= chars else text[:chars - 1] + "…"
+
+
+def distance_strip_figure(runs: dict[str, np.ndarray], colours: dict[str, str] | None = None, height: int = 260):
+    """How far apart each run's answers are: every pairwise cosine distance between a run's answers
+    (one row of points per run, ``runs``: label -> (n, D) embeddings) with their mean, the diversity
+    metric, as a dashed line. What a 2-D map of neighbourhoods (UMAP) cannot show: the spread itself."""
+    import plotly.graph_objects as go
+
+    from .metrics import pairwise_cosine_distances
+
+    fig = go.Figure()
+    for k, (label, emb) in enumerate(runs.items()):
+        colour = (colours or {}).get(label) or colour_for(label, k)
+        fig.add_trace(go.Box(x=pairwise_cosine_distances(emb), name=plotly_text(label), orientation="h",
+                             boxpoints="all", jitter=0.6, pointpos=0, boxmean=True, marker=dict(color=colour, size=4),
+                             line=dict(color=colour), fillcolor="rgba(0,0,0,0)", hoverinfo="x"))
+    fig.update_xaxes(range=[0, max(1.0, *(float(pairwise_cosine_distances(e).max(initial=0)) for e in runs.values()))])
+    fig.update_layout(showlegend=False)
+    return _layout(fig, "How far apart each run's answers are (dashed: the mean, the diversity above)",
+                   "cosine distance between two answers", "", height)

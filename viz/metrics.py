@@ -19,13 +19,16 @@ def _unit_rows(emb: np.ndarray) -> np.ndarray:
     return emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
 
 
+def pairwise_cosine_distances(emb: np.ndarray) -> np.ndarray:
+    """1 - cos(a, b) of every unordered pair of rows, (n (n - 1) / 2,); empty for fewer than two rows."""
+    sim = _unit_rows(emb) @ _unit_rows(emb).T if len(emb) else np.zeros((0, 0))
+    return (1 - sim)[np.triu_indices(len(emb), k=1)]
+
+
 def mean_pairwise_cosine_distance(emb: np.ndarray) -> float:
     """Mean of 1 - cos(a, b) over all unordered pairs of rows; 0 for fewer than two rows."""
-    n = len(emb)
-    if n < 2:
-        return 0.0
-    sim = _unit_rows(emb) @ _unit_rows(emb).T
-    return float((1 - sim)[np.triu_indices(n, k=1)].mean())
+    d = pairwise_cosine_distances(emb)
+    return float(d.mean()) if len(d) else 0.0
 
 
 def vendi_score(emb: np.ndarray) -> float:

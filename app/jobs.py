@@ -39,6 +39,7 @@ class Job:
     """State shared between the worker thread and the page (read-only for the page)."""
 
     labels: list[str]
+    n: int = 1  # answers per prompt of each run (a progress's answers are rows prompt * n + sample)
     together: bool = False  # the runs generate at the same time (vLLM), not one after the other
     phase: str = "waiting"  # waiting -> running -> scoring -> done | stopped | error
     current: int = 0  # index of the run in progress (of the latest to report, when together)
@@ -86,6 +87,13 @@ class Job:
         done = f", {p.tokens} of {p.max_tokens} tokens" if p else ""
         return f"another session's run ({other.labels[other.current]}{done})"
 
+    def live(self) -> list[tuple[str, tuple]]:
+        """(label, answers so far) of the runs worth watching now: the first (plain sampling, in a ladder)
+        beside the last one together (vLLM) or the one generating (one after the other); none before any."""
+        shown = [0, len(self.labels) - 1 if self.together else self.current]
+        return [(self.labels[i], self.progresses[i].answers) for i in dict.fromkeys(shown)
+                if i in self.progresses and self.progresses[i].answers]
+
     def fraction(self) -> float:
         """Overall progress 0..1 across the runs."""
         if self.finished:
@@ -105,7 +113,8 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     ``key``: what ``running`` finds the job by while it runs (hashable; None: not findable).
     """
     together = lm.lock is None  # nothing to wait for: the runs join the engine's next step
-    job = Job(labels=list(labels), together=together, phase="running" if together else "waiting", model=id(lm))
+    job = Job(labels=list(labels), n=configs[0].sampling.n, together=together,
+              phase="running" if together else "waiting", model=id(lm))
 
     def on_progress(p: Progress, offset: int = 0) -> None:
         if lm.lock is not None:

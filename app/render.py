@@ -386,6 +386,12 @@ def follow(job: Job, key: str) -> bool:
         st.progress(job.fraction(), text=job_status(job))
         if st.button("Stop", key=f"{key}_stop"):
             job.cancel.set()
+        watched = job.live()
+        if watched:  # the answers as they grow: where ESamp leaves plain sampling's, marked as it happens
+            if len(watched) > 1:
+                st.caption(f"The answers as they are written. Marked: where an answer has left {md(watched[0][0])}'s "
+                           "answer of the same number (the same seed: until there they drew the same tokens).")
+            st.html(heatmap.live_html(watched, job.n))
 
     live()
     return job.finished

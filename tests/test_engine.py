@@ -214,6 +214,10 @@ def test_the_distiller_learns_within_one_answer(lm):
     assert trace.prompts[0].rel_novelty[-1] < trace.prompts[0].rel_novelty[0]
 
 
+def test_progress_carries_the_answers_so_far(lm, check_live_answers):
+    check_live_answers(lm)
+
+
 def test_a_pretrained_start_predicts_better_than_nothing_from_the_first_token(lm, check_pretrained_start):
     check_pretrained_start(lm)
 

@@ -86,3 +86,15 @@ def test_relative_novelty_has_one_readable_scale_in_every_run():
     assert signal_range([low], "rel_novelty") == signal_range([high], "rel_novelty") == (0.0, 1.5)
     assert "no better than predicting nothing" in heatmap_html(low)  # the default signal's legend
     assert signal_range([high], "novelty") != signal_range([low], "novelty")  # other signals follow the data
+
+
+def test_the_live_view_marks_where_an_answer_left_the_references_and_escapes_it():
+    from viz.heatmap import LIVE_MARK, live_html
+
+    plain = (("The", " sea", " is"), ("A", " <b>",))
+    esamp = (("The", " sky", " <script>"), ("A", " <b>", " x"))
+    html = live_html([("plain", plain), ("esamp β=1", esamp)], per_prompt=2)
+    assert html.count(LIVE_MARK) == 2  # answer 1 from ' sky' on; answer 2 from its third token (plain ended)
+    assert f'<span style="background:{LIVE_MARK}"> sky &lt;script&gt;</span>' in html
+    assert "<script>" not in html and "<b>" not in html
+    assert "answer 2 · 2 tokens" in html and "plain" in html and "esamp β=1" in html

@@ -318,6 +318,10 @@ def test_the_distiller_learns_within_one_answer_on_vllm(vlm):
     assert last < 1.0 and last < first - 0.15, trace_quarters(trace)
 
 
+def test_progress_carries_the_answers_so_far_on_vllm(vlm, check_live_answers):
+    check_live_answers(vlm)
+
+
 def test_a_pretrained_start_predicts_better_than_nothing_on_vllm_too(vlm, check_pretrained_start):
     check_pretrained_start(vlm)
 

@@ -180,3 +180,28 @@ def heatmap_html(trace: RunTrace, signal: str = "rel_novelty", samples: Sequence
     parts += [sample_html(s, signal, lo, hi, upto=upto) for s in chosen]
     parts.append("</div>")
     return "".join(parts)
+
+
+LIVE_MARK = "#FBE3D6"  # a light wash of ESamp's vermillion: where an answer has left plain sampling's
+
+
+def live_html(columns: Sequence[tuple[str, Sequence[Sequence[str]]]], per_prompt: int) -> str:
+    """Answers growing while they are generated: one column per run (label, each row's token pieces so
+    far; row = prompt * ``per_prompt`` + sample), side by side. The first column is the reference (plain
+    sampling, same seed): in the others, each answer's tokens from where it left the reference answer of
+    the same row on are washed in ESamp's colour. Model text is escaped."""
+    reference = columns[0][1] if columns else ()
+    cells = []
+    for k, (label, answers) in enumerate(columns):
+        rows = []
+        for r, pieces in enumerate(answers):
+            same = reference[r] if k and r < len(reference) else pieces
+            fork = next((i for i, p in enumerate(pieces) if i >= len(same) or same[i] != p), len(pieces))
+            kept, moved = visible("".join(pieces[:fork])), visible("".join(pieces[fork:]))
+            mark = f'<span style="background:{LIVE_MARK}">{moved}</span>' if moved else ""
+            rows.append(f'<div class="esx-sample"><div class="esx-head">answer {r % per_prompt + 1} · '
+                        f'{len(pieces)} tokens</div><div class="esx-text">{kept}{mark}'
+                        f'{"" if pieces else "…"}</div></div>')
+        cells.append(f'<div><div style="font-weight:600;margin:.2em 0">{escape(label)}</div>{"".join(rows)}</div>')
+    grid = f'<div style="display:grid;grid-template-columns:repeat({max(len(cells), 1)},1fr);gap:1em">'
+    return f'<style>{CSS}</style><div class="esx-heatmap">{grid}{"".join(cells)}</div></div>'

@@ -29,6 +29,9 @@ class Progress:
     max_tokens: int  # rows x max_new_tokens
     seconds: float
     run: int = 0  # which of the call's runs (``generate_runs``)
+    # Each row's answer so far (row = prompt * n + sample) as token pieces, for a view that watches the
+    # answers grow; () where the backend was not asked for them or has none yet.
+    answers: tuple[tuple[str, ...], ...] = ()
 
     @property
     def tokens_per_s(self) -> float:

@@ -89,6 +89,40 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
+class LivePieces:
+    """Each row's answer so far as token pieces (``token_pieces``, decoded incrementally: only the new
+    tokens at each call), for progress reports that show the answers growing (``Progress.answers``)."""
+
+    def __init__(self, tokenizer, rows: int, skip: Sequence[int] = ()):
+        """skip: token ids left out (end-of-sequence tokens, which a trace's text leaves out too)."""
+        self.tokenizer, self.skip = tokenizer, set(skip)
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.pieces: list[list[str]] = [[] for _ in range(rows)]
+        self.taken = [0] * rows  # ids handed to ``extend`` per row, skipped ones included
+        self._state = [(0, 0) for _ in range(rows)]  # (prefix, read) of token_pieces, per row
+
+    def extend(self, row: int, ids: Sequence[int]) -> None:
+        """Row ``row``'s next tokens."""
+        tok, own, pieces = self.tokenizer, self.ids[row], self.pieces[row]
+        prefix, read = self._state[row]
+        self.taken[row] += len(ids)
+        for i in ids:
+            if i in self.skip:
+                continue
+            own.append(i)
+            before = tok.decode(own[prefix:read], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            after = tok.decode(own[prefix:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if after.endswith("\ufffd"):
+                pieces.append("")  # an incomplete character: the token that completes it gets it
+                continue
+            pieces.append(after[len(before):])
+            prefix, read = read, len(own)
+        self._state[row] = (prefix, read)
+
+    def snapshot(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(p) for p in self.pieces)
+
+
 def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[int]], config: RunConfig,
                 rows: dict[str, list[list]], stats: RunStats, *, seconds: float, prefill_seconds: float,
                 stopped: bool) -> RunTrace:

@@ -94,7 +94,7 @@ class ServerBackend:
                     return [_here(RunTrace.from_dict(t)) for t in line["traces"]]
                 if progress is not None:
                     for p in line["progress"]:
-                        progress(Progress(**p))
+                        progress(Progress(**{**p, "answers": tuple(map(tuple, p.get("answers", ())))}))
                 if cancel is not None and cancel.is_set() and not stopping:
                     stopping = True
                     try:

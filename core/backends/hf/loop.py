@@ -20,7 +20,7 @@ from ...esamp.steerer import Pipeline
 from ...trace import RunTrace
 from ..base import Progress, ProgressFn, encode_prompts
 from ..hooks import States, capture_output, capture_states
-from ..record import Recorder, build_trace
+from ..record import LivePieces, Recorder, build_trace
 from .model import HfModel
 
 
@@ -52,7 +52,9 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
     gen = torch.Generator(device=lm.device).manual_seed(sc.seed)
     eos = torch.tensor(lm.eos_ids, device=lm.device)
     finished = torch.zeros(R, dtype=torch.bool, device=lm.device)
-    books = _Books(progress, cancel, sc.max_new_tokens, R)
+    # the answers so far, for progress; as the trace's texts, with end-of-sequence tokens only where they do not end
+    live = LivePieces(lm.tokenizer, R, () if sc.ignore_eos else lm.eos_ids) if progress else None
+    books = _Books(progress, cancel, sc.max_new_tokens, R, live)
     with lm.lock, torch.no_grad(), capture_states(lm.first_layer, lm.final_norm) as states:
         if config.esamp.prime and config.prefix_ids:
             pipeline.prime(*given_states(lm, ids, len(config.prefix_ids)))
@@ -70,7 +72,7 @@ def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress
             if not sc.ignore_eos:
                 finished = finished | torch.isin(tokens, eos)
             with pipeline.watch("bookkeeping"):
-                if books.end_of_step(step, active, finished):
+                if books.end_of_step(step, active, finished, tokens):
                     break
             logits, s, h = decoder.step(tokens)
         stats = pipeline.finish(len(ids))
@@ -144,8 +146,10 @@ class _Decoder:
 class _Books:
     """What happens between steps: one host sync, progress, time, stop."""
 
-    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, max_steps: int, rows: int):
-        self.progress, self.cancel, self.max_steps, self.rows = progress, cancel, max_steps, rows
+    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, max_steps: int, rows: int,
+                 live: LivePieces | None = None):
+        """live: where the answers so far are kept for the progress reports (None: not reported)."""
+        self.progress, self.cancel, self.max_steps, self.rows, self.live = progress, cancel, max_steps, rows, live
         self.t0 = time.perf_counter()
         self.prefill_s = 0.0
         self.tokens = 0
@@ -154,13 +158,21 @@ class _Books:
     def prefilled(self) -> None:
         self.prefill_s = time.perf_counter() - self.t0
 
-    def end_of_step(self, step: int, active: torch.Tensor, finished: torch.Tensor) -> bool:
-        """Count the step's tokens and report; True when the loop should end."""
-        n_active, all_done = torch.stack([active.sum(), finished.all()]).tolist()  # one sync
+    def end_of_step(self, step: int, active: torch.Tensor, finished: torch.Tensor, tokens: torch.Tensor) -> bool:
+        """Count the step's tokens (R,) and report; True when the loop should end."""
+        if self.live is None:
+            n_active, all_done = torch.stack([active.sum(), finished.all()]).tolist()  # one sync
+        else:  # the tokens themselves too, in the same sync
+            *drawn, n_active, all_done = torch.cat([torch.where(active, tokens, -1),
+                                                    torch.stack([active.sum(), finished.all()])]).tolist()
+            for row, token in enumerate(drawn):
+                if token >= 0:
+                    self.live.extend(row, (token,))
         self.tokens += n_active
         if self.progress:
             self.progress(Progress(step + 1, self.max_steps, self.tokens, self.rows * self.max_steps,
-                                   time.perf_counter() - self.t0))
+                                   time.perf_counter() - self.t0,
+                                   answers=self.live.snapshot() if self.live is not None else ()))
         if all_done or step + 1 == self.max_steps:
             return True
         self.stopped = self.cancel is not None and self.cancel.is_set()

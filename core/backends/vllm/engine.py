@@ -37,7 +37,7 @@ class Submission:
     first: list[Request]
     after: dict[str, list[Request]] = field(default_factory=dict)
     keys: tuple[str, ...] = ()  # the ESamp runs among the requests (``Engine``'s ``failed`` names them)
-    tokens: dict[str, int] = field(default_factory=dict)  # request id -> output tokens so far
+    ids: dict[str, list[int]] = field(default_factory=dict)  # request id -> its output token ids so far
     outputs: dict[str, Any] = field(default_factory=dict)  # request id -> its last RequestOutput
     steps: int = 0  # engine steps since the first request went in
     error: BaseException | None = None
@@ -146,7 +146,7 @@ class Engine:
             sub = self._owner.get(out.request_id)
             if sub is None:
                 continue
-            sub.tokens[out.request_id] = sub.tokens.get(out.request_id, 0) + len(out.outputs[0].token_ids)
+            sub.ids.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
             sub.outputs[out.request_id] = out
             for request in sub.after.pop(out.request_id, ()):
                 self._add(sub, request)

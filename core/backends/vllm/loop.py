@@ -26,7 +26,7 @@ from ...config import RunConfig
 from ...esamp.steerer import RunStats
 from ...trace import RunTrace
 from ..base import Progress, ProgressFn, encode_prompts
-from ..record import build_trace
+from ..record import LivePieces, build_trace
 from .engine import Request, Submission
 from .model import VllmModel
 from .state import request_extra
@@ -123,11 +123,12 @@ def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressF
             cancel: threading.Event | None, t0: float) -> bool:
     """Wait for ``sub``, reporting each run's progress and aborting it on ``cancel``; True if stopped."""
     stopped, seen = False, -1
+    live = live_pieces(lm.tokenizer, runs, lm.eos_ids) if progress is not None else None
     while not sub.finished:
         sub.wait(POLL_S)
         if progress is not None and sub.steps != seen:
             seen = sub.steps
-            for p in progress_of(runs, sub.tokens, seen, t0):
+            for p in progress_of(runs, sub.ids, seen, t0, live):
                 progress(p)
         if cancel is not None and cancel.is_set() and not stopped and not sub.finished:
             stopped = True
@@ -135,15 +136,29 @@ def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressF
     return stopped
 
 
-def progress_of(runs: Sequence[Run], tokens: dict[str, int], steps: int | None, t0: float) -> list[Progress]:
-    """Each run's progress from its requests' tokens so far, after ``steps`` engine steps (None: as
-    many as its longest sample has tokens)."""
+def live_pieces(tokenizer, runs: Sequence[Run], eos_ids: Sequence[int]) -> dict[str, LivePieces]:
+    """Each run's answers so far, kept for ``progress_of`` (by run key)."""
+    return {r.key: LivePieces(tokenizer, len(r.request_ids), () if r.config.sampling.ignore_eos else eos_ids)
+            for r in runs}
+
+
+def progress_of(runs: Sequence[Run], ids: dict[str, list[int]], steps: int | None, t0: float,
+                live: dict[str, LivePieces] | None = None) -> list[Progress]:
+    """Each run's progress from its requests' token ids so far, after ``steps`` engine steps (None: as
+    many as its longest sample has tokens); with ``live``, its answers so far too (decoding what is new)."""
     out = []
     for i, run in enumerate(runs):
-        sc, done = run.config.sampling, [tokens.get(rid, 0) for rid in run.request_ids]
-        step = max(done) if steps is None else steps
-        out.append(Progress(min(step, sc.max_new_tokens), sc.max_new_tokens, sum(done),
-                            len(done) * sc.max_new_tokens, time.perf_counter() - t0, run=i))
+        sc, done = run.config.sampling, [ids.get(rid, []) for rid in run.request_ids]
+        counts = [len(d) for d in done]
+        step = max(counts) if steps is None else steps
+        answers: tuple = ()
+        if live is not None:
+            pieces = live[run.key]
+            for row, d in enumerate(done):
+                pieces.extend(row, d[pieces.taken[row]:])
+            answers = pieces.snapshot()
+        out.append(Progress(min(step, sc.max_new_tokens), sc.max_new_tokens, sum(counts),
+                            len(counts) * sc.max_new_tokens, time.perf_counter() - t0, run=i, answers=answers))
     return out
 
 

@@ -196,7 +196,8 @@ async def _runs(request, engine):
 async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
     """The JSON lines of one job: progress while its runs generate, then their traces."""
     runs, first, after = loop.requests_of(lm, ids_of, configs)
-    counts: dict[str, int] = {}
+    counts: dict[str, list[int]] = {}  # request id -> its token ids so far
+    live = loop.live_pieces(lm.tokenizer, runs, lm.eos_ids)
     t0 = time.perf_counter()  # (the clock of the worker's first_step_at)
     rank = {r.key: next(_rank) % lm.engines if lm.engines > 1 else None for r in runs}
     run_of = {rid: r.key for r in runs for rid in r.request_ids}
@@ -209,7 +210,7 @@ async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
             if stop.done() and not aborted:
                 aborted = True
                 await engine.abort([rid for r in runs for rid in r.request_ids])
-            yield _line({"progress": [asdict(p) for p in loop.progress_of(runs, counts, None, t0)]})
+            yield _line({"progress": [asdict(p) for p in loop.progress_of(runs, counts, None, t0, live)]})
         work.result()
         results = [await _take(engine, r.key) for r in runs]
         seconds = time.perf_counter() - t0
@@ -249,7 +250,7 @@ async def _follow(engine, first, after, counts, rank, run_of) -> None:
         later: list[asyncio.Task] = []
         async for out in engine.generate({"prompt_token_ids": req.prompt}, req.params, req.id,
                                          data_parallel_rank=rank[run_of[req.id]]):
-            counts[req.id] = counts.get(req.id, 0) + len(out.outputs[0].token_ids)
+            counts.setdefault(req.id, []).extend(out.outputs[0].token_ids)
             if not later and req.id in after:
                 later = [asyncio.create_task(one(r)) for r in after[req.id]]
         await asyncio.gather(*later)

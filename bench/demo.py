@@ -37,7 +37,8 @@ from viz.summary import diversity, ladder, split_by_run
 
 def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[float, dict[str, list[float]]]:
     """Seconds for what Explore's Generate does, and for each β > 0 the bootstrap interval of its
-    answers' diversity (mean pairwise cosine distance) over plain sampling's: [value, low, high]."""
+    answers' diversity (mean pairwise cosine distance) over plain sampling's and how many more of its
+    answers loop than plain's (viz.metrics.is_degenerate): [value, low, high, more looping answers]."""
     start = time.perf_counter()
     traces = generate_runs(lm, [prompt], configs)
     perplexities = [trace_perplexities(lm, t) for t in traces]
@@ -45,13 +46,13 @@ def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[f
     emb = spread.embed(texts, embedder)
     spread.project_2d(emb, 0)
     per_run = split_by_run(traces, emb)
-    for t, e, p in zip(traces, per_run, perplexities):
-        diversity(t, e, p)
+    stats = [diversity(t, e, p) for t, e, p in zip(traces, per_run, perplexities)]
     seconds = time.perf_counter() - start
     rungs = ladder(traces)
-    diffs = {f"{b:g}": metrics.bootstrap_difference(per_run[rungs[0.0]], per_run[i], "cosine_distance")
-             for b, i in rungs.items() if b > 0}
-    return seconds, {b: [d.value, d.low, d.high] for b, d in diffs.items()}
+    base = rungs[0.0]
+    return seconds, {f"{b:g}": [*(lambda d: (d.value, d.low, d.high))(metrics.bootstrap_difference(
+        per_run[base], per_run[i], "cosine_distance")), stats[i].degenerate - stats[base].degenerate]
+        for b, i in rungs.items() if b > 0}
 
 
 def main(argv=None) -> int:
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"]])
     p.add_argument("--ladders", nargs="+", default=[DEFAULTS["ladder"]], help="comma-separated β values")
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="ESamp's warm-up steps (the app's default)")
+    p.add_argument("--max-kl", type=float, default=DEFAULTS["max_kl"],
+                   help="ESamp's bound on each token's push, nats; 0: none (the app's default)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--filter", choices=list(FILTERS), default=None,
                    help="the candidate set (bench.frontier's names); default: the app's")
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
             times, diffs = [], {}
             for seed in range(args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
-                configs = beta_ladder(RunConfig(sampling=sampling, esamp=EsampConfig(warmup_steps=args.warmup)), betas)
+                esamp = EsampConfig(warmup_steps=args.warmup, max_kl=args.max_kl or None)
+                configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)
                 for b, d in by_beta.items():
@@ -98,9 +102,13 @@ def main(argv=None) -> int:
                       flush=True)
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
                          "filter": filter_label(candidates), "dtype": str(lm.dtype).removeprefix("torch."),
-                         "tokens": tokens, "ladder": ladder_text, "warmup": args.warmup, "seeds": args.seeds,
+                         "tokens": tokens, "ladder": ladder_text, "warmup": args.warmup, "max_kl": args.max_kl,
+                         "seeds": args.seeds,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
+                         # and of those, the seeds where no more of ESamp's answers loop than plain's
+                         "seeds_showing_effect_unbroken": {b: sum(d[1] > 0 and d[3] <= 0 for d in ds)
+                                                           for b, ds in diffs.items()},
                          "mean_difference": {b: round(statistics.mean(d[0] for d in ds), 3) for b, ds in diffs.items()},
                          "differences": diffs, "times_s": [round(t, 2) for t in times]})
             print(f"{backend} n={n} tokens={tokens} ladder={ladder_text}: median {rows[-1]['median_s']} s, "
@@ -131,16 +139,19 @@ def markdown(report: dict) -> str:
              f"Explore Generate, warm, over {report['rows'][0]['seeds'] if report['rows'] else 0} seeds. Start-up "
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
-             "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | median s | "
-             "max s | seeds with ESamp more diverse than plain beyond noise, by β | "
-             "mean Δ cosine distance (β − plain) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | bound (nats) | "
+             "median s | max s | seeds with ESamp more diverse than plain beyond noise (and with no more answers "
+             "that loop), by β | mean Δ cosine distance (β − plain) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        shown = ", ".join(f"β={b}: {k} of {r['seeds']}" for b, k in r["seeds_showing_effect"].items())
+        unbroken = r.get("seeds_showing_effect_unbroken", {})
+        shown = ", ".join(f"β={b}: {k} of {r['seeds']}" + (f" ({unbroken[b]})" if b in unbroken else "")
+                          for b, k in r["seeds_showing_effect"].items())
         mean = ", ".join(f"β={b}: {d:+.3f}" for b, d in r["mean_difference"].items())
         lines.append(f"| {r['backend']} | {r.get('dtype', 'float32')} | {r['startup_s']} | {r['prompt']} | "
                      f"{r['n']} | {r['tokens']} | {r.get('filter', 'top-k 50')} | {r['ladder']} | "
-                     f"{r.get('warmup', 0)} | {r['median_s']} | {r['max_s']} | {shown} | {mean} |")
+                     f"{r.get('warmup', 0)} | {r.get('max_kl') or 'none'} | {r['median_s']} | {r['max_s']} | {shown} | "
+                     f"{mean} |")
     return "\n".join(lines) + "\n"
 
 

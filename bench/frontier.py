@@ -77,6 +77,21 @@ def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES, varia
     return out
 
 
+def named_run(sampling: SamplingConfig, name: str) -> tuple[str, RunConfig]:
+    """(series, config) of a run by name: "plain 1.3" (plain sampling at T = 1.3), "1.5" (ESamp at β = 1.5),
+    "1.5 esamp, ≤ 0.3 nats a token" (ESamp at β = 1.5 as one of VARIANTS)."""
+    first, _, rest = name.strip().partition(" ")
+    try:
+        if first == "plain":
+            return "plain", methods.plain(sampling, float(rest), shadow=False)
+        if rest and rest not in VARIANTS:
+            raise KeyError(rest)
+        return rest or "esamp", methods.esamp(sampling, float(first), **VARIANTS.get(rest, {}))
+    except (ValueError, KeyError):
+        raise ValueError(f"{name!r} is no run: 'plain T', 'β' or 'β VARIANT' (VARIANT one of {list(VARIANTS)})") \
+            from None
+
+
 def within_answer_distinct_2(trace) -> list[float]:
     """Per prompt: the mean over its answers of each answer's own distinct-2 (answers of fewer
     than two words left out)."""
@@ -221,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant-betas", type=float, nargs="+", default=list(VARIANT_BETAS))
     ap.add_argument("--temperatures", type=float, nargs="*", default=list(TEMPERATURES),
                     help="plain sampling's besides T = 1")
+    ap.add_argument("--runs", help="instead of the grid: these runs, ';'-separated names ('plain 1.3', '1.5', "
+                    "'1.5 esamp, ≤ 0.3 nats a token'); plain sampling at T = 1 always comes first")
     ap.add_argument("--quick", action="store_true", help="2 prompts x 3 samples x 6 tokens, two filters")
     ap.add_argument("--add-to", type=Path, metavar="JSON",
                     help="keep this run's results and measure only the runs it lacks (same prompts, n, tokens, seed)")
@@ -250,8 +267,11 @@ def main(argv=None) -> int:
         sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed, **FILTERS[label])
         kept = (earlier or {}).get("filters", {}).get(label, [])
         results[label] = []
-        for series, cfg in runs(sampling, a.betas, a.temperatures, a.variants if label in a.variant_filters else (),
-                                a.variant_betas):
+        grid = runs(sampling, a.betas, a.temperatures, a.variants if label in a.variant_filters else (),
+                    a.variant_betas)
+        if a.runs:
+            grid = [grid[0]] + [named_run(sampling, name) for name in a.runs.split(";") if name.strip()]
+        for series, cfg in grid:
             done = [r for r in kept if r["series"] == series and RunConfig.from_dict(r["config"]) == cfg]
             results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
             s, setting = results[label][-1]["summary"], point(results[label][-1])["setting"]

@@ -157,7 +157,8 @@ def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
     assert settings == ("transformers", 3, 3, "0,0.5,1", 2)
     assert set(row["seeds_showing_effect"]) == set(row["differences"]) == {"0.5", "1"}
     assert all(0 <= k <= 2 for k in row["seeds_showing_effect"].values())
-    assert all(len(ds) == 2 and all(len(d) == 3 for d in ds) for ds in row["differences"].values())
+    assert all(0 <= row["seeds_showing_effect_unbroken"][b] <= k for b, k in row["seeds_showing_effect"].items())
+    assert all(len(ds) == 2 and all(len(d) == 4 for d in ds) for ds in row["differences"].values())
     assert len(row["times_s"]) == 2 and row["startup_s"] > 0 and report["cpu"]["cpu"]
     assert "| transformers |" in table.read_text()
 
@@ -207,6 +208,13 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
     assert again["filters"]["min-p 0.1"] == report["filters"]["min-p 0.1"] and len(again["added"]) == 1
     assert again["filters"]["top-k 50"][:3] == report["filters"]["top-k 50"]
     assert [r["series"] for r in again["filters"]["top-k 50"][3:]] == list(frontier.WARMUPS)
+    named = tmp_path / "named.json"  # runs by name instead of the grid
+    assert frontier.main(["--quick", "--backend", "transformers", "--filters", "min-p 0.1", "--runs",
+                          "plain 1.3;0.5 esamp, ≤ 0.3 nats a token", "--json", str(named)]) == 0
+    rows = json.loads(named.read_text())["filters"]["min-p 0.1"]
+    assert [(r["series"], frontier.point(r)["setting"]) for r in rows] == [
+        ("plain", "T=1"), ("plain", "T=1.3"), ("esamp, ≤ 0.3 nats a token", "β=0.5")]
+    assert 0 < rows[2]["summary"]["kl"]["mean"] <= 0.3 + 1e-6  # the bound holds on every guided token
 
 
 def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):

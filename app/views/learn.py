@@ -7,7 +7,7 @@ import streamlit as st
 from app import render, serving, settings
 from app.jobs import start_job
 from app.resources import open_history
-from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder
+from core import RunConfig, SamplingConfig, beta_ladder
 from core.scoring import trace_perplexities
 from viz import charts, heatmap
 from viz.summary import (candidate_rows, config_label, fusion_step, ladder, learning_sentence, readable_step, run_label,
@@ -75,7 +75,7 @@ if go:
         st.stop()
     d = settings.DEFAULTS  # Explore's candidate set and warm-up (docs/results.md, "The candidate set")
     sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
-    configs = beta_ladder(RunConfig(sampling=sampling, esamp=EsampConfig(warmup_steps=d["warmup"])), betas)
+    configs = beta_ladder(RunConfig(sampling=sampling, esamp=settings.esamp_of(d["warmup"], d["max_kl"])), betas)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
         score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))

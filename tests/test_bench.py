@@ -24,7 +24,8 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
               "esamp-noise β=0.5", "plain T=0.7", "plain T=1.0", "plain T=1.3", "min-p 0.1", "FIRE"]
     assert list(report["methods"]) == labels
     for r in report["methods"].values():
-        assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "self_bleu", "perplexity"}
+        assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "self_bleu", "perplexity", "seq_rep_4",
+                                     "degenerate"}
         assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
         assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
     assert report["prompts"] == quality.read_prompts()[:2] and len(quality.read_prompts()) >= 24

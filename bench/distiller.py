@@ -45,17 +45,22 @@ WIDTHS = (64, 384)  # the default and the paper's
 GAINS = (2.0, 4.0, 8.0, 32.0)  # more input scales of the default design (it uses 16, normed-unit 1)
 
 
-def states(lm, prompt: str, n: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, h), each (T, n, H): the states at each step of a plain run's n answers to ``prompt``."""
+def states(lm, prompt: str, n: int, tokens: int, seed: int, prompt_states: bool = False, **filters):
+    """(s, h), each (T, n, H): the states at each step of a plain run's n answers to ``prompt``; with
+    ``prompt_states`` also (s, h) (L - 1, H) at the prompt's own positions before the first answer token."""
     cfg = RunConfig(method="plain", esamp=EsampConfig(shadow=False),
-                    sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True))
+                    sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True, **filters))
     trace = generate(lm, [prompt], cfg)
     prefix = encode_prompts(lm, [prompt], True, tokens)[0]
     ids = torch.tensor([prefix + [t.id for t in s.tokens] for s in trace.samples], device=lm.device)
     with torch.no_grad():
         hidden = lm.model(ids, output_hidden_states=True).hidden_states  # embeddings, each layer, final norm
     at = slice(len(prefix) - 1, len(prefix) - 1 + tokens)  # the positions that predict tokens 0..T-1
-    return hidden[1][:, at].float().transpose(0, 1), hidden[-1][:, at].float().transpose(0, 1)
+    answers = hidden[1][:, at].float().transpose(0, 1), hidden[-1][:, at].float().transpose(0, 1)
+    if not prompt_states:
+        return answers
+    before = slice(0, len(prefix) - 1)
+    return answers, (hidden[1][0, before].float(), hidden[-1][0, before].float())
 
 
 def replay(lm, design: Design, width: int, own: tuple[torch.Tensor, torch.Tensor],
@@ -80,6 +85,61 @@ def replay(lm, design: Design, width: int, own: tuple[torch.Tensor, torch.Tensor
     return {"curve": curve, "quarters": quarter_means(curve), "probe": probed,
             "update_ms": 1000 * statistics.median(seconds),
             "parameters": bank.nbytes_per_distiller // 12, "bytes": bank.nbytes_per_distiller}
+
+
+START_PROMPTS = ["Describe a city in the year 3000.", "Write a short poem about the colour of rain.",
+                 "Invent a new board game and explain how to win it.",
+                 "What would you pack for a month on a desert island, and why?"]
+PRIME_STEPS = (4, 16, 32)  # Adam steps on the prompt's own states before the answer's first token
+BANDS = ((0, 1), (1, 9), (9, 17), (17, 32))  # the first token; the warm-up's 8; the next 8; the rest of 32
+
+
+def starts(lm, seed: int, tokens: int = 32, probe: int = 16, n: int = 16) -> list[dict]:
+    """Where a run's distiller starts, measured over an answer's first ``tokens``: fresh (the paper), first
+    trained k steps on the prompt's own states, and the model's pretrained distiller (core.backends.start:
+    what ships). Plain sampling's answers (top-p 0.9, the app's candidates), replayed online; relative
+    novelty by band of positions, and at ``probe`` on the own prompt's states against the next prompt's."""
+    from core.backends import start
+
+    data = {p: states(lm, p, n, tokens, seed, prompt_states=True, top_k=0, top_p=0.9) for p in START_PROMPTS}
+    cfg = EsampConfig()
+    pretrained = start.initial_for(lm, RunConfig(esamp=EsampConfig(start="pretrained")))
+    variants = [("fresh", None, 0)] + [(f"prompt x{k}", None, k) for k in PRIME_STEPS] + [
+        ("pretrained", pretrained, 0)]
+    out = []
+    for name, initial, prime in variants:
+        curves, probes = [], []
+        for own, other in zip(START_PROMPTS, START_PROMPTS[1:] + START_PROMPTS[:1]):
+            (s, h), (sp, hp) = data[own]
+            bank = DistillerBank(1, lm.hidden_size, cfg, device=lm.device, seed=seed, norm=lm.head.norm,
+                                 initial=initial)
+            for _ in range(prime):
+                bank.update(bank.forward(sp[None]), hp[None], torch.ones(1, len(sp), dtype=torch.bool))
+            curve = []
+            for t in range(s.shape[0]):
+                pred = bank.forward(s[t][None])
+                curve.append(novelty(h[t], pred.detach()[0])[1].mean().item())
+                if t == probe:
+                    with torch.no_grad():
+                        unseen = bank.forward(data[other][0][0][t][None])[0]
+                    probes.append((curve[-1], novelty(data[other][0][1][t], unseen)[1].mean().item()))
+                bank.update(pred, h[t][None], torch.ones(1, s.shape[1], dtype=torch.bool))
+            curves.append(curve)
+        mean = [statistics.mean(c) for c in zip(*curves)]
+        out.append({"start": name, "curve": mean, "bands": [statistics.mean(mean[a:b]) if mean[a:b] else float("nan") for a, b in BANDS],
+                    "own": statistics.mean(p[0] for p in probes), "unseen": statistics.mean(p[1] for p in probes)})
+        print(f"{name:12s} " + " ".join(f"{x:.2f}" for x in out[-1]["bands"])
+              + f"  step {probe}: own {out[-1]['own']:.2f} unseen {out[-1]['unseen']:.2f}", file=sys.stderr, flush=True)
+    return out
+
+
+def starts_markdown(rows: list[dict], probe: int = 16) -> str:
+    lines = ["| start | token 1 | tokens 2-9 | tokens 10-17 | tokens 18-32 | step " + f"{probe}: own vs unseen "
+             "(unseen / own) |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['start']} | " + " | ".join(f"{x:.2f}" for x in r["bands"])
+                     + f" | {r['own']:.2f} vs {r['unseen']:.2f} ({r['unseen'] / r['own']:.2f}) |")
+    return "\n".join(lines)
 
 
 def engine_check(backend: str, n: int, tokens: int, seed: int) -> dict:
@@ -116,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", type=int, default=64, help="the step at which own and unseen contexts are compared")
     ap.add_argument("--backends", default=",".join(installed_backends()), help="for the check through generate()")
     ap.add_argument("--quick", action="store_true", help="4 samples x 16 tokens, probe at 8: checks the plumbing")
+    ap.add_argument("--starts", action="store_true", help="only where a run's distiller starts: fresh, primed on "
+                    "the prompt, pretrained (4 prompts x 16 answers x 32 tokens, top-p 0.9)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="folder for the learning-curve plot (PNG, SVG)")
@@ -126,6 +188,17 @@ def main(argv=None) -> int:
         ap.error(f"--probe must be a step from 0 to {a.tokens - 1}, but is {a.probe}.")
     t_start = time.perf_counter()
     lm = load_model()
+    if a.starts:
+        rows = starts(lm, a.seed, tokens=12 if a.quick else 32, probe=4 if a.quick else 16, n=3 if a.quick else 16)
+        table = starts_markdown(rows, 4 if a.quick else 16)
+        print("\n" + table)
+        if a.json:
+            a.json.write_text(json.dumps({"command": "python -m bench.distiller " + " ".join(
+                argv if argv is not None else sys.argv[1:]), "model": lm.name, "machine": machine(lm),
+                "prompts": START_PROMPTS, "seed": a.seed, "starts": rows}, indent=2))
+        if a.markdown:
+            a.markdown.write_text(table + "\n")
+        return 0
     data = {p: states(lm, p, a.n, a.tokens, a.seed) for p in PROMPTS}
     results = []
     designs = [(name, d) for name, d in DESIGNS.items()]

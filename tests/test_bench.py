@@ -146,6 +146,16 @@ def test_distiller_quick_reports_every_design_and_the_check_through_generate(tmp
     assert (images / "distiller-learning.png").stat().st_size > 0
 
 
+def test_distiller_starts_quick_compares_fresh_primed_and_pretrained(tmp_path):
+    from bench import distiller
+
+    out = tmp_path / "starts.json"
+    assert distiller.main(["--starts", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["starts"]
+    assert [r["start"] for r in rows] == ["fresh", "prompt x4", "prompt x16", "prompt x32", "pretrained"]
+    assert all(len(r["bands"]) == 4 and len(r["curve"]) == 12 and r["own"] > 0 < r["unseen"] for r in rows)
+
+
 def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
     from bench import demo
 

@@ -126,7 +126,8 @@ def starts(lm, seed: int, tokens: int = 32, probe: int = 16, n: int = 16) -> lis
                 bank.update(pred, h[t][None], torch.ones(1, s.shape[1], dtype=torch.bool))
             curves.append(curve)
         mean = [statistics.mean(c) for c in zip(*curves)]
-        out.append({"start": name, "curve": mean, "bands": [statistics.mean(mean[a:b]) if mean[a:b] else float("nan") for a, b in BANDS],
+        bands = [statistics.mean(mean[a:b]) if mean[a:b] else float("nan") for a, b in BANDS]
+        out.append({"start": name, "curve": mean, "bands": bands,
                     "own": statistics.mean(p[0] for p in probes), "unseen": statistics.mean(p[1] for p in probes)})
         print(f"{name:12s} " + " ".join(f"{x:.2f}" for x in out[-1]["bands"])
               + f"  step {probe}: own {out[-1]['own']:.2f} unseen {out[-1]['unseen']:.2f}", file=sys.stderr, flush=True)

@@ -76,6 +76,27 @@ def stop_app(proc: subprocess.Popen) -> str:
     return proc.log.read_text(errors="replace")
 
 
+def wait_for_run(page, selector: str = "text=Saved as run", quiet_s: float = 600, ceiling_s: float = 1800) -> None:
+    """Wait for ``selector`` (a finished run's) while the page shows a run progressing: a busy machine only
+    slows it. TimeoutError when the progress has not changed for ``quiet_s``, or after ``ceiling_s``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    start = last = time.monotonic()
+    seen = None
+    while True:
+        try:
+            page.wait_for_selector(selector, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            shown = " ".join(page.locator('[data-testid="stProgress"], .esx-text').all_inner_texts())
+            now = time.monotonic()
+            if shown != seen:
+                seen, last = shown, now
+            if now - last > quiet_s or now - start > ceiling_s:
+                raise PlaywrightTimeout(f"{selector!r} did not appear; the run's progress stood still for "
+                                        f"{now - last:.0f} s ({now - start:.0f} s in all)") from None
+
+
 def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
 
@@ -87,7 +108,7 @@ def generate_once(page, url: str, timeout_s: float = 600, reload: bool = True) -
         page.goto(url)
     page.get_by_role("button", name="Generate").click(timeout=120_000)
     start = time.perf_counter()
-    page.wait_for_selector("text=Saved as run", timeout=timeout_s * 1000)
+    wait_for_run(page, ceiling_s=timeout_s)
     page.wait_for_selector(".esx-tok", timeout=60_000)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot .scatterlayer').length >= 2",
                            timeout=60_000)

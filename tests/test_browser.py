@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.screenshot import launch, start_app
+from bench.screenshot import launch, start_app, wait_for_run
 from bench.screenshot import stop_app as stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,13 +72,13 @@ def start_generating(browser, url, query):
 
 
 def saved_run_id(page) -> int:
-    page.wait_for_selector("text=Saved as run", timeout=300_000)
+    wait_for_run(page)
     return int(re.search(r"run #(\d+)", page.locator("text=Saved as run").first.inner_text()).group(1))
 
 
 def generate(browser, url, query, tmp_path, name):
     page, dialogs = start_generating(browser, url, query)
-    page.wait_for_selector("text=Saved as run", timeout=300_000)
+    wait_for_run(page)
     page.wait_for_selector(".esx-tok", timeout=60_000)
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
     page.wait_for_timeout(1500)

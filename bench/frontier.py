@@ -59,8 +59,9 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to n
             **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e) for e in (0.05, 0.1, 0.2)},
             "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True)}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
-VARIANT_COLOURS = dict(zip(VARIANTS, ["#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#999999", "#0072B2", "#000000",
-                                      "#E69F00"] * 2))
+# Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
+VARIANT_COLOURS = dict(zip(VARIANTS, ["#009E73", "#CC79A7", "#8C564B", "#F0E442", "#56B4E9", "#6A3D9A", "#999999",
+                                      "#009E73", "#E69F00", "#B15928", "#33A02C", "#1F78B4", "#FB9A99"]))
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")
@@ -141,10 +142,10 @@ def figure(label: str, rows: list[dict]):
     temperature; a point whose answers loop more often than plain sampling's is crossed out."""
     plain = sorted((point(r) for r in rows if r["series"] == "plain"), key=lambda p: float(p["setting"][2:]))
     start = next(p for p in plain if p["setting"] == "T=1")
-    base = _plain(rows)["summary"].get("degenerate", {}).get("mean", math.inf)
+    plain_row = _plain(rows)
 
-    def marked(r: dict) -> dict:  # crossed out: more answers loop than plain's at T = 1
-        return {**point(r), "loops": r["summary"].get("degenerate", {}).get("mean", 0.0) > base}
+    def marked(r: dict) -> dict:  # crossed out: more answers loop than plain's at T = 1, beyond the noise
+        return {**point(r), "loops": loops_more(r, plain_row)}
 
     esamp = []
     for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its variants
@@ -177,12 +178,20 @@ def choose(rows: list[dict]) -> dict | None:
         if r["series"] == "plain" or "degenerate" not in r.get("per_prompt", {}):
             continue
         div = r["summary"]["cosine_distance"]["mean"]
-        diff = [a - b for a, b in zip(r["per_prompt"]["degenerate"], plain["per_prompt"]["degenerate"])]
-        mean, se = metrics.mean_and_stderr(diff)
-        holds = mean <= 2 * se and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)
+        holds = not loops_more(r, plain) and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)
         if holds and div - plain["summary"]["cosine_distance"]["mean"] > gain:
             best, gain = r, div - plain["summary"]["cosine_distance"]["mean"]
     return best
+
+
+def loops_more(r: dict, plain: dict) -> bool:
+    """Whether more of a run's answers loop than plain sampling's beyond the noise: the mean over prompts
+    of the difference in their share is more than two standard errors above 0 (False where not measured)."""
+    if "degenerate" not in r.get("per_prompt", {}) or "degenerate" not in plain.get("per_prompt", {}):
+        return False
+    mean, se = metrics.mean_and_stderr([a - b for a, b in zip(r["per_prompt"]["degenerate"],
+                                                              plain["per_prompt"]["degenerate"])])
+    return mean > 2 * se
 
 
 def _plain(rows: list[dict]) -> dict:

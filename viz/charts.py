@@ -123,7 +123,8 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
     if loops:  # over the lines: a crossed point is not a better trade-off, whatever its place
         fig.add_trace(go.Scatter(x=[p["perplexity"] for p in loops], y=[p["diversity"] for p in loops], mode="markers",
                                  name="more answers loop than plain's", hoverinfo="skip",
-                                 marker=dict(size=18, symbol="x-thin-open", line=dict(width=3, color=LOOPS_COLOUR))))
+                                 marker=dict(size=18, symbol="x-thin-open", color=LOOPS_COLOUR,
+                                             line=dict(width=3, color=LOOPS_COLOUR))))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)", height)
 

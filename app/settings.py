@@ -46,7 +46,7 @@ class Settings:
         """The runs, in order: the β ladder, then the temperatures not already on it (plain at the
         sampling temperature is the ladder's β = 0)."""
         temperatures = [t for t in self.temperatures if t != self.config.sampling.temperature]
-        return beta_ladder(self.config, self.ladder) + temperature_ladder(self.config, temperatures)
+        return beta_ladder(self.config, self.ladder, scale_bound=True) + temperature_ladder(self.config, temperatures)
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,9 @@ def _clamp(v, lo, hi):
 LADDER_HELP = ("One run per β, same seed: 0 is plain sampling, the paper's default is 0.25. Afterwards the β "
                "slider moves between them without generating again. For answers much longer than 32 tokens keep "
                "β at 0.5 or below: above it long answers repeat themselves (docs/results.md, 128 tokens).")
-MAX_KL_HELP = ("No guided token's distribution moves further than this from plain sampling's (KL, nats): where "
-               "the fusion at β would push harder, that token gets the β that stays within it. 0: no bound (the "
+MAX_KL_HELP = ("At the ladder's highest β no guided token's distribution moves further than this from plain "
+               "sampling's (KL, nats); a lower rung's bound is as much smaller as its β (β 0.5 of 1.5: a third). "
+               "Where the fusion would push harder, that token gets the β that stays within it. 0: no bound (the "
                "paper's fusion), which breaks long answers on this model (docs/results.md, broken text).")
 WARMUP_HELP = ("ESamp samples this many tokens after the first unguided, while the distiller learns the prompt "
                "(0: the paper's rule, only the first token). Guiding by a distiller that has not learned yet "
@@ -249,8 +250,8 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
         warmup = c4.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
                                  int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
-        max_kl = c4.number_input("Push per token at most (nats)", 0.0, 5.0, float(_clamp(d["max_kl"], 0.0, 5.0)),
-                                 0.05, help=MAX_KL_HELP)
+        max_kl = c4.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
+                                 float(_clamp(d["max_kl"], 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))

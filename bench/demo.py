@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
                 esamp = EsampConfig(warmup_steps=args.warmup, max_kl=args.max_kl or None)
-                configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas)
+                configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)
                 for b, d in by_beta.items():

@@ -208,13 +208,24 @@ class RunConfig:
         )
 
 
-def beta_ladder(config: RunConfig, betas: Sequence[float]) -> list[RunConfig]:
+def beta_ladder(config: RunConfig, betas: Sequence[float], scale_bound: bool = False) -> list[RunConfig]:
     """One run per β, in the order given, each with ``config``'s sampling settings and seed: ESamp at
-    β > 0, plain sampling at β = 0 (its distiller in shadow, so its novelty is logged too)."""
+    β > 0, plain sampling at β = 0 (its distiller in shadow, so its novelty is logged too).
+
+    ``scale_bound``: each rung's bound on the push per token (``EsampConfig.max_kl``) is ``config``'s
+    times β over the ladder's highest β, so that a higher rung may move each token further. Without it
+    one bound binds at every rung where the fusion pushes harder than it (on a fresh distiller: from
+    β ≈ 0.1 on), and those rungs draw the same tokens."""
     if not betas:
         raise ValueError("A β ladder needs at least one value.")
-    return [replace(config, method="esamp" if b > 0 else "plain", esamp=replace(config.esamp, beta=float(b)))
-            for b in betas]
+    top = max(betas)
+
+    def bound(b: float) -> float | None:
+        kl = config.esamp.max_kl
+        return round(kl * b / top, 6) if scale_bound and kl is not None and top > 0 else kl  # no 0.09999…
+
+    return [replace(config, method="esamp" if b > 0 else "plain",
+                    esamp=replace(config.esamp, beta=float(b), max_kl=bound(b))) for b in betas]
 
 
 def temperature_ladder(config: RunConfig, temperatures: Sequence[float]) -> list[RunConfig]:

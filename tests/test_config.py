@@ -59,3 +59,14 @@ def test_min_p_means_the_same_setting_in_the_app_and_the_benchmarks():
     bench_min_p = quality.methods(sampling)["min-p 0.1"].sampling
     app_min_p = methods.compared(sampling, betas=(0.25,), temperatures=(1.0,))["min-p 0.1"].sampling
     assert bench_min_p == app_min_p and (bench_min_p.top_k, bench_min_p.min_p) == (0, 0.1)
+
+
+def test_a_ladder_can_scale_its_bound_with_beta_so_that_its_rungs_differ():
+    from core import EsampConfig, RunConfig, beta_ladder
+
+    config = RunConfig(esamp=EsampConfig(max_kl=0.3))
+    scaled = beta_ladder(config, [0, 0.5, 1.5], scale_bound=True)
+    assert [c.esamp.max_kl for c in scaled] == [0.0, 0.1, 0.3] and [c.beta for c in scaled] == [0.0, 0.5, 1.5]
+    assert [c.esamp.max_kl for c in beta_ladder(config, [0, 0.5, 1.5])] == [0.3, 0.3, 0.3]  # one bound for all
+    unbounded = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=None)), [0, 1], scale_bound=True)
+    assert [c.esamp.max_kl for c in unbounded] == [None, None]

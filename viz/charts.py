@@ -222,6 +222,7 @@ def tree_figure(root, signal: str = "rel_novelty", label_chars: int = 18):
     fig.add_trace(go.Scatter(
         x=[n.start + len(n.tokens) / 2 for n, _, _ in placed], y=[r for _, r, _ in placed], mode="markers+text",
         text=[plotly_text(_cut(n.text, label_chars)) for n, _, _ in placed], textposition="top center",
+        textfont=dict(size=14, color="#111111"),  # readable on a projector: dark, not plotly's faint default
         customdata=list(range(len(placed))), showlegend=False,
         hovertext=[plotly_text(f"{len(n.samples)} answers · tokens {n.start + 1}-{n.start + len(n.tokens)}: "
                                f"{_cut(n.text, 80)}") for n, _, _ in placed], hoverinfo="text",
@@ -229,7 +230,7 @@ def tree_figure(root, signal: str = "rel_novelty", label_chars: int = 18):
                     colorscale="YlGnBu", showscale=True, colorbar=dict(title=signal.replace("_", " ")))))
     fig.update_yaxes(visible=False)
     return _layout(fig, "The answers as a tree: shared beginnings are shared branches", "token position", "",
-                   height=160 + 26 * max(1, len([n for n, _, _ in placed if not n.children])))
+                   height=160 + 40 * max(1, len([n for n, _, _ in placed if not n.children])))  # room for a label
 
 
 def _node_value(node, signal: str) -> float:

@@ -85,7 +85,8 @@ if go:
         st.stop()
     d = settings.DEFAULTS  # Explore's candidate set and warm-up (docs/results.md, "The candidate set")
     sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
-    configs = beta_ladder(RunConfig(sampling=sampling, esamp=settings.esamp_of(d["warmup"], d["max_kl"])), betas)
+    configs = beta_ladder(RunConfig(sampling=sampling, esamp=settings.esamp_of(d["warmup"], d["max_kl"])), betas,
+                          scale_bound=True)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
         score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))

@@ -51,8 +51,10 @@ FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "t
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
 # Named ESamp variants (each a series of its own), run at each of --variant-betas under --variant-filters.
-VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0),
-            "esamp, pretrained start": dict(start="pretrained"),
+VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None),
+            "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0, max_kl=None),
+            "esamp, unbounded (the paper)": dict(max_kl=None),
+            "esamp, pretrained start": dict(start="pretrained", max_kl=None),
             **{f"esamp, ≤ {e:g} nats a token": dict(max_kl=e) for e in (0.1, 0.2, 0.3, 0.5)},
             "esamp, ≤ 0.3 nats, warm-up 8": dict(max_kl=0.3, warmup_steps=8),
             "esamp noise, ≤ 0.3 nats a token": dict(max_kl=0.3, noise=True),
@@ -60,8 +62,11 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8), "esamp, warm-up to n
             "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True)}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
-VARIANT_COLOURS = dict(zip(VARIANTS, ["#009E73", "#CC79A7", "#8C564B", "#F0E442", "#56B4E9", "#6A3D9A", "#999999",
-                                      "#009E73", "#E69F00", "#B15928", "#33A02C", "#1F78B4", "#FB9A99"]))
+VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",
+                   "esamp, unbounded (the paper)": "#8C564B", "esamp, pretrained start": "#F0E442",
+                   "esamp, ≤ 0.1 nats a token": "#B2DF8A", "esamp, ≤ 0.2 nats a token": "#56B4E9",
+                   "esamp, ≤ 0.3 nats a token": "#6A3D9A", "esamp, ≤ 0.5 nats a token": "#999999",
+                   "esamp, ≤ 0.3 nats, warm-up 8": "#FB9A99", "esamp noise, ≤ 0.3 nats a token": "#E69F00"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")

@@ -95,11 +95,12 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert len(at.get("plotly_chart")) == 7  # spread, distances, where β sits, the forks, the tree, loss, novelty
     assert any(h.value.startswith("Where ESamp steered") for h in at.subheader)
     assert any(h.value.startswith("The answers as a tree") for h in at.subheader)
-    # tokens 8 and a warm-up of 8: every token unguided, so the answers are plain's throughout
-    assert any("all 2 answers are plain sampling's, token for token" in i.value for i in at.info)
     assert any("python -m core generate" in c.value for c in at.code)
     assert at.query_params["prompt"] == "Name a colour." and at.query_params["ladder"] == "0,0.25"  # shareable URL
-    assert at.query_params["beta"] == "0.25" and at.query_params["warmup"] == str(DEFAULTS["warmup"]) == "8"
+    assert at.query_params["beta"] == "0.25" and at.query_params["warmup"] == str(DEFAULTS["warmup"]) == "0"
+    assert at.query_params["max_kl"] == f"{DEFAULTS['max_kl']:g}" == "0.3"  # the bound, at the ladder's top β
+    esamp = at.session_state["explore_job"].traces[1]
+    assert esamp.config.esamp.max_kl == 0.3 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 0.3 + 1e-6
 
 
 def test_the_warm_up_goes_from_the_link_into_every_run_and_the_command(monkeypatch):

@@ -61,7 +61,10 @@ def test_the_apps_defaults_are_the_ones_the_frontier_chose():
     assert (DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["min_p"]) == (
         int(named["top_k"]), float(named["top_p"]), float(named["min_p"]))
     assert DEFAULTS["ladder"] == named["ladder"] and DEFAULTS["beta"] == float(named["beta"])
-    assert DEFAULTS["warmup"] == int(named["warmup"])
+    assert DEFAULTS["warmup"] == int(named["warmup"]) and DEFAULTS["max_kl"] == float(named["max_kl"])
+    from core import EsampConfig
+
+    assert EsampConfig().max_kl == DEFAULTS["max_kl"]  # a served request or an API call that sets no bound gets it
 
 
 def test_gpu_installs_pin_the_vllm_version_the_cpu_build_is_tested_with():

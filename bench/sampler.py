@@ -77,6 +77,15 @@ def measure(lm, rows: int, k: int, repeats: int) -> dict:
             "same_candidates": bool(torch.equal(*supports))}
 
 
+def native_steps(path: Path) -> dict[int, float]:
+    """ms per native vLLM step by rows, from a bench.speed report (empty where there is none)."""
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    return {r["rows"]: 1000 * r["rows"] / r["median_tokens_per_s"]
+            for r in report["rows"] if r["variant"] == "vllm-native"}
+
+
 def markdown(rows: list[dict], steps: dict[int, float]) -> str:
     lines = ["| rows | top-k | vLLM's own (ms) | ESamp's processor, plain (ms) | extra (ms) | extra / native step |",
              "|---:|---:|---:|---:|---:|---:|"]
@@ -100,11 +109,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     lm = load_model()  # the transformers model: its head and dtype are the engine's
     rows = [measure(lm, int(r), a.top_k, a.repeats) for r in a.rows.split(",")]
-    steps = {}
-    if a.steps.exists():  # ms per native step by rows, from that run's profile
-        report = json.loads(a.steps.read_text())
-        steps = {r["rows"]: 1000 * r["rows"] / r["median_tokens_per_s"]
-                 for r in report["rows"] if r["variant"] == "vllm-native"}
+    steps = native_steps(a.steps)
     text = markdown(rows, steps)
     print(text)
     command = "python -m bench.sampler " + " ".join(sys.argv[1:] if argv is None else argv)

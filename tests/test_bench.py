@@ -259,3 +259,12 @@ def test_branch_quick_compares_a_fresh_and_a_primed_continuation(tmp_path):
     row = report["rows"][0]
     assert len(row["original"]) == 4 and len(row["fresh"]) == len(row["primed"]) == 1 and len(row["fresh"][0]) == 4
     assert all(g[0] >= abs(g[1]) for g in report["gaps"].values())  # |mean| <= mean of |.|
+
+
+def test_budget_times_the_fusion_with_and_without_the_bound(tmp_path):
+    from bench import budget
+
+    out = tmp_path / "budget.json"
+    assert budget.main(["--rows", "4", "--repeats", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["rows"] == 4 and row["ms"]["bounded"] > 0 and 0 <= row["rows_bound"] <= 1

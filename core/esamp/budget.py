@@ -9,14 +9,14 @@ gets ``t = min(beta, t_eps)``: the paper's fusion wherever the budget does not b
 exactly ``eps`` nats where it does, however large or untrained the distiller's error.
 
 In logits the tilt is ``l_ref + t * d`` with ``d = w . e / T`` (``core.esamp.fusion.fuse`` at
-β = 1 minus ``l_ref``); ``bounded`` finds t by bisection, all rows at once.
+β = 1 minus ``l_ref``); ``bounded`` finds t by regula falsi, all rows at once.
 """
 
 from __future__ import annotations
 
 import torch
 
-BISECTIONS = 14  # t to within beta / 2**14 of the bound, always on the safe side of it
+SOLVER_STEPS = 8  # evaluations of KL per bound row: within 0.1 % of ε in the tests, always on its safe side
 
 
 def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -41,22 +41,46 @@ def kl_of_tilt(ref: torch.Tensor, direction: torch.Tensor, t: torch.Tensor,
 
 def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float, max_kl: float) -> torch.Tensor:
     """(R,) each row's tilt: ``beta`` where ``KL(pi_beta || pi_ref) <= max_kl``, else the largest
-    t in [0, beta] found by bisection whose KL is within it (never over it).
+    t in [0, beta] found whose KL is within it (never over it).
 
     ref: (R, K) reference logits (after temperature and filters; -inf outside the candidates);
-    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite)."""
+    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite).
+
+    The rows over the budget solve ``sqrt(KL(t)) = sqrt(max_kl)`` (nearly linear in t: KL grows as
+    ``t² Var(d) / 2`` at first) by regula falsi with the Illinois rule inside a bracket [lo, hi] with
+    ``KL(lo) <= max_kl < KL(hi)``, its first point where that quadratic reaches the budget; the answer is
+    ``lo``. ``SOLVER_STEPS`` passes over the rows' candidates, where a bisection took fourteen."""
     t = torch.full(ref.shape[:1], float(beta), dtype=ref.dtype, device=ref.device)
     if max_kl <= 0 or beta <= 0:
         return torch.zeros_like(t)
     log_ref = torch.log_softmax(ref, dim=-1)
-    over = kl_of_tilt(ref, direction, t, log_ref) > max_kl
+    kl_beta = kl_of_tilt(ref, direction, t, log_ref)
+    over = kl_beta > max_kl
     if not bool(over.any()):  # one host sync a guided step
         return t
     rows = torch.nonzero(over).flatten()
     r, d, lr = ref[rows], direction[rows], log_ref[rows]
+    target = max_kl ** 0.5
     lo, hi = torch.zeros_like(t[rows]), t[rows]  # KL(lo) <= max_kl < KL(hi)
-    for _ in range(BISECTIONS):
-        mid = (lo + hi) / 2
-        fits = kl_of_tilt(r, d, mid, lr) <= max_kl
-        lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
+    g_lo, g_hi = torch.full_like(lo, -target), kl_beta[rows].sqrt() - target  # g = sqrt(KL) - sqrt(max_kl)
+    p_ref = lr.exp()
+    var = _moment(p_ref, d, 2) - _moment(p_ref, d, 1) ** 2
+    guess = torch.minimum((2 * max_kl / var.clamp(min=1e-12)).sqrt(), (lo + hi) / 2)
+    last = torch.zeros_like(lo, dtype=torch.bool)  # the side the previous step moved (True: lo)
+    for _ in range(SOLVER_STEPS):
+        g = kl_of_tilt(r, d, guess, lr).sqrt() - target
+        fits = g <= 0
+        # Illinois: an end that stays twice has its value halved, so the next point moves past it
+        g_hi = torch.where(fits & last, g_hi / 2, g_hi)
+        g_lo = torch.where(~fits & ~last, g_lo / 2, g_lo)
+        lo, g_lo = torch.where(fits, guess, lo), torch.where(fits, g, g_lo)
+        hi, g_hi = torch.where(fits, hi, guess), torch.where(fits, g_hi, g)
+        last = fits
+        guess = hi - g_hi * (hi - lo) / (g_hi - g_lo).clamp(min=1e-12)
+        guess = torch.where((guess > lo) & (guess < hi), guess, (lo + hi) / 2)
     return t.index_copy(0, rows, lo)
+
+
+def _moment(p: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor:
+    """(R,) E_p[d^k] over each row's candidates (entries with p = 0 add nothing)."""
+    return torch.where(p > 0, p * d.pow(k), torch.zeros_like(p)).sum(-1)

@@ -458,15 +458,15 @@ def test_hostile_url_parameters_are_clamped_and_the_page_renders():
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     for k, v in {"beta": "1e9", "ladder": "<script>", "temps": "1e99", "n": "100000", "tokens": "-5", "T": "nan",
                  "seed": "abc", "top_p": "0", "top_k": "-3", "min_p": "inf", "raw": "7", "backend": "../../etc",
-                 "warmup": "-4", "prompt": "x" * 100_000}.items():
+                 "warmup": "-4", "max_kl": "-1e9", "prompt": "x" * 100_000}.items():
         at.query_params[k] = v
     at.run()
     assert not at.exception, at.exception
     fields = {t.label: t.value for t in at.text_input}
     assert fields["β ladder"] == "<script>" and fields["Also plain sampling at temperatures (optional)"] == "1e99"
-    n, tokens, seed, warmup, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
+    n, tokens, seed, warmup, max_kl, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
     assert (n, tokens, seed, warmup, top_k) == (16, 1, 0, 0, 0) and temperature == 1.0 and top_p == 0.01
-    assert min_p == 0.0
+    assert min_p == 0.0 and max_kl == 0.0
     assert len(at.text_area[0].value) == 4000 and at.sidebar.selectbox[0].value == DEFAULTS["backend"]
 
 

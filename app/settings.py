@@ -82,7 +82,7 @@ FIELDS = [
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
     Field("warmup", int, 0, lambda m, s: s.config.esamp.warmup_steps),  # EsampConfig.warmup_steps
-    Field("max_kl", float, 0.3, lambda m, s: f"{s.config.esamp.max_kl or 0:g}"),  # EsampConfig.max_kl; 0: no bound
+    Field("max_kl", float, 0.2, lambda m, s: f"{s.config.esamp.max_kl or 0:g}"),  # EsampConfig.max_kl; 0: no bound
     Field("beta", float, 1.5, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]

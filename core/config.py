@@ -118,8 +118,8 @@ class EsampConfig:
     # this many nats (KL to the filtered reference) from plain sampling's; where the paper's fusion at
     # β would move it further, that token gets the largest β below that stays within. None: unbounded
     # (the paper's fusion, which on the embedded model loops in about half of its 128-token answers at
-    # β = 1.5); 0: no push at all. 0.3: bench.frontier's choice at 32 and 128 tokens (docs/results.md).
-    max_kl: float | None = 0.3
+    # β = 1.5); 0: no push at all. 0.2: what holds at 32 and 128 tokens (bench.frontier, docs/results.md).
+    max_kl: float | None = 0.2
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -11,6 +12,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # benchmarks' runs): marked ``slow``, so that ``./run test -m "not slow"`` runs the fast core of the
 # suite while changing code. ``./run test`` (and CI) runs everything.
 SLOW_FILES = {"test_browser.py", "test_vllm_server.py", "test_vllm.py", "test_bench.py"}
+
+
+def pytest_configure(config):
+    """One in-process vLLM engine per (model, dtype) for the whole session: the test files and the
+    benchmarks' quick runs called in this process share it instead of starting their own (a start is
+    20-60 s on 2 cores). An engine in vLLM's own process, or with engine options, starts as asked."""
+    import core.backends as backends
+
+    real_get, engines = backends.get_backend, {}
+
+    class Shared:
+        def __init__(self, backend):
+            self._backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self._backend, name)
+
+        def load(self, name, *, dtype=None, placement=None, **options):
+            from core.backends.hardware import default_dtype
+            from core.backends.vllm.model import DEFAULT_PLACEMENT, PLACEMENT_ENV
+
+            where = placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT
+            if where != "inline" or any(v not in (None, False) for v in options.values()):
+                return self._backend.load(name, dtype=dtype, placement=placement, **options)
+            key = (name, str(dtype or default_dtype(torch.device("cpu"))).removeprefix("torch."))
+            if key not in engines:
+                engines[key] = self._backend.load(name, dtype=dtype, placement="inline")
+            return engines[key]
+
+    def get_backend(name):
+        backend = real_get(name)
+        return Shared(backend) if name == "vllm" else backend
+
+    backends.get_backend = get_backend
 
 
 def pytest_collection_modifyitems(config, items):

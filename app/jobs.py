@@ -126,19 +126,7 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
 
     def work() -> None:
         try:
-            s = configs[0].sampling
-            # All at once where the model batches runs; else one at a time, so that a failure keeps
-            # the runs finished before it and the page can say whose run it waits for.
-            batches = [list(range(len(configs)))] if job.together else [[i] for i in range(len(configs))]
-            for batch in batches:
-                if lm.lock is not None and lm.lock.locked():
-                    job.phase = "waiting"  # another session is generating on this model
-                log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(batch),
-                         ", ".join(job.labels[i] for i in batch), lm.name, len(prompts), s.n, s.max_new_tokens)
-                job.traces += generate_runs(lm, prompts, [configs[i] for i in batch], cancel=job.cancel,
-                                            progress=lambda p, offset=batch[0]: on_progress(p, offset))
-                if job.traces[-1].stopped:
-                    break
+            _generate(job, lm, prompts, configs, on_progress)
             if score is not None:
                 job.phase = "scoring"
                 job.perplexities = [score(lm, t) for t in job.traces]
@@ -166,3 +154,20 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
     job.thread = threading.Thread(target=work, name="esamp-job", daemon=True)
     job.thread.start()
     return job
+
+
+def _generate(job: Job, lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig],
+              on_progress: Callable[..., None]) -> None:
+    """The job's runs into ``job.traces``: all at once where the model batches runs; else one at a time,
+    so that a failure keeps the runs finished before it and the page can say whose run it waits for."""
+    s = configs[0].sampling
+    batches = [list(range(len(configs)))] if job.together else [[i] for i in range(len(configs))]
+    for batch in batches:
+        if lm.lock is not None and lm.lock.locked():
+            job.phase = "waiting"  # another session is generating on this model
+        log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(batch),
+                 ", ".join(job.labels[i] for i in batch), lm.name, len(prompts), s.n, s.max_new_tokens)
+        job.traces += generate_runs(lm, prompts, [configs[i] for i in batch], cancel=job.cancel,
+                                    progress=lambda p, offset=batch[0]: on_progress(p, offset))
+        if job.traces[-1].stopped:
+            break

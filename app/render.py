@@ -6,13 +6,12 @@ Every number comes from core/ or viz/; nothing is computed here."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Callable, Sequence
 
 import streamlit as st
 
 from core import DEFAULT_MODEL, RunConfig, RunTrace
-from core.config import MAX_BETA
+from core.config import MAX_BETA, continuation
 from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.fork import fork_sentence, forks
@@ -139,7 +138,8 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     st.caption("Reproduce from the command line:")
     for i in shown:
         st.code(reproduce_command(traces[i]), language="bash")
-    _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}", branches, on_branch)
+    _tree(traces[focus], labels[focus], prompt_index, f"{key}_tree{run_key}", branches, on_branch,
+          [t.config for t in traces])
     _branches(traces[focus], branches, signal)
 
 
@@ -199,7 +199,7 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
 
 
 def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Sequence[RunTrace] = (),
-          on_branch: Callable[[RunConfig], None] | None = None) -> None:
+          on_branch: Callable[[RunConfig], None] | None = None, ladder: Sequence[RunConfig] = ()) -> None:
     """The chosen run's answers (and its branches) as a prefix tree; a click on a node shows the
     candidates where it branched off, and with ``on_branch`` a form to continue from another one."""
     st.subheader(f"The answers as a tree ({md(label)})")
@@ -226,12 +226,13 @@ def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Se
                                   "branch from.")) - 1
     st.dataframe(candidate_rows(node.tokens[pos - node.start]), hide_index=True)
     if on_branch is not None and node.samples[0] < BRANCHED and node.tokens[pos - node.start].top:
-        _branch_form(trace, prompt_index, node, pos, on_branch, f"{key}_branch")
+        _branch_form(trace, prompt_index, node, pos, on_branch, f"{key}_branch", ladder or [trace.config])
 
 
 def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: Callable[[RunConfig], None],
-                 key: str) -> None:
-    """Continue one answer from its token ``pos`` (in ``node``) with a candidate of choice: n answers at a β."""
+                 key: str, ladder: Sequence[RunConfig]) -> None:
+    """Continue one answer from its token ``pos`` (in ``node``) with a candidate of choice: n answers at a β
+    (its bound scaled as ``ladder``'s, the runs shown beside it)."""
     sample = next(s for s in trace.samples if s.prompt_index == prompt_index and s.sample_index == node.samples[0])
     token, limits, sc = node.tokens[pos - node.start], serving.policy().limits, trace.config.sampling
     with st.form(key):
@@ -253,9 +254,8 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: 
         go = st.form_submit_button("Continue from here")
     if go:
         prefix = trace.config.prefix_ids + tuple(t.id for t in sample.tokens[:pos]) + (token.top[pick].id,)
-        on_branch(replace(trace.config, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
-                          esamp=replace(trace.config.esamp, beta=float(beta), prime=primes(trace.backend)),
-                          sampling=replace(sc, n=int(n), max_new_tokens=int(tokens))))
+        on_branch(continuation(trace.config, ladder, beta=beta, prefix_ids=prefix, n=n, max_new_tokens=tokens,
+                               prime=primes(trace.backend)))
 
 
 def primes(backend: str) -> bool:

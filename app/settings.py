@@ -5,14 +5,14 @@ parameter is defined once, in ``FIELDS``."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import streamlit as st
 
 from core import (DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, beta_ladder,
                   check_runs, temperature_ladder)
-from core.config import MAX_BETA
+from core.config import MAX_BETA, continuation
 from core.tasks import Task, tasks_from_jsonl
 
 from . import serving
@@ -324,17 +324,14 @@ def set_branch_url(config: RunConfig) -> None:
                            bbeta=f"{config.beta:g}", btokens=str(config.sampling.max_new_tokens))
 
 
-def url_branch(base: RunConfig, prime: bool) -> RunConfig | None:
-    """The branch the URL names, as a config on ``base``'s other settings (``prime``: its distiller
-    starts primed, render.primes); None if none or not valid."""
+def url_branch(ladder: Sequence[RunConfig], prime: bool) -> RunConfig | None:
+    """The branch the URL names, as a continuation of the first of ``ladder``'s runs (``prime``: its
+    distiller starts primed, render.primes); None if none or not valid."""
     if not all(k in st.query_params for k in BRANCH_KEYS):
         return None
     try:
         prefix = tuple(int(w) for w in st.query_params["bprefix"].split(","))
-        beta = float(st.query_params["bbeta"])
-        return replace(base, method="esamp" if beta > 0 else "plain", prefix_ids=prefix,
-                       esamp=replace(base.esamp, beta=beta, prime=prime),
-                       sampling=replace(base.sampling, n=int(st.query_params["bn"]),
-                                        max_new_tokens=int(st.query_params["btokens"])))
+        return continuation(ladder[0], ladder, beta=float(st.query_params["bbeta"]), prefix_ids=prefix,
+                            n=int(st.query_params["bn"]), max_new_tokens=int(st.query_params["btokens"]), prime=prime)
     except (ValueError, TypeError):
         return None

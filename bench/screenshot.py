@@ -101,12 +101,22 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
 
 
+def click_generate(page) -> None:
+    """Click Explore's Generate, first unfolding its settings where a run on the page folded them (a
+    link whose run is in History reopens it so)."""
+    page.wait_for_selector("text=Prompt and settings", timeout=120_000)
+    button = page.get_by_role("button", name="Generate")
+    if not button.is_visible():
+        page.get_by_text("Prompt and settings").first.click()
+    button.click(timeout=120_000)
+
+
 def generate_once(page, url: str, timeout_s: float = 600, reload: bool = True) -> float:
     """Open Explore at ``url`` (``reload=False``: it is open), click Generate, wait for the finished
     page; seconds from the click."""
     if reload:
         page.goto(url)
-    page.get_by_role("button", name="Generate").click(timeout=120_000)
+    click_generate(page)
     start = time.perf_counter()
     wait_for_run(page, ceiling_s=timeout_s)
     page.wait_for_selector(".esx-tok", timeout=60_000)

@@ -229,6 +229,22 @@ def beta_ladder(config: RunConfig, betas: Sequence[float], scale_bound: bool = F
                     esamp=replace(config.esamp, beta=float(b), max_kl=bound(b))) for b in betas]
 
 
+def continuation(config: RunConfig, ladder: Sequence[RunConfig], *, beta: float, prefix_ids: tuple[int, ...],
+                 n: int, max_new_tokens: int, prime: bool = False) -> RunConfig:
+    """``config`` continued from ``prefix_ids`` (a branch by hand): n answers of ``max_new_tokens`` at
+    ``beta`` (plain sampling at 0), the distiller primed on the prefix where ``prime``. Its bound on the
+    push per token is scaled from the highest rung of ``ladder`` (the runs it branches beside, made by
+    ``beta_ladder(scale_bound=True)``) as that ladder scales it, so a branch at β pushes as a rung at β
+    would; that rung's own bound where no rung has β > 0."""
+    top = max(ladder, key=lambda c: c.esamp.beta).esamp
+    kl = top.max_kl
+    if kl is not None and top.beta > 0:
+        kl = min(round(kl * beta / top.beta, 6), MAX_KL)
+    return replace(config, method="esamp" if beta > 0 else "plain", prefix_ids=tuple(prefix_ids),
+                   esamp=replace(config.esamp, beta=float(beta), prime=prime, max_kl=kl),
+                   sampling=replace(config.sampling, n=int(n), max_new_tokens=int(max_new_tokens)))
+
+
 def temperature_ladder(config: RunConfig, temperatures: Sequence[float]) -> list[RunConfig]:
     """Plain sampling at each temperature, with ``config``'s other settings and seed."""
     return [replace(config, method="plain", esamp=replace(config.esamp, beta=0.0),

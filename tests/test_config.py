@@ -70,3 +70,23 @@ def test_a_ladder_can_scale_its_bound_with_beta_so_that_its_rungs_differ():
     assert [c.esamp.max_kl for c in beta_ladder(config, [0, 0.5, 1.5])] == [0.3, 0.3, 0.3]  # one bound for all
     unbounded = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=None)), [0, 1], scale_bound=True)
     assert [c.esamp.max_kl for c in unbounded] == [None, None]
+
+
+def test_a_branch_pushes_as_a_rung_of_its_ladder_would_whichever_run_it_leaves():
+    """A branch by hand at β gets the bound a rung at β of the same ladder gets, also from plain
+    sampling's tree (whose own bound, scaled to β = 0, is 0: copying it would be a branch that never moves)."""
+    from core.config import beta_ladder, continuation
+
+    ladder = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=0.2)), [0, 0.5, 1.0], scale_bound=True)
+    for leaving in ladder:
+        branch = continuation(leaving, ladder, beta=0.5,
+                              prefix_ids=(1, 2), n=3, max_new_tokens=7, prime=True)
+        assert (branch.method, branch.esamp.beta, branch.esamp.max_kl) == ("esamp", 0.5, ladder[1].esamp.max_kl)
+        assert (branch.prefix_ids, branch.sampling.n, branch.sampling.max_new_tokens, branch.esamp.prime) == \
+            ((1, 2), 3, 7, True)
+    assert continuation(ladder[0], ladder, beta=2.0, prefix_ids=(1,), n=1, max_new_tokens=1).esamp.max_kl == 0.4
+    assert continuation(ladder[2], ladder, beta=0, prefix_ids=(1,), n=1, max_new_tokens=1).method == "plain"
+    unbounded = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=None)), [0, 1.0], scale_bound=True)
+    assert continuation(unbounded[0], unbounded, beta=1, prefix_ids=(1,), n=1, max_new_tokens=1).esamp.max_kl is None
+    plain_only = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=0.2)), [0], scale_bound=True)
+    assert continuation(plain_only[0], plain_only, beta=1, prefix_ids=(1,), n=1, max_new_tokens=1).esamp.max_kl == 0.2

@@ -93,7 +93,7 @@ if found and "explore_job" not in st.session_state:  # a reloaded or shared link
     traces, perplexities = history.load(found)
     st.info(f"This link's run, reopened from History (run #{found}): the same prompt, model and settings. "
             "Generate runs it again.")
-    branch = settings.url_branch(traces[0].config, render.primes(traces[0].backend))
+    branch = settings.url_branch([t.config for t in traces], render.primes(traces[0].backend))
     kept = branch and history.find(linked.prompt, model.name or DEFAULT_MODEL, model.backend, [branch])
     if kept and not branches_of(f"history{found}"):
         branches_of(f"history{found}").extend(history.load(kept)[0])  # the link's branch, from History

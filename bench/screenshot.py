@@ -3,6 +3,7 @@ Debian's chromium, and the time that Generate took as a user sees it (click to t
 
     python -m bench.screenshot                      # starts the app, writes docs/explore.png and docs/fork.png
     python -m bench.screenshot --url http://localhost:8501 --out /tmp/explore.png
+    python -m bench.screenshot --views /tmp/views       # what a projector shows: each page at 1024x768 and 1280x800
 
 Without ``--url`` it starts the app on a free port with a throwaway history. The first Generate
 of a fresh app also loads the model and compiles UMAP, so it clicks Generate twice and reports
@@ -144,6 +145,41 @@ def shoot_section(page, heading: str, out: Path, below: str, width: int = 1400) 
     page.screenshot(path=str(out), clip={"x": 0, "y": start, "width": width, "height": end - start + 16})
 
 
+VIEWPORTS = ((1024, 768), (1280, 800))  # a classroom projector, a laptop
+
+
+def shoot_views(browser, url: str, out: Path, query: str = "") -> list[Path]:
+    """What a class sees, window by window (no scrolling), at each of ``VIEWPORTS``: Explore before
+    Generate, while its answers are being written, and just after; Learn; Sweep. Returns the files."""
+    shots = []
+    for width, height in VIEWPORTS:
+        page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+
+        def shot(name: str) -> None:
+            shots.append(out / f"{name}-{width}x{height}.png")
+            page.screenshot(path=str(shots[-1]))
+
+        page.goto(f"{url}/?{query}" if query else url)
+        page.wait_for_selector("text=Prompt and settings", timeout=120_000)
+        page.wait_for_timeout(1500)
+        shot("explore-form")
+        click_generate(page)
+        page.wait_for_selector("text=The answers as they are written", timeout=600_000)
+        page.wait_for_timeout(3000)  # a few tokens more
+        shot("explore-live")
+        wait_for_run(page)
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        page.wait_for_timeout(3000)
+        shot("explore-done")
+        for name in ("learn", "sweep"):
+            page.goto(f"{url}/{name}")
+            page.wait_for_selector("h1", timeout=120_000)
+            page.wait_for_timeout(8000)  # Learn's small run and its charts
+            shot(name)
+        page.context.close()
+    return shots
+
+
 def main(argv=None) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -152,6 +188,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "explore.png")
     ap.add_argument("--fork-out", type=Path, default=ROOT / "docs" / "fork.png", help="the fork view alone")
     ap.add_argument("--query", default="", help="URL parameters instead of the defaults, e.g. 'n=2&tokens=4'")
+    ap.add_argument("--views", type=Path, help="instead: each page as a projector shows it, PNGs in this folder")
     args = ap.parse_args(argv)
     proc = None
     url = args.url
@@ -160,6 +197,10 @@ def main(argv=None) -> None:
     try:
         with sync_playwright() as p:
             browser = launch(p)
+            if args.views is not None:
+                args.views.mkdir(parents=True, exist_ok=True)
+                print("\n".join(map(str, shoot_views(browser, url, args.views, args.query))))
+                return
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             explore = f"{url}/?{args.query}" if args.query else url
             cold = generate_once(page, explore)

@@ -274,9 +274,9 @@ def test_sweep_beta_and_temperature():
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
     assert len(at.session_state["sweep_run"].job.traces) == 2
-    esamp = at.session_state["sweep_run"].job.traces[0].config  # Explore's candidates and warm-up, as said
-    assert (esamp.sampling.top_k, esamp.sampling.top_p, esamp.esamp.warmup_steps) == (
-        DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["warmup"])
+    esamp = at.session_state["sweep_run"].job.traces[0].config  # Explore's candidates, warm-up and bound, as said
+    assert (esamp.sampling.top_k, esamp.sampling.top_p, esamp.esamp.warmup_steps, esamp.esamp.max_kl) == (
+        DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["warmup"], DEFAULTS["max_kl"])  # its top β: the bound
     assert any("Explore's candidates" in c.value for c in at.caption)
     rows = at.dataframe[0].value
     assert list(rows["run"]) == ["esamp β=0.5", "plain T=1"] and set(rows["± s.e. over prompts"]) == {"—"}

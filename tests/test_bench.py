@@ -268,3 +268,14 @@ def test_budget_times_the_fusion_with_and_without_the_bound(tmp_path):
     assert budget.main(["--rows", "4", "--repeats", "2", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["rows"] == 4 and row["ms"]["bounded"] > 0 and 0 <= row["rows_bound"] <= 1
+
+
+def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):
+    from bench import live
+
+    out = tmp_path / "live.json"
+    assert live.main(["--backends", "transformers", "--n", "2", "--tokens", "3", "--pairs", "2",
+                      "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["pairs"] == len(row["ratios"]) == 2 and row["runs"] == len(live.default_runs(2, 3, 0))
+    assert row["live_s"] > 0 and row["without_s"] > 0

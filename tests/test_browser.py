@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import DEFAULTS
 from bench.screenshot import click_generate, launch, start_app, wait_for_run
 from bench.screenshot import stop_app as stop_server
 
@@ -56,16 +57,16 @@ def browser():
         b.close()
 
 
-def open_page(browser, url):
+def open_page(browser, url, viewport=(1400, 1000)):
     """A page in a browser context of its own: its own cookies, so its own Streamlit session."""
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}).new_page()
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     return page, dialogs
 
 
-def start_generating(browser, url, query):
-    page, dialogs = open_page(browser, url)
+def start_generating(browser, url, query, viewport=(1400, 1000)):
+    page, dialogs = open_page(browser, url, viewport)
     page.goto(f"{url}/?{urllib.parse.urlencode(query)}")
     click_generate(page)
     return page, dialogs
@@ -76,8 +77,8 @@ def saved_run_id(page) -> int:
     return int(re.search(r"run #(\d+)", page.locator("text=Saved as run").first.inner_text()).group(1))
 
 
-def generate(browser, url, query, tmp_path, name):
-    page, dialogs = start_generating(browser, url, query)
+def generate(browser, url, query, tmp_path, name, viewport=(1400, 1000)):
+    page, dialogs = start_generating(browser, url, query, viewport)
     wait_for_run(page)
     page.wait_for_selector(".esx-tok", timeout=60_000)
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
@@ -86,9 +87,20 @@ def generate(browser, url, query, tmp_path, name):
     return page, dialogs
 
 
-def test_a_generation_shows_heatmaps_and_the_spread(server, browser, tmp_path):
+def in_view(page, locator) -> bool:
+    """Whether the element's top is inside the window, as the page stands (not scrolled to it)."""
+    box = locator.bounding_box()
+    return box is not None and 0 <= box["y"] < page.viewport_size["height"]
+
+
+def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(server, browser, tmp_path):
+    """At 1024x768 (a classroom projector) what just finished is on screen without scrolling: the form
+    folded away, the run's "saved" line, its β slider and its first answers."""
     form = {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}
-    page, _ = generate(browser, server, form, tmp_path, "explore")
+    page, _ = generate(browser, server, form, tmp_path, "explore", viewport=(1024, 768))
+    assert not page.get_by_role("button", name="Generate").is_visible()  # folded
+    assert in_view(page, page.get_by_text("Saved as run").first) and in_view(page, page.get_by_role("slider").first)
+    assert in_view(page, page.locator(".esx-text").first)
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
     assert page.locator(".js-plotly-plot").count() >= 3
@@ -143,7 +155,21 @@ def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(ser
     page.wait_for_selector("text=What to sweep", timeout=60_000)
     expect(page.get_by_role("textbox", name="Model")).to_have_value("/models/typed", timeout=10_000)
     expect(page.locator("text=Runs on /models/typed")).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("Explore's candidates")).to_be_visible()  # Sweep says it uses Explore's settings
+    bound = page.get_by_role("spinbutton", name="Push per token at most (nats, top β)")
+    expect(bound).to_have_value(f"{DEFAULTS['max_kl']:.2f}")
     page.close()
+
+
+def test_a_page_reloaded_during_its_generate_finds_the_run_and_shows_it_when_done(server, server_db, browser):
+    query = {"prompt": "Name a lake.", "n": 2, "tokens": 48, **TWO_RUNS}
+    page, _ = start_generating(browser, server, query)
+    page.wait_for_selector("text=Run 1 of 2", timeout=300_000)
+    page.reload()
+    page.wait_for_selector("text=still running", timeout=120_000)  # said, and its progress follows
+    assert prompts_of_run(server_db, saved_run_id(page)) == {"Name a lake."}
+    page.wait_for_selector(".esx-tok", timeout=60_000)
+    page.context.close()
 
 
 def prompts_of_run(db: Path, run_id: int) -> set[str]:
@@ -157,6 +183,8 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
     for, then runs; each page shows and saves its own prompt's run, nothing mixed."""
     a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": 64, **TWO_RUNS})
     a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
+    a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)  # the answers as they grow
+    assert a.locator("text=Saved as run").count() == 0 and a.locator(".esx-text").first.inner_text().strip()
     b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6, **TWO_RUNS})
     b.wait_for_selector("text=waiting for another session's run", timeout=60_000)
     run_a, run_b = saved_run_id(a), saved_run_id(b)
@@ -183,6 +211,8 @@ def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
         runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
         a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
         a.wait_for_selector("text=2 runs at once", timeout=300_000)
+        a.wait_for_selector("text=The answers as they are written", timeout=300_000)  # plain's and ESamp's, live
+        assert a.locator("text=Saved as run").count() == 0 and a.locator(".esx-text").count() == 4
         b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
         b.wait_for_selector("text=2 runs at once", timeout=120_000)
         assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once

@@ -8,7 +8,7 @@ import streamlit as st
 from app import render, serving, settings
 from app.jobs import Job, start_job
 from app.resources import embeddings, open_history
-from core import SamplingConfig, methods
+from core import RunConfig, SamplingConfig, beta_ladder, methods
 from core.scoring import trace_perplexities
 from core.tasks import arithmetic_tasks
 from viz import charts
@@ -36,7 +36,9 @@ if mode == TASK:  # outside the form, so that the uploader shows only when it is
     builtin = st.radio("Tasks", ["built-in arithmetic", "upload JSONL (question, answer)"], horizontal=True)
 d = settings.DEFAULTS  # Explore's candidate set and warm-up: a sweep compares the method Explore shows
 st.caption(f"ESamp and plain sampling here draw from Explore's candidates (top-k {d['top_k'] or 'off'}, top-p "
-           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}) with its warm-up of {d['warmup']} tokens; change them below.")
+           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}), with its warm-up of {d['warmup']} tokens and its bound on "
+           f"each token's push ({d['max_kl']:g} nats at the highest β, scaled down with β as on Explore's ladder); "
+           "change them below.")
 with st.form("sweep"):
     if mode == TRADEOFF:
         prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")
@@ -55,12 +57,14 @@ with st.form("sweep"):
     n = c1.number_input("Samples per prompt (n)", 2, max(limits.max_n, 2), min(4, max(limits.max_n, 2)))
     tokens = c2.number_input("Max new tokens", 4, max(limits.max_new_tokens, 4), min(48, max(limits.max_new_tokens, 4)))
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     top_k = c1.number_input("Top-k (0 = off)", 0, 1000, d["top_k"])
     top_p = c2.number_input("Top-p (1 = off)", 0.01, 1.0, d["top_p"], 0.01)
     min_p = c3.number_input("Min-p (0 = off)", 0.0, 1.0, d["min_p"], 0.01)
     warmup = c4.number_input("Warm-up (tokens)", 0, max(limits.max_new_tokens, 4), d["warmup"],
                              help=settings.WARMUP_HELP)
+    max_kl = c5.number_input("Push per token at most (nats, top β)", 0.0, 5.0, d["max_kl"], 0.05,
+                             help=settings.MAX_KL_HELP)
     go = st.form_submit_button("Run sweep", type="primary")
 
 running = st.session_state.get("sweep_run")
@@ -73,7 +77,8 @@ if go:
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            configs = [methods.esamp(SamplingConfig(**sampling), b, warmup_steps=int(warmup)) for b in sorted(betas)]
+            base = RunConfig(sampling=SamplingConfig(**sampling), esamp=settings.esamp_of(int(warmup), float(max_kl)))
+            configs = beta_ladder(base, sorted(betas), scale_bound=True) if betas else []  # Explore's ESamp
             configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]
         else:
             tasks = (arithmetic_tasks(count, int(seed)) if builtin == "built-in arithmetic" or upload is None

@@ -126,11 +126,7 @@ def comparison(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float
     _metrics_and_commands(traces, labels, stats, shown, focus, current, key)
     if base is not None and len(rungs) > 1:
         _forks(traces, labels, rungs, now, prompt_index, f"{key}_fork{run_key}")
-    others = [i for i in range(len(traces)) if i not in shown]
-    if others:
-        with st.expander(f"The other {len(others)} runs' answers"):
-            for i in others:
-                _answers(traces[i], labels[i], signal, prompt_index, value_range)
+    _other_answers(traces, labels, shown, signal, prompt_index, value_range)
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.loss_figure([traces[i] for i in shown], [labels[i] for i in shown]), key=f"{key}_loss")
     c2.plotly_chart(charts.novelty_figure([traces[i] for i in shown], [labels[i] for i in shown], relative=True),
@@ -196,6 +192,16 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
                 f"{f.position + 1}:** plain sampling drew {plain_word}, {md(focus)} drew "
                 f"{md(token_label(f.esamp.text, f.esamp.id))}{novelty}. Its candidates there, before and after fusion:")
     st.dataframe(candidate_rows(f.esamp), hide_index=True)
+
+
+def _other_answers(traces: Sequence[RunTrace], labels: Sequence[str], shown: Sequence[int], signal: str,
+                   prompt_index: int, value_range) -> None:
+    """The answers of the runs not side by side, folded away."""
+    others = [i for i in range(len(traces)) if i not in shown]
+    if others:
+        with st.expander(f"The other {len(others)} runs' answers"):
+            for i in others:
+                _answers(traces[i], labels[i], signal, prompt_index, value_range)
 
 
 def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Sequence[RunTrace] = (),

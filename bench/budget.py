@@ -2,7 +2,7 @@
 bound and without it, on the same candidates, the two alternating many times (so the machine's drift
 moves both alike).
 
-    python -m bench.budget                                # 64 and 384 rows, top-p 0.9, β = 1.5, 0.3 nats
+    python -m bench.budget                                # 64 and 384 rows, top-p 0.9, β = 1.5, the default bound
     python -m bench.budget --json bench/results/budget.json --markdown bench/results/budget.md
 
 The inputs are a real step's: the embedded model's shallow and final states over the first positions of

@@ -95,12 +95,12 @@ def in_view(page, locator) -> bool:
 
 def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(server, browser, tmp_path):
     """At 1024x768 (a classroom projector) what just finished is on screen without scrolling: the form
-    folded away, the run's "saved" line, its β slider and its first answers."""
+    folded away, the run's "saved" line, its β slider and the sentence that compares it with plain's."""
     form = {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}
     page, _ = generate(browser, server, form, tmp_path, "explore", viewport=(1024, 768))
     assert not page.get_by_role("button", name="Generate").is_visible()  # folded
     assert in_view(page, page.get_by_text("Saved as run").first) and in_view(page, page.get_by_role("slider").first)
-    assert in_view(page, page.locator(".esx-text").first)
+    assert in_view(page, page.get_by_text(re.compile("vs plain: ")).first)
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
     assert page.locator(".js-plotly-plot").count() >= 3

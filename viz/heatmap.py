@@ -133,8 +133,10 @@ CSS = """
 .esx-text{white-space:pre-wrap;word-break:break-word;color:#111}
 .esx-tok{border-radius:3px;padding:1px 0;cursor:help}
 .esx-nl{opacity:.55;font-size:11px}
-.esx-legend{display:flex;align-items:center;gap:.5em;font-size:12px;color:#444;margin:.3em 0 .6em 0}
-.esx-bar{height:12px;width:220px;border-radius:3px;border:1px solid #ccc}
+.esx-legend{display:flex;flex-wrap:wrap;align-items:center;gap:.2em .5em;font-size:12px;line-height:1.4;color:#444;
+  margin:.3em 0 .6em 0}
+.esx-legend>span{flex:0 0 auto;max-width:100%}
+.esx-bar{height:12px;width:160px;border-radius:3px;border:1px solid #ccc}
 .esx-note{color:#666}
 """
 

@@ -86,6 +86,7 @@ if form is not None:
         lm, [chosen.prompt], configs, [config_label(c) for c in configs], score=trace_perplexities,
         finish=history and (lambda job: history.save(job.traces, job.perplexities)),
         key=job_key(chosen))
+    st.rerun()  # drawn again with the form folded: the answers appear at the top as they are written
 
 
 

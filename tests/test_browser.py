@@ -100,7 +100,7 @@ def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(serve
     page, _ = generate(browser, server, form, tmp_path, "explore", viewport=(1024, 768))
     assert not page.get_by_role("button", name="Generate").is_visible()  # folded
     assert in_view(page, page.get_by_text("Saved as run").first) and in_view(page, page.get_by_role("slider").first)
-    assert in_view(page, page.get_by_text(re.compile("vs plain: ")).first)
+    assert in_view(page, page.get_by_text(re.compile("per setting|vs plain: ")).first)  # n = 2: the first
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
     assert page.locator(".js-plotly-plot").count() >= 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -73,7 +74,7 @@ def initial(source: str, dtype: str, cfg: EsampConfig, lm=None) -> list[torch.Te
             else:
                 _memory[k] = build(lm if lm is not None else _load(source, dtype), cfg)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+                tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # no two writers share it
                 torch.save(_memory[k], tmp)
                 tmp.replace(path)  # whole or not at all: another process may be reading the cache
         return _memory[k]

@@ -15,12 +15,6 @@ SLOW_FILES = {"test_browser.py", "test_vllm_server.py", "test_vllm.py", "test_be
 
 
 def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("ESAMP_TEST_THREADS"):
-        torch.set_num_threads(int(os.environ["ESAMP_TEST_THREADS"]))  # ./run test: the cores shared by the workers
-    _share_vllm_engines()
-
-
-def _share_vllm_engines():
     """One in-process vLLM engine per (model, dtype) for the whole session: the test files and the
     benchmarks' quick runs called in this process share it instead of starting their own (a start is
     20-60 s on 2 cores). An engine in vLLM's own process, or with engine options, starts as asked."""
@@ -54,23 +48,10 @@ def _share_vllm_engines():
     backends.get_backend = get_backend
 
 
-# The files that start something expensive once for all their tests (a server, the app, chromium, a vLLM
-# engine: module fixtures), heaviest first. Under pytest-xdist (``./run test`` runs two workers, with
-# ``--dist loadgroup``) each goes whole to one worker, these first, so that the two finish together;
-# every other test is handed out one at a time to whichever worker is free.
-WHOLE_FILES = ["test_browser.py", "test_vllm_server.py", "test_vllm.py"]
-FIRST = WHOLE_FILES + ["test_bench.py"]  # then the benchmarks' runs, each 10-60 s, to fill the gaps
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
-        if item.path.name in WHOLE_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: a file keeps its order
-
 
 
 @pytest.fixture(scope="session")

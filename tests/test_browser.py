@@ -41,10 +41,16 @@ def server_db(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(server_db):
+def app_process(server_db):
+    """The app every test without settings of its own shares: (its process, its URL)."""
     proc, url = start_server(server_db)
-    yield url
+    yield proc, url
     stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def server(app_process):
+    return app_process[1]
 
 
 @pytest.fixture(scope="module")
@@ -296,53 +302,57 @@ SPREAD_HIGHLIGHT = """() => {
 }"""
 
 
-def test_the_beta_slider_redraws_everything_without_generating_again(browser, tmp_path):
+def test_the_beta_slider_redraws_everything_without_generating_again(app_process, server_db, browser, tmp_path):
     """Generate a four-β ladder once, move the slider across every β: the heatmaps, the spread's
     highlighted run and the metrics change each time while the server's log counts four
     generations; then a click on a point of the spread opens that answer."""
     from playwright.sync_api import expect
 
-    proc, url = start_server(tmp_path / "h.sqlite3")
-    try:
-        # no warm-up and a bound of 3 nats at the top (0.75 and 1.5 below it): every β changes these 10
-        # tokens (under the default 0.2 neighbouring rungs may draw the same ones)
-        query = {"prompt": "Describe a city in the year 3000.", "n": 3, "tokens": 10, "ladder": "0,0.25,0.5,1",
-                 "warmup": 0, "max_kl": 3, "backend": "transformers"}
-        page, dialogs = generate(browser, url, query, tmp_path, "ladder")
-        slider = page.get_by_role("slider").first
-        states = []
-        for key, beta in [(None, 1.0), ("ArrowLeft", 0.5), ("ArrowRight", 1.0), ("ArrowLeft", 0.5),
-                          ("ArrowLeft", 0.25), ("ArrowLeft", 0.0)]:  # it opens at the default β's nearest, 1
-            if key:
-                slider.press(key)
-            label = "plain" if beta == 0 else f"esamp β={beta:g}"
-            page.wait_for_function(f"({SPREAD_HIGHLIGHT})() === {json.dumps(label)}", timeout=60_000)
-            expect(page).to_have_url(re.compile(rf"beta={beta:g}(&|$)"), timeout=30_000)
-            page.wait_for_timeout(500)
+    proc, url = app_process
+    logged = proc.log.stat().st_size  # the shared app's log from here on is this test's
+    # no warm-up and a bound of 3 nats at the top (0.75 and 1.5 below it): every β changes these 10
+    # tokens (under the default 0.2 neighbouring rungs may draw the same ones)
+    prompt = "Describe a city in the year 3000."
+    query = {"prompt": prompt, "n": 3, "tokens": 10, "ladder": "0,0.25,0.5,1", "warmup": 0, "max_kl": 3,
+             "backend": "transformers"}
+    page, dialogs = generate(browser, url, query, tmp_path, "ladder")
+    slider = page.get_by_role("slider").first
+    states = []
+    for key, beta in [(None, 1.0), ("ArrowLeft", 0.5), ("ArrowRight", 1.0), ("ArrowLeft", 0.5),
+                      ("ArrowLeft", 0.25), ("ArrowLeft", 0.0)]:  # it opens at the default β's nearest, 1
+        if key:
+            slider.press(key)
+        label = "plain" if beta == 0 else f"esamp β={beta:g}"
+        page.wait_for_function(f"({SPREAD_HIGHLIGHT})() === {json.dumps(label)}", timeout=60_000)
+        expect(page).to_have_url(re.compile(rf"beta={beta:g}(&|$)"), timeout=30_000)
+        for _ in range(120):  # the page redraws in pieces (slowly on a busy machine): until they follow
             heatmaps = tuple(page.locator(".esx-text:visible").all_inner_texts())
             metrics = tuple(page.locator('[data-testid="stMetricValue"]').all_inner_texts())
-            headers = page.locator("h3:visible").all_inner_texts()
-            assert headers[:2] == (["plain", "Semantic spread"] if beta == 0 else ["plain", label])
-            states.append((heatmaps, metrics))
-        for before, after in zip(states, states[1:]):
-            assert before[0] != after[0] and before[1] != after[1]  # the heatmaps and metrics followed the slider
-        assert states[0] == states[2]  # back at 1: the same run, drawn the same
+            if not states or (heatmaps != states[-1][0] and metrics != states[-1][1]):
+                break
+            page.wait_for_timeout(500)
+        headers = page.locator("h3:visible").all_inner_texts()
+        assert headers[:2] == (["plain", "Semantic spread"] if beta == 0 else ["plain", label])
+        states.append((heatmaps, metrics))
+    for before, after in zip(states, states[1:]):
+        assert before[0] != after[0] and before[1] != after[1]  # the heatmaps and metrics followed the slider
+    assert states[0] == states[2]  # back at 1: the same run, drawn the same
 
-        # the slider is at β = 0 now: plain's answers are the ones on top
-        answers = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").last.locator("path.point")
-        answers.first.scroll_into_view_if_needed()
-        box = answers.first.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        expect(page.locator(".esx-sample:visible")).to_have_count(3 + 1, timeout=60_000)  # its heatmap opened
-        texts = page.locator(".esx-text:visible").all_inner_texts()
-        assert texts[-1] in texts[:3]  # the opened answer is one of plain's, the run on top of the map
-        assert dialogs == []
-    finally:
-        log = stop_server(proc)
+    # the slider is at β = 0 now: plain's answers are the ones on top
+    answers = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").last.locator("path.point")
+    answers.first.scroll_into_view_if_needed()
+    box = answers.first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator(".esx-sample:visible")).to_have_count(3 + 1, timeout=60_000)  # its heatmap opened
+    texts = page.locator(".esx-text:visible").all_inner_texts()
+    assert texts[-1] in texts[:3]  # the opened answer is one of plain's, the run on top of the map
+    assert dialogs == []
+    page.context.close()
+    log = proc.log.read_bytes()[logged:].decode(errors="replace")
     runs = [int(n) for n in re.findall(r"app\.jobs: generating (\d+) run", log)]
     assert sum(runs) == 4, log[-3000:]  # one Generate (its 4 runs together or in turn), never again
-    with sqlite3.connect(tmp_path / "h.sqlite3") as con:
-        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    with sqlite3.connect(server_db) as con:
+        assert con.execute("SELECT COUNT(*) FROM runs WHERE prompt = ?", (prompt,)).fetchone()[0] == 1
 
 
 def test_the_screenshot_script_drives_the_running_app(server, tmp_path):

@@ -234,6 +234,21 @@ def test_passk_runs_through_the_server(server, tmp_path):
     assert all(len(curve) == 4 and 0 <= curve[-1] <= 1 for curve in report["pass_at_k"].values())
 
 
+def test_served_quick_times_the_server_beside_the_in_process_backend(server, tmp_path, capsys):
+    """bench.served on this module's server (its own start is what bench.served does without --server)."""
+    from bench import served as served_bench
+
+    out = tmp_path / "served.json"
+    assert served_bench.main(["--quick", "--server", server, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native",
+                          "served-esamp", "routes-plain", "routes-esamp"]
+    assert all(r["median_tokens_per_s"] > 0 for r in rows.values())
+    assert rows["served-esamp"]["ratio_to_inprocess"] > 0 and rows["served-esamp"]["esamp_to_plain"] > 0
+    assert report["machine"]["cpu"] and "| served-esamp | 1x2 |" in capsys.readouterr().out
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
 def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
     """Two tensor-parallel ranks (a tiny random Llama with 2 heads: the embedded model's 9 cannot be

@@ -8,6 +8,8 @@ from html import escape
 from pathlib import Path
 from typing import Sequence
 
+import plotly.io as pio
+
 from core.trace import RunTrace
 
 from . import charts, heatmap, spread
@@ -145,16 +147,15 @@ def build_report(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[flo
 
 
 def write_images(figures: dict, folder: str | Path) -> list[Path]:
-    """Each figure as PNG and SVG (kaleido, which drives the machine's Chrome or Chromium)."""
+    """Each figure as PNG and SVG (kaleido, which drives the machine's Chrome or Chromium: one browser
+    for all of them, ``plotly.io.write_images``, instead of one a file)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            path = folder / f"{name}.{ext}"
-            fig.write_image(path, width=900, height=fig.layout.height or 420)
-            written.append(path)
-    return written
+    jobs = [(fig, folder / f"{name}.{ext}") for name, fig in figures.items() for ext in ("png", "svg")]
+    if jobs:
+        pio.write_images([f for f, _ in jobs], [p for _, p in jobs], width=900,
+                         height=[f.layout.height or 420 for f, _ in jobs])
+    return [p for _, p in jobs]
 
 
 def write_report(traces: Sequence[RunTrace], path: str | Path, images: str | Path | None = None,

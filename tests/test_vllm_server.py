@@ -182,24 +182,47 @@ def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
     assert proc.served()["resting"] == processor.SERVED_RESTING and (3, 2) in proc.served()["done"]
 
 
-def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(tmp_path):
+KEY = "sekret"
+
+
+@pytest.fixture(scope="module")
+def keyed_dp_server(tmp_path_factory):
+    """A second server, for the tests that need its options: two data-parallel engines behind an API
+    key (one start for both tests: a start is about half a minute on 2 cores)."""
+    log = tmp_path_factory.mktemp("dp") / "dp.log"
+    dp = ("--data-parallel-size", "2", "--kv-cache-memory-bytes", str(2**29))
+    with running_server(log, *dp, "--api-key", KEY) as url:
+        yield url
+
+
+def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_dp_server):
     """Two engines (--data-parallel-size 2): every request's n samples joined one engine's run (a run
     some of whose samples went to the other engine would rest instead of being done; vLLM's own
     placement spreads them round robin)."""
-    with running_server(tmp_path / "dp.log", "--data-parallel-size", "2", "--kv-cache-memory-bytes", str(2**29)) as url:
-        two = openai.OpenAI(base_url=url + "/v1", api_key="not needed", max_retries=0)
-        asks = [(2, 3), (3, 8), (2, 9), (4, 1)]
-        for n, seed in asks:
-            assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
-        ranks = rpc(url, "esamp_served")
-        lm = load_model(backend="server", url=url)  # ESamp's routes: each run on one engine, taken from it
-        traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
-        assert [len(t.samples) for t in traces] == [3, 3, 3]
-        assert all(t.samples[0].tokens[-1].novelty is not None for t in traces)
+    url = keyed_dp_server
+    two = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    asks = [(2, 3), (3, 8), (2, 9), (4, 1)]
+    for n, seed in asks:
+        assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
+    ranks = rpc(url, "esamp_served")
+    lm = load_model(backend="server", url=url, api_key=KEY)  # ESamp's routes: each run on one engine, taken from it
+    traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
+    assert [len(t.samples) for t in traces] == [3, 3, 3]
+    assert all(t.samples[0].tokens[-1].novelty is not None for t in traces)
     # vLLM answers from its first engine only: the runs that engine had, each with all its samples.
     (first,) = ranks
     assert first["done"] and all(n == rows for n, rows in first["done"]), first
     assert first["live"] == 0 and first["resting"] == 0
+
+
+def test_a_servers_api_key_guards_esamps_routes_too(keyed_dp_server):
+    url = keyed_dp_server
+    with pytest.raises(ModelLoadError, match="Unauthorized"):
+        load_model(backend="server", url=url)
+    assert post(url, "check", {"prompts": [PROMPT], "configs": [config_with()]})[0] == 401
+    lm = load_model(backend="server", url=url, api_key=KEY)
+    (trace,) = generate_runs(lm, [PROMPT], [esamp_config(n=2, tokens=4)])
+    assert len(trace.samples) == 2
 
 
 def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
@@ -489,13 +512,3 @@ def test_quality_runs_every_method_through_the_servers_routes(server, tmp_path):
     labels = set(report["methods"])
     assert any(label.startswith("esamp") for label in labels) and any("fire" in label.lower() for label in labels)
     assert all(r["summary"]["perplexity"]["mean"] > 1 for r in report["methods"].values())
-
-
-def test_a_servers_api_key_guards_esamps_routes_too(tmp_path):
-    with running_server(tmp_path / "key.log", "--api-key", "sekret") as url:
-        with pytest.raises(ModelLoadError, match="Unauthorized"):
-            load_model(backend="server", url=url)
-        assert post(url, "check", {"prompts": [PROMPT], "configs": [config_with()]})[0] == 401
-        lm = load_model(backend="server", url=url, api_key="sekret")
-        (trace,) = generate_runs(lm, [PROMPT], [esamp_config(n=2, tokens=4)])
-        assert len(trace.samples) == 2

@@ -218,7 +218,9 @@ def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
         a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
         a.wait_for_selector("text=2 runs at once", timeout=300_000)
         a.wait_for_selector("text=The answers as they are written", timeout=300_000)  # plain's and ESamp's, live
-        assert a.locator("text=Saved as run").count() == 0 and a.locator(".esx-text").count() == 4
+        a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)
+        expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
+        assert a.locator("text=Saved as run").count() == 0
         b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
         b.wait_for_selector("text=2 runs at once", timeout=120_000)
         assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once

@@ -59,12 +59,9 @@ def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
 
 
 def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
-    """In a fresh process: vLLM engines are per process, and this one starts its own."""
+    """In this process: its vLLM engines (both dtypes) are the session's shared ones (conftest)."""
     out, table = tmp_path / "s.json", tmp_path / "s.md"
-    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--json", str(out),
-                           "--markdown", str(table)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert speed.main(["--quick", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
     backends = ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
     assert list(report["backends"]) == backends
@@ -213,16 +210,15 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
 
 
 def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
-    """In a fresh process (its own vLLM engine): K sessions from threads, each finishing with its tokens."""
+    """K sessions from threads, each finishing with its tokens, on the session's shared vLLM engine."""
     if importlib.util.find_spec("vllm") is None:
         import pytest
 
         pytest.skip("vLLM is optional; ./run test installs it")
+    from bench import concurrency
+
     out = tmp_path / "c.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.concurrency", "--ks", "1,2", "--tokens", "2",
-                           "--placements", "inline", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert concurrency.main(["--ks", "1,2", "--tokens", "2", "--placements", "inline", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["placements"]["inline"]
     assert [r["k"] for r in rows] == [1, 2] and [r["rows"] for r in rows] == [64, 128]

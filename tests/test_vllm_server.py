@@ -186,16 +186,36 @@ KEY = "sekret"
 
 
 @pytest.fixture(scope="module")
-def keyed_dp_server(tmp_path_factory):
-    """A second server, for the tests that need its options: two data-parallel engines behind an API
-    key (one start for both tests: a start is about half a minute on 2 cores)."""
+def tiny(tmp_path_factory) -> str:
+    """A tiny random Llama with the embedded model's tokenizer and 2 heads (the embedded model's 9
+    cannot be split across two tensor-parallel ranks); its folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from core.backends.embedded import model_source
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny"
+    tokenizer = AutoTokenizer.from_pretrained(model_source(DEFAULT_MODEL))
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id))
+    tiny.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def keyed_dp_server(tiny, tmp_path_factory):
+    """A second server, for the tests that need its options: the tiny Llama on two data-parallel
+    engines behind an API key. One start for three tests (a start is about half a minute on 2 cores):
+    each engine is one rank, the tensor-parallel test's reference."""
     log = tmp_path_factory.mktemp("dp") / "dp.log"
-    dp = ("--data-parallel-size", "2", "--kv-cache-memory-bytes", str(2**29))
-    with running_server(log, *dp, "--api-key", KEY) as url:
+    dp = ("--data-parallel-size", "2", "--api-server-count", "1", "--kv-cache-memory-bytes", str(2**28))
+    with running_server(log, *dp, "--api-key", KEY, model=tiny) as url:
         yield url
 
 
-def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_dp_server):
+def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_dp_server, tiny):
     """Two engines (--data-parallel-size 2): every request's n samples joined one engine's run (a run
     some of whose samples went to the other engine would rest instead of being done; vLLM's own
     placement spreads them round robin)."""
@@ -203,7 +223,7 @@ def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_d
     two = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
     asks = [(2, 3), (3, 8), (2, 9), (4, 1)]
     for n, seed in asks:
-        assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed)) == n
+        assert len(complete(two, {"esamp_beta": 1.0}, n=n, seed=seed, model=tiny)) == n
     ranks = rpc(url, "esamp_served")
     lm = load_model(backend="server", url=url, api_key=KEY)  # ESamp's routes: each run on one engine, taken from it
     traces = generate_runs(lm, [PROMPT], [esamp_config(beta=b, n=3) for b in (0.5, 1.0, 1.5)])
@@ -273,43 +293,28 @@ def test_served_quick_times_the_server_beside_the_in_process_backend(server, tmp
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
-def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tmp_path):
-    """Two tensor-parallel ranks (a tiny random Llama with 2 heads: the embedded model's 9 cannot be
-    split) give ESamp's tokens exactly as one rank does: each rank's head is the whole one, gathered."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from core.backends.embedded import model_source
-
-    tokenizer = AutoTokenizer.from_pretrained(model_source(DEFAULT_MODEL))
-    torch.manual_seed(0)
-    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id))
-    tiny.save_pretrained(tmp_path / "tiny", safe_serialization=True)
-    tokenizer.save_pretrained(tmp_path / "tiny")
+def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tiny, keyed_dp_server, tmp_path):
+    """Two tensor-parallel ranks give ESamp's tokens exactly as one rank does (an engine of the
+    data-parallel server): each rank's head is the whole one, gathered."""
     asks = [None, {"esamp_beta": 0.0}, {"esamp_beta": 3.0}]
-    got = []
-    for tp in (1, 2):
-        env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if tp > 1 else {}
-        with running_server(tmp_path / f"tp{tp}.log", "--tensor-parallel-size", str(tp), "--kv-cache-memory-bytes",
-                            str(2**28), model=str(tmp_path / "tiny"), env=env) as url:
-            c, model = client_lib.connect(url, timeout=120)
-            try:
-                own = complete(c, None, n=3, model=model)
-            except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
-                pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
-                            "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
-                            "or no answer within the client's timeout)")
-            answers = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
-            ranks = rpc(url, "esamp_served")
-            lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
-            (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
-            assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
-        assert len(ranks) == tp and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
-        got.append(answers)
-    one, two = got
+    one_rank = openai.OpenAI(base_url=keyed_dp_server + "/v1", api_key=KEY, max_retries=0)
+    one = [complete(one_rank, xargs, n=3, model=tiny) for xargs in asks]
+    with running_server(tmp_path / "tp2.log", "--tensor-parallel-size", "2", "--kv-cache-memory-bytes",
+                        str(2**28), model=tiny, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as url:
+        c, model = client_lib.connect(url, timeout=120)
+        try:
+            own = complete(c, None, n=3, model=model)
+        except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
+            pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
+                        "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
+                        "or no answer within the client's timeout)")
+        two = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
+        ranks = rpc(url, "esamp_served")
+        lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
+        (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
+        assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
+    assert len(ranks) == 2 and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
     assert two == one and one[1] == one[0] and one[2] != one[0]  # β = 0 is vLLM's own; β > 0 steers
-
 
 
 # ESamp's own routes (core/backends/vllm/routes.py) and their client, the backend "server"

@@ -21,6 +21,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
 TWO_RUNS = {"ladder": "0,0.25", "backend": "transformers"}  # plain and ESamp β=0.25: a small Generate
+OWN = {"ESAMP_BACKEND": "transformers"}  # an app of a test's own preloads the model its TWO_RUNS use, not vLLM
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -125,14 +126,14 @@ def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, t
 
 def test_a_run_survives_a_restart_and_reopens_with_its_pictures(browser, tmp_path):
     db = tmp_path / "h.sqlite3"
-    proc, url = start_server(db)
+    proc, url = start_server(db, **OWN)
     try:
         form = {"prompt": "Name a tree.", "n": 2, "tokens": 6, **TWO_RUNS}
         page, _ = generate(browser, url, form, tmp_path, "before")
         first_answer = page.locator(".esx-text").first.inner_text()
     finally:
         stop_server(proc)
-    proc, url = start_server(db)  # a new server process on the same database
+    proc, url = start_server(db, **OWN)  # a new server process on the same database
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/history")
@@ -206,43 +207,40 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is optional; ./run test installs it")
-def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
+def test_two_sessions_generate_at_once_on_vllm(server, server_db, browser):
     """On vLLM no session waits for another: both pages show their own runs generating at the same
-    time, both finish, and each saves its own prompt's run."""
+    time, both finish, and each saves its own prompt's run (on the shared app, whose default backend
+    vLLM is)."""
     from playwright.sync_api import expect
 
-    db = tmp_path / "h.sqlite3"
-    proc, url = start_server(db, ESAMP_BACKEND="vllm")
-    try:
-        runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
-        a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
-        a.wait_for_selector("text=2 runs at once", timeout=300_000)
-        a.wait_for_selector("text=The answers as they are written", timeout=300_000)  # plain's and ESamp's, live
-        a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)
-        expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
-        assert a.locator("text=Saved as run").count() == 0
-        b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
-        b.wait_for_selector("text=2 runs at once", timeout=120_000)
-        assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
-        run_b = saved_run_id(b)
-        assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
-        run_a = saved_run_id(a)
-        for page in (a, b):
-            assert page.locator("text=waiting for").count() == 0
-            expect(page.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers
-        assert prompts_of_run(db, run_a) == {"Tell a long story about a river."}
-        assert prompts_of_run(db, run_b) == {"Name a mountain."}
-        a.context.close()
-        b.context.close()
-    finally:
-        stop_server(proc)
+    url, db = server, server_db
+    runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
+    a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
+    a.wait_for_selector("text=2 runs at once", timeout=300_000)
+    a.wait_for_selector("text=The answers as they are written", timeout=300_000)  # plain's and ESamp's, live
+    a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)
+    expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
+    assert a.locator("text=Saved as run").count() == 0
+    b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
+    b.wait_for_selector("text=2 runs at once", timeout=120_000)
+    assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
+    run_b = saved_run_id(b)
+    assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
+    run_a = saved_run_id(a)
+    for page in (a, b):
+        assert page.locator("text=waiting for").count() == 0
+        expect(page.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers
+    assert prompts_of_run(db, run_a) == {"Tell a long story about a river."}
+    assert prompts_of_run(db, run_b) == {"Name a mountain."}
+    a.context.close()
+    b.context.close()
 
 
 def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):
     """Closing a tab while it generates stops its run soon after (keeping what it made) so the next
     session is not left waiting for a run nobody watches."""
     db = tmp_path / "h.sqlite3"
-    proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="3")
+    proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="3", **OWN)
     try:
         a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": 256, **TWO_RUNS})
         a.wait_for_selector("text=Run 1 of 2", timeout=300_000)

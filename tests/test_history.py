@@ -106,20 +106,28 @@ def test_keep_deletes_the_oldest_runs_beyond_the_limit(tmp_path):
 
 
 WRITER = """
-import sys
+import os, sys
 from app.history import History
 from core.trace import RunTrace
-h, t = History(sys.argv[1]), RunTrace.load(sys.argv[2])
-print("ready", flush=True)
-while True:
-    print(h.save([t, t, t]), flush=True)
+t = RunTrace.load(sys.argv[2])
+for acks in sys.stdin:  # a writer for each line: a child forked from here (imported once), killed by the test
+    pid = os.fork()
+    if pid == 0:
+        h, out = History(sys.argv[1]), open(acks.strip(), "w")
+        print(os.getpid(), flush=True)
+        while True:
+            out.write(f"{h.save([t, t, t])}\\n")  # after the commit: a run this process saw saved
+            out.flush()
+    os.waitpid(pid, 0)
 """
 
 
 def test_a_process_killed_mid_save_loses_at_most_the_run_in_flight(tmp_path):
     """SIGKILL a real process that saves runs of three large traces back to back, at random moments,
     many times: the database stays readable, every earlier run is whole, the one in flight whole or absent."""
+    import os
     import random
+    import signal
     import subprocess
     import sys
     import time
@@ -130,13 +138,19 @@ def test_a_process_killed_mid_save_loses_at_most_the_run_in_flight(tmp_path):
     big.save(tmp_path / "big.json")
     path, rng = tmp_path / "h.sqlite3", random.Random(0)
     before = 0
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(tmp_path / "big.json")],
-                                cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+    writers = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(tmp_path / "big.json")],
+                               cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    for i in range(12):
+        acks = tmp_path / f"acks{i}"
+        writers.stdin.write(f"{acks}\n")
+        writers.stdin.flush()
+        pid = int(writers.stdout.readline())
         time.sleep(rng.uniform(0.2, 1.5))  # a save takes ~0.2 s here, most of it encoding JSON
-        proc.kill()
-        acknowledged = len(proc.communicate()[0].split())  # runs the writer saw committed
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid) and writers.poll() is None:  # gone: it writes nothing more
+            time.sleep(0.01)
+        acknowledged = len(acks.read_text().split())  # runs the writer saw committed (it made acks first)
         h = History(path)
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -146,4 +160,17 @@ def test_a_process_killed_mid_save_loses_at_most_the_run_in_flight(tmp_path):
         assert before + acknowledged <= runs <= before + acknowledged + 1  # nothing acknowledged was lost
         before = runs
         assert all(len(h.load(r.id)[0]) == 3 for r in h.list(limit=2))  # the newest ones read back whole
+    writers.stdin.close()
+    writers.wait(60)
     assert runs >= 12  # it did save between the kills
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` (a writer's forked child) is not yet reaped by the process that forked it."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -2,10 +2,6 @@
 with tiny generations."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +14,7 @@ from core.esamp.steerer import Steerer  # noqa: E402
 from core.backends.hooks import capture_states  # noqa: E402
 from core import ModelLoadError  # noqa: E402
 from core.backends.vllm import hooks  # noqa: E402
+from core import cli  # noqa: E402
 
 PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
 
@@ -262,7 +259,8 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
-    """A checkpoint saved locally (no hub) through `python -m core generate --backend vllm`."""
+    """A checkpoint saved locally (no hub) through `python -m core generate --backend vllm` (its main, in
+    this process: a process of its own would start a second vLLM, the same code)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -273,12 +271,8 @@ def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "run.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "core", "generate", "Hello", "--model", str(tmp_path / "tiny"), "--backend", "vllm",
-         "-n", "2", "--max-new-tokens", "6", "--ignore-eos", "--quiet", "--json", str(out)],
-        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cli.main(["generate", "Hello", "--model", str(tmp_path / "tiny"), "--backend", "vllm", "-n", "2",
+                     "--max-new-tokens", "6", "--ignore-eos", "--quiet", "--json", str(out)]) == 0
     trace = json.loads(out.read_text())
     assert trace["backend"] == "vllm" and len(trace["samples"]) == 2
     assert all(len(s["tokens"]) == 6 for s in trace["samples"])
@@ -328,7 +322,12 @@ def test_a_pretrained_start_predicts_better_than_nothing_on_vllm_too(vlm, check_
 
 @pytest.fixture(scope="module")
 def vlm_process():
-    lm = load_model(backend="vllm", dtype="float32", placement="process")
+    """The engine in vLLM's own process, capturing graph-safe (ESAMP_VLLM_CUDA_GRAPHS=1, which the
+    plugin reads as it registers there); ``vlm`` has the default hooks, so comparing the two checks
+    the placement and the capture with one engine start."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(hooks.GRAPHS_ENV, "1")
+        lm = load_model(backend="vllm", dtype="float32", placement="process")
     yield lm
     lm.close()
 
@@ -364,19 +363,14 @@ def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
     assert token_ids(kept) == token_ids(generate(vlm, PROMPTS[1:], cfg)) and not kept.stopped
 
 
-def test_graph_safe_capture_runs_the_same_esamp_as_the_default_hooks(vlm, monkeypatch):
+def test_graph_safe_capture_runs_the_same_esamp_as_the_default_hooks(vlm, vlm_process):
     """ESAMP_VLLM_CUDA_GRAPHS=1: the hooks go in as the model loads and take the sampled rows from the
     runner's own index buffer, with no Python inside the forward pass (what a CUDA graph replays). On
     CPU the engine stays eager; a run's tokens, signals and losses are the default hooks' ones."""
-    monkeypatch.setenv(hooks.GRAPHS_ENV, "1")  # its own engine process: the plugin reads it as it registers
-    lm = load_model(backend="vllm", dtype="float32", placement="process")
-    try:
-        assert lm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
-        assert not vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
-        cfg = _config(0.5, seed=21, n=1, tokens=12)
-        assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(lm, PROMPTS, cfg))
-    finally:
-        lm.close()
+    assert vlm_process.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+    assert not vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+    cfg = _config(0.5, seed=21, n=1, tokens=12)
+    assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg))
 
 
 # bfloat16 last: a second engine, in this machine's fast dtype or emulated. Two implementations

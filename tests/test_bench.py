@@ -3,16 +3,11 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bench import passk, quality, speed
 from core import RunConfig
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quality_quick_reports_every_method_and_metric(tmp_path):
@@ -94,20 +89,20 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
 
 def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):
     pytest.importorskip("vllm")
+    from bench import sampler
+
     out = tmp_path / "sampler.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.sampler", "--rows", "4,8", "--repeats", "2",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sampler.main(["--rows", "4,8", "--repeats", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [r["rows"] for r in report["rows"]] == [4, 8] and report["machine"]["cpu"]
     for r in report["rows"]:
         assert r["same_candidates"] and r["ms"]["plain"] > 0 and r["ms"]["vllm-native"] > 0
 
 
-def test_speed_refuses_a_workload_it_cannot_run_as_labelled():
-    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--backends", "transformers", "--workloads", "99x16"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "needs 99 distinct prompts" in proc.stderr
+def test_speed_refuses_a_workload_it_cannot_run_as_labelled(capsys):
+    with pytest.raises(SystemExit) as exit:
+        speed.main(["--backends", "transformers", "--workloads", "99x16"])
+    assert exit.value.code == 2 and "needs 99 distinct prompts" in capsys.readouterr().err
 
 
 def test_distiller_quick_reports_every_design_and_the_check_through_generate(tmp_path):

@@ -219,7 +219,7 @@ def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
     assert isinstance(broken, RuntimeError) and "a broken run" in str(broken)
     assert token_ids(kept) == token_ids(alone)
     assert run(vlm, n=1, max_new_tokens=2).timings.new_tokens > 0  # the engine goes on
-    assert not vlm.engine.call(lambda llm: llm.collective_rpc("esamp_processor")[0].runs)  # no run's state stays behind
+    assert not vlm.engine.call(lambda llm: llm.collective_rpc("esamp_runs")[0].runs)  # no run's state stays behind
 
 
 def test_a_bad_request_is_refused_where_vllm_takes_it(vlm):

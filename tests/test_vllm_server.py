@@ -138,50 +138,6 @@ def test_a_client_that_goes_away_frees_its_run(server, client):
     assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None, "runs": 0}
 
 
-def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
-    """The processor's books with vLLM's own batch updates: a run is freed once all n requests have
-    joined and left; one whose requests have not all joined (data parallelism may place them on
-    another engine) rests until SERVED_RESTING later ones have, and goes on if one joins meanwhile."""
-    from copy import copy
-
-    import torch
-    from vllm import SamplingParams
-    from vllm.v1.sample.logits_processor import BatchUpdate
-
-    from core.backends.vllm import internals, processor
-
-    def no_model():
-        raise internals.VllmUnavailableError("no model in this test")
-
-    monkeypatch.setattr(internals, "worker_model", no_model)  # the runs fail to start; their books are kept
-    proc = processor.VllmProcessor(None, torch.device("cpu"), False)
-
-    def request(n):
-        params = SamplingParams(n=n, temperature=0.7, extra_args={"esamp_beta": 0.5})
-        processor.VllmProcessor.validate_params(params)
-        assert params.temperature == 1.0  # vLLM samples what ESamp filtered and fused
-        child = copy(params)  # what vLLM makes of each of the n samples: the same extra args
-        child.n = 1
-        return child
-
-    def update(added=(), removed=()):
-        proc.update_state(BatchUpdate(batch_size=len(proc.rows) + len(added), removed=list(removed),
-                                      added=[(i, p, [1, 2], []) for i, p in added], moved=[]))
-
-    whole, part = request(2), request(3)
-    update(added=[(0, whole), (1, whole), (2, part)])
-    assert len({r.run for r in proc.rows.values()}) == 2 and "no model" in next(iter(proc.failed().values()))
-    update(removed=[0, 1, 2])
-    assert proc.served() == {"live": 0, "resting": 1, "done": [(2, 2)], "runs": 1}
-    update(added=[(0, part)])  # a late sample of the resting run: it goes on
-    assert proc.served()["resting"] == 0 and proc.rows[0].row == 1
-    update(removed=[0])
-    for _ in range(processor.SERVED_RESTING):
-        update(added=[(0, request(2))])
-        update(removed=[0])
-    assert proc.served()["resting"] == processor.SERVED_RESTING and (3, 2) in proc.served()["done"]
-
-
 KEY = "sekret"
 
 

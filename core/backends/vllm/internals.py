@@ -5,16 +5,20 @@ The backend itself uses only public API: ``LLM``, ``LLMEngine.add_request/step/a
 results), the v1 logits processor interface and its helper ``process_dict_updates``. These facts
 are internal and live here, each checked with a clear error:
 
-1. The engine runs on the V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``; the V2 runner has
-   another processor interface). Where it runs (this process or vLLM's engine process) is
-   ``VLLM_ENABLE_V1_MULTIPROCESSING``, read when an engine starts, and cached by vLLM after the
-   first engine in a process has started (``engine_process`` clears that cache).
+1. Where an engine runs (this process or vLLM's engine process) is ``VLLM_ENABLE_V1_MULTIPROCESSING``,
+   read when an engine starts, and cached by vLLM after the first engine in a process has started
+   (``engine_process`` clears that cache). Which model runner it uses is vLLM's choice (V1 on CPU,
+   Model Runner V2 by default on GPUs since vLLM 0.25; ``VLLM_USE_V2_MODEL_RUNNER=0`` asks for V1):
+   ESamp has a processor for each (processor.py), and a runner's processors are
+   ``input_batch.logitsprocs.all`` under V1 and ``sampler.logits_processors`` under MRV2
+   (``runner_processors``).
 2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
 3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
    sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
 4. A served run (``vllm serve``, served.py) finds its worker's model through the model runner
-   that loaded it: the plugin (plugin.py) wraps ``load_model`` of vLLM's V1 model runners
-   (``GPUModelRunner`` and the ``CPUModelRunner`` that subclasses it) to remember the runner.
+   that loaded it: the plugin (plugin.py) wraps ``load_model`` of vLLM's model runners (V1's
+   ``GPUModelRunner`` and the ``CPUModelRunner`` that subclasses it, MRV2's ``GPUModelRunner`` in
+   ``vllm.v1.worker.gpu.model_runner``) to remember the runner.
 5. On CPU, starting an engine scans every loaded module's attributes with ``vars(value).get``
    (vllm/triton_utils/dispatcher.py) and fails on objects whose ``__dict__`` is not a dict,
    such as llvmlite's ``ffi.lib`` (loaded by umap-learn through numba). ``scan_safe`` hides
@@ -54,7 +58,6 @@ from typing import Callable, Iterator
 import torch
 
 TESTED = ("0.32",)
-_ENV = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
 _PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
@@ -62,17 +65,8 @@ class VllmUnavailableError(RuntimeError):
     """vLLM is missing or is a version whose internals this backend does not know."""
 
 
-def prepare_environment() -> None:
-    """Set the environment the backend needs; must run before vLLM creates its engine."""
-    for key, value in _ENV.items():
-        if os.environ.get(key, value) != value:
-            raise VllmUnavailableError(f"The vLLM backend needs {key}={value} (it is {os.environ[key]!r}).")
-        os.environ[key] = value
-
-
 def import_vllm():
     """``import vllm`` with the message a user needs when it is missing."""
-    prepare_environment()
     try:
         import vllm
     except ImportError as exc:
@@ -108,11 +102,12 @@ def last_token_rows() -> torch.Tensor:
 _RUNNERS: list = []  # weak references to the model runners of this process (fact 4)
 _ON_LOAD: list = []  # called with each runner once it has loaded its model (after_model_load)
 _RUNNER_CLASSES = (("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
-                   ("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"))
+                   ("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"),
+                   ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner"))  # Model Runner V2
 
 
 def remember_model_runners() -> None:
-    """Wrap the V1 model runners' ``load_model`` so that ``worker_model`` finds the model (fact 4).
+    """Wrap the model runners' ``load_model`` so that ``worker_model`` finds the model (fact 4).
     Safe to call more than once; a runner class that does not import is left alone."""
     import importlib
     import weakref
@@ -135,6 +130,18 @@ def remember_model_runners() -> None:
 
         load_model._esamp_wrapped = True
         cls.load_model = load_model
+
+
+def runner_processors(runner) -> list:
+    """A model runner's logits processors (fact 1): V1's input batch's, or MRV2's sampler's."""
+    batch = getattr(runner, "input_batch", None)
+    if batch is not None and hasattr(batch, "logitsprocs"):
+        return list(batch.logitsprocs.all)
+    sampler = getattr(runner, "sampler", None)
+    if sampler is not None and hasattr(sampler, "logits_processors"):
+        return list(sampler.logits_processors)
+    raise VllmUnavailableError(f"{type(runner).__name__} keeps its logits processors where this vLLM backend "
+                               "does not know to look (internals, fact 1).")
 
 
 def after_model_load(then: Callable) -> None:

@@ -1,8 +1,8 @@
 """ESamp's vLLM plugin: what ``vllm serve`` (and any vLLM engine in an environment with this project
 installed) loads through vLLM's entry points (pyproject.toml):
 
-- ``vllm.logits_processors``: ``processor.VllmProcessor``, in every engine; it does nothing for a
-  request that does not ask for ESamp.
+- ``vllm.logits_processors``: ``processor.EsampProcessor``, in every engine, whichever model runner
+  it uses (V1 or Model Runner V2); it does nothing for a request that does not ask for ESamp.
 - ``vllm.general_plugins``: ``register``, in every vLLM process, so that a served request's run can
   find its worker's model and install its hooks there (internals, fact 4), and, under data
   parallelism, so that a request's n samples go to one engine (fact 7); with graph-safe capture
@@ -14,12 +14,12 @@ from __future__ import annotations
 from . import hooks, internals, served
 
 NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
-PROCESSOR = "core.backends.vllm.processor:VllmProcessor"
+PROCESSOR = "core.backends.vllm.processor:EsampProcessor"
 
 
 def register() -> None:
-    """vLLM's general plugin hook: runs in every vLLM process, maybe more than once."""
-    internals.prepare_environment()
+    """vLLM's general plugin hook: runs in every vLLM process, maybe more than once. It sets no
+    environment: which model runner an engine uses stays vLLM's (and its user's) choice."""
     internals.remember_model_runners()
     internals.route_runs_together(served.RUN_KEY)
     if hooks.graph_safe():

@@ -60,7 +60,6 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, d
     argv = command(model, host, port, dtype, extra)
     if "--dtype" in argv:  # a known dtype: the pretrained distiller now, before any request waits for it
         prebuild(argv[1], argv[argv.index("--dtype") + 1])
-    internals.prepare_environment()  # the processor is a V1 one (internals, fact 1)
     internals.cli_version()
     from vllm.entrypoints.cli.main import main
 

@@ -136,7 +136,7 @@ class RunState:
             raise internals.VllmUnavailableError(
                 f"ESamp's hooks saw {None if s is None else s.shape[0]} / {None if h is None else h.shape[0]} "
                 f"rows but the sampler has {logits.shape[0]}; this vLLM lays out batches differently.")
-        whole = len(batch) == logits.shape[0]
+        whole = [i for i, _ in batch] == list(range(logits.shape[0]))  # every row, in order: no copy
         index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
         raw, s, h = (logits, s, h) if whole else (logits[index], s[index], h[index])
         t = [len(r.out) for _, r in batch]  # the position each row is at

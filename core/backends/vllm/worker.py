@@ -6,7 +6,7 @@ worker through ``collective_rpc``, wherever the engine runs (this process or vLL
 - ``esamp_take(key)``: a finished run's result (its tokens' signals and its distiller's
   statistics, in types vLLM's RPC carries), freeing its state.
 - ``esamp_failed()``: the live runs whose steps failed.
-- ``esamp_served()``: the served requests' runs (``VllmProcessor.served``).
+- ``esamp_served()``: the served requests' runs (``Registry.served``).
 
 Every method name starts with ``esamp_`` (vLLM refuses an extension whose names clash with the worker's).
 """
@@ -14,8 +14,10 @@ Every method name starts with ``esamp_`` (vLLM refuses an extension whose names 
 from __future__ import annotations
 
 from ...esamp.head import LMHead
+from . import internals
 from .hooks import install_hooks
-from .processor import VllmProcessor, find
+from .processor import find
+from .registry import Registry
 
 QUALNAME = f"{__name__}.EsampWorker"
 
@@ -23,27 +25,27 @@ QUALNAME = f"{__name__}.EsampWorker"
 class EsampWorker:
     """Mixed into vLLM's worker class by vLLM itself."""
 
-    def esamp_processor(self) -> VllmProcessor:
-        return find(self.model_runner.input_batch.logitsprocs.all)
+    def esamp_runs(self) -> Registry:
+        return find(internals.runner_processors(self.model_runner))
 
     def esamp_install(self) -> dict:
         """Install the hooks (once); returns what the caller needs to know of the model."""
-        processor = self.esamp_processor()
-        if processor.head is None:
-            processor.head = install_hooks(self.get_model(), processor.capture)
-        head = processor.head
+        runs = self.esamp_runs()
+        if runs.head is None:
+            runs.head = install_hooks(self.get_model(), runs.capture)
+        head = runs.head
         return {"hidden_size": int(head.weight.shape[1]), "device": str(head.weight.device),
-                "graph_safe": processor.capture.graph_safe}
+                "graph_safe": runs.capture.graph_safe}
 
     def esamp_head(self) -> LMHead:
         """The head itself: for an engine in this process only (a tensor this size is no RPC message)."""
-        return self.esamp_processor().head
+        return self.esamp_runs().head
 
     def esamp_take(self, key: str) -> dict:
-        return self.esamp_processor().take(key)
+        return self.esamp_runs().take(key)
 
     def esamp_failed(self) -> dict[str, str]:
-        return self.esamp_processor().failed()
+        return self.esamp_runs().failed()
 
     def esamp_served(self) -> dict:
-        return self.esamp_processor().served()
+        return self.esamp_runs().served()

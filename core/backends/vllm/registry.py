@@ -1,0 +1,154 @@
+"""Every ESamp run of one vLLM worker: started when its first request joins the batch, stepped with
+its rows, then taken by its caller (an in-process run) or freed once its requests have all left (a
+served one). Both model runners' processors (processor.py: V1, mrv2.py: Model Runner V2) are thin
+adapters over one ``Registry``: they tell it which request joins, which rows of a step are whose,
+and hand it the step's logits; the registry does everything else.
+
+A request belongs to a run through ``SamplingParams.extra_args``: an in-process one carries
+``state.EXTRA_KEY`` (its run, its row, the run's config: ``state.request_extra``), a served one the
+run key and config ``served.prepare`` gave it. A row's ``out`` is that request's output tokens so
+far, read as a sequence (V1: vLLM's own list; MRV2: a view of the runner's per-slot buffer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from typing import Sequence
+
+import torch
+
+from . import internals, served
+from .hooks import install_hooks
+from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
+
+log = logging.getLogger(__name__)
+TAKEN_KEPT = 4096  # keys of taken runs remembered, so a late row of one never starts it again
+SERVED_KEPT = 64  # freed served runs remembered by ``served``
+SERVED_RESTING = 16  # served runs kept out of the batch while some of their requests have not joined
+
+
+def validate_params(sampling_params) -> None:
+    """A request's ESamp arguments, checked where vLLM takes the request (a served one: HTTP 400)."""
+    extra = sampling_params.extra_args or {}
+    if EXTRA_KEY in extra:
+        check_extra(extra[EXTRA_KEY])
+    elif served.wants_esamp(extra):
+        served.prepare(sampling_params)
+
+
+class Registry:
+    """The runs of one worker, the hooks' capture they read, and the LM head they project through."""
+
+    def __init__(self, vllm_config=None):
+        self.runs: dict[str, RunState | FailedRun] = {}  # live runs by key
+        self._taken: OrderedDict[str, None] = OrderedDict()
+        self.capture = Capture()
+        self.head = None  # set when the hooks are installed (worker extension, or a served run's first request)
+        model = vllm_config.model_config if vllm_config is not None else None
+        # the model as core.backends.start keys its pretrained distiller: its source and dtype
+        self.model = (model.model, str(model.dtype).removeprefix("torch.")) if model is not None else None
+        # served run -> (its n, the row of each request by the identity its processor gave it)
+        self._served: dict[str, tuple[int, dict[object, int]]] = {}
+        self._resting: OrderedDict[str, None] = OrderedDict()  # served runs out of the batch with rows to come
+        self.served_done: deque[tuple[int, int]] = deque(maxlen=SERVED_KEPT)  # (n, rows that joined) of freed runs
+
+    def join(self, params, out: Sequence[int], ident: object) -> Row | None:
+        """A request enters the batch: its Row (starting its run if it is the first), or None when it
+        is not part of an ESamp run. ``ident``: the same object whenever the same request (re)joins."""
+        args = (params.extra_args or {}) if params is not None else {}
+        extra = args.get(EXTRA_KEY)
+        if extra is not None:
+            if extra["run"] not in self.runs and extra["run"] not in self._taken:
+                self.runs[extra["run"]] = RunState.of(extra, self.head, model=self.model)  # a failure is kept
+            return Row(extra["run"], extra["row"], out)
+        key = args.get(served.RUN_KEY)
+        if key is None:
+            return None
+        if key not in self.runs:
+            self._start_served(args)
+        if key not in self._served:
+            return None
+        n, rows = self._served[key]
+        self._resting.pop(key, None)
+        # A request that vLLM preempts and resumes keeps its identity: the same row again.
+        return Row(key, rows.setdefault(ident, len(rows) % n), out)
+
+    def _start_served(self, args: dict) -> None:
+        key = args[served.RUN_KEY]
+        self._served[key] = (args[served.CONFIG_KEY]["sampling"]["n"], {})  # checked by served.prepare
+        if self.head is None:
+            try:
+                with torch.inference_mode(False):  # the head's norm enters the distiller's graph
+                    self.head = install_hooks(internals.worker_model(), self.capture)
+            except Exception as exc:  # noqa: BLE001 - the engine goes on
+                self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
+                log.error("ESamp cannot run served requests in this worker: %s", self.runs[key].error)
+                return
+        extra = {"run": key, "row": 0, "prompts": 1, "config": args[served.CONFIG_KEY]}
+        self.runs[key] = RunState.of(extra, self.head, record=False, model=self.model)
+
+    def left(self, live: set[str]) -> None:
+        """Requests have left the batch; ``live``: the runs that still have rows in it. Free the served
+        runs whose every request has joined and left. A run some of whose requests never joined (a
+        client that went away, or data parallelism placing them on another engine) rests until
+        ``SERVED_RESTING`` later ones have; a request that joins it meanwhile goes on."""
+        for key, (n, rows) in list(self._served.items()):
+            if key in live or key in self._resting:
+                continue
+            if len(rows) >= n:
+                self._drop_served(key)
+            else:
+                self._resting[key] = None
+        while len(self._resting) > SERVED_RESTING:
+            self._drop_served(self._resting.popitem(last=False)[0])
+
+    def _drop_served(self, key: str) -> None:
+        n, rows = self._served.pop(key)
+        del self.runs[key]
+        self.served_done.append((n, len(rows)))
+
+    def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]]) -> torch.Tensor:
+        """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run; each run
+        filters, predicts and fuses its rows in the order of their row numbers (into ``logits``, or a
+        new tensor when one run has every row in order). Other rows are left as they are."""
+        by_run: dict[str, list[tuple[int, Row]]] = {}
+        for i, r in batch:
+            if i < logits.shape[0] and r.run in self.runs:
+                by_run.setdefault(r.run, []).append((i, r))
+        for key, rows in by_run.items():
+            rows.sort(key=lambda x: x[1].row)  # a run sees its rows in its own order, wherever the runner put them
+            out = self.runs[key].step(logits, rows, self.capture)
+            if out is None:
+                continue
+            index = [i for i, _ in rows]
+            if index == list(range(logits.shape[0])):  # one run has the whole batch, in order: no copy
+                return out
+            logits[torch.tensor(index, device=logits.device)] = out
+        return logits
+
+    def served(self) -> dict:
+        """What the served runs are doing: how many are live, and (n, rows) of the last ones freed; and
+        how many ESamp runs of any kind hold state here (``runs``)."""
+        return {"live": len(self._served) - len(self._resting), "resting": len(self._resting),
+                "done": list(self.served_done), "runs": len(self.runs)}
+
+    def take(self, key: str) -> dict:
+        """A finished run's result (``RunState.result``), its state freed; {"error": ...} for an unknown key."""
+        run = self.runs.pop(key, None)
+        self._taken[key] = None
+        while len(self._taken) > TAKEN_KEPT:
+            self._taken.popitem(last=False)
+        if run is None:
+            return {"error": f"no ESamp run {key!r} in this engine (it never started, or was taken)"}
+        return run.result()
+
+    def fail(self, key: str, error: str) -> None:
+        """Stop guiding run ``key``: its rows keep the model's logits from now on, its result is ``error``."""
+        if key in self.runs and self.runs[key].error is None:
+            self.runs[key].error = error
+            log.error("ESamp run %s stopped: %s", key, error)
+
+    def failed(self) -> dict[str, str]:
+        """The live runs whose step failed, and how."""
+        return {k: r.error for k, r in self.runs.items() if r.error is not None}

@@ -1,6 +1,8 @@
 """Semantic spread (real embedder, UMAP and its fallbacks) and the self-contained report."""
 
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -70,9 +72,9 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
         t.save(p)
     out = tmp_path / "report.html"
     images = tmp_path / "images"
-    from viz.__main__ import main  # python -m viz, in this process (the processes' exits: test_bad_inputs)
-
-    assert main(["report", *map(str, paths), "-o", str(out), "--images", str(images)]) == 0
+    r = subprocess.run([sys.executable, "-m", "viz", "report", *map(str, paths), "-o", str(out), "--images",
+                        str(images)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     doc = Resources()

@@ -209,8 +209,7 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is optional; ./run test installs it")
 def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
     """On vLLM no session waits for another: both pages show their own runs generating at the same
-    time, both finish, and each saves its own prompt's run. An app of its own: on the shared one,
-    after the transformers runs of the tests before it, this took 85 s instead of about 21."""
+    time, both finish, and each saves its own prompt's run."""
     from playwright.sync_api import expect
 
     db = tmp_path / "h.sqlite3"

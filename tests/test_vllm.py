@@ -327,6 +327,7 @@ def vlm_process():
     the placement and the capture with one engine start."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv(hooks.GRAPHS_ENV, "1")
+        # float32: compared with ``vlm`` (float32) to 1e-4, which only float32's rounding keeps
         lm = load_model(backend="vllm", dtype="float32", placement="process")
     yield lm
     lm.close()

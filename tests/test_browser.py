@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
 TWO_RUNS = {"ladder": "0,0.25", "backend": "transformers"}  # plain and ESamp β=0.25: a small Generate
-OWN = {"ESAMP_BACKEND": "transformers"}  # an app of a test's own preloads the model its TWO_RUNS use, not vLLM
+OWN = {"ESAMP_BACKEND": "transformers"}  # an app preloads the model its TWO_RUNS use, not vLLM (only one test runs vLLM)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -44,7 +44,7 @@ def server_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_process(server_db):
     """The app every test without settings of its own shares: (its process, its URL)."""
-    proc, url = start_server(server_db)
+    proc, url = start_server(server_db, **OWN)
     yield proc, url
     stop_server(proc)
 

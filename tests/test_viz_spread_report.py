@@ -43,6 +43,26 @@ def test_identical_answers_do_not_break_the_projection():
     assert p.coords.shape == (8, 2) and np.isfinite(p.coords).all()
 
 
+CACHE_COUNTS = """
+import sys
+import numpy as np
+from viz import spread
+spread.project_2d(np.random.default_rng(0).normal(size=(8, 16)), seed=1)
+jitted = [v for name, m in list(sys.modules.items()) if name.partition(".")[0] in ("umap", "pynndescent")
+          for v in vars(m).values() if hasattr(v, "stats") and hasattr(v.stats, "cache_hits")]
+print(sum(sum(f.stats.cache_hits.values()) for f in jitted), sum(sum(f.stats.cache_misses.values()) for f in jitted))
+"""
+
+
+def test_a_new_process_loads_umaps_compiled_code_from_numbas_cache():
+    """UMAP's numba functions are compiled once on this machine, not in every process (the app's and
+    the report's first projection): after this process's projection, a new one loads nearly all of
+    it from numba's cache (two one-line random-number helpers are compiled again each time)."""
+    project_2d(np.random.default_rng(0).normal(size=(8, 16)), seed=1)  # compiled (or loaded) and cached
+    out = subprocess.run([sys.executable, "-c", CACHE_COUNTS], capture_output=True, text=True, check=True)
+    hits, misses = map(int, out.stdout.split()[-2:])
+    assert hits > 10 * misses, out.stdout  # without the cache: no hits
+
 def test_spread_figure_colours_by_method_and_escapes_hover():
     texts = ["<script>alert(1)</script>", "b", "c"]
     fig = spread_figure(texts, ["esamp β=0.25", "plain", "plain"], project_2d(np.eye(3)), "t")

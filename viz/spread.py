@@ -9,6 +9,7 @@ points; below that, or if it fails, PCA is used and the figure says so.
 from __future__ import annotations
 
 import functools
+import sys
 import textwrap
 import warnings
 from dataclasses import dataclass
@@ -59,8 +60,7 @@ def project_2d(emb: np.ndarray, seed: int = 0) -> Projection:
         return Projection(np.zeros((n, 2)), "none", "a single answer has no spread")
     if n >= MIN_UMAP_POINTS:
         try:
-            import umap
-
+            umap = _umap()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), metric="cosine",
@@ -75,6 +75,27 @@ def project_2d(emb: np.ndarray, seed: int = 0) -> Projection:
     else:
         note = f"PCA: UMAP needs at least {MIN_UMAP_POINTS} answers"
     return Projection(_pca_2d(emb), "pca", note)
+
+
+@functools.lru_cache(maxsize=1)
+def _umap():
+    """umap, with numba keeping what it compiles for it on disk. UMAP's functions (and pynndescent's)
+    are compiled at their first call in every process: about 11 s on 2 cores, paid by every app start
+    and every report; from numba's cache the next process loads them in 0.1 s. ``cache=True`` in
+    numba's decorator does the same as ``Dispatcher.enable_caching()`` (numba 0.65), which umap does not
+    ask for; where numba has no writable cache folder the functions are compiled as before."""
+    import umap
+    from numba.core.dispatcher import Dispatcher
+
+    modules = [m for name, m in list(sys.modules.items()) if name.partition(".")[0] in ("umap", "pynndescent")]
+    jitted = {id(v): v for m in modules for v in list(vars(m).values())
+              if isinstance(v, Dispatcher) and hasattr(v, "enable_caching")}
+    try:
+        for function in jitted.values():
+            function.enable_caching()
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available" (nowhere to write)
+        pass
+    return umap
 
 
 def _pca_2d(emb: np.ndarray) -> np.ndarray:

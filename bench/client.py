@@ -71,50 +71,31 @@ def connect(url: str, timeout: float = 600.0):
     return client, client.models.list().data[0].id
 
 
-class Server:
-    """``python -m core serve`` on a free port of 127.0.0.1 with ``args`` (its options, then ``--`` and
-    vllm serve's), its output to ``log`` (a temporary file without one): started, not yet waited for,
-    so that several can start at once (a start is mostly one process's work at a time: imports, then
-    the engine's, then the model's load)."""
-
-    def __init__(self, *args: str, log: Path | None = None, env: dict | None = None):
-        self.log = log or Path(tempfile.mkdtemp()) / "server.log"
-        self.url = f"http://127.0.0.1:{free_port()}"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", self.url.rsplit(":", 1)[1],
-                                          *args], env={**os.environ, **(env or {})}, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def ready(self) -> str:
-        """Its URL once it answers /health. It may start as slowly as a busy machine makes it
-        (``procs.wait_ready``); RuntimeError with the log's end when it does not start."""
-        wait_ready(self.proc, lambda: _healthy(self.url), self.log, "python -m core serve")
-        return self.url
-
-    def stop(self) -> None:
-        """Stop it and what it started (its engine processes: one process group)."""
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:  # the whole group has exited already
-            pass
-
-
 @contextmanager
 def running_server(*args: str, log: Path | None = None, env: dict | None = None) -> Iterator[str]:
-    """A ``Server``'s URL once it is ready; stopped after."""
-    server = Server(*args, log=log, env=env)
+    """``python -m core serve`` on a free port of 127.0.0.1 with ``args`` (its options, then ``--`` and
+    vllm serve's), its output to ``log`` (a temporary file without one); yields its URL once it answers
+    /health, stops it after. It may start as slowly as a busy machine makes it (``procs.wait_ready``);
+    RuntimeError with the log's end when it does not start."""
+    port = free_port()
+    if log is None:
+        log = Path(tempfile.mkdtemp()) / "server.log"
+    out = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), *args],
+                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield server.ready()
+        wait_ready(proc, lambda: _healthy(url), log, "python -m core serve")
+        yield url
     finally:
-        server.stop()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.close()
 
 
 def _healthy(url: str) -> bool:

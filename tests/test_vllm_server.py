@@ -24,45 +24,19 @@ from core.backends.vllm import served  # noqa: E402
 PROMPT = "Describe a city in the year 3000."
 
 
-def start_server(log: Path, *vllm_args: str, model: str | None = None, env: dict | None = None):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The server's base URL; its log is in the test's temporary directory."""
+    with running_server(tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url
+
+
+def running_server(log: Path, *vllm_args: str, model: str | None = None, env: dict | None = None):
     """The embedded model (or ``model``) in float32, with vLLM's /collective_rpc (to look at the
-    processor's runs): started, not yet ready."""
+    processor's runs)."""
     chosen = ("--model", model) if model else ()
-    return client_lib.Server(*chosen, "--dtype", "float32", "--", *vllm_args, log=log,
-                             env={"VLLM_SERVER_DEV_MODE": "1", **(env or {})})
-
-
-KEY = "sekret"
-KV = ("--kv-cache-memory-bytes", str(2**28))
-SERVERS = {  # fixture -> (whether it serves the tiny Llama, vllm serve's options, environment)
-    "server": (False, (), {}),  # every served test without options of its own
-    # the tiny Llama on two data-parallel engines behind an API key (three tests; each engine is one
-    # rank, the tensor-parallel test's reference)
-    "keyed_dp_server": (True, ("--data-parallel-size", "2", "--api-server-count", "1", *KV, "--api-key", KEY), {}),
-    "tp_server": (True, ("--tensor-parallel-size", "2", *KV), {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
-}
-
-
-@pytest.fixture(scope="module")
-def starting(request, tmp_path_factory) -> dict:
-    """Every server the selected tests of this file use, started at once when the first is needed: a
-    start (about 40 s on 2 cores) is mostly one process's work at a time, so three at once take
-    little longer than one. Their logs are in the test's temporary directory."""
-    wanted = {name for item in request.session.items if item.module is request.module
-              for name in item.fixturenames if name in SERVERS}
-    base = tmp_path_factory.mktemp("servers")
-    model = request.getfixturevalue("tiny") if any(SERVERS[name][0] for name in wanted) else None
-    started = {name: start_server(base / f"{name}.log", *SERVERS[name][1], model=model if SERVERS[name][0] else None,
-                                  env=SERVERS[name][2]) for name in sorted(wanted)}
-    yield started
-    for server in started.values():
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(starting) -> str:
-    """The embedded model's server: its base URL."""
-    return starting["server"].ready()
+    return client_lib.running_server(*chosen, "--dtype", "float32", "--", *vllm_args, log=log,
+                                     env={"VLLM_SERVER_DEV_MODE": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +138,9 @@ def test_a_client_that_goes_away_frees_its_run(server, client):
     assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None, "runs": 0}
 
 
+KEY = "sekret"
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """A tiny random Llama with the embedded model's tokenizer and 2 heads (the embedded model's 9
@@ -184,13 +161,14 @@ def tiny(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def keyed_dp_server(starting) -> str:
-    return starting["keyed_dp_server"].ready()
-
-
-@pytest.fixture(scope="module")
-def tp_server(starting) -> str:
-    return starting["tp_server"].ready()
+def keyed_dp_server(tiny, tmp_path_factory):
+    """A second server, for the tests that need its options: the tiny Llama on two data-parallel
+    engines behind an API key. One start for three tests (a start is about half a minute on 2 cores):
+    each engine is one rank, the tensor-parallel test's reference."""
+    log = tmp_path_factory.mktemp("dp") / "dp.log"
+    dp = ("--data-parallel-size", "2", "--api-server-count", "1", "--kv-cache-memory-bytes", str(2**28))
+    with running_server(log, *dp, "--api-key", KEY, model=tiny) as url:
+        yield url
 
 
 def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_dp_server, tiny):
@@ -271,25 +249,26 @@ def test_served_quick_times_the_server_beside_the_in_process_backend(server, tmp
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
-def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tiny, keyed_dp_server, tp_server):
+def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tiny, keyed_dp_server, tmp_path):
     """Two tensor-parallel ranks give ESamp's tokens exactly as one rank does (an engine of the
     data-parallel server): each rank's head is the whole one, gathered."""
     asks = [None, {"esamp_beta": 0.0}, {"esamp_beta": 3.0}]
     one_rank = openai.OpenAI(base_url=keyed_dp_server + "/v1", api_key=KEY, max_retries=0)
     one = [complete(one_rank, xargs, n=3, model=tiny) for xargs in asks]
-    url = tp_server
-    c, model = client_lib.connect(url, timeout=120)
-    try:
-        own = complete(c, None, n=3, model=model)
-    except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
-        pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
-                    "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
-                    "or no answer within the client's timeout)")
-    two = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
-    ranks = rpc(url, "esamp_served")
-    lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
-    (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
-    assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
+    with running_server(tmp_path / "tp2.log", "--tensor-parallel-size", "2", "--kv-cache-memory-bytes",
+                        str(2**28), model=tiny, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as url:
+        c, model = client_lib.connect(url, timeout=120)
+        try:
+            own = complete(c, None, n=3, model=model)
+        except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
+            pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
+                        "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
+                        "or no answer within the client's timeout)")
+        two = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
+        ranks = rpc(url, "esamp_served")
+        lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
+        (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
+        assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
     assert len(ranks) == 2 and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
     assert two == one and one[1] == one[0] and one[2] != one[0]  # β = 0 is vLLM's own; β > 0 steers
 

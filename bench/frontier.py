@@ -288,6 +288,10 @@ def main(argv=None) -> int:
         for series, cfg in grid:
             done = [r for r in kept if r["series"] == series and RunConfig.from_dict(r["config"]) == cfg]
             results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
+            if a.json and not done:  # what is measured is kept if the run is stopped: --add-to goes on from it
+                so_far = {**results, label: results[label] + [r for r in kept if r not in results[label]]}
+                a.json.write_text(json.dumps(report_of(a, argv, lm, prompts, t_start, so_far, earlier,
+                                                       unfinished=True), indent=1) + "\n")
             s, setting = results[label][-1]["summary"], point(results[label][-1])["setting"]
             print(f"{label:11s} {series} {setting:7s} cos {s['cosine_distance']['mean']:.3f}"
                   f" ppl {s['perplexity']['mean']:.2f} seq-rep-4 {s.get('seq_rep_4', {}).get('mean', math.nan):.3f}"
@@ -295,6 +299,15 @@ def main(argv=None) -> int:
                   f"({'kept' if done else f'{time.perf_counter() - t_start:.0f} s so far'})", file=sys.stderr,
                   flush=True)
         results[label] += [r for r in kept if r not in results[label]]  # what this run does not repeat stays
+    report = report_of(a, argv, lm, prompts, t_start, results, earlier)
+    write_report(a, report, markdown(report))
+    if a.images:
+        write_images(figures(report), a.images)
+    return 0
+
+
+def report_of(a, argv, lm, prompts, t_start: float, results: dict, earlier: dict | None, unfinished=False) -> dict:
+    """The run's JSON; ``unfinished``: written after each measured run, until the whole is done."""
     command = "python -m bench.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"command": command, "backend": a.backend, "model": lm.name, "prompts": prompts, "n": a.n,
               "tokens": a.tokens, "seed": a.seed, "machine": machine(lm), "seconds": time.perf_counter() - t_start,
@@ -302,10 +315,7 @@ def main(argv=None) -> int:
     if earlier:  # the first run's command and machine stay; this one is recorded as an addition
         report = {**earlier, "filters": results, "added": earlier.get("added", []) + [
             {"command": command, "machine": machine(lm), "seconds": report["seconds"]}]}
-    write_report(a, report, markdown(report))
-    if a.images:
-        write_images(figures(report), a.images)
-    return 0
+    return {**report, "unfinished": True} if unfinished else report
 
 
 def figures(report: dict) -> dict:

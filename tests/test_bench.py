@@ -164,7 +164,7 @@ def test_dtype_quick_reports_both_dtypes_and_the_tokens_across_them(tmp_path):
     assert report["machine"]["cpu"] in table.read_text()
 
 
-def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
+def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path, monkeypatch):
     from bench import frontier
 
     out, images = tmp_path / "f.json", tmp_path / "img"
@@ -187,6 +187,23 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path):
     assert (images / "frontier-6-min-p0.1.png").stat().st_size > 0
     warm = RunConfig.from_dict(report["filters"]["min-p 0.1"][3]["config"]).esamp
     assert (warm.beta, warm.warmup_steps) == (0.5, 8)
+    assert "unfinished" not in report
+
+    class Stopped(Exception):
+        pass
+
+    def stopped_after_one(lm, embedder, prompts, cfg):  # the first run's real result, then a stop
+        if stopped_after_one.calls:
+            raise Stopped
+        stopped_after_one.calls = 1
+        return {k: v for k, v in report["filters"]["top-k 50"][0].items() if k != "series"}
+
+    stopped_after_one.calls = 0
+    monkeypatch.setattr(frontier, "measure", stopped_after_one)
+    with pytest.raises(Stopped):
+        frontier.main(["--quick", "--backend", "transformers", "--json", str(tmp_path / "stopped.json")])
+    kept = json.loads((tmp_path / "stopped.json").read_text())  # what was measured is on disk: --add-to goes on
+    assert kept["unfinished"] and [r["series"] for r in kept["filters"]["top-k 50"]] == ["plain"]
     # --add-to keeps what a report has and measures only what it lacks: here, warm-ups under top-k 50
     more = tmp_path / "more.json"
     assert frontier.main(["--quick", "--backend", "transformers", "--warmup-filters", "top-k 50", "--add-to",

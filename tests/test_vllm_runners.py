@@ -249,3 +249,28 @@ def test_the_plugin_leaves_the_choice_of_model_runner_to_vllm(monkeypatch):
     added = {k for k in os.environ if os.environ[k] != before.get(k)}  # (vLLM's own imports set a few of theirs)
     assert "VLLM_USE_V2_MODEL_RUNNER" not in os.environ and not {k for k in added if k.startswith(("VLLM_", "ESAMP_"))}
     assert envs.VLLM_USE_V2_MODEL_RUNNER == envs.environment_variables["VLLM_USE_V2_MODEL_RUNNER"]()
+
+
+def test_a_seeded_requests_children_take_their_rows_by_index_in_whatever_order_they_join(monkeypatch):
+    """vLLM's front end makes a seeded request's n children (its own ParentRequest: seeds seed + i) and
+    the timing decides the order they reach the engine: each child's row is its index all the same,
+    so the run's distiller sees its rows in one order every time the request is sent (internals, fact 11)."""
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+
+    from core.backends.vllm import internals
+
+    def no_model():
+        raise internals.VllmUnavailableError("no model in this test")
+
+    monkeypatch.setattr(internals, "worker_model", no_model)  # the run fails to start; its rows are kept
+    proc = processor.VllmProcessor(None, torch.device("cpu"), False)
+    params = SamplingParams(n=3, temperature=0.7, seed=10, extra_args={"esamp_beta": 0.5})
+    processor.VllmProcessor.validate_params(params)
+    parent = ParentRequest(SimpleNamespace(request_id="r", external_req_id="r", params=params))
+    children = [parent.get_child_info(i)[1] for i in range(3)]
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[],
+                                  added=[(0, children[2], [1], []), (1, children[0], [1], []), (2, children[1], [1], [])]))
+    assert [proc.rows[i].row for i in range(3)] == [2, 0, 1]
+    assert internals.child_index(None, 10, 3) is None and internals.child_index(13, 10, 3) is None

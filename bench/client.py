@@ -41,8 +41,9 @@ def request_of(config: RunConfig) -> dict:
     sc = config.sampling
     body: dict = {"top_k": sc.top_k, "min_p": sc.min_p, "ignore_eos": sc.ignore_eos}
     if config.method == "esamp":
-        body["vllm_xargs"] = {f"esamp_{name}": getattr(config.esamp, name) for name in served.FIELDS
-                              if name == "beta" or getattr(config.esamp, name) != getattr(DEFAULTS, name)}
+        xargs = {f"esamp_{name}": getattr(config.esamp, name) for name in served.FIELDS
+                 if name == "beta" or getattr(config.esamp, name) != getattr(DEFAULTS, name)}
+        body["vllm_xargs"] = {k: served.NO_BOUND if v is None and k == "esamp_max_kl" else v for k, v in xargs.items()}
     return {"n": sc.n, "seed": sc.seed, "temperature": sc.temperature, "top_p": sc.top_p,
             "max_tokens": sc.max_new_tokens, "extra_body": body}
 

@@ -229,6 +229,25 @@ def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
     assert params.extra_args[served.CONFIG_KEY] == config and params.extra_args[served.RUN_KEY] != first[served.RUN_KEY]
 
 
+def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
+    """vllm_xargs cannot carry null: "none" is the paper's unbounded fusion, both ways."""
+    from dataclasses import replace
+
+    from vllm import SamplingParams
+
+    from core.backends.vllm.processor import VllmProcessor
+
+    params = SamplingParams(n=2, temperature=0.7, seed=1, extra_args={"esamp_beta": 0.5, "esamp_max_kl": "None"})
+    VllmProcessor.validate_params(params)
+    assert params.extra_args[served.CONFIG_KEY]["esamp"]["max_kl"] is None
+    with pytest.raises(ValueError, match="esamp_max_kl"):
+        VllmProcessor.validate_params(SamplingParams(extra_args={"esamp_beta": 0.5, "esamp_max_kl": "lots"}))
+    unbounded = esamp_config(beta=0.5)
+    unbounded = replace(unbounded, esamp=replace(unbounded.esamp, max_kl=None))
+    assert client_lib.request_of(unbounded)["extra_body"]["vllm_xargs"]["esamp_max_kl"] == served.NO_BOUND
+    assert "esamp_max_kl" not in client_lib.request_of(esamp_config(beta=0.5))["extra_body"]["vllm_xargs"]
+
+
 def test_passk_runs_through_the_server(server, tmp_path):
     from bench import passk
 

@@ -28,6 +28,7 @@ CONFIG_KEY = "esamp_config"  # set here: the run's whole RunConfig
 # no meaning for one served request (one prompt), overlap is the server's to choose.
 FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
 XARGS = tuple(PREFIX + f for f in FIELDS)
+NO_BOUND = "none"  # esamp_max_kl: no bound on a token's push (the paper's fusion)
 _MARK = "esamp_prepared"  # set here, with a value no client knows: this process rewrote the request
 _SECRET = secrets.token_hex(16)
 _OURS = (RUN_KEY, CONFIG_KEY, _MARK)
@@ -58,6 +59,8 @@ def _esamp(extra: dict) -> EsampConfig:
     if unknown:
         raise ValueError(f"vllm_xargs: unknown ESamp key {unknown[0]!r}; the keys are {', '.join(XARGS)}.")
     given = {k[len(PREFIX):]: v for k, v in extra.items() if k in XARGS}
+    if isinstance(given.get("max_kl"), str) and given["max_kl"].lower() == NO_BOUND:
+        given["max_kl"] = None  # vllm_xargs cannot carry null
     for name, value in given.items():
         try:
             EsampConfig(**{name: value})

@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
 TWO_RUNS = {"ladder": "0,0.25", "backend": "transformers"}  # plain and ESamp β=0.25: a small Generate
-OWN = {"ESAMP_BACKEND": "transformers"}  # an app preloads the model its TWO_RUNS use, not vLLM (only one test runs vLLM)
+OWN = {"ESAMP_BACKEND": "transformers"}  # an app preloads the model its TWO_RUNS use, not vLLM (one test runs vLLM)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):

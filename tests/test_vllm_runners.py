@@ -270,7 +270,8 @@ def test_a_seeded_requests_children_take_their_rows_by_index_in_whatever_order_t
     processor.VllmProcessor.validate_params(params)
     parent = ParentRequest(SimpleNamespace(request_id="r", external_req_id="r", params=params))
     children = [parent.get_child_info(i)[1] for i in range(3)]
-    proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[],
-                                  added=[(0, children[2], [1], []), (1, children[0], [1], []), (2, children[1], [1], [])]))
+    arrived = [children[2], children[0], children[1]]
+    added = [(i, p, [1], []) for i, p in enumerate(arrived)]
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[], added=added))
     assert [proc.rows[i].row for i in range(3)] == [2, 0, 1]
     assert internals.child_index(None, 10, 3) is None and internals.child_index(13, 10, 3) is None

@@ -81,9 +81,10 @@ def project_2d(emb: np.ndarray, seed: int = 0) -> Projection:
 def _umap():
     """umap, with numba keeping what it compiles for it on disk. UMAP's functions (and pynndescent's)
     are compiled at their first call in every process: about 11 s on 2 cores, paid by every app start
-    and every report; from numba's cache the next process loads them in 0.1 s. ``cache=True`` in
-    numba's decorator does the same as ``Dispatcher.enable_caching()`` (numba 0.65), which umap does not
-    ask for; where numba has no writable cache folder the functions are compiled as before."""
+    and every report; from numba's cache the next process has them in about 1 s, umap's import
+    included. ``cache=True`` in numba's decorator does the same as ``Dispatcher.enable_caching()``
+    (numba 0.65), which umap does not ask for; where numba has no writable cache folder the functions
+    are compiled as before."""
     import umap
     from numba.core.dispatcher import Dispatcher
 

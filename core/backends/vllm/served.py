@@ -65,7 +65,8 @@ def _esamp(extra: dict) -> EsampConfig:
         try:
             EsampConfig(**{name: value})
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"vllm_xargs[{PREFIX + name!r}]: {exc}") from None
+            hint = f' For no bound: "{NO_BOUND}".' if name == "max_kl" else ""
+            raise ValueError(f"vllm_xargs[{PREFIX + name!r}]: {exc}{hint}") from None
     return EsampConfig(**given)
 
 

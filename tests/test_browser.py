@@ -209,24 +209,26 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is optional; ./run test installs it")
 def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
     """On vLLM no session waits for another: both pages show their own runs generating at the same
-    time, both finish, and each saves its own prompt's run."""
+    time, both finish (the long one when its user stops it), and each saves its own prompt's run."""
     from playwright.sync_api import expect
 
     db = tmp_path / "h.sqlite3"
-    proc, url = start_server(db, ESAMP_BACKEND="vllm")
+    long = 4096  # far more than a's run makes before b's is done, however busy the machine: a is stopped then
+    proc, url = start_server(db, ESAMP_BACKEND="vllm", ESAMP_MAX_NEW_TOKENS=str(long))
     try:
         runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
-        a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": 256, **runs})
-        a.wait_for_selector("text=2 runs at once", timeout=300_000)
-        a.wait_for_selector("text=The answers as they are written", timeout=300_000)  # plain's and ESamp's, live
-        a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)
+        a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": long, **runs})
+        wait_for_run(a, "text=2 runs at once")
+        wait_for_run(a, "text=The answers as they are written")  # plain's and ESamp's, live
+        wait_for_run(a, r"text=/answer 2 · [1-9]\d* tokens/")
         expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
         assert a.locator("text=Saved as run").count() == 0
         b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
-        b.wait_for_selector("text=2 runs at once", timeout=120_000)
+        wait_for_run(b, "text=2 runs at once")
         assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
         run_b = saved_run_id(b)
         assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
+        a.get_by_role("button", name="Stop").click()  # what it made is kept
         run_a = saved_run_id(a)
         for page in (a, b):
             assert page.locator("text=waiting for").count() == 0

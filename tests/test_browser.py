@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>\n' * 3
 TWO_RUNS = {"ladder": "0,0.25", "backend": "transformers"}  # plain and ESamp β=0.25: a small Generate
 OWN = {"ESAMP_BACKEND": "transformers"}  # an app preloads the model its TWO_RUNS use, not vLLM (one test runs vLLM)
+LONG = 4096  # tokens: a run that outlasts its test however busy the machine; its test stops it (Stop keeps it)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -44,7 +45,7 @@ def server_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_process(server_db):
     """The app every test without settings of its own shares: (its process, its URL)."""
-    proc, url = start_server(server_db, **OWN)
+    proc, url = start_server(server_db, ESAMP_MAX_NEW_TOKENS=str(LONG), **OWN)
     yield proc, url
     stop_server(proc)
 
@@ -169,11 +170,12 @@ def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(ser
 
 
 def test_a_page_reloaded_during_its_generate_finds_the_run_and_shows_it_when_done(server, server_db, browser):
-    query = {"prompt": "Name a lake.", "n": 2, "tokens": 48, **TWO_RUNS}
+    query = {"prompt": "Name a lake.", "n": 2, "tokens": LONG, **TWO_RUNS}
     page, _ = start_generating(browser, server, query)
-    page.wait_for_selector("text=Run 1 of 2", timeout=300_000)
+    wait_for_run(page, "text=Run 1 of 2")
     page.reload()
-    page.wait_for_selector("text=still running", timeout=120_000)  # said, and its progress follows
+    wait_for_run(page, "text=still running")  # said, and its progress follows
+    page.get_by_role("button", name="Stop").click()  # the reloaded page still holds the run
     assert prompts_of_run(server_db, saved_run_id(page)) == {"Name a lake."}
     page.wait_for_selector(".esx-tok", timeout=60_000)
     page.context.close()
@@ -188,19 +190,20 @@ def prompts_of_run(db: Path, run_id: int) -> set[str]:
 def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, browser):
     """The second session waits for the first (one generation at a time per model), says what it waits
     for, then runs; each page shows and saves its own prompt's run, nothing mixed."""
-    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": 64, **TWO_RUNS})
-    a.wait_for_selector("text=Run 1 of 2", timeout=300_000)
-    a.wait_for_selector(r"text=/answer 2 · [1-9]\d* tokens/", timeout=300_000)  # the answers as they grow
+    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": LONG, **TWO_RUNS})
+    wait_for_run(a, "text=Run 1 of 2")
+    wait_for_run(a, r"text=/answer 2 · [1-9]\d* tokens/")  # the answers as they grow
     assert a.locator("text=Saved as run").count() == 0 and a.locator(".esx-text").first.inner_text().strip()
     b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6, **TWO_RUNS})
-    b.wait_for_selector("text=waiting for another session's run", timeout=60_000)
+    wait_for_run(b, "text=waiting for another session's run")
+    a.get_by_role("button", name="Stop").click()  # a's user stops it; b goes on
     run_a, run_b = saved_run_id(a), saved_run_id(b)
     assert run_a != run_b
     assert prompts_of_run(server_db, run_a) == {"Name a river."}
     assert prompts_of_run(server_db, run_b) == {"Name a mountain."}
     from playwright.sync_api import expect
 
-    expect(a.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)
+    expect(a.locator(".esx-sample:visible")).to_have_count(2, timeout=60_000)  # stopped in its first run
     expect(b.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)
     a.context.close()
     b.context.close()

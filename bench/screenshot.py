@@ -108,7 +108,8 @@ def click_generate(page) -> None:
     """Click Explore's Generate, first unfolding its settings where a run on the page folded them (a
     link whose run is in History reopens it so)."""
     page.wait_for_selector("text=Prompt and settings", timeout=PAGE_MS)
-    button = page.get_by_role("button", name="Generate")
+    button = page.get_by_role("button", name="Generate", include_hidden=True)
+    button.wait_for(state="attached", timeout=PAGE_MS)  # the form is drawn: unseen now means folded, not late
     if not button.is_visible():
         page.get_by_text("Prompt and settings").first.click()
     button.click(timeout=PAGE_MS)

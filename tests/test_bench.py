@@ -199,8 +199,8 @@ def test_frontier_quick_reports_esamp_and_plain_under_each_filter(tmp_path, monk
         return {k: v for k, v in report["filters"]["top-k 50"][0].items() if k != "series"}
 
     stopped_after_one.calls = 0
-    monkeypatch.setattr(frontier, "measure", stopped_after_one)
-    with pytest.raises(Stopped):
+    with monkeypatch.context() as m, pytest.raises(Stopped):
+        m.setattr(frontier, "measure", stopped_after_one)
         frontier.main(["--quick", "--backend", "transformers", "--json", str(tmp_path / "stopped.json")])
     kept = json.loads((tmp_path / "stopped.json").read_text())  # what was measured is on disk: --add-to goes on
     assert kept["unfinished"] and [r["series"] for r in kept["filters"]["top-k 50"]] == ["plain"]

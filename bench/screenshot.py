@@ -20,7 +20,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .procs import QUIET_S, free_port, wait_ready
 
@@ -50,7 +52,7 @@ def start_app(history: Path, **env: str) -> tuple[subprocess.Popen, str]:
              str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
              "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env={**os.environ, "ESAMP_HISTORY_DB": str(history), **env}, stdout=out, stderr=subprocess.STDOUT)
-    proc.log = log
+    proc.log, proc.history = log, history
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, lambda: _answers(f"{url}/_stcore/health"), log, "the app")
@@ -58,6 +60,16 @@ def start_app(history: Path, **env: str) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise
     return proc, url
+
+
+@contextmanager
+def running_app(history: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``start_app`` until the block ends, then ``stop_app``."""
+    proc, url = start_app(history, **env)
+    try:
+        yield proc, url
+    finally:
+        stop_app(proc)
 
 
 def _answers(url: str) -> bool:

@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _started_ahead(request, tmp_path_factory):
+    """The servers and apps the selected tests use, started one after another beside the first tests
+    (tests/ahead.py); what nobody took is stopped at the end."""
+    from ahead import AHEAD, used_by
+
+    AHEAD.schedule(used_by(request.session.items), tmp_path_factory)
+    yield
+    AHEAD.close()
+
+
 @pytest.fixture(scope="session")
 def lm():
     """The embedded SmolLM2-135M-Instruct in this machine's default dtype: bfloat16 on CPUs with

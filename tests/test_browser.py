@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import ahead
 from app.settings import DEFAULTS
-from bench.screenshot import click_generate, launch, start_app, wait_for_run
+from bench.screenshot import click_generate, launch, running_app, start_app, wait_for_run
 from bench.screenshot import stop_app as stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,17 +38,22 @@ def start_server(db: Path, **env: str) -> tuple[subprocess.Popen, str]:
         pytest.fail(str(exc))
 
 
-@pytest.fixture(scope="module")
-def server_db(tmp_path_factory):
-    return tmp_path_factory.mktemp("db") / "h.sqlite3"
+@ahead.fixture
+def app_process(folder: Path):
+    """The app every test without settings of its own shares: (its process, its URL); started ahead
+    of this file (tests/ahead.py)."""
+    return running_app(folder / "h.sqlite3", ESAMP_MAX_NEW_TOKENS=str(LONG), **OWN)
 
 
 @pytest.fixture(scope="module")
-def app_process(server_db):
-    """The app every test without settings of its own shares: (its process, its URL)."""
-    proc, url = start_server(server_db, ESAMP_MAX_NEW_TOKENS=str(LONG), **OWN)
-    yield proc, url
-    stop_server(proc)
+def server_db(app_process) -> Path:
+    return app_process[0].history
+
+
+@ahead.fixture
+def vllm_app(folder: Path):
+    """An app on vLLM, for the one test that runs it; its long runs far longer than a test."""
+    return running_app(folder / "h.sqlite3", ESAMP_BACKEND="vllm", ESAMP_MAX_NEW_TOKENS=str(LONG))
 
 
 @pytest.fixture(scope="module")
@@ -210,38 +216,34 @@ def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, 
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is optional; ./run test installs it")
-def test_two_sessions_generate_at_once_on_vllm(browser, tmp_path):
+def test_two_sessions_generate_at_once_on_vllm(browser, vllm_app):
     """On vLLM no session waits for another: both pages show their own runs generating at the same
     time, both finish (the long one when its user stops it), and each saves its own prompt's run."""
     from playwright.sync_api import expect
 
-    db = tmp_path / "h.sqlite3"
-    long = 4096  # far more than a's run makes before b's is done, however busy the machine: a is stopped then
-    proc, url = start_server(db, ESAMP_BACKEND="vllm", ESAMP_MAX_NEW_TOKENS=str(long))
-    try:
-        runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
-        a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": long, **runs})
-        wait_for_run(a, "text=2 runs at once")
-        wait_for_run(a, "text=The answers as they are written")  # plain's and ESamp's, live
-        wait_for_run(a, r"text=/answer 2 · [1-9]\d* tokens/")
-        expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
-        assert a.locator("text=Saved as run").count() == 0
-        b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
-        wait_for_run(b, "text=2 runs at once")
-        assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
-        run_b = saved_run_id(b)
-        assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
-        a.get_by_role("button", name="Stop").click()  # what it made is kept
-        run_a = saved_run_id(a)
-        for page in (a, b):
-            assert page.locator("text=waiting for").count() == 0
-            expect(page.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers
-        assert prompts_of_run(db, run_a) == {"Tell a long story about a river."}
-        assert prompts_of_run(db, run_b) == {"Name a mountain."}
-        a.context.close()
-        b.context.close()
-    finally:
-        stop_server(proc)
+    proc, url = vllm_app
+    db, long = proc.history, LONG  # far more than a's run makes before b's is done: a is stopped then
+    runs = {"ladder": "0,0.5", "backend": "vllm", "n": 2}
+    a, _ = start_generating(browser, url, {"prompt": "Tell a long story about a river.", "tokens": long, **runs})
+    wait_for_run(a, "text=2 runs at once")
+    wait_for_run(a, "text=The answers as they are written")  # plain's and ESamp's, live
+    wait_for_run(a, r"text=/answer 2 · [1-9]\d* tokens/")
+    expect(a.locator(".esx-text")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers, growing
+    assert a.locator("text=Saved as run").count() == 0
+    b, _ = start_generating(browser, url, {"prompt": "Name a mountain.", "tokens": 16, **runs})
+    wait_for_run(b, "text=2 runs at once")
+    assert a.locator("text=2 runs at once").count() == 1  # a is still generating: both at once
+    run_b = saved_run_id(b)
+    assert a.locator("text=Saved as run").count() == 0  # b finished first, a is still going
+    a.get_by_role("button", name="Stop").click()  # what it made is kept
+    run_a = saved_run_id(a)
+    for page in (a, b):
+        assert page.locator("text=waiting for").count() == 0
+        expect(page.locator(".esx-sample:visible")).to_have_count(4, timeout=60_000)  # 2 runs x 2 answers
+    assert prompts_of_run(db, run_a) == {"Tell a long story about a river."}
+    assert prompts_of_run(db, run_b) == {"Name a mountain."}
+    a.context.close()
+    b.context.close()
 
 
 def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):

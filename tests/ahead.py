@@ -9,13 +9,15 @@ start. Each is still stopped when its test module is done.
 A start is a function of a temporary folder that returns a context manager (entered: the process is
 ready; exited: it is stopped). ``fixture`` makes it a module-scoped fixture of the same name and
 registers it; ``schedule`` (tests/conftest.py, once per session) starts, in the order the selected
-tests will use them, the registered starts those tests use. A start nobody scheduled (a test run on its
-own) happens when its fixture is set up, as any fixture's would.
+tests will use them, the registered starts those tests use, each once enough memory is free
+(``FREE_GIB``). A start the thread has not begun when its test needs it (a test run on its own) is
+made by its fixture, as any fixture's would be.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Callable
@@ -40,13 +42,22 @@ def fixture(start: Start):
     return started
 
 
-class Ahead:
-    """Enters scheduled starts one after another in a background thread; ``take`` hands one over."""
+FREE_GIB = 12.0  # a start ahead waits until this much memory is free: a vLLM server is 3-6 GiB of processes,
+# and the tests' own processes grow after it started (on 24 GiB, starting all at once ran out of memory)
 
-    def __init__(self):
+
+class Ahead:
+    """Enters scheduled starts one after another in a background thread, each once ``FREE_GIB`` of
+    memory is free; ``take`` hands one over, or makes the start itself when the thread has not begun it."""
+
+    def __init__(self, free_gib: float = FREE_GIB):
+        self.free_gib = free_gib
         self._order: list[tuple[str, str]] = []
         self._ready: dict[tuple[str, str], threading.Event] = {}
         self._entered: dict[tuple[str, str], tuple] = {}
+        self._begun: set[tuple[str, str]] = set()  # by the thread
+        self._claimed: set[tuple[str, str]] = set()  # by their takers, before the thread began them
+        self._lock = threading.Lock()
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -59,16 +70,22 @@ class Ahead:
 
     def _run(self, tmp_path_factory) -> None:
         for key in self._order:
-            if self._closing:
-                self._entered[key] = (None, None, RuntimeError("the session ended before this start"))
-            else:
-                self._entered[key] = _enter(key, tmp_path_factory)
+            while not self._closing and key not in self._claimed and free_gib() < self.free_gib:
+                time.sleep(1)
+            with self._lock:
+                if self._closing or key in self._claimed:
+                    continue
+                self._begun.add(key)
+            self._entered[key] = _enter(key, tmp_path_factory)
             self._ready[key].set()
 
     @contextmanager
     def take(self, key: tuple[str, str], tmp_path_factory):
-        """The start's value once it is ready (started now if it was not scheduled); stopped on exit."""
-        if key in self._ready:
+        """The start's value once it is ready (started now if the thread has not begun it); stopped on exit."""
+        with self._lock:
+            ahead = key in self._begun
+            self._claimed.add(key)
+        if ahead:
             self._ready[key].wait()
             manager, value, error = self._entered.pop(key)
         else:
@@ -89,6 +106,16 @@ class Ahead:
             if error is None:
                 manager.__exit__(None, None, None)
         self._entered.clear()
+
+
+def free_gib() -> float:
+    """The memory the machine can still give (MemAvailable), in GiB; unbounded where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return float("inf")
+    return kib / 2**20
 
 
 def _enter(key: tuple[str, str], tmp_path_factory) -> tuple:

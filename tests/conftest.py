@@ -38,7 +38,9 @@ def pytest_configure(config):
                 return self._backend.load(name, dtype=dtype, placement=placement, **options)
             key = (name, str(dtype or default_dtype(torch.device("cpu"))).removeprefix("torch."))
             if key not in engines:
-                engines[key] = self._backend.load(name, dtype=dtype, placement="inline")
+                # half a GiB of KV cache (11k tokens of the embedded model in float32) instead of 2: the
+                # session's engines stay loaded beside the servers and apps that tests/ahead.py starts
+                engines[key] = self._backend.load(name, dtype=dtype, placement="inline", kv_cache_gib=0.5)
                 engines[key].close = lambda: None  # a caller's close (a benchmark's) leaves it to the others
             return engines[key]
 

@@ -44,7 +44,7 @@ KEYS = [(__name__, s.__name__) for s in (first, second, third)]
 def test_starts_are_made_in_order_and_handed_over_ready(tmp_path_factory):
     EVENTS.clear()
     GATE.clear()
-    starts = ahead.Ahead()
+    starts = ahead.Ahead(free_gib=0)
     starts.schedule(KEYS + [("elsewhere", "unregistered")], tmp_path_factory)
     threading.Timer(0.2, GATE.set).start()
     with starts.take(KEYS[0], tmp_path_factory) as value:  # taken before its start is done: waits
@@ -66,6 +66,18 @@ def test_a_start_nobody_scheduled_is_made_when_taken(tmp_path_factory):
         assert value == "third ready" and EVENTS == ["start third"]
     assert EVENTS == ["start third", "stop third"]
     starts.close()
+
+
+def test_a_start_waits_for_free_memory_and_its_taker_makes_it_when_there_is_none(tmp_path_factory):
+    EVENTS.clear()
+    GATE.set()
+    starts = ahead.Ahead(free_gib=float("inf"))  # never that much free: nothing starts ahead
+    starts.schedule(KEYS[2:], tmp_path_factory)
+    with starts.take(KEYS[2], tmp_path_factory) as value:  # made here, by its taker
+        assert value == "third ready"
+    starts.close()  # the thread, still waiting for memory, gives up
+    assert EVENTS == ["start third", "stop third"]
+    assert 0 < ahead.free_gib()  # this machine says what it has free
 
 
 def test_the_starts_a_session_schedules_are_those_its_tests_use_in_their_order(request):

@@ -28,7 +28,7 @@ PROMPT = "Describe a city in the year 3000."
 @ahead.fixture
 def server(folder: Path):
     """The server's base URL (its log in ``folder``); started ahead of this file (tests/ahead.py)."""
-    return running_server(folder / "server.log")
+    return running_server(folder / "server.log", "--kv-cache-memory-bytes", str(2**29))  # 11k tokens, memory for others
 
 
 def running_server(log: Path, *vllm_args: str, model: str | None = None, env: dict | None = None):

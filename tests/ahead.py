@@ -3,15 +3,17 @@
 On this project's machines (2 cores) the suite's own process keeps about one core busy, and starting
 a vLLM server or an app is mostly one core's work: Python processes importing vLLM, torch and
 Streamlit one after another. So the suite starts them early, one at a time, in a thread of its own,
-while the first test files run; a test that needs one finds it ready or waits for the rest of its
-start. Each is still stopped when its test module is done.
+while the slow test file before theirs runs; a test that needs one finds it ready or waits for the rest
+of its start. Each is still stopped when its test module is done. (Started all at the session's start,
+they took three cores' work and, on 24 GiB, all the memory: one file ahead holds a few at a time.)
 
 A start is a function of a temporary folder that returns a context manager (entered: the process is
 ready; exited: it is stopped). ``fixture`` makes it a module-scoped fixture of the same name and
-registers it; ``schedule`` (tests/conftest.py, once per session) starts, in the order the selected
-tests will use them, the registered starts those tests use, each once enough memory is free
-(``FREE_GIB``). A start the thread has not begun when its test needs it (a test run on its own) is
-made by its fixture, as any fixture's would be.
+registers it; ``schedule`` (tests/conftest.py, once per session) plans, in the order the selected
+tests will use them, the registered starts those tests use; each is begun once the suite has reached
+the slow file before its own (``reached``, as each test starts) and enough memory is free (``FREE_GIB``).
+A start the thread has not begun when its test needs it (a test run on its own) is made by its
+fixture, as any fixture's would be.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ def fixture(start: Start):
     return started
 
 
-FREE_GIB = 12.0  # a start ahead waits until this much memory is free: a vLLM server is 3-6 GiB of processes,
-# and the tests' own processes grow after it started (on 24 GiB, starting all at once ran out of memory)
+FREE_GIB = 8.0  # a start ahead waits until this much memory is free: a vLLM server is 3-6 GiB of processes
 
 
 class Ahead:
@@ -53,6 +54,9 @@ class Ahead:
     def __init__(self, free_gib: float = FREE_GIB):
         self.free_gib = free_gib
         self._order: list[tuple[str, str]] = []
+        self._after: dict[tuple[str, str], str] = {}
+        self._seen: set[str] = set()
+        self._reached: dict[tuple[str, str], threading.Event] = {}
         self._ready: dict[tuple[str, str], threading.Event] = {}
         self._entered: dict[tuple[str, str], tuple] = {}
         self._begun: set[tuple[str, str]] = set()  # by the thread
@@ -61,16 +65,23 @@ class Ahead:
         self._closing = False
         self._thread: threading.Thread | None = None
 
-    def schedule(self, keys: list[tuple[str, str]], tmp_path_factory) -> None:
-        self._order = [k for k in keys if k in _starts]
+    def schedule(self, plan: list[tuple[tuple[str, str], str]], tmp_path_factory) -> None:
+        """``plan``: (a start, the test whose setup lets it begin), in the order to start them."""
+        self._order = [k for k, _ in plan if k in _starts]
+        self._after = {k: test for k, test in plan}
         self._ready = {k: threading.Event() for k in self._order}
+        self._reached = {k: threading.Event() for k in self._order}
+        for key in self._order:
+            if self._after[key] in self._seen:  # the first test's own start comes before the session's fixtures
+                self._reached[key].set()
         if self._order:
             self._thread = threading.Thread(target=self._run, args=(tmp_path_factory,), name="ahead", daemon=True)
             self._thread.start()
 
     def _run(self, tmp_path_factory) -> None:
         for key in self._order:
-            while not self._closing and key not in self._claimed and free_gib() < self.free_gib:
+            while not self._closing and key not in self._claimed and not (
+                    self._reached[key].is_set() and free_gib() >= self.free_gib):
                 time.sleep(1)
             with self._lock:
                 if self._closing or key in self._claimed:
@@ -78,6 +89,13 @@ class Ahead:
                 self._begun.add(key)
             self._entered[key] = _enter(key, tmp_path_factory)
             self._ready[key].set()
+
+    def reached(self, test: str) -> None:
+        """The suite is starting ``test`` (its node id): the starts planned after it may begin."""
+        self._seen.add(test)
+        for key, after in self._after.items():
+            if after == test:
+                self._reached[key].set()
 
     @contextmanager
     def take(self, key: tuple[str, str], tmp_path_factory):
@@ -127,19 +145,30 @@ def _enter(key: tuple[str, str], tmp_path_factory) -> tuple:
         return None, None, exc
 
 
-def used_by(items) -> list[tuple[str, str]]:
-    """The registered starts ``items`` use, in the order of the first test that uses each."""
-    keys: list[tuple[str, str]] = []
+def used_by(items) -> list[tuple[tuple[str, str], str]]:
+    """The registered starts ``items`` use, in the order of the first test that uses each, each with
+    the test whose start lets it begin: the first of the last slow file (marked ``slow``: long enough
+    to hide a start) before the file of the first test that uses it, else that file's first test."""
+    plan: list[tuple[tuple[str, str], str]] = []
+    firsts: list[tuple[str, str]] = []  # (slow file, its first test's node id), in order
     for item in items:
-        module = getattr(item, "module", None)
+        file = item.nodeid.split("::")[0]
+        if item.get_closest_marker("slow") and (not firsts or firsts[-1][0] != file):
+            firsts.append((file, item.nodeid))
+        before = [test for f, test in firsts if f != file]
         if any(m.name == "skip" or (m.args and m.args[0] is True) for m in item.iter_markers()
                if m.name in ("skip", "skipif")):
             continue  # skipped for certain (vLLM not installed): nothing to start for it
+        module = getattr(item, "module", None)
         for name in getattr(item, "fixturenames", ()):
             key = (module.__name__ if module else "", name)
-            if key in _starts and key not in keys:
-                keys.append(key)
-    return keys
+            if key in _starts and key not in [k for k, _ in plan]:
+                plan.append((key, before[-1] if before else _first_of(items, file)))
+    return plan
+
+
+def _first_of(items, file: str) -> str:
+    return next(item.nodeid for item in items if item.nodeid.split("::")[0] == file)
 
 
 AHEAD = Ahead()

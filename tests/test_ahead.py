@@ -2,6 +2,7 @@
 and what nobody took stopped at the end."""
 
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -45,14 +46,23 @@ def test_starts_are_made_in_order_and_handed_over_ready(tmp_path_factory):
     EVENTS.clear()
     GATE.clear()
     starts = ahead.Ahead(free_gib=0)
-    starts.schedule(KEYS + [("elsewhere", "unregistered")], tmp_path_factory)
+    starts.reached("a::test")  # reached before the plan is made (the session's first test): it counts
+    starts.schedule([(KEYS[0], "a::test"), (KEYS[1], "b::test"), (KEYS[2], "b::test"),
+                     (("elsewhere", "unregistered"), "a::test")], tmp_path_factory)
     threading.Timer(0.2, GATE.set).start()
     with starts.take(KEYS[0], tmp_path_factory) as value:  # taken before its start is done: waits
         assert value == "first ready"
     assert "stop first" in EVENTS
+    time.sleep(1.5)
+    assert "start second" not in EVENTS  # not before the suite reaches the test it waits for
+    starts.reached("b::test")
     with pytest.raises(RuntimeError, match="second did not start"):  # the start's error, where it is taken
         with starts.take(KEYS[1], tmp_path_factory):
             pass
+    for _ in range(300):  # third begins once second has failed
+        if "stop third" in EVENTS or "start third" in EVENTS:
+            break
+        time.sleep(0.1)
     starts.close()  # third was never taken: stopped here
     assert [e for e in EVENTS if e.startswith("start")] == ["start first", "start second", "start third"]
     assert EVENTS[-1] == "stop third" and "stop second" not in EVENTS  # one after another, the failed one never ran
@@ -72,7 +82,8 @@ def test_a_start_waits_for_free_memory_and_its_taker_makes_it_when_there_is_none
     EVENTS.clear()
     GATE.set()
     starts = ahead.Ahead(free_gib=float("inf"))  # never that much free: nothing starts ahead
-    starts.schedule(KEYS[2:], tmp_path_factory)
+    starts.schedule([(KEYS[2], "a::test")], tmp_path_factory)
+    starts.reached("a::test")
     with starts.take(KEYS[2], tmp_path_factory) as value:  # made here, by its taker
         assert value == "third ready"
     starts.close()  # the thread, still waiting for memory, gives up
@@ -82,12 +93,18 @@ def test_a_start_waits_for_free_memory_and_its_taker_makes_it_when_there_is_none
 
 def test_the_starts_a_session_schedules_are_those_its_tests_use_in_their_order(request):
     class Item:
-        def __init__(self, names, skip=False):
-            self.module, self.fixturenames = request.module, names
-            self._skip = skip
+        def __init__(self, file, names, skip=False, slow=True):
+            self.module, self.fixturenames, self.nodeid = request.module, names, f"{file}::test_{len(names)}"
+            self._skip, self._slow = skip, slow
 
         def iter_markers(self):
             return [pytest.mark.skipif(True, reason="").mark] if self._skip else []
 
-    items = [Item(["tmp_path"]), Item(["third", "tmp_path"]), Item(["second"], skip=True), Item(["first", "third"])]
-    assert ahead.used_by(items) == [KEYS[2], KEYS[0]]
+        def get_closest_marker(self, name):
+            return pytest.mark.slow.mark if name == "slow" and self._slow else None
+
+    items = [Item("a.py", ["tmp_path"]), Item("b.py", ["third", "tmp_path"]), Item("c.py", ["second"], skip=True),
+             Item("d.py", [], slow=False), Item("e.py", ["first", "third"])]
+    # each may begin with the first test of the last slow file before its first user's (d.py is quick)
+    assert ahead.used_by(items) == [(KEYS[2], "a.py::test_1"), (KEYS[0], "c.py::test_1")]
+    assert ahead.used_by(items[1:2]) == [(KEYS[2], "b.py::test_2")]  # in the first file: with its first test

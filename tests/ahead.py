@@ -66,9 +66,9 @@ class Ahead:
         self._thread: threading.Thread | None = None
 
     def schedule(self, plan: list[tuple[tuple[str, str], str]], tmp_path_factory) -> None:
-        """``plan``: (a start, the test whose setup lets it begin), in the order to start them."""
-        self._order = [k for k, _ in plan if k in _starts]
-        self._after = {k: test for k, test in plan}
+        """``plan``: (a start, the test whose start lets it begin), in the order to start them."""
+        self._after = {k: test for k, test in plan if k in _starts}
+        self._order = list(self._after)
         self._ready = {k: threading.Event() for k in self._order}
         self._reached = {k: threading.Event() for k in self._order}
         for key in self._order:

@@ -65,8 +65,8 @@ def pytest_runtest_logstart(nodeid, location):
 
 @pytest.fixture(scope="session", autouse=True)
 def _started_ahead(request, tmp_path_factory):
-    """The servers and apps the selected tests use, each started one after another while the file
-    before its own runs (tests/ahead.py); what nobody took is stopped at the end."""
+    """The servers and apps the selected tests use, each started one after another while the slow
+    file before its own runs (tests/ahead.py); what nobody took is stopped at the end."""
     from ahead import AHEAD, used_by
 
     AHEAD.schedule(used_by(request.session.items), tmp_path_factory)

@@ -40,9 +40,8 @@ class Job:
 
     labels: list[str]
     n: int = 1  # answers per prompt of each run (a progress's answers are rows prompt * n + sample)
-    together: bool = False  # the runs generate at the same time (vLLM), not one after the other
     phase: str = "waiting"  # waiting -> running -> scoring -> done | stopped | error
-    current: int = 0  # index of the run in progress (of the latest to report, when together)
+    current: int = 0  # index of the latest run to report its progress
     progresses: dict[int, Progress] = field(default_factory=dict)  # run index -> its latest progress
     traces: list[RunTrace] = field(default_factory=list)
     perplexities: list[list[float]] = field(default_factory=list)
@@ -56,14 +55,17 @@ class Job:
 
     @property
     def progress(self) -> Progress | None:
-        """The progress of the current run; of all runs together when they generate at once."""
-        if not self.together:
-            return self.progresses.get(self.current)
+        """The progress of all the runs: the backends generate them at once (transformers in batches of
+        runs, ``core.backends.hf.loop.MAX_ROWS`` rows each; vLLM every session's at once)."""
         ps = list(self.progresses.values())
         if not ps:
             return None
         return Progress(max(p.step for p in ps), max(p.max_steps for p in ps), sum(p.tokens for p in ps),
-                        sum(p.max_tokens for p in ps), max(p.seconds for p in ps))
+                        max(p.max_tokens for p in ps) * len(self.labels), max(p.seconds for p in ps))
+
+    def going(self) -> list[int]:
+        """The runs generating now: those that reported and have steps left."""
+        return [i for i, p in sorted(self.progresses.items()) if p.step < p.max_steps]
 
     @property
     def finished(self) -> bool:
@@ -89,8 +91,8 @@ class Job:
 
     def live(self) -> list[tuple[str, tuple]]:
         """(label, answers so far) of the runs worth watching now: the first (plain sampling, in a ladder)
-        beside the last one together (vLLM) or the one generating (one after the other); none before any."""
-        shown = [0, len(self.labels) - 1 if self.together else self.current]
+        beside the latest one generating; none before any."""
+        shown = [0, max(self.progresses, default=0)]
         return [(self.labels[i], self.progresses[i].answers) for i in dict.fromkeys(shown)
                 if i in self.progresses and self.progresses[i].answers]
 
@@ -105,22 +107,22 @@ class Job:
 def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig], labels: Sequence[str],
               score: Callable[[LanguageModel, RunTrace], list[float]] | None = None,
               finish: Callable[[Job], object] | None = None, key: object = None) -> Job:
-    """Run the configs on the prompts in a daemon thread (together on vLLM, in turn on transformers);
-    then score and finish.
+    """Run the configs on the prompts in a daemon thread (at once, as the backend batches them); then
+    score and finish.
 
     ``score(lm, trace)`` gives per-sample perplexities; ``finish(job)`` runs last (saving to history)
-    and its return value lands in ``job.result``. Stopping keeps the finished runs and the partial one.
+    and its return value lands in ``job.result``. Stopping keeps what every run made.
     ``key``: what ``running`` finds the job by while it runs (hashable; None: not findable).
     """
-    together = lm.lock is None  # nothing to wait for: the runs join the engine's next step
-    job = Job(labels=list(labels), n=configs[0].sampling.n, together=together,
-              phase="running" if together else "waiting", model=id(lm))
+    # vLLM (no lock): nothing to wait for, the runs join the engine's next step
+    job = Job(labels=list(labels), n=configs[0].sampling.n, phase="running" if lm.lock is None else "waiting",
+              model=id(lm))
 
-    def on_progress(p: Progress, offset: int = 0) -> None:
+    def on_progress(p: Progress) -> None:
         if lm.lock is not None:
             _running[id(lm)] = job
         job.phase = "running"
-        job.current = offset + p.run
+        job.current = p.run
         job.progresses[job.current] = p
         job.check_abandoned()
 
@@ -157,17 +159,11 @@ def start_job(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunCo
 
 
 def _generate(job: Job, lm: LanguageModel, prompts: Sequence[str], configs: Sequence[RunConfig],
-              on_progress: Callable[..., None]) -> None:
-    """The job's runs into ``job.traces``: all at once where the model batches runs; else one at a time,
-    so that a failure keeps the runs finished before it and the page can say whose run it waits for."""
+              on_progress: Callable[[Progress], None]) -> None:
+    """The job's runs into ``job.traces``, generated at once as the backend batches them."""
     s = configs[0].sampling
-    batches = [list(range(len(configs)))] if job.together else [[i] for i in range(len(configs))]
-    for batch in batches:
-        if lm.lock is not None and lm.lock.locked():
-            job.phase = "waiting"  # another session is generating on this model
-        log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(batch),
-                 ", ".join(job.labels[i] for i in batch), lm.name, len(prompts), s.n, s.max_new_tokens)
-        job.traces += generate_runs(lm, prompts, [configs[i] for i in batch], cancel=job.cancel,
-                                    progress=lambda p, offset=batch[0]: on_progress(p, offset))
-        if job.traces[-1].stopped:
-            break
+    if lm.lock is not None and lm.lock.locked():
+        job.phase = "waiting"  # another session is generating on this model
+    log.info("generating %d run(s) (%s) on %s: %d prompt(s) x %d samples x %d tokens", len(configs),
+             ", ".join(job.labels), lm.name, len(prompts), s.n, s.max_new_tokens)
+    job.traces += generate_runs(lm, prompts, configs, cancel=job.cancel, progress=on_progress)

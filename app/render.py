@@ -357,9 +357,10 @@ def _answer_name(traces: Sequence[RunTrace], labels: Sequence[str], option: str)
 
 
 def job_status(job: Job) -> str:
-    label = job.labels[job.current] if job.labels else ""
-    if job.together and job.phase != "waiting":
-        label = f"{len(job.labels)} runs at once" if len(job.labels) > 1 else label
+    label, runs, going = (job.labels[job.current] if job.labels else ""), len(job.labels), job.going()
+    if job.phase != "waiting" and len(going) > 1:
+        label = (f"{runs} runs at once" if len(going) == runs
+                 else f"runs {going[0] + 1}–{going[-1] + 1} of {runs} at once")
     if job.phase == "waiting":
         detail = (f"waiting for {job.waiting_for()} to finish: one generation at a time per model on "
                   "transformers (the vllm backend generates every session's runs at once)…")
@@ -370,9 +371,9 @@ def job_status(job: Job) -> str:
         detail = f"{p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"
     else:
         detail = "starting…"
-    if job.together:
+    if runs == 1 or len(going) > 1:
         return f"{label}: {detail}"
-    return f"Run {job.current + 1} of {len(job.labels)} · {label}: {detail}"
+    return f"Run {job.current + 1} of {runs} · {label}: {detail}"
 
 
 def follow(job: Job, key: str) -> bool:

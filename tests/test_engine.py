@@ -183,6 +183,51 @@ def test_cancel_stops_after_the_current_step_and_keeps_what_was_generated(lm):
     assert [p.tokens for p in seen] == [2, 4, 6] and seen[-1].max_tokens == 40
 
 
+def test_the_runs_of_a_ladder_decode_in_one_batch_as_each_would_alone(lm):
+    """generate_runs decodes runs of one shape together: each run draws the tokens it draws alone (its
+    own generator, filters and distillers on its block of rows); progress comes run by run each step."""
+    from core import beta_ladder, generate_runs
+
+    config = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=8, seed=3, top_k=0, top_p=0.9, ignore_eos=True),
+                       esamp=EsampConfig(warmup_steps=2))
+    ladder, seen = beta_ladder(config, [0, 1.0]), []
+    together = generate_runs(lm, PROMPTS, ladder, progress=seen.append)
+    alone = [generate(lm, PROMPTS, c) for c in ladder]
+    assert [token_ids(t) for t in together] == [token_ids(t) for t in alone]
+    assert max(abs(t.logp_new - u.logp_new) for a, b in zip(together, alone) for x, y in zip(a.samples, b.samples)
+               for t, u in zip(x.tokens, y.tokens)) < 1e-3  # one batch's rounding, not another distribution
+    assert any(abs(t.logp_new - t.logp_ref) > 1e-4 for s in together[1].samples for t in s.tokens)  # β = 1 fused
+    assert [(p.run, p.step) for p in seen[:4]] == [(0, 1), (1, 1), (0, 2), (1, 2)]
+
+
+def test_runs_share_a_batch_when_their_rows_have_one_shape_and_fit():
+    from dataclasses import replace
+
+    from core.backends.hf.loop import MAX_ROWS, batches
+
+    c = RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=8))
+    longer = replace(c, sampling=replace(c.sampling, max_new_tokens=9))
+    cooler = replace(c, sampling=replace(c.sampling, temperature=0.7))  # other filters, one shape
+    assert batches([c, cooler, longer, c], prompts=2) == [[0, 1], [2], [3]]
+    per = MAX_ROWS // 8  # runs of 2 prompts x 4 samples in one batch
+    assert batches([c] * (per + 1), prompts=2) == [list(range(per)), [per]]
+    assert batches([replace(c, sampling=replace(c.sampling, n=MAX_ROWS))], prompts=2) == [[0]]  # a run never splits
+
+
+def test_a_stop_cuts_every_run_of_the_batch_short_and_starts_no_later_one(lm):
+    from dataclasses import replace
+
+    from core import generate_runs
+
+    cancel = threading.Event()
+    cfg = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=20, ignore_eos=True))
+    later = replace(cfg, sampling=replace(cfg.sampling, max_new_tokens=21))  # another shape: another batch
+    traces = generate_runs(lm, PROMPTS[:1], [cfg, cfg, later], cancel=cancel,
+                           progress=lambda p: cancel.set() if p.step == 3 else None)
+    assert len(traces) == 2 and all(t.stopped for t in traces)
+    assert [len(s.tokens) for t in traces for s in t.samples] == [3, 3, 3, 3]
+
+
 def test_fire_draws_a_hot_first_token_then_samples_normally(lm):
     trace = run(lm, method="fire", n=4, max_new_tokens=4, seed=0, ignore_eos=True)
     first = [s.tokens[0] for s in trace.samples]

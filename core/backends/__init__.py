@@ -70,9 +70,10 @@ def generate_runs(lm: LanguageModel, prompts: Sequence[str], configs: Sequence[R
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """One run per config on the same prompts (a β or temperature ladder, compared methods). On vLLM
     they are submitted together and generate in the same engine steps, next to every other caller's
-    runs; on transformers one after the other. ``progress`` gets each run's ``Progress`` (its
-    ``run`` field says which). On ``cancel`` the runs stop where they are: vLLM returns every run,
-    cut short (``trace.stopped``); transformers the finished ones and the cut-short one."""
+    runs; on transformers the runs of one shape (same samples, tokens, chat, prefix: a ladder) decode
+    in one batch of up to ``hf.loop.MAX_ROWS`` rows, batch after batch. ``progress`` gets each run's
+    ``Progress`` (its ``run`` field says which). On ``cancel`` the runs stop where they are and come
+    back cut short (``trace.stopped``); on transformers no later batch starts."""
     return get_backend(lm.backend).generate_runs(lm, prompts, list(configs), progress=progress, cancel=cancel)
 
 

@@ -27,57 +27,137 @@ from .model import HfModel
 Initial = Callable[[RunConfig], "list[torch.Tensor] | None"]  # a run's distillers' first weights (backends.start)
 
 
+MAX_ROWS = 64  # rows (runs x prompts x samples) decoded in one batch: on a CPU a step of 2 rows of the embedded
+# model costs 2/3 of a step of 16 (the weights are read once a step either way; docs/results.md)
+
+
 def generate_runs(lm: HfModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                   initial: Initial = lambda config: None) -> list[RunTrace]:
-    """The runs one after the other (one batch at a time on this backend); none after a cut-short one."""
+    """The runs in batches of runs that share their rows' shape (a β ladder, a sweep's grid: the same
+    prompts, samples, tokens, chat and prefix), each batch one decode loop of up to ``MAX_ROWS`` rows
+    (a run's own rows always together); none after a cut-short batch."""
     traces: list[RunTrace] = []
-    for i, config in enumerate(configs):
-        report = None if progress is None else (lambda p, i=i: progress(replace(p, run=i)))
-        traces.append(generate(lm, prompts, config, progress=report, cancel=cancel, initial=initial(config)))
+    for batch in batches(configs, len(prompts)):
+        report = None if progress is None else (lambda p, first=batch[0]: progress(replace(p, run=first + p.run)))
+        traces += _generate(lm, prompts, [configs[i] for i in batch], [initial(configs[i]) for i in batch],
+                            progress=report, cancel=cancel)
         if traces[-1].stopped:
             break
     return traces
+
+
+def batches(configs: Sequence[RunConfig], prompts: int) -> list[list[int]]:
+    """The configs' indices, in order, in groups that one decode loop runs together."""
+    def shape(c: RunConfig) -> tuple:
+        return c.chat, tuple(c.prefix_ids), c.sampling.n, c.sampling.max_new_tokens
+
+    out: list[list[int]] = []
+    for i, c in enumerate(configs):
+        last = out[-1] if out else None
+        if (last is not None and shape(configs[last[0]]) == shape(c)
+                and (len(last) + 1) * prompts * c.sampling.n <= MAX_ROWS):
+            last.append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def generate(lm: HfModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,
              cancel: threading.Event | None = None, initial: "list[torch.Tensor] | None" = None) -> RunTrace:
     """``config.sampling.n`` samples for each prompt, P x n rows in one batch; ``initial``: the
     weights its distillers start from (None: fresh)."""
+    return _generate(lm, prompts, [config], [initial], progress=progress, cancel=cancel)[0]
+
+
+def _generate(lm: HfModel, prompts: Sequence[str], configs: Sequence[RunConfig],
+              initials: Sequence["list[torch.Tensor] | None"], *, progress: ProgressFn | None,
+              cancel: threading.Event | None) -> list[RunTrace]:
+    """Runs of one shape (``batches``) in one decode loop: run k's rows are the k-th block of R = P x n
+    rows; each run filters, fuses, samples (its own generator) and trains on its own block."""
+    config = configs[0]
     sc = config.sampling
     ids = encode_prompts(lm, prompts, config.chat, sc.max_new_tokens, config.prefix_ids)
-    R = len(ids) * sc.n
-    pipeline = Pipeline(config, lm.head, len(ids), initial=initial)
-    recorder = Recorder(R)
-    gen = torch.Generator(device=lm.device).manual_seed(sc.seed)
-    eos = torch.tensor(lm.eos_ids, device=lm.device)
-    finished = torch.zeros(R, dtype=torch.bool, device=lm.device)
-    # the answers so far, for progress; as the trace's texts, with end-of-sequence tokens only where they do not end
-    live = LivePieces(lm.tokenizer, R, () if sc.ignore_eos else lm.eos_ids) if progress else None
-    books = _Books(progress, cancel, sc.max_new_tokens, R, live)
+    R, K = len(ids) * sc.n, len(configs)
+    reports: list = []  # each step's progress reports, sent once every run has made the step
+    runs = [_Run(lm, c, k, len(ids), init, None if progress is None else reports.append)
+            for k, (c, init) in enumerate(zip(configs, initials))]
     with lm.lock, torch.no_grad(), capture_states(lm.first_layer, lm.final_norm) as states:
-        if config.esamp.prime and config.prefix_ids:
-            pipeline.prime(*given_states(lm, ids, len(config.prefix_ids)))
+        primed = [run for run in runs if run.config.esamp.prime and run.config.prefix_ids]
+        if primed:
+            given = given_states(lm, ids, len(config.prefix_ids))
+            for run in primed:
+                run.pipeline.prime(*given)
         decoder = _Decoder(lm, states)
-        logits, s, h = decoder.prefill(ids, sc.n)  # (R, V), (R, H), (R, H)
-        books.prefilled()
+        logits, s, h = decoder.prefill(ids * K, sc.n)  # (K R, V), (K R, H), (K R, H)
+        for run in runs:
+            run.books.prefilled()
         for step in range(sc.max_new_tokens):
             positions = torch.full((R,), step)  # on the host: every row is at the same position
-            prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
-            active = ~finished
-            pending = pipeline.signals(prop, logits)  # before the logits become the ones to sample from
-            tokens = torch.where(active, sample(pipeline.to_sample(prop, logits), gen), decoder.pad_id)
-            recorder.add(tokens, active, pending.resolve(tokens), t=step)
-            pipeline.learn(active)  # train on this step's (s, h), after sampling
-            if not sc.ignore_eos:
-                finished = finished | torch.isin(tokens, eos)
-            with pipeline.watch("bookkeeping"):
-                if books.end_of_step(step, active, finished, tokens):
-                    break
-            logits, s, h = decoder.step(tokens)
-        stats = pipeline.finish(len(ids))
-    return build_trace(lm, prompts, ids, config, recorder.per_row(), stats, seconds=books.elapsed(),
-                       prefill_seconds=books.prefill_s, stopped=books.stopped)
+            tokens = [run.step(step, logits[k * R:(k + 1) * R], s[k * R:(k + 1) * R], h[k * R:(k + 1) * R],
+                               positions, decoder.pad_id) for k, run in enumerate(runs)]
+            for k, p in reports:
+                progress(replace(p, run=k))
+            reports.clear()
+            if cancel is not None and cancel.is_set():  # after the step's reports: a report may set it
+                for run in runs:
+                    run.stop()
+            if all(run.done for run in runs):
+                break
+            logits, s, h = decoder.step(torch.cat(tokens))
+        return [run.trace(lm, prompts, ids) for run in runs]
+
+
+class _Run:
+    """One run's part of a decode loop: its pipeline, sampler, records and books."""
+
+    def __init__(self, lm: HfModel, config: RunConfig, index: int, prompts: int, initial, report):
+        """index: the run's place among the loop's runs; report: where its progress goes, as (index,
+        Progress) (None: nowhere)."""
+        sc = config.sampling
+        self.config, self.index = config, index
+        R = prompts * sc.n
+        self.pipeline = Pipeline(config, lm.head, prompts, initial=initial)
+        self.recorder = Recorder(R)
+        self.gen = torch.Generator(device=lm.device).manual_seed(sc.seed)
+        self.eos = torch.tensor(lm.eos_ids, device=lm.device)
+        self.finished = torch.zeros(R, dtype=torch.bool, device=lm.device)
+        # the answers so far, for progress; as the trace's texts, with end-of-sequence tokens only where they do not end
+        live = LivePieces(lm.tokenizer, R, () if sc.ignore_eos else lm.eos_ids) if report else None
+        self.books = _Books(None if report is None else (lambda p: report((self.index, p))), sc.max_new_tokens, R,
+                            live)
+        self.done, self.seconds = False, 0.0
+
+    def step(self, step: int, logits: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
+             pad_id: int) -> torch.Tensor:
+        """This step's tokens (R,) for the run's rows (pad once the run is done); ``logits`` is overwritten."""
+        if self.done:
+            return torch.full_like(self.finished, pad_id, dtype=torch.long)
+        pipeline = self.pipeline
+        prop = pipeline.propose(logits, s, h, positions)  # filter -> predict h_hat -> fuse
+        active = ~self.finished
+        pending = pipeline.signals(prop, logits)  # before the logits become the ones to sample from
+        tokens = torch.where(active, sample(pipeline.to_sample(prop, logits), self.gen), pad_id)
+        self.recorder.add(tokens, active, pending.resolve(tokens), t=step)
+        pipeline.learn(active)  # train on this step's (s, h), after sampling
+        if not self.config.sampling.ignore_eos:
+            self.finished = self.finished | torch.isin(tokens, self.eos)
+        with pipeline.watch("bookkeeping"):
+            self.done = self.books.end_of_step(step, active, self.finished, tokens)
+        if self.done:
+            self.seconds = self.books.elapsed()
+        return tokens
+
+    def stop(self) -> None:
+        """Cut short (a Stop) unless already done."""
+        if not self.done:
+            self.books.stopped, self.done, self.seconds = True, True, self.books.elapsed()
+
+    def trace(self, lm: HfModel, prompts: Sequence[str], ids: list[list[int]]) -> RunTrace:
+        stats = self.pipeline.finish(len(ids))
+        return build_trace(lm, prompts, ids, self.config, self.recorder.per_row(), stats,
+                           seconds=self.seconds or self.books.elapsed(), prefill_seconds=self.books.prefill_s,
+                           stopped=self.books.stopped)
 
 
 def given_states(lm: HfModel, ids: list[list[int]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,16 +224,15 @@ class _Decoder:
 
 
 class _Books:
-    """What happens between steps: one host sync, progress, time, stop."""
+    """What happens between steps: one host sync, progress, time."""
 
-    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, max_steps: int, rows: int,
-                 live: LivePieces | None = None):
+    def __init__(self, progress: ProgressFn | None, max_steps: int, rows: int, live: LivePieces | None = None):
         """live: where the answers so far are kept for the progress reports (None: not reported)."""
-        self.progress, self.cancel, self.max_steps, self.rows, self.live = progress, cancel, max_steps, rows, live
+        self.progress, self.max_steps, self.rows, self.live = progress, max_steps, rows, live
         self.t0 = time.perf_counter()
         self.prefill_s = 0.0
         self.tokens = 0
-        self.stopped = False
+        self.stopped = False  # cut short (set by its run)
 
     def prefilled(self) -> None:
         self.prefill_s = time.perf_counter() - self.t0
@@ -173,10 +252,7 @@ class _Books:
             self.progress(Progress(step + 1, self.max_steps, self.tokens, self.rows * self.max_steps,
                                    time.perf_counter() - self.t0,
                                    answers=self.live.snapshot() if self.live is not None else ()))
-        if all_done or step + 1 == self.max_steps:
-            return True
-        self.stopped = self.cancel is not None and self.cancel.is_set()
-        return self.stopped
+        return bool(all_done) or step + 1 == self.max_steps
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

@@ -271,3 +271,14 @@ def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["pairs"] == len(row["ratios"]) == 2 and row["runs"] == len(live.default_runs(2, 3, 0))
     assert row["live_s"] > 0 and row["without_s"] > 0
+
+
+def test_ladder_times_the_runs_in_one_batch_and_one_at_a_time(tmp_path):
+    from bench import ladder
+
+    out, table = tmp_path / "ladder.json", tmp_path / "ladder.md"
+    assert ladder.main(["--n", "1", "--tokens", "3", "--pairs", "2", "--json", str(out), "--markdown", str(table)]) == 0
+    report = json.loads(out.read_text())
+    assert report["pairs"] == len(report["ratios"]) == 2 and report["answers"] == 2 * report["runs"]
+    assert 0 <= report["same_answers"] <= report["answers"] and report["together_s"] > 0 < report["alone_s"]
+    assert table.read_text().count("\n|") == 2  # the header's rule and one row

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
 
+from bench import publish
 from app.settings import DEFAULTS, parse_ladder
 from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
@@ -117,12 +117,7 @@ def main(argv=None) -> int:
         del lm
     report = {"cpu": describe(), "date": time.strftime("%Y-%m-%d"), "viz_startup_s": round(viz_startup, 1),
               "rows": rows}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.markdown:
-        args.markdown.write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return publish(report, args.json, args.markdown, markdown)
 
 
 def filter_label(candidates: dict) -> str:

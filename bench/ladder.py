@@ -13,11 +13,11 @@ one-at-a-time over together (the machine's drift moves both of a pair alike).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
+from bench import publish
 from bench.live import default_runs
 from core import RunConfig, SamplingConfig, generate, generate_runs, load_model
 from core.backends.hardware import describe
@@ -62,12 +62,7 @@ def main(argv=None) -> int:
               "alone_s": round(statistics.median(b for _, b in pairs), 2),
               "ratio": round(statistics.median(b / a for a, b in pairs), 3),
               "ratios": [round(b / a, 3) for a, b in pairs], "same_answers": same, "answers": answers}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.markdown:
-        args.markdown.write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return publish(report, args.json, args.markdown, markdown)
 
 
 def markdown(r: dict) -> str:

@@ -12,11 +12,11 @@ its median is reported (a ratio per pair: the machine's drift moves both alike).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
+from bench import publish
 from app.settings import DEFAULTS, parse_ladder
 from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
@@ -75,12 +75,7 @@ def main(argv=None) -> int:
                      "ratios": [round(b / a, 3) for a, b in pairs]})
         del lm
     report = {"cpu": describe(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.markdown:
-        args.markdown.write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return publish(report, args.json, args.markdown, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -3,8 +3,17 @@
 import os
 
 import pytest
-import torch
 
+# One OpenMP thread in this process and in every app, server and benchmark it starts (they inherit the
+# environment; vLLM's CPU workers set their own). The suite runs several torch processes at once on
+# two cores, and OpenMP's waiting threads spin: two processes of two threads each decoded the embedded
+# model 10-20x slower than alone, two of one thread each as fast as alone, and alone one thread is as
+# fast as two (decoding is memory-bound here). Measured in docs/development.md ("One thread a process").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when it starts its thread pool)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -283,3 +283,16 @@ def test_ladder_times_the_runs_in_one_batch_and_one_at_a_time(tmp_path):
     assert 0 <= report["same_answers"] <= report["answers"] and report["together_s"] > 0 < report["alone_s"]
     rows = [line for line in table.read_text().splitlines() if line.startswith("|")]
     assert len(rows) == 3 and rows[1].startswith("|---")  # the header, its rule and one row
+
+
+def test_threads_runs_processes_at_once_with_the_threads_asked(tmp_path):
+    from bench import threads
+
+    out, table = tmp_path / "threads.json", tmp_path / "threads.md"
+    argv = ["--processes", "2", "--threads", "1", "--n", "1", "--tokens", "2", "--rounds", "1"]
+    assert threads.main([*argv, "--json", str(out), "--markdown", str(table)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["processes"] == 2 and row["torch_threads"] == [1]  # each worker ran the threads it was given
+    assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["vs_best_alone"] is None
+    rows = [line for line in table.read_text().splitlines() if line.startswith("|")]
+    assert len(rows) == 3 and rows[2].startswith("| 2 | 1 |")

@@ -38,17 +38,17 @@ LADDER = (0.0, 0.25, 0.5, 1.0)
 SAMPLING = SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9, ignore_eos=True)
 
 
-def session_configs(tokens: int, seed: int) -> list[RunConfig]:
-    return beta_ladder(RunConfig(sampling=replace(SAMPLING, max_new_tokens=tokens, seed=seed)), LADDER)
+def session_configs(tokens: int, seed: int, n: int = SAMPLING.n) -> list[RunConfig]:
+    return beta_ladder(RunConfig(sampling=replace(SAMPLING, n=n, max_new_tokens=tokens, seed=seed)), LADDER)
 
 
-def sessions(lm, k: int, tokens: int) -> dict:
+def sessions(lm, k: int, tokens: int, n: int = SAMPLING.n) -> dict:
     """K default Generates started together; per session its first-token and finish times (s)."""
     start = threading.Barrier(k + 1)
     rows = [dict() for _ in range(k)]
 
     def one(i: int) -> None:
-        configs = session_configs(tokens, seed=i)
+        configs = session_configs(tokens, i, n)
         start.wait()
         t0 = time.perf_counter()
         row = rows[i]
@@ -73,16 +73,16 @@ def sessions(lm, k: int, tokens: int) -> dict:
     return {"sessions": rows, "wall_s": wall, "tokens": total, "tokens_per_s": total / wall}
 
 
-def batched(lm, k: int, tokens: int, plain: bool) -> float:
+def batched(lm, k: int, tokens: int, plain: bool, n: int = SAMPLING.n) -> float:
     """The K sessions' runs in one call (as plain sampling without a distiller: ``plain``); tokens/s."""
     configs = [replace(c, method="plain", esamp=replace(c.esamp, shadow=False)) if plain else c
-               for i in range(k) for c in session_configs(tokens, seed=i)]
+               for i in range(k) for c in session_configs(tokens, i, n)]
     t0 = time.perf_counter()
     traces = generate_runs(lm, [PROMPT], configs)
     return sum(t.timings.new_tokens for t in traces) / (time.perf_counter() - t0)
 
 
-def vllm_native(lm, k: int, tokens: int) -> float:
+def vllm_native(lm, k: int, tokens: int, n: int = SAMPLING.n) -> float:
     """The same rows through vLLM's own sampler; tokens/s."""
     from vllm import SamplingParams
 
@@ -90,7 +90,7 @@ def vllm_native(lm, k: int, tokens: int) -> float:
 
     ids = encode_prompts(lm, [PROMPT], True, tokens)[0]
     runs = k * len(LADDER)
-    params = [SamplingParams(n=SAMPLING.n, top_p=SAMPLING.top_p, max_tokens=tokens, ignore_eos=True, seed=i,
+    params = [SamplingParams(n=n, top_p=SAMPLING.top_p, max_tokens=tokens, ignore_eos=True, seed=i,
                              detokenize=False) for i in range(runs)]
     t0 = time.perf_counter()
     outs = native(lm, [ids] * runs, params)
@@ -98,15 +98,16 @@ def vllm_native(lm, k: int, tokens: int) -> float:
     return sum(len(c.token_ids) for o in outs for c in o.outputs) / seconds
 
 
-def measure(lm, ks: list[int], tokens: int) -> list[dict]:
-    sessions(lm, 1, 4)  # warm-up: the first run of an engine pays for allocation
+def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n) -> list[dict]:
+    sessions(lm, 1, 4, n)  # warm-up: the first run of an engine pays for allocation
     rows = []
     for k in ks:
-        got = sessions(lm, k, tokens)
-        together, plain, own = batched(lm, k, tokens, False), batched(lm, k, tokens, True), vllm_native(lm, k, tokens)
+        got = sessions(lm, k, tokens, n)
+        together, plain, own = (batched(lm, k, tokens, False, n), batched(lm, k, tokens, True, n),
+                                vllm_native(lm, k, tokens, n))
         firsts = [s["first_token_s"] for s in got["sessions"]]
         finishes = [s["finish_s"] for s in got["sessions"]]
-        row = {"k": k, "rows": k * len(LADDER) * SAMPLING.n, **got, "esamp_batched_tokens_per_s": together,
+        row = {"k": k, "rows": k * len(LADDER) * n, **got, "esamp_batched_tokens_per_s": together,
                "plain_batched_tokens_per_s": plain,
                "vllm_native_tokens_per_s": own, "first_token_s": {"median": statistics.median(firsts),
                                                                   "max": max(firsts)},
@@ -128,7 +129,8 @@ def measure(lm, ks: list[int], tokens: int) -> list[dict]:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"Default Generates at once ({len(LADDER)} runs × {SAMPLING.n} samples × {report['tokens']} tokens each, "
+    n = report.get("n", SAMPLING.n)  # reports before --n: the default
+    lines = [f"Default Generates at once ({len(LADDER)} runs × {n} samples × {report['tokens']} tokens each, "
              f"EOS ignored), vLLM in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs); `{report['command']}`.", "",
              "| placement | K | rows | K sessions: tokens/s | ÷ ESamp batched | ÷ plain batched | ÷ vLLM native | "
              "first token: median / max (s) | max ÷ alone | finished: median / max (s) |",
@@ -173,6 +175,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__.split("\n")[0])
     ap.add_argument("--ks", default="1,2,4,8,16", help="numbers of sessions at once")
     ap.add_argument("--tokens", type=int, default=SAMPLING.max_new_tokens)
+    ap.add_argument("--n", type=int, default=SAMPLING.n, help="answers a run (a session runs the 4-rung ladder)")
     ap.add_argument("--placements", default="inline,process")
     ap.add_argument("--process-ks", default="1,4,8", help="the Ks for the engine in vLLM's own process")
     ap.add_argument("--json", type=Path)
@@ -187,14 +190,14 @@ def main(argv=None) -> int:
         return 0
     ks = [int(k) for k in a.ks.split(",")]
     report = {"command": "python -m bench.concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tokens": a.tokens, "prompt": PROMPT, "ladder": LADDER, "placements": {}}
+              "tokens": a.tokens, "n": a.n, "prompt": PROMPT, "ladder": LADDER, "placements": {}}
     for placement in a.placements.split(","):
         t0 = time.perf_counter()
         lm = load_model(backend="vllm", placement=placement)
         report.setdefault("load_s", {})[placement] = time.perf_counter() - t0
         report["machine"] = machine(lm)
         chosen = [int(k) for k in a.process_ks.split(",")] if placement == "process" else ks
-        report["placements"][placement] = measure(lm, chosen, a.tokens)
+        report["placements"][placement] = measure(lm, chosen, a.tokens, a.n)
         lm.close()
     text = markdown(report)
     print("\n" + text)

@@ -230,10 +230,11 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
     from bench import concurrency
 
     out = tmp_path / "c.json"
-    assert concurrency.main(["--ks", "1,2", "--tokens", "2", "--placements", "inline", "--json", str(out)]) == 0
+    argv = ["--ks", "1,2", "--tokens", "2", "--n", "2", "--placements", "inline", "--json", str(out)]
+    assert concurrency.main(argv) == 0
     report = json.loads(out.read_text())
     rows = report["placements"]["inline"]
-    assert [r["k"] for r in rows] == [1, 2] and [r["rows"] for r in rows] == [64, 128]
+    assert [r["k"] for r in rows] == [1, 2] and [r["rows"] for r in rows] == [8, 16]  # K x 4 runs x 2 answers
     for r in rows:
         assert len(r["sessions"]) == r["k"] and r["tokens"] == r["rows"] * 2  # EOS ignored: every token made
         assert all(0 < s["first_token_s"] <= s["finish_s"] for s in r["sessions"])

@@ -80,10 +80,12 @@ def test_same_seed_same_tokens_other_seed_other_tokens(lm):
     assert token_ids(run(lm, seed=4)) != token_ids(a)
 
 
-def test_a_prompt_decodes_the_same_alone_and_batched_with_longer_prompts(lm):
+def test_a_prompt_decodes_the_same_alone_and_batched_with_longer_prompts(lm32):
+    # float32: in bfloat16 the padded batch's other shapes round differently, and greedy decoding
+    # follows a near-tie the other way (the 5th of 10 tokens on the AMD EPYC's emulated bfloat16)
     greedy = dict(method="plain", n=1, top_k=1, max_new_tokens=10)
-    alone = run(lm, prompts=[PROMPTS[0]], **greedy)
-    batched = run(lm, prompts=[PROMPTS[1], PROMPTS[0], "Hi"], **greedy)
+    alone = run(lm32, prompts=[PROMPTS[0]], **greedy)
+    batched = run(lm32, prompts=[PROMPTS[1], PROMPTS[0], "Hi"], **greedy)
     assert token_ids(batched)[1] == token_ids(alone)[0]
 
 

@@ -29,7 +29,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from core import RunConfig, SamplingConfig, generate, load_model
+from core import RunConfig, SamplingConfig, generate_runs, load_model
 from core import methods as core_methods
 from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
@@ -99,15 +99,17 @@ def main(argv=None) -> int:
     curves: dict[str, list[float]] = {}
     correct_counts: dict[str, list[int]] = {}
     t_start = time.perf_counter()
-    for label, cfg in METHODS[a.methods](sampling).items():
-        if a.server and not client.offered(cfg):
+    configs = METHODS[a.methods](sampling)
+    if a.server:
+        for label in [label for label, cfg in configs.items() if not client.offered(cfg)]:
             print(f"{label:22s} not offered by a server: left out", file=sys.stderr)
-            continue
-        if a.server:
-            texts = client.answers(served_client, served_model, prompts, cfg)
-        else:
-            trace = generate(lm, prompts, cfg)
-            texts = [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
+            del configs[label]
+        answers = {label: client.answers(served_client, served_model, prompts, cfg) for label, cfg in configs.items()}
+    else:  # together: on transformers the methods of one shape decode in one batch (bench.ladder)
+        traces = generate_runs(lm, prompts, list(configs.values()))
+        answers = {label: [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
+                   for label, trace in zip(configs, traces)}
+    for label, texts in answers.items():
         correct = [sum(is_correct(t, task.answer) for t in ts) for ts, task in zip(texts, tasks)]
         correct_counts[label] = correct
         curves[label] = metrics.pass_at_k_curve(correct, a.n)

@@ -6,9 +6,9 @@ import pytest
 
 # One OpenMP thread in this process and in every app, server and benchmark it starts (they inherit the
 # environment; vLLM's CPU workers set their own). The suite runs several torch processes at once on
-# two cores, and OpenMP's waiting threads spin: two processes of two threads each decoded the embedded
-# model 10-20x slower than alone, two of one thread each as fast as alone, and alone one thread is as
-# fast as two (decoding is memory-bound here). Measured in docs/development.md ("One thread a process").
+# two cores, and OpenMP's waiting threads spin: two processes of two threads each generated 6x slower
+# than one alone, two of one thread each as fast as alone, and alone one thread is as fast as two
+# (decoding is memory-bound here). `python -m bench.threads`; docs/development.md ("one thread a process").
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when it starts its thread pool)

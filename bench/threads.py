@@ -20,9 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from bench import publish
+from core import RunConfig, SamplingConfig, generate, load_model
 from core.backends.hardware import describe
 
 PROMPT = "Describe a city in the year 3000."
@@ -30,19 +34,15 @@ PROMPT = "Describe a city in the year 3000."
 
 def worker(n: int, tokens: int, rounds: int) -> dict:
     """In a process of its own: load, warm, then time `rounds` generates; seconds each."""
-    from core import RunConfig, SamplingConfig, generate, load_model
-
     lm = load_model()
-    config = RunConfig(sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=0))
-    generate(lm, [PROMPT], RunConfig(sampling=SamplingConfig(n=n, max_new_tokens=2)))
+    config = RunConfig(method="plain", sampling=SamplingConfig(n=n, max_new_tokens=tokens, seed=0))
+    generate(lm, [PROMPT], replace(config, sampling=replace(config.sampling, max_new_tokens=2)))
     seconds, made = [], 0
     for _ in range(rounds):
         start = time.perf_counter()
         trace = generate(lm, [PROMPT], config)
         seconds.append(time.perf_counter() - start)
         made = sum(len(s.tokens) for s in trace.samples)
-    import torch
-
     return {"seconds": seconds, "tokens": made, "threads": torch.get_num_threads(),
             "dtype": str(lm.dtype).removeprefix("torch.")}
 

@@ -75,10 +75,12 @@ def pytest_runtest_logstart(nodeid, location):
 @pytest.fixture(scope="session", autouse=True)
 def _started_ahead(request, tmp_path_factory):
     """The servers and apps the selected tests use, each started one after another while the slow
-    file before its own runs (tests/ahead.py); what nobody took is stopped at the end."""
+    file before its own runs (tests/ahead.py); what nobody took is stopped at the end. Not on an xdist
+    worker: it does not know which files it will be dealt, and the other worker keeps the second core busy."""
     from ahead import AHEAD, used_by
 
-    AHEAD.schedule(used_by(request.session.items), tmp_path_factory)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        AHEAD.schedule(used_by(request.session.items), tmp_path_factory)
     yield
     AHEAD.close()
 

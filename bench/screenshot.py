@@ -109,7 +109,24 @@ def wait_for_run(page, selector: str = "text=Saved as run", quiet_s: float = 600
                 seen, last = shown, now
             if now - last > quiet_s or now - start > ceiling_s:
                 raise PlaywrightTimeout(f"{selector!r} did not appear; the run's progress stood still for "
-                                        f"{now - last:.0f} s ({now - start:.0f} s in all)") from None
+                                        f"{now - last:.0f} s ({now - start:.0f} s in all); "
+                                        f"{_page_state(page)}") from None
+
+
+def _page_state(page) -> str:
+    """What a stalled page shows, for the error: whether its run began at all (a progress bar) or the form
+    still offers Generate (the click never started one), and the page's first words."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        generate = page.get_by_role("button", name="Generate")
+        state = ("a progress bar is shown" if page.locator('[data-testid="stProgress"]').count() else
+                 "no progress bar; Generate is still shown" if generate.count() and generate.first.is_visible() else
+                 "no progress bar and no Generate button")
+        text = " ".join(page.locator('[data-testid="stMain"]').first.inner_text(timeout=5_000).split())[:300]
+    except PlaywrightError as exc:  # the page itself is gone or stuck: say that instead
+        return f"the page could not be read ({type(exc).__name__})"
+    return f"{state}; the page reads: {text!r}"
 
 
 def launch(playwright):

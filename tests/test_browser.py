@@ -121,6 +121,19 @@ def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(serve
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 
 
+def test_a_stalled_run_says_whether_it_ever_began(browser):
+    """wait_for_run's error says what the stalled page shows: a run that never began (Generate still
+    offered, no progress bar) reads differently from one whose progress stopped."""
+    from bench.screenshot import _page_state
+
+    page = browser.new_page()
+    page.set_content('<div data-testid="stMain"><p>Prompt and settings</p><button>Generate</button></div>')
+    assert _page_state(page).startswith("no progress bar; Generate is still shown; the page reads: 'Prompt")
+    page.set_content('<div data-testid="stMain"><div data-testid="stProgress">3 of 6 tokens</div></div>')
+    assert _page_state(page).startswith("a progress bar is shown; the page reads: '3 of 6 tokens'")
+    page.close()
+
+
 def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, tmp_path):
     query = {"prompt": XSS, "n": 2, "tokens": 24, "top_k": 1, "raw": 1, **TWO_RUNS}  # greedy: it repeats the markup
     page, dialogs = generate(browser, server, query, tmp_path, "xss")

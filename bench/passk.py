@@ -14,8 +14,10 @@ Samples end at EOS or after --tokens. ``--server URL`` generates through a runni
 paper-scale models on a GPU machine; FIRE and the noise ablation are left out there.
 
 ``--methods frontier``: the app's defaults against plain sampling's temperatures and min-p: plain
-at T = 0.5, 0.7 and 1 and ESamp at β = 0.5 and 1 (with and without the 8-step warm-up) under
-top-p 0.9 with top-k off, and min-p 0.1 at T = 1.
+at T = 0.5, 0.7 and 1 under top-p 0.9 with top-k off, min-p 0.1 at T = 1, and ESamp as the app runs
+it (top-p 0.9, no warm-up, the slider's β = 1.5 with at most 0.2 nats a token, and the ladder's
+β = 1 rung with its scaled bound). A second table pairs the methods per problem: the app's default
+minus each other method, pass@1 and pass@n, with a 95 % interval over problems.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from core import RunConfig, SamplingConfig, generate_runs, load_model
+from core import RunConfig, SamplingConfig, beta_ladder, generate_runs, load_model
 from core import methods as core_methods
 from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
@@ -54,15 +56,49 @@ def svamp_tasks(count: int, seed: int = 0) -> list[Task]:
 TASKS = {"arithmetic": arithmetic_tasks, "svamp": svamp_tasks}
 
 
+APP_DEFAULT = "esamp β=1.5, ≤ 0.2 nats (the app's default)"
+
+
 def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
-    """The app's candidate set (top-p 0.9, top-k off) for plain and ESamp, and min-p 0.1 (core.methods)."""
+    """The app's candidate set (top-p 0.9, top-k off) for plain and ESamp, and min-p 0.1 (core.methods).
+    ESamp's bound is EsampConfig's default (the app's): the β = 1 rung's is scaled as the app's ladder's."""
     top_p = replace(sampling, top_k=0, top_p=0.9)
     out = {f"plain T={t:g}": core_methods.plain(top_p, t, shadow=False) for t in (0.5, 0.7, 1.0)}
     out[f"min-p {core_methods.MIN_P:g}"] = core_methods.min_p(sampling, shadow=False)
-    for b in (0.5, 1.0):
-        out[f"esamp β={b:g}"] = core_methods.esamp(top_p, b)
-        out[f"esamp β={b:g} warm-up 8"] = core_methods.esamp(top_p, b, warmup_steps=8)
+    top, rung = beta_ladder(core_methods.esamp(top_p, 1.5), [1.5, 1.0], scale_bound=True)
+    out[f"esamp β=1, ≤ {rung.esamp.max_kl:.3g} nats"] = rung
+    out[APP_DEFAULT] = top
     return out
+
+
+def paired(correct_counts: dict[str, list[int]], n: int, reference: str) -> list[dict]:
+    """``reference`` minus each other method, paired per problem: the mean difference of pass@1 and
+    pass@n with a 95 % interval (1.96 standard errors over problems), and on how many problems
+    ``reference`` solved more (pass@n: some sample right where the other had none) or fewer."""
+    ref = correct_counts[reference]
+    rows = []
+    for label, counts in correct_counts.items():
+        if label == reference:
+            continue
+        row = {"method": label}
+        for k in (1, n):
+            mean, err = metrics.mean_and_stderr([metrics.pass_at_k(n, a, k) - metrics.pass_at_k(n, b, k)
+                                                 for a, b in zip(ref, counts)])
+            row[f"pass@{k}"] = {"mean": mean, "low": mean - 1.96 * err, "high": mean + 1.96 * err}
+        row["solved_more"] = sum(a > 0 and b == 0 for a, b in zip(ref, counts))
+        row["solved_fewer"] = sum(b > 0 and a == 0 for a, b in zip(ref, counts))
+        rows.append(row)
+    return rows
+
+
+def paired_markdown(rows: list[dict], n: int, reference: str) -> str:
+    lines = [f"| {reference} minus | pass@1 (95 %) | pass@{n} (95 %) | problems solved only by it / by the other |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r[f'pass@{k}']['mean']:+.3f} ({r[f'pass@{k}']['low']:+.3f} to {r[f'pass@{k}']['high']:+.3f})"
+                 for k in (1, n)]
+        lines.append(f"| {r['method']} | {cells[0]} | {cells[1]} | {r['solved_more']} / {r['solved_fewer']} |")
+    return "\n".join(lines)
 
 
 METHODS = {"quality": methods, "frontier": frontier_methods}
@@ -116,12 +152,15 @@ def main(argv=None) -> int:
         print(f"{label:22s} pass@1 {curves[label][0]:.3f}  pass@{a.n} {curves[label][-1]:.3f}  "
               f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
     table = markdown(curves)
+    pairs = paired(correct_counts, a.n, APP_DEFAULT) if APP_DEFAULT in correct_counts else []
+    if pairs:
+        table += "\n\n" + paired_markdown(pairs, a.n, APP_DEFAULT)
     print("\n" + table)
     out = {"command": "python -m bench.passk " + " ".join(argv if argv is not None else sys.argv[1:]),
            "backend": "server" if a.server else a.backend, "model": where.get("model") or lm.name,
            "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
            "tokens": a.tokens, "seed": a.seed, "machine": where, "seconds": time.perf_counter() - t_start,
-           "pass_at_k": curves, "correct_counts": correct_counts}
+           "pass_at_k": curves, "correct_counts": correct_counts, "paired": pairs}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:

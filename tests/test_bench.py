@@ -45,8 +45,16 @@ def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
                        "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tasks"] == "svamp" and list(report["pass_at_k"]) == [
-        "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1", "esamp β=0.5", "esamp β=0.5 warm-up 8",
-        "esamp β=1", "esamp β=1 warm-up 8"]
+        "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1", "esamp β=1, ≤ 0.133 nats", passk.APP_DEFAULT]
+    # the app's default paired per problem with each other method: differences of per-problem pass@k
+    assert [r["method"] for r in report["paired"]] == list(report["pass_at_k"])[:-1]
+    for row in report["paired"]:
+        counts = report["correct_counts"][row["method"]]
+        ref = report["correct_counts"][passk.APP_DEFAULT]
+        assert row["pass@4"]["low"] <= row["pass@4"]["mean"] <= row["pass@4"]["high"]
+        assert row["solved_more"] == sum(a > 0 and b == 0 for a, b in zip(ref, counts))
+        assert row["pass@1"]["mean"] == pytest.approx(
+            report["pass_at_k"][passk.APP_DEFAULT][0] - report["pass_at_k"][row["method"]][0])
     # three of SVAMP's problems, the same for the same seed, with their numeric answers
     assert report["problems"] == [vars(t) for t in passk.svamp_tasks(3, seed=0)] != [
         vars(t) for t in passk.svamp_tasks(3, seed=1)]

@@ -133,15 +133,38 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
 
 
-def click_generate(page) -> None:
+# What a page shows once a Generate's click has reached the app: the model loading, a run's progress or its
+# result, an error beside the form, or the form folded away by the run it started.
+BEGUN = '[data-testid="stSpinner"], [data-testid="stProgress"], [data-testid="stForm"] [data-testid="stAlertContainer"]'
+
+
+def click_generate(page, confirm_s: float = 60, tries: int = 3) -> None:
     """Click Explore's Generate, first unfolding its settings where a run on the page folded them (a
-    link whose run is in History reopens it so)."""
+    link whose run is in History reopens it so). A click that the page shows no sign of for
+    ``confirm_s`` while Generate is still offered (nothing loading, no progress, no error) is
+    repeated, said on stderr: Streamlit lost one such click under load (docs/development.md)."""
     page.wait_for_selector("text=Prompt and settings", timeout=PAGE_MS)
     button = page.get_by_role("button", name="Generate", include_hidden=True)
     button.wait_for(state="attached", timeout=PAGE_MS)  # the form is drawn: unseen now means folded, not late
-    if not button.is_visible():
-        page.get_by_text("Prompt and settings").first.click()
-    button.click(timeout=PAGE_MS)
+    for attempt in range(1, tries + 1):
+        if not button.is_visible():
+            page.get_by_text("Prompt and settings").first.click()
+        button.click(timeout=PAGE_MS)
+        if _began(page, button, confirm_s):
+            return
+        print(f"Generate's click #{attempt} showed nothing for {confirm_s:.0f} s; {_page_state(page)}",
+              file=sys.stderr, flush=True)
+    raise RuntimeError(f"Generate was clicked {tries} times and no run began; {_page_state(page)}")
+
+
+def _began(page, button, confirm_s: float) -> bool:
+    """Whether the page shows, within ``confirm_s``, that a click on Generate reached the app."""
+    deadline = time.monotonic() + confirm_s
+    while time.monotonic() < deadline:
+        if page.locator(BEGUN).count() or page.get_by_text("Saved as run").count() or not button.is_visible():
+            return True
+        page.wait_for_timeout(250)
+    return False
 
 
 def generate_once(page, url: str, timeout_s: float = 600, reload: bool = True) -> float:

@@ -134,6 +134,24 @@ def test_a_stalled_run_says_whether_it_ever_began(browser):
     page.close()
 
 
+def test_a_generate_click_the_page_never_shows_is_clicked_again_and_a_failing_one_says_so(browser, capsys):
+    """click_generate repeats a click that reached nothing (no spinner, progress or error while Generate is
+    still offered), as a user would, says so, and gives up with the page's state after ``tries``."""
+    page = browser.new_page()
+    page.set_content('<div data-testid="stMain"><p>Prompt and settings</p><button onclick="if (++this.n > 1) '
+                     'document.body.insertAdjacentHTML(\'beforeend\', \'<div data-testid=stProgress>0 of 6</div>\')" '
+                     'data-n="0">Generate</button></div>')
+    page.evaluate("document.querySelector('button').n = 0")
+    click_generate(page, confirm_s=1)
+    assert page.locator('[data-testid="stProgress"]').count() == 1  # the second click began the run
+    assert "Generate's click #1 showed nothing for 1 s; no progress bar; Generate is still shown" in (
+        capsys.readouterr().err)
+    page.set_content('<div data-testid="stMain"><p>Prompt and settings</p><button>Generate</button></div>')
+    with pytest.raises(RuntimeError, match="clicked 2 times and no run began; no progress bar; Generate is still"):
+        click_generate(page, confirm_s=0.5, tries=2)
+    page.close()
+
+
 def test_markup_in_the_answer_is_shown_as_text_and_never_runs(server, browser, tmp_path):
     query = {"prompt": XSS, "n": 2, "tokens": 24, "top_k": 1, "raw": 1, **TWO_RUNS}  # greedy: it repeats the markup
     page, dialogs = generate(browser, server, query, tmp_path, "xss")

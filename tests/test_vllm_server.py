@@ -21,6 +21,7 @@ from core import DEFAULT_MODEL  # noqa: E402
 from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
 from core.backends.base import ModelLoadError  # noqa: E402
 from core.backends.vllm import served  # noqa: E402
+from core.backends.vllm.state import EXTRA_KEY, check_extra  # noqa: E402
 
 PROMPT = "Describe a city in the year 3000."
 
@@ -231,22 +232,28 @@ def test_a_servers_api_key_guards_esamps_routes_too(keyed_dp_server):
 
 
 def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
+    """A served request's vllm_xargs become the record an in-process request carries (state.request_extra):
+    its own run key, its whole RunConfig, no row (vLLM fans it out into n children)."""
     from vllm import SamplingParams
 
     from core.backends.vllm.processor import VllmProcessor
 
-    forged = {"method": "plain", "sampling": {"n": 99}}  # a client's own esamp_config is not trusted
-    params = SamplingParams(n=2, temperature=0.7, top_k=5, seed=1,
-                            extra_args={"esamp_beta": 0.5, "esamp_config": forged, "other_plugin": 1})
+    params = SamplingParams(n=2, temperature=0.7, top_k=5, seed=1,  # a client's own record is not trusted
+                            extra_args={"esamp_beta": 0.5, EXTRA_KEY: "forged", "other_plugin": 1})
     VllmProcessor.validate_params(params)
-    first = dict(params.extra_args)
-    config = first[served.CONFIG_KEY]
+    first = dict(params.extra_args[EXTRA_KEY])
+    assert (first["row"], first["prompts"], first["record"]) == (None, 1, False)
+    config = first["config"]
+    assert check_extra(first).to_dict() == config
     assert config["method"] == "esamp" and config["esamp"]["beta"] == 0.5
     assert config["esamp"]["max_kl"] == EsampConfig().max_kl == 0.2  # no bound asked for: the one that holds
     assert (config["sampling"]["n"], config["sampling"]["temperature"], config["sampling"]["top_k"]) == (2, 0.7, 5)
     assert (params.temperature, params.top_k) == (1.0, 0) and params.extra_args["other_plugin"] == 1
     VllmProcessor.validate_params(params)  # the same params for a request's second prompt
-    assert params.extra_args[served.CONFIG_KEY] == config and params.extra_args[served.RUN_KEY] != first[served.RUN_KEY]
+    second = params.extra_args[EXTRA_KEY]
+    assert second["config"] == config and second["run"] != first["run"]
+    with pytest.raises(ValueError, match="unknown ESamp key 'esamp_config'"):  # the old served format is gone
+        VllmProcessor.validate_params(SamplingParams(extra_args={"esamp_beta": 0.5, "esamp_config": {}}))
 
 
 def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
@@ -259,7 +266,7 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
 
     params = SamplingParams(n=2, temperature=0.7, seed=1, extra_args={"esamp_beta": 0.5, "esamp_max_kl": "None"})
     VllmProcessor.validate_params(params)
-    assert params.extra_args[served.CONFIG_KEY]["esamp"]["max_kl"] is None
+    assert params.extra_args[EXTRA_KEY]["config"]["esamp"]["max_kl"] is None
     with pytest.raises(ValueError, match='esamp_max_kl.* For no bound: "none"'):
         VllmProcessor.validate_params(SamplingParams(extra_args={"esamp_beta": 0.5, "esamp_max_kl": "lots"}))
     unbounded = esamp_config(beta=0.5)

@@ -166,9 +166,9 @@ def sampled_rows(runner, rows: int) -> torch.Tensor:
 _PLACED_KEPT = 4096  # served runs whose engine the front end remembers (fact 7)
 
 
-def route_runs_together(run_key: str) -> None:
-    """Wrap vLLM's data-parallel request placement so that the child requests carrying the same
-    ``extra_args[run_key]`` go to one engine (fact 7). Safe to call more than once."""
+def route_runs_together(run_of: Callable[[object], str | None]) -> None:
+    """Wrap vLLM's data-parallel request placement so that the child requests of one run (``run_of``
+    their SamplingParams: its key, or None) go to one engine (fact 7). Safe to call more than once."""
     from collections import OrderedDict
 
     try:
@@ -180,8 +180,7 @@ def route_runs_together(run_key: str) -> None:
         return
 
     def get_core_engine_for_request(self, request):
-        params = request.sampling_params
-        key = (params.extra_args or {}).get(run_key) if params is not None else None
+        key = run_of(request.sampling_params)
         if key is None or request.data_parallel_rank is not None:
             return original(self, request)
         placed = self.__dict__.setdefault("_esamp_placed", OrderedDict())

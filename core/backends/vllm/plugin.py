@@ -11,7 +11,8 @@ installed) loads through vLLM's entry points (pyproject.toml):
 
 from __future__ import annotations
 
-from . import hooks, internals, served
+from . import hooks, internals
+from .state import run_of
 
 NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
 PROCESSOR = "core.backends.vllm.processor:EsampProcessor"
@@ -21,7 +22,7 @@ def register() -> None:
     """vLLM's general plugin hook: runs in every vLLM process, maybe more than once. It sets no
     environment: which model runner an engine uses stays vLLM's (and its user's) choice."""
     internals.remember_model_runners()
-    internals.route_runs_together(served.RUN_KEY)
+    internals.route_runs_together(run_of)
     if hooks.graph_safe():
         from .processor import install_at_load  # vLLM is importable in a vLLM process
 

@@ -4,10 +4,11 @@ served one). Both model runners' processors (processor.py: V1, mrv2.py: Model Ru
 adapters over one ``Registry``: they tell it which request joins, which rows of a step are whose,
 and hand it the step's logits; the registry does everything else.
 
-A request belongs to a run through ``SamplingParams.extra_args``: an in-process one carries
-``state.EXTRA_KEY`` (its run, its row, the run's config: ``state.request_extra``), a served one the
-run key and config ``served.prepare`` gave it. A row's ``out`` is that request's output tokens so
-far, read as a sequence (V1: vLLM's own list; MRV2: a view of the runner's per-slot buffer).
+A request belongs to a run through one record in ``SamplingParams.extra_args[state.EXTRA_KEY]``
+(``state.request_extra``: its run, its row, the run's config): written by the in-process loop, or
+by ``served.prepare`` from a served request's ``vllm_xargs`` where vLLM takes the request. A row's
+``out`` is that request's output tokens so far, read as a sequence (V1: vLLM's own list; MRV2: a
+view of the runner's per-slot buffer).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ SERVED_RESTING = 16  # served runs kept out of the batch while some of their req
 
 
 def validate_params(sampling_params) -> None:
-    """A request's ESamp arguments, checked where vLLM takes the request (a served one: HTTP 400)."""
+    """A request's ESamp arguments, checked where vLLM takes the request (a served one: HTTP 400), and a
+    served request's ``vllm_xargs`` written as the record every request carries."""
     extra = sampling_params.extra_args or {}
+    if served.wants_esamp(extra):
+        served.prepare(sampling_params)
     if EXTRA_KEY in extra:
         check_extra(extra[EXTRA_KEY])
-    elif served.wants_esamp(extra):
-        served.prepare(sampling_params)
 
 
 class Registry:
@@ -48,7 +50,8 @@ class Registry:
         model = vllm_config.model_config if vllm_config is not None else None
         # the model as core.backends.start keys its pretrained distiller: its source and dtype
         self.model = (model.model, str(model.dtype).removeprefix("torch.")) if model is not None else None
-        # served run -> (its n, the row of each request by the identity its processor gave it)
+        # served run (a request vLLM fans out: its record has no row) -> (its n, each child's row by the
+        # identity its processor gave it)
         self._served: dict[str, tuple[int, dict[object, int]]] = {}
         self._resting: OrderedDict[str, None] = OrderedDict()  # served runs out of the batch with rows to come
         self.served_done: deque[tuple[int, int]] = deque(maxlen=SERVED_KEPT)  # (n, rows that joined) of freed runs
@@ -56,41 +59,38 @@ class Registry:
     def join(self, params, out: Sequence[int], ident: object) -> Row | None:
         """A request enters the batch: its Row (starting its run if it is the first), or None when it
         is not part of an ESamp run. ``ident``: the same object whenever the same request (re)joins."""
-        args = (params.extra_args or {}) if params is not None else {}
-        extra = args.get(EXTRA_KEY)
-        if extra is not None:
-            if extra["run"] not in self.runs and extra["run"] not in self._taken:
-                self.runs[extra["run"]] = RunState.of(extra, self.head, model=self.model)  # a failure is kept
-            return Row(extra["run"], extra["row"], out)
-        key = args.get(served.RUN_KEY)
-        if key is None:
+        extra = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+        if extra is None:
             return None
-        if key not in self.runs:
-            self._start_served(args)
-        if key not in self._served:
-            return None
+        key, row = extra["run"], extra["row"]
+        if key not in self.runs and key not in self._taken:
+            self._start(extra)
+        if row is not None:
+            return Row(key, row, out)
         n, rows = self._served[key]
         self._resting.pop(key, None)
         # A seeded child's row is its index in the request, whenever it joins (a run's rows in the same
         # order every time); a request that vLLM preempts and resumes keeps its identity: the same row.
         if ident not in rows:
-            index = internals.child_index(params.seed, args[served.CONFIG_KEY]["sampling"]["seed"], n)
+            index = internals.child_index(params.seed, extra["config"]["sampling"]["seed"], n)
             rows[ident] = index if index is not None and index not in rows.values() else len(rows) % n
         return Row(key, rows[ident], out)
 
-    def _start_served(self, args: dict) -> None:
-        key = args[served.RUN_KEY]
-        self._served[key] = (args[served.CONFIG_KEY]["sampling"]["n"], {})  # checked by served.prepare
+    def _start(self, extra: dict) -> None:
+        """Start a run (a failure is kept as a FailedRun: its rows keep the model's logits). A served
+        engine's first run installs the hooks (an in-process engine's are installed as it loads)."""
+        key = extra["run"]
+        if extra["row"] is None:
+            self._served[key] = (extra["config"]["sampling"]["n"], {})  # checked by validate_params
         if self.head is None:
             try:
                 with torch.inference_mode(False):  # the head's norm enters the distiller's graph
                     self.head = install_hooks(internals.worker_model(), self.capture)
             except Exception as exc:  # noqa: BLE001 - the engine goes on
                 self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
-                log.error("ESamp cannot run served requests in this worker: %s", self.runs[key].error)
+                log.error("ESamp cannot run in this worker: %s", self.runs[key].error)
                 return
-        extra = {"run": key, "row": 0, "prompts": 1, "config": args[served.CONFIG_KEY]}
-        self.runs[key] = RunState.of(extra, self.head, record=False, model=self.model)
+        self.runs[key] = RunState.of(extra, self.head, model=self.model)
 
     def left(self, live: set[str]) -> None:
         """Requests have left the batch; ``live``: the runs that still have rows in it. Free the served

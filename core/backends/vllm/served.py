@@ -7,10 +7,13 @@ min_p and max_tokens are the ordinary request fields. A request without such key
 
 Where vLLM checks a request (``VllmProcessor.validate_params``, in the server's own process, before
 it fans ``n`` out into n child requests), ``prepare`` checks the keys (a bad one is an HTTP 400
-naming it), gives the request a run key of its own, and moves its temperature and filters into
-the run's configuration: ESamp filters and fuses, and vLLM then samples at T = 1 with no filters
-of its own (as the in-process backend asks of it). The n children carry the same run key, so
-they share one distiller; two requests never do.
+naming it) and writes the request's ESamp record, the same record an in-process request carries
+(``state.request_extra``: a run key of its own, its whole RunConfig, no row: its n children are
+given theirs as they join). The request's temperature and filters move into that RunConfig:
+ESamp filters and fuses, and vLLM then samples its rows at T = 1 with no filters of its own, as
+the in-process backend asks of it (``prepare`` sets those four fields; the only place that
+changes a client's SamplingParams). The n children carry the same run, so they share one
+distiller; two requests never do.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ import uuid
 from dataclasses import fields
 
 from ...config import EsampConfig, RunConfig, SamplingConfig
+from .state import EXTRA_KEY, request_extra
 
 PREFIX = "esamp_"
-RUN_KEY = "esamp_run"  # set here: the run a child request belongs to
-CONFIG_KEY = "esamp_config"  # set here: the run's whole RunConfig
 # What a request may set, as esamp_<field>: the fusion and the distiller; scope and priming have
 # no meaning for one served request (one prompt), overlap is the server's to choose.
 FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
@@ -31,26 +33,27 @@ XARGS = tuple(PREFIX + f for f in FIELDS)
 NO_BOUND = "none"  # esamp_max_kl: no bound on a token's push (the paper's fusion)
 _MARK = "esamp_prepared"  # set here, with a value no client knows: this process rewrote the request
 _SECRET = secrets.token_hex(16)
-_OURS = (RUN_KEY, CONFIG_KEY, _MARK)
+_OURS = (EXTRA_KEY, _MARK)
 
 
 def wants_esamp(extra: dict | None) -> bool:
-    """Whether a request's extra args ask for ESamp."""
-    return bool(extra) and any(isinstance(k, str) and k.startswith(PREFIX) for k in extra)
+    """Whether a request's extra args hold ``esamp_*`` keys for ``prepare`` (a request that carries only
+    the record, in process, is checked as it is)."""
+    return bool(extra) and any(isinstance(k, str) and k.startswith(PREFIX) and k != EXTRA_KEY for k in extra)
 
 
 def prepare(params) -> RunConfig:
-    """Check an ESamp request's ``vllm_xargs`` and rewrite its SamplingParams for ESamp (see the
-    module's doc); ValueError naming the bad field. Called again for each prompt of a request that
-    shares one SamplingParams: each prompt gets its own run key."""
+    """Check an ESamp request's ``vllm_xargs`` and write its record, with its sampling moved into the
+    run (see the module's doc); ValueError naming the bad field. Called again for each prompt of a
+    request that shares one SamplingParams: each prompt gets a run of its own."""
     extra = params.extra_args
     if extra.get(_MARK) == _SECRET:  # a second prompt of the same request: already rewritten here
-        config = RunConfig.from_dict(extra[CONFIG_KEY])
-    else:  # (a client's own esamp_config or esamp_run is an unknown key, or overwritten)
+        config = RunConfig.from_dict(extra[EXTRA_KEY]["config"])
+    else:  # (a client's own esamp_explorer is overwritten)
         config = RunConfig(method="esamp", esamp=_esamp(extra), sampling=_sampling(params), trace="light")
-        extra[CONFIG_KEY], extra[_MARK] = config.to_dict(), _SECRET
+        extra[_MARK] = _SECRET
         params.temperature, params.top_k, params.top_p, params.min_p = 1.0, 0, 1.0, 0.0
-    extra[RUN_KEY] = uuid.uuid4().hex
+    extra.update(request_extra(uuid.uuid4().hex, None, 1, config, record=False))
     return config
 
 

@@ -19,13 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core import EsampConfig, RunConfig
+from core import RunConfig
 from core.backends.vllm import served  # the keys a server takes (no vLLM import)
 
 from .procs import free_port, wait_ready
-
-DEFAULTS = EsampConfig()
-
 
 def offered(config: RunConfig) -> bool:
     """Whether the server runs this config: plain sampling, min-p and ESamp, not FIRE or the noise ablation."""
@@ -34,18 +31,16 @@ def offered(config: RunConfig) -> bool:
 
 def request_of(config: RunConfig) -> dict:
     """The keyword arguments of ``chat.completions.create`` (besides model and messages) for a run's
-    prompt: its sampling from the ordinary fields, ESamp's settings in ``vllm_xargs``."""
+    prompt: the request ``served.params_of`` describes, in the OpenAI client's shape (vLLM's own
+    fields and ESamp's ``vllm_xargs`` in ``extra_body``)."""
     if not offered(config):
         raise ValueError(f"A server does not run method {config.method!r}"
                          + (" with noise" if config.esamp.noise else "") + ".")
-    sc = config.sampling
-    body: dict = {"top_k": sc.top_k, "min_p": sc.min_p, "ignore_eos": sc.ignore_eos}
-    if config.method == "esamp":
-        xargs = {f"esamp_{name}": getattr(config.esamp, name) for name in served.FIELDS
-                 if name == "beta" or getattr(config.esamp, name) != getattr(DEFAULTS, name)}
-        body["vllm_xargs"] = {k: served.NO_BOUND if v is None and k == "esamp_max_kl" else v for k, v in xargs.items()}
-    return {"n": sc.n, "seed": sc.seed, "temperature": sc.temperature, "top_p": sc.top_p,
-            "max_tokens": sc.max_new_tokens, "extra_body": body}
+    params = served.params_of(config)
+    body = {k: params.pop(k) for k in ("top_k", "min_p", "ignore_eos")}
+    if "extra_args" in params:
+        body["vllm_xargs"] = params.pop("extra_args")
+    return {**params, "extra_body": body}
 
 
 def answers(client, model: str, prompts: list[str], config: RunConfig) -> list[list[str]]:

@@ -275,6 +275,30 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
     assert "esamp_max_kl" not in client_lib.request_of(esamp_config(beta=0.5))["extra_body"]["vllm_xargs"]
 
 
+@pytest.mark.parametrize("esamp", [
+    EsampConfig(beta=1.5), EsampConfig(beta=0.5, max_kl=None), EsampConfig(beta=1.0, warmup_steps=8, lr=0.003),
+    EsampConfig(beta=0.25, distiller="residual", start="pretrained", intermediate=64, warmup_novelty=0.9)])
+def test_what_a_client_sends_for_a_config_is_the_run_the_server_makes(esamp):
+    """served.params_of and served.prepare are one table read both ways: the request a client makes of a
+    RunConfig (bench.client) becomes that RunConfig's run where vLLM takes it, sampled by vLLM at T = 1."""
+    from dataclasses import replace
+
+    from vllm import SamplingParams
+
+    from core.backends.vllm.processor import VllmProcessor
+
+    config = RunConfig(method="esamp", esamp=esamp, sampling=SamplingConfig(
+        n=4, max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, seed=3, ignore_eos=True))
+    params = SamplingParams(**served.params_of(config))
+    VllmProcessor.validate_params(params)
+    assert RunConfig.from_dict(params.extra_args[EXTRA_KEY]["config"]) == replace(config, trace="light")
+    assert (params.temperature, params.top_k, params.top_p, params.min_p) == (1.0, 0, 1.0, 0.0)
+    assert (params.n, params.seed, params.max_tokens, params.ignore_eos) == (4, 3, 12, True)
+    plain = SamplingParams(**served.params_of(replace(config, method="plain")))
+    VllmProcessor.validate_params(plain)  # a plain request is vLLM's own: nothing of ESamp's, untouched
+    assert not plain.extra_args and (plain.temperature, plain.top_k) == (0.8, 20)
+
+
 def test_passk_runs_through_the_server(server, tmp_path):
     from bench import passk
 

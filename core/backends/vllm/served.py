@@ -57,6 +57,21 @@ def prepare(params) -> RunConfig:
     return config
 
 
+def params_of(config: RunConfig) -> dict:
+    """The SamplingParams fields of one prompt's request that asks a server for ``config`` (``prepare``
+    reads them back into the same run): its sampling in the ordinary fields and, for ESamp, its
+    ``vllm_xargs`` in ``extra_args``: β always, every other field where it is not EsampConfig's default."""
+    sc = config.sampling
+    out = {"n": sc.n, "seed": sc.seed, "temperature": sc.temperature, "top_k": sc.top_k, "top_p": sc.top_p,
+           "min_p": sc.min_p, "max_tokens": sc.max_new_tokens, "ignore_eos": sc.ignore_eos}
+    if config.method == "esamp":
+        default = EsampConfig()
+        given = {name: getattr(config.esamp, name) for name in FIELDS
+                 if name == "beta" or getattr(config.esamp, name) != getattr(default, name)}
+        out["extra_args"] = {PREFIX + k: NO_BOUND if k == "max_kl" and v is None else v for k, v in given.items()}
+    return out
+
+
 def _esamp(extra: dict) -> EsampConfig:
     unknown = sorted(k for k in extra if isinstance(k, str) and k.startswith(PREFIX) and k not in XARGS + _OURS)
     if unknown:

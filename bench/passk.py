@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     if a.markdown:
         a.markdown.write_text(table + "\n")
     if a.images:
-        write_images({"passk": charts.pass_at_k_figure(curves)}, a.images)
+        name = a.json.stem if a.json else "passk"  # beside its JSON: one run's plot never overwrites another's
+        write_images({name: charts.pass_at_k_figure(curves)}, a.images)
     return 0
 
 

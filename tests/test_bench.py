@@ -42,7 +42,8 @@ def test_passk_quick_reports_a_curve_per_method(tmp_path):
 def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
     out = tmp_path / "p.json"
     assert passk.main(["--quick", "--backend", "transformers", "--tasks", "svamp", "--methods", "frontier",
-                       "--json", str(out)]) == 0
+                       "--json", str(out), "--images", str(tmp_path)]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0  # named after its JSON, never over another run's plot
     report = json.loads(out.read_text())
     assert report["tasks"] == "svamp" and list(report["pass_at_k"]) == [
         "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1", "esamp β=1, ≤ 0.133 nats", passk.APP_DEFAULT]

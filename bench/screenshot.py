@@ -142,7 +142,8 @@ def click_generate(page, confirm_s: float = 60, tries: int = 3) -> None:
     """Click Explore's Generate, first unfolding its settings where a run on the page folded them (a
     link whose run is in History reopens it so). A click that the page shows no sign of for
     ``confirm_s`` while Generate is still offered (nothing loading, no progress, no error) is
-    repeated, said on stderr: Streamlit lost one such click under load (docs/development.md)."""
+    repeated, said on stderr: once, under load, a Generate never began after its click (cause not
+    found: docs/development.md, the seventh round)."""
     page.wait_for_selector("text=Prompt and settings", timeout=PAGE_MS)
     button = page.get_by_role("button", name="Generate", include_hidden=True)
     button.wait_for(state="attached", timeout=PAGE_MS)  # the form is drawn: unseen now means folded, not late

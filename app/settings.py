@@ -142,13 +142,19 @@ def url_settings() -> Settings | None:
     if "prompt" not in st.query_params or not d["prompt"].strip() or len(d["prompt"]) > limits.max_prompt_chars:
         return None
     try:
-        config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
-            n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
-            min_p=d["min_p"], seed=d["seed"]), esamp=esamp_of(d["warmup"], d["max_kl"]))
-        ladder = parse_ladder(d["ladder"], limits.max_rungs)
-        temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, limits.max_rungs)
+        return settings_of(d, limits.max_rungs)
     except ValueError:
         return None
+
+
+def settings_of(d: dict[str, Any], max_rungs: int = 8) -> Settings:
+    """The Generate that values of ``FIELDS`` describe (a URL's; ``DEFAULTS``: the first Generate's),
+    the model aside; ValueError for a ladder or temperatures the form would refuse."""
+    config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
+        n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
+        min_p=d["min_p"], seed=d["seed"]), esamp=esamp_of(d["warmup"], d["max_kl"]))
+    ladder = parse_ladder(d["ladder"], max_rungs)
+    temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, max_rungs)
     return Settings(d["prompt"], config, ladder, temperatures, nearest(ladder, d["beta"]))
 
 

@@ -306,3 +306,27 @@ def test_threads_runs_processes_at_once_with_the_threads_asked(tmp_path):
     assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["vs_best_alone"] is None
     rows = [line for line in table.read_text().splitlines() if line.startswith("|")]
     assert len(rows) == 3 and rows[2].startswith("| 2 | 1 |")
+
+
+def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_path):
+    from app.settings import DEFAULTS, parse_ladder
+    from bench import answers
+    from viz import metrics
+
+    out, table = tmp_path / "a.json", tmp_path / "a.md"
+    prompts = ["Say <b>hi</b>.", "Name a colour."]
+    assert answers.main(["--backend", "transformers", "--prompts", *prompts, "--tokens", "4", "--n", "2",
+                         "--json", str(out), "--markdown", str(table)]) == 0
+    report = json.loads(out.read_text())
+    ladder = parse_ladder(DEFAULTS["ladder"])
+    assert [(r["prompt"], r["beta"]) for r in report["runs"]] == [(p, b) for p in prompts for b in ladder]
+    assert [r["method"] for r in report["runs"][:len(ladder)]] == ["plain"] + ["esamp"] * (len(ladder) - 1)
+    top = report["runs"][len(ladder) - 1]
+    assert top["max_kl"] == DEFAULTS["max_kl"]  # the top rung's bound is the form's; lower rungs' are scaled
+    for r in report["runs"]:
+        assert len(r["answers"]) == len(r["seq_rep_4"]) == len(r["loops"]) == 2
+        assert all(0 <= s <= 1 and loop == (s > metrics.DEGENERATE_SEQ_REP_4)
+                   for s, loop in zip(r["seq_rep_4"], r["loops"]))
+    text = table.read_text()
+    assert "Say &lt;b&gt;hi&lt;/b&gt;." in text and "<b>" not in text  # answers and prompts are text, never HTML
+    assert text.count("| 4 |") == len(report["runs"])

@@ -1,0 +1,84 @@
+"""The answers Explore's default Generate gives, to read: every run of the app's first Generate (its
+β ladder, `app.settings.DEFAULTS`) on a few prompts and lengths, each answer with its seq-rep-4 and a
+mark where it loops (`viz.metrics.is_degenerate`). What a person reads on the page, as a report (the
+answers HTML-escaped: model output is untrusted text).
+
+    python -m bench.answers                              # the default prompt and two more, 32 and 128 tokens
+    python -m bench.answers --backend vllm --tokens 256 --markdown /tmp/answers.md
+
+The model and backend are the app's defaults (`load_model(None)`) unless named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from pathlib import Path
+
+from bench import publish
+from app.settings import DEFAULTS, settings_of
+from core import generate_runs, load_model
+from core.backends.hardware import describe
+from viz import metrics
+
+PROMPTS = [DEFAULTS["prompt"], "Write a short story about a lighthouse keeper.",
+           "Give me three ideas for a science fair project."]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", nargs="+", default=PROMPTS)
+    p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"], 128])
+    p.add_argument("--n", type=int, default=DEFAULTS["n"])
+    p.add_argument("--backend", default=None, help="default: the app's")
+    p.add_argument("--model", default=None, help="default: the embedded model")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    args = p.parse_args(argv)
+    lm = load_model(args.model, backend=args.backend)
+    runs = []
+    for tokens in args.tokens:
+        for prompt in args.prompts:
+            configs = settings_of({**DEFAULTS, "prompt": prompt, "tokens": tokens, "n": args.n}).configs()
+            for config, trace in zip(configs, generate_runs(lm, [prompt], configs)):
+                ids = [[t.id for t in s.tokens] for s in trace.samples]
+                runs.append({"tokens": tokens, "prompt": prompt, "method": config.method, "beta": config.esamp.beta,
+                             "max_kl": config.esamp.max_kl, "answers": [s.text for s in trace.samples],
+                             "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
+                             "loops": [metrics.is_degenerate(i) for i in ids]})
+    shared = {k: v for k, v in DEFAULTS.items() if k not in ("model", "backend", "prompt", "tokens", "n", "beta")}
+    report = {"cpu": describe(), "model": lm.name, "backend": lm.backend, "dtype": str(lm.dtype).removeprefix("torch."),
+              "settings": shared, "n": args.n, "runs": runs}
+    return publish(report, args.json, args.markdown, markdown)
+
+
+def markdown(report: dict) -> str:
+    cpu = report["cpu"]
+    settings = ", ".join(f"{k} {v}" for k, v in report["settings"].items() if v not in ("", None))
+    lines = [f"{report['model']} on {report['backend']} in {report['dtype']}, {cpu['cpu']} ({cpu['cpus']} cores, "
+             f"{cpu['torch_cpu_capability']}); the app's defaults ({settings}), {report['n']} answers a run. "
+             f"[x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}).", "",
+             "| tokens | prompt | run | answers that loop |", "|---:|---|---|---:|"]
+    for r in report["runs"]:
+        lines.append(f"| {r['tokens']} | {text(r['prompt'])} | {label(r)} | {sum(r['loops'])} of {len(r['loops'])} |")
+    for r in report["runs"]:
+        lines += ["", f"#### {r['tokens']} tokens, {label(r)}: {text(r['prompt'])}", ""]
+        lines += [f"- [{s:.2f}]{'*' if loop else ''} {text(a)}"
+                  for a, s, loop in zip(r["answers"], r["seq_rep_4"], r["loops"])]
+    return "\n".join(lines) + "\n"
+
+
+def text(untrusted: str) -> str:
+    """A prompt or an answer on one line of markdown, as text: its lines joined by " / ", HTML escaped,
+    and a table's bars too."""
+    return html.escape(" / ".join(untrusted.split("\n")).strip()).replace("|", "\\|")
+
+
+def label(run: dict) -> str:
+    if run["method"] != "esamp":
+        return "plain"
+    return f"ESamp β {run['beta']:g}" + (f", ≤ {run['max_kl']:g} nats" if run["max_kl"] is not None else "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

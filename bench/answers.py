@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import itertools
 from pathlib import Path
 
 from bench import publish
@@ -30,38 +31,51 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", nargs="+", default=PROMPTS)
     p.add_argument("--tokens", nargs="+", type=int, default=[DEFAULTS["tokens"], 128])
     p.add_argument("--n", type=int, default=DEFAULTS["n"])
+    p.add_argument("--seeds", type=int, default=1, help="seeds from the app's (its answers are listed; the "
+                   "others are counted: one seed's looping answer may be chance, plain sampling's too)")
     p.add_argument("--backend", default=None, help="default: the app's")
     p.add_argument("--model", default=None, help="default: the embedded model")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
-    lm = load_model(args.model, backend=args.backend)
+    lm = load_model(args.model, backend=args.backend or DEFAULTS["backend"])
     runs = []
-    for tokens in args.tokens:
-        for prompt in args.prompts:
-            configs = settings_of({**DEFAULTS, "prompt": prompt, "tokens": tokens, "n": args.n}).configs()
-            for config, trace in zip(configs, generate_runs(lm, [prompt], configs)):
-                ids = [[t.id for t in s.tokens] for s in trace.samples]
-                runs.append({"tokens": tokens, "prompt": prompt, "method": config.method, "beta": config.esamp.beta,
-                             "max_kl": config.esamp.max_kl, "answers": [s.text for s in trace.samples],
-                             "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
-                             "loops": [metrics.is_degenerate(i) for i in ids]})
-    shared = {k: v for k, v in DEFAULTS.items() if k not in ("model", "backend", "prompt", "tokens", "n", "beta")}
+    for tokens, prompt, seed in itertools.product(args.tokens, args.prompts, range(args.seeds)):
+        values = {**DEFAULTS, "prompt": prompt, "tokens": tokens, "n": args.n, "seed": DEFAULTS["seed"] + seed}
+        configs = settings_of(values).configs()
+        for config, trace in zip(configs, generate_runs(lm, [prompt], configs)):
+            ids = [[t.id for t in s.tokens] for s in trace.samples]
+            runs.append({"tokens": tokens, "prompt": prompt, "seed": config.sampling.seed, "method": config.method,
+                         "beta": config.esamp.beta, "max_kl": config.esamp.max_kl,
+                         "answers": [s.text for s in trace.samples],
+                         "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
+                         "loops": [metrics.is_degenerate(i) for i in ids]})
+    own = ("model", "backend", "prompt", "tokens", "n", "beta", "seed")  # said apart, or not a run's setting
+    shared = {k: v for k, v in DEFAULTS.items() if k not in own}
     report = {"cpu": describe(), "model": lm.name, "backend": lm.backend, "dtype": str(lm.dtype).removeprefix("torch."),
-              "settings": shared, "n": args.n, "runs": runs}
+              "settings": shared, "n": args.n, "seeds": list(range(DEFAULTS["seed"], DEFAULTS["seed"] + args.seeds)),
+              "runs": runs}
     return publish(report, args.json, args.markdown, markdown)
 
 
 def markdown(report: dict) -> str:
-    cpu = report["cpu"]
+    cpu, seeds = report["cpu"], report["seeds"]
     settings = ", ".join(f"{k} {v}" for k, v in report["settings"].items() if v not in ("", None))
     lines = [f"{report['model']} on {report['backend']} in {report['dtype']}, {cpu['cpu']} ({cpu['cpus']} cores, "
-             f"{cpu['torch_cpu_capability']}); the app's defaults ({settings}), {report['n']} answers a run. "
-             f"[x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}).", "",
-             "| tokens | prompt | run | answers that loop |", "|---:|---|---|---:|"]
+             f"{cpu['torch_cpu_capability']}); the app's defaults ({settings}), {report['n']} answers a run, seed "
+             f"{seeds[0]}" + (f" to {seeds[-1]} (the answers listed are seed {seeds[0]}'s)" if len(seeds) > 1 else "")
+             + f". [x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}).", "",
+             "| tokens | prompt | run | answers that loop | seeds with one that loops |", "|---:|---|---|---:|---:|"]
+    table: dict[tuple, list[dict]] = {}
     for r in report["runs"]:
-        lines.append(f"| {r['tokens']} | {text(r['prompt'])} | {label(r)} | {sum(r['loops'])} of {len(r['loops'])} |")
+        table.setdefault((r["tokens"], r["prompt"], label(r)), []).append(r)
+    for (tokens, prompt, run), rs in table.items():
+        loops = sum(sum(r["loops"]) for r in rs)
+        lines.append(f"| {tokens} | {text(prompt)} | {run} | {loops} of {sum(len(r['loops']) for r in rs)} | "
+                     f"{sum(any(r['loops']) for r in rs)} of {len(rs)} |")
     for r in report["runs"]:
+        if r["seed"] != seeds[0]:
+            continue
         lines += ["", f"#### {r['tokens']} tokens, {label(r)}: {text(r['prompt'])}", ""]
         lines += [f"- [{s:.2f}]{'*' if loop else ''} {text(a)}"
                   for a, s, loop in zip(r["answers"], r["seq_rep_4"], r["loops"])]

@@ -316,10 +316,12 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
     out, table = tmp_path / "a.json", tmp_path / "a.md"
     prompts = ["Say <b>hi</b>.", "Name a colour."]
     assert answers.main(["--backend", "transformers", "--prompts", *prompts, "--tokens", "4", "--n", "2",
-                         "--json", str(out), "--markdown", str(table)]) == 0
+                         "--seeds", "2", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
-    ladder = parse_ladder(DEFAULTS["ladder"])
-    assert [(r["prompt"], r["beta"]) for r in report["runs"]] == [(p, b) for p in prompts for b in ladder]
+    ladder, seeds = parse_ladder(DEFAULTS["ladder"]), [DEFAULTS["seed"], DEFAULTS["seed"] + 1]
+    assert report["seeds"] == seeds
+    assert [(r["prompt"], r["seed"], r["beta"]) for r in report["runs"]] == [
+        (p, s, b) for p in prompts for s in seeds for b in ladder]
     assert [r["method"] for r in report["runs"][:len(ladder)]] == ["plain"] + ["esamp"] * (len(ladder) - 1)
     top = report["runs"][len(ladder) - 1]
     assert top["max_kl"] == DEFAULTS["max_kl"]  # the top rung's bound is the form's; lower rungs' are scaled
@@ -329,4 +331,6 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
                    for s, loop in zip(r["seq_rep_4"], r["loops"]))
     text = table.read_text()
     assert "Say &lt;b&gt;hi&lt;/b&gt;." in text and "<b>" not in text  # answers and prompts are text, never HTML
-    assert text.count("| 4 |") == len(report["runs"])
+    assert text.count("| 4 |") == len(prompts) * len(ladder)  # one row a run, its seeds counted together
+    assert text.count("of 2 |") == len(prompts) * len(ladder)  # ... of two seeds
+    assert text.count("#### ") == len(prompts) * len(ladder)  # the first seed's answers listed

@@ -45,11 +45,16 @@ def main(argv=None) -> int:
         configs = settings_of(values).configs()
         for config, trace in zip(configs, generate_runs(lm, [prompt], configs)):
             ids = [[t.id for t in s.tokens] for s in trace.samples]
+            guided = [t for s in trace.samples for t in s.tokens if t.kl]  # the tokens the fusion moved
             runs.append({"tokens": tokens, "prompt": prompt, "seed": config.sampling.seed, "method": config.method,
                          "beta": config.esamp.beta, "max_kl": config.esamp.max_kl,
                          "answers": [s.text for s in trace.samples],
                          "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
-                         "loops": [metrics.is_degenerate(i) for i in ids]})
+                         "loops": [metrics.is_degenerate(i) for i in ids], "guided": len(guided),
+                         # how the fusion moved them: sharper (lower entropy) or flatter, and the chosen token
+                         "sharper": sum(t.entropy_new < t.entropy_ref for t in guided),
+                         "entropy_change": sum(t.entropy_new - t.entropy_ref for t in guided),
+                         "chosen_logp_change": sum(t.logp_new - t.logp_ref for t in guided)})
     own = ("model", "backend", "prompt", "tokens", "n", "beta", "seed")  # said apart, or not a run's setting
     shared = {k: v for k, v in DEFAULTS.items() if k not in own}
     report = {"cpu": describe(), "model": lm.name, "backend": lm.backend, "dtype": str(lm.dtype).removeprefix("torch."),
@@ -65,14 +70,20 @@ def markdown(report: dict) -> str:
              f"{cpu['torch_cpu_capability']}); the app's defaults ({settings}), {report['n']} answers a run, seed "
              f"{seeds[0]}" + (f" to {seeds[-1]} (the answers listed are seed {seeds[0]}'s)" if len(seeds) > 1 else "")
              + f". [x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}).", "",
-             "| tokens | prompt | run | answers that loop | seeds with one that loops |", "|---:|---|---|---:|---:|"]
+             "| tokens | prompt | run | answers that loop | seeds with one that loops | guided tokens made sharper | "
+             "entropy change a guided token (nats) | chosen token's log p change |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
     table: dict[tuple, list[dict]] = {}
     for r in report["runs"]:
         table.setdefault((r["tokens"], r["prompt"], label(r)), []).append(r)
     for (tokens, prompt, run), rs in table.items():
         loops = sum(sum(r["loops"]) for r in rs)
+        guided = sum(r["guided"] for r in rs)
+        moved = " | ".join(f"{sum(r[k] for r in rs) / guided:{f}}" for k, f in
+                           (("sharper", ".0%"), ("entropy_change", "+.3f"), ("chosen_logp_change", "+.3f"))) \
+            if guided else "| |"
         lines.append(f"| {tokens} | {text(prompt)} | {run} | {loops} of {sum(len(r['loops']) for r in rs)} | "
-                     f"{sum(any(r['loops']) for r in rs)} of {len(rs)} |")
+                     f"{sum(any(r['loops']) for r in rs)} of {len(rs)} | {moved} |")
     for r in report["runs"]:
         if r["seed"] != seeds[0]:
             continue

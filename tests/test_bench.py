@@ -329,6 +329,9 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
         assert len(r["answers"]) == len(r["seq_rep_4"]) == len(r["loops"]) == 2
         assert all(0 <= s <= 1 and loop == (s > metrics.DEGENERATE_SEQ_REP_4)
                    for s, loop in zip(r["seq_rep_4"], r["loops"]))
+        # plain moves no token; ESamp moves the tokens after each answer's first (no warm-up; an EOS may come early)
+        assert (r["guided"] == 0) == (r["method"] == "plain") and r["guided"] <= 2 * 3
+        assert 0 <= r["sharper"] <= r["guided"]
     text = table.read_text()
     assert "Say &lt;b&gt;hi&lt;/b&gt;." in text and "<b>" not in text  # answers and prompts are text, never HTML
     assert text.count("| 4 |") == len(prompts) * len(ladder)  # one row a run, its seeds counted together

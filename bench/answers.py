@@ -6,7 +6,7 @@ answers HTML-escaped: model output is untrusted text).
     python -m bench.answers                              # the default prompt and two more, 32 and 128 tokens
     python -m bench.answers --backend vllm --tokens 256 --markdown /tmp/answers.md
 
-The model and backend are the app's defaults (`load_model(None)`) unless named.
+The model and backend are the app's (the embedded model on `DEFAULTS["backend"]`) unless named.
 """
 
 from __future__ import annotations

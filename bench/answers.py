@@ -21,6 +21,7 @@ from app.settings import DEFAULTS, settings_of
 from core import generate_runs, load_model
 from core.backends.hardware import describe
 from viz import metrics
+from viz.summary import config_label
 
 PROMPTS = [DEFAULTS["prompt"], "Write a short story about a lighthouse keeper.",
            "Give me three ideas for a science fair project."]
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
             ids = [[t.id for t in s.tokens] for s in trace.samples]
             guided = [t for s in trace.samples for t in s.tokens if t.kl]  # the tokens the fusion moved
             runs.append({"tokens": tokens, "prompt": prompt, "seed": config.sampling.seed, "method": config.method,
-                         "beta": config.esamp.beta, "max_kl": config.esamp.max_kl,
+                         "run": config_label(config), "beta": config.esamp.beta, "max_kl": config.esamp.max_kl,
                          "answers": [s.text for s in trace.samples],
                          "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
                          "loops": [metrics.is_degenerate(i) for i in ids], "guided": len(guided),
@@ -98,9 +99,9 @@ def text(untrusted: str) -> str:
 
 
 def label(run: dict) -> str:
-    if run["method"] != "esamp":
-        return "plain"
-    return f"ESamp β {run['beta']:g}" + (f", ≤ {run['max_kl']:g} nats" if run["max_kl"] is not None else "")
+    """The run's name on the page (``viz.summary.config_label``), with its bound."""
+    bound = run["method"] == "esamp" and run["max_kl"] is not None
+    return run["run"] + (f", ≤ {run['max_kl']:g} nats" if bound else "")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 
 import ahead
 from app.settings import DEFAULTS
-from bench.screenshot import click_generate, launch, running_app, start_app, wait_for_run
+from bench.screenshot import PAGE_MS, click_generate, launch, running_app, start_app, wait_for_run
 from bench.screenshot import stop_app as stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -227,16 +227,22 @@ def prompts_of_run(db: Path, run_id: int) -> set[str]:
 def test_two_sessions_generating_at_once_keep_their_own_runs(server, server_db, browser):
     """The second session waits for the first (one generation at a time per model), says what it waits
     for, then runs; each page shows and saves its own prompt's run, nothing mixed."""
-    a, _ = start_generating(browser, server, {"prompt": "Name a river.", "n": 2, "tokens": LONG, **TWO_RUNS})
+    # b's page is open before a begins, so b's click follows a's first tokens at once: a's story runs
+    # for hundreds of tokens before its answers end (a short answer once ended a's run before b began)
+    b, _ = open_page(browser, server)
+    b.goto(f"{server}/?{urllib.parse.urlencode({'prompt': 'Name a mountain.', 'n': 2, 'tokens': 6, **TWO_RUNS})}")
+    b.wait_for_selector("text=Prompt and settings", timeout=PAGE_MS)
+    a, _ = start_generating(browser, server, {"prompt": "Tell a long story about a river.", "n": 2, "tokens": LONG,
+                                              **TWO_RUNS})
     wait_for_run(a, "text=2 runs at once")
     wait_for_run(a, r"text=/answer 2 · [1-9]\d* tokens/")  # the answers as they grow
     assert a.locator("text=Saved as run").count() == 0 and a.locator(".esx-text").first.inner_text().strip()
-    b, _ = start_generating(browser, server, {"prompt": "Name a mountain.", "n": 2, "tokens": 6, **TWO_RUNS})
+    click_generate(b)
     wait_for_run(b, "text=waiting for another session's run")
     a.get_by_role("button", name="Stop").click()  # a's user stops it; b goes on
     run_a, run_b = saved_run_id(a), saved_run_id(b)
     assert run_a != run_b
-    assert prompts_of_run(server_db, run_a) == {"Name a river."}
+    assert prompts_of_run(server_db, run_a) == {"Tell a long story about a river."}
     assert prompts_of_run(server_db, run_b) == {"Name a mountain."}
     from playwright.sync_api import expect
 

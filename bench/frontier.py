@@ -34,6 +34,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from core import RunConfig, SamplingConfig, generate, load_model, methods
@@ -59,14 +60,17 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None),
             "esamp, ≤ 0.3 nats, warm-up 8": dict(max_kl=0.3, warmup_steps=8),
             "esamp noise, ≤ 0.3 nats a token": dict(max_kl=0.3, noise=True),
             **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e) for e in (0.05, 0.1, 0.2)},
-            "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True)}
+            "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True),
+            "esamp, leveled, ≤ 0.2 nats": dict(max_kl=0.2, keep_entropy=True),
+            "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True)}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
 VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",
                    "esamp, unbounded (the paper)": "#8C564B", "esamp, pretrained start": "#F0E442",
                    "esamp, ≤ 0.1 nats a token": "#B2DF8A", "esamp, ≤ 0.2 nats a token": "#56B4E9",
                    "esamp, ≤ 0.3 nats a token": "#6A3D9A", "esamp, ≤ 0.5 nats a token": "#999999",
-                   "esamp, ≤ 0.3 nats, warm-up 8": "#FB9A99", "esamp noise, ≤ 0.3 nats a token": "#E69F00"}
+                   "esamp, ≤ 0.3 nats, warm-up 8": "#FB9A99", "esamp noise, ≤ 0.3 nats a token": "#E69F00",
+                   "esamp, leveled, ≤ 0.2 nats": "#332288", "esamp, leveled, unbounded": "#117733"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")
@@ -286,7 +290,7 @@ def main(argv=None) -> int:
         if a.runs:
             grid = [grid[0]] + [named_run(sampling, name) for name in a.runs.split(";") if name.strip()]
         for series, cfg in grid:
-            done = [r for r in kept if r["series"] == series and RunConfig.from_dict(r["config"]) == cfg]
+            done = [r for r in kept if r["series"] == series and same_run(RunConfig.from_dict(r["config"]), cfg)]
             results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
             if a.json and not done:  # what is measured is kept if the run is stopped: --add-to goes on from it
                 so_far = {**results, label: results[label] + [r for r in kept if r not in results[label]]}
@@ -304,6 +308,14 @@ def main(argv=None) -> int:
     if a.images:
         write_images(figures(report), a.images)
     return 0
+
+
+def same_run(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two configs make the same run: equal, or both plain sampling without a distiller, whose
+    fusion settings (defaults that changed since an earlier JSON was written) steer nothing."""
+    if a.method == b.method == "plain" and not a.esamp.shadow and not b.esamp.shadow:
+        return replace(a, esamp=b.esamp) == b
+    return a == b
 
 
 def report_of(a, argv, lm, prompts, t_start: float, results: dict, earlier: dict | None, unfinished=False) -> dict:

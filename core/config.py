@@ -35,6 +35,11 @@ def _check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
         raise ValueError(f"`{name}` must be an integer from {lo} to {hi}, but is {value!r}.{hint}")
 
 
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):  # "false" from a request is truthy: say so rather than take it as True
+        raise ValueError(f"`{name}` must be true or false, but is {value!r}.")
+
+
 MAX_PROMPTS = 256
 
 
@@ -120,6 +125,10 @@ class EsampConfig:
     # (the paper's fusion, which on the embedded model loops in about half of its 128-token answers at
     # β = 1.5); 0: no push at all. 0.2: what holds at 32 and 128 tokens (bench.frontier, docs/results.md).
     max_kl: float | None = 0.2
+    # The push less its part along the reference logits (core.esamp.fusion.level): where the distiller's
+    # prediction is broad the paper's fusion also sharpens (a lower temperature, which makes a small
+    # model's long answers loop); leveled, it only moves mass between tokens. False: the paper's fusion.
+    keep_entropy: bool = False
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.
@@ -142,6 +151,8 @@ class EsampConfig:
         _check_range("grad_clip", self.grad_clip, 1e-6, 1e6)
         _check_int("warmup_steps", self.warmup_steps, 0, MAX_NEW_TOKENS, " Use 0 for no warm-up.")
         _check_range("warmup_novelty", self.warmup_novelty, 0.0, 10.0, " Use 0 for no novelty threshold.")
+        for name in ("shadow", "noise", "prime", "keep_entropy"):
+            _check_bool(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch
 from core.esamp.budget import kl
 from core.esamp.candidates import EXACT_TOP, TIE_SLACK, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
-from core.esamp.fusion import fuse, novelty
+from core.esamp.fusion import fuse, level, novelty
 from core.esamp.head import LMHead
 from core.esamp.signals import PendingSignals, base_logprobs
 
@@ -259,6 +259,55 @@ def test_the_budget_holds_on_every_row_of_a_filtered_batch():
     pushes = [kl(torch.log_softmax(fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=e), -1),
                  torch.log_softmax(cand.logits, -1)) for e in (0.05, 0.3, 1.0)]
     assert (pushes[0] <= pushes[1] + 1e-6).all() and (pushes[1] <= pushes[2] + 1e-6).all()
+
+
+def entropy(logits):
+    return -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).nan_to_num().sum(-1)
+
+
+def test_a_push_along_the_reference_logits_is_a_temperature_and_leveling_takes_all_of_it_out():
+    # A distiller that predicts the mean state: l_dist flat, so δ = β (l_ref - l_dist) is l_ref scaled and
+    # shifted, and the paper's fusion is π_ref^(1+β) (normalised): the same tokens at a lower temperature.
+    l_ref = torch.tensor([[2.0, 1.0, 0.0, -INF], [0.5, -0.5, -1.0, -3.0]])
+    delta = torch.where(torch.isfinite(l_ref), 0.7 * l_ref + 5.0, torch.zeros_like(l_ref))
+    assert (entropy(l_ref + delta) < entropy(l_ref)).all()  # sharper
+    leveled = level(l_ref, delta)
+    kept = torch.isfinite(l_ref)
+    assert torch.allclose(torch.log_softmax(l_ref + leveled, -1)[kept], torch.log_softmax(l_ref, -1)[kept], atol=1e-5)
+    assert torch.equal(leveled[~kept], torch.zeros(1))  # outside the candidates: nothing
+
+
+def test_leveling_keeps_the_entropy_to_first_order_and_moves_mass_as_the_push_does():
+    g = torch.Generator().manual_seed(4)
+    l_ref = torch.randn(16, 40, generator=g) * 2
+    l_ref[:, 30:] = -INF  # a filter's impossible tokens
+    delta = torch.where(torch.isfinite(l_ref), torch.randn(16, 40, generator=g) + 0.8 * l_ref, torch.zeros(1))
+    leveled = level(l_ref, delta)
+    t = 1e-3  # dH/dt at t = 0: -Cov_p(δ, l), which leveling makes 0
+    rate = (entropy(l_ref + t * leveled) - entropy(l_ref - t * leveled)) / (2 * t)
+    paper_rate = (entropy(l_ref + t * delta) - entropy(l_ref - t * delta)) / (2 * t)
+    assert rate.abs().max() < 1e-3 < paper_rate.abs().min()
+    # what is left is the push's own part: uncorrelated with l_ref, the rest of δ unchanged
+    other = torch.where(torch.isfinite(l_ref), torch.randn(16, 40, generator=g), torch.zeros(1))
+    other = level(l_ref, other)
+    assert torch.allclose(level(l_ref, other), other, atol=1e-5)  # leveling twice: the same
+    assert torch.allclose(level(l_ref, other + 3 * torch.where(torch.isfinite(l_ref), l_ref, torch.zeros(1))),
+                          other, atol=1e-4)
+
+
+def test_the_leveled_fusion_is_bounded_too_and_one_candidate_is_left_alone():
+    g = torch.Generator().manual_seed(5)
+    head = LMHead(torch.randn(200, 16, generator=g))
+    h, h_hat = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g) * 3
+    l_ref = head.logits(h)
+    filtered = l_ref.masked_fill(l_ref < torch.topk(l_ref, 20).values[:, -1:], -INF)
+    cand = Candidates.from_filtered(filtered, filters_active=True)
+    fused = fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=0.2, keep_entropy=True)
+    moved = kl(torch.log_softmax(fused, -1), torch.log_softmax(cand.logits, -1))
+    assert (moved <= 0.2 + 1e-6).all() and (moved > 0).all()
+    assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))
+    one = Candidates.from_filtered(l_ref.masked_fill(l_ref < l_ref.max(-1, keepdim=True).values, -INF), True)
+    assert torch.equal(fuse(one, h, h_hat, head, 2.0, 1.0, keep_entropy=True), one.logits)
 
 
 def test_unguided_rows_sample_from_the_models_own_logits_in_bfloat16_and_record_float32():

@@ -86,6 +86,7 @@ def test_a_seeded_esamp_request_sent_again_gives_the_same_answer(client):
     ({"esamp_beta": "a lot"}, {}, "esamp_beta"),
     ({"esamp_bta": 0.5}, {}, "esamp_bta"),
     ({"esamp_warmup_steps": -1}, {}, "esamp_warmup_steps"),
+    ({"esamp_keep_entropy": "maybe"}, {}, "esamp_keep_entropy"),
     ({"esamp_beta": 0.5}, {"min_p": 2.0}, "min_p"),  # vLLM's own check of the ordinary field
 ])
 def test_a_bad_esamp_request_is_an_http_400_naming_the_field(client, xargs, body, named):
@@ -135,6 +136,17 @@ def test_concurrent_clients_each_get_their_answers(server, client):
 def test_the_served_keys_are_the_esamp_configs_fields():
     assert "esamp_beta" in served.XARGS and "esamp_warmup_steps" in served.XARGS
     assert not {"esamp_scope", "esamp_prime", "esamp_overlap"} & set(served.XARGS)
+
+
+def test_a_switch_a_client_sends_as_true_or_false_reaches_the_run_as_it_was_sent():
+    """vllm_xargs' type has no booleans: vLLM's own request model turns JSON true and false into 1 and 0."""
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    for sent in (True, False, "true", "false"):
+        body = {"model": DEFAULT_MODEL, "prompt": PROMPT, "vllm_xargs": {"esamp_beta": 1, "esamp_keep_entropy": sent,
+                                                                           "esamp_noise": sent}}
+        xargs = CompletionRequest.model_validate_json(json.dumps(body)).vllm_xargs
+        assert served._esamp(xargs).keep_entropy is served._esamp(xargs).noise is (sent in (True, "true"))
 
 
 def test_a_client_that_goes_away_frees_its_run(server, client):
@@ -277,7 +289,8 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
 
 @pytest.mark.parametrize("esamp", [
     EsampConfig(beta=1.5), EsampConfig(beta=0.5, max_kl=None), EsampConfig(beta=1.0, warmup_steps=8, lr=0.003),
-    EsampConfig(beta=0.25, distiller="residual", start="pretrained", intermediate=64, warmup_novelty=0.9)])
+    EsampConfig(beta=0.25, distiller="residual", start="pretrained", intermediate=64, warmup_novelty=0.9),
+    EsampConfig(beta=1.5, keep_entropy=True, noise=True)])
 def test_what_a_client_sends_for_a_config_is_the_run_the_server_makes(esamp):
     """served.params_of and served.prepare are one table read both ways: the request a client makes of a
     RunConfig (bench.client) becomes that RunConfig's run where vLLM takes it, sampled by vLLM at T = 1."""

@@ -78,7 +78,7 @@ class Steerer:
         if rows % groups:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
-        self.max_kl = cfg.max_kl
+        self.max_kl, self.keep_entropy = cfg.max_kl, cfg.keep_entropy
         device = head.weight.device
         self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm,
                                   initial=initial)
@@ -136,7 +136,7 @@ class Steerer:
         if guided:
             with self.watch("fuse"):
                 fused = sample = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected,
-                                      self.max_kl)
+                                      self.max_kl, self.keep_entropy)
                 waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))

@@ -30,6 +30,8 @@ PREFIX = "esamp_"
 # no meaning for one served request (one prompt), overlap is the server's to choose.
 FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
 XARGS = tuple(PREFIX + f for f in FIELDS)
+SWITCHES = {f.name for f in fields(EsampConfig) if f.type in (bool, "bool")} & set(FIELDS)
+_SWITCH_VALUES = {"true": True, "1": True, "false": False, "0": False}
 NO_BOUND = "none"  # esamp_max_kl: no bound on a token's push (the paper's fusion)
 _MARK = "esamp_prepared"  # set here, with a value no client knows: this process rewrote the request
 _SECRET = secrets.token_hex(16)
@@ -79,6 +81,8 @@ def _esamp(extra: dict) -> EsampConfig:
     given = {k[len(PREFIX):]: v for k, v in extra.items() if k in XARGS}
     if isinstance(given.get("max_kl"), str) and given["max_kl"].lower() == NO_BOUND:
         given["max_kl"] = None  # vllm_xargs cannot carry null
+    for name in SWITCHES & given.keys():  # nor true and false: its pydantic type makes them 1 and 0
+        given[name] = _SWITCH_VALUES.get(str(given[name]).lower(), given[name])
     for name, value in given.items():
         try:
             EsampConfig(**{name: value})

@@ -114,14 +114,15 @@ class Registry:
 
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]]) -> torch.Tensor:
         """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run; each run
-        filters, predicts and fuses its rows in the order of their row numbers (into ``logits``, or a
-        new tensor when one run has every row in order). Other rows are left as they are."""
+        filters, predicts and fuses its rows in the batch's order, each row's distiller found by its row
+        number (the steerer's ``slots``): so a run that has the whole batch works on vLLM's logits where
+        they are, however vLLM ordered its rows, with no copy of them (into ``logits``, or a new tensor
+        then). Other rows are left as they are."""
         by_run: dict[str, list[tuple[int, Row]]] = {}
         for i, r in batch:
             if i < logits.shape[0] and r.run in self.runs:
                 by_run.setdefault(r.run, []).append((i, r))
         for key, rows in by_run.items():
-            rows.sort(key=lambda x: x[1].row)  # a run sees its rows in its own order, wherever the runner put them
             out = self.runs[key].step(logits, rows, self.capture)
             if out is None:
                 continue

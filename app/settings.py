@@ -82,7 +82,8 @@ FIELDS = [
     Field("min_p", float, 0.0, _sampling("min_p")),
     Field("seed", int, 0, _sampling("seed")),
     Field("warmup", int, 0, lambda m, s: s.config.esamp.warmup_steps),  # EsampConfig.warmup_steps
-    Field("max_kl", float, 0.2, lambda m, s: f"{s.config.esamp.max_kl or 0:g}"),  # EsampConfig.max_kl; 0: no bound
+    Field("max_kl", float, 0.5, lambda m, s: f"{s.config.esamp.max_kl or 0:g}"),  # EsampConfig.max_kl; 0: no bound
+    Field("level", int, 1, lambda m, s: int(s.config.esamp.keep_entropy)),  # EsampConfig.keep_entropy
     Field("beta", float, 1.5, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
     Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
 ]
@@ -115,9 +116,10 @@ def parse_ladder(text: str, most: int = 8) -> tuple[float, ...]:
     return ladder
 
 
-def esamp_of(warmup: int, max_kl: float) -> EsampConfig:
-    """ESamp's settings from the form's (or a link's) values: a bound of 0 is none (the paper's fusion)."""
-    return EsampConfig(warmup_steps=warmup, max_kl=max_kl or None)
+def esamp_of(warmup: int, max_kl: float, level: int | bool = True) -> EsampConfig:
+    """ESamp's settings from the form's (or a link's) values: a bound of 0 is none; ``level`` 0: the
+    paper's push (with both, the paper's fusion)."""
+    return EsampConfig(warmup_steps=warmup, max_kl=max_kl or None, keep_entropy=bool(level))
 
 
 def url_values() -> dict[str, Any]:
@@ -152,7 +154,7 @@ def settings_of(d: dict[str, Any], max_rungs: int = 8) -> Settings:
     the model aside; ValueError for a ladder or temperatures the form would refuse."""
     config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
         n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
-        min_p=d["min_p"], seed=d["seed"]), esamp=esamp_of(d["warmup"], d["max_kl"]))
+        min_p=d["min_p"], seed=d["seed"]), esamp=esamp_of(d["warmup"], d["max_kl"], d["level"]))
     ladder = parse_ladder(d["ladder"], max_rungs)
     temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, max_rungs)
     return Settings(d["prompt"], config, ladder, temperatures, nearest(ladder, d["beta"]))
@@ -220,12 +222,17 @@ def _clamp(v, lo, hi):
 
 
 LADDER_HELP = ("One run per β, same seed: 0 is plain sampling, the paper's default is 0.25. Afterwards the β "
-               "slider moves between them without generating again. For answers much longer than 32 tokens keep "
-               "β at 0.5 or below: above it long answers repeat themselves (docs/results.md, 128 tokens).")
+               "slider moves between them without generating again. With the bound and the leveled push below, "
+               "β up to 1.5 held at 32 and 128 tokens on the embedded model; without them keep β at 0.5 or below "
+               "for long answers (docs/results.md, broken text).")
 MAX_KL_HELP = ("At the ladder's highest β no guided token's distribution moves further than this from plain "
                "sampling's (KL, nats); a lower rung's bound is as much smaller as its β (β 0.5 of 1.5: a third). "
                "Where the fusion would push harder, that token gets the β that stays within it. 0: no bound (the "
-               "paper's fusion), which breaks long answers on this model (docs/results.md, broken text).")
+               "paper's), which breaks long answers on this model (docs/results.md, broken text).")
+LEVEL_HELP = ("Leveled: the push moves probability between tokens and leaves out its part that acts as a lower "
+              "temperature (where the distiller's prediction is still vague, the paper's push also sharpens the "
+              "model's distribution, and a small model's long answers then repeat themselves). Off: the paper's "
+              "push. docs/method.md, the leveled push.")
 WARMUP_HELP = ("ESamp samples this many tokens after the first unguided, while the distiller learns the prompt "
                "(0: the paper's rule, only the first token). Guiding by a distiller that has not learned yet "
                "broke the text (docs/results.md, the frontier).")
@@ -258,6 +265,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                                  int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
         max_kl = c4.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
                                  float(_clamp(d["max_kl"], 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
+        level = c4.checkbox("Leveled push", bool(d["level"]), help=LEVEL_HELP)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
@@ -277,7 +285,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         config = RunConfig(method="esamp", chat=mode == "chat",
                            sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), temperature=float(temperature),
                                                    top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-                                                   seed=int(seed)), esamp=esamp_of(int(warmup), float(max_kl)))
+                                                   seed=int(seed)), esamp=esamp_of(int(warmup), float(max_kl), level))
         chosen = Settings(prompt, config, ladder, temperatures, nearest(ladder, d["beta"]))
         if len(chosen.configs()) > limits.max_rungs:
             raise ValueError(f"{len(chosen.configs())} runs (β values and temperatures together); this server "

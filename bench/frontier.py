@@ -52,17 +52,22 @@ FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "t
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
 # Named ESamp variants (each a series of its own), run at each of --variant-betas under --variant-filters.
-VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None),
-            "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0, max_kl=None),
-            "esamp, unbounded (the paper)": dict(max_kl=None),
-            "esamp, pretrained start": dict(start="pretrained", max_kl=None),
-            **{f"esamp, ≤ {e:g} nats a token": dict(max_kl=e) for e in (0.1, 0.2, 0.3, 0.5)},
-            "esamp, ≤ 0.3 nats, warm-up 8": dict(max_kl=0.3, warmup_steps=8),
-            "esamp noise, ≤ 0.3 nats a token": dict(max_kl=0.3, noise=True),
-            **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e) for e in (0.05, 0.1, 0.2)},
-            "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True),
-            "esamp, leveled, ≤ 0.2 nats": dict(max_kl=0.2, keep_entropy=True),
-            "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True)}
+# The paper's push (keep_entropy=False) in the variants measured before the leveled one was the default.
+PAPER = dict(keep_entropy=False)
+VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER),
+            "esamp, warm-up to novelty 1": dict(warmup_novelty=1.0, max_kl=None, **PAPER),
+            "esamp, unbounded (the paper)": dict(max_kl=None, **PAPER),
+            "esamp, pretrained start": dict(start="pretrained", max_kl=None, **PAPER),
+            **{f"esamp, ≤ {e:g} nats a token": dict(max_kl=e, **PAPER) for e in (0.1, 0.2, 0.3, 0.5)},
+            "esamp, ≤ 0.3 nats, warm-up 8": dict(max_kl=0.3, warmup_steps=8, **PAPER),
+            "esamp noise, ≤ 0.3 nats a token": dict(max_kl=0.3, noise=True, **PAPER),
+            **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e, **PAPER)
+               for e in (0.05, 0.1, 0.2)},
+            "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True, **PAPER),
+            **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.5)},
+            "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True),
+            **{f"esamp noise, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True, noise=True)
+               for e in (0.2, 0.5)}}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
 VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",
@@ -70,7 +75,9 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp, ≤ 0.1 nats a token": "#B2DF8A", "esamp, ≤ 0.2 nats a token": "#56B4E9",
                    "esamp, ≤ 0.3 nats a token": "#6A3D9A", "esamp, ≤ 0.5 nats a token": "#999999",
                    "esamp, ≤ 0.3 nats, warm-up 8": "#FB9A99", "esamp noise, ≤ 0.3 nats a token": "#E69F00",
-                   "esamp, leveled, ≤ 0.2 nats": "#332288", "esamp, leveled, unbounded": "#117733"}
+                   "esamp, leveled, ≤ 0.2 nats": "#332288", "esamp, leveled, unbounded": "#117733",
+                   "esamp noise, leveled, ≤ 0.2 nats": "#88CCEE", "esamp, leveled, ≤ 0.5 nats": "#AA4499",
+                   "esamp noise, leveled, ≤ 0.5 nats": "#DDCC77"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")
@@ -290,7 +297,7 @@ def main(argv=None) -> int:
         if a.runs:
             grid = [grid[0]] + [named_run(sampling, name) for name in a.runs.split(";") if name.strip()]
         for series, cfg in grid:
-            done = [r for r in kept if r["series"] == series and same_run(RunConfig.from_dict(r["config"]), cfg)]
+            done = [r for r in kept if r["series"] == series and same_run(measured_config(r["config"]), cfg)]
             results[label].append(done[0] if done else {"series": series, **measure(lm, embedder, prompts, cfg)})
             if a.json and not done:  # what is measured is kept if the run is stopped: --add-to goes on from it
                 so_far = {**results, label: results[label] + [r for r in kept if r not in results[label]]}
@@ -308,6 +315,12 @@ def main(argv=None) -> int:
     if a.images:
         write_images(figures(report), a.images)
     return 0
+
+
+def measured_config(d: dict) -> RunConfig:
+    """The config a JSON's run was measured with: one written before the leveled push existed pushed
+    as the paper does (as core.trace reads a version 6 trace)."""
+    return RunConfig.from_dict({**d, "esamp": {"keep_entropy": False, **d["esamp"]}})
 
 
 def same_run(a: RunConfig, b: RunConfig) -> bool:

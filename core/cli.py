@@ -81,8 +81,8 @@ OPTIONS = [
     Option(("--max-kl",), "esamp.max_kl", bound,
            "esamp: no token's distribution moves more than this many nats (KL) from plain sampling's; none: "
            "unbounded, the paper's fusion"),
-    Option(("--keep-entropy",), "esamp.keep_entropy", None, "esamp: level the push (take out its part along the "
-           "model's own logits, which acts as a lower temperature); without it: the paper's push"),
+    Option(("--unleveled",), "esamp.keep_entropy", None, "esamp: push as the paper does, with its part along the "
+           "model's own logits, which acts as a lower temperature (default: leveled, without it)", negate=True),
     Option(("--start",), "esamp.start", str, "where each run's distillers start: fresh (the paper) or this model's "
            "pretrained distiller (built once, cached)", choices=STARTS),
     Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),

@@ -123,12 +123,15 @@ class EsampConfig:
     # this many nats (KL to the filtered reference) from plain sampling's; where the paper's fusion at
     # β would move it further, that token gets the largest β below that stays within. None: unbounded
     # (the paper's fusion, which on the embedded model loops in about half of its 128-token answers at
-    # β = 1.5); 0: no push at all. 0.2: what holds at 32 and 128 tokens (bench.frontier, docs/results.md).
-    max_kl: float | None = 0.2
+    # β = 1.5); 0: no push at all. 0.5, with the leveled push below: what held at 32 and 128 tokens
+    # (bench.frontier, docs/results.md; with the paper's push 0.2 held).
+    max_kl: float | None = 0.5
     # The push less its part along the reference logits (core.esamp.fusion.level): where the distiller's
     # prediction is broad the paper's fusion also sharpens (a lower temperature, which makes a small
-    # model's long answers loop); leveled, it only moves mass between tokens. False: the paper's fusion.
-    keep_entropy: bool = False
+    # model's long answers loop); leveled, it only moves mass between tokens. True: what held at 32 and
+    # 128 tokens (bench.frontier: fewer looping answers than plain's, as diverse; docs/results.md).
+    # False: the paper's push.
+    keep_entropy: bool = True
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.

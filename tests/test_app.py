@@ -98,9 +98,11 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert any("python -m core generate" in c.value for c in at.code)
     assert at.query_params["prompt"] == "Name a colour." and at.query_params["ladder"] == "0,0.25"  # shareable URL
     assert at.query_params["beta"] == "0.25" and at.query_params["warmup"] == str(DEFAULTS["warmup"]) == "0"
-    assert at.query_params["max_kl"] == f"{DEFAULTS['max_kl']:g}" == "0.2"  # the bound, at the ladder's top β
+    assert at.query_params["max_kl"] == f"{DEFAULTS['max_kl']:g}" == "0.5"  # the bound, at the ladder's top β
+    assert at.query_params["level"] == "1"  # the leveled push
     esamp = at.session_state["explore_job"].traces[1]
-    assert esamp.config.esamp.max_kl == 0.2 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 0.2 + 1e-6
+    assert esamp.config.esamp.max_kl == 0.5 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 0.5 + 1e-6
+    assert esamp.config.esamp.keep_entropy
 
 
 def test_the_warm_up_goes_from_the_link_into_every_run_and_the_command(monkeypatch):
@@ -180,7 +182,11 @@ def test_the_beta_slider_moves_across_the_ladder_without_generating_again(monkey
         seen.append((heatmaps, tuple(metric_values(at)), at.query_params["beta"]))
         table = at.dataframe[0].value
         assert list(table["run"][table[""] == "▶"]) == ["plain" if beta == 0 else f"esamp β={beta:g}"]
-    assert len({s[0] for s in seen}) == 3 and len({s[1] for s in seen}) == 3  # heatmaps and metrics followed
+    # heatmaps and metrics followed: a heatmap for each run, metrics as many as the runs' answers differ
+    # (two βs may draw the same 3 x 8 tokens, under the bound that is chance)
+    traces = at.session_state["explore_job"].traces  # the ladder sorted: 0, 0.25, 0.5
+    answers = {b: tuple(s.text for s in t.samples) for b, t in zip((0.0, 0.25, 0.5), traces)}
+    assert len({s[0] for s in seen}) == 3 and len({s[1] for s in seen}) == len(set(answers.values())) > 1
     assert [s[2] for s in seen] == ["0", "0.5", "0.25"]  # the URL follows the slider
     assert len(calls) == 4  # and nothing was generated again
     assert any("plain" in i.value and "noise" in i.value for i in at.info)  # the sentence on noise

@@ -65,6 +65,7 @@ def test_the_apps_defaults_are_the_ones_the_frontier_chose():
     from core import EsampConfig
 
     assert EsampConfig().max_kl == DEFAULTS["max_kl"]  # a served request or an API call that sets no bound gets it
+    assert DEFAULTS["level"] == int(named["level"]) == int(EsampConfig().keep_entropy)  # the leveled push, everywhere
 
 
 def test_gpu_installs_pin_the_vllm_version_the_cpu_build_is_tested_with():

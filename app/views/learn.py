@@ -56,7 +56,13 @@ particular, and the formula alone would move a token's distribution a long way: 
 the answers then break into loops ("sapphire sapphire sapphire…"). So each step may move the
 distribution by at most {bound} (the KL divergence between after and before, in nats): where β would push
 further, that token gets the largest β that stays within it. β is then the most a step may use; the
-bound is how far it may go.{warm}""".format(
+bound is how far it may go.{warm}
+
+**5 · A leveled push.** Where the distiller's guess is still vague, the formula also makes the model's
+likeliest tokens likelier still: part of the push acts like a lower temperature, and a small model's
+long answers then repeat themselves. {level}""".format(
+    level="So that part is taken out (\"leveled\"): the push only moves probability between tokens, towards "
+    "those the distiller did not expect." if settings.DEFAULTS["level"] else "Here it is left in (the paper's push).",
     bound=f"{settings.DEFAULTS['max_kl']:g} nats" if settings.DEFAULTS["max_kl"] else "any amount (no bound set)",
     warm=f" The first {settings.DEFAULTS['warmup'] + 1} tokens of an answer are sampled unguided." if
     settings.DEFAULTS["warmup"] else " The first token of an answer is sampled unguided: no distiller has seen "
@@ -85,8 +91,8 @@ if go:
         st.stop()
     d = settings.DEFAULTS  # Explore's candidate set and warm-up (docs/results.md, "The candidate set")
     sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
-    configs = beta_ladder(RunConfig(sampling=sampling, esamp=settings.esamp_of(d["warmup"], d["max_kl"])), betas,
-                          scale_bound=True)
+    esamp = settings.esamp_of(d["warmup"], d["max_kl"], d["level"])
+    configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],
         score=trace_perplexities, finish=history and (lambda job: history.save(job.traces, job.perplexities)))

@@ -77,7 +77,8 @@ if go:
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            base = RunConfig(sampling=SamplingConfig(**sampling), esamp=settings.esamp_of(int(warmup), float(max_kl)))
+            esamp = settings.esamp_of(int(warmup), float(max_kl), d["level"])
+            base = RunConfig(sampling=SamplingConfig(**sampling), esamp=esamp)
             configs = beta_ladder(base, sorted(betas), scale_bound=True) if betas else []  # Explore's ESamp
             configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]
         else:

@@ -27,7 +27,7 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     candidates when already computed (``Candidates.exact_with``), for a linear head. ``max_kl``:
     each row's push bounded to that many nats (``core.esamp.budget``); None: the paper's fusion.
     ``keep_entropy``: the push less its part along ``l_ref`` (``level``), so it does not act as a
-    temperature; False: the paper's fusion.
+    temperature; False: the paper's push.
     """
     if head.softcap is None:  # only the candidates' entries are needed (the rest stay -inf)
         if projected is None:

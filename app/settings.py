@@ -265,7 +265,8 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                                  int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
         max_kl = c4.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
                                  float(_clamp(d["max_kl"], 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
-        level = c4.checkbox("Leveled push", bool(d["level"]), help=LEVEL_HELP)
+        level = st.checkbox("Leveled push: ESamp moves probability between tokens, without the part of its push "
+                            "that acts as a lower temperature", bool(d["level"]), help=LEVEL_HELP)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))

@@ -112,6 +112,17 @@ def test_the_warm_up_goes_from_the_link_into_every_run_and_the_command(monkeypat
     assert any("--warmup-steps 2" in c.value for c in at.code) and at.query_params["warmup"] == "2"
 
 
+def test_the_paper_push_from_the_form_goes_into_every_run_the_command_and_the_link(monkeypatch):
+    calls = spy_on_generate(monkeypatch)
+    at = explore(ladder="0,1")
+    assert [c.esamp.keep_entropy for c in calls] == [True, True] and at.query_params["level"] == "1"  # the default
+    calls.clear()
+    at = explore(ladder="0,1", level=0)  # the form's "Leveled push" box, unticked by the link
+    (box,) = [c for c in at.checkbox if c.label.startswith("Leveled push")]
+    assert [c.esamp.keep_entropy for c in calls] == [False, False] and not box.value
+    assert any("--unleveled" in c.value for c in at.code) and at.query_params["level"] == "0"
+
+
 def test_reloading_a_runs_link_reopens_it_from_history_without_generating(monkeypatch):
     first = explore(prompt="Name a fruit.", ladder="0,0.5", seed=3)
     url = dict(first.query_params)

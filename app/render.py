@@ -152,7 +152,8 @@ def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, s
                               loops=(stats[base].degenerate, stats[now].degenerate))
         (st.warning if stats[now].loops_more_than(stats[base]) else st.info)(said)
     for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
-        col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"], help=card["help"])
+        col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"],
+                   delta_arrow=card["delta_arrow"], help=card["help"])
 
 
 def _open_answer(traces: Sequence[RunTrace], labels: list[str], answers: list[tuple[int, int]], signal: str,

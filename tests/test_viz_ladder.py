@@ -182,6 +182,8 @@ def test_metric_cards_give_the_change_from_plain():
     assert cards["Perplexity"]["value"] == "3.00" and cards["Perplexity"]["delta"] == "+1.00 vs plain"
     assert cards["Perplexity"]["delta_color"] == "inverse"
     assert cards["Novelty"]["delta"] == "+0.300 vs plain"
+    assert cards["Answers that loop"]["delta"] == "same as plain"  # 0 and 0: no red "↑ +0"
+    assert (cards["Answers that loop"]["delta_color"], cards["Answers that loop"]["delta_arrow"]) == ("off", "off")
     assert all(c["delta"] is None for c in metric_cards(plain, plain))
 
 

@@ -433,13 +433,16 @@ def current_point(beta: float) -> tuple[str, str]:
 
 def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
     """The current run's headline numbers for metric cards, each with its change from ``base``
-    (plain sampling) when given: label, value, delta, and whether a rise is good ("normal") or bad."""
+    (plain sampling) when given: label, value, delta, whether a rise is good ("normal") or bad, and its
+    arrow ("off" where the shown values are the same: no arrow, grey, rather than a red "↑ +0")."""
     def card(label, value, base_value, fmt, colour="normal", help=""):
-        delta = None
+        delta, arrow = None, "auto"
         if base is not None and base is not current and _finite(value) and _finite(base_value):
             delta = f"{value - base_value:+{fmt}} vs plain"
+            if f"{value:{fmt}}" == f"{base_value:{fmt}}":
+                delta, colour, arrow = "same as plain", "off", "off"
         return {"label": label, "value": "–" if not _finite(value) else f"{value:{fmt}}", "delta": delta,
-                "delta_color": colour, "help": help}
+                "delta_color": colour, "delta_arrow": arrow, "help": help}
 
     b = base or current
     # Short labels: four cards share a row, at 1024 px too; the table below names each metric in full

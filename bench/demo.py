@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from bench import publish
-from app.settings import DEFAULTS, parse_ladder
-from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
+from app.settings import DEFAULTS, esamp_of, parse_ladder
+from core import RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.scoring import trace_perplexities
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             times, diffs = [], {}
             for seed in range(args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
-                esamp = EsampConfig(warmup_steps=args.warmup, max_kl=args.max_kl or None)
+                esamp = esamp_of(args.warmup, args.max_kl, DEFAULTS["level"])  # as the form makes it
                 configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)

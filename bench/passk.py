@@ -15,7 +15,7 @@ paper-scale models on a GPU machine; FIRE and the noise ablation are left out th
 
 ``--methods frontier``: the app's defaults against plain sampling's temperatures and min-p: plain
 at T = 0.5, 0.7 and 1 under top-p 0.9 with top-k off, min-p 0.1 at T = 1, and ESamp as the app runs
-it (top-p 0.9, no warm-up, the slider's β = 1.5 with at most 0.2 nats a token, and the ladder's
+it (top-p 0.9, no warm-up, the slider's β = 1.5 with its bound and leveled push, and the ladder's
 β = 1 rung with its scaled bound). A second table pairs the methods per problem: the app's default
 minus each other method, pass@1 and pass@n, with a 95 % interval over problems.
 """
@@ -31,7 +31,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from core import RunConfig, SamplingConfig, beta_ladder, generate_runs, load_model
+from core import EsampConfig, RunConfig, SamplingConfig, beta_ladder, generate_runs, load_model
 from core import methods as core_methods
 from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
@@ -56,7 +56,7 @@ def svamp_tasks(count: int, seed: int = 0) -> list[Task]:
 TASKS = {"arithmetic": arithmetic_tasks, "svamp": svamp_tasks}
 
 
-APP_DEFAULT = "esamp β=1.5, ≤ 0.2 nats (the app's default)"
+APP_DEFAULT = f"esamp β=1.5, ≤ {EsampConfig().max_kl:g} nats (the app's default)"  # leveled since 2026-12-04
 
 
 def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:

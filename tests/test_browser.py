@@ -425,18 +425,30 @@ def test_branch_by_hand_from_the_tree_joins_it_is_saved_and_the_link_reopens_it(
     tree.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
     assert page.get_by_text("Where ESamp steered").count() == 1  # the fork view is on the page too
-    nodes = tree.locator(".scatterlayer .trace").last.locator("path.point").count()
-    box = tree.locator(".scatterlayer .trace").last.locator("path.point").first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly hears it on its drag layer
-    page.wait_for_selector("text=Continue from here", timeout=60_000)
-    first, last = map(int, re.search(r"Tokens (\d+)-(\d+)", page.get_by_text(re.compile(r"Tokens \d+-\d+")).first
-                                     .inner_text()).groups())
-    if last > first:  # a node of several tokens: branch from its last one
-        page.get_by_role("spinbutton", name="At token").fill(str(last))
-        page.keyboard.press("Enter")
-        page.wait_for_timeout(2000)
+    points = tree.locator(".scatterlayer .trace").last.locator("path.point")
+    nodes = points.count()
     form = page.locator("[data-testid=stForm]").last
     choice = form.get_by_role("combobox", name="Candidate")  # its accessible value: the chosen candidate
+    # A node's token whose model had more than one candidate (where it had one, p 1.000, the form can only
+    # offer the model's pick): the first node's last token, else an earlier one, else the next node's.
+    for k in range(nodes):
+        box = points.nth(k).bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly hears its drag layer
+        page.wait_for_selector("text=Continue from here", timeout=60_000)
+        page.wait_for_timeout(1000)
+        first, last = map(int, re.search(r"Tokens (\d+)-(\d+)", page.get_by_text(re.compile(r"Tokens \d+-\d+"))
+                                         .first.inner_text()).groups())
+        for at in range(last, first - 1, -1):
+            if at != first or last > first:  # the form opens on the node's first token
+                page.get_by_role("spinbutton", name="At token").fill(str(at))
+                page.keyboard.press("Enter")
+                page.wait_for_timeout(2000)
+            if "1.000) · the model's pick" not in choice.aria_snapshot():
+                break
+        else:
+            continue
+        last = at
+        break
     assert "the model's pick" not in choice.aria_snapshot()  # the form starts on another candidate
     for _ in range(3):  # another candidate than the first offered, but not the model's pick (it is marked)
         before = choice.aria_snapshot()

@@ -265,6 +265,22 @@ def test_progress_carries_the_answers_so_far(lm, check_live_answers):
     check_live_answers(lm)
 
 
+def test_an_answer_that_ends_inside_a_character_reports_what_its_trace_will_say(lm):
+    """The live view holds back a character whose bytes are not all there; an answer that ends so is
+    shown, in its last report, as its trace's text shows it (U+FFFD), not cut short."""
+    from core.backends.record import LivePieces, token_pieces
+
+    ids = lm.tokenizer.encode("Tools 🧰", add_special_tokens=False)
+    cut = ids[:-1]  # the emoji's last byte missing
+    live = LivePieces(lm.tokenizer, 1)
+    live.extend(0, cut)
+    held, ended = "".join(live.snapshot()[0]), "".join(live.snapshot([0])[0])
+    assert held.startswith("Tools") and "\ufffd" not in held  # still growing: the character is held back
+    assert ended == "".join(token_pieces(lm.tokenizer, cut)) and ended.endswith("\ufffd")  # ended there
+    live.extend(0, ids[-1:])
+    assert "".join(live.snapshot([0])[0]) == "".join(live.snapshot()[0]) == "Tools 🧰"
+
+
 def test_a_pretrained_start_predicts_better_than_nothing_from_the_first_token(lm, check_pretrained_start):
     check_pretrained_start(lm)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -119,8 +119,19 @@ class LivePieces:
             prefix, read = read, len(own)
         self._state[row] = (prefix, read)
 
-    def snapshot(self) -> tuple[tuple[str, ...], ...]:
-        return tuple(tuple(p) for p in self.pieces)
+    def snapshot(self, final: Iterable[int] = ()) -> tuple[tuple[str, ...], ...]:
+        """Each row's pieces so far; rows in ``final`` have ended, and a character their last tokens left
+        incomplete is shown as ``token_pieces`` ends it (U+FFFD), so their pieces join to the trace's text."""
+        out = [list(p) for p in self.pieces]
+        for row in final:
+            own, (prefix, read) = self.ids[row], self._state[row]
+            if read < len(own):  # tokens waiting for the rest of a character
+                before = self.tokenizer.decode(own[prefix:read], skip_special_tokens=False,
+                                               clean_up_tokenization_spaces=False)
+                after = self.tokenizer.decode(own[prefix:], skip_special_tokens=False,
+                                              clean_up_tokenization_spaces=False)
+                out[row][-1] = after[len(before):]
+        return tuple(tuple(p) for p in out)
 
 
 def build_trace(lm: LanguageModel, prompts: Sequence[str], ids: Sequence[list[int]], config: RunConfig,

@@ -248,11 +248,12 @@ class _Books:
                 if token >= 0:
                     self.live.extend(row, (token,))
         self.tokens += n_active
+        ending = bool(all_done) or step + 1 == self.max_steps
         if self.progress:
+            answers = () if self.live is None else self.live.snapshot(range(self.rows) if ending else ())
             self.progress(Progress(step + 1, self.max_steps, self.tokens, self.rows * self.max_steps,
-                                   time.perf_counter() - self.t0,
-                                   answers=self.live.snapshot() if self.live is not None else ()))
-        return bool(all_done) or step + 1 == self.max_steps
+                                   time.perf_counter() - self.t0, answers=answers))
+        return ending
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

@@ -156,7 +156,7 @@ def progress_of(runs: Sequence[Run], ids: dict[str, list[int]], steps: int | Non
             pieces = live[run.key]
             for row, d in enumerate(done):
                 pieces.extend(row, d[pieces.taken[row]:])
-            answers = pieces.snapshot()
+            answers = pieces.snapshot([row for row, c in enumerate(counts) if c >= sc.max_new_tokens])
         out.append(Progress(min(step, sc.max_new_tokens), sc.max_new_tokens, sum(counts),
                             len(counts) * sc.max_new_tokens, time.perf_counter() - t0, run=i, answers=answers))
     return out

@@ -1,5 +1,6 @@
 """The batched distiller bank: Adam parity, clipping, independence of groups, NaN resets."""
 
+import pytest
 import torch
 
 from core.config import EsampConfig
@@ -128,3 +129,69 @@ def test_initial_weights_of_another_shape_are_refused():
 
     with pytest.raises(ValueError, match="do not fit this design and width"):
         DistillerBank(1, 6, EsampConfig(intermediate=16), initial=initial)
+
+
+def _step_alone(bank: DistillerBank, s, h, mask):
+    loss, bad = bank.update(bank.forward(s), h, mask)
+    bank.handle_bad(bad)
+    return loss
+
+
+def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own():
+    """Two leases of different sizes (groups, rows), stepped together (one forward, one update), a third
+    that joins later in a released lease's slots: each distiller's weights, Adam steps, losses and NaN
+    resets are those of a DistillerBank of its own with the same seed, to float32 roundings."""
+    from core.esamp.distiller import SharedBank
+
+    cfg = EsampConfig(intermediate=8)
+    shared = SharedBank(6, cfg)
+    runs = {"a": (2, 3, 11), "b": (1, 5, 12)}  # groups, rows a group, seed
+    leases = {k: shared.lease(g, seed) for k, (g, _, seed) in runs.items()}
+    own = {k: DistillerBank(g, 6, cfg, seed=seed) for k, (g, _, seed) in runs.items()}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(6):
+        data = {k: (torch.randn(g, m, 6, generator=gen), torch.randn(g, m, 6, generator=gen) * 3,
+                    torch.rand(g, m, generator=gen) > 0.3) for k, (g, m, _) in runs.items()}
+        if step == 2:
+            data["a"][1][1] = float("nan")  # run a's second distiller gets a non-finite loss: reset, counted
+        if step == 3:
+            data["b"][2][:] = False  # run b trains on no row this step: no Adam step
+        shared.predict([(leases[k], data[k][0]) for k in runs])
+        losses = {}
+        for k in runs:
+            s, h, mask = data[k]
+            losses[k] = leases[k].update(leases[k].forward(s), h, mask)
+        shared.learn()
+        for k in runs:
+            leases[k].handle_bad(losses[k][1])
+            expected = _step_alone(own[k], *data[k])
+            torch.testing.assert_close(losses[k][0], expected, equal_nan=True)
+    for k in runs:
+        for mine, theirs in zip(leases[k].params, own[k].params):
+            torch.testing.assert_close(mine, theirs)
+        assert leases[k].steps == own[k].steps and leases[k].resets.tolist() == own[k].resets.tolist()
+    assert leases["a"].resets.tolist() == [0, 1]
+
+    slots = leases["a"].slots
+    leases["a"].release()
+    late = shared.lease(2, 13)  # takes the freed slots, fresh: as a new bank of its own
+    assert late.slots == slots and late.resets.tolist() == [0, 0] and late.steps == [0, 0]
+    for mine, theirs in zip(late.params, DistillerBank(2, 6, cfg, seed=13).params):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_shared_bank_grows_and_lets_its_storage_go_when_the_last_run_ends():
+    from core.esamp.distiller import SharedBank
+
+    shared = SharedBank(4, EsampConfig(intermediate=8))
+    leases = [shared.lease(3, seed) for seed in range(3)]
+    assert shared.leased == 9 and shared.groups >= 9 and len({s for x in leases for s in x.slots}) == 9
+    with pytest.raises(RuntimeError, match="predicts in its bank's step"):
+        leases[0].forward(torch.zeros(3, 2, 4))  # a shared distiller is only stepped with the others
+    for lease in leases:
+        lease.release()
+        lease.release()  # once only
+    assert shared.leased == 0 and shared.groups == 0 and shared.params[0].numel() == 0
+    del lease, leases
+    fresh = shared.lease(1, 0)
+    assert shared.leased == 1 and fresh.slots == [0]

@@ -219,7 +219,18 @@ def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
     assert isinstance(broken, RuntimeError) and "a broken run" in str(broken)
     assert token_ids(kept) == token_ids(alone)
     assert run(vlm, n=1, max_new_tokens=2).timings.new_tokens > 0  # the engine goes on
-    assert not vlm.engine.call(lambda llm: llm.collective_rpc("esamp_runs")[0].runs)  # no run's state stays behind
+    held = vlm.engine.call(lambda llm: llm.collective_rpc("esamp_served")[0])
+    assert held["runs"] == 0 and held["leased"] == 0  # no run's state stays behind, nor its distillers
+
+
+def test_a_bank_that_overlaps_its_update_gives_the_serial_orders_run(vlm):
+    """overlap: the shared bank's update runs in a worker thread while the engine goes on (a CUDA side
+    stream on a GPU); the next step waits for it, so the tokens and losses are the serial order's."""
+    serial = generate(vlm, PROMPTS[:1], _config(1.0, seed=6, tokens=12, overlap=False))
+    overlapped = generate(vlm, PROMPTS[:1], _config(1.0, seed=6, tokens=12, overlap=True))
+    assert token_ids(overlapped) == token_ids(serial)
+    assert overlapped.prompts[0].loss == pytest.approx(serial.prompts[0].loss, rel=1e-5)
+    assert vlm.engine.call(lambda llm: llm.collective_rpc("esamp_served")[0])["leased"] == 0
 
 
 def test_a_bad_request_is_refused_where_vllm_takes_it(vlm):

@@ -189,9 +189,10 @@ def test_a_served_run_on_mrv2_shares_one_distiller_and_is_freed_when_its_slots_a
     s, h, logits = states(head, 2, seed=6)
     runner.proc.runs.capture.s, runner.proc.runs.capture.h = s, h
     runner.step(logits, [0, 1], [1, 2])
-    assert not runner.add(0, SamplingParams(n=1)) and runner.proc.runs.served()["live"] == 1
+    assert not runner.add(0, SamplingParams(n=1))
+    assert runner.proc.runs.served()["live"] == 1 and runner.proc.runs.served()["leased"] == 1  # its distiller
     assert not runner.add(1, SamplingParams(n=1))  # both of its requests have left
-    assert runner.proc.runs.served() == {"live": 0, "resting": 0, "done": [(2, 2)], "runs": 0}
+    assert runner.proc.runs.served() == {"live": 0, "resting": 0, "done": [(2, 2)], "runs": 0, "leased": 0}
 
 
 def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
@@ -224,7 +225,7 @@ def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
     update(added=[(0, whole), (1, whole), (2, part)])
     assert len({r.run for r in proc.rows.values()}) == 2 and "no model" in next(iter(proc.runs.failed().values()))
     update(removed=[0, 1, 2])
-    assert proc.runs.served() == {"live": 0, "resting": 1, "done": [(2, 2)], "runs": 1}
+    assert proc.runs.served() == {"live": 0, "resting": 1, "done": [(2, 2)], "runs": 1, "leased": 0}
     update(added=[(0, part)])  # a late sample of the resting run: it goes on
     assert proc.runs.served()["resting"] == 0 and proc.rows[0].row == 1
     update(removed=[0])

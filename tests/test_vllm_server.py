@@ -157,7 +157,7 @@ def test_a_client_that_goes_away_frees_its_run(server, client):
     deadline = time.monotonic() + 60
     while served_runs(server)["live"] and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None, "runs": 0}
+    assert served_runs(server) | {"done": None} == {"live": 0, "resting": 0, "done": None, "runs": 0, "leased": 0}
 
 
 KEY = "sekret"

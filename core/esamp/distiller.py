@@ -16,7 +16,8 @@ call for all the groups that step. Everything here is float32 and independent of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -81,6 +82,7 @@ class DistillerBank:
         # Adam's step count, one scalar per (group, weight) as torch's fused Adam wants them.
         self._steps = [[torch.zeros((), device=self.device) for _ in self.shapes] for _ in range(G)]
         self.resets = torch.zeros(G, dtype=torch.long)  # NaN/inf resets per group, on the host
+        self._seeds = [(seed, g) for g in range(G)]  # what seeds each group's fresh weights (with its resets)
         self.initial = None if initial is None else [w.to(self.device, torch.float32) for w in initial]
         if self.initial is not None and [tuple(w.shape) for w in self.initial] != [s[1:] for s in self.shapes]:
             raise ValueError("the initial distiller's weights do not fit this design and width: "
@@ -105,7 +107,7 @@ class DistillerBank:
         groups share the batch, and draw from their own generator, not sampling's.
         """
         for g in torch.nonzero(which.cpu()).flatten().tolist():
-            gen = torch.Generator().manual_seed(hash((self.seed, g, int(self.resets[g]))) & (2**63 - 1))
+            gen = torch.Generator().manual_seed(hash((*self._seeds[g], int(self.resets[g]))) & (2**63 - 1))
             for i, (p, m, v, shape) in enumerate(zip(self.params, self.m, self.v, self.shapes)):
                 bound = 1.0 / math.sqrt(shape[1])  # nn.Linear's default init, fan_in = shape[1]
                 if self.initial is not None:
@@ -121,13 +123,17 @@ class DistillerBank:
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""
-        gain = self.design.input_rms
-        x = s if gain is None else s * (gain * torch.rsqrt(s.square().mean(-1, keepdim=True) + 1e-6))
         with torch.enable_grad():
             for p in self.params:
                 p.requires_grad_(True)
+            return self._forward(s, self.params)
+
+    def _forward(self, s: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        gain = self.design.input_rms
+        x = s if gain is None else s * (gain * torch.rsqrt(s.square().mean(-1, keepdim=True) + 1e-6))
+        with torch.enable_grad():
             for b in range(self.cfg.blocks):
-                gate, up, down = self.params[3 * b: 3 * b + 3]
+                gate, up, down = weights[3 * b: 3 * b + 3]
                 x = x + torch.bmm(F.silu(torch.bmm(x, gate)) * torch.bmm(x, up), down)
             return self.norm(x) if self.design.output_norm else x
 
@@ -140,14 +146,22 @@ class DistillerBank:
         finite is left unchanged and flagged in ``bad``: call ``handle_bad(bad)`` to reset it.
         A group with no masked rows takes no step.
         """
+        try:
+            return self._update(pred, h, mask, self.params, range(self.groups))
+        finally:
+            for p in self.params:
+                p.requires_grad_(False)
+
+    def _update(self, pred: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, weights: Sequence[torch.Tensor],
+                slots: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``update`` for a prediction made with ``weights``: the bank's own tensors, or (SharedBank)
+        copies of the slots ``slots``, whose gradients then step those slots."""
         with torch.enable_grad():
             sq = (h - pred).square().sum(-1)  # (G, m)
             count = mask.sum(-1).clamp(min=1)  # (G,)
             loss = torch.where(mask, sq, torch.zeros_like(sq)).sum(-1) / count  # (G,)
-            grads = torch.autograd.grad(loss.sum(), self.params)
+            grads = torch.autograd.grad(loss.sum(), weights)
         with torch.no_grad():
-            for p in self.params:
-                p.requires_grad_(False)
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads]),
                                             dim=0)  # (G,) per-distiller gradient norm
             bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
@@ -157,11 +171,11 @@ class DistillerBank:
             # One fused Adam call for every distiller that steps (one call per distiller costs ~40 ms
             # each on a 2-core CPU, whatever its size): each slice has its own step count. A group
             # steps unless its loss or gradient is not finite or it had no rows (one host sync).
-            stepping = [g for g, ok in enumerate((~bad & mask.any(-1)).tolist()) if ok]
+            stepping = [(i, slots[i]) for i, ok in enumerate((~bad & mask.any(-1)).tolist()) if ok]
             if stepping:
-                adam([p[g] for g in stepping for p in self.params], [gr[g] for g in stepping for gr in grads],
-                     [m[g] for g in stepping for m in self.m], [v[g] for g in stepping for v in self.v], [],
-                     [s for g in stepping for s in self._steps[g]], fused=True, amsgrad=False, beta1=BETA1,
+                adam([p[g] for _, g in stepping for p in self.params], [gr[i] for i, _ in stepping for gr in grads],
+                     [m[g] for _, g in stepping for m in self.m], [v[g] for _, g in stepping for v in self.v], [],
+                     [s for _, g in stepping for s in self._steps[g]], fused=True, amsgrad=False, beta1=BETA1,
                      beta2=BETA2, lr=self.cfg.lr, weight_decay=0.0, eps=self.cfg.eps, maximize=False)
         return loss.detach(), bad
 
@@ -171,6 +185,183 @@ class DistillerBank:
         if bool(bad.any()):
             self.resets += bad.long()
             self.reset(bad)
+
+
+def bank_key(cfg: EsampConfig) -> tuple:
+    """What distillers must have in common to share a ``SharedBank``: shape, design, optimiser and start."""
+    return cfg.distiller, cfg.blocks, cfg.intermediate, cfg.lr, cfg.eps, cfg.grad_clip, cfg.start
+
+
+class SharedBank(DistillerBank):
+    """The distillers of many runs in one bank, so that an engine step predicts with all of them in one
+    forward pass and trains them in one update, however many runs share the step (a class of sessions
+    on one vLLM engine: a run's own forward and update cost about the same whether it has 1 row or 64).
+
+    Each run leases its G groups (``lease``: slots of this bank, freed with the lease). A step, driven
+    by whoever batches the runs (core.backends.vllm.registry)::
+
+        bank.predict([(lease, s), ...])   # one forward for every lease's rows (s: (G, m, H) each)
+        ...each run's Steerer proposes: lease.forward returns its part; then lease.update stages its h, mask...
+        bank.learn()                      # one update for every lease that staged one
+
+    A leased distiller's weights, Adam state, resets and fresh initialisation are exactly those it
+    would have in a DistillerBank of its own (seeded by its run's seed and its own group index), so a
+    run's numbers do not depend on who else shares the bank beyond the roundings of a larger matmul.
+    """
+
+    def __init__(self, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
+                 norm: FinalNorm | None = None, initial: Sequence[torch.Tensor] | None = None):
+        super().__init__(0, hidden, cfg, device=device, norm=norm, initial=initial)
+        self.free: list[int] = []  # slots no lease holds
+        self._round: _Round | None = None
+
+    @property
+    def leased(self) -> int:
+        """Slots held by leases."""
+        return self.groups - len(self.free)
+
+    def lease(self, groups: int, seed: int) -> "Lease":
+        """G fresh distillers for a run, seeded as ``DistillerBank(groups, ..., seed=seed)``'s would be."""
+        if len(self.free) < groups:
+            self._grow(groups - len(self.free))
+        self.free.sort(reverse=True)
+        slots = [self.free.pop() for _ in range(groups)]
+        which = torch.zeros(self.groups, dtype=torch.bool)
+        for g, slot in enumerate(slots):
+            self._seeds[slot] = (seed, g)
+            self.resets[slot] = 0
+            which[slot] = True
+        self.reset(which)
+        return Lease(self, slots)
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Slots whose lease has ended; the bank lets its storage go once no lease is left."""
+        self.free.extend(slots)
+        if self.leased == 0:
+            self._resize(0)
+
+    def _grow(self, more: int) -> None:
+        old = self.groups
+        self._resize(max(2 * old, old + more, 4))
+        self.free.extend(range(old, self.groups))
+
+    def _resize(self, capacity: int) -> None:
+        keep = min(capacity, self.groups)
+
+        def fit(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_zeros((capacity,) + x.shape[1:])
+            out[:keep] = x[:keep]
+            return out
+
+        self.params, self.m, self.v = ([fit(x) for x in xs] for xs in (self.params, self.m, self.v))
+        self._steps = self._steps[:keep] + [[torch.zeros((), device=self.device) for _ in self.shapes]
+                                            for _ in range(capacity - keep)]
+        self.resets = fit(self.resets)
+        self._seeds = self._seeds[:keep] + [(0, 0)] * (capacity - keep)
+        if capacity == 0:
+            self.free = []
+        self.groups = capacity
+        self.shapes = [(capacity,) + s[1:] for s in self.shapes]
+
+    def predict(self, staged: Sequence[tuple["Lease", torch.Tensor]]) -> None:
+        """One forward pass for every lease's rows of a step: (lease, s (G, m, H)), each lease once;
+        each lease's ``forward`` then returns its part. Leases' rows are padded to the most rows any has."""
+        if not staged:
+            self._round = None
+            return
+        most = max(s.shape[1] for _, s in staged)
+        slots = [slot for lease, _ in staged for slot in lease.slots]
+        x = staged[0][1].new_zeros((len(slots), most, self.hidden))
+        o = 0
+        for lease, s in staged:
+            x[o:o + len(lease.slots), :s.shape[1]] = s
+            o += len(lease.slots)
+        index = torch.tensor(slots, device=self.device)
+        weights = [p.index_select(0, index).requires_grad_(True) for p in self.params]  # the slots' own copies
+        pred = self._forward(x, weights)
+        mask = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device)
+        r = self._round = _Round(slots, weights, pred, x.new_zeros(pred.shape), mask)
+        o = 0
+        for lease, s in staged:
+            lease._staged = (r, o, pred[o:o + len(lease.slots), :s.shape[1]])
+            o += len(lease.slots)
+
+    def learn(self) -> None:
+        """One update for every lease that staged one this step (the others' slots take no step)."""
+        r, self._round = self._round, None
+        if r is None or not bool(r.mask.any()):
+            return
+        loss, bad = self._update(r.pred, r.h, r.mask, r.weights, r.slots)
+        for lease, o, out_loss, out_bad in r.results:
+            n = len(lease.slots)
+            out_loss.copy_(loss[o:o + n])
+            out_bad.copy_(bad[o:o + n])
+
+
+@dataclass
+class _Round:
+    """One step of a SharedBank: what its forward pass saw and what the leases stage for the update."""
+
+    slots: list[int]
+    weights: list[torch.Tensor]  # the slots' weights, copied out as leaves of the step's graph
+    pred: torch.Tensor  # (S, most, H)
+    h: torch.Tensor  # (S, most, H) the targets the leases stage
+    mask: torch.Tensor  # (S, most) the rows they train on
+    results: list = field(default_factory=list)  # (lease, offset, loss out, bad out)
+
+
+class Lease:
+    """A run's G distillers inside a SharedBank, used by a Steerer as it would use a DistillerBank of
+    its own: ``forward`` answers with the bank's step prediction for its rows, ``update`` stages the
+    targets and hands back (loss, bad), filled in by the bank's ``learn``."""
+
+    def __init__(self, bank: SharedBank, slots: list[int]):
+        self.bank, self.slots = bank, slots
+        self.groups = len(slots)
+        self._staged: tuple[_Round, int, torch.Tensor] | None = None  # this step's: (round, offset, prediction)
+        self._end = weakref.finalize(self, bank.release, list(slots))  # freed when the run is, at the latest
+
+    @property
+    def resets(self) -> torch.Tensor:
+        return self.bank.resets[self.slots]
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(self.bank._steps[slot][0]) for slot in self.slots]
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """Copies of this lease's weights, (G, in, out) each."""
+        return [p[self.slots] for p in self.bank.params]
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if self._staged is None or self._staged[0] is not self.bank._round or self._staged[2].shape != s.shape:
+            raise RuntimeError("a shared distiller predicts in its bank's step: SharedBank.predict first")
+        return self._staged[2]
+
+    def update(self, pred: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        staged, self._staged = self._staged, None
+        if staged is None or staged[0] is not self.bank._round or staged[2] is not pred:
+            raise RuntimeError("a shared distiller trains in its bank's step, on the prediction of that step")
+        r, o, m = staged[0], staged[1], pred.shape[1]
+        r.h[o:o + self.groups, :m] = h
+        r.mask[o:o + self.groups, :m] = mask
+        loss, bad = torch.zeros(self.groups, device=pred.device), torch.zeros(self.groups, dtype=torch.bool,
+                                                                              device=pred.device)
+        r.results.append((self, o, loss, bad))
+        return loss, bad
+
+    def handle_bad(self, bad: torch.Tensor) -> None:
+        bad = bad.cpu()
+        if bool(bad.any()):
+            which = torch.zeros(self.bank.groups, dtype=torch.bool)
+            which[[s for s, b in zip(self.slots, bad.tolist()) if b]] = True
+            self.bank.resets += which.long()
+            self.bank.reset(which)
+
+    def release(self) -> None:
+        """Give the slots back (once; also when the lease is collected)."""
+        self._end()
 
 
 PRETRAIN_STEPS = 200  # Adam steps on generic text; 100 and 400 learned alike (docs/results.md)

@@ -27,7 +27,7 @@ import torch
 from ..config import EsampConfig, RunConfig
 from .candidates import Candidates, select, select_mixed
 from .clock import Stopwatch
-from .distiller import DistillerBank
+from .distiller import DistillerBank, Lease, SharedBank
 from .filters import run_filters
 from .fusion import fuse, novelty
 from .head import LMHead
@@ -72,23 +72,28 @@ class Steerer:
     """
 
     def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, temperature: float,
-                 seed: int = 0, watch: Stopwatch | None = None, initial: list[torch.Tensor] | None = None):
+                 seed: int = 0, watch: Stopwatch | None = None, initial: list[torch.Tensor] | None = None,
+                 shared: SharedBank | None = None):
         """cfg.beta: the fusion strength applied (0 for shadow mode); temperature: what l_ref and
-        l_dist are divided by; initial: the weights every distiller starts from (None: fresh)."""
+        l_dist are divided by; initial: the weights every distiller starts from (None: fresh); shared:
+        a bank whose step predicts and trains these distillers with other runs' (``stage``; its own
+        initial weights then), or None: a DistillerBank of this run's own."""
         if rows % groups:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         self.max_kl, self.keep_entropy = cfg.max_kl, cfg.keep_entropy
         device = head.weight.device
-        self.bank = DistillerBank(groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm,
-                                  initial=initial)
+        self.bank: DistillerBank | Lease = shared.lease(groups, seed) if shared is not None else DistillerBank(
+            groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm, initial=initial)
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
-        overlap = cfg.overlap if cfg.overlap is not None else device.type == "cuda"
+        # A shared bank's update is its step's, for every run at once: not this run's to overlap.
+        overlap = shared is None and (cfg.overlap if cfg.overlap is not None else device.type == "cuda")
         self.background = Background(device) if overlap else None
         self.warmup_steps = cfg.warmup_steps
         self.warmup = Warmup(groups, cfg.warmup_novelty, device) if cfg.warmup_novelty > 0 else None
         self._step: _Step | None = None  # proposed, not yet learned
+        self._staged: torch.Tensor | None = None  # s of the step ``stage`` handed to a shared bank, (G, m, H)
         self._learning: _Learning | None = None  # the update in flight
         self.losses: list[torch.Tensor] = []  # (G,) per step, on the device
         self.rel_novelty: list[torch.Tensor] = []  # (G,) per step: mean ||e|| / ||h|| over the group's trained rows
@@ -114,7 +119,9 @@ class Steerer:
         Unguided rows sample from ``cand`` as given (``Proposal.sample``)."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
-            s_grouped = self._grouped(self._to_layout(s, slots))
+            s_grouped, self._staged = self._staged, None
+            if s_grouped is None:
+                s_grouped = self._grouped(self._to_layout(s, slots))
             if self.background is None:
                 pred = self.bank.forward(s_grouped)  # (G, m, H), with the graph for the update
             else:
@@ -146,6 +153,15 @@ class Steerer:
                     sample = fused if own is cand.logits else torch.where(waiting[:, None], own, sample)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
         return Proposal(cand, fused, nov, rel, sample)
+
+    def stage(self, s: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[Lease, torch.Tensor]:
+        """Before ``propose`` with a shared bank: this step's s (as ``propose`` takes it), laid out for
+        the bank's step (``SharedBank.predict``), with the lease it is for."""
+        if not isinstance(self.bank, Lease):
+            raise TypeError("Steerer.stage is for a shared bank's step")
+        self.settle()
+        self._staged = self._grouped(self._to_layout(s, slots))
+        return self.bank, self._staged
 
     def prime(self, s: torch.Tensor, h: torch.Tensor, rows: torch.Tensor) -> None:
         """Before a continuation's first step: one update per given token, in order, on its states.
@@ -286,8 +302,10 @@ class Pipeline:
     Plain sampling with the shadow off has no distiller: ``propose`` only filters.
     """
 
-    def __init__(self, config: RunConfig, head: LMHead, prompts: int, initial: list[torch.Tensor] | None = None):
-        """initial: the weights every distiller starts from (``core.backends.start``; None: fresh)."""
+    def __init__(self, config: RunConfig, head: LMHead, prompts: int, initial: list[torch.Tensor] | None = None,
+                 shared: SharedBank | None = None):
+        """initial: the weights every distiller starts from (``core.backends.start``; None: fresh);
+        shared: a bank the distillers share with other runs' (``Steerer``; ``stage`` each step)."""
         sc = config.sampling
         self.first, self.main = run_filters(config)
         self.head = head
@@ -296,7 +314,7 @@ class Pipeline:
         self._groups = prompts if config.esamp.scope == "prompt" else 1
         esamp = replace(config.esamp, beta=config.beta)  # the β applied: 0 for every method but esamp
         self.steerer = Steerer(self._groups, prompts * sc.n, head, esamp, self.main.temperature, seed=sc.seed,
-                               watch=self.watch, initial=initial) if config.uses_distiller else None
+                               watch=self.watch, initial=initial, shared=shared) if config.uses_distiller else None
 
     def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
@@ -317,6 +335,10 @@ class Pipeline:
                 return unguided(cand.exact(self.head, h, temperature, raw), cand)  # float32 values (bfloat16 models)
         return self.steerer.propose(cand, s, h, positions, slots,
                                     exact=lambda also: cand.exact_with(self.head, h, temperature, raw, also))
+
+    def stage(self, s: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[Lease, torch.Tensor] | None:
+        """With a shared bank, before ``propose``: (lease, s) for the bank's step; None without a distiller."""
+        return None if self.steerer is None else self.steerer.stage(s, slots)
 
     def signals(self, prop: Proposal, raw: torch.Tensor) -> PendingSignals:
         """The step's recorded signals, to resolve once its tokens are sampled (raw: (R, V) the

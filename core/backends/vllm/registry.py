@@ -14,11 +14,15 @@ view of the runner's per-slot buffer).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from typing import Sequence
 
 import torch
 
+from ...config import EsampConfig
+from ...esamp.distiller import Lease, SharedBank, bank_key
+from ...esamp.steerer import Background
 from . import internals, served
 from .hooks import install_hooks
 from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
@@ -46,6 +50,9 @@ class Registry:
         self.runs: dict[str, RunState | FailedRun] = {}  # live runs by key
         self._taken: OrderedDict[str, None] = OrderedDict()
         self.capture = Capture()
+        self.banks: dict[tuple, SharedBank] = {}  # by ``bank_key``: every run's distillers, stepped together
+        self._background: dict[int, Background] = {}  # a bank's (by id) that overlaps its update
+        self._learning: dict[int, list] = {}  # a bank's update in the background: the runs it trains
         self.head = None  # set when the hooks are installed (worker extension, or a served run's first request)
         model = vllm_config.model_config if vllm_config is not None else None
         # the model as core.backends.start keys its pretrained distiller: its source and dtype
@@ -79,6 +86,7 @@ class Registry:
     def _start(self, extra: dict) -> None:
         """Start a run (a failure is kept as a FailedRun: its rows keep the model's logits). A served
         engine's first run installs the hooks (an in-process engine's are installed as it loads)."""
+        self._settle()  # no slot of a bank is leased while its update may still write it
         key = extra["run"]
         if extra["row"] is None:
             self._served[key] = (extra["config"]["sampling"]["n"], {})  # checked by validate_params
@@ -90,7 +98,19 @@ class Registry:
                 self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
                 log.error("ESamp cannot run in this worker: %s", self.runs[key].error)
                 return
-        self.runs[key] = RunState.of(extra, self.head, model=self.model)
+        self.runs[key] = RunState.of(extra, self.head, model=self.model, banks=self.bank)
+
+    def bank(self, cfg: EsampConfig, initial: list[torch.Tensor] | None) -> SharedBank:
+        """The bank whose every step predicts and trains the distillers of all runs with ``cfg``'s kind of
+        distiller (``bank_key``): one forward pass and one update a step, however many runs share it."""
+        w = self.head.weight
+        overlap = cfg.overlap if cfg.overlap is not None else w.device.type == "cuda"  # as a Steerer's own
+        key = (*bank_key(cfg), overlap)
+        if key not in self.banks:
+            self.banks[key] = SharedBank(w.shape[1], cfg, device=w.device, norm=self.head.norm, initial=initial)
+            if overlap:  # its update runs off the critical path, waited for before the next step's runs read it
+                self._background[id(self.banks[key])] = Background(w.device)
+        return self.banks[key]
 
     def left(self, live: set[str]) -> None:
         """Requests have left the batch; ``live``: the runs that still have rows in it. Free the served
@@ -108,45 +128,95 @@ class Registry:
             self._drop_served(self._resting.popitem(last=False)[0])
 
     def _drop_served(self, key: str) -> None:
+        self._settle()  # nor given back
         n, rows = self._served.pop(key)
-        del self.runs[key]
+        self.runs.pop(key).close()
         self.served_done.append((n, len(rows)))
 
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]]) -> torch.Tensor:
-        """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run; each run
-        filters, predicts and fuses its rows in the batch's order, each row's distiller found by its row
-        number (the steerer's ``slots``): so a run that has the whole batch works on vLLM's logits where
-        they are, however vLLM ordered its rows, with no copy of them (into ``logits``, or a new tensor
-        then). Other rows are left as they are."""
+        """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run. The runs'
+        distillers predict in one forward pass per shared bank, then each run filters and fuses its rows
+        in the batch's order (each row's distiller found by its row number: the steerer's ``slots``), so
+        a run that has the whole batch works on vLLM's logits where they are, with no copy of them;
+        then one update per bank trains every run's distillers. Other rows are left as they are."""
         by_run: dict[str, list[tuple[int, Row]]] = {}
         for i, r in batch:
             if i < logits.shape[0] and r.run in self.runs:
                 by_run.setdefault(r.run, []).append((i, r))
+        self._settle()
+        staged: dict[int, list[tuple[RunState, Lease, torch.Tensor]]] = {}
         for key, rows in by_run.items():
-            out = self.runs[key].step(logits, rows, self.capture)
-            if out is None:
+            run = self.runs[key]
+            got = run.stage(logits, rows, self.capture)
+            if got is not None:
+                staged.setdefault(id(got[0].bank), []).append((run, *got))
+        for runs in staged.values():
+            self._bank_step(runs, "predict")
+        out = logits
+        for key, rows in by_run.items():
+            fused = self.runs[key].step(logits, rows, self.capture)
+            if fused is None:
                 continue
             index = [i for i, _ in rows]
             if index == list(range(logits.shape[0])):  # one run has the whole batch, in order: no copy
-                return out
-            logits[torch.tensor(index, device=logits.device)] = out
-        return logits
+                out = fused
+            else:
+                logits[torch.tensor(index, device=logits.device)] = fused
+        for runs in staged.values():
+            self._bank_step(runs, "learn")
+        return out
+
+    def _bank_step(self, runs: list[tuple[RunState, Lease, torch.Tensor]], part: str) -> None:
+        """A shared bank's forward pass (``part`` "predict") or update ("learn") for ``runs``: its time
+        shared among their stopwatches by rows; a failure stops guiding them all (their rows keep the
+        model's logits). An overlapping bank's update starts in the background (``_settle`` waits)."""
+        t0 = time.perf_counter()
+        bank = runs[0][1].bank
+        background = self._background.get(id(bank)) if part == "learn" else None
+        try:
+            with torch.inference_mode(False):  # vLLM samples under inference mode; the distillers train
+                if part == "predict":
+                    bank.predict([(lease, s) for _, lease, s in runs])
+                elif background is not None:
+                    background.run(bank.learn, keep=(bank._round,))  # its tensors live until the wait
+                    self._learning[id(bank)] = runs
+                else:
+                    bank.learn()
+        except Exception as exc:  # noqa: BLE001 - keep vLLM's engine alive
+            _failed(runs, exc)
+        _timed(runs, part, time.perf_counter() - t0)
+
+    def _settle(self) -> None:
+        """Wait for the updates in the background: the runs read their losses as they stage."""
+        for bank, runs in list(self._learning.items()):
+            del self._learning[bank]
+            t0 = time.perf_counter()
+            try:
+                self._background[bank].wait()
+            except Exception as exc:  # noqa: BLE001 - as ``_bank_step``
+                _failed(runs, exc)
+            _timed(runs, "learn", time.perf_counter() - t0)
 
     def served(self) -> dict:
         """What the served runs are doing: how many are live, and (n, rows) of the last ones freed; and
-        how many ESamp runs of any kind hold state here (``runs``)."""
+        how many ESamp runs of any kind hold state here (``runs``), and distillers (``leased``)."""
         return {"live": len(self._served) - len(self._resting), "resting": len(self._resting),
-                "done": list(self.served_done), "runs": len(self.runs)}
+                "done": list(self.served_done), "runs": len(self.runs),
+                "leased": sum(bank.leased for bank in self.banks.values())}
 
     def take(self, key: str) -> dict:
         """A finished run's result (``RunState.result``), its state freed; {"error": ...} for an unknown key."""
+        self._settle()
         run = self.runs.pop(key, None)
         self._taken[key] = None
         while len(self._taken) > TAKEN_KEPT:
             self._taken.popitem(last=False)
         if run is None:
             return {"error": f"no ESamp run {key!r} in this engine (it never started, or was taken)"}
-        return run.result()
+        try:
+            return run.result()
+        finally:
+            run.close()
 
     def fail(self, key: str, error: str) -> None:
         """Stop guiding run ``key``: its rows keep the model's logits from now on, its result is ``error``."""
@@ -157,3 +227,15 @@ class Registry:
     def failed(self) -> dict[str, str]:
         """The live runs whose step failed, and how."""
         return {k: r.error for k, r in self.runs.items() if r.error is not None}
+
+
+def _failed(runs: list[tuple[RunState, Lease, torch.Tensor]], exc: Exception) -> None:
+    for run, _, _ in runs:
+        run.fail(exc)
+
+
+def _timed(runs: list[tuple[RunState, Lease, torch.Tensor]], part: str, seconds: float) -> None:
+    """A bank's time for its runs, shared among their stopwatches by rows."""
+    rows = sum(s.shape[0] * s.shape[1] for _, _, s in runs)
+    for run, _, s in runs:
+        run.pipeline.watch.seconds[part] += seconds * s.shape[0] * s.shape[1] / rows

@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
-from ...config import RunConfig
+from ...config import EsampConfig, RunConfig
+from ...esamp.distiller import Lease, SharedBank
 from ...esamp.head import LMHead
 from ...esamp.signals import PendingSignals
 from ...esamp.steerer import Pipeline
@@ -30,6 +32,7 @@ from . import internals
 
 log = logging.getLogger(__name__)
 EXTRA_KEY = "esamp_explorer"
+Banks = Callable[[EsampConfig, "list[torch.Tensor] | None"], SharedBank]  # Registry.bank
 
 
 @dataclass
@@ -87,8 +90,14 @@ class FailedRun:
     def __init__(self, error: str):
         self.error = error
 
+    def stage(self, *_args) -> None:
+        return None
+
     def step(self, *_args) -> None:
         return None
+
+    def close(self) -> None:
+        pass
 
     def result(self) -> dict:
         return {"error": self.error}
@@ -98,30 +107,48 @@ class RunState:
     """One run's Pipeline and what waits to be recorded, stepped by the processor."""
 
     def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead, record: bool = True,
-                 model: tuple[str, str] | None = None):
+                 model: tuple[str, str] | None = None, banks: Banks | None = None):
         """record: keep every token's signals for ``result`` (a served run has nobody to take them);
-        model: the engine's model source and dtype, for a pretrained distiller (core.backends.start)."""
+        model: the engine's model source and dtype, for a pretrained distiller (core.backends.start);
+        banks: the worker's shared distiller bank for a config and its initial weights (None: this run's own)."""
         self.key = key
         self.record = record
         self.config = config
         self.prompts = prompts
         initial = start.initial(*model, config.esamp) if model and config.uses_distiller else None
-        self.pipeline = Pipeline(config, head, prompts, initial)
+        shared = banks(config.esamp, initial) if banks is not None and config.uses_distiller else None
+        self.pipeline = Pipeline(config, head, prompts, initial, shared)
         self.recorder = Recorder(prompts * config.sampling.n)
         self.pending: list[tuple[list[Row], list[int], PendingSignals]] = []  # tokens not sampled yet
         self.first_step_at: float | None = None
         self.error: str | None = None
 
     @classmethod
-    def of(cls, extra: dict, head: LMHead | None, model: tuple[str, str] | None = None) -> "RunState | FailedRun":
+    def of(cls, extra: dict, head: LMHead | None, model: tuple[str, str] | None = None,
+           banks: Banks | None = None) -> "RunState | FailedRun":
         """The state of the run a request's record describes, or a FailedRun saying why there is none."""
         try:
             if head is None:
                 raise internals.VllmUnavailableError("ESamp's hooks are not installed in this vLLM worker.")
             with torch.inference_mode(False):  # vLLM updates its batch under inference mode; the distiller trains
-                return cls(extra["run"], check_extra(extra), extra["prompts"], head, extra.get("record", True), model)
+                return cls(extra["run"], check_extra(extra), extra["prompts"], head, extra.get("record", True), model,
+                           banks)
         except Exception as exc:  # noqa: BLE001 - the engine goes on; the caller gets the message
             return FailedRun(f"{type(exc).__name__}: {exc}")
+
+    def stage(self, logits: torch.Tensor, batch: list[tuple[int, Row]],
+              capture: Capture) -> tuple[Lease, torch.Tensor] | None:
+        """Before ``step``: this step's shallow states of the run's rows for its shared bank's forward
+        pass (``Pipeline.stage``); None without a distiller, or once the run has failed."""
+        if self.error is not None:
+            return None
+        try:
+            _, s, _, slots = self._rows(logits, batch, capture)
+            with torch.inference_mode(False):
+                return self.pipeline.stage(s.clone(), slots)
+        except Exception as exc:  # noqa: BLE001 - as ``step``
+            self.fail(exc)
+            return None
 
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor | None:
         """This run's rows of the step (batch index, row): the logits to sample them from, (len(batch), V).
@@ -134,16 +161,20 @@ class RunState:
         try:
             return self._step(logits, batch, capture)
         except Exception as exc:  # noqa: BLE001 - keep vLLM's engine and the other runs alive
-            self.error = f"{type(exc).__name__}: {exc}"
-            if not self.record:  # a served run: nobody takes its result, the server's log says it
-                log.error("ESamp failed for a served request (it goes on unguided): %s", self.error)
+            self.fail(exc)
             return None
         finally:  # the rest of this call is the backend's own bookkeeping
             watch.seconds["bookkeeping"] += time.perf_counter() - t0 - (sum(watch.seconds.values()) - timed)
 
-    def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
-        if self.record:
-            self.record_sampled()
+    def fail(self, exc: Exception) -> None:
+        """Stop guiding this run: its rows keep the model's logits, its result is the error."""
+        self.error = f"{type(exc).__name__}: {exc}"
+        if not self.record:  # a served run: nobody takes its result, the server's log says it
+            log.error("ESamp failed for a served request (it goes on unguided): %s", self.error)
+
+    @staticmethod
+    def _rows(logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture):
+        """This run's (index into the batch, or None: all of it in order; s; h; layout rows) of a step."""
         s, h = capture.s, capture.h
         if s is None or h is None or s.shape[0] != logits.shape[0] or h.shape[0] != logits.shape[0]:
             raise internals.VllmUnavailableError(
@@ -151,10 +182,16 @@ class RunState:
                 f"rows but the sampler has {logits.shape[0]}; this vLLM lays out batches differently.")
         whole = [i for i, _ in batch] == list(range(logits.shape[0]))  # every row, in order: no copy
         index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
-        raw, s, h = (logits, s, h) if whole else (logits[index], s[index], h[index])
+        slots = torch.tensor([r.row for _, r in batch], device=logits.device)
+        return (None, s, h, slots) if whole else (index, s[index], h[index], slots)
+
+    def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
+        if self.record:
+            self.record_sampled()
+        index, s, h, slots = self._rows(logits, batch, capture)
+        raw = logits if index is None else logits[index]
         t = [len(r.out) for _, r in batch]  # the position each row is at
         positions = torch.tensor(t)  # on the host
-        slots = torch.tensor([r.row for _, r in batch], device=logits.device)
         # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
         # (s and h enter its graph; the logits do not).
         with torch.inference_mode(False):
@@ -182,6 +219,12 @@ class RunState:
                 signals = pending.resolve(tokens.clamp(min=0).to(pending.device))
             self.recorder.add(tokens, tokens >= 0, signals, t=t, rows=[r.row for r in rows])
         self.pending = still
+
+    def close(self) -> None:
+        """The run's state is no longer needed: its slots of a shared bank go back."""
+        steerer = getattr(getattr(self, "pipeline", None), "steerer", None)
+        if steerer is not None and isinstance(steerer.bank, Lease):
+            steerer.bank.release()
 
     def result(self) -> dict:
         """Everything the caller builds the trace from, in types vLLM's RPC carries (lists, dicts,

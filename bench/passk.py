@@ -56,7 +56,13 @@ def svamp_tasks(count: int, seed: int = 0) -> list[Task]:
 TASKS = {"arithmetic": arithmetic_tasks, "svamp": svamp_tasks}
 
 
-APP_DEFAULT = f"esamp β=1.5, ≤ {EsampConfig().max_kl:g} nats (the app's default)"  # leveled since 2026-12-04
+def _esamp_label(beta: float, esamp: EsampConfig) -> str:
+    return f"esamp β={beta:g}, {'leveled, ' if esamp.keep_entropy else ''}≤ {esamp.max_kl:.3g} nats"
+
+
+APP_DEFAULT = _esamp_label(1.5, EsampConfig()) + " (the app's default)"
+# What reports made before the leveled push (2026-12-04) called their ESamp methods: ``--add-to`` reads them so.
+RENAMED = {"esamp β=1.5, ≤ 0.2 nats (the app's default)": "esamp β=1.5, ≤ 0.2 nats (the default until 2026-12-04)"}
 
 
 def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
@@ -66,7 +72,7 @@ def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
     out = {f"plain T={t:g}": core_methods.plain(top_p, t, shadow=False) for t in (0.5, 0.7, 1.0)}
     out[f"min-p {core_methods.MIN_P:g}"] = core_methods.min_p(sampling, shadow=False)
     top, rung = beta_ladder(core_methods.esamp(top_p, 1.5), [1.5, 1.0], scale_bound=True)
-    out[f"esamp β=1, ≤ {rung.esamp.max_kl:.3g} nats"] = rung
+    out[_esamp_label(1, rung.esamp)] = rung
     out[APP_DEFAULT] = top
     return out
 
@@ -120,10 +126,14 @@ def main(argv=None) -> int:
                     help="quality: bench.quality's methods; frontier: the app's defaults against plain and min-p")
     ap.add_argument("--server", help="a running ESamp server's URL (python -m core serve): generate there "
                     "instead of loading --model here (FIRE and the noise ablation are not offered there)")
+    ap.add_argument("--add-to", type=Path, help="an earlier report (--json) of the same problems, samples, tokens "
+                    "and model: run only the methods it lacks and report them beside its own (its methods' names "
+                    "as RENAMED says; plain sampling's draws do not depend on what else shares the batch)")
     a = parse_common(ap, argv, tokens=48, quick="3 problems x 4 samples x 8 tokens", plot="pass@k")
     if a.quick:
         a.problems, a.n, a.tokens = 3, 4, 8
     tasks = TASKS[a.tasks](a.problems, seed=a.seed)
+    earlier = json.loads(a.add_to.read_text()) if a.add_to else None
     prompts = [t.prompt for t in tasks]
     if a.server:
         served_client, served_model = client.connect(a.server)
@@ -136,18 +146,24 @@ def main(argv=None) -> int:
     correct_counts: dict[str, list[int]] = {}
     t_start = time.perf_counter()
     configs = METHODS[a.methods](sampling)
+    if earlier is not None:
+        check_same(earlier, a, tasks, a.server or a.model)
+        for label, counts in earlier["correct_counts"].items():
+            configs.pop(RENAMED.get(label, label), None)
     if a.server:
         for label in [label for label, cfg in configs.items() if not client.offered(cfg)]:
             print(f"{label:22s} not offered by a server: left out", file=sys.stderr)
             del configs[label]
         answers = {label: client.answers(served_client, served_model, prompts, cfg) for label, cfg in configs.items()}
     else:  # together: on transformers the methods of one shape decode in one batch (bench.ladder)
-        traces = generate_runs(lm, prompts, list(configs.values()))
+        traces = generate_runs(lm, prompts, list(configs.values())) if configs else []
         answers = {label: [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
                    for label, trace in zip(configs, traces)}
+    if earlier is not None:
+        correct_counts.update({RENAMED.get(k, k): v for k, v in earlier["correct_counts"].items()})
     for label, texts in answers.items():
-        correct = [sum(is_correct(t, task.answer) for t in ts) for ts, task in zip(texts, tasks)]
-        correct_counts[label] = correct
+        correct_counts[label] = [sum(is_correct(t, task.answer) for t in ts) for ts, task in zip(texts, tasks)]
+    for label, correct in correct_counts.items():
         curves[label] = metrics.pass_at_k_curve(correct, a.n)
         print(f"{label:22s} pass@1 {curves[label][0]:.3f}  pass@{a.n} {curves[label][-1]:.3f}  "
               f"({time.perf_counter() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
@@ -161,6 +177,10 @@ def main(argv=None) -> int:
            "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
            "tokens": a.tokens, "seed": a.seed, "machine": where, "seconds": time.perf_counter() - t_start,
            "pass_at_k": curves, "correct_counts": correct_counts, "paired": pairs}
+    if earlier is not None:  # where each method's numbers were made
+        out["added"] = [*earlier.get("added", []), {"methods": list(answers), "command": out["command"],
+                                                    "machine": where, "seconds": out["seconds"]}]
+        out.update({k: earlier[k] for k in ("command", "machine", "seconds")})
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
@@ -169,6 +189,16 @@ def main(argv=None) -> int:
         name = a.json.stem if a.json else "passk"  # beside its JSON: one run's plot never overwrites another's
         write_images({name: charts.pass_at_k_figure(curves)}, a.images)
     return 0
+
+
+def check_same(earlier: dict, a: argparse.Namespace, tasks: list[Task], model: str | None) -> None:
+    """An earlier report ``--add-to`` extends must be of the same problems, samples, tokens, seed and model."""
+    now = {"tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n, "tokens": a.tokens, "seed": a.seed}
+    differ = [k for k, v in now.items() if earlier.get(k) != v]
+    if model and model not in earlier.get("model", ""):
+        differ.append("model")
+    if differ:
+        raise SystemExit(f"--add-to {a.add_to}: its {', '.join(differ)} differ from this run's.")
 
 
 if __name__ == "__main__":

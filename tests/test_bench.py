@@ -46,8 +46,8 @@ def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0  # named after its JSON, never over another run's plot
     report = json.loads(out.read_text())
     assert report["tasks"] == "svamp" and list(report["pass_at_k"]) == [
-        "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1", f"esamp β=1, ≤ {EsampConfig().max_kl / 1.5:.3g} nats",
-        passk.APP_DEFAULT]
+        "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1",
+        f"esamp β=1, leveled, ≤ {EsampConfig().max_kl / 1.5:.3g} nats", passk.APP_DEFAULT]
     # the app's default paired per problem with each other method: differences of per-problem pass@k
     assert [r["method"] for r in report["paired"]] == list(report["pass_at_k"])[:-1]
     for row in report["paired"]:
@@ -61,6 +61,31 @@ def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
     assert report["problems"] == [vars(t) for t in passk.svamp_tasks(3, seed=0)] != [
         vars(t) for t in passk.svamp_tasks(3, seed=1)]
     assert all(float(p["answer"]) >= 0 and "?" in p["question"] for p in report["problems"])
+
+
+def test_passk_adds_the_methods_an_earlier_report_lacks_and_keeps_its_own(tmp_path):
+    """--add-to: an earlier report made before the leveled push (its default under its old name, its β = 1
+    rung missing) gets only the missing methods run; its own counts are kept under their current names."""
+    first, added = tmp_path / "first.json", tmp_path / "added.json"
+    quick = ["--quick", "--backend", "transformers", "--methods", "frontier"]
+    assert passk.main([*quick, "--json", str(first)]) == 0
+    report = json.loads(first.read_text())
+    old_name = next(iter(passk.RENAMED))
+    rung = list(report["correct_counts"])[4]
+    for counts in (report["correct_counts"], report["pass_at_k"]):
+        counts[old_name] = counts.pop(passk.APP_DEFAULT)
+        del counts[rung]
+    first.write_text(json.dumps(report))
+    assert passk.main([*quick, "--add-to", str(first), "--json", str(added)]) == 0
+    merged = json.loads(added.read_text())
+    assert [a["methods"] for a in merged["added"]] == [[rung, passk.APP_DEFAULT]]
+    assert list(merged["correct_counts"]) == [*list(report["correct_counts"])[:4], passk.RENAMED[old_name], rung,
+                                              passk.APP_DEFAULT]
+    for label in list(report["correct_counts"])[:4]:
+        assert merged["correct_counts"][label] == report["correct_counts"][label]  # kept, not run again
+    assert [r["method"] for r in merged["paired"]] == list(merged["correct_counts"])[:-1]
+    with pytest.raises(SystemExit, match="seed differ"):  # another run's report is refused
+        passk.main([*quick, "--seed", "1", "--add-to", str(first)])
 
 
 def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):

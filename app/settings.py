@@ -1,6 +1,6 @@
 """The user's choices: the model (one choice in the sidebar, shared by every page) and Explore's
 prompt and sampling settings. Both live in the page URL so that a view can be shared; each URL
-parameter is defined once, in ``FIELDS``."""
+parameter is defined once, in ``FIELDS``: the app's own here, the run settings' in core/options.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import streamlit as st
 from core import (DEFAULT_MODEL, EsampConfig, LanguageModel, RunConfig, SamplingConfig, beta_ladder,
                   check_runs, temperature_ladder)
 from core.config import MAX_BETA, continuation
+from core.options import SETTINGS, Option, config_of, get
 from core.tasks import Task, tasks_from_jsonl
 
 from . import serving
@@ -52,40 +53,35 @@ class Settings:
 @dataclass(frozen=True)
 class Field:
     key: str  # URL parameter
-    kind: type
+    read: Callable[[str], Any]  # the URL's text -> the value; ValueError when it is not one
     default: Any
-    value: Callable[[ModelChoice, Settings], Any]  # what the URL holds for a run
-
-
-def _sampling(name: str) -> Callable[[ModelChoice, Settings], Any]:
-    return lambda m, s: getattr(s.config.sampling, name)
+    text: Callable[[ModelChoice, Settings], str]  # what the URL holds for a Generate
 
 
 def _numbers(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-# The defaults of the first Generate, chosen by `python -m bench.demo` (docs/results.md, "The default
+def _setting(o: Option) -> Field:
+    """A run setting's URL parameter, as core/options.py spells it."""
+    return Field(o.url, o.read, get(FIRST, o.field), lambda m, s: o.text(get(s.config, o.field)))
+
+
+# The first Generate's run settings, chosen by `python -m bench.demo` (docs/results.md, "The default
 # demo"): ESamp more diverse than plain beyond the noise of its answers on most seeds, in a time a
-# class waits for. The backend: app/serving.py's DEFAULT_BACKEND (or $ESAMP_BACKEND).
+# class waits for; ESamp's own settings are EsampConfig's defaults (the leveled push, at most 0.5 nats).
+FIRST = RunConfig(method="esamp", sampling=SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9))
+# The URL: the app's own parameters, then every run setting that has one (core/options.py). A value
+# holds the field's own (``raw`` holds RunConfig.chat: raw=1 in the URL reads as False). The backend:
+# app/serving.py's DEFAULT_BACKEND (or $ESAMP_BACKEND).
 FIELDS = [
     Field("model", str, "", lambda m, s: m.name),
     Field("backend", str, serving.default_backend(), lambda m, s: m.backend),
     Field("prompt", str, "Invent a name for a new colour and describe it.", lambda m, s: s.prompt),
-    Field("n", int, 16, _sampling("n")),
-    Field("tokens", int, 32, _sampling("max_new_tokens")),
     Field("ladder", str, "0,0.5,1,1.5", lambda m, s: _numbers(s.ladder)),
     Field("temps", str, "", lambda m, s: _numbers(s.temperatures)),
-    Field("T", float, 1.0, _sampling("temperature")),
-    Field("top_k", int, 0, _sampling("top_k")),
-    Field("top_p", float, 0.9, _sampling("top_p")),
-    Field("min_p", float, 0.0, _sampling("min_p")),
-    Field("seed", int, 0, _sampling("seed")),
-    Field("warmup", int, 0, lambda m, s: s.config.esamp.warmup_steps),  # EsampConfig.warmup_steps
-    Field("max_kl", float, 0.5, lambda m, s: f"{s.config.esamp.max_kl or 0:g}"),  # EsampConfig.max_kl; 0: no bound
-    Field("level", int, 1, lambda m, s: int(s.config.esamp.keep_entropy)),  # EsampConfig.keep_entropy
     Field("beta", float, 1.5, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
-    Field("raw", int, 0, lambda m, s: int(not s.config.chat)),
+    *(_setting(o) for o in SETTINGS if o.url),
 ]
 DEFAULTS = {f.key: f.default for f in FIELDS}
 
@@ -128,7 +124,7 @@ def url_values() -> dict[str, Any]:
     for f in FIELDS:
         raw = st.query_params.get(f.key)
         try:
-            value = f.kind(raw) if raw is not None else f.default
+            value = f.read(raw) if raw is not None else f.default
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError
         except ValueError:
@@ -152,16 +148,14 @@ def url_settings() -> Settings | None:
 def settings_of(d: dict[str, Any], max_rungs: int = 8) -> Settings:
     """The Generate that values of ``FIELDS`` describe (a URL's; ``DEFAULTS``: the first Generate's),
     the model aside; ValueError for a ladder or temperatures the form would refuse."""
-    config = RunConfig(method="esamp", chat=not d["raw"], sampling=SamplingConfig(
-        n=d["n"], max_new_tokens=d["tokens"], temperature=d["T"], top_k=d["top_k"], top_p=d["top_p"],
-        min_p=d["min_p"], seed=d["seed"]), esamp=esamp_of(d["warmup"], d["max_kl"], d["level"]))
+    config = config_of({o.field: d[o.url] for o in SETTINGS if o.url}, base=RunConfig(method="esamp"))
     ladder = parse_ladder(d["ladder"], max_rungs)
     temperatures = parse_numbers(d["temps"], "Temperatures", 0.05, 5.0, max_rungs)
     return Settings(d["prompt"], config, ladder, temperatures, nearest(ladder, d["beta"]))
 
 
 def set_url(model: ModelChoice, settings: Settings) -> None:
-    st.query_params.from_dict({f.key: f.value(model, settings) for f in FIELDS})
+    st.query_params.from_dict({f.key: f.text(model, settings) for f in FIELDS})
 
 
 def model_picker() -> None:
@@ -248,7 +242,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                               help=f"At most {limits.max_prompt_chars:,} characters. Model output is shown as text, "
                                    "never as HTML.")
         prompt_error = st.empty()
-        mode = st.radio("Mode", ["chat", "raw continuation"], index=int(bool(d["raw"])), horizontal=True,
+        mode = st.radio("Mode", ["chat", "raw continuation"], index=0 if d["raw"] else 1, horizontal=True,
                         help="chat wraps the prompt in the model's chat template")
         c1, c2 = st.columns(2)
         ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200, help=LADDER_HELP)
@@ -264,7 +258,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         warmup = c4.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
                                  int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
         max_kl = c4.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
-                                 float(_clamp(d["max_kl"], 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
+                                 float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
         level = st.checkbox("Leveled push: ESamp moves probability between tokens, without the part of its push "
                             "that acts as a lower temperature", bool(d["level"]), help=LEVEL_HELP)
         c1, c2, c3, c4 = st.columns(4)

@@ -1,9 +1,8 @@
-"""A benchmark's runs through a running ESamp server (``python -m core serve``, or ``vllm serve``
-with this project installed) instead of a model loaded here: the same RunConfig, sent as an OpenAI
-client sends it, so the paper-scale runs (7B-8B models, 16-64 samples) can be made on a GPU box
-with the same code (``--server URL``).
-
-Only answers' texts come back (no trace: a served client gets no per-token novelty, docs/serving.md).
+"""A running ESamp server for a benchmark or a test: ``running_server`` starts ``python -m core serve``
+on 127.0.0.1 and stops it after; ``connect`` gives vLLM's own OpenAI client of it (bench.served
+times ESamp's ``vllm_xargs`` through it). Runs with traces go through the backend "server"
+(core/backends/remote.py), this project's one client of the server: ``load_model(backend="server",
+url=...)``.
 """
 
 from __future__ import annotations
@@ -14,48 +13,11 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core import RunConfig
-from core.backends.vllm import served  # the keys a server takes (no vLLM import)
-
 from .procs import free_port, wait_ready
-
-def offered(config: RunConfig) -> bool:
-    """Whether the server runs this config: plain sampling, min-p and ESamp, not FIRE or the noise ablation."""
-    return config.method == "plain" or (config.method == "esamp" and not config.esamp.noise)
-
-
-def request_of(config: RunConfig) -> dict:
-    """The keyword arguments of ``chat.completions.create`` (besides model and messages) for a run's
-    prompt: the request ``served.params_of`` describes, in the OpenAI client's shape (vLLM's own
-    fields and ESamp's ``vllm_xargs`` in ``extra_body``)."""
-    if not offered(config):
-        raise ValueError(f"A server does not run method {config.method!r}"
-                         + (" with noise" if config.esamp.noise else "") + ".")
-    params = served.params_of(config)
-    body = {k: params.pop(k) for k in ("top_k", "min_p", "ignore_eos")}
-    if "extra_args" in params:
-        body["vllm_xargs"] = params.pop("extra_args")
-    return {**params, "extra_body": body}
-
-
-def answers(client, model: str, prompts: list[str], config: RunConfig) -> list[list[str]]:
-    """Each prompt's n answers, every prompt's request at once (chat, or a plain completion when the
-    config does not use the chat template)."""
-    kw = request_of(config)
-
-    def ask(prompt: str) -> list[str]:
-        if config.chat:
-            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **kw)
-            return [c.message.content or "" for c in r.choices]
-        return [c.text for c in client.completions.create(model=model, prompt=prompt, **kw).choices]
-
-    with ThreadPoolExecutor(min(len(prompts), 16)) as pool:
-        return list(pool.map(ask, prompts))
 
 
 def connect(url: str, timeout: float = 600.0):

@@ -10,8 +10,8 @@ Problems: ``arithmetic`` from core.tasks.arithmetic_tasks (fixed seed, integer a
 bench/data/svamp with its MIT license). An answer is correct when its last number equals the
 problem's. pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k), averaged over problems.
 Samples end at EOS or after --tokens. ``--server URL`` generates through a running ESamp server
-(``python -m core serve``: the same settings as an OpenAI client sends them, bench.client), for
-paper-scale models on a GPU machine; FIRE and the noise ablation are left out there.
+(``python -m core serve``; the backend "server", as bench.quality's ``--server``: the same runs as in
+process, made there), for paper-scale models on a GPU machine.
 
 ``--methods frontier``: the app's defaults against plain sampling's temperatures and min-p: plain
 at T = 0.5, 0.7 and 1 under top-p 0.9 with top-k off, min-p 0.1 at T = 1, and ESamp as the app runs
@@ -37,9 +37,6 @@ from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
 from viz.report import write_images
 
-from core.backends.hardware import describe
-
-from . import client
 from .quality import machine, methods, parse_common
 
 
@@ -125,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", choices=list(METHODS), default="quality",
                     help="quality: bench.quality's methods; frontier: the app's defaults against plain and min-p")
     ap.add_argument("--server", help="a running ESamp server's URL (python -m core serve): generate there "
-                    "instead of loading --model here (FIRE and the noise ablation are not offered there)")
+                    "instead of loading --model here (the backend \"server\")")
     ap.add_argument("--add-to", type=Path, help="an earlier report (--json) of the same problems, samples, tokens "
                     "and model: run only the methods it lacks and report them beside its own (its methods' names "
                     "as RENAMED says; plain sampling's draws do not depend on what else shares the batch)")
@@ -135,30 +132,21 @@ def main(argv=None) -> int:
     tasks = TASKS[a.tasks](a.problems, seed=a.seed)
     earlier = json.loads(a.add_to.read_text()) if a.add_to else None
     prompts = [t.prompt for t in tasks]
-    if a.server:
-        served_client, served_model = client.connect(a.server)
-        where = {**describe(), "server": a.server, "model": served_model}
-    else:
-        lm = load_model(a.model, backend=a.backend)
-        where = machine(lm)
+    lm = load_model(a.model, backend="server", url=a.server) if a.server else load_model(a.model, backend=a.backend)
+    where = machine(lm)
     sampling = SamplingConfig(n=a.n, max_new_tokens=a.tokens, seed=a.seed)
     curves: dict[str, list[float]] = {}
     correct_counts: dict[str, list[int]] = {}
     t_start = time.perf_counter()
     configs = METHODS[a.methods](sampling)
     if earlier is not None:
-        check_same(earlier, a, tasks, a.server or a.model)
+        check_same(earlier, a, tasks, lm.name)
         for label, counts in earlier["correct_counts"].items():
             configs.pop(RENAMED.get(label, label), None)
-    if a.server:
-        for label in [label for label, cfg in configs.items() if not client.offered(cfg)]:
-            print(f"{label:22s} not offered by a server: left out", file=sys.stderr)
-            del configs[label]
-        answers = {label: client.answers(served_client, served_model, prompts, cfg) for label, cfg in configs.items()}
-    else:  # together: on transformers the methods of one shape decode in one batch (bench.ladder)
-        traces = generate_runs(lm, prompts, list(configs.values())) if configs else []
-        answers = {label: [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
-                   for label, trace in zip(configs, traces)}
+    # together: on transformers the methods of one shape decode in one batch (bench.ladder)
+    traces = generate_runs(lm, prompts, list(configs.values())) if configs else []
+    answers = {label: [[s.text for s in trace.samples_of(p)] for p in range(len(tasks))]
+               for label, trace in zip(configs, traces)}
     if earlier is not None:
         correct_counts.update({RENAMED.get(k, k): v for k, v in earlier["correct_counts"].items()})
     for label, texts in answers.items():
@@ -173,7 +161,7 @@ def main(argv=None) -> int:
         table += "\n\n" + paired_markdown(pairs, a.n, APP_DEFAULT)
     print("\n" + table)
     out = {"command": "python -m bench.passk " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "backend": "server" if a.server else a.backend, "model": where.get("model") or lm.name,
+           "backend": lm.backend, "model": lm.name,
            "tasks": a.tasks, "problems": [vars(t) for t in tasks], "n": a.n,
            "tokens": a.tokens, "seed": a.seed, "machine": where, "seconds": time.perf_counter() - t_start,
            "pass_at_k": curves, "correct_counts": correct_counts, "paired": pairs}

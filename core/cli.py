@@ -7,100 +7,22 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import (BACKENDS, DISTILLERS, METHODS, SCOPES, STARTS, TRACE_LEVELS, EsampConfig, FireConfig, RunConfig,
-                     SamplingConfig, check_prompts)
+from .config import BACKENDS, RunConfig, check_prompts
+from .options import SETTINGS, config_of, get
 
 
-def token_ids(text: str) -> tuple[int, ...]:
-    """``--prefix-ids 12,345,6``: comma-separated token ids (empty: none)."""
-    try:
-        return tuple(int(w) for w in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids") from None
-
-
-def bound(text: str) -> float | None:
-    """``--max-kl 0.5``, or ``--max-kl none`` for no bound."""
-    if text.strip().lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nats, nor 'none'") from None
-
-
-def _written(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One run setting on the command line: its flag, the ``RunConfig`` field it sets, and when
-    ``command_for`` writes it. The parser, ``config_from_args`` and ``command_for`` all read ``OPTIONS``."""
-
-    flags: tuple[str, ...]
-    field: str  # a path into RunConfig: "method", "sampling.top_k", "esamp.beta"
-    type: Callable[[str], Any] | None = None  # None: a switch (store_true)
-    help: str | None = None
-    choices: Sequence[str] | None = None
-    negate: bool = False  # a switch that sets its field False (--raw: chat off)
-    shown: str = "changed"  # "always"; "changed" (not the default); or a method whose runs always show it
-
-    @property
-    def dest(self) -> str:
-        return self.field.replace(".", "__")
-
-
-OPTIONS = [
-    Option(("--method",), "method", str, choices=METHODS, shown="always"),
-    Option(("-n", "--n"), "sampling.n", int, "samples per prompt", shown="always"),
-    Option(("--max-new-tokens",), "sampling.max_new_tokens", int, shown="always"),
-    Option(("--temperature",), "sampling.temperature", float, shown="always"),
-    Option(("--top-k",), "sampling.top_k", int, "0 turns it off", shown="always"),
-    Option(("--top-p",), "sampling.top_p", float, "1.0 turns it off", shown="always"),
-    Option(("--min-p",), "sampling.min_p", float, "0.0 turns it off", shown="always"),
-    Option(("--seed",), "sampling.seed", int, shown="always"),
-    Option(("--beta",), "esamp.beta", float, "exploration strength (esamp)", shown="esamp"),
-    Option(("--scope",), "esamp.scope", str, "one distiller per prompt, or shared", choices=SCOPES),
-    Option(("--fire-temperature",), "fire.temperature", float, shown="fire"),
-    Option(("--fire-top-k",), "fire.top_k", int, shown="fire"),
-    Option(("--no-shadow",), "esamp.shadow", None, "no distiller for plain/fire (no novelty logged)", negate=True),
-    Option(("--noise",), "esamp.noise", None,
-           "the paper's ablation: steer by Gaussian noise as long as the error instead of the error"),
-    Option(("--distiller",), "esamp.distiller", str, "the distiller's design", choices=DISTILLERS),
-    Option(("--distiller-width",), "esamp.intermediate", int,
-           f"width inside its gated blocks (default {EsampConfig().intermediate}; the paper's: 384)"),
-    Option(("--warmup-steps",), "esamp.warmup_steps", int,
-           "esamp: sample this many tokens after the first unguided while the distiller learns"),
-    Option(("--warmup-novelty",), "esamp.warmup_novelty", float,
-           "esamp: sample unguided until the distiller's running relative novelty is below this"),
-    Option(("--max-kl",), "esamp.max_kl", bound,
-           "esamp: no token's distribution moves more than this many nats (KL) from plain sampling's; none: "
-           "unbounded, the paper's fusion"),
-    Option(("--unleveled",), "esamp.keep_entropy", None, "esamp: push as the paper does, with its part along the "
-           "model's own logits, which acts as a lower temperature (default: leveled, without it)", negate=True),
-    Option(("--start",), "esamp.start", str, "where each run's distillers start: fresh (the paper) or this model's "
-           "pretrained distiller (built once, cached)", choices=STARTS),
-    Option(("--ignore-eos",), "sampling.ignore_eos", None, "always generate max_new_tokens"),
-    Option(("--raw",), "chat", None, "no chat template: plain continuation", negate=True),
-    Option(("--trace",), "trace", str, "light: no per-token log p under the model itself (perplexity then "
-           "scores the text again)", choices=TRACE_LEVELS),
-    Option(("--prefix-ids",), "prefix_ids", token_ids, "continue every answer from these token ids (comma-"
-           "separated), taken as given after the prompt"),
-    Option(("--prime",), "esamp.prime", None, "with --prefix-ids: first train the distiller on the given "
-           "tokens' states (transformers only)"),
-]
-SECTIONS = {"sampling": SamplingConfig, "esamp": EsampConfig, "fire": FireConfig}
-
-
-def _get(config: RunConfig, path: str) -> Any:
-    for part in path.split("."):
-        config = getattr(config, part)
-    return config
+def _word(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An option's reader as argparse wants it (its ValueError becomes argparse's message)."""
+    def parse(text: str) -> Any:
+        try:
+            return read(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = read.__name__
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,42 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "with native bfloat16 (AMX, AVX512-BF16), else float32; ESAMP_DTYPE sets it for every run)")
     g.add_argument("--trust-remote-code", action="store_true")
     defaults = RunConfig()
-    for o in OPTIONS:
+    for o in SETTINGS:  # every run setting (core/options.py)
         if o.type is None:
             g.add_argument(*o.flags, dest=o.dest, action="store_true", help=o.help)
         else:
-            g.add_argument(*o.flags, dest=o.dest, type=o.type, default=_get(defaults, o.field), choices=o.choices,
-                           help=o.help)
+            g.add_argument(*o.flags, dest=o.dest, type=_word(o.type), default=get(defaults, o.field),
+                           choices=o.choices, help=o.help)
     g.add_argument("--json", type=Path, help="write the full run trace here")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
-    """The RunConfig the parsed options describe (``OPTIONS``); validated by its dataclasses."""
-    values: dict[str, dict[str, Any]] = {"": {}, **{section: {} for section in SECTIONS}}
-    for o in OPTIONS:
-        value = getattr(a, o.dest)
-        if o.type is None:
-            value = not value if o.negate else value
-        section, _, name = o.field.rpartition(".")
-        values[section][name] = value
-    return RunConfig(**values[""], **{section: cls(**values[section]) for section, cls in SECTIONS.items()})
+    """The RunConfig the parsed options describe (``SETTINGS``); validated by its dataclasses."""
+    return config_of({o.field: getattr(a, o.dest) != o.negate if o.type is None else getattr(a, o.dest)
+                      for o in SETTINGS})
 
 
 def command_for(config: RunConfig, prompt: str, model: str | None = None, backend: str = "transformers") -> str:
     """The ``python -m core generate`` command line that reproduces a run (shown by the app)."""
     defaults = RunConfig()
     parts = ["python", "-m", "core", "generate", prompt]
-    for o in OPTIONS:
-        value = _get(config, o.field)
-        if not (o.shown == "always" or o.shown == config.method or value != _get(defaults, o.field)):
+    for o in SETTINGS:
+        value = get(config, o.field)
+        if not (o.shown == "always" or o.shown == config.method or value != get(defaults, o.field)):
             continue
         if o.type is None:
             if value != o.negate:  # a switch is written when it is on: --noise, or --raw for chat=False
                 parts.append(o.flags[-1])
         else:
-            parts += [o.flags[0], _written(value)]
+            parts += [o.flags[0], o.text(value)]
     if model:
         parts += ["--model", model]
     if backend == "server":  # a server's runs are its vLLM backend's (core/backends/vllm/routes.py): run there

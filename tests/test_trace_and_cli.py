@@ -138,6 +138,21 @@ def test_the_command_the_app_shows_regenerates_the_same_config(config):
     assert config_from_args(args) == config
 
 
+@pytest.mark.parametrize("config", ROUND_TRIP)
+def test_every_run_setting_reads_back_from_its_own_text(config):
+    """core/options.py: a setting's text (a URL's value, a command line's word) reads back as the same
+    value; links written before "none" (max_kl=0) still read as no bound."""
+    from core.options import BY_FIELD, SETTINGS, config_of, get
+
+    assert config_of({o.field: o.read(o.text(get(config, o.field))) for o in SETTINGS}) == config
+    assert BY_FIELD["esamp.max_kl"].read("0") is None and BY_FIELD["esamp.max_kl"].read("none") is None
+    assert BY_FIELD["chat"].read("1") is False and BY_FIELD["esamp.keep_entropy"].read("1") is True  # raw=1, level=1
+    with pytest.raises(ValueError, match="not one of"):
+        BY_FIELD["method"].read("greedy")
+    with pytest.raises(ValueError, match="no run setting"):
+        config_of({"esamp.bета": 1.0})
+
+
 def test_a_command_shows_only_what_differs_from_the_defaults_besides_the_sampling():
     from core.cli import command_for
 

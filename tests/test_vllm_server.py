@@ -21,6 +21,7 @@ from core import DEFAULT_MODEL  # noqa: E402
 from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
 from core.backends.base import ModelLoadError  # noqa: E402
 from core.backends.vllm import served  # noqa: E402
+from core.options import NO_BOUND  # noqa: E402
 from core.backends.vllm.state import EXTRA_KEY, check_extra  # noqa: E402
 
 PROMPT = "Describe a city in the year 3000."
@@ -134,8 +135,18 @@ def test_concurrent_clients_each_get_their_answers(server, client):
 
 
 def test_the_served_keys_are_the_esamp_configs_fields():
+    """One table (core/options.py): every served ESamp key is an EsampConfig field the command line sets too."""
+    from dataclasses import fields
+
+    from core.options import SETTINGS
+
     assert "esamp_beta" in served.XARGS and "esamp_warmup_steps" in served.XARGS
     assert not {"esamp_scope", "esamp_prime", "esamp_overlap"} & set(served.XARGS)
+    names = {f.name for f in fields(EsampConfig)}
+    assert {x.removeprefix("esamp_") for x in served.XARGS} <= names
+    flags = {o.field: o.flags for o in SETTINGS}
+    assert all(flags[o.field] for o in served.XARGS.values())
+    assert {o.name for o in served.REQUEST.values()} == {f.name for f in fields(SamplingConfig)}
 
 
 def test_a_switch_a_client_sends_as_true_or_false_reaches_the_run_as_it_was_sent():
@@ -284,8 +295,8 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
         VllmProcessor.validate_params(SamplingParams(extra_args={"esamp_beta": 0.5, "esamp_max_kl": "lots"}))
     unbounded = esamp_config(beta=0.5)
     unbounded = replace(unbounded, esamp=replace(unbounded.esamp, max_kl=None))
-    assert client_lib.request_of(unbounded)["extra_body"]["vllm_xargs"]["esamp_max_kl"] == served.NO_BOUND
-    assert "esamp_max_kl" not in client_lib.request_of(esamp_config(beta=0.5))["extra_body"]["vllm_xargs"]
+    assert served.params_of(unbounded)["extra_args"]["esamp_max_kl"] == NO_BOUND
+    assert "esamp_max_kl" not in served.params_of(esamp_config(beta=0.5))["extra_args"]
 
 
 @pytest.mark.parametrize("esamp", [
@@ -294,7 +305,7 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
     EsampConfig(beta=1.5, keep_entropy=True, noise=True)])
 def test_what_a_client_sends_for_a_config_is_the_run_the_server_makes(esamp):
     """served.params_of and served.prepare are one table read both ways: the request a client makes of a
-    RunConfig (bench.client) becomes that RunConfig's run where vLLM takes it, sampled by vLLM at T = 1."""
+    RunConfig becomes that RunConfig's run where vLLM takes it, sampled by vLLM at T = 1."""
     from dataclasses import replace
 
     from vllm import SamplingParams
@@ -322,7 +333,7 @@ def test_passk_runs_through_the_server(server, tmp_path):
     labels = set(report["pass_at_k"])
     assert report["backend"] == "server" and report["model"] == DEFAULT_MODEL
     assert any(label.startswith("esamp") for label in labels) and any("min-p" in label for label in labels)
-    assert not any("fire" in label.lower() or "noise" in label for label in labels)  # not offered there
+    assert any("fire" in label.lower() for label in labels) and any("noise" in label for label in labels)
     assert all(len(curve) == 4 and 0 <= curve[-1] <= 1 for curve in report["pass_at_k"].values())
 
 

@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import fields
 
 from ...config import EsampConfig, RunConfig, SamplingConfig
+from ...options import NO_BOUND, SETTINGS, XARG, bound, get
 from .state import EXTRA_KEY, request_extra
 
-PREFIX = "esamp_"
-# What a request may set, as esamp_<field>: the fusion and the distiller; scope and priming have
-# no meaning for one served request (one prompt), overlap is the server's to choose.
-FIELDS = tuple(f.name for f in fields(EsampConfig) if f.name not in ("scope", "prime", "overlap", "shadow"))
-XARGS = tuple(PREFIX + f for f in FIELDS)
-SWITCHES = {f.name for f in fields(EsampConfig) if f.type in (bool, "bool")} & set(FIELDS)
-_SWITCH_VALUES = {"true": True, "1": True, "false": False, "0": False}
-NO_BOUND = "none"  # esamp_max_kl: no bound on a token's push (the paper's fusion)
+# What a request may set (core/options.py, ``served``): the fusion and the distiller as
+# vllm_xargs["esamp_<field>"], its sampling in vLLM's own fields.
+XARGS = {o.xarg: o for o in SETTINGS if o.xarg}
+REQUEST = {o.served: o for o in SETTINGS if o.served not in (None, "xarg")}  # SamplingParams field -> option
 _MARK = "esamp_prepared"  # set here, with a value no client knows: this process rewrote the request
 _SECRET = secrets.token_hex(16)
 _OURS = (EXTRA_KEY, _MARK)
@@ -41,7 +37,7 @@ _OURS = (EXTRA_KEY, _MARK)
 def wants_esamp(extra: dict | None) -> bool:
     """Whether a request's extra args hold ``esamp_*`` keys for ``prepare`` (a request that carries only
     the record, in process, is checked as it is)."""
-    return bool(extra) and any(isinstance(k, str) and k.startswith(PREFIX) and k != EXTRA_KEY for k in extra)
+    return bool(extra) and any(isinstance(k, str) and k.startswith(XARG) and k != EXTRA_KEY for k in extra)
 
 
 def prepare(params) -> RunConfig:
@@ -61,34 +57,34 @@ def prepare(params) -> RunConfig:
 
 def params_of(config: RunConfig) -> dict:
     """The SamplingParams fields of one prompt's request that asks a server for ``config`` (``prepare``
-    reads them back into the same run): its sampling in the ordinary fields and, for ESamp, its
-    ``vllm_xargs`` in ``extra_args``: β always, every other field where it is not EsampConfig's default."""
-    sc = config.sampling
-    out = {"n": sc.n, "seed": sc.seed, "temperature": sc.temperature, "top_k": sc.top_k, "top_p": sc.top_p,
-           "min_p": sc.min_p, "max_tokens": sc.max_new_tokens, "ignore_eos": sc.ignore_eos}
+    reads them back into the same run): its sampling in vLLM's own fields and, for ESamp, its
+    ``vllm_xargs`` in ``extra_args``: β always, every other setting where it is not EsampConfig's default."""
+    out = {name: get(config, o.field) for name, o in REQUEST.items()}
     if config.method == "esamp":
-        default = EsampConfig()
-        given = {name: getattr(config.esamp, name) for name in FIELDS
-                 if name == "beta" or getattr(config.esamp, name) != getattr(default, name)}
-        out["extra_args"] = {PREFIX + k: NO_BOUND if k == "max_kl" and v is None else v for k, v in given.items()}
+        default = RunConfig()
+        given = {x: get(config, o.field) for x, o in XARGS.items()
+                 if o.name == "beta" or get(config, o.field) != get(default, o.field)}
+        out["extra_args"] = {x: NO_BOUND if v is None else v for x, v in given.items()}
     return out
 
 
 def _esamp(extra: dict) -> EsampConfig:
-    unknown = sorted(k for k in extra if isinstance(k, str) and k.startswith(PREFIX) and k not in XARGS + _OURS)
+    unknown = sorted(k for k in extra if isinstance(k, str) and k.startswith(XARG) and k not in {*XARGS, *_OURS})
     if unknown:
         raise ValueError(f"vllm_xargs: unknown ESamp key {unknown[0]!r}; the keys are {', '.join(XARGS)}.")
-    given = {k[len(PREFIX):]: v for k, v in extra.items() if k in XARGS}
-    if isinstance(given.get("max_kl"), str) and given["max_kl"].lower() == NO_BOUND:
-        given["max_kl"] = None  # vllm_xargs cannot carry null
-    for name in SWITCHES & given.keys():  # nor true and false: its pydantic type makes them 1 and 0
-        given[name] = _SWITCH_VALUES.get(str(given[name]).lower(), given[name])
-    for name, value in given.items():
-        try:
-            EsampConfig(**{name: value})
+    given = {}
+    for x, value in extra.items():
+        o = XARGS.get(x)
+        if o is None:
+            continue
+        try:  # vllm_xargs cannot carry null (max_kl "none"), nor true and false (its pydantic type makes them 1, 0)
+            if o.type is None or (o.type is bound and isinstance(value, str)):
+                value = o.read(str(value))
+            given[o.name] = value
+            EsampConfig(**{o.name: value})
         except (TypeError, ValueError) as exc:
-            hint = f' For no bound: "{NO_BOUND}".' if name == "max_kl" else ""
-            raise ValueError(f"vllm_xargs[{PREFIX + name!r}]: {exc}{hint}") from None
+            hint = f' For no bound: "{NO_BOUND}".' if o.type is bound else ""
+            raise ValueError(f"vllm_xargs[{x!r}]: {exc}{hint}") from None
     return EsampConfig(**given)
 
 
@@ -96,10 +92,11 @@ def _sampling(params) -> SamplingConfig:
     if params.temperature < 1e-5:
         raise ValueError("ESamp samples: a request that asks for it needs a temperature above 0 (it has "
                          f"{params.temperature}).")
-    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+    given = {o.name: getattr(params, name) for name, o in REQUEST.items()}
+    given["seed"] = given["seed"] if given["seed"] is not None else secrets.randbelow(2**31)
+    given["max_new_tokens"] = given["max_new_tokens"] or 16
+    given["top_k"] = max(given["top_k"], 0)  # vLLM's "off" is -1 or 0
     try:
-        return SamplingConfig(n=params.n, max_new_tokens=params.max_tokens or 16, temperature=params.temperature,
-                              top_k=max(params.top_k, 0), top_p=params.top_p, min_p=params.min_p, seed=seed,
-                              ignore_eos=params.ignore_eos)
+        return SamplingConfig(**given)
     except ValueError as exc:
         raise ValueError(f"ESamp cannot run this request's sampling: {exc}") from None

@@ -1,5 +1,5 @@
 """The run settings a user sets, in one table that every door reads: the command line (core/cli.py),
-the app's URL (app/settings.py), one served request (core/backends/vllm/served.py: vLLM's own
+the app's URL (app/settings.py), one served request (core/backends/vllm/request.py: vLLM's own
 request fields and ESamp's ``vllm_xargs``). The routes' JSON and the trace carry the RunConfig
 itself (``RunConfig.to_dict``).
 

@@ -237,12 +237,25 @@ def test_a_bad_request_is_refused_where_vllm_takes_it(vlm):
     from vllm import SamplingParams
 
     from core.backends.vllm.loop import native
-    from core.backends.vllm.state import EXTRA_KEY
+    from core.backends.vllm.request import EXTRA_KEY
 
     params = SamplingParams(max_tokens=2, extra_args={EXTRA_KEY: {"run": "x", "row": 0, "prompts": 1,
                                                                   "config": {"method": "esamp"}}})
     with pytest.raises(Exception, match=r"is not a run configuration \(no 'sampling'\)"):  # VLLMValidationError
         native(vlm, [[1, 2, 3]], [params])
+
+
+def test_a_requests_settings_reach_its_run_state_without_coming_back_to_a_file(vlm):
+    """bench.walk: a served request's settings pass through at most 4 of core's files on the way to the
+    run's state in the processor (request.py, processor.py, registry.py, state.py), and core.generate's
+    through no file twice."""
+    from bench import walk
+
+    served = walk.from_served(vlm)
+    assert served["arrived"] and served["distinct"] <= 4 and not served["returns"], served["calls"]
+    assert served["files"][0].endswith("request.py")  # vLLM's door: the record, written and checked
+    generated = walk.from_generate(vlm)
+    assert generated["arrived"] and not generated["returns"], generated["calls"]
 
 
 def test_eos_ends_samples_and_stop_keeps_what_was_generated(vlm):

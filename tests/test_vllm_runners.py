@@ -20,7 +20,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProc
 from core import EsampConfig, RunConfig, SamplingConfig  # noqa: E402
 from core.backends.vllm import plugin, processor  # noqa: E402
 from core.backends.vllm.mrv2 import Mrv2Processor  # noqa: E402
-from core.backends.vllm.state import request_extra  # noqa: E402
+from core.backends.vllm.request import request_extra  # noqa: E402
 from core.esamp.head import LMHead  # noqa: E402
 
 V, H, SLOTS, PROMPT = 96, 16, 8, [5, 6, 7]

@@ -20,9 +20,9 @@ from bench import client as client_lib  # noqa: E402
 from core import DEFAULT_MODEL  # noqa: E402
 from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
 from core.backends.base import ModelLoadError  # noqa: E402
-from core.backends.vllm import served  # noqa: E402
+from core.backends.vllm import request as served  # noqa: E402
 from core.options import NO_BOUND  # noqa: E402
-from core.backends.vllm.state import EXTRA_KEY, check_extra  # noqa: E402
+from core.backends.vllm.request import EXTRA_KEY, check_extra  # noqa: E402
 
 PROMPT = "Describe a city in the year 3000."
 
@@ -255,7 +255,7 @@ def test_a_servers_api_key_guards_esamps_routes_too(keyed_dp_server):
 
 
 def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
-    """A served request's vllm_xargs become the record an in-process request carries (state.request_extra):
+    """A served request's vllm_xargs become the record an in-process request carries (request.request_extra):
     its own run key, its whole RunConfig, no row (vLLM fans it out into n children)."""
     from vllm import SamplingParams
 
@@ -304,7 +304,7 @@ def test_a_request_asks_for_no_bound_with_none_and_the_client_sends_it_so():
     EsampConfig(beta=0.25, distiller="residual", start="pretrained", intermediate=64, warmup_novelty=0.9),
     EsampConfig(beta=1.5, keep_entropy=True, noise=True)])
 def test_what_a_client_sends_for_a_config_is_the_run_the_server_makes(esamp):
-    """served.params_of and served.prepare are one table read both ways: the request a client makes of a
+    """request.params_of and request.prepare are one table read both ways: the request a client makes of a
     RunConfig becomes that RunConfig's run where vLLM takes it, sampled by vLLM at T = 1."""
     from dataclasses import replace
 

@@ -15,7 +15,7 @@ are internal and live here, each checked with a clear error:
 2. A decoder layer returns ``(hidden, residual)``, their sum being the residual stream.
 3. The attention metadata of the current forward pass has ``query_start_loc``: the rows the
    sampler reads are the last token of each request, ``query_start_loc[1:] - 1``.
-4. A served run (``vllm serve``, served.py) finds its worker's model through the model runner
+4. A served run (``vllm serve``, request.py) finds its worker's model through the model runner
    that loaded it: the plugin (plugin.py) wraps ``load_model`` of vLLM's model runners (V1's
    ``GPUModelRunner`` and the ``CPUModelRunner`` that subclasses it, MRV2's ``GPUModelRunner`` in
    ``vllm.v1.worker.gpu.model_runner``) to remember the runner.

@@ -29,7 +29,7 @@ from ..base import Progress, ProgressFn, encode_prompts
 from ..record import LivePieces, build_trace
 from .engine import Request, Submission
 from .model import VllmModel
-from .state import request_extra
+from .request import request_extra
 
 POLL_S = 0.05  # how often a waiting caller looks at its cancel event between engine steps
 

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .registry import Registry, validate_params
+from .registry import Registry
+from .request import validate_params
 from .state import Row
 
 try:
@@ -72,9 +73,7 @@ class Mrv2Processor(V2LogitsProcessor):
         self.req_states = req_states
         self.slots: dict[int, Row] = {}  # persistent slot -> row
 
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        validate_params(sampling_params)
+    validate_params = staticmethod(validate_params)  # vLLM's door for a request: request.py
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
         before = self.slots.pop(req_idx, None)

@@ -12,7 +12,7 @@ installed) loads through vLLM's entry points (pyproject.toml):
 from __future__ import annotations
 
 from . import hooks, internals
-from .state import run_of
+from .request import run_of
 
 NAME = "esamp_explorer"  # the entry points' name (VLLM_PLUGINS may list it)
 PROCESSOR = "core.backends.vllm.processor:EsampProcessor"

@@ -23,7 +23,8 @@ from .. import hardware
 from . import internals
 from .hooks import install_hooks
 from .mrv2 import Mrv2Processor, V2LogitsProcessor
-from .registry import Registry, validate_params
+from .registry import Registry
+from .request import validate_params
 
 hardware.keep_freed_memory()  # in vLLM's worker process too (where this module is loaded)
 
@@ -40,9 +41,7 @@ class VllmProcessor(LogitsProcessor):
         self.runs = Registry(vllm_config)
         self.rows = {}  # persistent batch index -> Row
 
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        validate_params(sampling_params)
+    validate_params = staticmethod(validate_params)  # vLLM's door for a request: request.py
 
     def is_argmax_invariant(self) -> bool:
         return False  # fusion can change the most likely token
@@ -65,9 +64,7 @@ class EsampProcessor(V2LogitsProcessor):
             return VllmProcessor(vllm_config, *args)
         return Mrv2Processor(vllm_config, *args)  # MRV2: (vllm_config, req_states)
 
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        validate_params(sampling_params)
+    validate_params = staticmethod(validate_params)  # vLLM's door for a request: request.py
 
     def apply(self, logits, ctx=None):  # never called: instances are the adapters above
         raise NotImplementedError

@@ -4,9 +4,9 @@ served one). Both model runners' processors (processor.py: V1, mrv2.py: Model Ru
 adapters over one ``Registry``: they tell it which request joins, which rows of a step are whose,
 and hand it the step's logits; the registry does everything else.
 
-A request belongs to a run through one record in ``SamplingParams.extra_args[state.EXTRA_KEY]``
-(``state.request_extra``: its run, its row, the run's config): written by the in-process loop, or
-by ``served.prepare`` from a served request's ``vllm_xargs`` where vLLM takes the request. A row's
+A request belongs to a run through one record in ``SamplingParams.extra_args[request.EXTRA_KEY]``
+(request.py: its run, its row, the run's config): written by the in-process loop, or from a served
+request's ``vllm_xargs`` where vLLM takes the request (``request.validate_params``). A row's
 ``out`` is that request's output tokens so far, read as a sequence (V1: vLLM's own list; MRV2: a
 view of the runner's per-slot buffer).
 """
@@ -23,24 +23,15 @@ import torch
 from ...config import EsampConfig
 from ...esamp.distiller import Lease, SharedBank, bank_key
 from ...esamp.steerer import Background
-from . import internals, served
+from . import internals
 from .hooks import install_hooks
-from .state import EXTRA_KEY, Capture, FailedRun, Row, RunState, check_extra
+from .request import EXTRA_KEY
+from .state import Capture, FailedRun, Row, RunState
 
 log = logging.getLogger(__name__)
 TAKEN_KEPT = 4096  # keys of taken runs remembered, so a late row of one never starts it again
 SERVED_KEPT = 64  # freed served runs remembered by ``served``
 SERVED_RESTING = 16  # served runs kept out of the batch while some of their requests have not joined
-
-
-def validate_params(sampling_params) -> None:
-    """A request's ESamp arguments, checked where vLLM takes the request (a served one: HTTP 400), and a
-    served request's ``vllm_xargs`` written as the record every request carries."""
-    extra = sampling_params.extra_args or {}
-    if served.wants_esamp(extra):
-        served.prepare(sampling_params)
-    if EXTRA_KEY in extra:
-        check_extra(extra[EXTRA_KEY])
 
 
 class Registry:

@@ -1,7 +1,7 @@
 """``python -m core serve``: vLLM's own OpenAI-compatible server with ESamp's plugin (installed with
 this project) and the settings ESamp needs, on 127.0.0.1 by default.
 
-A request asks for ESamp with ``vllm_xargs`` (served.py); ESamp's own routes (routes.py) give whole
+A request asks for ESamp with ``vllm_xargs`` (request.py); ESamp's own routes (routes.py) give whole
 run traces to the app and other clients; everything else is ``vllm serve``.
 The limits of the app's served mode hold: one model, chosen by whoever starts the server (a
 client cannot load another), no remote code, safetensors weights only.

@@ -3,7 +3,7 @@ joins, stepped with the run's rows of every engine step, taken (and freed) by th
 run's requests have all finished.
 
 Everything a run needs comes with its requests as one record, in process and served alike
-(``SamplingParams.extra_args[EXTRA_KEY]``, ``request_extra``): its key, the row of each request
+(request.py: ``SamplingParams.extra_args[EXTRA_KEY]``, ``request_extra``): its key, the row of each request
 (prompt * n + sample: the prompt's distiller), the number of prompts and the whole ``RunConfig``.
 Any number of runs share an engine step; each has its own Pipeline (distillers, seeds, recorder),
 so one run never sees another's rows.
@@ -29,9 +29,9 @@ from ...esamp.steerer import Pipeline
 from .. import start
 from ..record import Recorder
 from . import internals
+from .request import check_extra
 
 log = logging.getLogger(__name__)
-EXTRA_KEY = "esamp_explorer"
 Banks = Callable[[EsampConfig, "list[torch.Tensor] | None"], SharedBank]  # Registry.bank
 
 
@@ -49,39 +49,6 @@ class Row:
     run: str  # the run's key
     row: int  # prompt * n + sample
     out: list[int]  # vLLM's live list of this request's output token ids
-
-
-def request_extra(key: str, row: int | None, prompts: int, config: RunConfig, record: bool = True) -> dict:
-    """The one record a request of a run carries for its ESamp (``SamplingParams.extra_args``), in process
-    (loop.py) and served (served.prepare writes it from the client's ``vllm_xargs``). ``row``: the
-    request's row in its run (prompt * n + sample), or None for one request that vLLM fans out into
-    its run's n child requests (the registry gives each child its row as it joins); ``record``: keep
-    every token's signals for a caller to take (a served run has none: it is freed when its rows leave)."""
-    return {EXTRA_KEY: {"run": key, "row": row, "prompts": prompts, "config": config.to_dict(), "record": record}}
-
-
-def run_of(params) -> str | None:
-    """The key of the ESamp run a request (its SamplingParams) belongs to, or None."""
-    extra = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
-    return extra.get("run") if isinstance(extra, dict) else None
-
-
-def check_extra(extra) -> RunConfig:
-    """The RunConfig of a request's ESamp record (``request_extra``); ValueError saying what is wrong."""
-    if not isinstance(extra, dict) or not {"run", "row", "prompts", "config"} <= extra.keys():
-        raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs run, row, prompts and config.")
-    prompts, row = extra["prompts"], extra["row"]
-    try:
-        config = RunConfig.from_dict(extra["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['config'] is not a run configuration ({what}).") from exc
-    if not isinstance(prompts, int) or not (row is None and prompts == 1 or isinstance(row, int)
-                                            and 0 <= row < prompts * config.sampling.n):
-        raise ValueError(f"extra_args[{EXTRA_KEY!r}]: row {row!r} is not one of {prompts!r} prompts' samples.")
-    if not isinstance(extra.get("record", True), bool):
-        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['record'] is true or false.")
-    return config
 
 
 class FailedRun:

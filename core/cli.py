@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         if o.type is None:
             g.add_argument(*o.flags, dest=o.dest, action="store_true", help=o.help)
         else:
-            g.add_argument(*o.flags, dest=o.dest, type=_word(o.type), default=get(defaults, o.field),
+            kind = o.type if isinstance(o.type, type) else _word(o.type)  # argparse words int and float's errors
+            g.add_argument(*o.flags, dest=o.dest, type=kind, default=get(defaults, o.field),
                            choices=o.choices, help=o.help)
     g.add_argument("--json", type=Path, help="write the full run trace here")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")

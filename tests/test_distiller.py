@@ -137,7 +137,8 @@ def _step_alone(bank: DistillerBank, s, h, mask):
     return loss
 
 
-def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own():
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])  # slots in one range (views), or not (copies)
+def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own(order):
     """Two leases of different sizes (groups, rows), stepped together (one forward, one update), a third
     that joins later in a released lease's slots: each distiller's weights, Adam steps, losses and NaN
     resets are those of a DistillerBank of its own with the same seed, to float32 roundings."""
@@ -156,7 +157,7 @@ def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own():
             data["a"][1][1] = float("nan")  # run a's second distiller gets a non-finite loss: reset, counted
         if step == 3:
             data["b"][2][:] = False  # run b trains on no row this step: no Adam step
-        shared.predict([(leases[k], data[k][0]) for k in runs])
+        shared.predict([(leases[k], data[k][0]) for k in order])
         losses = {}
         for k in runs:
             s, h, mask = data[k]

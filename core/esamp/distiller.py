@@ -276,8 +276,7 @@ class SharedBank(DistillerBank):
         for lease, s in staged:
             x[o:o + len(lease.slots), :s.shape[1]] = s
             o += len(lease.slots)
-        index = torch.tensor(slots, device=self.device)
-        weights = [p.index_select(0, index).requires_grad_(True) for p in self.params]  # the slots' own copies
+        weights = self._leaves(slots)
         pred = self._forward(x, weights)
         mask = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device)
         r = self._round = _Round(slots, weights, pred, x.new_zeros(pred.shape), mask)
@@ -285,6 +284,15 @@ class SharedBank(DistillerBank):
         for lease, s in staged:
             lease._staged = (r, o, pred[o:o + len(lease.slots), :s.shape[1]])
             o += len(lease.slots)
+
+    def _leaves(self, slots: list[int]) -> list[torch.Tensor]:
+        """The slots' weights as leaves of a step's graph: views of the bank's own where the slots are one
+        ascending range (one run, or runs leased in turn: no copy), copies otherwise. Either way the
+        update computes their gradients before it writes the bank's weights."""
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return [p[slots[0]:slots[0] + len(slots)].detach().requires_grad_(True) for p in self.params]
+        index = torch.tensor(slots, device=self.device)
+        return [p.index_select(0, index).requires_grad_(True) for p in self.params]
 
     def learn(self) -> None:
         """One update for every lease that staged one this step (the others' slots take no step)."""
@@ -303,7 +311,7 @@ class _Round:
     """One step of a SharedBank: what its forward pass saw and what the leases stage for the update."""
 
     slots: list[int]
-    weights: list[torch.Tensor]  # the slots' weights, copied out as leaves of the step's graph
+    weights: list[torch.Tensor]  # the slots' weights as leaves of the step's graph (SharedBank._leaves)
     pred: torch.Tensor  # (S, most, H)
     h: torch.Tensor  # (S, most, H) the targets the leases stage
     mask: torch.Tensor  # (S, most) the rows they train on

@@ -294,6 +294,12 @@ class SharedBank(DistillerBank):
         index = torch.tensor(slots, device=self.device)
         return [p.index_select(0, index).requires_grad_(True) for p in self.params]
 
+    @property
+    def staged(self) -> "_Round | None":
+        """What this step's update reads (its weights, predictions, targets): kept alive by whoever runs
+        ``learn`` elsewhere until it is waited for (``steerer.Background.run``'s ``keep``)."""
+        return self._round
+
     def learn(self) -> None:
         """One update for every lease that staged one this step (the others' slots take no step)."""
         r, self._round = self._round, None

@@ -169,7 +169,7 @@ class Registry:
                 if part == "predict":
                     bank.predict([(lease, s) for _, lease, s in runs])
                 elif background is not None:
-                    background.run(bank.learn, keep=(bank._round,))  # its tensors live until the wait
+                    background.run(bank.learn, keep=(bank.staged,))  # its tensors live until the wait
                     self._learning[id(bank)] = runs
                 else:
                     bank.learn()

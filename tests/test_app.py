@@ -284,6 +284,9 @@ def test_sweep_beta_and_temperature():
     at.number_input[0].set_value(2)
     at.number_input[1].set_value(6)
     at.number_input[1].set_value(40)  # long enough to be running still at the second click
+    (box,) = [c for c in at.checkbox if c.label.startswith("Leveled push")]
+    assert box.value is bool(DEFAULTS["level"])
+    box.uncheck()  # the paper's push, for this sweep
     at.button[0].click().run()
     at.button[0].click().run()  # a second submit while the first sweep runs starts nothing
     assert any("still running" in w.value for w in at.warning), [w.value for w in at.warning]
@@ -294,6 +297,7 @@ def test_sweep_beta_and_temperature():
     esamp = at.session_state["sweep_run"].job.traces[0].config  # Explore's candidates, warm-up and bound, as said
     assert (esamp.sampling.top_k, esamp.sampling.top_p, esamp.esamp.warmup_steps, esamp.esamp.max_kl) == (
         DEFAULTS["top_k"], DEFAULTS["top_p"], DEFAULTS["warmup"], DEFAULTS["max_kl"])  # its top β: the bound
+    assert esamp.esamp.keep_entropy is False  # the box unticked
     assert any("Explore's candidates" in c.value for c in at.caption)
     rows = at.dataframe[0].value
     assert list(rows["run"]) == ["esamp β=0.5", "plain T=1"] and set(rows["± s.e. over prompts"]) == {"—"}

@@ -37,8 +37,9 @@ if mode == TASK:  # outside the form, so that the uploader shows only when it is
 d = settings.DEFAULTS  # Explore's candidate set and warm-up: a sweep compares the method Explore shows
 warm = f"its warm-up of {d['warmup']} tokens" if d["warmup"] else "no warm-up"
 st.caption(f"ESamp and plain sampling here draw from Explore's candidates (top-k {d['top_k'] or 'off'}, top-p "
-           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}), with {warm} and its bound on each token's push "
-           f"({d['max_kl']:g} nats at the highest β, scaled down with β as on Explore's ladder); change them below.")
+           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}), with {warm}, its {'leveled ' if d['level'] else ''}push "
+           f"and its bound on each token's push ({d['max_kl']:g} nats at the highest β, scaled down with β as on "
+           "Explore's ladder); change them below.")
 with st.form("sweep"):
     if mode == TRADEOFF:
         prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")
@@ -65,6 +66,8 @@ with st.form("sweep"):
                              help=settings.WARMUP_HELP)
     max_kl = c5.number_input("Push per token at most (nats, top β)", 0.0, 5.0, d["max_kl"], 0.05,
                              help=settings.MAX_KL_HELP)
+    level = st.checkbox("Leveled push: without the part of ESamp's push that acts as a lower temperature",
+                        bool(d["level"]), help=settings.LEVEL_HELP)
     go = st.form_submit_button("Run sweep", type="primary")
 
 running = st.session_state.get("sweep_run")
@@ -77,7 +80,7 @@ if go:
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            esamp = settings.esamp_of(int(warmup), float(max_kl), d["level"])
+            esamp = settings.esamp_of(int(warmup), float(max_kl), level)
             base = RunConfig(sampling=SamplingConfig(**sampling), esamp=esamp)
             configs = beta_ladder(base, sorted(betas), scale_bound=True) if betas else []  # Explore's ESamp
             configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]

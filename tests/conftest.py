@@ -198,31 +198,36 @@ def check_forks():
 
 @pytest.fixture(scope="session")
 def check_continuation():
-    """check(lm): a run continued from the first 4 tokens of an answer takes them as given: near-greedy
-    it draws the answer's next token with the same log-probability; the same seed continues the same
-    way twice; a token id outside the vocabulary is refused."""
+    """check(lm): a run continued from the first 4 tokens of an answer takes them as given: its first
+    token is drawn from the distribution the answer's fifth was (the same top candidates, the same
+    probabilities); the same seed continues the same way twice; a token id outside the vocabulary is
+    refused."""
     from dataclasses import replace
 
     from core import EsampConfig, RunConfig, SamplingConfig, generate
 
     def check(lm):
         prompt = ["Write one sentence about the sea and the sky at night."]
-        greedy = RunConfig(method="plain", sampling=SamplingConfig(n=1, max_new_tokens=8, temperature=1e-3,
-                                                                   ignore_eos=True))
-        whole = generate(lm, prompt, greedy).samples[0].tokens
-        given = tuple(t.id for t in whole[:4])
-        cont = generate(lm, prompt, replace(greedy, prefix_ids=given))
+        plain = RunConfig(method="plain", sampling=SamplingConfig(n=1, max_new_tokens=8, seed=2, ignore_eos=True))
+        whole = generate(lm, prompt, plain)
+        given = tuple(t.id for t in whole.samples[0].tokens[:4])
+        cont = generate(lm, prompt, replace(plain, prefix_ids=given))
         assert cont.config.prefix_ids == given and len(cont.samples[0].tokens) == 8
-        assert cont.prompts[0].n_prompt_tokens == generate(lm, prompt, greedy).prompts[0].n_prompt_tokens + 4
-        assert cont.samples[0].tokens[0].id == whole[4].id  # the model saw the prompt and the 4 tokens
-        assert abs(cont.samples[0].tokens[0].logp_base - whole[4].logp_base) < 0.1
+        assert cont.prompts[0].n_prompt_tokens == whole.prompts[0].n_prompt_tokens + 4
+        # the model saw the prompt and the 4 tokens: the same distribution as the answer's fifth token.
+        # Its distribution, not its draw: with bfloat16 weights the prefill of 4 tokens and their decoding
+        # one by one round differently, and a near tie (two tokens 0.03 apart) may then be drawn either way.
+        fifth, first = ({c.id: c.p_ref for c in t.top} for t in (whole.samples[0].tokens[4], cont.samples[0].tokens[0]))
+        for a, b in ((fifth, first), (first, fifth)):
+            top = max(a, key=a.get)
+            assert top in b and abs(a[top] - b[top]) < 0.05, (fifth, first)
         esamp = RunConfig(sampling=SamplingConfig(n=3, max_new_tokens=6, seed=5, top_k=0, top_p=0.9),
                           esamp=EsampConfig(beta=1.0), prefix_ids=given)
         runs = [generate(lm, prompt, esamp) for _ in range(2)]
         assert [[t.id for t in s.tokens] for s in runs[0].samples] == [[t.id for t in s.tokens]
                                                                         for s in runs[1].samples]
         with pytest.raises(ValueError, match="not in the model's vocabulary"):
-            generate(lm, prompt, replace(greedy, prefix_ids=(len(lm.tokenizer) + 5,)))
+            generate(lm, prompt, replace(plain, prefix_ids=(len(lm.tokenizer) + 5,)))
 
     return check
 

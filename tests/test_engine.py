@@ -279,6 +279,10 @@ def test_an_answer_that_ends_inside_a_character_reports_what_its_trace_will_say(
     assert ended == "".join(token_pieces(lm.tokenizer, cut)) and ended.endswith("\ufffd")  # ended there
     live.extend(0, ids[-1:])
     assert "".join(live.snapshot([0])[0]) == "".join(live.snapshot()[0]) == "Tools 🧰"
+    eos = LivePieces(lm.tokenizer, 2, skip=lm.eos_ids)  # an answer that drew its end-of-sequence token has ended
+    eos.extend(0, [*cut, lm.eos_ids[0]])
+    eos.extend(1, cut)
+    assert "".join(eos.snapshot()[0]) == ended and "".join(eos.snapshot()[1]) == held
 
 
 def test_a_pretrained_start_predicts_better_than_nothing_from_the_first_token(lm, check_pretrained_start):

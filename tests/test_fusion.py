@@ -5,7 +5,7 @@ import math
 import torch
 
 from core.esamp.budget import kl
-from core.esamp.candidates import EXACT_TOP, TIE_SLACK, Candidates, select
+from core.esamp.candidates import EXACT_TOP, TIE_SLACK, TOP_P_ROWS, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, level, novelty
 from core.esamp.head import LMHead
@@ -172,6 +172,28 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
     assert cand.ids.shape == (1, 2 * k - 1)
     assert torch.equal(cand.dense(cand.logits), apply_filters(build_filters(top_k=k), long_tie))
     assert Candidates.top_k(raw, 200) is None  # most of the vocabulary: a full projection is cheaper
+
+
+def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
+    """Top-p alone takes its candidates a few rows at a time from the raw logits (no (R, V) temporary):
+    the same tensor to sample from as filtering all of them first, at any temperature; a row whose
+    nucleus is wider than the filter's guess sends the step the long way."""
+    torch.manual_seed(3)
+    rows = 2 * TOP_P_ROWS + 3  # more than one slice, and a short last one
+    raw = torch.randn(rows, 5000) * torch.linspace(2.5, 8.0, rows)[:, None]  # nuclei of hundreds to a few
+    for temperature in (1.0, 0.7):
+        step = StepFilters.of(temperature=temperature, top_p=0.9)
+        fast = Candidates.top_p(raw, step.top_p_only, temperature)
+        assert fast is not None and fast.ids.shape[1] < 1024
+        assert torch.equal(fast.dense(fast.logits), apply_filters(step.filters, raw))
+        assert torch.equal(select(step, raw).ids, fast.ids)  # select takes the shortcut
+    flat = torch.cat([raw[:3], torch.randn(1, 5000) * 0.1])  # its nucleus: thousands of tokens
+    step = StepFilters.of(top_p=0.9)
+    assert Candidates.top_p(flat, step.top_p_only) is None
+    slow = select(step, flat)
+    assert torch.equal(slow.dense(slow.logits), apply_filters(step.filters, flat))
+    assert StepFilters.of(top_k=5, top_p=0.9).top_p_only is None  # with other filters: filter first
+    assert StepFilters.of(top_p=0.9, min_p=0.1).top_p_only is None
 
 
 def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():

@@ -99,6 +99,7 @@ class LivePieces:
         self.ids: list[list[int]] = [[] for _ in range(rows)]
         self.pieces: list[list[str]] = [[] for _ in range(rows)]
         self.taken = [0] * rows  # ids handed to ``extend`` per row, skipped ones included
+        self.ended: set[int] = set()  # rows that drew an end-of-sequence token (in ``skip``): their answer is whole
         self._state = [(0, 0) for _ in range(rows)]  # (prefix, read) of token_pieces, per row
 
     def extend(self, row: int, ids: Sequence[int]) -> None:
@@ -108,6 +109,7 @@ class LivePieces:
         self.taken[row] += len(ids)
         for i in ids:
             if i in self.skip:
+                self.ended.add(row)
                 continue
             own.append(i)
             before = tok.decode(own[prefix:read], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -120,10 +122,11 @@ class LivePieces:
         self._state[row] = (prefix, read)
 
     def snapshot(self, final: Iterable[int] = ()) -> tuple[tuple[str, ...], ...]:
-        """Each row's pieces so far; rows in ``final`` have ended, and a character their last tokens left
-        incomplete is shown as ``token_pieces`` ends it (U+FFFD), so their pieces join to the trace's text."""
+        """Each row's pieces so far; rows in ``final`` (or that drew an end-of-sequence token) have ended,
+        and a character their last tokens left incomplete is shown as ``token_pieces`` ends it (U+FFFD),
+        so their pieces join to the trace's text."""
         out = [list(p) for p in self.pieces]
-        for row in final:
+        for row in self.ended.union(final):
             own, (prefix, read) = self.ids[row], self._state[row]
             if read < len(own):  # tokens waiting for the rest of a character
                 before = self.tokenizer.decode(own[prefix:read], skip_special_tokens=False,

@@ -1,5 +1,5 @@
 """The candidates of a decode step: the tokens the filters leave, as ids and logits, and the
-top-k shortcut that finds them without filtering the whole vocabulary.
+top-k and top-p shortcuts that find them without filtering the whole vocabulary.
 
 ESamp rewrites only the candidates (ESAMP.md, "Candidates"), so the fusion needs their ids and
 their rows of the LM head, never a full projection. ``select`` is the one entry point: it takes a
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .filters import NEG_INF, StepFilters, apply_filters
+from .filters import NEG_INF, StepFilters, TopP, apply_filters
 from .head import LMHead
 
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
 _FULL_PROJECTION_SHARE = 0.25
 EXACT_TOP = 64  # with the whole vocabulary as candidates, the tokens per row whose logits are made float32
 TIE_SLACK = 32  # tokens past top-k's k looked at in the same pass, for ties with the k-th value
+TOP_P_ROWS = 16  # rows the top-p shortcut reads at a time (its temporaries stay a few MB: see ``top_p``)
 
 
 @dataclass
@@ -88,6 +89,29 @@ class Candidates:
         return cls(ids, logits, V)
 
     @classmethod
+    def top_p(cls, raw: torch.Tensor, nucleus: TopP, temperature: float = 1.0) -> "Candidates | None":
+        """Top-p's candidates of ``raw / temperature`` straight from the raw logits (R, V), by
+        ``TopP``'s rule and arithmetic (its ``guess`` most likely tokens of each row against the
+        row's log-sum-exp), with no (R, V) tensor made: ``TOP_P_ROWS`` rows at a time. On a CPU a
+        fresh (R, V) float32 tensor costs more in page faults than the arithmetic (``dense``), and
+        the filter's way made three (the filtered logits, their mask, the log-sum-exp's own). None
+        when a row's nucleus is wider than the guess (filter the full logits then). One host sync."""
+        V, guess = raw.shape[-1], nucleus.guess
+        if guess >= _FULL_PROJECTION_SHARE * V:
+            return None
+        parts = []
+        for x in raw.split(TOP_P_ROWS):
+            x = x.float() if temperature == 1.0 else x.float() / temperature
+            parts.append((*torch.topk(x, guess, dim=-1), torch.logsumexp(x, -1, keepdim=True)))
+        values, ids, lse = (torch.cat(p) for p in zip(*parts))
+        probs = (values - lse).exp()
+        keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
+        k = int(keep.sum(-1).max())
+        if k == guess:  # a row may keep tokens past the guess
+            return None
+        return cls(ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF), V)
+
+    @classmethod
     def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
         """Top-k's candidates of ``raw / temperature`` straight from the raw logits (R, V): one pass
         over the vocabulary instead of filtering all of it first. Like transformers (and vLLM), a
@@ -139,10 +163,11 @@ class Candidates:
 
 def select(step: StepFilters, raw: torch.Tensor) -> Candidates:
     """A step's candidates from the model's logits (R, V): temperature -> top-k -> top-p -> min-p.
-    Top-k alone (after a temperature or not) takes them straight from the raw logits, one pass
-    instead of filtering all of them first."""
-    if step.top_k_only:
-        cand = Candidates.top_k(raw, step.top_k, step.temperature)
+    Top-k alone or top-p alone (after a temperature or not) takes them straight from the raw
+    logits instead of filtering all of them first."""
+    if step.top_k_only or step.top_p_only is not None:
+        cand = (Candidates.top_k(raw, step.top_k, step.temperature) if step.top_k_only
+                else Candidates.top_p(raw, step.top_p_only, step.temperature))
         if cand is not None:
             return cand
     return Candidates.from_filtered(apply_filters(step.filters, raw), step.active, step.top_k)

@@ -120,12 +120,15 @@ class StepFilters(NamedTuple):
     top_k: int | None  # top-k's k when it is among the filters: no row keeps more (ties aside)
     top_k_only: bool  # top-k is the only filter besides temperature (``candidates.select``'s shortcut)
     temperature: float  # what the logits are divided by
+    top_p_only: "TopP | None" = None  # top-p, when it is the only filter besides temperature (the same)
 
     @classmethod
     def of(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> "StepFilters":
         others = top_p < 1.0 or min_p > 0.0
-        return cls(build_filters(temperature, top_k, top_p, min_p), top_k > 0 or others, top_k or None,
-                   top_k > 0 and not others, float(temperature))
+        filters = build_filters(temperature, top_k, top_p, min_p)
+        nucleus = filters[-1] if top_p < 1.0 and top_k == 0 and min_p == 0.0 else None
+        return cls(filters, top_k > 0 or others, top_k or None, top_k > 0 and not others, float(temperature),
+                   nucleus)
 
 
 def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:

@@ -6,7 +6,7 @@ samples, rounds interleaved in one process.
     python -m bench.speed --quick --json out.json  # a tiny run (tests check the report's structure)
 
 Variants, on the same prompts (bench/prompts/open_ended.txt, one distinct prompt per prompt slot)
-and sampling (T=1, top-k 50, EOS ignored so every run does the same work), light traces:
+and sampling (T=1, top-k 50 or ``--filter``'s, EOS ignored so every run does the same work), light traces:
 - ``plain``: no distiller at all (shadow off): the baseline of each ratio;
 - ``esamp``: beta 0.25, one distiller per prompt, the default design;
 and on the ``--extras`` workload only:
@@ -45,6 +45,7 @@ from core.backends.hf.loop import left_pad
 from core.esamp.clock import PARTS
 from core.esamp.distiller import DistillerBank
 
+from .frontier import FILTERS
 from .quality import read_prompts
 
 PROMPTS = read_prompts()
@@ -54,6 +55,7 @@ CORE_VARIANTS = ["plain", "esamp"]
 EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "fire", "generate"],
                   "vllm": ["esamp-overlap", "fire", "vllm-native"]}
 NATIVE = {"transformers": "generate", "vllm": "vllm-native"}  # what a user would run instead
+FILTER = "top-k 50"  # transformers' default, so ``generate`` runs as a user's would with no settings
 
 
 @dataclass
@@ -101,25 +103,25 @@ class PeakMemory:
         self.peak = max(top - self.start, 0) / 2**20
 
 
-def sampling(n: int, tokens: int, seed: int) -> SamplingConfig:
-    return SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True)
+def sampling(n: int, tokens: int, seed: int, filt: str = FILTER) -> SamplingConfig:
+    return SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, ignore_eos=True, **FILTERS[filt])
 
 
-def config_of(variant: str, n: int, tokens: int, seed: int) -> RunConfig:
+def config_of(variant: str, n: int, tokens: int, seed: int, filt: str = FILTER) -> RunConfig:
     method = {"esamp-overlap": "esamp"}.get(variant, variant)
     esamp = EsampConfig(shadow=variant != "plain", overlap=variant == "esamp-overlap" or None)
-    return RunConfig(method=method, esamp=esamp, sampling=sampling(n, tokens, seed), trace="light")
+    return RunConfig(method=method, esamp=esamp, sampling=sampling(n, tokens, seed, filt), trace="light")
 
 
-def run_variant(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int) -> Result:
+def run_variant(lm, variant: str, prompts: list[str], n: int, tokens: int, seed: int, filt: str = FILTER) -> Result:
     cuda = lm.device.type == "cuda"
     cpu = time.process_time()
     parts, share, steps = {}, 0.0, tokens
     with PeakMemory(cuda) as mem:
         if variant in ("generate", "vllm-native"):
-            seconds = (hf_generate if variant == "generate" else vllm_native)(lm, prompts, n, tokens, seed)
+            seconds = (hf_generate if variant == "generate" else vllm_native)(lm, prompts, n, tokens, seed, filt)
         else:
-            trace = generate(lm, prompts, config_of(variant, n, tokens, seed))
+            trace = generate(lm, prompts, config_of(variant, n, tokens, seed, filt))
             assert trace.timings.new_tokens == len(prompts) * n * tokens, trace.timings
             seconds, share = trace.timings.seconds, trace.timings.distiller_seconds / trace.timings.seconds
             parts, steps = trace.timings.parts, max(len(p.loss) for p in trace.prompts) or tokens
@@ -128,9 +130,9 @@ def run_variant(lm, variant: str, prompts: list[str], n: int, tokens: int, seed:
     return Result(total / seconds, total / cpu, share, mem.peak, parts, steps)
 
 
-def hf_generate(lm, prompts, n, tokens, seed) -> float:
+def hf_generate(lm, prompts, n, tokens, seed, filt: str = FILTER) -> float:
     """transformers' ``model.generate()`` with the same sampling; returns seconds."""
-    sc = sampling(n, tokens, seed)
+    sc = sampling(n, tokens, seed, filt)
     input_ids, mask = left_pad(encode_prompts(lm, prompts, True, tokens), lm.tokenizer.pad_token_id, lm.device)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -143,13 +145,13 @@ def hf_generate(lm, prompts, n, tokens, seed) -> float:
     return seconds
 
 
-def vllm_native(lm, prompts, n, tokens, seed) -> float:
+def vllm_native(lm, prompts, n, tokens, seed, filt: str = FILTER) -> float:
     """vLLM sampling with its own filters and no ESamp processor work; returns seconds."""
     from vllm import SamplingParams
 
     from core.backends.vllm.loop import native
 
-    sc = sampling(n, tokens, seed)
+    sc = sampling(n, tokens, seed, filt)
     ids = encode_prompts(lm, prompts, True, tokens)
     params = SamplingParams(n=n, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, max_tokens=tokens,
                             ignore_eos=True, seed=seed, detokenize=False)
@@ -300,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="24x16", help="the workload whose per-step time is split by part "
                     "(on the backends that run it)")
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--filter", default=FILTER, choices=list(FILTERS),
+                    help=f"every variant's filter (default: {FILTER}, transformers' default; the app's is top-p 0.9)")
     ap.add_argument("--rounds", type=int, default=1, help="full passes over every (backend, dtype, workload, variant)")
     ap.add_argument("--quick", action="store_true", help="1x2 and 2x2, 8 tokens, one round: checks the plumbing")
     ap.add_argument("--json", type=Path)
@@ -337,14 +341,14 @@ def main(argv=None) -> int:
     print(f"warming up {len(steps)} runs ...", file=sys.stderr, flush=True)
     for b, d, w, v in steps:  # every variant at every size once, before anything is timed
         p, n = parse_workload(w)
-        run_variant(models[(b, d)], v, PROMPTS[:p], n, 4, seed=99)
+        run_variant(models[(b, d)], v, PROMPTS[:p], n, 4, seed=99, filt=a.filter)
     results: dict[Key, list[Result]] = {}
     t_start = time.perf_counter()
     for r in range(a.rounds):
         for key in steps if r % 2 == 0 else steps[::-1]:  # alternate the order against drift
             b, d, w, v = key
             p, n = parse_workload(w)
-            res = run_variant(models[(b, d)], v, PROMPTS[:p], n, a.tokens, seed=r)
+            res = run_variant(models[(b, d)], v, PROMPTS[:p], n, a.tokens, seed=r, filt=a.filter)
             results.setdefault(key, []).append(res)
             print(f"round {r + 1}/{a.rounds} {b:12s} {d:8s} {w:5s} {v:13s} {res.tokens_per_s:8.1f} tokens/s "
                   f"{res.tokens_per_cpu_s:8.1f} tokens/CPU-s  distiller+fusion {100 * res.distiller_share:4.1f}%  "
@@ -361,7 +365,7 @@ def main(argv=None) -> int:
     hidden = next(iter(models.values())).hidden_size
     out = {
         "command": "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tokens": a.tokens, "rounds": a.rounds, "workloads": workloads, "extras": extras,
+        "tokens": a.tokens, "filter": a.filter, "rounds": a.rounds, "workloads": workloads, "extras": extras,
         "profile_workload": a.profile,
         "model": next(iter(models.values())).name,
         "backends": {b: {"device": str(models[(b, dtypes[b][0])].device), "dtypes": [d for d in dtypes[b] if d]}

@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     assert scaling == {(b, w) for b in backends for w in ("1x2", "2x2")}
     profiled = {(p["backend"], p["variant"]) for p in report["profile"]}
     assert profiled == {(b, v) for b in backends for v in ("plain", "esamp", speed.NATIVE[b])}
-    assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0
+    assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0 and report["filter"] == "top-k 50"
     assert "| backend | dtype |" in table.read_text()
     native = {(r["backend"], r["variant"]): r["ratio_to_native"] for r in report["rows"]
               if r["workload"] == "2x2" and r["dtype"] == report["backends"][r["backend"]]["dtypes"][0]}
@@ -132,6 +133,13 @@ def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candida
     assert [r["rows"] for r in report["rows"]] == [4, 8] and report["machine"]["cpu"]
     for r in report["rows"]:
         assert r["same_candidates"] and r["ms"]["plain"] > 0 and r["ms"]["vllm-native"] > 0
+
+
+def test_speed_filters_every_variant_alike_with_the_filter_asked_for():
+    for variant in ("plain", "esamp", "fire"):
+        sc = speed.config_of(variant, 2, 8, 0, "top-p 0.9").sampling
+        assert (sc.top_k, sc.top_p, sc.min_p) == (0, 0.9, 0.0)
+    assert speed.sampling(2, 8, 0) == replace(speed.sampling(2, 8, 0, "top-p 0.9"), top_k=50, top_p=1.0)
 
 
 def test_speed_refuses_a_workload_it_cannot_run_as_labelled(capsys):

@@ -64,7 +64,7 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e, **PAPER)
                for e in (0.05, 0.1, 0.2)},
             "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True, **PAPER),
-            **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.5)},
+            **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.5, 1, 2)},
             "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True),
             **{f"esamp noise, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True, noise=True)
                for e in (0.2, 0.5)}}
@@ -77,7 +77,8 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp, ≤ 0.3 nats, warm-up 8": "#FB9A99", "esamp noise, ≤ 0.3 nats a token": "#E69F00",
                    "esamp, leveled, ≤ 0.2 nats": "#332288", "esamp, leveled, unbounded": "#117733",
                    "esamp noise, leveled, ≤ 0.2 nats": "#88CCEE", "esamp, leveled, ≤ 0.5 nats": "#AA4499",
-                   "esamp noise, leveled, ≤ 0.5 nats": "#DDCC77"}
+                   "esamp noise, leveled, ≤ 0.5 nats": "#DDCC77", "esamp, leveled, ≤ 1 nats": "#CC6677",
+                   "esamp, leveled, ≤ 2 nats": "#44AA99"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")

@@ -3,12 +3,14 @@ op on the same logits, the two alternating many times (so the machine's drift, w
 runs by more than this difference, moves both alike).
 
     python -m bench.sampler                               # 64 and 384 rows, top-k 50
+    python -m bench.sampler --top-p 0.9                   # top-p 0.9 (the app's filter), top-k off
     python -m bench.sampler --json bench/results/sampler.json --markdown bench/results/sampler.md
 
 Both start from vLLM's float32 logits of a bfloat16 model (the embedded model's LM head on states
 of the scale its final norm gives, rounded as its bfloat16 logits are, so top-k meets the ties a
 real step does). ``vllm-native`` is what vLLM's CPU sampler does to them before its Gumbel draw:
-``apply_top_k_only`` (top-k over the vocabulary, then a mask in place). ``plain`` is what the
+``apply_top_k_only`` (top-k over the vocabulary, then a mask in place), or with ``--top-p``
+``apply_top_k_top_p`` (a sort of the whole vocabulary). ``plain`` is what the
 processor does for a plain run (``Pipeline.propose``, ``signals``, ``to_sample``: top-k with room
 for ties, the float32 recompute of the candidates, the recorded signals, the -inf fill). The
 Gumbel draw over the whole vocabulary that follows is the same for both and not timed. Where the
@@ -39,19 +41,25 @@ def inputs(lm, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return (h.to(lm.head.weight.dtype) @ lm.head.weight.T).float(), h
 
 
-def measure(lm, rows: int, k: int, repeats: int) -> dict:
-    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_only
+def measure(lm, rows: int, k: int, repeats: int, top_p: float = 1.0) -> dict:
+    """top_p < 1: top-p alone (top-k off), else top-k ``k`` alone."""
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_only, apply_top_k_top_p
 
     raw, h = inputs(lm, rows)
+    k = 0 if top_p < 1.0 else k
     config = RunConfig(method="plain", esamp=EsampConfig(shadow=False), trace="light",
-                       sampling=SamplingConfig(n=rows, top_k=k, max_new_tokens=8))
+                       sampling=SamplingConfig(n=rows, top_k=k, top_p=top_p, max_new_tokens=8))
     pipeline = Pipeline(config, lm.head, 1)
     positions = torch.ones(rows, dtype=torch.long)  # not a first token
     work = torch.empty_like(raw)
     top_k = torch.full((rows,), k, dtype=torch.long)
+    p = torch.full((rows,), top_p)
 
     def native() -> None:
-        apply_top_k_only(work, top_k.clone())
+        if top_p < 1.0:
+            apply_top_k_top_p(work, None, p)
+        else:
+            apply_top_k_only(work, top_k.clone())
 
     def plain() -> None:
         prop = pipeline.propose(work, h, h, positions)
@@ -73,8 +81,9 @@ def measure(lm, rows: int, k: int, repeats: int) -> dict:
             fn()
             supports.append(torch.isfinite(work))
     ms = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
-    return {"rows": rows, "top_k": k, "repeats": repeats, "ms": ms, "extra_ms": ms["plain"] - ms["vllm-native"],
-            "same_candidates": bool(torch.equal(*supports))}
+    return {"rows": rows, "top_k": k, "top_p": top_p, "repeats": repeats, "ms": ms,
+            "extra_ms": ms["plain"] - ms["vllm-native"], "same_candidates": bool(torch.equal(*supports)),
+            "candidates": statistics.median(supports[1].sum(-1).tolist())}
 
 
 def native_steps(path: Path) -> dict[int, float]:
@@ -87,13 +96,14 @@ def native_steps(path: Path) -> dict[int, float]:
 
 
 def markdown(rows: list[dict], steps: dict[int, float]) -> str:
-    lines = ["| rows | top-k | vLLM's own (ms) | ESamp's processor, plain (ms) | extra (ms) | extra / native step |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | filter | candidates (median a row) | vLLM's own (ms) | ESamp's processor, plain (ms) | "
+             "extra (ms) | extra / native step |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         step = steps.get(r["rows"])
         share = "" if step is None else f"{r['extra_ms'] / step:.1%}"
-        lines.append(f"| {r['rows']} | {r['top_k']} | {r['ms']['vllm-native']:.1f} | {r['ms']['plain']:.1f} "
-                     f"| {r['extra_ms']:.1f} | {share} |")
+        filt = f"top-p {r['top_p']:g}" if r.get("top_p", 1.0) < 1.0 else f"top-k {r['top_k']}"
+        lines.append(f"| {r['rows']} | {filt} | {r.get('candidates', '')} | {r['ms']['vllm-native']:.1f} | "
+                     f"{r['ms']['plain']:.1f} | {r['extra_ms']:.1f} | {share} |")
     return "\n".join(lines)
 
 
@@ -101,6 +111,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="64,384")
     ap.add_argument("--top-k", type=int, default=50)
+    ap.add_argument("--top-p", type=float, default=1.0, help="below 1: top-p alone (top-k off)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--steps", type=Path, default=Path("bench/results/speed-native-vllm.json"),
                     help="bench.speed's report whose native step times the shares are of (if it exists)")
@@ -108,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", type=Path)
     a = ap.parse_args(argv)
     lm = load_model()  # the transformers model: its head and dtype are the engine's
-    rows = [measure(lm, int(r), a.top_k, a.repeats) for r in a.rows.split(",")]
+    rows = [measure(lm, int(r), a.top_k, a.repeats, a.top_p) for r in a.rows.split(",")]
     steps = native_steps(a.steps)
     text = markdown(rows, steps)
     print(text)

@@ -86,11 +86,14 @@ def measure(lm, rows: int, k: int, repeats: int, top_p: float = 1.0) -> dict:
             "candidates": statistics.median(supports[1].sum(-1).tolist())}
 
 
-def native_steps(path: Path) -> dict[int, float]:
-    """ms per native vLLM step by rows, from a bench.speed report (empty where there is none)."""
+def native_steps(path: Path, filt: str = "top-k 50") -> dict[int, float]:
+    """ms per native vLLM step by rows, from a bench.speed report (empty where there is none, or where
+    it filtered otherwise: a step that sorts the vocabulary is not the one a top-k step is)."""
     if not path.exists():
         return {}
     report = json.loads(path.read_text())
+    if report.get("filter", "top-k 50") != filt:  # reports before --filter ran top-k 50
+        return {}
     return {r["rows"]: 1000 * r["rows"] / r["median_tokens_per_s"]
             for r in report["rows"] if r["variant"] == "vllm-native"}
 
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     lm = load_model()  # the transformers model: its head and dtype are the engine's
     rows = [measure(lm, int(r), a.top_k, a.repeats, a.top_p) for r in a.rows.split(",")]
-    steps = native_steps(a.steps)
+    steps = native_steps(a.steps, f"top-p {a.top_p:g}" if a.top_p < 1.0 else f"top-k {a.top_k}")
     text = markdown(rows, steps)
     print(text)
     command = "python -m bench.sampler " + " ".join(sys.argv[1:] if argv is None else argv)

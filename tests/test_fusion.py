@@ -177,7 +177,8 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
 def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
     """Top-p alone takes its candidates a few rows at a time from the raw logits (no (R, V) temporary):
     the same tensor to sample from as filtering all of them first, at any temperature; a row whose
-    nucleus is wider than the filter's guess sends the step the long way."""
+    nucleus is wider than the filter's guess is filtered the long way alone; one that holds most of the
+    vocabulary sends the step to the full logits."""
     torch.manual_seed(3)
     rows = 2 * TOP_P_ROWS + 3  # more than one slice, and a short last one
     raw = torch.randn(rows, 5000) * torch.linspace(2.5, 8.0, rows)[:, None]  # nuclei of hundreds to a few
@@ -187,9 +188,16 @@ def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
         assert fast is not None and fast.ids.shape[1] < 1024
         assert torch.equal(fast.dense(fast.logits), apply_filters(step.filters, raw))
         assert torch.equal(select(step, raw).ids, fast.ids)  # select takes the shortcut
-    flat = torch.cat([raw[:3], torch.randn(1, 5000) * 0.1])  # its nucleus: thousands of tokens
+    torch.manual_seed(4)
     step = StepFilters.of(top_p=0.9)
-    assert Candidates.top_p(flat, step.top_p_only) is None
+    raw = torch.randn(5, 20000) * torch.tensor([6.0, 2.5, 5.0, 8.0, 2.5])[:, None]  # rows 1 and 4: 2,000 wide
+    for temperature in (1.0, 0.8):
+        step = StepFilters.of(temperature=temperature, top_p=0.9)
+        mixed = Candidates.top_p(raw, step.top_p_only, temperature)  # the wide rows the long way, alone
+        assert mixed is not None and mixed.ids.shape[1] > 1024
+        assert torch.equal(mixed.dense(mixed.logits), apply_filters(step.filters, raw))
+    flat = torch.cat([raw[:3], torch.randn(1, 20000) * 0.5])  # a nucleus of most of the vocabulary
+    assert Candidates.top_p(flat, step.top_p_only, 0.8) is None
     slow = select(step, flat)
     assert torch.equal(slow.dense(slow.logits), apply_filters(step.filters, flat))
     assert StepFilters.of(top_k=5, top_p=0.9).top_p_only is None  # with other filters: filter first

@@ -94,8 +94,10 @@ class Candidates:
         ``TopP``'s rule and arithmetic (its ``guess`` most likely tokens of each row against the
         row's log-sum-exp), with no (R, V) tensor made: ``TOP_P_ROWS`` rows at a time. On a CPU a
         fresh (R, V) float32 tensor costs more in page faults than the arithmetic (``dense``), and
-        the filter's way made three (the filtered logits, their mask, the log-sum-exp's own). None
-        when a row's nucleus is wider than the guess (filter the full logits then). One host sync."""
+        the filter's way made three (the filtered logits, their mask, the log-sum-exp's own). A row
+        whose nucleus reaches past the guess is filtered the long way (``TopP`` sorts its vocabulary),
+        alone: the other rows keep the shortcut. None when some nucleus holds so much of the vocabulary
+        that a full projection is cheaper. One host sync, two with a wide row."""
         V, guess = raw.shape[-1], nucleus.guess
         if guess >= _FULL_PROJECTION_SHARE * V:
             return None
@@ -106,10 +108,24 @@ class Candidates:
         values, ids, lse = (torch.cat(p) for p in zip(*parts))
         probs = (values - lse).exp()
         keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
-        k = int(keep.sum(-1).max())
-        if k == guess:  # a row may keep tokens past the guess
+        wide = keep[:, -1]  # rows that may keep tokens past the guess: filtered the long way, alone
+        counts = keep.sum(-1)
+        if bool(wide.any()):
+            rows = wide.nonzero()[:, 0]
+            x = raw[rows].float() if temperature == 1.0 else raw[rows].float() / temperature
+            filtered = nucleus(x)  # (W, V)
+            counts[rows] = (filtered > NEG_INF).sum(-1)
+        k = int(counts.max())
+        if k > _FULL_PROJECTION_SHARE * V:
             return None
-        return cls(ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF), V)
+        if k > guess:  # room for the wide rows' nuclei; the others pad with -inf
+            ids = torch.cat([ids, ids.new_zeros(ids.shape[0], k - guess)], -1)
+            values = torch.cat([values, values.new_full((values.shape[0], k - guess), NEG_INF)], -1)
+            keep = torch.cat([keep, keep.new_zeros(keep.shape[0], k - guess)], -1)
+        ids, logits = ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF)
+        if bool(wide.any()):
+            logits[rows], ids[rows] = torch.topk(filtered, k, dim=-1)
+        return cls(ids, logits, V)
 
     @classmethod
     def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":

@@ -97,7 +97,7 @@ class Candidates:
         the filter's way made three (the filtered logits, their mask, the log-sum-exp's own). A row
         whose nucleus reaches past the guess is filtered the long way (``TopP`` sorts its vocabulary),
         alone: the other rows keep the shortcut. None when some nucleus holds so much of the vocabulary
-        that a full projection is cheaper. One host sync, two with a wide row."""
+        that a full projection is cheaper. Two host syncs."""
         V, guess = raw.shape[-1], nucleus.guess
         if guess >= _FULL_PROJECTION_SHARE * V:
             return None
@@ -109,8 +109,8 @@ class Candidates:
         probs = (values - lse).exp()
         keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
         wide = keep[:, -1]  # rows that may keep tokens past the guess: filtered the long way, alone
-        counts = keep.sum(-1)
-        if bool(wide.any()):
+        counts, any_wide = keep.sum(-1), bool(wide.any())
+        if any_wide:
             rows = wide.nonzero()[:, 0]
             x = raw[rows].float() if temperature == 1.0 else raw[rows].float() / temperature
             filtered = nucleus(x)  # (W, V)
@@ -123,7 +123,7 @@ class Candidates:
             values = torch.cat([values, values.new_full((values.shape[0], k - guess), NEG_INF)], -1)
             keep = torch.cat([keep, keep.new_zeros(keep.shape[0], k - guess)], -1)
         ids, logits = ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF)
-        if bool(wide.any()):
+        if any_wide:
             logits[rows], ids[rows] = torch.topk(filtered, k, dim=-1)
         return cls(ids, logits, V)
 

@@ -83,7 +83,15 @@ def measure(lm, rows: int, k: int, repeats: int, top_p: float = 1.0) -> dict:
     ms = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
     return {"rows": rows, "top_k": k, "top_p": top_p, "repeats": repeats, "ms": ms,
             "extra_ms": ms["plain"] - ms["vllm-native"], "same_candidates": bool(torch.equal(*supports)),
-            "candidates": statistics.median(supports[1].sum(-1).tolist())}
+            "same_values": same_values(raw, *supports), "candidates": statistics.median(supports[1].sum(-1).tolist())}
+
+
+def same_values(raw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two supports (R, V) bool keep the same logits in every row, whichever of tied tokens each
+    kept: top-p's edge may fall inside a tie (a bfloat16 model's logits tie often), and vLLM's sort and
+    transformers' rule then keep different ones of the tied tokens."""
+    kept = [torch.sort(raw.masked_fill(~s, float("-inf")), dim=-1).values for s in (a, b)]
+    return bool(torch.equal(*kept))
 
 
 def native_steps(path: Path, filt: str = "top-k 50") -> dict[int, float]:

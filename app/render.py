@@ -381,16 +381,18 @@ def follow(job: Job, key: str) -> bool:
     """Live progress of a job, with a Stop button that keeps what was generated.
 
     Returns whether the job has finished. The progress fragment reruns by itself; when the
-    job finishes it reruns the whole page once, so the caller draws the results.
+    job finishes it reruns the whole page once, so the caller draws the results. The answer is
+    the one the fragment drew by: a job that finishes while the live view is drawn is finished on
+    the next run, not this one (the page would show the live answers above the results).
     """
     @st.fragment(run_every=0.5)
-    def live():
+    def live() -> bool:
         job.watch()
         if job.finished:
             if st.session_state.get(f"{key}_shown") is not job:
                 st.session_state[f"{key}_shown"] = job
                 st.rerun()
-            return
+            return True
         st.progress(job.fraction(), text=job_status(job))
         if st.button("Stop", key=f"{key}_stop"):
             job.cancel.set()
@@ -400,9 +402,9 @@ def follow(job: Job, key: str) -> bool:
                 st.caption(f"The answers as they are written. Marked: where an answer has left {md(watched[0][0])}'s "
                            "answer of the same number (the same seed: until there they drew the same tokens).")
             st.html(heatmap.live_html(watched, job.n))
+        return False
 
-    live()
-    return job.finished
+    return bool(live())
 
 
 def finished_job(job: Job | None, key: str, idle: str) -> Job | None:

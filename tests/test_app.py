@@ -557,6 +557,30 @@ def test_after_stop_the_slider_opens_on_a_finished_beta_and_a_cut_one_is_flagged
     assert not any("noise" in i.value for i in at.info)  # no noise sentence on cut-short answers
 
 
+def _finishing_page():
+    """render.follow on a job whose worker finishes while the page draws its live answers."""
+    import streamlit as st
+
+    from app import render
+    from app.jobs import Job
+
+    class FinishesMidDraw(Job):
+        def live(self):
+            self.phase = "done"
+            return [("plain", [["Red", "."]])]
+
+    job = st.session_state.setdefault("job", FinishesMidDraw(["plain"], phase="running"))
+    st.write(f"finished: {render.follow(job, 'k')}")
+
+
+def test_a_job_that_finishes_while_its_live_answers_are_drawn_is_shown_finished_on_the_next_run_alone():
+    at = AppTest.from_function(_finishing_page, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert "finished: False" in texts(at) and len(at.get("html")) == 1  # what the live view drew, no results below it
+    at.run()
+    assert "finished: True" in texts(at) and not at.get("html")
+
+
 def _branch_page():
     """render.comparison on a run with one branch of its answer 1 (hand-made from a stored trace)."""
     from dataclasses import replace

@@ -149,8 +149,8 @@ def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, s
     elif now is not None and base is not None and now != base:
         said = noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
                               max_n=serving.policy().limits.max_n,
-                              loops=(stats[base].degenerate, stats[now].degenerate))
-        (st.warning if stats[now].loops_more_than(stats[base]) else st.info)(said)
+                              broken=(stats[base].broken, stats[now].broken))
+        (st.warning if stats[now].breaks_more_than(stats[base]) else st.info)(said)
     for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
         col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"],
                    delta_arrow=card["delta_arrow"], help=card["help"])

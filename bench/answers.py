@@ -1,6 +1,6 @@
 """The answers Explore's default Generate gives, to read: every run of the app's first Generate (its
-β ladder, `app.settings.DEFAULTS`) on a few prompts and lengths, each answer with its seq-rep-4 and a
-mark where it loops (`viz.metrics.is_degenerate`). What a person reads on the page, as a report (the
+β ladder, `app.settings.DEFAULTS`) on a few prompts and lengths, each answer with its seq-rep-4, a
+mark where it loops and one where it glues a non-word (`viz.metrics`). What a person reads on the page, as a report (the
 answers HTML-escaped: model output is untrusted text).
 
     python -m bench.answers                              # the default prompt and two more, 32 and 128 tokens
@@ -46,12 +46,14 @@ def main(argv=None) -> int:
         configs = settings_of(values).configs()
         for config, trace in zip(configs, generate_runs(lm, [prompt], configs)):
             ids = [[t.id for t in s.tokens] for s in trace.samples]
+            glued = [metrics.glued_run([t.text for t in s.tokens]) for s in trace.samples]
             guided = [t for s in trace.samples for t in s.tokens if t.kl]  # the tokens the fusion moved
             runs.append({"tokens": tokens, "prompt": prompt, "seed": config.sampling.seed, "method": config.method,
                          "run": config_label(config), "beta": config.esamp.beta, "max_kl": config.esamp.max_kl,
                          "answers": [s.text for s in trace.samples],
                          "seq_rep_4": [round(metrics.seq_rep(i), 3) for i in ids],
-                         "loops": [metrics.is_degenerate(i) for i in ids], "guided": len(guided),
+                         "loops": [metrics.is_degenerate(i) for i in ids], "glued_run": glued,
+                         "glued": [g >= metrics.GLUED_TOKENS for g in glued], "guided": len(guided),
                          # how the fusion moved them: sharper (lower entropy) or flatter. (Not the chosen
                          # token's log p change: drawn from p_new, its mean is the KL the bound sets.)
                          "sharper": sum(t.entropy_new < t.entropy_ref for t in guided),
@@ -70,9 +72,11 @@ def markdown(report: dict) -> str:
     lines = [f"{report['model']} on {report['backend']} in {report['dtype']}, {cpu['cpu']} ({cpu['cpus']} cores, "
              f"{cpu['torch_cpu_capability']}); the app's defaults ({settings}), {report['n']} answers a run, seed "
              f"{seeds[0]}" + (f" to {seeds[-1]} (the answers listed are seed {seeds[0]}'s)" if len(seeds) > 1 else "")
-             + f". [x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}).", "",
-             "| tokens | prompt | run | answers that loop | seeds with one that loops | guided tokens made sharper | "
-             "entropy change a guided token (nats) |", "|---:|---|---|---:|---:|---:|---:|"]
+             + f". [x.xx] is an answer's seq-rep-4; * marks one that loops (above {metrics.DEGENERATE_SEQ_REP_4}), "
+             f"† one that glues a non-word ({metrics.GLUED_TOKENS} tokens or more; not counted before 2026-12-05: –).",
+             "", "| tokens | prompt | run | answers that loop | answers that glue a non-word | seeds with one that "
+             "loops | guided tokens made sharper | entropy change a guided token (nats) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
     table: dict[tuple, list[dict]] = {}
     for r in report["runs"]:
         table.setdefault((r["tokens"], r["prompt"], label(r)), []).append(r)
@@ -81,14 +85,16 @@ def markdown(report: dict) -> str:
         guided = sum(r["guided"] for r in rs)
         moved = " | ".join(f"{sum(r[k] for r in rs) / guided:{f}}" for k, f in
                            (("sharper", ".0%"), ("entropy_change", "+.3f"))) if guided else " |"
-        lines.append(f"| {tokens} | {text(prompt)} | {run} | {loops} of {sum(len(r['loops']) for r in rs)} | "
+        glued = f"{sum(sum(r['glued']) for r in rs)}" if all("glued" in r for r in rs) else "–"
+        lines.append(f"| {tokens} | {text(prompt)} | {run} | {loops} of {sum(len(r['loops']) for r in rs)} | {glued} | "
                      f"{sum(any(r['loops']) for r in rs)} of {len(rs)} | {moved} |")
     for r in report["runs"]:
         if r["seed"] != seeds[0]:
             continue
         lines += ["", f"#### {r['tokens']} tokens, {label(r)}: {text(r['prompt'])}", ""]
-        lines += [f"- [{s:.2f}]{'*' if loop else ''} {text(a)}"
-                  for a, s, loop in zip(r["answers"], r["seq_rep_4"], r["loops"])]
+        lines += [f"- [{s:.2f}]{'*' if loop else ''}{'†' if glued else ''} {text(a)}"
+                  for a, s, loop, glued in zip(r["answers"], r["seq_rep_4"], r["loops"],
+                                               r.get("glued", [False] * len(r["answers"])))]
     return "\n".join(lines) + "\n"
 
 

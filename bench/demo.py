@@ -38,7 +38,7 @@ from viz.summary import diversity, ladder, split_by_run
 def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[float, dict[str, list[float]]]:
     """Seconds for what Explore's Generate does, and for each β > 0 the bootstrap interval of its
     answers' diversity (mean pairwise cosine distance) over plain sampling's and how many more of its
-    answers loop than plain's (viz.metrics.is_degenerate): [value, low, high, more looping answers]."""
+    answers are broken than plain's (viz.metrics.is_degenerate): [value, low, high, more broken answers]."""
     start = time.perf_counter()
     traces = generate_runs(lm, [prompt], configs)
     perplexities = [trace_perplexities(lm, t) for t in traces]
@@ -51,7 +51,7 @@ def one_generate(lm, embedder, prompt: str, configs: list[RunConfig]) -> tuple[f
     rungs = ladder(traces)
     base = rungs[0.0]
     return seconds, {f"{b:g}": [*(lambda d: (d.value, d.low, d.high))(metrics.bootstrap_difference(
-        per_run[base], per_run[i], "cosine_distance")), stats[i].degenerate - stats[base].degenerate]
+        per_run[base], per_run[i], "cosine_distance")), stats[i].broken - stats[base].broken]
         for b, i in rungs.items() if b > 0}
 
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                          "seeds": args.seeds,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
-                         # and of those, the seeds where no more of ESamp's answers loop than plain's
+                         # and of those, the seeds where no more of ESamp's answers are broken than plain's
                          "seeds_showing_effect_unbroken": {b: sum(d[1] > 0 and d[3] <= 0 for d in ds)
                                                            for b, ds in diffs.items()},
                          "mean_difference": {b: round(statistics.mean(d[0] for d in ds), 3) for b, ds in diffs.items()},
@@ -135,8 +135,8 @@ def markdown(report: dict) -> str:
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
              "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | bound (nats) | "
-             "median s | max s | seeds with ESamp more diverse than plain beyond noise (and with no more answers "
-             "that loop), by β | mean Δ cosine distance (β − plain) |",
+             "median s | max s | seeds with ESamp more diverse than plain beyond noise (and with no more broken "
+             "answers), by β | mean Δ cosine distance (β − plain) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         unbroken = r.get("seeds_showing_effect_unbroken", {})

@@ -15,11 +15,13 @@ other VARIANTS (a bounded push per token, and with the warm-up) when named with 
 Three axes, each a mean over prompts with its standard error: semantic diversity of a prompt's n
 answers (mean pairwise cosine distance of their embeddings, and the Vendi score), coherence (the
 answers' mean perplexity under the base model at T = 1, recorded while generating), and broken
-text, on token ids (viz.metrics): each answer's seq-rep-4 (the share of its token 4-grams that
+text, on tokens (viz.metrics): each answer's seq-rep-4 (the share of its token 4-grams that
 repeat an earlier one of its own), the share of answers that loop (seq-rep-4 over
-``DEGENERATE_SEQ_REP_4``), and the copy rate (seq-rep-2: tokens whose bigram already occurred in the
-answer); beside them the mean KL each guided token's fusion moved its distribution by, and each
-answer's own word distinct-2 (the older measure, blind to a loop glued into one non-word).
+``DEGENERATE_SEQ_REP_4``), that glue a non-word (``GLUED_TOKENS`` tokens or more joined with no space,
+digit or punctuation), that do either ("broken"), and the copy rate (seq-rep-2: tokens whose bigram
+already occurred in the answer); beside them the mean KL each guided token's fusion moved its
+distribution by, and each answer's own word distinct-2 (the older measure, blind to a loop glued
+into one non-word).
 A filter's candidates are what ESamp may reorder: top-k 50 lets it lift
 any of 50 tokens, min-p only tokens the model finds plausible. Plain sampling at β = 0 and at other
 temperatures, under the same filter, is the line to beat: at the same diversity, is ESamp's
@@ -136,7 +138,8 @@ def broken_text(trace) -> dict[str, list[float]]:
 def measure(lm, embedder, prompts: list[str], cfg: RunConfig) -> dict:
     trace = generate(lm, prompts, cfg)
     scores = prompt_scores(trace, spread.embed(trace.texts(), embedder), trace_perplexities(lm, trace))
-    per_prompt = {k: getattr(scores, k) for k in ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate")}
+    per_prompt = {k: getattr(scores, k) for k in ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate",
+                                                  "glued", "broken")}
     extra = broken_text(trace)
     per_prompt |= {"copy_rate": extra["copy_rate"], "kl": extra["kl"],
                    "within_distinct_2": within_answer_distinct_2(trace)}
@@ -156,13 +159,13 @@ def point(r: dict) -> dict:
 
 def figure(label: str, rows: list[dict]):
     """Diversity against perplexity under one filter: ESamp's line from plain (β = 0) up, plain's by
-    temperature; a point whose answers loop more often than plain sampling's is crossed out."""
+    temperature; a point with more broken answers than plain sampling's is crossed out."""
     plain = sorted((point(r) for r in rows if r["series"] == "plain"), key=lambda p: float(p["setting"][2:]))
     start = next(p for p in plain if p["setting"] == "T=1")
     plain_row = _plain(rows)
 
-    def marked(r: dict) -> dict:  # crossed out: more answers loop than plain's at T = 1, beyond the noise
-        return {**point(r), "loops": loops_more(r, plain_row)}
+    def marked(r: dict) -> dict:  # crossed out: more broken answers than plain's at T = 1, beyond the noise
+        return {**point(r), "broken": breaks_more(r, plain_row)}
 
     esamp = []
     for series in dict.fromkeys(r["series"] for r in rows if r["series"] != "plain"):  # ESamp, then its variants
@@ -186,7 +189,7 @@ def temperature_perplexity(rows: list[dict], diversity: float) -> float:
 
 def choose(rows: list[dict]) -> dict | None:
     """The rule the app's defaults follow, under one filter: of the ESamp runs more diverse than plain
-    sampling at T = 1, those whose share of answers that loop is no worse than plain's (the paired
+    sampling at T = 1, those whose share of broken answers is no worse than plain's (the paired
     difference over prompts within two standard errors of 0, or below it) and whose perplexity is no
     worse than temperature's at the same diversity; the one with the largest diversity gain. None: none holds."""
     plain = _plain(rows)
@@ -195,19 +198,22 @@ def choose(rows: list[dict]) -> dict | None:
         if r["series"] == "plain" or "degenerate" not in r.get("per_prompt", {}):
             continue
         div = r["summary"]["cosine_distance"]["mean"]
-        holds = not loops_more(r, plain) and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)
+        holds = not breaks_more(r, plain) and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)
         if holds and div - plain["summary"]["cosine_distance"]["mean"] > gain:
             best, gain = r, div - plain["summary"]["cosine_distance"]["mean"]
     return best
 
 
-def loops_more(r: dict, plain: dict) -> bool:
-    """Whether more of a run's answers loop than plain sampling's beyond the noise: the mean over prompts
-    of the difference in their share is more than two standard errors above 0 (False where not measured)."""
-    if "degenerate" not in r.get("per_prompt", {}) or "degenerate" not in plain.get("per_prompt", {}):
+def breaks_more(r: dict, plain: dict) -> bool:
+    """Whether more of a run's answers are broken than plain sampling's beyond the noise: the mean over
+    prompts of the difference in their share is more than two standard errors above 0. Where either row
+    was measured before glued non-words were (2026-12-05), the share of answers that loop; False where
+    neither was measured."""
+    key = next((k for k in ("broken", "degenerate") if k in r.get("per_prompt", {}) and
+                k in plain.get("per_prompt", {})), None)
+    if key is None:
         return False
-    mean, se = metrics.mean_and_stderr([a - b for a, b in zip(r["per_prompt"]["degenerate"],
-                                                              plain["per_prompt"]["degenerate"])])
+    mean, se = metrics.mean_and_stderr([a - b for a, b in zip(r["per_prompt"][key], plain["per_prompt"][key])])
     return mean > 2 * se
 
 
@@ -218,7 +224,9 @@ def _plain(rows: list[dict]) -> dict:
 
 
 COLUMNS = {"cosine_distance": ("cosine distance ↑", 3), "vendi": ("Vendi ↑", 3), "perplexity": ("perplexity ↓", 2),
-           "seq_rep_4": ("seq-rep-4 ↓", 3), "degenerate": ("answers that loop ↓", 3), "copy_rate": ("copy rate ↓", 3),
+           "seq_rep_4": ("seq-rep-4 ↓", 3), "degenerate": ("answers that loop ↓", 3),
+           "glued": ("answers that glue a non-word ↓", 3), "broken": ("broken answers ↓", 3),
+           "copy_rate": ("copy rate ↓", 3),
            "kl": ("KL a guided token", 3), "within_distinct_2": ("within-answer distinct-2 ↑", 3)}
 
 

@@ -363,9 +363,10 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
     top = report["runs"][len(ladder) - 1]
     assert top["max_kl"] == DEFAULTS["max_kl"]  # the top rung's bound is the form's; lower rungs' are scaled
     for r in report["runs"]:
-        assert len(r["answers"]) == len(r["seq_rep_4"]) == len(r["loops"]) == 2
+        assert len(r["answers"]) == len(r["seq_rep_4"]) == len(r["loops"]) == len(r["glued"]) == 2
         assert all(0 <= s <= 1 and loop == (s > metrics.DEGENERATE_SEQ_REP_4)
                    for s, loop in zip(r["seq_rep_4"], r["loops"]))
+        assert all(0 <= g <= 4 and glued == (g >= metrics.GLUED_TOKENS) for g, glued in zip(r["glued_run"], r["glued"]))
         # plain moves no token; ESamp moves the tokens after each answer's first (no warm-up; an EOS may come early)
         assert (r["guided"] == 0) == (r["method"] == "plain") and r["guided"] <= 2 * 3
         assert 0 <= r["sharper"] <= r["guided"]

@@ -98,13 +98,14 @@ def test_the_noise_sentence_says_which():
     assert "no telling noise from effect" in noise_sentence("plain", spread_out(2), "esamp β=1", spread_out(2))
 
 
-def test_the_noise_sentence_never_calls_a_run_that_loops_more_diverse_and_nothing_else():
-    said = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), loops=(0, 3))
-    assert "more diverse" in said and "but 3 of esamp β=1's 8 answers repeat themselves (plain: 0 of 8)" in said
-    assert "broken text" in said
-    within = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2), loops=(1, 2))
-    assert "within the noise" in within and "2 of esamp β=1's 8 answers repeat themselves" in within
-    assert "repeat" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), loops=(2, 2))
+def test_the_noise_sentence_never_calls_a_run_with_more_broken_answers_more_diverse_and_nothing_else():
+    said = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), broken=(0, 3))
+    assert "more diverse" in said and "but 3 of esamp β=1's 8 answers are broken, looping or gluing non-words " \
+        "(plain: 0 of 8)" in said
+    assert "broken text, not exploration" in said
+    within = noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2), broken=(1, 2))
+    assert "within the noise" in within and "2 of esamp β=1's 8 answers are broken" in within
+    assert "broken" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), broken=(2, 2))
 
 
 # ---- which runs form the ladder ------------------------------------------------------------------
@@ -153,25 +154,32 @@ def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
     ring = fig.data[0]  # drawn first: the labels stay on top of it
     assert ring.name == "now: β=0.5" and ring.x[0] == pytest.approx(points[1]["perplexity"])
     assert len(sweep_figure(points, current_point(0.9)).data) == 2  # no such point: no ring
-    assert not any(p["loops"] for p in points)
+    assert not any(p["broken"] for p in points)
 
 
-def test_a_run_whose_answers_loop_more_than_plains_is_crossed_out_where_it_sits():
-    looping = ["la la la la la la la la", "no no no no no no no no", "ok ok ok ok ok ok ok ok"]
+@pytest.mark.parametrize("broken", [
+    ["la la la la la la la la", "no no no no no no no no", "ok ok ok ok ok ok ok ok"],  # loops
+    # glued non-words, no 4-gram twice: each answer's tokens are its words' 2-letter pieces, spaces kept
+    ["It is a redefittoredpurplespruceous hue", "Call it ceruleanmistralpinefrostglow then",
+     "A shade named azurewhisperingdawnmeadowlight"],
+], ids=["loops", "glued"])
+def test_a_run_with_more_broken_answers_than_plains_is_crossed_out_where_it_sits(broken):
     configs = beta_ladder(BASE, [0.0, 0.5])
-    traces = [trace_of(configs[0]), trace_of(configs[1], texts=looping)]
-    for t in traces:  # each answer's tokens: its words, as ids
+    traces = [trace_of(configs[0]), trace_of(configs[1], texts=broken)]
+    for t in traces:  # each answer's tokens: its words cut in pieces of two characters, as ids
         for s in t.samples:
-            s.tokens = [replace(s.tokens[0], id=hash(w) % 1000, text=w) for w in s.text.split()] or s.tokens
+            pieces = [(" " if i and not k else "") + w[k:k + 2] for i, w in enumerate(s.text.split())
+                      for k in range(0, len(w), 2)]
+            s.tokens = [replace(s.tokens[0], id=sum(map(ord, p)), text=p) for p in pieces] or s.tokens
     emb = spread_out(6)
     stats = [diversity(t, emb[3 * i:3 * i + 3], [2.0, 2.0, 2.0]) for i, t in enumerate(traces)]
-    assert (stats[0].degenerate, stats[1].degenerate) == (0, 3) and stats[1].loops_more_than(stats[0])
+    assert (stats[0].broken, stats[1].broken) == (0, 3) and stats[1].breaks_more_than(stats[0])
     points = tradeoff_points(traces, stats)
-    assert [p["loops"] for p in points] == [False, True, False]  # β=0, β=0.5; plain T=1
+    assert [p["broken"] for p in points] == [False, True, False]  # β=0, β=0.5; plain T=1
     crossed = sweep_figure(points).data[-1]
-    assert crossed.name == "more answers loop than plain's" and list(crossed.y) == [points[1]["diversity"]]
+    assert crossed.name == "more broken answers than plain's" and list(crossed.y) == [points[1]["diversity"]]
     cards = {c["label"]: c for c in metric_cards(stats[1], stats[0])}
-    assert cards["Answers that loop"]["value"] == "3" and cards["Answers that loop"]["delta"] == "+3 vs plain"
+    assert cards["Broken answers"]["value"] == "3" and cards["Broken answers"]["delta"] == "+3 vs plain"
 
 
 def test_metric_cards_give_the_change_from_plain():
@@ -182,8 +190,8 @@ def test_metric_cards_give_the_change_from_plain():
     assert cards["Perplexity"]["value"] == "3.00" and cards["Perplexity"]["delta"] == "+1.00 vs plain"
     assert cards["Perplexity"]["delta_color"] == "inverse"
     assert cards["Novelty"]["delta"] == "+0.300 vs plain"
-    assert cards["Answers that loop"]["delta"] == "same as plain"  # 0 and 0: no red "↑ +0"
-    assert (cards["Answers that loop"]["delta_color"], cards["Answers that loop"]["delta_arrow"]) == ("off", "off")
+    assert cards["Broken answers"]["delta"] == "same as plain"  # 0 and 0: no red "↑ +0"
+    assert (cards["Broken answers"]["delta_color"], cards["Broken answers"]["delta_arrow"]) == ("off", "off")
     assert all(c["delta"] is None for c in metric_cards(plain, plain))
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import comb
 
-from viz.metrics import (DEGENERATE_SEQ_REP_4, degenerate_share, distinct_n, is_degenerate, mean_and_stderr,
-                          mean_pairwise_cosine_distance, pass_at_k, self_bleu, seq_rep, vendi_score)
+from viz.metrics import (DEGENERATE_SEQ_REP_4, GLUED_TOKENS, degenerate_share, distinct_n, glued_run, is_degenerate,
+                          mean_and_stderr, mean_pairwise_cosine_distance, pass_at_k, self_bleu, seq_rep, vendi_score)
 
 
 def test_cosine_distance_of_orthogonal_and_identical_vectors():
@@ -38,6 +38,30 @@ def test_an_answer_that_loops_is_degenerate_and_ordinary_text_is_not():
     assert is_degenerate(loop) and not is_degenerate(text)
     assert seq_rep(loop, 4) == pytest.approx(24 / 27) and 24 / 27 > DEGENERATE_SEQ_REP_4
     assert degenerate_share([loop, text, text, text]) == pytest.approx(0.25) and degenerate_share([]) == 0.0
+
+
+def test_a_glued_run_counts_tokens_joined_into_one_word_of_letters_or_symbols():
+    # " The| space|space|space|name|," -> The: 1; space+space+space+name: 4; the comma ends it
+    assert glued_run([" The", " space", "space", "space", "name", ","]) == 4
+    assert glued_run([" RED", "EF", "IT", "TO", "RED", " PUR", "PLE"]) == 5  # a space starts a new word
+    assert glued_run([" 2", "0", "2", "6", "-", "12", "-", "05"]) == 0  # digits and punctuation glue nothing
+    assert glued_run([" well", "-", "known", " don", "'t"]) == 1  # punctuation ends a run; letters after it start one
+    assert glued_run(["ab", "cd,", "ef"]) == 2  # "cd," joins "ab", its comma ends the run; "ef" starts anew
+    # emoji of three byte tokens each: two empty pieces, then the one that completes the character
+    assert glued_run([" A", "", "", " ✨", "", "", "✨", "", "", "✨", "."]) == 9
+    assert glued_run([]) == 0
+
+
+def test_an_answer_that_glues_a_non_word_is_degenerate_given_its_pieces():
+    glued = [" The", " col", "our", " is", " RED", "EF", "IT", "TO", "RED", "PUR", "PLE", "SPR", "."]
+    ids = list(range(len(glued)))  # no 4-gram twice: it does not loop
+    assert glued_run(glued) == 8 == GLUED_TOKENS
+    assert is_degenerate(ids, glued) and not is_degenerate(ids)  # without its pieces, only loops are seen
+    words = [" The", " col", "our", " is", " a", " deep", " red", "."]
+    assert not is_degenerate(ids[:8], words)
+    assert degenerate_share([ids, ids[:8]], [glued, words]) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        degenerate_share([ids], [glued, words])  # pieces for every answer or none
 
 
 def test_distinct_2():

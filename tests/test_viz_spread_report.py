@@ -171,7 +171,7 @@ def test_a_ladders_report_shows_what_the_app_shows(lm, embedder):
     assert [r["run"] for r in report.rows] == ["plain", "esamp β=0.5", "esamp β=1"]
     assert all("95% interval" in r and "relative novelty" in r for r in report.rows)
     assert len(report.sentences) == 2 and all("plain" in s for s in report.sentences)
-    assert all("answers that loop" in r for r in report.rows)
+    assert all("broken answers" in r for r in report.rows)
     html = render_html(report)
     assert "95% intervals by bootstrap" in html and all(escape(s) in html for s in report.sentences)
     within = [s for s in report.sentences if "within the noise" in s]

@@ -82,7 +82,7 @@ def learning_curves_figure(curves: dict[str, Sequence[float]]):
                    "relative novelty ‖h − ĥ‖ / ‖h‖")
 
 
-LOOPS_COLOUR = "#000000"  # a black cross over the point: told apart by its shape from every method's colour
+BROKEN_COLOUR = "#000000"  # a black cross over the point: told apart by its shape from every method's colour
 
 
 def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = None, height: int = 360,
@@ -90,8 +90,8 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
     """Diversity against perplexity across a sweep. points: dicts with 'series' (e.g. 'esamp'),
     'setting' (e.g. 'β=0.25'), 'diversity', 'perplexity', and optionally their standard errors
     'diversity_se', 'perplexity_se', or an interval 'diversity_low', 'diversity_high' (drawn as
-    error bars), and 'loops' (True: more of its answers repeat themselves than plain sampling's,
-    crossed out); one line per series, in order. ``highlight``: the (series, setting) point ringed;
+    error bars), and 'broken' (True: more of its answers are broken than plain sampling's, crossed
+    out); one line per series, in order. ``highlight``: the (series, setting) point ringed;
     ``colours``: a series' colour where its method's would not tell it apart."""
     import plotly.graph_objects as go
 
@@ -119,12 +119,12 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
             text=[plotly_text(str(p["setting"])) for p in pts], textposition="top center" if k % 2 == 0 else
             "bottom center", name=plotly_text(series),
             marker=dict(size=10, color=colour), line=dict(color=colour), **bars))
-    loops = [p for p in points if p.get("loops")]
-    if loops:  # over the lines: a crossed point is not a better trade-off, whatever its place
-        fig.add_trace(go.Scatter(x=[p["perplexity"] for p in loops], y=[p["diversity"] for p in loops], mode="markers",
-                                 name="more answers loop than plain's", hoverinfo="skip",
-                                 marker=dict(size=18, symbol="x-thin-open", color=LOOPS_COLOUR,
-                                             line=dict(width=3, color=LOOPS_COLOUR))))
+    broken = [p for p in points if p.get("broken")]
+    if broken:  # over the lines: a crossed point is not a better trade-off, whatever its place
+        fig.add_trace(go.Scatter(x=[p["perplexity"] for p in broken], y=[p["diversity"] for p in broken],
+                                 mode="markers", name="more broken answers than plain's", hoverinfo="skip",
+                                 marker=dict(size=18, symbol="x-thin-open", color=BROKEN_COLOUR,
+                                             line=dict(width=3, color=BROKEN_COLOUR))))
     return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)", height)
 

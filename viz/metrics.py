@@ -7,6 +7,7 @@ perplexities from ``core.scoring.perplexities``.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -66,21 +67,63 @@ def seq_rep(ids: Sequence[int], n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-# An answer is degenerate (it loops) when more than this share of its token 4-grams repeat an earlier one:
-# plain sampling's own answers stay under it (docs/results.md, "Broken text", has their spread).
+# An answer loops when more than this share of its token 4-grams repeat an earlier one: plain sampling's
+# own answers stay under it (docs/results.md, "Broken text", has their spread).
 DEGENERATE_SEQ_REP_4 = 0.2
 
+# An answer glues a non-word when this many of its tokens in a row join letters or symbols with no space,
+# digit or punctuation between them ("spacespacespacename", "REDEFITTOREDPURPLE", "✨✨✨✨"): real words
+# take one to four of this model's tokens. Plain sampling's own answers reach it about once in a hundred
+# at 128 tokens (docs/results.md, "Glued non-words").
+GLUED_TOKENS = 8
 
-def is_degenerate(ids: Sequence[int], threshold: float = DEGENERATE_SEQ_REP_4) -> bool:
-    """Whether an answer (its token ids) repeats itself: its seq-rep-4 is above ``threshold``."""
-    return seq_rep(ids, 4) > threshold
+
+def _glues(ch: str) -> bool:
+    """Letters and symbols (emoji, box drawing) make up a glued non-word; spaces, digits and
+    punctuation end one."""
+    return ch.isalpha() or unicodedata.category(ch).startswith("S")
 
 
-def degenerate_share(answers: Sequence[Sequence[int]], threshold: float = DEGENERATE_SEQ_REP_4) -> float:
-    """The share of answers (token id lists) that repeat themselves (``is_degenerate``); 0 for none."""
+def glued_run(pieces: Sequence[str]) -> int:
+    """The most tokens in a row of one answer (its tokens' text pieces) that are glued into one run of
+    letters and symbols. A piece that starts with a space starts a run; tokens with an empty piece (the
+    first bytes of a character a later token completes: an emoji's) count with the piece that completes
+    it. Scripts written without spaces (Chinese, Japanese) are one long run: the measure is for
+    space-separated text.
+
+    >>> glued_run([" The", " space", "space", "space", "name", ","])
+    4
+    """
+    best = run = pending = 0
+    for piece in pieces:
+        if not piece:
+            pending += 1
+            continue
+        tokens, pending = pending + 1, 0
+        if _glues(piece[0]):  # it joins the run before it
+            run += tokens
+            best = max(best, run)
+        if not all(_glues(c) for c in piece):  # a space, digit or punctuation in it ends that run; a tail of
+            run = tokens if _glues(piece[-1]) else 0  # letters or symbols after it starts the next
+            best = max(best, run)
+    return best
+
+
+def is_degenerate(ids: Sequence[int], pieces: Sequence[str] | None = None,
+                  threshold: float = DEGENERATE_SEQ_REP_4) -> bool:
+    """Whether an answer is broken: it repeats itself (its seq-rep-4 on token ids is above ``threshold``)
+    or, given its tokens' text ``pieces``, glues a non-word of ``GLUED_TOKENS`` tokens or more."""
+    return seq_rep(ids, 4) > threshold or (pieces is not None and glued_run(pieces) >= GLUED_TOKENS)
+
+
+def degenerate_share(answers: Sequence[Sequence[int]], pieces: Sequence[Sequence[str]] | None = None,
+                     threshold: float = DEGENERATE_SEQ_REP_4) -> float:
+    """The share of answers (token id lists; with their text pieces, in the same order, to see glued
+    non-words too) that are broken (``is_degenerate``); 0 for none."""
     if not answers:
         return 0.0
-    return sum(is_degenerate(a, threshold) for a in answers) / len(answers)
+    texts = pieces if pieces is not None else [None] * len(answers)
+    return sum(is_degenerate(a, p, threshold) for a, p in zip(answers, texts, strict=True)) / len(answers)
 
 
 def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:

@@ -67,11 +67,15 @@ class PromptScores:
     distinct_2: list[float]
     self_bleu: list[float]
     perplexity: list[float]  # mean over the prompt's answers (NaN when unknown)
-    # Broken text, on token ids: the mean seq-rep-4 of the prompt's answers (the share of an answer's
-    # token 4-grams that repeat an earlier one of its own), and the share of its answers over
-    # metrics.DEGENERATE_SEQ_REP_4. Empty in reports written before they were measured.
+    # Broken text, on tokens: the mean seq-rep-4 of the prompt's answers (the share of an answer's
+    # token 4-grams that repeat an earlier one of its own); the share of its answers that loop (over
+    # metrics.DEGENERATE_SEQ_REP_4), that glue a non-word (metrics.GLUED_TOKENS tokens or more), and that
+    # do either ("broken"). Empty in reports written before they were measured (glued and broken since
+    # 2026-12-05: an earlier report's "degenerate" counted loops only, as it still does).
     seq_rep_4: list[float] = field(default_factory=list)
     degenerate: list[float] = field(default_factory=list)
+    glued: list[float] = field(default_factory=list)
+    broken: list[float] = field(default_factory=list)
 
     def mean_se(self, metric: str) -> tuple[float, float]:
         """Mean over prompts and its standard error (prompts with a NaN left out)."""
@@ -94,10 +98,19 @@ def prompt_scores(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float
         out.self_bleu.append(metrics.self_bleu(texts))
         ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
         out.perplexity.append(float(np.mean(ppl)) if ppl else math.nan)
-        ids = [[t.id for t in trace.samples[i].tokens] for i in idx]
+        ids, pieces = _tokens(trace, idx)
         out.seq_rep_4.append(float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else math.nan)
         out.degenerate.append(metrics.degenerate_share(ids) if ids else math.nan)
+        out.glued.append(float(np.mean([metrics.glued_run(p) >= metrics.GLUED_TOKENS for p in pieces]))
+                         if ids else math.nan)
+        out.broken.append(metrics.degenerate_share(ids, pieces) if ids else math.nan)
     return out
+
+
+def _tokens(trace: RunTrace, idx: Sequence[int]) -> tuple[list[list[int]], list[list[str]]]:
+    """The token ids and the tokens' text pieces of the samples ``idx`` of a run."""
+    return ([[t.id for t in trace.samples[i].tokens] for i in idx],
+            [[t.text for t in trace.samples[i].tokens] for i in idx])
 
 
 @dataclass
@@ -336,7 +349,7 @@ class Diversity:
     perplexity: float  # mean over the answers (NaN when unknown)
     mean_novelty: float | None  # mean relative novelty of the answers' tokens
     seq_rep_4: float = 0.0  # mean over the answers of their own token seq-rep-4 (metrics.seq_rep)
-    degenerate: int = 0  # answers over metrics.DEGENERATE_SEQ_REP_4: text that repeats itself
+    broken: int = 0  # answers that loop or glue a non-word (metrics.is_degenerate): broken text
 
     def as_row(self, current: bool = False) -> dict:
         cos, ven = self.cosine_distance, self.vendi
@@ -344,12 +357,12 @@ class Diversity:
                 "cosine distance": round(cos.value, 3), "95% interval": _bounds(cos),
                 "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
                 "perplexity": None if not _finite(self.perplexity) else round(self.perplexity, 2),
-                "repeated 4-grams": round(self.seq_rep_4, 3), "answers that loop": self.degenerate,
+                "repeated 4-grams": round(self.seq_rep_4, 3), "broken answers": self.broken,
                 "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3)}
 
-    def loops_more_than(self, base: "Diversity | None") -> bool:
-        """Whether more of these answers repeat themselves than of ``base``'s (plain sampling's)."""
-        return base is not None and base is not self and self.degenerate > base.degenerate
+    def breaks_more_than(self, base: "Diversity | None") -> bool:
+        """Whether more of these answers are broken than of ``base``'s (plain sampling's)."""
+        return base is not None and base is not self and self.broken > base.broken
 
 
 def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | None, prompt_index: int = 0,
@@ -360,20 +373,20 @@ def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | 
     e = emb[idx]
     ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
     rel = [t.rel_novelty for i in idx for t in trace.samples[i].tokens if t.rel_novelty is not None]
-    ids = [[t.id for t in trace.samples[i].tokens] for i in idx]
+    ids, pieces = _tokens(trace, idx)
     return Diversity(run_label(trace), len(idx), metrics.bootstrap_interval(e, "cosine_distance", seed=seed),
                      metrics.bootstrap_interval(e, "vendi", seed=seed), float(np.mean(ppl)) if ppl else math.nan,
                      float(np.mean(rel)) if rel else None,
                      float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else 0.0,
-                     sum(metrics.is_degenerate(a) for a in ids))
+                     sum(metrics.is_degenerate(a, p) for a, p in zip(ids, pieces)))
 
 
 def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0,
-                   max_n: int | None = None, loops: tuple[int, int] = (0, 0)) -> str:
+                   max_n: int | None = None, broken: tuple[int, int] = (0, 0)) -> str:
     """One plain sentence on whether b's answers are more or less diverse (mean pairwise cosine
     distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference).
-    ``max_n``: the most answers the user can ask for (no advice to ask for more past it); ``loops``:
-    how many of a's and of b's answers repeat themselves (``Diversity.degenerate``): where b has more,
+    ``max_n``: the most answers the user can ask for (no advice to ask for more past it); ``broken``:
+    how many of a's and of b's answers are broken (``Diversity.broken``): where b has more,
     the sentence says so, and never calls b more diverse without it."""
     n_a, n_b = len(emb_a), len(emb_b)
     if min(n_a, n_b) < metrics.MIN_BOOTSTRAP_ANSWERS:
@@ -382,8 +395,11 @@ def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndar
     d = metrics.bootstrap_difference(emb_a, emb_b, "cosine_distance", seed=seed)
     answers = f"{n_a} answers" if n_a == n_b else f"{n_a} and {n_b} answers"
     interval = f"{d.value:+.3f}, 95% interval {d.low:+.3f} to {d.high:+.3f}"
-    broken = (f"{loops[1]} of {label_b}'s {n_b} answers repeat themselves ({label_a}: {loops[0]} of {n_a})"
-              if loops[1] > loops[0] else "")
+    if broken[1] > broken[0]:
+        broken = (f"{broken[1]} of {label_b}'s {n_b} answers are broken, looping or gluing non-words ({label_a}: "
+                  f"{broken[0]} of {n_a})")
+    else:
+        broken = ""
     if d.contains(0.0):
         advice = ("More samples (n) would tell." if max_n is None or min(n_a, n_b) < max_n else
                   "Another seed, or a prompt with more room for different answers, would tell more.")
@@ -406,9 +422,9 @@ def _bounds(interval: metrics.Interval, digits: int = 3) -> str:
 def tradeoff_points(traces: Sequence[RunTrace], diversities: Sequence[Diversity]) -> list[dict]:
     """Diversity against perplexity for one prompt, one point per run (ladder rungs and plain
     temperatures), with the bootstrap interval of its diversity; plain sampling at the ladder's
-    β = 0 starts ESamp's line as well as lying on temperature's. A run with more answers that loop
-    than plain sampling's at the ladder's β = 0 is marked ``loops`` (its place on the chart is not
-    a better trade-off: looping text is diverse between answers and likely within them)."""
+    β = 0 starts ESamp's line as well as lying on temperature's. A run with more broken answers than
+    plain sampling's at the ladder's β = 0 is marked ``broken`` (its place on the chart is not a better
+    trade-off: looping text is diverse between answers and likely within them)."""
     rungs = ladder(traces)
     base = diversities[rungs[0.0]] if 0.0 in rungs else None
     points = []
@@ -418,7 +434,7 @@ def tradeoff_points(traces: Sequence[RunTrace], diversities: Sequence[Diversity]
         series, setting = config_series(t.config)
         point = {"series": series, "setting": setting, "diversity": d.cosine_distance.value,
                  "diversity_low": d.cosine_distance.low, "diversity_high": d.cosine_distance.high,
-                 "perplexity": d.perplexity, "loops": d.loops_more_than(base)}
+                 "perplexity": d.perplexity, "broken": d.breaks_more_than(base)}
         if rungs.get(0.0) == i and len(rungs) > 1:
             points.append({**point, "series": "esamp", "setting": "β=0"})
         points.append(point)
@@ -452,10 +468,11 @@ def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
             card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse",
                  help="how surprised the model itself is by the answers (lower = more fluent; text that loops "
                       "is likely text, so a low perplexity alone does not mean good text)"),
-            card("Answers that loop", current.degenerate, b.degenerate, "d", "inverse",
-                 help=f"answers more than {metrics.DEGENERATE_SEQ_REP_4:.0%} of whose token 4-grams repeat an earlier "
-                      "one of their own (\"sapphire sapphire sapphire\", \",,,,,,\"): broken text, whatever the "
-                      "diversity says"),
+            card("Broken answers", current.broken, b.broken, "d", "inverse",
+                 help=f"answers that loop (more than {metrics.DEGENERATE_SEQ_REP_4:.0%} of their token 4-grams repeat "
+                      "an earlier one of their own: \"sapphire sapphire sapphire\", \",,,,,,\") or glue letters into "
+                      f"a non-word of {metrics.GLUED_TOKENS} tokens or more (\"spacespacespacename\", \"✨✨✨✨\"): "
+                      "broken text, whatever the diversity says"),
             card("Novelty", current.mean_novelty, b.mean_novelty, ".3f",
                  help="mean relative novelty ‖e‖/‖h‖ of the answers' tokens: 1 = the distiller no better than "
                       "predicting nothing")]

@@ -66,7 +66,7 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             **{f"esamp, pretrained, ≤ {e:g} nats": dict(start="pretrained", max_kl=e, **PAPER)
                for e in (0.05, 0.1, 0.2)},
             "esamp noise, pretrained, ≤ 0.1 nats": dict(start="pretrained", max_kl=0.1, noise=True, **PAPER),
-            **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.5, 1, 2)},
+            **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.3, 0.5, 1, 2)},
             "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True),
             **{f"esamp noise, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True, noise=True)
                for e in (0.2, 0.5)}}

@@ -83,7 +83,8 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp, leveled, ≤ 2 nats": "#44AA99"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
-METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "copy_rate", "kl", "within_distinct_2")
+METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "glued", "broken", "copy_rate", "kl",
+           "within_distinct_2")
 
 
 def runs(sampling: SamplingConfig, betas=BETAS, temperatures=TEMPERATURES, variants=(),

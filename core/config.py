@@ -123,9 +123,10 @@ class EsampConfig:
     # this many nats (KL to the filtered reference) from plain sampling's; where the paper's fusion at
     # β would move it further, that token gets the largest β below that stays within. None: unbounded
     # (the paper's fusion, which on the embedded model loops in about half of its 128-token answers at
-    # β = 1.5); 0: no push at all. 0.5, with the leveled push below: what held at 32 and 128 tokens
-    # (bench.frontier, docs/results.md; with the paper's push 0.2 held).
-    max_kl: float | None = 0.5
+    # β = 1.5); 0: no push at all. 0.3, with the leveled push below: the largest bound that held at 32,
+    # 128 and 256 tokens with broken answers counted as loops and glued non-words (bench.frontier,
+    # docs/results.md "Glued non-words"; 0.5 held at 128 and 256, not at 32).
+    max_kl: float | None = 0.3
     # The push less its part along the reference logits (core.esamp.fusion.level): where the distiller's
     # prediction is broad the paper's fusion also sharpens (a lower temperature, which makes a small
     # model's long answers loop); leveled, it only moves mass between tokens. True: what held at 32 and

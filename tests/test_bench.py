@@ -21,7 +21,7 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
     assert list(report["methods"]) == labels
     for r in report["methods"].values():
         assert set(r["summary"]) == {"cosine_distance", "vendi", "distinct_2", "self_bleu", "perplexity", "seq_rep_4",
-                                     "degenerate"}
+                                     "degenerate", "glued", "broken"}
         assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
         assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
     assert report["prompts"] == quality.read_prompts()[:2] and len(quality.read_prompts()) >= 24

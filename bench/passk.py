@@ -58,8 +58,10 @@ def _esamp_label(beta: float, esamp: EsampConfig) -> str:
 
 
 APP_DEFAULT = _esamp_label(1.5, EsampConfig()) + " (the app's default)"
-# What reports made before the leveled push (2026-12-04) called their ESamp methods: ``--add-to`` reads them so.
-RENAMED = {"esamp β=1.5, ≤ 0.2 nats (the app's default)": "esamp β=1.5, ≤ 0.2 nats (the default until 2026-12-04)"}
+# What reports made under earlier defaults called the app's default: ``--add-to`` reads them so.
+RENAMED = {"esamp β=1.5, ≤ 0.2 nats (the app's default)": "esamp β=1.5, ≤ 0.2 nats (the default until 2026-12-04)",
+           "esamp β=1.5, leveled, ≤ 0.5 nats (the app's default)":
+               "esamp β=1.5, leveled, ≤ 0.5 nats (the default until 2026-12-05)"}
 
 
 def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:

@@ -375,3 +375,31 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
     assert text.count("| 4 |") == len(prompts) * len(ladder)  # one row a run, its seeds counted together
     assert text.count("of 2 |") == len(prompts) * len(ladder)  # ... of two seeds
     assert text.count("#### ") == len(prompts) * len(ladder)  # the first seed's answers listed
+
+
+def _frontier_row(series: str, cfg: RunConfig, div: float, ppl: float, **per_prompt: list[float]) -> dict:
+    """A frontier report's row, by hand: its diversity and perplexity, and per-prompt shares of broken text."""
+    return {"series": series, "config": cfg.to_dict(), "per_prompt": per_prompt,
+            "summary": {"cosine_distance": {"mean": div}, "perplexity": {"mean": ppl}}}
+
+
+def test_the_frontiers_rule_takes_the_most_diverse_run_that_breaks_no_more_than_plain():
+    from bench import frontier
+    from core import SamplingConfig, methods
+
+    sampling = SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9)
+    none, some = [0.0] * 4, [0.25, 0.1875, 0.25, 0.3125]  # shares of 16 answers over 4 prompts
+    plain = _frontier_row("plain", methods.plain(sampling, 1.0), 0.55, 9.0, degenerate=none, broken=none)
+    hot = _frontier_row("plain", methods.plain(sampling, 1.3), 0.75, 100.0, degenerate=none, broken=some)
+    holds = _frontier_row("esamp", methods.esamp(sampling, 0.5), 0.60, 10.0, degenerate=none, broken=none)
+    glues = _frontier_row("esamp", methods.esamp(sampling, 1.5), 0.65, 12.0, degenerate=none, broken=some)
+    assert frontier.breaks_more(glues, plain) and not frontier.breaks_more(holds, plain)
+    assert frontier.choose([plain, hot, holds, glues]) is holds  # the more diverse one glues non-words
+    # A row measured before glued non-words were counted has loops only: it is compared on those
+    older = _frontier_row("esamp", methods.esamp(sampling, 1.0), 0.62, 11.0, degenerate=none)
+    assert not frontier.breaks_more(older, plain) and frontier.choose([plain, hot, holds, older]) is older
+    assert frontier.breaks_more(_frontier_row("esamp", methods.esamp(sampling, 1.0), 0.62, 11.0, degenerate=some),
+                                plain)
+    # and none is taken whose perplexity is worse than temperature's at its diversity
+    assert frontier.choose([plain, hot, _frontier_row("esamp", methods.esamp(sampling, 1.5), 0.60, 90.0,
+                                                      degenerate=none, broken=none)]) is None

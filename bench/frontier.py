@@ -316,7 +316,8 @@ def main(argv=None) -> int:
             s, setting = results[label][-1]["summary"], point(results[label][-1])["setting"]
             print(f"{label:11s} {series} {setting:7s} cos {s['cosine_distance']['mean']:.3f}"
                   f" ppl {s['perplexity']['mean']:.2f} seq-rep-4 {s.get('seq_rep_4', {}).get('mean', math.nan):.3f}"
-                  f" loops {s.get('degenerate', {}).get('mean', math.nan):.3f} "
+                  f" loops {s.get('degenerate', {}).get('mean', math.nan):.3f}"
+                  f" broken {s.get('broken', {}).get('mean', math.nan):.3f} "
                   f"({'kept' if done else f'{time.perf_counter() - t_start:.0f} s so far'})", file=sys.stderr,
                   flush=True)
         results[label] += [r for r in kept if r not in results[label]]  # what this run does not repeat stays

@@ -14,7 +14,7 @@ from viz.metrics import bootstrap_difference, bootstrap_interval, vendi_score
 from viz.spread import Projection, hull, spread_figure
 from viz.style import run_colours
 from viz.summary import (colour_order, current_point, diversity, file_label, ladder, learning_sentence,
-                         metric_cards, noise_sentence, tradeoff_points)
+                         metric_cards, noise_sentence, prompt_scores, tradeoff_points)
 
 
 def spread_out(n: int, dims: int = 64, seed: int = 0) -> np.ndarray:
@@ -118,6 +118,15 @@ def trace_of(config: RunConfig, texts=("a", "b", "c"), novelty=0.5, prompt="p") 
                     prompts=[PromptTrace(prompt, 3, [])], samples=samples, timings=Timings(1.0, len(texts), 3.0))
 
 
+def two_letter_tokens(trace: RunTrace) -> None:
+    """Each answer's tokens made from its text: its words cut in pieces of two characters (a word's first
+    piece after a space), each piece's id the sum of its characters' codes."""
+    for s in trace.samples:
+        pieces = [(" " if i and not k else "") + w[k:k + 2] for i, w in enumerate(s.text.split())
+                  for k in range(0, len(w), 2)]
+        s.tokens = [replace(s.tokens[0], id=sum(map(ord, p)), text=p) for p in pieces] or s.tokens
+
+
 BASE = RunConfig(sampling=SamplingConfig(n=3, max_new_tokens=4, seed=1))
 
 
@@ -166,11 +175,8 @@ def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
 def test_a_run_with_more_broken_answers_than_plains_is_crossed_out_where_it_sits(broken):
     configs = beta_ladder(BASE, [0.0, 0.5])
     traces = [trace_of(configs[0]), trace_of(configs[1], texts=broken)]
-    for t in traces:  # each answer's tokens: its words cut in pieces of two characters, as ids
-        for s in t.samples:
-            pieces = [(" " if i and not k else "") + w[k:k + 2] for i, w in enumerate(s.text.split())
-                      for k in range(0, len(w), 2)]
-            s.tokens = [replace(s.tokens[0], id=sum(map(ord, p)), text=p) for p in pieces] or s.tokens
+    for t in traces:
+        two_letter_tokens(t)
     emb = spread_out(6)
     stats = [diversity(t, emb[3 * i:3 * i + 3], [2.0, 2.0, 2.0]) for i, t in enumerate(traces)]
     assert (stats[0].broken, stats[1].broken) == (0, 3) and stats[1].breaks_more_than(stats[0])
@@ -298,3 +304,12 @@ def test_the_distance_strip_shows_each_runs_spread_in_the_metrics_order():
     assert all(len(t.x) == 8 * 7 // 2 and t.boxmean for t in fig.data)
     assert drawn == pytest.approx({k: mean_pairwise_cosine_distance(e) for k, e in runs.items()})
     assert sorted(drawn, key=drawn.get) == sorted(runs, key=lambda k: mean_pairwise_cosine_distance(runs[k]))
+
+
+def test_prompt_scores_count_loops_glued_non_words_and_either():
+    texts = ["la la la la la la la la", "It is a redefittoredpurplespruceous hue", "A deep red"]
+    trace = trace_of(BASE, texts=texts)
+    two_letter_tokens(trace)
+    scores = prompt_scores(trace, spread_out(3), [2.0, 2.0, 2.0])
+    assert scores.degenerate == pytest.approx([1 / 3]) and scores.glued == pytest.approx([1 / 3])
+    assert scores.broken == pytest.approx([2 / 3])  # either: the loop and the glued one

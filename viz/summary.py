@@ -99,11 +99,12 @@ def prompt_scores(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float
         ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
         out.perplexity.append(float(np.mean(ppl)) if ppl else math.nan)
         ids, pieces = _tokens(trace, idx)
-        out.seq_rep_4.append(float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else math.nan)
-        out.degenerate.append(metrics.degenerate_share(ids) if ids else math.nan)
-        out.glued.append(float(np.mean([metrics.glued_run(p) >= metrics.GLUED_TOKENS for p in pieces]))
-                         if ids else math.nan)
-        out.broken.append(metrics.degenerate_share(ids, pieces) if ids else math.nan)
+        rep = [metrics.seq_rep(a, 4) for a in ids]
+        loops = [r > metrics.DEGENERATE_SEQ_REP_4 for r in rep]  # metrics.is_degenerate, its two parts apart
+        glued = [metrics.glued_run(p) >= metrics.GLUED_TOKENS for p in pieces]
+        for values, share in ((rep, out.seq_rep_4), (loops, out.degenerate), (glued, out.glued),
+                              ([a or b for a, b in zip(loops, glued)], out.broken)):
+            share.append(float(np.mean(values)) if ids else math.nan)
     return out
 
 

@@ -403,3 +403,45 @@ def test_the_frontiers_rule_takes_the_most_diverse_run_that_breaks_no_more_than_
     # and none is taken whose perplexity is worse than temperature's at its diversity
     assert frontier.choose([plain, hot, _frontier_row("esamp", methods.esamp(sampling, 1.5), 0.60, 90.0,
                                                       degenerate=none, broken=none)]) is None
+
+
+def test_ending_quick_compares_plain_esamp_and_the_noise_ablation_with_plain_cut_alike(tmp_path):
+    from app.settings import DEFAULTS
+    from bench import ending
+
+    out, table = tmp_path / "e.json", tmp_path / "e.md"
+    assert ending.main(["--quick", "--backend", "transformers", "--json", str(out), "--markdown", str(table)]) == 0
+    report = json.loads(out.read_text())
+    runs = ["plain", "plain T=1.15", "esamp (the app's top rung)", "esamp, noise in place of the error"]
+    assert list(report["runs"]) == list(report["configs"]) == runs
+    configs = {k: RunConfig.from_dict(c) for k, c in report["configs"].items()}
+    assert [c.method for c in configs.values()] == ["plain", "plain", "esamp", "esamp"]
+    top = configs["esamp (the app's top rung)"].esamp
+    assert (top.beta, top.max_kl, top.noise) == (max(float(b) for b in DEFAULTS["ladder"].split(",")),
+                                                 DEFAULTS["max_kl"], False)
+    assert configs["esamp, noise in place of the error"].esamp == replace(top, noise=True)
+    for name, r in report["runs"].items():
+        assert 0 <= r["ended"] <= 1 and 0 < r["mean_length"] <= 8 and 0 <= r["diversity"] <= 2
+        assert ("plain_cut_like_it" in r) == ("gain" in r) == ("gain_from_lengths" in r) == (name != "plain")
+        assert len(r["per_prompt"]) == 2 and r["diversity"] == pytest.approx(sum(r["per_prompt"]) / 2)
+        if name != "plain":
+            gain = [a - b for a, b in zip(r["per_prompt"], report["runs"]["plain"]["per_prompt"])]
+            assert r["gain"]["mean"] == pytest.approx(sum(gain) / 2)
+    text = table.read_text()
+    assert text.count("\n| ") == 1 + len(runs) and "ESamp's diversity − its noise ablation's" in text
+
+
+def test_cutting_answers_like_another_runs_pairs_them_one_to_one():
+    import itertools
+    import random
+
+    from bench.ending import cut_like
+
+    rng = random.Random(0)
+    assert cut_like([10, 20, 30], [40, 50, 60], rng) == [10, 20, 30]  # the other run's answers are all longer
+    lengths, like = [10, 20, 30, 40], [5, 25, 8, 40]
+    pairings = {tuple(min(a, b) for a, b in zip(lengths, perm)) for perm in itertools.permutations(like)}
+    drawn = {tuple(cut_like(lengths, like, random.Random(seed))) for seed in range(50)}
+    assert drawn <= pairings and len(drawn) > 1  # each answer paired with one of the other's, at random
+    with pytest.raises(ValueError, match="one to one"):
+        cut_like([1, 2], [1], rng)

@@ -69,7 +69,7 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.3, 0.5, 1, 2)},
             "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True),
             **{f"esamp noise, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True, noise=True)
-               for e in (0.2, 0.5)}}
+               for e in (0.2, 0.3, 0.5)}}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
 VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",
@@ -80,7 +80,8 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp, leveled, ≤ 0.2 nats": "#332288", "esamp, leveled, unbounded": "#117733",
                    "esamp noise, leveled, ≤ 0.2 nats": "#88CCEE", "esamp, leveled, ≤ 0.5 nats": "#AA4499",
                    "esamp noise, leveled, ≤ 0.5 nats": "#DDCC77", "esamp, leveled, ≤ 1 nats": "#CC6677",
-                   "esamp, leveled, ≤ 2 nats": "#44AA99"}
+                   "esamp, leveled, ≤ 2 nats": "#44AA99", "esamp, leveled, ≤ 0.3 nats": "#882255",
+                   "esamp noise, leveled, ≤ 0.3 nats": "#661100"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "glued", "broken", "copy_rate", "kl",
@@ -192,11 +193,12 @@ def choose(rows: list[dict]) -> dict | None:
     """The rule the app's defaults follow, under one filter: of the ESamp runs more diverse than plain
     sampling at T = 1, those whose share of broken answers is no worse than plain's (the paired
     difference over prompts within two standard errors of 0, or below it) and whose perplexity is no
-    worse than temperature's at the same diversity; the one with the largest diversity gain. None: none holds."""
+    worse than temperature's at the same diversity; the one with the largest diversity gain. None: none holds.
+    The noise ablation (noise in place of the error) is a control, never a choice."""
     plain = _plain(rows)
     best, gain = None, 0.0
     for r in rows:
-        if r["series"] == "plain" or "degenerate" not in r.get("per_prompt", {}):
+        if r["series"] == "plain" or "degenerate" not in r.get("per_prompt", {}) or r["config"]["esamp"].get("noise"):
             continue
         div = r["summary"]["cosine_distance"]["mean"]
         holds = not breaks_more(r, plain) and r["summary"]["perplexity"]["mean"] <= temperature_perplexity(rows, div)

@@ -400,6 +400,10 @@ def test_the_frontiers_rule_takes_the_most_diverse_run_that_breaks_no_more_than_
     assert not frontier.breaks_more(older, plain) and frontier.choose([plain, hot, holds, older]) is older
     assert frontier.breaks_more(_frontier_row("esamp", methods.esamp(sampling, 1.0), 0.62, 11.0, degenerate=some),
                                 plain)
+    # nor the noise ablation, however it fares: it is the control
+    noise = _frontier_row("esamp noise", replace(methods.esamp(sampling, 1.5), esamp=replace(
+        methods.esamp(sampling, 1.5).esamp, noise=True)), 0.64, 10.0, degenerate=none, broken=none)
+    assert frontier.choose([plain, hot, holds, noise]) is holds
     # and none is taken whose perplexity is worse than temperature's at its diversity
     assert frontier.choose([plain, hot, _frontier_row("esamp", methods.esamp(sampling, 1.5), 0.60, 90.0,
                                                       degenerate=none, broken=none)]) is None

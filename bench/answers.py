@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import itertools
+import math
 from pathlib import Path
 
 from bench import publish
@@ -22,6 +23,8 @@ from core import generate_runs, load_model
 from core.backends.hardware import describe
 from viz import metrics
 from viz.summary import config_label
+
+DRAWS_SHOWN = 40  # a broken answer's first draws listed under it
 
 PROMPTS = [DEFAULTS["prompt"], "Write a short story about a lighthouse keeper.",
            "Give me three ideas for a science fair project."]
@@ -57,7 +60,11 @@ def main(argv=None) -> int:
                          # how the fusion moved them: sharper (lower entropy) or flatter. (Not the chosen
                          # token's log p change: drawn from p_new, its mean is the KL the bound sets.)
                          "sharper": sum(t.entropy_new < t.entropy_ref for t in guided),
-                         "entropy_change": sum(t.entropy_new - t.entropy_ref for t in guided)})
+                         "entropy_change": sum(t.entropy_new - t.entropy_ref for t in guided),
+                         # a broken answer's draws: how likely each was before the fusion and after
+                         "draws": [[(t.text, round(math.exp(t.logp_ref), 4), round(math.exp(t.logp_new), 4))
+                                    for t in s.tokens] if metrics.is_degenerate(i) or g >= metrics.GLUED_TOKENS
+                                   else None for s, i, g in zip(trace.samples, ids, glued)]})
     own = ("model", "backend", "prompt", "tokens", "n", "beta", "seed")  # said apart, or not a run's setting
     shared = {k: v for k, v in DEFAULTS.items() if k not in own}
     report = {"cpu": describe(), "model": lm.name, "backend": lm.backend, "dtype": str(lm.dtype).removeprefix("torch."),
@@ -92,9 +99,14 @@ def markdown(report: dict) -> str:
         if r["seed"] != seeds[0]:
             continue
         lines += ["", f"#### {r['tokens']} tokens, {label(r)}: {text(r['prompt'])}", ""]
-        lines += [f"- [{s:.2f}]{'*' if loop else ''}{'†' if glued else ''} {text(a)}"
-                  for a, s, loop, glued in zip(r["answers"], r["seq_rep_4"], r["loops"],
-                                               r.get("glued", [False] * len(r["answers"])))]
+        for i, (a, s, loop, glued) in enumerate(zip(r["answers"], r["seq_rep_4"], r["loops"],
+                                                    r.get("glued", [False] * len(r["answers"])))):
+            lines.append(f"- [{s:.2f}]{'*' if loop else ''}{'†' if glued else ''} {text(a)}")
+            draws = r["draws"][i] if "draws" in r else None  # a report written before 2026-12-05 has none
+            if draws:
+                lines.append("  - its draws, p before the fusion → after: " + ", ".join(
+                    f"{html.escape(repr(piece), quote=False)} {ref:.3f}→{new:.3f}"  # text, as the answers
+                    for piece, ref, new in draws[:DRAWS_SHOWN]))
     return "\n".join(lines) + "\n"
 
 

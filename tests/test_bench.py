@@ -367,6 +367,8 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
         assert all(0 <= s <= 1 and loop == (s > metrics.DEGENERATE_SEQ_REP_4)
                    for s, loop in zip(r["seq_rep_4"], r["loops"]))
         assert all(0 <= g <= 4 and glued == (g >= metrics.GLUED_TOKENS) for g, glued in zip(r["glued_run"], r["glued"]))
+        # a broken answer's draws are listed, token by token, with p before and after the fusion; no other's
+        assert [d is not None for d in r["draws"]] == [a or b for a, b in zip(r["loops"], r["glued"])]
         # plain moves no token; ESamp moves the tokens after each answer's first (no warm-up; an EOS may come early)
         assert (r["guided"] == 0) == (r["method"] == "plain") and r["guided"] <= 2 * 3
         assert 0 <= r["sharper"] <= r["guided"]
@@ -449,3 +451,21 @@ def test_cutting_answers_like_another_runs_pairs_them_one_to_one():
     assert drawn <= pairings and len(drawn) > 1  # each answer paired with one of the other's, at random
     with pytest.raises(ValueError, match="one to one"):
         cut_like([1, 2], [1], rng)
+
+
+def test_answers_lists_a_broken_answers_draws_as_text():
+    from bench.answers import markdown
+
+    run = {"tokens": 4, "prompt": "p", "seed": 0, "method": "esamp", "run": "esamp β=1.5", "beta": 1.5, "max_kl": 0.3,
+           "answers": ["<b>x", "ok"], "seq_rep_4": [0.5, 0.0], "loops": [True, False], "glued_run": [1, 1],
+           "glued": [False, False], "guided": 2, "sharper": 1, "entropy_change": 0.1,
+           "draws": [[("<b>", 0.001, 0.002), ("x", 0.5, 0.4)], None]}
+    report = {"cpu": {"cpu": "X", "cpus": 2, "torch_cpu_capability": "AVX2"}, "model": "m", "backend": "b",
+              "dtype": "float32", "settings": {}, "n": 2, "seeds": [0], "runs": [run]}
+    lines = markdown(report).splitlines()
+    at = lines.index("- [0.50]* &lt;b&gt;x")
+    assert lines[at + 1] == "  - its draws, p before the fusion → after: '&lt;b&gt;' 0.001→0.002, 'x' 0.500→0.400"
+    assert lines[at + 2] == "- [0.00] ok"  # an answer that is not broken: no draws
+    assert "<b>" not in "\n".join(lines)
+    del run["draws"]  # a report written before they were kept
+    assert "its draws" not in markdown(report)

@@ -15,6 +15,7 @@ import argparse
 import html
 import itertools
 import math
+import statistics
 from pathlib import Path
 
 from bench import publish
@@ -61,6 +62,10 @@ def main(argv=None) -> int:
                          # token's log p change: drawn from p_new, its mean is the KL the bound sets.)
                          "sharper": sum(t.entropy_new < t.entropy_ref for t in guided),
                          "entropy_change": sum(t.entropy_new - t.entropy_ref for t in guided),
+                         # the draws follow the distribution recorded: the mean log p of the drawn tokens is
+                         # about minus the mean entropy (a check of the sampler, not of ESamp)
+                         "logp_drawn": statistics.fmean(t.logp_new for s in trace.samples for t in s.tokens),
+                         "entropy": statistics.fmean(t.entropy_new for s in trace.samples for t in s.tokens),
                          # a broken answer's draws: how likely each was before the fusion and after
                          "draws": [[(t.text, round(math.exp(t.logp_ref), 4), round(math.exp(t.logp_new), 4))
                                     for t in s.tokens] if metrics.is_degenerate(i) or g >= metrics.GLUED_TOKENS

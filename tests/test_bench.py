@@ -369,6 +369,7 @@ def test_answers_reads_every_run_of_the_apps_first_generate_with_its_loops(tmp_p
         assert all(0 <= g <= 4 and glued == (g >= metrics.GLUED_TOKENS) for g, glued in zip(r["glued_run"], r["glued"]))
         # a broken answer's draws are listed, token by token, with p before and after the fusion; no other's
         assert [d is not None for d in r["draws"]] == [a or b for a, b in zip(r["loops"], r["glued"])]
+        assert r["logp_drawn"] <= 0 and r["entropy"] >= 0
         # plain moves no token; ESamp moves the tokens after each answer's first (no warm-up; an EOS may come early)
         assert (r["guided"] == 0) == (r["method"] == "plain") and r["guided"] <= 2 * 3
         assert 0 <= r["sharper"] <= r["guided"]

@@ -1,7 +1,8 @@
 """The answers Explore's default Generate gives, to read: every run of the app's first Generate (its
 β ladder, `app.settings.DEFAULTS`) on a few prompts and lengths, each answer with its seq-rep-4, a
-mark where it loops and one where it glues a non-word (`viz.metrics`). What a person reads on the
-page, as a report (the answers HTML-escaped: model output is untrusted text).
+mark where it loops and one where it glues a non-word (`viz.metrics`), and under a broken answer its
+draws, each token's probability before the fusion and after (did the push make it?). What a person
+reads on the page, as a report (the answers HTML-escaped: model output is untrusted text).
 
     python -m bench.answers                              # the default prompt and two more, 32 and 128 tokens
     python -m bench.answers --backend vllm --tokens 256 --markdown /tmp/answers.md

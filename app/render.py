@@ -344,10 +344,12 @@ def _metrics_and_commands(traces: Sequence[RunTrace], labels: list[str], stats: 
 
 def _answers(trace: RunTrace, label: str, signal: str, prompt_index: int, value_range: tuple[float, float]) -> None:
     st.subheader(label)
+    idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
+    ended = sum(trace.samples[i].finish_reason == "eos" for i in idx)  # ESamp's answers end sooner (results.md)
     st.caption(f"{trace.timings.tokens_per_s:.1f} tokens/s · {trace.timings.new_tokens} tokens · "
                + md(f"{trace.backend} · {trace.device} · {trace.dtype}")
+               + f" · {ended} of {len(idx)} answers ended by the model"
                + (" · stopped early" if trace.stopped else ""))
-    idx = [i for i, s in enumerate(trace.samples) if s.prompt_index == prompt_index]
     st.html(heatmap.heatmap_html(trace, signal, samples=idx, value_range=value_range))
 
 

@@ -103,6 +103,9 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     esamp = at.session_state["explore_job"].traces[1]
     assert esamp.config.esamp.max_kl == 0.3 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 0.3 + 1e-6
     assert esamp.config.esamp.keep_entropy
+    for trace in at.session_state["explore_job"].traces:  # each run says how many of its answers the model ended
+        ended = sum(s.finish_reason == "eos" for s in trace.samples)
+        assert any(f" · {ended} of {len(trace.samples)} answers ended by the model" in c.value for c in at.caption)
 
 
 def test_the_warm_up_goes_from_the_link_into_every_run_and_the_command(monkeypatch):

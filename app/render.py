@@ -149,7 +149,8 @@ def _headline(traces: Sequence[RunTrace], labels: list[str], prompt_emb: list, s
     elif now is not None and base is not None and now != base:
         said = noise_sentence(labels[base], prompt_emb[base], labels[now], prompt_emb[now],
                               max_n=serving.policy().limits.max_n,
-                              broken=(stats[base].broken, stats[now].broken))
+                              broken=(stats[base].broken, stats[now].broken),
+                              lengths=(stats[base].mean_tokens, stats[now].mean_tokens))
         (st.warning if stats[now].breaks_more_than(stats[base]) else st.info)(said)
     for col, card in zip(st.columns(4), metric_cards(stats[focus], stats[base] if base is not None else None)):
         col.metric(card["label"], card["value"], card["delta"], delta_color=card["delta_color"],

@@ -108,6 +108,24 @@ def test_the_noise_sentence_never_calls_a_run_with_more_broken_answers_more_dive
     assert "broken" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), broken=(2, 2))
 
 
+def test_the_noise_sentence_says_when_shorter_answers_are_part_of_more_diversity():
+    said = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), lengths=(112.4, 99.9))
+    assert "more diverse" in said and "shorter (100 tokens on average against 112)" in said
+    assert "part of the difference is length" in said
+    broken = noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1), broken=(0, 3),
+                            lengths=(112.4, 99.9))
+    assert "not exploration." in broken and broken.endswith("part of the difference is length.")
+    # not when the lengths are close, nor when b is not more diverse, nor within the noise
+    assert "shorter" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1),
+                                           lengths=(112.4, 105.0))
+    assert "shorter" not in noise_sentence("esamp β=1", spread_out(8, seed=1), "plain", clustered(8),
+                                           lengths=(112.4, 50.0))
+    assert "shorter" not in noise_sentence("plain", spread_out(8, seed=1), "esamp β=1", spread_out(8, seed=2),
+                                           lengths=(112.4, 50.0))
+    assert "shorter" not in noise_sentence("plain", clustered(8), "esamp β=1", spread_out(8, seed=1),
+                                           lengths=(float("nan"), 50.0))
+
+
 # ---- which runs form the ladder ------------------------------------------------------------------
 
 def trace_of(config: RunConfig, texts=("a", "b", "c"), novelty=0.5, prompt="p") -> RunTrace:
@@ -180,6 +198,8 @@ def test_a_run_with_more_broken_answers_than_plains_is_crossed_out_where_it_sits
     emb = spread_out(6)
     stats = [diversity(t, emb[3 * i:3 * i + 3], [2.0, 2.0, 2.0]) for i, t in enumerate(traces)]
     assert (stats[0].broken, stats[1].broken) == (0, 3) and stats[1].breaks_more_than(stats[0])
+    assert (stats[0].mean_tokens, stats[0].ended) == (1.0, 3)  # one token each (trace_of), ended at EOS
+    assert stats[1].as_row()["mean tokens"] > 1 and stats[1].as_row()["ended by the model"] == 3
     points = tradeoff_points(traces, stats)
     assert [p["broken"] for p in points] == [False, True, False]  # β=0, β=0.5; plain T=1
     crossed = sweep_figure(points).data[-1]

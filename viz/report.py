@@ -103,7 +103,8 @@ def prepare(traces: Sequence[RunTrace], perplexities: Sequence[Sequence[float]] 
         if 0.0 in rungs:
             base = rungs[0.0]
             sentences = [noise_sentence(labels[base], per_run[base], labels[i], per_run[i], max_n=max_n,
-                                        broken=(stats[base].broken, stats[i].broken))
+                                        broken=(stats[base].broken, stats[i].broken),
+                                        lengths=(stats[base].mean_tokens, stats[i].mean_tokens))
                          for b, i in rungs.items() if b > 0]
         figures["tradeoff"] = charts.sweep_figure(tradeoff_points(traces, stats))
     figures["novelty"] = charts.novelty_figure(traces, labels, relative=True)

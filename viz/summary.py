@@ -351,6 +351,8 @@ class Diversity:
     mean_novelty: float | None  # mean relative novelty of the answers' tokens
     seq_rep_4: float = 0.0  # mean over the answers of their own token seq-rep-4 (metrics.seq_rep)
     broken: int = 0  # answers that loop or glue a non-word (metrics.is_degenerate): broken text
+    mean_tokens: float = math.nan  # the answers' mean length in tokens
+    ended: int = 0  # answers the model ended (EOS) before the token limit
 
     def as_row(self, current: bool = False) -> dict:
         cos, ven = self.cosine_distance, self.vendi
@@ -359,7 +361,9 @@ class Diversity:
                 "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
                 "perplexity": None if not _finite(self.perplexity) else round(self.perplexity, 2),
                 "repeated 4-grams": round(self.seq_rep_4, 3), "broken answers": self.broken,
-                "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3)}
+                "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3),
+                "mean tokens": None if not _finite(self.mean_tokens) else round(self.mean_tokens, 1),
+                "ended by the model": self.ended}
 
     def breaks_more_than(self, base: "Diversity | None") -> bool:
         """Whether more of these answers are broken than of ``base``'s (plain sampling's)."""
@@ -375,20 +379,31 @@ def diversity(trace: RunTrace, emb: np.ndarray, perplexities: Sequence[float] | 
     ppl = [perplexities[i] for i in idx if perplexities and _finite(perplexities[i])]
     rel = [t.rel_novelty for i in idx for t in trace.samples[i].tokens if t.rel_novelty is not None]
     ids, pieces = _tokens(trace, idx)
+    lengths = [len(trace.samples[i].tokens) for i in idx]
     return Diversity(run_label(trace), len(idx), metrics.bootstrap_interval(e, "cosine_distance", seed=seed),
                      metrics.bootstrap_interval(e, "vendi", seed=seed), float(np.mean(ppl)) if ppl else math.nan,
                      float(np.mean(rel)) if rel else None,
                      float(np.mean([metrics.seq_rep(a, 4) for a in ids])) if ids else 0.0,
-                     sum(metrics.is_degenerate(a, p) for a, p in zip(ids, pieces)))
+                     sum(metrics.is_degenerate(a, p) for a, p in zip(ids, pieces)),
+                     float(np.mean(lengths)) if lengths else math.nan,
+                     sum(trace.samples[i].finish_reason == "eos" for i in idx))
+
+
+SHORTER = 0.9  # b's answers at most this share of a's mean length are "shorter" (see noise_sentence)
 
 
 def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndarray, seed: int = 0,
-                   max_n: int | None = None, broken: tuple[int, int] = (0, 0)) -> str:
+                   max_n: int | None = None, broken: tuple[int, int] = (0, 0),
+                   lengths: tuple[float, float] | None = None) -> str:
     """One plain sentence on whether b's answers are more or less diverse (mean pairwise cosine
     distance) than a's beyond the noise of this many answers (a bootstrap interval of the difference).
     ``max_n``: the most answers the user can ask for (no advice to ask for more past it); ``broken``:
     how many of a's and of b's answers are broken (``Diversity.broken``): where b has more,
-    the sentence says so, and never calls b more diverse without it."""
+    the sentence says so, and never calls b more diverse without it. ``lengths``: a's and b's mean
+    answer lengths (``Diversity.mean_tokens``): where b is more diverse and its answers are shorter
+    (``SHORTER``), the sentence says that part of the difference is length. ESamp's answers end sooner
+    at 128 tokens and more, and plain sampling's own answers cut to ESamp's lengths were measured a
+    quarter of ESamp's gain more diverse (docs/results.md, "Ending sooner")."""
     n_a, n_b = len(emb_a), len(emb_b)
     if min(n_a, n_b) < metrics.MIN_BOOTSTRAP_ANSWERS:
         return (f"With {min(n_a, n_b)} answer(s) per setting there is no telling noise from effect: "
@@ -410,8 +425,13 @@ def noise_sentence(label_a: str, emb_a: np.ndarray, label_b: str, emb_b: np.ndar
     more = "more" if d.value > 0 else "less"
     said = f"{label_b}'s answers are {more} diverse than {label_a}'s beyond the noise of {answers} ({interval})"
     if broken and more == "more":
-        return f"{said}, but {broken}: part of that diversity is broken text, not exploration."
-    return said + (f"; and {broken}." if broken else ".")
+        said = f"{said}, but {broken}: part of that diversity is broken text, not exploration."
+    else:
+        said += f"; and {broken}." if broken else "."
+    if more == "more" and lengths is not None and all(map(_finite, lengths)) and lengths[1] <= SHORTER * lengths[0]:
+        said += (f" Its answers are also shorter ({lengths[1]:.0f} tokens on average against {lengths[0]:.0f}), and "
+                 "shorter answers differ more by themselves: part of the difference is length.")
+    return said
 
 
 def _bounds(interval: metrics.Interval, digits: int = 3) -> str:

@@ -1,5 +1,6 @@
 """Semantic spread (real embedder, UMAP and its fallbacks) and the self-contained report."""
 
+import math
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from core import RunConfig, RunTrace, SamplingConfig, generate
+from core.scoring import recorded_perplexities
 from viz import charts
 from viz.spread import embed, project_2d, spread_figure
 
@@ -101,6 +103,9 @@ def test_report_is_valid_html_with_no_external_resources(lm, tmp_path):
     doc.feed(html)
     assert not [u for u in doc.urls if re.match(r"(https?:)?//", u)]
     assert "esamp β=0.25" in html and "Semantic spread" in html and "plotly" in html.lower()
+    for t in runs:  # each run's perplexity from its trace's recorded log-probabilities, as the app shows it
+        ppl = [p for p in recorded_perplexities(t) if math.isfinite(p)]
+        assert f"<td>{round(sum(ppl) / len(ppl), 2)}</td>" in html
     assert RunTrace.load(tmp_path / "report.run0-esamp.json") == runs[0]
     assert sorted(p.name for p in images.iterdir()) == [
         "loss.png", "loss.svg", "novelty.png", "novelty.svg", "spread.png", "spread.svg", "tradeoff.png",

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.scoring import recorded_perplexities
 from core.trace import RunTrace
 
 from .heatmap import SIGNALS
@@ -31,7 +32,10 @@ def main(argv=None) -> int:
         print(f"error: cannot read a run trace: {exc}", file=sys.stderr)
         return 2
     try:
-        for p in write_report(traces, a.output, images=a.images, signal=a.signal):
+        # each run's perplexities from the log-probabilities its trace recorded (a light trace has none: "–")
+        recorded = [recorded_perplexities(t) for t in traces]
+        perplexities = recorded if any(r is not None for r in recorded) else None
+        for p in write_report(traces, a.output, images=a.images, signal=a.signal, perplexities=perplexities):
             print(f"wrote {p}")
     except Exception as exc:  # one line, never a traceback; ESAMP_DEBUG=1 shows it
         if os.environ.get("ESAMP_DEBUG"):

@@ -30,11 +30,12 @@ def _cell(v) -> str:
 
 
 def rows_table_html(rows: Sequence[dict]) -> str:
-    """A table of dicts (one row each, the same keys), escaped."""
+    """A table of dicts (one row each, the same keys; numbers rounded as they should show), escaped."""
     if not rows:
         return ""
     head = "".join(f"<th>{escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{'–' if v is None else escape(str(v))}</td>" for v in r.values())
+                   + "</tr>" for r in rows)
     return f'<table class="esx-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 

@@ -50,7 +50,12 @@ def reproduce_command(trace: RunTrace) -> str:
     return command_for(trace.config, trace.prompts[0].text, model, trace.backend)
 
 
-def nearest(values: Sequence[float], wanted: float | None, default: float = 0.5) -> float:
+# Where the β slider opens when nothing asks otherwise (a new Generate's link, a run reopened from History):
+# the top rung of the default ladder, ESamp at the strength its defaults were chosen for (app/settings.py).
+DEFAULT_BETA = 1.5
+
+
+def nearest(values: Sequence[float], wanted: float | None, default: float = DEFAULT_BETA) -> float:
     """The value closest to ``wanted`` (or to ``default``)."""
     target = default if wanted is None else wanted
     return min(values, key=lambda v: (abs(v - target), v))

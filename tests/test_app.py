@@ -272,12 +272,14 @@ def test_an_unknown_model_is_refused_with_a_clear_message(tmp_path):
 
 
 def test_history_reopens_a_saved_run_with_its_pictures():
-    explore("Name a fruit.")
+    ran = explore("Name a fruit.", ladder="0,0.25,1")
     at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
-    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 7  # the fork chart and the tree too
-    assert at.select_slider[0].options == ["0 (plain)", "0.25"]  # the ladder reopens with its slider
+    assert len(at.get("html")) == 3  # plain and β = 1 side by side, β = 0.25 among the other answers
+    assert len(at.get("plotly_chart")) == 7  # the fork chart and the tree too
+    assert at.select_slider[0].options == ["0 (plain)", "0.25", "1"]  # the ladder reopens with its slider,
+    assert at.select_slider[0].value == ran.select_slider[0].value == 1  # on the rung Explore opened it on
 
 
 def test_sweep_beta_and_temperature():

@@ -487,8 +487,9 @@ def metric_cards(current: Diversity, base: Diversity | None) -> list[dict]:
     return [card("Diversity", current.cosine_distance.value, b.cosine_distance.value, ".3f",
                  help="mean cosine distance between the answers' sentence embeddings: 0 = all say the same"),
             card("Perplexity", current.perplexity, b.perplexity, ".2f", "inverse",
-                 help="how surprised the model itself is by the answers (lower = more fluent; text that loops "
-                      "is likely text, so a low perplexity alone does not mean good text)"),
+                 help="how surprised the model itself is by the answers, the mean of each answer's (lower = more "
+                      "fluent; one broken answer can raise it a lot; text that loops is likely text, so a low "
+                      "perplexity alone does not mean good text)"),
             card("Broken answers", current.broken, b.broken, "d", "inverse",
                  help=f"answers that loop (more than {metrics.DEGENERATE_SEQ_REP_4:.0%} of their token 4-grams repeat "
                       "an earlier one of their own: \"sapphire sapphire sapphire\", \",,,,,,\") or glue letters into "

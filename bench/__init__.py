@@ -5,6 +5,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
+PROMPTS_FILE = Path(__file__).parent / "prompts" / "open_ended.txt"  # the benchmarks' open-ended prompts
+
+
+def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:
+    """One prompt a line, blank lines left out."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
 
 def publish(report: dict, json_path: Path | None, markdown_path: Path | None,
             markdown: Callable[[dict], str]) -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 
-from .quality import machine, read_prompts, write_report
+from . import read_prompts
+from .quality import machine, write_report
 
 
 def mean_rel_novelty(trace, start: int, length: int) -> list[float]:

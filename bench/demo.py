@@ -28,9 +28,8 @@ from app.settings import DEFAULTS, esamp_of, parse_ladder
 from core import RunConfig, SamplingConfig, beta_ladder, generate, generate_runs, load_model
 from core.backends import installed_backends
 from core.backends.hardware import describe
+from core.methods import FILTERS
 from core.scoring import trace_perplexities
-
-from .frontier import FILTERS
 from viz import metrics, spread
 from viz.summary import diversity, ladder, split_by_run
 

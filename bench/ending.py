@@ -30,7 +30,8 @@ from app.settings import DEFAULTS, settings_of
 from core import RunConfig, generate_runs, load_model
 from viz import metrics, spread
 
-from .quality import default_backend, machine, read_prompts, write_report
+from . import read_prompts
+from .quality import default_backend, machine, write_report
 
 DRAWS = 5  # random pairings of plain's answers with ESamp's lengths
 ESAMP, NOISE = "esamp (the app's top rung)", "esamp, noise in place of the error"

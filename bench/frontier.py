@@ -40,17 +40,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import RunConfig, SamplingConfig, generate, load_model, methods
+from core.methods import FILTERS
 from core.scoring import trace_perplexities
 from viz import charts, metrics, spread
 from viz.report import write_images
 from viz.summary import prompt_scores
 
-from .quality import default_backend, machine, read_prompts, write_report
+from . import read_prompts
+from .quality import default_backend, machine, write_report
 
-# (label, filter settings): top-k off wherever top-p or min-p is the point.
-FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "top-p 0.95": dict(top_k=0, top_p=0.95),
-           "min-p 0.05": dict(top_k=0, min_p=0.05), "min-p 0.1": dict(top_k=0, min_p=0.1),
-           "min-p 0.2": dict(top_k=0, min_p=0.2)}
 BETAS = (0.25, 0.5, 1.0, 1.5)  # and β = 0: plain sampling at T = 1
 TEMPERATURES = (0.7, 1.3, 1.6)  # plain sampling's curve besides T = 1
 # Named ESamp variants (each a series of its own), run at each of --variant-betas under --variant-filters.

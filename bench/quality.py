@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 from core import RunConfig, SamplingConfig, generate, load_model
 from core.methods import compared
 from core.backends import installed_backends
@@ -31,7 +30,7 @@ from viz import charts, spread
 from viz.report import write_images
 from viz.summary import PromptScores, prompt_scores, sweep_point
 
-PROMPTS_FILE = Path(__file__).parent / "prompts" / "open_ended.txt"
+from . import read_prompts
 
 
 def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
@@ -43,10 +42,6 @@ def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
 
 def default_backend() -> str:
     return installed_backends()[-1]  # vLLM when installed
-
-
-def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def score(trace, perplexities: list[float], embedder) -> dict:

@@ -35,7 +35,7 @@ from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 from core.backends.hardware import describe
 
 from .client import connect, running_server
-from .quality import read_prompts
+from . import read_prompts
 from .speed import parse_workload
 
 VARIANTS = ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native", "served-esamp",

@@ -44,9 +44,9 @@ from core.backends.hardware import describe
 from core.backends.hf.loop import left_pad
 from core.esamp.clock import PARTS
 from core.esamp.distiller import DistillerBank
+from core.methods import FILTERS
 
-from .frontier import FILTERS
-from .quality import read_prompts
+from . import read_prompts
 
 PROMPTS = read_prompts()
 WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],

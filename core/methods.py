@@ -9,6 +9,11 @@ from typing import Sequence
 from .config import EsampConfig, RunConfig, SamplingConfig
 
 MIN_P = 0.1  # the paper's min-p baseline, with top-k off: min-p alone decides the candidates
+# The candidate sets the benchmarks compare, by label (SamplingConfig's filter fields): top-k off wherever
+# top-p or min-p is the point.
+FILTERS = {"top-k 50": dict(top_k=50), "top-p 0.9": dict(top_k=0, top_p=0.9), "top-p 0.95": dict(top_k=0, top_p=0.95),
+           "min-p 0.05": dict(top_k=0, min_p=0.05), "min-p 0.1": dict(top_k=0, min_p=MIN_P),
+           "min-p 0.2": dict(top_k=0, min_p=0.2)}
 
 
 def esamp(sampling: SamplingConfig, beta: float, noise: bool = False, **settings) -> RunConfig:

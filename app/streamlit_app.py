@@ -1,6 +1,9 @@
 """ESamp Explorer: the Streamlit entry point. `./run app` starts it on the embedded model.
 
-Runs before every page: the model choice in the sidebar is one choice shared by all pages."""
+Runs before every page: the model choice in the sidebar is one choice shared by all pages. The pages'
+links run along the top and the sidebar starts folded, so that a page has the whole width of a
+classroom projector (1024 px: 864 px of content against 564 beside an open sidebar); each page says
+which model it runs on and where to change it (``settings.model_caption``)."""
 
 import logging
 import os
@@ -21,7 +24,8 @@ if not _log.handlers:
     _log.propagate = False
     _level = os.environ.get("ESAMP_LOG_LEVEL", "INFO").upper()
     _log.setLevel(_level if isinstance(logging.getLevelName(_level), int) else logging.INFO)
-st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide")
+st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide",
+                   initial_sidebar_state="collapsed")
 try:
     serving.policy()
 except ValueError as exc:  # a server's setting, named, instead of a traceback on every page
@@ -34,4 +38,4 @@ pages = [
     st.Page("views/runs.py", title="History", icon=":material/history:", url_path="history"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
-st.navigation(pages).run()
+st.navigation(pages, position="top").run()

@@ -73,7 +73,7 @@ st.header("Try it on the loaded model")
 history, history_error = open_history()
 if history is None:
     st.warning(f"Runs are not saved: {render.md(history_error)} See the History page.")
-st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
+settings.model_caption()
 with st.form("learn"):
     prompt = st.text_input("Prompt", "Invent a name for a new colour and describe it.")
     c1, c2 = st.columns(2)

@@ -26,7 +26,7 @@ class Sweep:
 
 
 st.title("Sweep")
-st.caption(f"Runs on {render.md(settings.chosen_model().label)} (choose the model in the sidebar).")
+settings.model_caption()
 limits = serving.policy().limits
 history, history_error = open_history()
 if history is None:

@@ -208,9 +208,14 @@ def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(ser
     page.goto(f"{server}/learn?model=/models/from-a-link")
     page.wait_for_selector("text=Try it on the loaded model", timeout=60_000)
     expect(page.locator("text=Runs on /models/from-a-link")).to_be_visible(timeout=10_000)
+    # The sidebar starts folded (the page has the projector's whole width): its button to open it shows, and
+    # opens it ("» at the top left", as the page's caption says). Folded, its inputs lie left of the window.
+    unfold = page.get_by_test_id("stExpandSidebarButton")
+    expect(unfold).to_be_visible(timeout=10_000)
     model = page.get_by_role("textbox", name="Model")
-    expect(model).to_be_hidden()  # the sidebar starts folded: the page has the projector's whole width
-    page.get_by_test_id("stExpandSidebarButton").click()  # "» at the top left", as the page's caption says
+    expect(model).not_to_be_in_viewport()
+    unfold.click()
+    expect(model).to_be_in_viewport(timeout=10_000)
     expect(model).to_have_value("/models/from-a-link", timeout=10_000)
     model.fill("/models/typed")
     model.press("Enter")

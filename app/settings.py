@@ -191,7 +191,9 @@ def _server_caption(url: str) -> None:
         lm = get_model("", serving.SERVER)
     except Exception as exc:  # noqa: BLE001 - ModelLoadError, or anything the server answers
         st.sidebar.error(md(exc))
+        st.session_state.server_error = str(exc)  # the pages say it too: the sidebar starts folded
         return
+    st.session_state.pop("server_error", None)
     st.sidebar.markdown(f"**Model:** {md(lm.name)}  \n**Runs on** the ESamp server at {md(url)} "
                         f"({md(str(lm.device))}, {md(str(lm.dtype).removeprefix('torch.'))})")
 
@@ -205,6 +207,8 @@ def model_caption() -> None:
     """Which model a page's runs use, and where to change it: the sidebar starts folded (streamlit_app.py)."""
     where = "" if serving.policy().server else " (choose the model in the sidebar: » at the top left)"
     st.caption(f"Runs on {md(chosen_model().label)}{where}.")
+    if serving.policy().server and st.session_state.get("server_error"):
+        st.error(md(st.session_state.server_error))
 
 
 def load_chosen_model(slot=None) -> LanguageModel | None:

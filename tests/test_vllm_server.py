@@ -561,6 +561,8 @@ def test_the_app_says_when_its_server_cannot_be_reached(monkeypatch, tmp_path):
         at = open_page("explore")
         assert not at.exception, at.exception
         assert any("Cannot reach an ESamp server" in e.value for e in at.sidebar.error)
+        # and on the page, where the form says what it runs on: the sidebar starts folded
+        assert any("Cannot reach an ESamp server" in e.value for e in at.main.error), [e.value for e in at.main.error]
     finally:
         get_model.clear()
 

@@ -16,8 +16,8 @@ from core.config import MAX_BETA, continuation
 from core.options import SETTINGS, Option, config_of, get
 from core.tasks import Task, tasks_from_jsonl
 
-from . import render, serving
-from .render import md, nearest
+from . import serving
+from .render import DEFAULT_BETA, md, nearest
 from .resources import get_model
 
 
@@ -41,7 +41,7 @@ class Settings:
     config: RunConfig  # the sampling settings every run shares
     ladder: tuple[float, ...]  # β values: plain sampling at 0, ESamp above
     temperatures: tuple[float, ...] = ()  # plain sampling at these temperatures too (optional)
-    beta: float = render.DEFAULT_BETA  # where the slider stands
+    beta: float = DEFAULT_BETA  # where the slider stands
 
     def configs(self) -> list[RunConfig]:
         """The runs, in order: the β ladder, then the temperatures not already on it (plain at the
@@ -80,7 +80,7 @@ FIELDS = [
     Field("prompt", str, "Invent a name for a new colour and describe it.", lambda m, s: s.prompt),
     Field("ladder", str, "0,0.5,1,1.5", lambda m, s: _numbers(s.ladder)),
     Field("temps", str, "", lambda m, s: _numbers(s.temperatures)),
-    Field("beta", float, render.DEFAULT_BETA, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
+    Field("beta", float, DEFAULT_BETA, lambda m, s: f"{s.beta:g}"),  # as the slider writes it: "1", "0.25"
     *(_setting(o) for o in SETTINGS if o.url),
 ]
 DEFAULTS = {f.key: f.default for f in FIELDS}
@@ -205,9 +205,10 @@ def chosen_model() -> ModelChoice:
 
 def model_caption() -> None:
     """Which model a page's runs use, and where to change it: the sidebar starts folded (streamlit_app.py)."""
-    where = "" if serving.policy().server else " (choose the model in the sidebar: » at the top left)"
+    server = serving.policy().server
+    where = "" if server else " (choose the model in the sidebar: » at the top left)"
     st.caption(f"Runs on {md(chosen_model().label)}{where}.")
-    if serving.policy().server and st.session_state.get("server_error"):
+    if server and st.session_state.get("server_error"):
         st.error(md(st.session_state.server_error))
 
 

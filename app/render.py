@@ -33,6 +33,13 @@ def md(text: object) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
+# Every page's style (the entry point draws it): Streamlit leaves 128 px above a page's title and has no
+# setting for it; on a projector's 768 px that pushed Explore's Generate off the first screen. 72 px keeps
+# the title clear of the 60 px bar of page links. The selector is Streamlit's own test id (1.67):
+# tests/test_browser.py checks where the title and Generate land.
+PAGE_STYLE = "<style>[data-testid='stMainBlockContainer']{padding-top:72px}</style>"
+
+
 # Where ESamp changed the pick first: it reads at a glance (plain sampling is all white), while
 # relative novelty is above 1 for most of a short answer's tokens, a distiller still learning.
 PICKER_ORDER = ("logp_gain", "kl", "rel_novelty", "novelty", "entropy", "p_ref")

@@ -254,32 +254,35 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
                               help=f"At most {limits.max_prompt_chars:,} characters. Model output is shown as text, "
                                    "never as HTML.")
         prompt_error = st.empty()
-        mode = st.radio("Mode", ["chat", "raw continuation"], index=0 if d["raw"] else 1, horizontal=True,
+        # What most runs change first, then Generate, then the method's and the sampler's details: on a
+        # classroom projector (1024x768) the button is on the first screen (tests/test_browser.py checks it).
+        c1, c2, c3 = st.columns([1, 1, 1.2])
+        mode = c1.radio("Mode", ["chat", "raw continuation"], index=0 if d["raw"] else 1, horizontal=True,
                         help="chat wraps the prompt in the model's chat template")
-        c1, c2 = st.columns(2)
-        ladder_text = c1.text_input("β ladder", d["ladder"], max_chars=200, help=LADDER_HELP)
-        temps_text = c2.text_input("Also plain sampling at temperatures (optional)", d["temps"], max_chars=200,
+        ladder_text = c2.text_input("β ladder", d["ladder"], max_chars=200, help=LADDER_HELP)
+        temps_text = c3.text_input("Also plain at temperatures (optional)", d["temps"], max_chars=200,
                                    placeholder="e.g. 0.7, 1.3, 1.6",
                                    help="To see where ESamp's curve lies against temperature's, for this prompt.")
         ladder_error = st.empty()
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
         n = c1.number_input("Samples per prompt (n)", 1, limits.max_n, int(_clamp(d["n"], 1, limits.max_n)))
         tokens = c2.number_input("Max new tokens", 1, limits.max_new_tokens,
                                  int(_clamp(d["tokens"], 1, limits.max_new_tokens)))
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
-        warmup = c4.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
+        submitted = c4.form_submit_button("Generate", type="primary", width="stretch")
+        model_error = st.empty()
+        st.caption("ESamp's push and the candidates (the defaults are what held on the benchmarks; each ? says more)")
+        c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+        warmup = c1.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
                                  int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
-        max_kl = c4.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
+        max_kl = c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
                                  float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
-        level = st.checkbox("Leveled push: ESamp moves probability between tokens, without the part of its push "
-                            "that acts as a lower temperature", bool(d["level"]), help=LEVEL_HELP)
+        level = c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]), help=LEVEL_HELP)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
         top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
         top_p = c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01)
         min_p = c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01)
-        submitted = st.form_submit_button("Generate", type="primary")
-        model_error = st.empty()
     if not submitted:
         return None
     problem = prompt_problem(prompt, limits.max_prompt_chars)

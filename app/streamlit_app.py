@@ -11,7 +11,7 @@ import os
 import streamlit as st
 
 from app import serving
-from app.render import md
+from app.render import PAGE_STYLE, md
 from app.settings import model_picker
 
 # The app's own log (each generation it starts) on the server's stderr, once per process (this script
@@ -26,6 +26,7 @@ if not _log.handlers:
     _log.setLevel(_level if isinstance(logging.getLevelName(_level), int) else logging.INFO)
 st.set_page_config(page_title="ESamp Explorer", page_icon=":material/explore:", layout="wide",
                    initial_sidebar_state="collapsed")
+st.html(PAGE_STYLE)  # a projector's first screen: render.py
 try:
     serving.policy()
 except ValueError as exc:  # a server's setting, named, instead of a traceback on every page

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.render import md
+from app.render import PAGE_STYLE, md
 from app.settings import DEFAULTS, parse_ladder
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
@@ -66,6 +66,11 @@ def open_page(name: str) -> AppTest:
     return at.run()
 
 
+def shown_html(at: AppTest) -> list:
+    """The page's st.html blocks (answers, heatmaps), without the entry point's page style."""
+    return [h for h in at.get("html") if h.proto.body != PAGE_STYLE]
+
+
 def texts(at: AppTest) -> str:
     return " ".join(str(e.value) for e in [*at.success, *at.markdown, *at.caption, *at.info, *at.error, *at.warning])
 
@@ -90,7 +95,7 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert not at.exception, at.exception
     assert "Saved as run" in texts(at)
     assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=0.25"]
-    htmls = [h for h in at.get("html")]
+    htmls = shown_html(at)
     assert len(htmls) == 2 and all("esx-tok" in h.proto.body for h in htmls)
     assert len(at.get("plotly_chart")) == 7  # spread, distances, where β sits, the forks, the tree, loss, novelty
     assert any(h.value.startswith("Where ESamp steered") for h in at.subheader)
@@ -190,7 +195,7 @@ def test_the_beta_slider_moves_across_the_ladder_without_generating_again(monkey
         label = "plain" if beta == 0 else f"esamp β={beta:g}"
         shown = ["plain"] if beta == 0 else ["plain", label]  # at β = 0 plain alone, else beside ESamp
         assert [h.value for h in at.subheader][:len(shown) + 1] == [*shown, "Semantic spread"]
-        heatmaps = tuple(h.proto.body for h in at.get("html")[:len(shown)])  # the others are in an expander
+        heatmaps = tuple(h.proto.body for h in shown_html(at)[:len(shown)])  # the others are in an expander
         answers = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if "customdata" in t]
         assert answers[-1]["name"] == label and answers[-1]["marker"]["size"] > answers[0]["marker"]["size"]
         seen.append((heatmaps, tuple(metric_values(at)), at.query_params["beta"]))
@@ -213,8 +218,8 @@ def test_an_answer_opens_from_the_spread_with_its_heatmap():
     assert picker.value is None and len(picker.options) == 1 + 6  # none, then every answer of both runs
     picker.select("1:2").run()
     assert not at.exception, at.exception
-    opened = at.get("html")[-1].proto.body
-    assert len(at.get("html")) == 3 and job.traces[1].samples[2].tokens[0].text.strip()[:3] in opened
+    opened = shown_html(at)[-1].proto.body
+    assert len(shown_html(at)) == 3 and job.traces[1].samples[2].tokens[0].text.strip()[:3] in opened
     assert "answer 3" in picker.format_func("1:2")  # the same number as on its card
     tokens = next(d.value for d in at.dataframe if "relative novelty" in d.value.columns)  # no hover needed
     assert list(tokens["#"]) == list(range(1, len(job.traces[1].samples[2].tokens) + 1))
@@ -238,7 +243,7 @@ def test_a_bad_ladder_is_refused_next_to_the_widget(monkeypatch, ladder, temps, 
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     fields = {t.label: t for t in at.text_input}
     fields["β ladder"].input(ladder)
-    fields["Also plain sampling at temperatures (optional)"].input(temps)
+    fields["Also plain at temperatures (optional)"].input(temps)
     at.button[0].click().run()
     assert not at.exception
     assert any(error in e.value.replace("\\", "") for e in at.error), [e.value for e in at.error]
@@ -276,7 +281,7 @@ def test_history_reopens_a_saved_run_with_its_pictures():
     at = open_page("runs")
     assert not at.exception, at.exception
     assert len(at.dataframe) >= 2  # the run list and the reopened run's metrics
-    assert len(at.get("html")) == 3  # plain and β = 1 side by side, β = 0.25 among the other answers
+    assert len(shown_html(at)) == 3  # plain and β = 1 side by side, β = 0.25 among the other answers
     assert len(at.get("plotly_chart")) == 7  # the fork chart and the tree too
     assert at.select_slider[0].options == ["0 (plain)", "0.25", "1"]  # the ladder reopens with its slider,
     assert at.select_slider[0].value == ran.select_slider[0].value == 1  # on the rung Explore opened it on
@@ -345,7 +350,7 @@ def test_learn_page_steps_through_a_fusion():
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.exception, at.exception
     assert any(f"fusion step at β = {DEFAULTS['beta']:g}" in h.value for h in at.subheader)
-    assert len(at.get("plotly_chart")) == 2 and len(at.get("html")) == 1
+    assert len(at.get("plotly_chart")) == 2 and len(shown_html(at)) == 1
     job = at.session_state["learn_job"]
     assert tuple(t.config.beta for t in job.traces) == parse_ladder(DEFAULTS["ladder"])  # the default ladder
     before = at.dataframe[0].value
@@ -467,7 +472,7 @@ def test_explore_still_generates_with_a_damaged_history(damaged_db):
     at.button[0].click()
     run_until(at, lambda a: "Done." in texts(a))
     assert not at.exception, at.exception
-    assert len(at.get("html")) == 2 and "Runs are not saved" in texts(at)
+    assert len(shown_html(at)) == 2 and "Runs are not saved" in texts(at)
 
 
 def test_history_moves_a_damaged_file_aside_and_starts_fresh(damaged_db):
@@ -489,7 +494,7 @@ def test_hostile_url_parameters_are_clamped_and_the_page_renders():
     at.run()
     assert not at.exception, at.exception
     fields = {t.label: t.value for t in at.text_input}
-    assert fields["β ladder"] == "<script>" and fields["Also plain sampling at temperatures (optional)"] == "1e99"
+    assert fields["β ladder"] == "<script>" and fields["Also plain at temperatures (optional)"] == "1e99"
     n, tokens, seed, warmup, max_kl, temperature, top_k, top_p, min_p = (w.value for w in at.number_input)
     assert (n, tokens, seed, warmup, top_k) == (16, 1, 0, 0, 0) and temperature == 1.0 and top_p == 0.01
     assert min_p == 0.0 and max_kl == 0.0

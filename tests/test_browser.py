@@ -123,6 +123,19 @@ def in_view(page, locator) -> bool:
     return box is not None and 0 <= box["y"] < page.viewport_size["height"]
 
 
+def test_generate_is_on_a_projectors_first_screen(server, browser):
+    """At 1024x768 a teacher who opens the app sees the prompt and Generate without scrolling: the
+    page's top margin is trimmed (app/streamlit_app.py) and the details come after the button."""
+    page, _ = open_page(browser, server, (1024, 768))
+    page.goto(server)
+    button = page.get_by_role("button", name="Generate")
+    button.wait_for(timeout=PAGE_MS)
+    box = button.bounding_box()
+    assert box["y"] + box["height"] <= 768, box
+    assert in_view(page, page.get_by_text("Explore", exact=True).last)  # the title, under the page links
+    assert page.locator("h1").first.bounding_box()["y"] >= 60  # clear of the 60 px bar of page links
+
+
 def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(server, browser, tmp_path):
     """At 1024x768 (a classroom projector) what just finished is on screen without scrolling: the form
     folded away, the run's "saved" line, its β slider and the sentence that compares it with plain's."""

@@ -515,18 +515,18 @@ def app_on_server(server, monkeypatch, tmp_path):
 
 
 def test_the_app_on_a_server_generates_there_shows_everything_and_reopens_from_history(app_on_server, server):
-    from test_app import explore, open_page, texts
+    from test_app import explore, open_page, shown_html, texts
 
     at = explore(ladder="0,1")
     assert not at.exception, at.exception
     assert f"the ESamp server at {md_url(server)}" in " ".join(m.value for m in at.sidebar.markdown)
     assert [h.value for h in at.subheader][:2] == ["plain", "esamp β=1"]
-    assert len(at.get("html")) == 2 and len(at.get("plotly_chart")) == 7  # heatmaps; 7 charts
+    assert len(shown_html(at)) == 2 and len(at.get("plotly_chart")) == 7  # heatmaps; 7 charts
     assert "server · cpu · float32" in texts(at)  # where the runs ran
     assert any("--backend vllm" in c.value for c in at.code)  # the command reproduces it on the server's machine
     at = open_page("runs")
     assert not at.exception, at.exception
-    assert len(at.get("html")) == 2 and at.select_slider[0].options == ["0 (plain)", "1"]
+    assert len(shown_html(at)) == 2 and at.select_slider[0].options == ["0 (plain)", "1"]
 
 
 def md_url(url: str) -> str:

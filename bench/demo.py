@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-kl", type=float, default=DEFAULTS["max_kl"],
                    help="ESamp's bound on each token's push, nats; 0: none (the app's default)")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed, first-seed + 1, ...: another draw than a benchmark's seed 0")
     p.add_argument("--filter", choices=list(FILTERS), default=None,
                    help="the candidate set (bench.frontier's names); default: the app's")
     p.add_argument("--json", type=Path)
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
         for prompt, n, tokens, ladder_text in itertools.product(args.prompts, args.n, args.tokens, args.ladders):
             betas = parse_ladder(ladder_text)
             times, diffs = [], {}
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
                 esamp = esamp_of(args.warmup, args.max_kl, DEFAULTS["level"])  # as the form makes it
                 configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
                          "filter": filter_label(candidates), "dtype": str(lm.dtype).removeprefix("torch."),
                          "tokens": tokens, "ladder": ladder_text, "warmup": args.warmup, "max_kl": args.max_kl,
-                         "seeds": args.seeds,
+                         "seeds": args.seeds, "first_seed": args.first_seed,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
                          # and of those, the seeds where no more of ESamp's answers are broken than plain's
@@ -128,9 +130,11 @@ def filter_label(candidates: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    cpu = report["cpu"]
+    cpu, first = report["cpu"], report["rows"][0] if report["rows"] else {"seeds": 0}
+    seeds = f"{first['seeds']} seeds" + (f" ({first['first_seed']} to {first['first_seed'] + first['seeds'] - 1})"
+                                         if first.get("first_seed") else "")
     lines = [f"Measured {report['date']} on {cpu['cpu']} ({cpu['cpus']} cores, {cpu['torch_cpu_capability']}): one "
-             f"Explore Generate, warm, over {report['rows'][0]['seeds'] if report['rows'] else 0} seeds. Start-up "
+             f"Explore Generate, warm, over {seeds}. Start-up "
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
              "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | bound (nats) | "

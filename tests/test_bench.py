@@ -187,17 +187,17 @@ def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
 
     out, table = tmp_path / "d.json", tmp_path / "d.md"
     assert demo.main(["--backends", "transformers", "--n", "3", "--tokens", "3", "--ladders", "0,0.5,1",
-                      "--seeds", "2", "--json", str(out), "--markdown", str(table)]) == 0
+                      "--seeds", "2", "--first-seed", "3", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["rows"]
-    settings = (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"])
-    assert settings == ("transformers", 3, 3, "0,0.5,1", 2)
+    settings = (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"], row["first_seed"])
+    assert settings == ("transformers", 3, 3, "0,0.5,1", 2, 3)
     assert set(row["seeds_showing_effect"]) == set(row["differences"]) == {"0.5", "1"}
     assert all(0 <= k <= 2 for k in row["seeds_showing_effect"].values())
     assert all(0 <= row["seeds_showing_effect_unbroken"][b] <= k for b, k in row["seeds_showing_effect"].items())
     assert all(len(ds) == 2 and all(len(d) == 4 for d in ds) for ds in row["differences"].values())
     assert len(row["times_s"]) == 2 and row["startup_s"] > 0 and report["cpu"]["cpu"]
-    assert "| transformers |" in table.read_text()
+    assert "| transformers |" in table.read_text() and "over 2 seeds (3 to 4)" in table.read_text()
 
 
 def test_dtype_quick_reports_both_dtypes_and_the_tokens_across_them(tmp_path):

@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(*o.flags, dest=o.dest, action="store_true", help=o.help)
         else:
             kind = o.type if isinstance(o.type, type) else _word(o.type)  # argparse words int and float's errors
-            g.add_argument(*o.flags, dest=o.dest, type=kind, default=get(defaults, o.field),
-                           choices=o.choices, help=o.help)
+            default = get(defaults, o.field)
+            shown = o.text(default) if default not in ((), "") and "default" not in (o.help or "") else None
+            helped = " ".join(filter(None, [o.help, shown and f"(default: {shown})"])).replace("%", "%%")
+            g.add_argument(*o.flags, dest=o.dest, type=kind, default=default, choices=o.choices,
+                           metavar=None if o.choices else o.name.upper(), help=helped or None)
     g.add_argument("--json", type=Path, help="write the full run trace here")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser

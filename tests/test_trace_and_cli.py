@@ -161,3 +161,15 @@ def test_a_command_shows_only_what_differs_from_the_defaults_besides_the_samplin
     assert not any(flag in line for flag in ("--scope", "--fire", "--noise", "--raw", "--trace", "--no-shadow"))
     assert "--raw" in command_for(RunConfig(chat=False), "hi") and "--fire-top-k 20" in command_for(
         RunConfig(method="fire"), "hi")
+
+
+def test_the_command_lines_help_names_each_settings_default_by_its_own_name():
+    from core.cli import build_parser
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    text = " ".join(generate.format_help().split())
+    defaults = RunConfig()
+    assert "-n N, --n N samples per prompt (default: 4)" in text and "SAMPLING__" not in text
+    assert f"--beta BETA exploration strength (esamp) (default: {defaults.esamp.beta:g})" in text
+    assert f"(default: {defaults.esamp.max_kl:g})" in text and "(default: esamp)" in text
+    assert "(default: ())" not in text and "(default: 64)" not in text  # no empty default; none said twice

@@ -271,18 +271,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
         submitted = c4.form_submit_button("Generate", type="primary", width="stretch")
         model_error = st.empty()
-        st.caption("ESamp's push and the candidates (the defaults are what held on the benchmarks; each ? says more)")
-        c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-        warmup = c1.number_input("Warm-up (tokens)", 0, limits.max_new_tokens,
-                                 int(_clamp(d["warmup"], 0, limits.max_new_tokens)), help=WARMUP_HELP)
-        max_kl = c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
-                                 float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
-        level = c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]), help=LEVEL_HELP)
-        c1, c2, c3, c4 = st.columns(4)
-        temperature = c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05)
-        top_k = c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))
-        top_p = c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01)
-        min_p = c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01)
+        warmup, max_kl, level, temperature, top_k, top_p, min_p = _details(d, limits.max_new_tokens)
     if not submitted:
         return None
     problem = prompt_problem(prompt, limits.max_prompt_chars)
@@ -305,6 +294,23 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         return None
     lm = load_chosen_model(model_error)
     return None if lm is None or not _fits(lm, chosen, prompt_error) else (chosen, lm)
+
+
+def _details(d: dict, max_new_tokens: int) -> tuple:
+    """The form's rows under Generate: ESamp's push (warm-up, bound, leveled) and the candidates (temperature,
+    top-k, top-p, min-p), as the URL's values ``d`` set them."""
+    st.caption("ESamp's push and the candidates (the defaults are what held on the benchmarks; each ? says more)")
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    warmup = c1.number_input("Warm-up (tokens)", 0, max_new_tokens, int(_clamp(d["warmup"], 0, max_new_tokens)),
+                             help=WARMUP_HELP)
+    max_kl = c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
+                             float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
+    level = c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]), help=LEVEL_HELP)
+    c1, c2, c3, c4 = st.columns(4)
+    return (warmup, max_kl, level, c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05),
+            c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000))),
+            c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01),
+            c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01))
 
 
 def _fits(lm: LanguageModel, chosen: Settings, slot) -> bool:

@@ -3,6 +3,7 @@ the embedded model, and the check that novelty is higher on contexts the distill
 
     python -m bench.distiller                       # 2 prompts x 16 samples x 128 tokens, every design
     python -m bench.distiller --quick --json /tmp/d.json
+    python -m bench.distiller --starts              # where a run's distiller starts, and how it is trained
 
 1. Plain sampling (T=1, top-k 50, EOS ignored, seed 5) generates each prompt's answers with
    ``core.generate``; one teacher-forced forward pass per prompt gives the states a run sees at
@@ -92,22 +93,28 @@ START_PROMPTS = ["Describe a city in the year 3000.", "Write a short poem about 
                  "What would you pack for a month on a desert island, and why?"]
 PRIME_STEPS = (4, 16, 32)  # Adam steps on the prompt's own states before the answer's first token
 BANDS = ((0, 1), (1, 9), (9, 17), (17, 32))  # the first token; the warm-up's 8; the next 8; the rest of 32
+# A fresh distiller trained otherwise, as the public reference trains its own (ESAMP.md: lr 1e-3, one gated
+# block of rank 64); its LayerNorm output, gate bias and taps are not among DistillerBank's options.
+FRESH_VARIANTS = (("lr 1e-3", {"lr": 1e-3}), ("1 block", {"blocks": 1}),
+                  ("1 block, lr 1e-3", {"blocks": 1, "lr": 1e-3}))
 
 
 def starts(lm, seed: int, tokens: int = 32, probe: int = 16, n: int = 16) -> list[dict]:
     """Where a run's distiller starts, measured over an answer's first ``tokens``: fresh (the paper), first
-    trained k steps on the prompt's own states, and the model's pretrained distiller (core.backends.start:
-    what ships). Plain sampling's answers (top-p 0.9, the app's candidates), replayed online; relative
-    novelty by band of positions, and at ``probe`` on the own prompt's states against the next prompt's."""
+    trained k steps on the prompt's own states, the model's pretrained distiller (core.backends.start:
+    what ships), and fresh ones trained as the public reference trains its own (``FRESH_VARIANTS``). Plain
+    sampling's answers (top-p 0.9, the app's candidates), replayed online; relative novelty by band of
+    positions, and at ``probe`` on the own prompt's states against the next prompt's."""
     from core.backends import start
 
     data = {p: states(lm, p, n, tokens, seed, prompt_states=True, top_k=0, top_p=0.9) for p in START_PROMPTS}
-    cfg = EsampConfig()
+    default = EsampConfig()
     pretrained = start.initial_for(lm, RunConfig(esamp=EsampConfig(start="pretrained")))
-    variants = [("fresh", None, 0)] + [(f"prompt x{k}", None, k) for k in PRIME_STEPS] + [
-        ("pretrained", pretrained, 0)]
+    variants = [("fresh", None, 0, default)] + [(f"prompt x{k}", None, k, default) for k in PRIME_STEPS] + [
+        ("pretrained", pretrained, 0, default)] + [(f"fresh, {name}", None, 0, dataclasses.replace(default, **change))
+                                                  for name, change in FRESH_VARIANTS]
     out = []
-    for name, initial, prime in variants:
+    for name, initial, prime, cfg in variants:
         curves, probes = [], []
         for own, other in zip(START_PROMPTS, START_PROMPTS[1:] + START_PROMPTS[:1]):
             (s, h), (sp, hp) = data[own]
@@ -178,7 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=",".join(installed_backends()), help="for the check through generate()")
     ap.add_argument("--quick", action="store_true", help="4 samples x 16 tokens, probe at 8: checks the plumbing")
     ap.add_argument("--starts", action="store_true", help="only where a run's distiller starts: fresh, primed on "
-                    "the prompt, pretrained (4 prompts x 16 answers x 32 tokens, top-p 0.9)")
+                    "the prompt, pretrained, fresh with the reference's lr and depth (4 prompts x 16 answers x 32 "
+                    "tokens, top-p 0.9)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="folder for the learning-curve plot (PNG, SVG)")

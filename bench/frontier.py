@@ -67,7 +67,11 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             **{f"esamp, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True) for e in (0.2, 0.3, 0.5, 1, 2)},
             "esamp, leveled, unbounded": dict(max_kl=None, keep_entropy=True),
             **{f"esamp noise, leveled, ≤ {e:g} nats": dict(max_kl=e, keep_entropy=True, noise=True)
-               for e in (0.2, 0.3, 0.5)}}
+               for e in (0.2, 0.3, 0.5)},
+            # the distiller trained at the public reference's lr (bench.distiller --starts: it learns faster)
+            **{f"esamp, leveled, ≤ {e:g} nats, lr 1e-3": dict(max_kl=e, keep_entropy=True, lr=1e-3)
+               for e in (0.3, 0.5)},
+            "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": dict(max_kl=0.3, keep_entropy=True, noise=True, lr=1e-3)}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
 VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",
@@ -79,7 +83,9 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp noise, leveled, ≤ 0.2 nats": "#88CCEE", "esamp, leveled, ≤ 0.5 nats": "#AA4499",
                    "esamp noise, leveled, ≤ 0.5 nats": "#DDCC77", "esamp, leveled, ≤ 1 nats": "#CC6677",
                    "esamp, leveled, ≤ 2 nats": "#44AA99", "esamp, leveled, ≤ 0.3 nats": "#882255",
-                   "esamp noise, leveled, ≤ 0.3 nats": "#661100"}
+                   "esamp noise, leveled, ≤ 0.3 nats": "#661100", "esamp, leveled, ≤ 0.3 nats, lr 1e-3": "#6699CC",
+                   "esamp, leveled, ≤ 0.5 nats, lr 1e-3": "#997700",
+                   "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": "#BBBBBB"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "glued", "broken", "copy_rate", "kl",

@@ -58,11 +58,12 @@ if c1.button("Build HTML report"):
                                        max_n=serving.policy().limits.max_n)
 if chosen in reports:
     c1.download_button("Download report.html", reports[chosen], file_name=f"esamp-run-{chosen}.html", mime="text/html")
-for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)
-    label = run_label(t)
-    c2.download_button(f"{label} · JSON", t.to_json(), key=f"json_{chosen}_{i}", help=f"Download the {label} trace",
-                       file_name=f"esamp-run-{chosen}-{i}-{file_label(label)}.json",
-                       mime="application/json")
+with c2.popover(f"Traces (JSON, {len(traces)})"):  # folded: a ladder's buttons would push the run down a projector
+    for i, t in enumerate(traces):  # one button per run, named by its setting (a ladder has several ESamp runs)
+        label = run_label(t)
+        st.download_button(f"{label} · JSON", t.to_json(), key=f"json_{chosen}_{i}", help=f"Download the {label} trace",
+                           file_name=f"esamp-run-{chosen}-{i}-{file_label(label)}.json",
+                           mime="application/json")
 with c3.popover("Delete run"):
     st.write(f"Delete run #{chosen} for good?")
     if st.button("Yes, delete", type="primary"):

@@ -72,6 +72,9 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             **{f"esamp, leveled, ≤ {e:g} nats, lr 1e-3": dict(max_kl=e, keep_entropy=True, lr=1e-3)
                for e in (0.3, 0.5)},
             "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": dict(max_kl=0.3, keep_entropy=True, noise=True, lr=1e-3)}
+# Every variant was measured at the paper's lr 4e-4 unless its name says otherwise (the default became 1e-3 on
+# 2026-12-05): a name keeps meaning what its rows in bench/results measured.
+VARIANTS = {name: {"lr": 4e-4, **settings} for name, settings in VARIANTS.items()}
 WARMUPS = ("esamp, warm-up 8 steps", "esamp, warm-up to novelty 1")  # the variants run unless others are named
 # Apart from plain sampling's blue and ESamp's vermillion (viz.style): Okabe-Ito's others, then greys and browns.
 VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novelty 1": "#CC79A7",

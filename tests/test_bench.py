@@ -179,7 +179,7 @@ def test_distiller_starts_quick_compares_fresh_primed_and_pretrained(tmp_path):
     assert distiller.main(["--starts", "--quick", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["starts"]
     assert [r["start"] for r in rows] == ["fresh", "prompt x4", "prompt x16", "prompt x32", "pretrained",
-                                          "fresh, lr 1e-3", "fresh, 1 block", "fresh, 1 block, lr 1e-3"]
+                                          "fresh, lr 4e-4", "fresh, 1 block", "fresh, 1 block, lr 4e-4"]
     assert all(len(r["bands"]) == 4 and len(r["curve"]) == 12 and r["own"] > 0 < r["unseen"] for r in rows)
 
 

@@ -367,6 +367,12 @@ def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, br
     page.locator(".esx-text", has_text="onerror").first.wait_for(timeout=60_000)  # the filter found it
     page.wait_for_timeout(1500)
     assert page.locator("img[src=x]").count() == 0 and dialogs == []
+    page.get_by_role("button", name=re.compile(r"^Traces \(JSON, 1\)")).click()  # the run's folded list of traces
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name=re.compile(r" · JSON$")).click(timeout=60_000)
+    download.value.save_as(tmp_path / "trace.json")
+    assert RunTrace.load(tmp_path / "trace.json").samples[0].text == hostile.samples[0].text  # the run, as a file
+    page.keyboard.press("Escape")  # the popover closes
     page.get_by_role("button", name="Build HTML report").click()
     with page.expect_download(timeout=120_000) as download:
         page.get_by_role("button", name="Download report.html").click(timeout=120_000)
@@ -377,12 +383,6 @@ def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, br
     page.wait_for_timeout(1500)
     assert page.locator("img[src=x]").count() == 0 and dialogs == []
     assert payload in page.locator("body").inner_text()  # shown, as text
-    page.go_back()  # and its trace, from the run's folded list of traces: the same run, as a trace file
-    page.get_by_role("button", name=re.compile(r"^Traces \(JSON, 1\)")).click(timeout=120_000)
-    with page.expect_download(timeout=120_000) as download:
-        page.get_by_role("button", name=re.compile(r" · JSON$")).click(timeout=60_000)
-    download.value.save_as(tmp_path / "trace.json")
-    assert RunTrace.load(tmp_path / "trace.json").samples[0].text == hostile.samples[0].text
     page.context.close()
 
 

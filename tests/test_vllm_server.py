@@ -269,7 +269,7 @@ def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
     config = first["config"]
     assert check_extra(first).to_dict() == config
     assert config["method"] == "esamp" and config["esamp"]["beta"] == 0.5
-    assert config["esamp"]["max_kl"] == EsampConfig().max_kl == 0.3  # no bound asked for: the one that holds
+    assert config["esamp"]["max_kl"] == EsampConfig().max_kl == 0.5  # no bound asked for: the one that holds
     assert config["esamp"]["keep_entropy"] is True  # nor leveling: leveled
     assert (config["sampling"]["n"], config["sampling"]["temperature"], config["sampling"]["top_k"]) == (2, 0.7, 5)
     assert (params.temperature, params.top_k) == (1.0, 0) and params.extra_args["other_plugin"] == 1

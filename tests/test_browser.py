@@ -125,7 +125,7 @@ def in_view(page, locator) -> bool:
 
 def test_generate_is_on_a_projectors_first_screen(server, browser):
     """At 1024x768 a teacher who opens the app sees the prompt and Generate without scrolling: the
-    page's top margin is trimmed (app/streamlit_app.py) and the details come after the button."""
+    page's top margin is trimmed (render.PAGE_STYLE) and the details come after the button."""
     page, _ = open_page(browser, server, (1024, 768))
     page.goto(server)
     button = page.get_by_role("button", name="Generate")

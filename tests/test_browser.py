@@ -362,7 +362,7 @@ def test_hostile_text_in_history_and_its_report_stays_text(server, server_db, br
     page, dialogs = open_page(browser, server)
     page.goto(f"{server}/history")
     page.wait_for_selector(".esx-tok", timeout=120_000)
-    page.get_by_role("textbox", name="Prompt contains").fill("<img")
+    page.get_by_role("textbox", name="Prompt contains").fill("Say <img")  # this run alone (another test prompts "<img")
     page.keyboard.press("Enter")
     page.locator(".esx-text", has_text="onerror").first.wait_for(timeout=60_000)  # the filter found it
     page.wait_for_timeout(1500)

@@ -67,9 +67,10 @@ def _setting(o: Option) -> Field:
     return Field(o.url, o.read, get(FIRST, o.field), lambda m, s: o.text(get(s.config, o.field)))
 
 
-# The first Generate's run settings, chosen by `python -m bench.demo` (docs/results.md, "The default
-# demo"): ESamp more diverse than plain beyond the noise of its answers on most seeds, in a time a
-# class waits for; ESamp's own settings are EsampConfig's defaults (the leveled push, at most 0.5 nats, lr 1e-3).
+# The first Generate's run settings, measured by `python -m bench.demo` (docs/results.md, "The default
+# demo"): a time a class waits for; at the defaults that hold, ESamp's gain shows beyond the noise of 16
+# answers on few seeds (2 of 10), and the page says so. ESamp's own settings are EsampConfig's defaults
+# (the leveled push, at most 0.5 nats, lr 1e-3).
 FIRST = RunConfig(method="esamp", sampling=SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9))
 # The URL: the app's own parameters, then every run setting that has one (core/options.py). A value
 # holds the field's own (``raw`` holds RunConfig.chat: raw=1 in the URL reads as False). The backend:

@@ -113,10 +113,10 @@ def parse_ladder(text: str, most: int = 8) -> tuple[float, ...]:
     return ladder
 
 
-def esamp_of(warmup: int, max_kl: float, level: int | bool = True) -> EsampConfig:
+def esamp_of(warmup: int, max_kl: float, level: int | bool = True, words: int | bool = False) -> EsampConfig:
     """ESamp's settings from the form's (or a link's) values: a bound of 0 is none; ``level`` 0: the
-    paper's push (with both, the paper's fusion)."""
-    return EsampConfig(warmup_steps=warmup, max_kl=max_kl or None, keep_entropy=bool(level))
+    paper's push (with both, the paper's fusion); ``words``: push between words only."""
+    return EsampConfig(warmup_steps=warmup, max_kl=max_kl or None, keep_entropy=bool(level), between_words=bool(words))
 
 
 def url_values() -> dict[str, Any]:
@@ -239,6 +239,10 @@ LEVEL_HELP = ("Leveled: the push moves probability between tokens and leaves out
               "temperature (where the distiller's prediction is still vague, the paper's push also sharpens the "
               "model's distribution, and a small model's long answers then repeat themselves). Off: the paper's "
               "push. docs/method.md, the leveled push.")
+WORDS_HELP = ("The push moves only tokens that start a word (a space, a line, punctuation or a digit first); "
+              "the pieces that continue a word, or an emoji's bytes, keep the model's own probabilities. So "
+              "ESamp chooses between words and never spells one: pushed inside words, the embedded model glued "
+              "non-words and emoji chains (docs/results.md, pushing between words).")
 WARMUP_HELP = ("ESamp samples this many tokens after the first unguided, while the distiller learns the prompt "
                "(0: the paper's rule, only the first token). Guiding by a distiller that has not learned yet "
                "broke the text (docs/results.md, the frontier).")
@@ -272,7 +276,7 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
         seed = c3.number_input("Seed", 0, 2**31 - 1, int(_clamp(d["seed"], 0, 2**31 - 1)))
         submitted = c4.form_submit_button("Generate", type="primary", width="stretch")
         model_error = st.empty()
-        warmup, max_kl, level, temperature, top_k, top_p, min_p = _details(d, limits.max_new_tokens)
+        push, candidates = _details(d, limits.max_new_tokens)
     if not submitted:
         return None
     problem = prompt_problem(prompt, limits.max_prompt_chars)
@@ -282,10 +286,8 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     try:
         ladder = parse_ladder(ladder_text, limits.max_rungs)
         temperatures = parse_numbers(temps_text, "Temperatures", 0.05, 5.0, limits.max_rungs)
-        config = RunConfig(method="esamp", chat=mode == "chat",
-                           sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), temperature=float(temperature),
-                                                   top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-                                                   seed=int(seed)), esamp=esamp_of(int(warmup), float(max_kl), level))
+        config = RunConfig(method="esamp", chat=mode == "chat", esamp=esamp_of(**push),
+                           sampling=SamplingConfig(n=int(n), max_new_tokens=int(tokens), seed=int(seed), **candidates))
         chosen = Settings(prompt, config, ladder, temperatures, nearest(ladder, d["beta"]))
         if len(chosen.configs()) > limits.max_rungs:
             raise ValueError(f"{len(chosen.configs())} runs (β values and temperatures together); this server "
@@ -297,21 +299,27 @@ def settings_form(key: str) -> tuple[Settings, LanguageModel] | None:
     return None if lm is None or not _fits(lm, chosen, prompt_error) else (chosen, lm)
 
 
-def _details(d: dict, max_new_tokens: int) -> tuple:
-    """The form's rows under Generate: ESamp's push (warm-up, bound, leveled) and the candidates (temperature,
-    top-k, top-p, min-p), as the URL's values ``d`` set them."""
+def _details(d: dict, max_new_tokens: int) -> tuple[dict, dict]:
+    """The form's rows under Generate, as the URL's values ``d`` set them: ESamp's push (``esamp_of``'s
+    arguments: warm-up, bound, leveled, between words) and the candidates (SamplingConfig's temperature,
+    top-k, top-p, min-p)."""
     st.caption("ESamp's push and the candidates (the defaults are what held on the benchmarks; each ? says more)")
-    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-    warmup = c1.number_input("Warm-up (tokens)", 0, max_new_tokens, int(_clamp(d["warmup"], 0, max_new_tokens)),
-                             help=WARMUP_HELP)
-    max_kl = c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
-                             float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)
-    level = c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]), help=LEVEL_HELP)
+    c1, c2, c3, c4 = st.columns([1, 1, 1.1, 1.1], vertical_alignment="bottom")
+    push = dict(warmup=int(c1.number_input("Warm-up (tokens)", 0, max_new_tokens,
+                                           int(_clamp(d["warmup"], 0, max_new_tokens)), help=WARMUP_HELP)),
+                max_kl=float(c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
+                                             float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)),
+                level=c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]),
+                                  help=LEVEL_HELP),
+                words=c4.checkbox("Push between words only (never inside one)", bool(d["words"]), help=WORDS_HELP))
     c1, c2, c3, c4 = st.columns(4)
-    return (warmup, max_kl, level, c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)), 0.05),
-            c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000))),
-            c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)), 0.01),
-            c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)), 0.01))
+    return push, dict(temperature=float(c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)),
+                                                        0.05)),
+                      top_k=int(c2.number_input("Top-k (0 = off)", 0, 1000, int(_clamp(d["top_k"], 0, 1000)))),
+                      top_p=float(c3.number_input("Top-p (1 = off)", 0.01, 1.0, float(_clamp(d["top_p"], 0.01, 1.0)),
+                                                  0.01)),
+                      min_p=float(c4.number_input("Min-p (0 = off)", 0.0, 1.0, float(_clamp(d["min_p"], 0.0, 1.0)),
+                                                  0.01)))
 
 
 def _fits(lm: LanguageModel, chosen: Settings, slot) -> bool:

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="ESamp's warm-up steps (the app's default)")
     p.add_argument("--max-kl", type=float, default=DEFAULTS["max_kl"],
                    help="ESamp's bound on each token's push, nats; 0: none (the app's default)")
+    p.add_argument("--words", type=int, choices=(0, 1), default=int(DEFAULTS["words"]),
+                   help="1: ESamp pushes between words only (the app's default: %(default)s)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0,
                    help="seeds first-seed, first-seed + 1, ...: another draw than a benchmark's seed 0")
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
             times, diffs = [], {}
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 sampling = SamplingConfig(n=n, max_new_tokens=tokens, seed=seed, **candidates)
-                esamp = esamp_of(args.warmup, args.max_kl, DEFAULTS["level"])  # as the form makes it
+                esamp = esamp_of(args.warmup, args.max_kl, DEFAULTS["level"], args.words)  # as the form makes it
                 configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
                 seconds, by_beta = one_generate(lm, embedder, prompt, configs)
                 times.append(seconds)

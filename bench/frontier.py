@@ -71,7 +71,12 @@ VARIANTS = {"esamp, warm-up 8 steps": dict(warmup_steps=8, max_kl=None, **PAPER)
             # the distiller trained at the public reference's lr (bench.distiller --starts: it learns faster)
             **{f"esamp, leveled, ≤ {e:g} nats, lr 1e-3": dict(max_kl=e, keep_entropy=True, lr=1e-3)
                for e in (0.3, 0.5)},
-            "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": dict(max_kl=0.3, keep_entropy=True, noise=True, lr=1e-3)}
+            "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": dict(max_kl=0.3, keep_entropy=True, noise=True, lr=1e-3),
+            # the push on word starts only (EsampConfig.between_words)
+            **{f"esamp, leveled, ≤ {e:g} nats, lr 1e-3, between words": dict(
+                max_kl=e, keep_entropy=True, lr=1e-3, between_words=True) for e in (0.5, 0.75, 1, 1.5)},
+            **{f"esamp noise, leveled, ≤ {e:g} nats, lr 1e-3, between words": dict(
+                max_kl=e, keep_entropy=True, noise=True, lr=1e-3, between_words=True) for e in (0.5, 1)}}
 # Every variant was measured at the paper's lr 4e-4 unless its name says otherwise (the default became 1e-3 on
 # 2026-12-05): a name keeps meaning what its rows in bench/results measured.
 VARIANTS = {name: {"lr": 4e-4, **settings} for name, settings in VARIANTS.items()}
@@ -88,7 +93,13 @@ VARIANT_COLOURS = {"esamp, warm-up 8 steps": "#009E73", "esamp, warm-up to novel
                    "esamp, leveled, ≤ 2 nats": "#44AA99", "esamp, leveled, ≤ 0.3 nats": "#882255",
                    "esamp noise, leveled, ≤ 0.3 nats": "#661100", "esamp, leveled, ≤ 0.3 nats, lr 1e-3": "#6699CC",
                    "esamp, leveled, ≤ 0.5 nats, lr 1e-3": "#997700",
-                   "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": "#BBBBBB"}
+                   "esamp noise, leveled, ≤ 0.3 nats, lr 1e-3": "#BBBBBB",
+                   "esamp, leveled, ≤ 0.5 nats, lr 1e-3, between words": "#225555",
+                   "esamp, leveled, ≤ 0.75 nats, lr 1e-3, between words": "#4477AA",
+                   "esamp, leveled, ≤ 1 nats, lr 1e-3, between words": "#EE7733",
+                   "esamp, leveled, ≤ 1.5 nats, lr 1e-3, between words": "#CC3311",
+                   "esamp noise, leveled, ≤ 1 nats, lr 1e-3, between words": "#EEEEEE",
+                   "esamp noise, leveled, ≤ 0.5 nats, lr 1e-3, between words": "#DDDDDD"}
 VARIANT_FILTERS = ("top-p 0.9", "top-p 0.95")
 VARIANT_BETAS = (0.5, 1.0, 1.5)
 METRICS = ("cosine_distance", "vendi", "perplexity", "seq_rep_4", "degenerate", "glued", "broken", "copy_rate", "kl",
@@ -339,8 +350,9 @@ def main(argv=None) -> int:
 
 def measured_config(d: dict) -> RunConfig:
     """The config a JSON's run was measured with: one written before the leveled push existed pushed
-    as the paper does (as core.trace reads a version 6 trace)."""
-    return RunConfig.from_dict({**d, "esamp": {"keep_entropy": False, **d["esamp"]}})
+    as the paper does, and one written before the push between words pushed every candidate (as
+    core.trace reads version 6 and 7 traces)."""
+    return RunConfig.from_dict({**d, "esamp": {"keep_entropy": False, "between_words": False, **d["esamp"]}})
 
 
 def same_run(a: RunConfig, b: RunConfig) -> bool:

@@ -137,6 +137,12 @@ class EsampConfig:
     # 128 tokens (bench.frontier: fewer looping answers than plain's, as diverse; docs/results.md).
     # False: the paper's push.
     keep_entropy: bool = True
+    # The push moves only the candidates that start a word (a space, a line, punctuation or a digit first;
+    # core/esamp/words.py); a piece that continues a word or a character keeps the model's own probability,
+    # so the push chooses between words and never spells one (on the default demo the glued non-words and
+    # emoji chains came from pushes inside a word: docs/results.md, "Pushing between words").
+    # False: every candidate, the paper's.
+    between_words: bool = False
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.
@@ -159,7 +165,7 @@ class EsampConfig:
         _check_range("grad_clip", self.grad_clip, 1e-6, 1e6)
         _check_int("warmup_steps", self.warmup_steps, 0, MAX_NEW_TOKENS, " Use 0 for no warm-up.")
         _check_range("warmup_novelty", self.warmup_novelty, 0.0, 10.0, " Use 0 for no novelty threshold.")
-        for name in ("shadow", "noise", "prime", "keep_entropy"):
+        for name in ("shadow", "noise", "prime", "keep_entropy", "between_words"):
             _check_bool(name, getattr(self, name))
 
 

@@ -18,7 +18,9 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 6: every token has ``kl``, how far the fusion moved its step's distribution, and the
   config's ``esamp`` has ``max_kl``, the bound on it (older traces: unknown, None; and no bound, None);
 - version 7: the config's ``esamp`` has ``keep_entropy``, whether the push was leveled (older traces: the
-  paper's push, False).
+  paper's push, False);
+- version 8: the config's ``esamp`` has ``between_words``, whether the push moved word starts only
+  (older traces: every candidate, False).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 7
+TRACE_VERSION = 8
 
 
 @dataclass
@@ -231,7 +233,14 @@ def _v6_to_v7(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "config": {**d["config"], "esamp": esamp}, "version": 7}
 
 
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}  # version v -> v + 1
+def _v7_to_v8(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 7 traces pushed every candidate."""
+    esamp = {"between_words": False, **d["config"]["esamp"]}
+    return {**d, "config": {**d["config"], "esamp": esamp}, "version": 8}
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+             7: _v7_to_v8}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

@@ -175,6 +175,29 @@ def check_warm_up():
 
 
 @pytest.fixture(scope="session")
+def check_between_words():
+    """check(lm): on ``lm``, ESamp that pushes between words (``EsampConfig.between_words``) leaves every
+    piece that continues a word where the model had it, chosen or not, and moves the word starts."""
+    from core import EsampConfig, RunConfig, SamplingConfig, generate
+    from core.esamp.words import word_starts
+
+    def check(lm):
+        sampling = SamplingConfig(n=4, max_new_tokens=12, seed=2, ignore_eos=True, top_k=0, top_p=0.9)
+        config = RunConfig(method="esamp", sampling=sampling, esamp=EsampConfig(beta=1.5, between_words=True))
+        trace = generate(lm, ["Invent a name for a new colour and describe it."], config)
+        starts = word_starts(lm.tokenizer, len(lm.tokenizer))
+        chosen = [t for s in trace.samples for t in s.tokens[1:]]
+        shown = [c for t in chosen for c in t.top]
+        assert any(not starts[t.id] for t in chosen) and any(not starts[c.id] for c in shown)
+        assert all(abs(t.logp_new - t.logp_ref) < 1e-4 for t in chosen if not starts[t.id])
+        assert all(abs(c.p_new - c.p_ref) < 1e-5 for c in shown if not starts[c.id])
+        assert any(abs(t.logp_new - t.logp_ref) > 1e-3 for t in chosen if starts[t.id])
+        assert all(-1e-6 <= t.kl <= 0.5 + 1e-5 for t in chosen)  # the bound holds (to float32 rounding)
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def check_forks():
     """check(lm, held): on a real ladder with a 3-step warm-up, answers at β = 1.5 part from plain
     sampling's, none within the first ``held`` tokens, and every fork falls on a token whose

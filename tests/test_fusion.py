@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from core.esamp.budget import kl
+from core.esamp.budget import bounded, kl
 from core.esamp.candidates import EXACT_TOP, TIE_SLACK, TOP_P_ROWS, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, level, novelty
@@ -360,3 +360,39 @@ def test_unguided_rows_sample_from_the_models_own_logits_in_bfloat16_and_record_
         assert not torch.equal(prop.cand.logits, raw.gather(-1, prop.cand.ids) / 0.8)  # recorded: float32
         assert torch.equal(pipeline.to_sample(prop), want), config.method  # sampled: the model's own
         pipeline.learn(torch.ones(4, dtype=torch.bool))
+
+
+def test_between_words_the_push_moves_word_starts_only_within_the_budget():
+    g = torch.Generator().manual_seed(6)
+    head = LMHead(torch.randn(200, 16, generator=g))
+    h, h_hat = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g) * 3  # untrained: large errors
+    l_ref = head.logits(h)
+    cand = Candidates.from_filtered(l_ref.masked_fill(l_ref < torch.topk(l_ref, 20).values[:, -1:], -INF), True)
+    starts = torch.rand(cand.logits.shape, generator=g) < 0.6
+    starts[0] = False  # a row where every candidate continues a word: left as it is
+    p_ref = torch.softmax(cand.logits, -1)
+    for eps, leveled in ((0.05, False), (0.3, True), (1.0, True)):
+        fused = fuse(cand, h, h_hat, head, 2.0, 1.0, max_kl=eps, keep_entropy=leveled, starts=starts)
+        p_new = torch.softmax(fused, -1)
+        moved = kl(torch.log_softmax(fused, -1), torch.log_softmax(cand.logits, -1))
+        assert (moved <= eps + 1e-6).all() and moved[0] == 0 and (moved[1:] > 0).all()
+        # every piece that continues a word keeps its own probability; the word starts keep their total
+        assert torch.allclose(torch.where(starts, 0, p_new), torch.where(starts, 0, p_ref), atol=1e-6)
+        assert torch.allclose((p_new * starts).sum(-1), (p_ref * starts).sum(-1), atol=1e-5)
+        assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))
+    # unbounded with every candidate a word start: the fusion itself (as log-probabilities)
+    everywhere = torch.ones_like(starts)
+    assert torch.allclose(torch.softmax(fuse(cand, h, h_hat, head, 1.0, 1.0, starts=everywhere), -1),
+                          torch.softmax(fuse(cand, h, h_hat, head, 1.0, 1.0), -1), atol=1e-5)
+    for beta, eps in ((0.0, 0.3), (1.0, 0.0)):  # β = 0 and ε = 0: exactly the reference
+        assert torch.equal(fuse(cand, h, h_hat, head, beta, 1.0, max_kl=eps, starts=starts), cand.logits)
+
+
+def test_bounded_takes_one_budget_per_row():
+    g = torch.Generator().manual_seed(7)
+    ref, direction = torch.randn(6, 30, generator=g) * 2, torch.randn(6, 30, generator=g) * 3
+    budgets = torch.tensor([0.0, 0.05, 0.1, 0.3, 1.0, 100.0])
+    t = bounded(ref, direction, 2.0, budgets)
+    moved = kl(torch.log_softmax(ref + t[:, None] * direction, -1), torch.log_softmax(ref, -1))
+    assert (moved <= budgets + 1e-6).all() and t[0] == 0 and t[-1] == 2.0
+    assert torch.equal(bounded(ref[1:2], direction[1:2], 2.0, 0.05), t[1:2])  # a row's own budget, as alone

@@ -73,6 +73,10 @@ def test_a_warm_up_holds_the_guidance_back_on_vllm_too(vlm, check_warm_up):
     check_warm_up(vlm, held=5)  # the first token, then 4: every answer's own tokens, as on transformers
 
 
+def test_pushing_between_words_leaves_a_words_continuations_to_the_model_on_vllm(vlm, check_between_words):
+    check_between_words(vlm)  # the worker reads the word starts from the model's tokenizer
+
+
 def test_forks_from_plain_fall_where_fusion_moved_the_distribution_on_vllm(vlm, check_forks):
     check_forks(vlm, held=4)
 

@@ -91,7 +91,7 @@ if go:
         st.stop()
     d = settings.DEFAULTS  # Explore's candidate set and warm-up (docs/results.md, "The candidate set")
     sampling = SamplingConfig(n=4, max_new_tokens=tokens, seed=0, top_k=d["top_k"], top_p=d["top_p"], min_p=d["min_p"])
-    esamp = settings.esamp_of(d["warmup"], d["max_kl"], d["level"])
+    esamp = settings.esamp_of(d["warmup"], d["max_kl"], d["level"], d["words"])
     configs = beta_ladder(RunConfig(sampling=sampling, esamp=esamp), betas, scale_bound=True)
     st.session_state.learn_job = start_job(
         settings.load_chosen_model() or st.stop(), [prompt], configs, [config_label(c) for c in configs],

@@ -66,8 +66,10 @@ with st.form("sweep"):
                              help=settings.WARMUP_HELP)
     max_kl = c5.number_input("Push per token at most (nats, top β)", 0.0, 5.0, d["max_kl"], 0.05,
                              help=settings.MAX_KL_HELP)
-    level = st.checkbox("Leveled push: without the part of ESamp's push that acts as a lower temperature",
+    c1, c2 = st.columns(2)
+    level = c1.checkbox("Leveled push: without the part of ESamp's push that acts as a lower temperature",
                         bool(d["level"]), help=settings.LEVEL_HELP)
+    words = c2.checkbox("Push between words only (never inside one)", bool(d["words"]), help=settings.WORDS_HELP)
     go = st.form_submit_button("Run sweep", type="primary")
 
 running = st.session_state.get("sweep_run")
@@ -80,7 +82,7 @@ if go:
     try:
         if mode == TRADEOFF:
             prompts, answers = [p for p in prompts_text.splitlines() if p.strip()][:MAX_PROMPTS], None
-            esamp = settings.esamp_of(int(warmup), float(max_kl), level)
+            esamp = settings.esamp_of(int(warmup), float(max_kl), level, words)
             base = RunConfig(sampling=SamplingConfig(**sampling), esamp=esamp)
             configs = beta_ladder(base, sorted(betas), scale_bound=True) if betas else []  # Explore's ESamp
             configs += [methods.plain(SamplingConfig(**sampling), t) for t in sorted(temps)]

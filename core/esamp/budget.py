@@ -39,33 +39,35 @@ def kl_of_tilt(ref: torch.Tensor, direction: torch.Tensor, t: torch.Tensor,
     return kl(torch.log_softmax(ref + t[:, None] * direction, dim=-1), log_ref)
 
 
-def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float, max_kl: float) -> torch.Tensor:
+def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float, max_kl: float | torch.Tensor) -> torch.Tensor:
     """(R,) each row's tilt: ``beta`` where ``KL(pi_beta || pi_ref) <= max_kl``, else the largest
     t in [0, beta] found whose KL is within it (never over it).
 
     ref: (R, K) reference logits (after temperature and filters; -inf outside the candidates);
-    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite).
+    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite); max_kl:
+    nats, one for every row or (R,) each row's own.
 
     The rows over the budget solve ``sqrt(KL(t)) = sqrt(max_kl)`` (nearly linear in t: KL grows as
     ``t² Var(d) / 2`` at first) by regula falsi with the Illinois rule inside a bracket [lo, hi] with
     ``KL(lo) <= max_kl < KL(hi)``, its first point where that quadratic reaches the budget; the answer is
     ``lo``. ``SOLVER_STEPS`` passes over the rows' candidates, where a bisection took fourteen."""
     t = torch.full(ref.shape[:1], float(beta), dtype=ref.dtype, device=ref.device)
-    if max_kl <= 0 or beta <= 0:
+    if beta <= 0 or (not isinstance(max_kl, torch.Tensor) and max_kl <= 0):
         return torch.zeros_like(t)
+    budget = torch.as_tensor(max_kl, dtype=ref.dtype, device=ref.device).clamp(min=0).expand_as(t)
     log_ref = torch.log_softmax(ref, dim=-1)
     kl_beta = kl_of_tilt(ref, direction, t, log_ref)
-    over = kl_beta > max_kl
+    over = kl_beta > budget
     if not bool(over.any()):  # one host sync a guided step
         return t
     rows = torch.nonzero(over).flatten()
-    r, d, lr = ref[rows], direction[rows], log_ref[rows]
-    target = max_kl ** 0.5
+    r, d, lr, budget = ref[rows], direction[rows], log_ref[rows], budget[rows]
+    target = budget.sqrt()
     lo, hi = torch.zeros_like(t[rows]), t[rows]  # KL(lo) <= max_kl < KL(hi)
-    g_lo, g_hi = torch.full_like(lo, -target), kl_beta[rows].sqrt() - target  # g = sqrt(KL) - sqrt(max_kl)
+    g_lo, g_hi = -target, kl_beta[rows].sqrt() - target  # g = sqrt(KL) - sqrt(max_kl)
     p_ref = lr.exp()
     var = _moment(p_ref, d, 2) - _moment(p_ref, d, 1) ** 2
-    guess = torch.minimum((2 * max_kl / var.clamp(min=1e-12)).sqrt(), (lo + hi) / 2)
+    guess = torch.minimum((2 * budget / var.clamp(min=1e-12)).sqrt(), (lo + hi) / 2)
     last = torch.zeros_like(lo, dtype=torch.bool)  # the side the previous step moved (True: lo)
     for _ in range(SOLVER_STEPS):
         g = kl_of_tilt(r, d, guess, lr).sqrt() - target

@@ -16,7 +16,7 @@ from .head import LMHead
 
 def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float,
          temperature: float, projected: torch.Tensor | None = None, max_kl: float | None = None,
-         keep_entropy: bool = False) -> torch.Tensor:
+         keep_entropy: bool = False, starts: torch.Tensor | None = None) -> torch.Tensor:
     """ESamp's fused logits on the candidates: ``(1 + beta) l_ref - beta l_dist``.
 
     cand.logits: (R, K) filtered reference logits ``l_ref`` (already divided by T);
@@ -27,7 +27,8 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     candidates when already computed (``Candidates.exact_with``), for a linear head. ``max_kl``:
     each row's push bounded to that many nats (``core.esamp.budget``); None: the paper's fusion.
     ``keep_entropy``: the push less its part along ``l_ref`` (``level``), so it does not act as a
-    temperature; False: the paper's push.
+    temperature; False: the paper's push. ``starts``: (R, K) bool, the candidates that start a word
+    (``core.esamp.words``): the push moves only those (``between_words``); None: every candidate.
     """
     if head.softcap is None:  # only the candidates' entries are needed (the rest stay -inf)
         if projected is None:
@@ -37,12 +38,42 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
         l_dist = head.logits(h_hat, cand.ids) / temperature
         delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)
     delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
+    if starts is not None:
+        return between_words(cand.logits, delta, starts, beta, max_kl, keep_entropy)
     if keep_entropy:
         delta = level(cand.logits, delta)
     if max_kl is None or beta <= 0:
         return cand.logits + delta
     t = bounded(cand.logits, delta / beta, beta, max_kl)  # (R,) each row's β, at most beta
     return cand.logits + delta * (t / beta)[:, None]
+
+
+def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, beta: float,
+                  max_kl: float | None, keep_entropy: bool) -> torch.Tensor:
+    """The push on the candidates that start a word only, as log-probabilities (R, K).
+
+    A piece that continues a word (or completes a character) keeps the model's own probability, so
+    the chance that the word goes on, and how it goes on, stay the model's; the push moves the rest of
+    the mass between the candidates that start something new: ``p(w) = P_ref(starts) pi_t(w)`` with
+    ``pi_t`` the tilt of the word starts' own distribution. Its KL from the reference is ``P_ref(starts)
+    KL(pi_t || pi_ref)``, so the bound gives each row ``max_kl / P_ref(starts)`` inside the word starts.
+    ref: (R, K) logits, -inf outside the candidates; delta: (R, K) the push at β (0 where not finite);
+    starts: (R, K) bool. A row with no candidate that starts a word is left as it was."""
+    if beta <= 0 or max_kl == 0:
+        return ref  # no push: exactly the reference
+    log_ref = torch.log_softmax(ref, dim=-1)
+    moving = starts & torch.isfinite(ref)
+    some = moving.any(-1, keepdim=True)
+    inside = torch.where(moving | ~some, ref, torch.full_like(ref, float("-inf")))  # a row with none: as it is
+    delta = torch.where(moving, delta, torch.zeros_like(delta))
+    if keep_entropy:
+        delta = level(inside, delta)
+    mass = torch.logsumexp(torch.where(moving, log_ref, torch.full_like(log_ref, float("-inf"))), -1)  # (R,)
+    t = torch.full_like(mass, beta)
+    if max_kl is not None and beta > 0:
+        t = bounded(inside, delta / beta, beta, max_kl / mass.exp().clamp(min=1e-30))
+    moved = torch.log_softmax(inside + delta * (t / beta)[:, None], dim=-1) + mass[:, None]
+    return torch.where(moving, moved, log_ref)
 
 
 def level(ref: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,9 @@ class LMHead:
     bias: torch.Tensor | None = None  # (V,)
     softcap: float | None = None  # gemma-2 style final logit soft-capping
     norm: FinalNorm | None = None  # the model's final norm: h = norm(last residual stream)
+    # (V,) bool: which tokens start a word (core.esamp.words), from the model's tokenizer; None where the
+    # backend has not read it (a run with ``EsampConfig.between_words`` needs it)
+    starts: torch.Tensor | None = None
 
     def __post_init__(self):
         # The model's parameters track gradients (transformers' do): a fusion built on them would

@@ -82,6 +82,9 @@ class Steerer:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         self.max_kl, self.keep_entropy = cfg.max_kl, cfg.keep_entropy
+        if cfg.between_words and head.starts is None:
+            raise ValueError("between_words needs the model's word starts, which this backend did not read.")
+        self.starts = head.starts if cfg.between_words else None  # (V,) bool, the tokens the push may move
         device = head.weight.device
         self.bank: DistillerBank | Lease = shared.lease(groups, seed) if shared is not None else DistillerBank(
             groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm, initial=initial)
@@ -142,8 +145,10 @@ class Steerer:
         fused, sample = cand.logits, own
         if guided:
             with self.watch("fuse"):
+                starts = None if self.starts is None else (
+                    self.starts[cand.ids] if cand.ids is not None else self.starts.expand_as(cand.logits))
                 fused = sample = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected,
-                                      self.max_kl, self.keep_entropy)
+                                      self.max_kl, self.keep_entropy, starts)
                 waiting = held.to(fused.device) if bool(held.any()) else None
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...esamp.head import FinalNorm, LMHead
+from ...esamp.words import word_starts
 from ..base import ModelLoadError, UnsupportedArchitectureError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
 from ..hardware import resolve_device, resolve_dtype
@@ -110,7 +111,7 @@ def wrap_model(name: str, model: torch.nn.Module, tokenizer) -> HfModel:
     out = model.get_output_embeddings()
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     head = LMHead(out.weight, getattr(out, "bias", None), getattr(cfg, "final_logit_softcapping", None),
-                  FinalNorm.of(final_norm))
+                  FinalNorm.of(final_norm), word_starts(tokenizer, out.weight.shape[0]).to(out.weight.device))
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from dataclasses import replace
 from typing import Sequence
 
 import torch
+from transformers import AutoTokenizer
 
 from ...config import EsampConfig
 from ...esamp.distiller import Lease, SharedBank, bank_key
 from ...esamp.steerer import Background
+from ...esamp.words import word_starts
 from . import internals
 from .hooks import install_hooks
 from .request import EXTRA_KEY
@@ -48,6 +51,7 @@ class Registry:
         model = vllm_config.model_config if vllm_config is not None else None
         # the model as core.backends.start keys its pretrained distiller: its source and dtype
         self.model = (model.model, str(model.dtype).removeprefix("torch.")) if model is not None else None
+        self._tokenizer = (model.tokenizer, model.trust_remote_code) if model is not None else None  # its source
         # served run (a request vLLM fans out: its record has no row) -> (its n, each child's row by the
         # identity its processor gave it)
         self._served: dict[str, tuple[int, dict[object, int]]] = {}
@@ -89,7 +93,20 @@ class Registry:
                 self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
                 log.error("ESamp cannot run in this worker: %s", self.runs[key].error)
                 return
+        if self.head.starts is None and self._tokenizer and extra["config"].get("esamp", {}).get("between_words"):
+            self._read_word_starts()
         self.runs[key] = RunState.of(extra, self.head, model=self.model, banks=self.bank)
+
+    def _read_word_starts(self) -> None:
+        """The model's word starts (what a run that pushes between words moves), read once from its
+        tokenizer; a failure leaves them unread, and the run then fails saying so."""
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self._tokenizer[0], trust_remote_code=self._tokenizer[1])
+            starts = word_starts(tokenizer, self.head.weight.shape[0]).to(self.head.weight.device)
+        except (OSError, ValueError) as exc:
+            log.error("ESamp cannot read the model's tokenizer for its word starts: %s", exc)
+            return
+        self.head = replace(self.head, starts=starts)
 
     def bank(self, cfg: EsampConfig, initial: list[torch.Tensor] | None) -> SharedBank:
         """The bank whose every step predicts and trains the distillers of all runs with ``cfg``'s kind of

@@ -106,6 +106,7 @@ def main(argv=None) -> int:
             rows.append({"backend": backend, "startup_s": round(startup, 1), "prompt": prompt, "n": n,
                          "filter": filter_label(candidates), "dtype": str(lm.dtype).removeprefix("torch."),
                          "tokens": tokens, "ladder": ladder_text, "warmup": args.warmup, "max_kl": args.max_kl,
+                         "between_words": bool(args.words),
                          "seeds": args.seeds, "first_seed": args.first_seed,
                          "median_s": round(statistics.median(times), 1), "max_s": round(max(times), 1),
                          "seeds_showing_effect": {b: sum(d[1] > 0 for d in ds) for b, ds in diffs.items()},
@@ -140,9 +141,9 @@ def markdown(report: dict) -> str:
              f"once a process: the embedder and UMAP's compilation {report['viz_startup_s']} s (the app does it in "
              "the background when it opens), the model as in the table.", "",
              "| backend | dtype | start-up s | prompt | n | tokens | candidates | ladder | warm-up | bound (nats) | "
-             "median s | max s | seeds with ESamp more diverse than plain beyond noise (and with no more broken "
+             "push | median s | max s | seeds with ESamp more diverse than plain beyond noise (and with no more broken "
              "answers), by β | mean Δ cosine distance (β − plain) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         unbroken = r.get("seeds_showing_effect_unbroken", {})
         shown = ", ".join(f"β={b}: {k} of {r['seeds']}" + (f" ({unbroken[b]})" if b in unbroken else "")
@@ -150,7 +151,9 @@ def markdown(report: dict) -> str:
         mean = ", ".join(f"β={b}: {d:+.3f}" for b, d in r["mean_difference"].items())
         lines.append(f"| {r['backend']} | {r.get('dtype', 'float32')} | {r['startup_s']} | {r['prompt']} | "
                      f"{r['n']} | {r['tokens']} | {r.get('filter', 'top-k 50')} | {r['ladder']} | "
-                     f"{r.get('warmup', 0)} | {r.get('max_kl') or 'none'} | {r['median_s']} | {r['max_s']} | {shown} | "
+                     f"{r.get('warmup', 0)} | {r.get('max_kl') or 'none'} | "
+                     f"{'between words' if r.get('between_words') else 'every token'} | {r['median_s']} | "
+                     f"{r['max_s']} | {shown} | "
                      f"{mean} |")
     return "\n".join(lines) + "\n"
 

@@ -127,10 +127,11 @@ class EsampConfig:
     # this many nats (KL to the filtered reference) from plain sampling's; where the paper's fusion at
     # β would move it further, that token gets the largest β below that stays within. None: unbounded
     # (the paper's fusion, which on the embedded model loops in about half of its 128-token answers at
-    # β = 1.5); 0: no push at all. 0.5, with the leveled push below and lr 1e-3: what held at 32, 128
-    # and 256 tokens with the largest gain, broken answers counted as loops and glued non-words
-    # (bench.frontier, docs/results.md "The reference's learning rate"; at lr 4e-4 0.3 held, 0.5 not at 32).
-    max_kl: float | None = 0.5
+    # β = 1.5); 0: no push at all. 1, with the leveled push between words below and lr 1e-3: what held at
+    # 32, 128 and 256 tokens with the largest gain, broken answers counted as loops and glued non-words, on
+    # two seeds (bench.frontier, docs/results.md "Pushing between words"; pushing every candidate 0.5 held,
+    # and at lr 4e-4 0.3).
+    max_kl: float | None = 1.0
     # The push less its part along the reference logits (core.esamp.fusion.level): where the distiller's
     # prediction is broad the paper's fusion also sharpens (a lower temperature, which makes a small
     # model's long answers loop); leveled, it only moves mass between tokens. True: what held at 32 and
@@ -140,9 +141,10 @@ class EsampConfig:
     # The push moves only the candidates that start a word (a space, a line, punctuation or a digit first;
     # core/esamp/words.py); a piece that continues a word or a character keeps the model's own probability,
     # so the push chooses between words and never spells one (on the default demo the glued non-words and
-    # emoji chains came from pushes inside a word: docs/results.md, "Pushing between words").
-    # False: every candidate, the paper's.
-    between_words: bool = False
+    # emoji chains came from pushes inside a word). True: at the same bound it broke fewer answers than
+    # pushing every candidate, as far above temperature's curve, and held a bound twice as large
+    # (docs/results.md, "Pushing between words"). False: every candidate, the paper's.
+    between_words: bool = True
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.

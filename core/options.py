@@ -92,6 +92,8 @@ class Option:
             return NO_BOUND
         if isinstance(value, tuple):
             return ",".join(map(str, value))
+        if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+            return str(int(value))  # "1", as a person writes it (and reads back as the same float)
         return str(value)
 
 
@@ -132,9 +134,9 @@ SETTINGS = [
     Option("esamp.keep_entropy", ("--unleveled",), None, "esamp: push as the paper does, with its part along the "
            "model's own logits, which acts as a lower temperature (default: leveled, without it)", negate=True,
            url="level", served="xarg"),
-    Option("esamp.between_words", ("--between-words",), None, "esamp: push only the tokens that start a word; "
-           "the pieces that continue a word or a character keep the model's probabilities", url="words",
-           served="xarg"),
+    Option("esamp.between_words", ("--inside-words",), None, "esamp: push every token, also the pieces that "
+           "continue a word or a character, as the paper does (default: only the tokens that start a word)",
+           negate=True, url="words", served="xarg"),
     Option("esamp.start", ("--start",), str, "where each run's distillers start: fresh (the paper) or this model's "
            "pretrained distiller (built once, cached)", choices=STARTS, served="xarg"),
     Option("sampling.ignore_eos", ("--ignore-eos",), None, "always generate max_new_tokens", served="ignore_eos"),

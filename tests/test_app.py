@@ -103,11 +103,11 @@ def test_explore_generates_plain_and_esamp_side_by_side():
     assert any("python -m core generate" in c.value for c in at.code)
     assert at.query_params["prompt"] == "Name a colour." and at.query_params["ladder"] == "0,0.25"  # shareable URL
     assert at.query_params["beta"] == "0.25" and at.query_params["warmup"] == str(DEFAULTS["warmup"]) == "0"
-    assert at.query_params["max_kl"] == f"{DEFAULTS['max_kl']:g}" == "0.5"  # the bound, at the ladder's top β
-    assert at.query_params["level"] == "1"  # the leveled push
+    assert at.query_params["max_kl"] == f"{DEFAULTS['max_kl']:g}" == "1"  # the bound, at the ladder's top β
+    assert at.query_params["level"] == "1" and at.query_params["words"] == "1"  # leveled, between words
     esamp = at.session_state["explore_job"].traces[1]
-    assert esamp.config.esamp.max_kl == 0.5 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 0.5 + 1e-6
-    assert esamp.config.esamp.keep_entropy
+    assert esamp.config.esamp.max_kl == 1.0 and 0 < max(t.kl for s in esamp.samples for t in s.tokens) <= 1.0 + 1e-6
+    assert esamp.config.esamp.keep_entropy and esamp.config.esamp.between_words
     for trace in at.session_state["explore_job"].traces:  # each run says how many of its answers the model ended
         ended = sum(s.finish_reason == "eos" for s in trace.samples)
         assert any(f" · {ended} of {len(trace.samples)} answers ended by the model" in c.value for c in at.caption)

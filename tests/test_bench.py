@@ -184,6 +184,7 @@ def test_distiller_starts_quick_compares_fresh_primed_and_pretrained(tmp_path):
 
 
 def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
+    from app.settings import DEFAULTS
     from bench import demo
 
     out, table = tmp_path / "d.json", tmp_path / "d.md"
@@ -191,8 +192,9 @@ def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
                       "--seeds", "2", "--first-seed", "3", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["rows"]
-    settings = (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"], row["first_seed"])
-    assert settings == ("transformers", 3, 3, "0,0.5,1", 2, 3)
+    settings = (row["backend"], row["n"], row["tokens"], row["ladder"], row["seeds"], row["first_seed"],
+                row["between_words"])
+    assert settings == ("transformers", 3, 3, "0,0.5,1", 2, 3, DEFAULTS["words"])
     assert set(row["seeds_showing_effect"]) == set(row["differences"]) == {"0.5", "1"}
     assert all(0 <= k <= 2 for k in row["seeds_showing_effect"].values())
     assert all(0 <= row["seeds_showing_effect_unbroken"][b] <= k for b, k in row["seeds_showing_effect"].items())

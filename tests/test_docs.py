@@ -67,6 +67,7 @@ def test_the_apps_defaults_are_the_ones_the_frontier_chose():
     assert EsampConfig().max_kl == DEFAULTS["max_kl"]  # a served request or an API call that sets no bound gets it
     assert EsampConfig().lr == float(named["lr"])  # the distiller's rate is part of what held
     assert DEFAULTS["level"] == int(named["level"]) == int(EsampConfig().keep_entropy)  # the leveled push, everywhere
+    assert DEFAULTS["words"] == int(named["words"]) == int(EsampConfig().between_words)  # between words, everywhere
 
 
 def test_gpu_installs_pin_the_vllm_version_the_cpu_build_is_tested_with():

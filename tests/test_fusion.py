@@ -347,7 +347,8 @@ def test_unguided_rows_sample_from_the_models_own_logits_in_bfloat16_and_record_
     from core.esamp.steerer import Pipeline
 
     g = torch.Generator().manual_seed(5)
-    head = LMHead(torch.randn(300, 16, generator=g).to(torch.bfloat16))  # a bfloat16 head: not exact
+    head = LMHead(torch.randn(300, 16, generator=g).to(torch.bfloat16),  # a bfloat16 head: not exact
+                  starts=torch.rand(300, generator=g) < 0.6)
     h = torch.randn(4, 16, generator=g)
     raw = (h.to(torch.bfloat16) @ head.weight.T).float()  # (R, V) the model's own logits, bfloat16 values
     sampling = SamplingConfig(n=2, top_k=0, top_p=0.9, temperature=0.8)

@@ -99,7 +99,7 @@ class V1Runner:
 @pytest.fixture
 def head():
     g = torch.Generator().manual_seed(0)
-    return LMHead(torch.randn(V, H, generator=g))
+    return LMHead(torch.randn(V, H, generator=g), starts=torch.rand(V, generator=g) < 0.6)  # some start a word
 
 
 def states(head, rows, seed):

@@ -269,8 +269,9 @@ def test_a_request_is_rewritten_once_and_each_prompt_gets_its_own_run():
     config = first["config"]
     assert check_extra(first).to_dict() == config
     assert config["method"] == "esamp" and config["esamp"]["beta"] == 0.5
-    assert config["esamp"]["max_kl"] == EsampConfig().max_kl == 0.5  # no bound asked for: the one that holds
+    assert config["esamp"]["max_kl"] == EsampConfig().max_kl == 1.0  # no bound asked for: the one that holds
     assert config["esamp"]["keep_entropy"] is True  # nor leveling: leveled
+    assert config["esamp"]["between_words"] is True  # nor where: between words
     assert (config["sampling"]["n"], config["sampling"]["temperature"], config["sampling"]["top_k"]) == (2, 0.7, 5)
     assert (params.temperature, params.top_k) == (1.0, 0) and params.extra_args["other_plugin"] == 1
     VllmProcessor.validate_params(params)  # the same params for a request's second prompt

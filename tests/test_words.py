@@ -23,3 +23,17 @@ def test_word_starts_of_the_embedded_models_tokenizer(lm):
 
 def test_pushing_between_words_leaves_a_words_continuations_to_the_model(lm, check_between_words):
     check_between_words(lm)
+
+
+def test_learn_says_when_a_token_was_left_to_the_model():
+    from core import EsampConfig, RunConfig
+    from core.trace import Token
+    from viz.summary import left_to_the_model
+
+    def token(text):
+        return Token(id=0, text=text, logp_ref=-1.0, logp_new=-1.0, entropy_ref=1.0, entropy_new=1.0)
+
+    between, every = RunConfig(esamp=EsampConfig(beta=1.0)), RunConfig(esamp=EsampConfig(beta=1.0, between_words=False))
+    assert left_to_the_model(token("phan"), between) and left_to_the_model(token(""), between)
+    assert not left_to_the_model(token(" colour"), between) and not left_to_the_model(token("phan"), every)
+    assert not left_to_the_model(token("phan"), RunConfig(method="plain"))  # plain sampling pushes nothing at all

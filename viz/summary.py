@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from core.config import RunConfig
+from core.esamp.words import starts_word
 from core.tasks import is_correct
 from core.trace import RunTrace, Token
 
@@ -279,6 +280,12 @@ def fusion_step(token: Token, max_kl: float | None = None) -> dict[str, str]:
     return {"novelty ‖e‖": novelty,
             "p(chosen) before → after": f"{math.exp(token.logp_ref):.2f} → {math.exp(token.logp_new):.2f}",
             "push: KL(after ‖ before), nats": moved}
+
+
+def left_to_the_model(token: Token, config: RunConfig) -> bool:
+    """Whether a run that pushes between words left this token's own probability to the model: a piece
+    that continues a word or a character (``core.esamp.words``)."""
+    return config.esamp.between_words and config.beta > 0 and not starts_word(token.text)
 
 
 def token_label(text: str, token_id: int | None = None) -> str:

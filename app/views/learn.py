@@ -10,8 +10,8 @@ from app.resources import open_history
 from core import RunConfig, SamplingConfig, beta_ladder
 from core.scoring import trace_perplexities
 from viz import charts, heatmap
-from viz.summary import (candidate_rows, config_label, fusion_step, ladder, learning_sentence, readable_step, run_label,
-                         token_label)
+from viz.summary import (candidate_rows, config_label, fusion_step, ladder, learning_sentence, left_to_the_model,
+                         readable_step, run_label, token_label)
 
 st.title("Learn: how ESamp explores")
 
@@ -60,7 +60,13 @@ bound is how far it may go.{warm}
 
 **5 · A leveled push.** Where the distiller's guess is still vague, the formula also makes the model's
 likeliest tokens likelier still: part of the push acts like a lower temperature, and a small model's
-long answers then repeat themselves. {level}""".format(
+long answers then repeat themselves. {level}
+
+**6 · Between words.** A word is often several tokens ("A|le|phan|t"). Pushed towards pieces the distiller
+did not expect, ESamp would spell new non-words ("Alephanocephalallodyide"). {words}""".format(
+    words="So the push moves only the tokens that start a word (a space, a line, punctuation or a digit "
+    "first); how a word goes on stays the model's own choice." if settings.DEFAULTS["words"] else
+    "Here every token is pushed, also the pieces inside a word (the paper's push).",
     level="So that part is taken out (\"leveled\"): the push only moves probability between tokens, towards "
     "those the distiller did not expect." if settings.DEFAULTS["level"] else "Here it is left in (the paper's push).",
     bound=f"{settings.DEFAULTS['max_kl']:g} nats" if settings.DEFAULTS["max_kl"] else "any amount (no bound set)",
@@ -131,6 +137,9 @@ elif pos <= held and b > 0 and token.logp_new == token.logp_ref:
             "so before = after. Step further along the answer.")
 elif b == 0:
     st.info("At β = 0 fusion leaves the distribution alone (plain sampling): before = after. Move the β slider.")
+elif left_to_the_model(token, trace.config):
+    st.info("This token continues a word (or a character): the push moves only the tokens that start one, so its "
+            "probability stays the model's (before = after). Step to a token that starts a word to see a push.")
 for col, (name, value) in zip(st.columns(3), fusion_step(token, trace.config.esamp.max_kl).items()):
     col.metric(name, value)
 st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")

@@ -21,7 +21,6 @@ import torch
 
 from .. import hardware
 from . import internals
-from .hooks import install_hooks
 from .mrv2 import Mrv2Processor, V2LogitsProcessor
 from .registry import Registry
 from .request import validate_params
@@ -73,9 +72,7 @@ class EsampProcessor(V2LogitsProcessor):
 def install_at_load(runner) -> None:
     """Graph-safe capture's hooks (hooks.py), installed as the runner loads its model, before vLLM
     compiles and captures it (``internals.after_model_load``; the plugin registers this)."""
-    runs = find(internals.runner_processors(runner))
-    with torch.inference_mode(False):  # the head's norm enters the distiller's graph
-        runs.head = install_hooks(runner.get_model(), runs.capture, runner)
+    find(internals.runner_processors(runner)).install(runner.get_model(), runner)
 
 
 def find(processors: Iterable) -> Registry:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 
 from ...config import EsampConfig
 from ...esamp.distiller import Lease, SharedBank, bank_key
+from ...esamp.head import LMHead
 from ...esamp.steerer import Background
 from ...esamp.words import word_starts
 from . import internals
@@ -87,26 +88,32 @@ class Registry:
             self._served[key] = (extra["config"]["sampling"]["n"], {})  # checked by validate_params
         if self.head is None:
             try:
-                with torch.inference_mode(False):  # the head's norm enters the distiller's graph
-                    self.head = install_hooks(internals.worker_model(), self.capture)
+                self.install(internals.worker_model())
             except Exception as exc:  # noqa: BLE001 - the engine goes on
                 self.runs[key] = FailedRun(f"{type(exc).__name__}: {exc}")
                 log.error("ESamp cannot run in this worker: %s", self.runs[key].error)
                 return
-        if self.head.starts is None and self._tokenizer and extra["config"].get("esamp", {}).get("between_words"):
-            self._read_word_starts()
         self.runs[key] = RunState.of(extra, self.head, model=self.model, banks=self.bank)
 
-    def _read_word_starts(self) -> None:
-        """The model's word starts (what a run that pushes between words moves), read once from its
-        tokenizer; a failure leaves them unread, and the run then fails saying so."""
+    def install(self, model, runner=None) -> LMHead:
+        """Install the hooks that fill ``capture`` on ``model`` (once; hooks.py) and keep the LM head the
+        runs project through, with the model's word starts (what a push between words moves) read from
+        its tokenizer; where that fails they stay unread, and a run that pushes between words fails saying so."""
+        if self.head is None:
+            with torch.inference_mode(False):  # the head's norm enters the distiller's graph
+                head = install_hooks(model, self.capture, runner)
+            self.head = replace(head, starts=self._word_starts(head))
+        return self.head
+
+    def _word_starts(self, head: LMHead) -> torch.Tensor | None:
+        if self._tokenizer is None:
+            return None
         try:
             tokenizer = AutoTokenizer.from_pretrained(self._tokenizer[0], trust_remote_code=self._tokenizer[1])
-            starts = word_starts(tokenizer, self.head.weight.shape[0]).to(self.head.weight.device)
+            return word_starts(tokenizer, head.weight.shape[0]).to(head.weight.device)
         except (OSError, ValueError) as exc:
             log.error("ESamp cannot read the model's tokenizer for its word starts: %s", exc)
-            return
-        self.head = replace(self.head, starts=starts)
+            return None
 
     def bank(self, cfg: EsampConfig, initial: list[torch.Tensor] | None) -> SharedBank:
         """The bank whose every step predicts and trains the distillers of all runs with ``cfg``'s kind of

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from ...esamp.head import LMHead
 from . import internals
-from .hooks import install_hooks
 from .processor import find
 from .registry import Registry
 
@@ -31,9 +30,7 @@ class EsampWorker:
     def esamp_install(self) -> dict:
         """Install the hooks (once); returns what the caller needs to know of the model."""
         runs = self.esamp_runs()
-        if runs.head is None:
-            runs.head = install_hooks(self.get_model(), runs.capture)
-        head, runner = runs.head, type(self.model_runner)
+        head, runner = runs.install(self.get_model()), type(self.model_runner)
         return {"hidden_size": int(head.weight.shape[1]), "device": str(head.weight.device),
                 "graph_safe": runs.capture.graph_safe, "runner": f"{runner.__module__}.{runner.__qualname__}"}
 

@@ -69,8 +69,8 @@ def _setting(o: Option) -> Field:
 
 # The first Generate's run settings, measured by `python -m bench.demo` (docs/results.md, "The default
 # demo"): a time a class waits for; at the defaults that hold, ESamp's gain shows beyond the noise of 16
-# answers on few seeds (2 of 10), and the page says so. ESamp's own settings are EsampConfig's defaults
-# (the leveled push, at most 0.5 nats, lr 1e-3).
+# answers on 6 seeds of 10, and the page says when it does not. ESamp's own settings are EsampConfig's
+# defaults (the leveled push between words, at most 1 nat, lr 1e-3).
 FIRST = RunConfig(method="esamp", sampling=SamplingConfig(n=16, max_new_tokens=32, top_k=0, top_p=0.9))
 # The URL: the app's own parameters, then every run setting that has one (core/options.py). A value
 # holds the field's own (``raw`` holds RunConfig.chat: raw=1 in the URL reads as False). The backend:
@@ -111,6 +111,11 @@ def parse_ladder(text: str, most: int = 8) -> tuple[float, ...]:
     if not ladder:
         raise ValueError("β ladder: give at least one value, e.g. 0, 0.25, 0.5.")
     return ladder
+
+
+def nats(value: float) -> str:
+    """'1 nat', '0.5 nats'."""
+    return f"{value:g} nat" + ("" if value == 1 else "s")
 
 
 def esamp_of(warmup: int, max_kl: float, level: int | bool = True, words: int | bool = False) -> EsampConfig:
@@ -239,10 +244,10 @@ LEVEL_HELP = ("Leveled: the push moves probability between tokens and leaves out
               "temperature (where the distiller's prediction is still vague, the paper's push also sharpens the "
               "model's distribution, and a small model's long answers then repeat themselves). Off: the paper's "
               "push. docs/method.md, the leveled push.")
-WORDS_HELP = ("The push moves only tokens that start a word (a space, a line, punctuation or a digit first); "
-              "the pieces that continue a word, or an emoji's bytes, keep the model's own probabilities. So "
-              "ESamp chooses between words and never spells one: pushed inside words, the embedded model glued "
-              "non-words and emoji chains (docs/results.md, pushing between words).")
+WORDS_HELP = ("The push moves only tokens that start a word (a space or a line first); the pieces inside a word, "
+              "an emoji's bytes and punctuation keep the model's own probabilities. So ESamp chooses the next "
+              "word and never spells one: pushed everywhere, the embedded model glued non-words and emoji chains "
+              "(docs/results.md, pushing between words).")
 WARMUP_HELP = ("ESamp samples this many tokens after the first unguided, while the distiller learns the prompt "
                "(0: the paper's rule, only the first token). Guiding by a distiller that has not learned yet "
                "broke the text (docs/results.md, the frontier).")

@@ -138,12 +138,12 @@ class EsampConfig:
     # 128 tokens (bench.frontier: fewer looping answers than plain's, as diverse; docs/results.md).
     # False: the paper's push.
     keep_entropy: bool = True
-    # The push moves only the candidates that start a word (a space, a line, punctuation or a digit first;
-    # core/esamp/words.py); a piece that continues a word or a character keeps the model's own probability,
-    # so the push chooses between words and never spells one (on the default demo the glued non-words and
-    # emoji chains came from pushes inside a word). True: at the same bound it broke fewer answers than
-    # pushing every candidate, as far above temperature's curve, and held a bound twice as large
-    # (docs/results.md, "Pushing between words"). False: every candidate, the paper's.
+    # The push moves only the candidates that start a word (a space or a line first; core/esamp/words.py);
+    # a piece inside a word, a character's bytes and punctuation keep the model's own probabilities, so the
+    # push chooses the next word and never spells one (on the default demo the glued non-words and emoji
+    # chains came from pushes inside words). True: at the same bound it broke fewer answers than pushing
+    # every candidate, as far above temperature's curve, and held a bound twice as large (docs/results.md,
+    # "Pushing between words"). False: every candidate, the paper's.
     between_words: bool = True
     # Where each run's distillers start (core/backends/start.py): "fresh" random weights, the paper's;
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),

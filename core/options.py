@@ -134,8 +134,8 @@ SETTINGS = [
     Option("esamp.keep_entropy", ("--unleveled",), None, "esamp: push as the paper does, with its part along the "
            "model's own logits, which acts as a lower temperature (default: leveled, without it)", negate=True,
            url="level", served="xarg"),
-    Option("esamp.between_words", ("--inside-words",), None, "esamp: push every token, also the pieces that "
-           "continue a word or a character, as the paper does (default: only the tokens that start a word)",
+    Option("esamp.between_words", ("--inside-words",), None, "esamp: push every token, also the pieces inside a "
+           "word, a character's bytes and punctuation, as the paper does (default: only the tokens that start a word)",
            negate=True, url="words", served="xarg"),
     Option("esamp.start", ("--start",), str, "where each run's distillers start: fresh (the paper) or this model's "
            "pretrained distiller (built once, cached)", choices=STARTS, served="xarg"),

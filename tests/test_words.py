@@ -3,21 +3,22 @@ import torch
 from core.esamp.words import starts_word, word_starts
 
 
-def test_a_word_starts_with_a_space_a_line_punctuation_or_a_digit():
-    for piece in (" The", " ☉", "\n", ".", ",", "'s", "3", " "):
+def test_a_word_starts_with_a_space_or_a_line():
+    for piece in (" The", " ☉", "\n", "\n\n", " ", " 12"):
         assert starts_word(piece), piece
-    for piece in ("phan", "ESSE", "✨", "☉", "", "\ufffd", "é"):  # letters, symbols, a character's bytes
+    # inside a word, a character's bytes, punctuation and symbols attached to a word: the model's
+    for piece in ("phan", "ESSE", "✨", "☉", "", "\ufffd", "é", ".", ",", "!", "'s", "3", "..."):
         assert not starts_word(piece), piece
 
 
 def test_word_starts_of_the_embedded_models_tokenizer(lm):
     tok = lm.tokenizer
     starts = word_starts(tok, len(tok) + 5)
-    ids = {piece: tok.encode(piece, add_special_tokens=False) for piece in (" colour", " 12", ",", "\n")}
+    ids = {piece: tok.encode(piece, add_special_tokens=False) for piece in (" colour", " 12", "\n")}
     assert all(starts[ids[p][0]] for p in ids)
     glued = tok.encode("ESSEESSEESSEES", add_special_tokens=False)
     assert not any(starts[i] for i in glued[1:])  # its pieces after the first continue it
-    assert not starts[len(tok):].any() and 0.4 < starts.float().mean() < 0.9
+    assert not starts[len(tok):].any() and 0.3 < starts.float().mean() < 0.9
     assert torch.equal(lm.head.starts, word_starts(tok, lm.head.weight.shape[0]))  # the backend's head has them
 
 

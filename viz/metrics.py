@@ -7,13 +7,12 @@ perplexities from ``core.scoring.perplexities``.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-
-from core.esamp.words import glues  # what glues a non-word is what the push between words leaves alone
 
 
 def _unit_rows(emb: np.ndarray) -> np.ndarray:
@@ -79,6 +78,12 @@ DEGENERATE_SEQ_REP_4 = 0.2
 GLUED_TOKENS = 8
 
 
+def _glues(ch: str) -> bool:
+    """Letters and symbols (emoji, box drawing) make up a glued non-word; spaces, digits and
+    punctuation end one."""
+    return ch.isalpha() or unicodedata.category(ch).startswith("S")
+
+
 def glued_run(pieces: Sequence[str]) -> int:
     """The most tokens in a row of one answer (its tokens' text pieces) that are glued into one run of
     letters and symbols. A piece that starts with a space starts a run; tokens with an empty piece (the
@@ -95,11 +100,11 @@ def glued_run(pieces: Sequence[str]) -> int:
             pending += 1
             continue
         tokens, pending = pending + 1, 0
-        if glues(piece[0]):  # it joins the run before it
+        if _glues(piece[0]):  # it joins the run before it
             run += tokens
             best = max(best, run)
-        if not all(glues(c) for c in piece):  # a space, digit or punctuation in it ends that run; a tail of
-            run = tokens if glues(piece[-1]) else 0  # letters or symbols after it starts the next
+        if not all(_glues(c) for c in piece):  # a space, digit or punctuation in it ends that run; a tail of
+            run = tokens if _glues(piece[-1]) else 0  # letters or symbols after it starts the next
             best = max(best, run)
     return best
 

@@ -64,12 +64,13 @@ long answers then repeat themselves. {level}
 
 **6 · Between words.** A word is often several tokens ("A|le|phan|t"). Pushed towards pieces the distiller
 did not expect, ESamp would spell new non-words ("Alephanocephalallodyide"). {words}""".format(
-    words="So the push moves only the tokens that start a word (a space, a line, punctuation or a digit "
-    "first); how a word goes on stays the model's own choice." if settings.DEFAULTS["words"] else
+    words="So the push moves only the tokens that start a word (a space or a new line first): ESamp chooses "
+    "the next word; how a word is spelled, and its punctuation, stay the model's own."
+    if settings.DEFAULTS["words"] else
     "Here every token is pushed, also the pieces inside a word (the paper's push).",
     level="So that part is taken out (\"leveled\"): the push only moves probability between tokens, towards "
     "those the distiller did not expect." if settings.DEFAULTS["level"] else "Here it is left in (the paper's push).",
-    bound=f"{settings.DEFAULTS['max_kl']:g} nats" if settings.DEFAULTS["max_kl"] else "any amount (no bound set)",
+    bound=settings.nats(settings.DEFAULTS["max_kl"]) if settings.DEFAULTS["max_kl"] else "any amount (no bound set)",
     warm=f" The first {settings.DEFAULTS['warmup'] + 1} tokens of an answer are sampled unguided." if
     settings.DEFAULTS["warmup"] else " The first token of an answer is sampled unguided: no distiller has seen "
     "the prompt's answers yet.")

@@ -37,9 +37,9 @@ if mode == TASK:  # outside the form, so that the uploader shows only when it is
 d = settings.DEFAULTS  # Explore's candidate set and warm-up: a sweep compares the method Explore shows
 warm = f"its warm-up of {d['warmup']} tokens" if d["warmup"] else "no warm-up"
 st.caption(f"ESamp and plain sampling here draw from Explore's candidates (top-k {d['top_k'] or 'off'}, top-p "
-           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}), with {warm}, its {'leveled ' if d['level'] else ''}push "
-           f"and its bound on each token's push ({d['max_kl']:g} nats at the highest β, scaled down with β as on "
-           "Explore's ladder); change them below.")
+           f"{d['top_p']:g}, min-p {d['min_p'] or 'off'}), with {warm}, its {'leveled ' if d['level'] else ''}push"
+           f"{' between words' if d['words'] else ''} and its bound on each token's push ({settings.nats(d['max_kl'])} "
+           "at the highest β, scaled down with β as on Explore's ladder); change them below.")
 with st.form("sweep"):
     if mode == TRADEOFF:
         prompts_text = st.text_area("Prompts (one a line, up to 4)", "Describe a city in the year 3000.")

@@ -1,30 +1,24 @@
 """Which tokens start a word: what ``EsampConfig.between_words`` lets the push move.
 
-A token continues a word when its text starts with a letter or a symbol (it glues onto the piece
-before it: "phan" in "Ale|phan|o", "✨" after "✨"), or when it is part of a character's bytes (its
-text alone is empty or a replacement character: an emoji's first bytes). Every other token starts
-something: a space, a line, punctuation or a digit first. The same letters and symbols make a glued
-non-word in ``viz.metrics.glued_run``; a token after a line break that starts with a letter ("This")
-counts as continuing, so a line's first word is left to the model.
+A token starts a word when its text begins with a space or a line break: it is the choice of the next
+word. Every other token continues what is there: a piece inside a word ("phan" in "Ale|phan|o"), the
+bytes of a character (its text alone is empty or a replacement character: an emoji's first bytes), or
+punctuation and symbols attached to a word ("." "!" "'s" "✨"). Pushed, those spelled non-words and
+emoji chains on the embedded model, and punctuation lifted into strings of "!" and "...": the choice of
+how a word ends, and of its punctuation, stays the model's (docs/results.md, "Pushing between words").
+A line's first word ("\nThis": "This" has no space) is the model's too.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Sequence
 
 import torch
 
 
-def glues(ch: str) -> bool:
-    """Letters and symbols (emoji, box drawing) glue onto what comes before; spaces, digits and
-    punctuation do not."""
-    return ch.isalpha() or unicodedata.category(ch).startswith("S")
-
-
 def starts_word(piece: str) -> bool:
     """Whether a token whose text alone is ``piece`` starts a word (see the module's docstring)."""
-    return bool(piece) and "\ufffd" not in piece and not glues(piece[0])
+    return bool(piece) and "\ufffd" not in piece and piece[0].isspace()
 
 
 def word_starts(tokenizer, vocab: int) -> torch.Tensor:

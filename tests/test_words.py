@@ -38,3 +38,17 @@ def test_learn_says_when_a_token_was_left_to_the_model():
     assert left_to_the_model(token("phan"), between) and left_to_the_model(token(""), between)
     assert not left_to_the_model(token(" colour"), between) and not left_to_the_model(token("phan"), every)
     assert not left_to_the_model(token("phan"), RunConfig(method="plain"))  # plain sampling pushes nothing at all
+
+
+def test_a_head_without_word_starts_refuses_only_a_push_between_words():
+    import pytest
+
+    from core import EsampConfig
+    from core.esamp.head import LMHead
+    from core.esamp.steerer import Steerer
+
+    head = LMHead(torch.randn(50, 8))  # a backend that read no tokenizer
+    Steerer(1, 2, head, EsampConfig(beta=0.0), 1.0)  # plain sampling (shadow): nothing to push
+    Steerer(1, 2, head, EsampConfig(beta=1.0, between_words=False), 1.0)  # every token: no table needed
+    with pytest.raises(ValueError, match="--inside-words"):
+        Steerer(1, 2, head, EsampConfig(beta=1.0), 1.0)

@@ -52,9 +52,9 @@ def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, 
                   max_kl: float | None, keep_entropy: bool) -> torch.Tensor:
     """The push on the candidates that start a word only, as log-probabilities (R, K).
 
-    A piece that continues a word (or completes a character) keeps the model's own probability, so
-    the chance that the word goes on, and how it goes on, stay the model's; the push moves the rest of
-    the mass between the candidates that start something new: ``p(w) = P_ref(starts) pi_t(w)`` with
+    Every other candidate (a piece inside a word, a character's bytes, punctuation) keeps the model's own
+    probability, so whether the word goes on, and how, stay the model's; the push moves the rest of the
+    mass between the candidates that start a word: ``p(w) = P_ref(starts) pi_t(w)`` with
     ``pi_t`` the tilt of the word starts' own distribution. Its KL from the reference is ``P_ref(starts)
     KL(pi_t || pi_ref)``, so the bound gives each row ``max_kl / P_ref(starts)`` inside the word starts.
     ref: (R, K) logits, -inf outside the candidates; delta: (R, K) the push at β (0 where not finite);
@@ -70,7 +70,7 @@ def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, 
         delta = level(inside, delta)
     mass = torch.logsumexp(torch.where(moving, log_ref, torch.full_like(log_ref, float("-inf"))), -1)  # (R,)
     t = torch.full_like(mass, beta)
-    if max_kl is not None and beta > 0:
+    if max_kl is not None:
         t = bounded(inside, delta / beta, beta, max_kl / mass.exp().clamp(min=1e-30))
     moved = torch.log_softmax(inside + delta * (t / beta)[:, None], dim=-1) + mass[:, None]
     return torch.where(moving, moved, log_ref)

@@ -82,8 +82,10 @@ class Steerer:
             raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         self.max_kl, self.keep_entropy = cfg.max_kl, cfg.keep_entropy
-        if cfg.between_words and head.starts is None:
-            raise ValueError("between_words needs the model's word starts, which this backend did not read.")
+        if cfg.between_words and cfg.beta > 0 and head.starts is None:
+            raise ValueError("The push between words needs the model's word starts, which were not read from its "
+                             "tokenizer here (the log says why); push every token instead (--inside-words, "
+                             "esamp_between_words false).")
         self.starts = head.starts if cfg.between_words else None  # (V,) bool, the tokens the push may move
         device = head.weight.device
         self.bank: DistillerBank | Lease = shared.lease(groups, seed) if shared is not None else DistillerBank(

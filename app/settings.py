@@ -118,7 +118,7 @@ def nats(value: float) -> str:
     return f"{value:g} nat" + ("" if value == 1 else "s")
 
 
-def esamp_of(warmup: int, max_kl: float, level: int | bool = True, words: int | bool = False) -> EsampConfig:
+def esamp_of(warmup: int, max_kl: float, level: int | bool = True, words: int | bool = True) -> EsampConfig:
     """ESamp's settings from the form's (or a link's) values: a bound of 0 is none; ``level`` 0: the
     paper's push (with both, the paper's fusion); ``words``: push between words only."""
     return EsampConfig(warmup_steps=warmup, max_kl=max_kl or None, keep_entropy=bool(level), between_words=bool(words))
@@ -314,9 +314,9 @@ def _details(d: dict, max_new_tokens: int) -> tuple[dict, dict]:
                                            int(_clamp(d["warmup"], 0, max_new_tokens)), help=WARMUP_HELP)),
                 max_kl=float(c2.number_input("Push per token at most (nats, top β)", 0.0, 5.0,
                                              float(_clamp(d["max_kl"] or 0.0, 0.0, 5.0)), 0.05, help=MAX_KL_HELP)),
-                level=c3.checkbox("Leveled push (none of it acts as a lower temperature)", bool(d["level"]),
+                level=c3.checkbox("Leveled push", bool(d["level"]),
                                   help=LEVEL_HELP),
-                words=c4.checkbox("Push between words only (never inside one)", bool(d["words"]), help=WORDS_HELP))
+                words=c4.checkbox("Between words only", bool(d["words"]), help=WORDS_HELP))
     c1, c2, c3, c4 = st.columns(4)
     return push, dict(temperature=float(c1.number_input("Temperature", 0.05, 5.0, float(_clamp(d["T"], 0.05, 5.0)),
                                                         0.05)),

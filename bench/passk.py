@@ -54,14 +54,17 @@ TASKS = {"arithmetic": arithmetic_tasks, "svamp": svamp_tasks}
 
 
 def _esamp_label(beta: float, esamp: EsampConfig) -> str:
-    return f"esamp β={beta:g}, {'leveled, ' if esamp.keep_entropy else ''}≤ {esamp.max_kl:.3g} nats"
+    return (f"esamp β={beta:g}, {'leveled, ' if esamp.keep_entropy else ''}"
+            f"{'between words, ' if esamp.between_words else ''}≤ {esamp.max_kl:.3g} nats")
 
 
 APP_DEFAULT = _esamp_label(1.5, EsampConfig()) + " (the app's default)"
 # What reports made under earlier defaults called the app's default: ``--add-to`` reads them so.
 RENAMED = {"esamp β=1.5, ≤ 0.2 nats (the app's default)": "esamp β=1.5, ≤ 0.2 nats (the default until 2026-12-04)",
            "esamp β=1.5, leveled, ≤ 0.5 nats (the app's default)":
-               "esamp β=1.5, leveled, ≤ 0.5 nats (the default until 2026-12-05)"}
+               "esamp β=1.5, leveled, ≤ 0.5 nats (the default until 2026-12-05)",
+           "esamp β=1.5, leveled, ≤ 0.3 nats (the app's default)":
+               "esamp β=1.5, leveled, ≤ 0.3 nats (a default of 2026-12-05, lr 4e-4)"}
 
 
 def frontier_methods(sampling: SamplingConfig) -> dict[str, RunConfig]:

@@ -52,7 +52,7 @@ def test_passk_on_svamp_runs_the_frontiers_methods(tmp_path):
     report = json.loads(out.read_text())
     assert report["tasks"] == "svamp" and list(report["pass_at_k"]) == [
         "plain T=0.5", "plain T=0.7", "plain T=1", "min-p 0.1",
-        f"esamp β=1, leveled, ≤ {EsampConfig().max_kl / 1.5:.3g} nats", passk.APP_DEFAULT]
+        f"esamp β=1, leveled, between words, ≤ {EsampConfig().max_kl / 1.5:.3g} nats", passk.APP_DEFAULT]
     # the app's default paired per problem with each other method: differences of per-problem pass@k
     assert [r["method"] for r in report["paired"]] == list(report["pass_at_k"])[:-1]
     for row in report["paired"]:

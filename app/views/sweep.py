@@ -69,7 +69,7 @@ with st.form("sweep"):
     c1, c2 = st.columns(2)
     level = c1.checkbox("Leveled push: without the part of ESamp's push that acts as a lower temperature",
                         bool(d["level"]), help=settings.LEVEL_HELP)
-    words = c2.checkbox("Push between words only (never inside one)", bool(d["words"]), help=settings.WORDS_HELP)
+    words = c2.checkbox("Push between words only (never inside a word)", bool(d["words"]), help=settings.WORDS_HELP)
     go = st.form_submit_button("Run sweep", type="primary")
 
 running = st.session_state.get("sweep_run")

@@ -73,7 +73,7 @@ def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, 
     if max_kl is not None:
         t = bounded(inside, delta / beta, beta, max_kl / mass.exp().clamp(min=1e-30))
     moved = torch.log_softmax(inside + delta * (t / beta)[:, None], dim=-1) + mass[:, None]
-    return torch.where(moving, moved, log_ref)
+    return torch.where(some, torch.where(moving, moved, log_ref), ref)  # a row with none: exactly as it was
 
 
 def level(ref: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@ Python and imports here. Its per-slot buffers (``RequestState``) pin host memory
 build cannot, so the ``LogitsProcRequestState`` here holds plain tensors in the same fields
 (``.gpu`` on the device, ``.np`` on the host), written as MRV2's runner writes them."""
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -238,8 +241,6 @@ def test_a_run_rests_while_some_of_its_requests_have_not_joined(monkeypatch):
 def test_the_plugin_leaves_the_choice_of_model_runner_to_vllm(monkeypatch):
     """Installed, the project changes nothing for an unrelated engine: every vLLM process runs its
     plugin, which sets no environment (it used to force V1 on every engine of the environment)."""
-    import os
-
     import vllm.envs as envs
 
     from core.backends.vllm import model, serve, worker  # noqa: F401 - everything an engine of ours imports
@@ -250,6 +251,34 @@ def test_the_plugin_leaves_the_choice_of_model_runner_to_vllm(monkeypatch):
     added = {k for k in os.environ if os.environ[k] != before.get(k)}  # (vLLM's own imports set a few of theirs)
     assert "VLLM_USE_V2_MODEL_RUNNER" not in os.environ and not {k for k in added if k.startswith(("VLLM_", "ESAMP_"))}
     assert envs.VLLM_USE_V2_MODEL_RUNNER == envs.environment_variables["VLLM_USE_V2_MODEL_RUNNER"]()
+
+
+_MALLOC = """
+import torch
+from vllm import SamplingParams
+from core import EsampConfig, RunConfig, SamplingConfig
+from core.backends import hardware
+calls = []
+hardware.keep_freed_memory = lambda: calls.append("kept")  # what changes this process's malloc (mallopt)
+from core.backends.vllm import internals, plugin, processor
+from core.backends.vllm.request import request_extra
+
+plugin.register()
+proc = processor.VllmProcessor(None, torch.device("cpu"), False)
+loaded = len(calls)
+internals.worker_model = lambda: (_ for _ in ()).throw(internals.VllmUnavailableError("no model here"))
+cfg = RunConfig(esamp=EsampConfig(beta=1.0), sampling=SamplingConfig(n=1, max_new_tokens=2, seed=0))
+proc.runs.join(SamplingParams(n=1, extra_args=request_extra("run", 0, 1, cfg)), [], object())
+print(loaded, len(calls))
+"""
+
+
+def test_the_plugin_leaves_mallocs_settings_alone_until_an_esamp_run_starts():
+    """Every vLLM process of the environment loads the plugin: loaded (in a fresh process, as vLLM
+    loads it) it leaves glibc's malloc as it is; the worker's first ESamp run has it keep freed memory
+    (hardware.keep_freed_memory, whose effect test_hardware checks), as ESamp's own processes do."""
+    out = subprocess.run([sys.executable, "-c", _MALLOC], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["0", "1"], out.stdout
 
 
 def test_a_seeded_requests_children_take_their_rows_by_index_in_whatever_order_they_join(monkeypatch):

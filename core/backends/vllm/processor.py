@@ -19,13 +19,10 @@ from typing import Iterable
 
 import torch
 
-from .. import hardware
 from . import internals
 from .mrv2 import Mrv2Processor, V2LogitsProcessor
 from .registry import Registry
 from .request import validate_params
-
-hardware.keep_freed_memory()  # in vLLM's worker process too (where this module is loaded)
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor

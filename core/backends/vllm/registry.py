@@ -27,6 +27,7 @@ from ...esamp.distiller import Lease, SharedBank, bank_key
 from ...esamp.head import LMHead
 from ...esamp.steerer import Background
 from ...esamp.words import word_starts
+from .. import hardware
 from . import internals
 from .hooks import install_hooks
 from .request import EXTRA_KEY
@@ -81,7 +82,10 @@ class Registry:
 
     def _start(self, extra: dict) -> None:
         """Start a run (a failure is kept as a FailedRun: its rows keep the model's logits). A served
-        engine's first run installs the hooks (an in-process engine's are installed as it loads)."""
+        engine's first run installs the hooks (an in-process engine's are installed as it loads), and
+        this process's malloc keeps freed memory from then on (hardware.keep_freed_memory: not at
+        import, since every vLLM process of the environment loads this plugin, ESamp or not)."""
+        hardware.keep_freed_memory()
         self._settle()  # no slot of a bank is leased while its update may still write it
         key = extra["run"]
         if extra["row"] is None:

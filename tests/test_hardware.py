@@ -77,3 +77,31 @@ def test_freed_memory_is_kept_for_the_next_steps_tensors_unless_turned_off():
     default, default_faults = run("0")
     assert (kept, default) == ("True", "False")
     assert kept_faults < 16 < default_faults  # 4 MiB is 1024 fresh pages every time under glibc's own rule
+
+
+_TEAM = """
+import os, time, torch
+from core.backends import hardware
+torch.set_num_threads(2)
+tasks = lambda: len(os.listdir("/proc/self/task"))
+before = tasks()
+torch.ones(1 << 22).mul_(2)  # a parallel op: this thread's OpenMP team starts its helper
+with_team = tasks()
+released = hardware.release_openmp_threads()
+deadline = time.monotonic() + 10
+while released and tasks() >= with_team and time.monotonic() < deadline:
+    time.sleep(0.01)  # the helper leaves on its own
+print(before, with_team, released, tasks())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads counted in /proc")
+def test_a_thread_that_hands_work_on_lets_its_openmp_threads_go_unless_turned_off():
+    def run(env: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", _TEAM], env={**os.environ, hardware.OMP_ENV: env},
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    before, with_team, released, after = run("1")
+    assert int(with_team) > int(before) and released == "True" and int(after) < int(with_team)
+    before, with_team, released, after = run("0")
+    assert int(with_team) > int(before) and released == "False" and after == with_team

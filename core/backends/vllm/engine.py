@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .. import hardware
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,10 @@ class Engine:
         self._thread.start()
 
     def submit(self, sub: Submission) -> Submission:
-        """Add ``sub``'s requests at the next step; returns it (follow it with ``wait`` and ``finished``)."""
+        """Add ``sub``'s requests at the next step; returns it (follow it with ``wait`` and ``finished``).
+        The calling thread's OpenMP threads go first (hardware.release_openmp_threads): it waits while
+        the driver computes, whose kernels run slower while another thread's team is kept."""
+        hardware.release_openmp_threads()
         self._queue(lambda: self._start(sub))
         return sub
 

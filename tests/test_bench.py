@@ -127,6 +127,19 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     assert again.read_text() == table.read_text() and "ESamp / native" in again.read_text()
 
 
+def test_openmp_times_the_engine_with_the_callers_team_kept_and_let_go_in_alternating_processes(tmp_path):
+    pytest.importorskip("vllm")
+    from bench import openmp
+
+    out, table = tmp_path / "openmp.json", tmp_path / "openmp.md"
+    assert openmp.main(["--pairs", "1", "--prompts", "1", "--samples", "2", "--tokens", "2", "--repeats", "1",
+                        "--json", str(out), "--markdown", str(table)]) == 0
+    report = json.loads(out.read_text())
+    assert [p["release"] for p in report["processes"]] == [False, True] and report["machine"]["cpu"]
+    assert all(p[k] and min(p[k]) > 0 for p in report["processes"] for k in ("vllm-native", "esamp"))
+    assert "| esamp | let go | 1 |" in table.read_text()
+
+
 def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):
     pytest.importorskip("vllm")
     from bench import sampler

@@ -113,10 +113,9 @@ def release_openmp_threads() -> bool:
     the in-process vLLM engine does (its driver thread computes). GNU OpenMP spins only briefly
     once it manages more threads than the machine has CPUs, and every thread that has run a parallel
     torch op keeps a team: with the loading thread's team still there, each small kernel of the
-    driver's steps woke its helper from sleep, and a decode step of the embedded model at 64 rows
-    took 120-150 ms in a second thread against 85-105 ms with the first thread's team let go (2-core
-    AMD EPYC; vLLM's own sampling in process: 456-537 against 661-725 tokens/s). No-op where torch's
-    runtime has no such call; ``ESAMP_RELEASE_OMP=0`` turns it off."""
+    driver's steps woke its helper from sleep: vLLM's own sampling in process ran at 535 tokens/s
+    that way and 667 with the team let go, ESamp at 473 and 604 (``python -m bench.openmp``, 2-core
+    AMD EPYC). No-op where torch's runtime has no such call; ``ESAMP_RELEASE_OMP=0`` turns it off."""
     if os.environ.get(OMP_ENV, "1").strip() == "0":
         return False
     pause = _omp_pause()

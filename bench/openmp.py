@@ -1,0 +1,103 @@
+"""What a caller's kept OpenMP team costs the in-process vLLM engine, whose driver thread computes
+every step while the caller waits: the same runs (vLLM's own sampling, then ESamp, both top-k 50,
+EOS ignored, the light trace) in fresh processes that alternate ``ESAMP_RELEASE_OMP=1`` (the default:
+the caller lets its team go before it hands work over, ``hardware.release_openmp_threads``) and
+``ESAMP_RELEASE_OMP=0``; each process loads the model (its loading thread's team is the one kept),
+warms up, then times each run ``--repeats`` times.
+
+    python -m bench.openmp                                    # 4 prompts x 16 samples x 32 tokens, 2 pairs
+    python -m bench.openmp --pairs 1 --prompts 1 --samples 2 --tokens 2 --repeats 1   # the plumbing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
+from core.backends import hardware
+
+from . import read_prompts
+from .quality import machine, write_report
+
+
+def child(a: argparse.Namespace) -> dict:
+    """This process's runs: tokens/s of each, in the order run."""
+    from vllm import SamplingParams
+
+    from core.backends.vllm.loop import native
+
+    lm = load_model(backend="vllm")
+    prompts = read_prompts()[:a.prompts]
+    ids = encode_prompts(lm, prompts, True, a.tokens)
+    params = [SamplingParams(n=a.samples, top_k=50, max_tokens=a.tokens, ignore_eos=True, seed=i, detokenize=False)
+              for i in range(len(prompts))]
+    config = RunConfig(trace="light", esamp=EsampConfig(beta=1.0),
+                       sampling=SamplingConfig(n=a.samples, max_new_tokens=a.tokens, top_k=50, top_p=1.0,
+                                               ignore_eos=True, seed=0))
+    runs = {"vllm-native": lambda: native(lm, ids, params), "esamp": lambda: generate(lm, prompts, config)}
+    for run in runs.values():
+        run()  # warm-up
+    tokens = len(prompts) * a.samples * a.tokens
+    out: dict = {name: [] for name in runs}
+    for _ in range(a.repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            out[name].append(tokens / (time.perf_counter() - t0))
+    return {"machine": machine(lm), **out}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| run | caller's OpenMP team | processes | median tokens/s | released ÷ kept |",
+             "|---|---|---:|---:|---:|"]
+    for name in ("vllm-native", "esamp"):
+        med = {s: statistics.median(x for p in report["processes"] if p["release"] == s for x in p[name])
+               for s in (True, False)}
+        count = sum(p["release"] for p in report["processes"])
+        for s in (False, True):
+            ratio = f"{med[True] / med[False]:.2f}" if s else ""
+            lines.append(f"| {name} | {'let go' if s else 'kept'} | {count} | {med[s]:.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=2, help="processes each way, alternating")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    a = ap.parse_args(argv)
+    if a.child:
+        print("RESULT " + json.dumps(child(a)))
+        return 0
+    shape = ["--prompts", str(a.prompts), "--samples", str(a.samples), "--tokens", str(a.tokens),
+             "--repeats", str(a.repeats)]
+    processes = []
+    for _ in range(a.pairs):
+        for release in (False, True):
+            env = {**os.environ, hardware.OMP_ENV: "1" if release else "0"}
+            done = subprocess.run([sys.executable, "-m", "bench.openmp", "--child", *shape], env=env,
+                                  capture_output=True, text=True, check=True)
+            result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+            processes.append({"release": release, **result})
+            print(f"{'let go' if release else 'kept  '}  " + "  ".join(
+                f"{k} {statistics.median(result[k]):.0f} tokens/s" for k in ("vllm-native", "esamp")), flush=True)
+    command = "python -m bench.openmp " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"command": command, "machine": processes[0]["machine"], "processes": processes}
+    write_report(a, report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import os
 import platform
 import sys
@@ -98,9 +99,14 @@ _OMP_PAUSE_SOFT = 1  # omp_pause_soft (OpenMP 5.0, omp.h)
 
 @functools.lru_cache(maxsize=1)
 def _omp_pause():
-    """``omp_pause_resource_all`` of the OpenMP runtime torch's kernels were linked with, or None."""
+    """``omp_pause_resource_all`` of GNU OpenMP as torch's Linux wheels ship it (torch/lib, torch.libs),
+    or None: elsewhere the runtime may be LLVM's, whose pause is for every thread of the process."""
+    root = os.path.dirname(torch.__file__)
+    found = sorted(glob.glob(os.path.join(root, "lib", "libgomp*.so*")) + glob.glob(root + ".libs/libgomp*.so*"))
+    if not sys.platform.startswith("linux") or not found:
+        return None
     try:
-        pause = ctypes.CDLL(torch._C.__file__).omp_pause_resource_all  # found through torch's own libraries
+        pause = ctypes.CDLL(found[0]).omp_pause_resource_all  # the library torch loaded: the same handle
     except (OSError, AttributeError):
         return None
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int

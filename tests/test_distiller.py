@@ -196,3 +196,31 @@ def test_a_shared_bank_grows_and_lets_its_storage_go_when_the_last_run_ends():
     del lease, leases
     fresh = shared.lease(1, 0)
     assert shared.leased == 1 and fresh.slots == [0]
+
+
+def test_a_prediction_whose_update_runs_elsewhere_makes_no_graph():
+    """With the update off the critical path (a worker thread here, a CUDA side stream on GPUs) the step's
+    prediction is made with no autograd graph: the update recomputes its own, and a graph of the main
+    stream still alive at its backward made torch warn and synchronise the streams on the H100."""
+    from core.esamp.candidates import Candidates
+    from core.esamp.head import LMHead
+    from core.esamp.steerer import Steerer
+
+    g = torch.Generator().manual_seed(0)
+    head = LMHead(torch.randn(40, 8, generator=g))
+    steerer = Steerer(1, 3, head, EsampConfig(beta=1.0, between_words=False, overlap=True), 1.0)
+    assert steerer.background is not None
+    for step in range(3):
+        s, h = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+        cand = Candidates.from_filtered(head.logits(h), filters_active=False)
+        steerer.propose(cand, s, h, torch.full((3,), step + 1))
+        pred = steerer._step.pred
+        assert pred.grad_fn is None and not pred.requires_grad
+        assert not any(p.requires_grad for p in steerer.bank.params)
+        before = [p.clone() for p in steerer.bank.params]
+        steerer.learn(torch.ones(3, dtype=torch.bool))
+        steerer.settle()
+        assert any(not torch.equal(a, b) for a, b in zip(before, steerer.bank.params))  # it still trains
+    bank = steerer.bank
+    s = torch.randn(1, 3, 8, generator=g)
+    assert torch.equal(bank.infer(s), bank.forward(s).detach())  # the same prediction, without the graph

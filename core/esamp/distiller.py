@@ -126,6 +126,13 @@ class DistillerBank:
                 p.requires_grad_(True)
             return self._forward(s, self.params)
 
+    def infer(self, s: torch.Tensor) -> torch.Tensor:
+        """``forward`` with no graph (an update that runs elsewhere recomputes its own): no autograd
+        state is made here, so none made on this thread or CUDA stream is still alive when the
+        update's backward runs on another (on CUDA torch then warns and synchronises the streams)."""
+        with torch.no_grad():
+            return self._forward(s, [p.detach() for p in self.params])
+
     def _forward(self, s: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         gain = self.design.input_rms
         x = s if gain is None else s * (gain * torch.rsqrt(s.square().mean(-1, keepdim=True) + 1e-6))

@@ -129,9 +129,8 @@ class Steerer:
                 s_grouped = self._grouped(self._to_layout(s, slots))
             if self.background is None:
                 pred = self.bank.forward(s_grouped)  # (G, m, H), with the graph for the update
-            else:
-                with torch.no_grad():  # the update recomputes it where it runs
-                    pred = self.bank.forward(s_grouped)
+            else:  # the update recomputes it where it runs, with its graph
+                pred = self.bank.infer(s_grouped)
             h_hat = pred.detach().reshape(-1, h.shape[-1])
             if slots is not None:
                 h_hat = h_hat[slots]  # (R, H)

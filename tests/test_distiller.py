@@ -201,7 +201,7 @@ def test_a_shared_bank_grows_and_lets_its_storage_go_when_the_last_run_ends():
 def test_a_prediction_whose_update_runs_elsewhere_makes_no_graph():
     """With the update off the critical path (a worker thread here, a CUDA side stream on GPUs) the step's
     prediction is made with no autograd graph: the update recomputes its own, and a graph of the main
-    stream still alive at its backward made torch warn and synchronise the streams on the H100."""
+    stream still alive at its backward made torch warn of an extra stream synchronisation on the H100."""
     from core.esamp.candidates import Candidates
     from core.esamp.head import LMHead
     from core.esamp.steerer import Steerer

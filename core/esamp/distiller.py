@@ -129,7 +129,7 @@ class DistillerBank:
     def infer(self, s: torch.Tensor) -> torch.Tensor:
         """``forward`` with no graph (an update that runs elsewhere recomputes its own): no autograd
         state is made here, so none made on this thread or CUDA stream is still alive when the
-        update's backward runs on another (on CUDA torch then warns and synchronises the streams)."""
+        update's backward runs on another (on CUDA, torch warned that this may synchronise the streams)."""
         with torch.no_grad():
             return self._forward(s, [p.detach() for p in self.params])
 

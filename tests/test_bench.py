@@ -534,3 +534,15 @@ def test_the_gpu_check_runs_where_only_torch_and_transformers_are_installed(tmp_
     table = run("runpy.run_module('bench.speed', run_name='__main__')", "--quick", "--backends", "transformers",
                 "--no-other-dtype", "--model", str(tiny))
     assert "| transformers | esamp |" in table
+
+
+def test_the_gpu_checks_speed_model_has_the_embedded_models_shape(lm):
+    """`./run gpu-check` times a random llama of the embedded model's shape (bench.tiny --shape embedded):
+    its layers, widths, heads and vocabulary are the embedded model's own."""
+    from bench.tiny import EMBEDDED_SHAPE, tiny_config
+
+    shaped, own = tiny_config(257, 256, shape="embedded"), lm.model.config
+    assert {k: getattr(shaped, k) for k in EMBEDDED_SHAPE} == {k: getattr(own, k) for k in EMBEDDED_SHAPE}
+    assert shaped.head_dim == own.head_dim and lm.head.weight.shape == (shaped.vocab_size, shaped.hidden_size)
+    with pytest.raises(ValueError, match="Unknown shape"):
+        tiny_config(257, 256, shape="qwen")

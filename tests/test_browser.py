@@ -328,19 +328,21 @@ def test_a_tab_closed_mid_run_does_not_keep_the_model_locked(browser, tmp_path):
     # 15 s, not 3: a page's polling (every 0.5 s) paused past 3 s by load would take the open tab's run for
     # abandoned. One whole-suite run waited 300 s here for "2 runs at once" (2026-12-05); that this was the
     # cause is a guess (not reproduced beside four busy loops), and wait_for_run now says what the page showed.
-    proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="15", **OWN)
+    # The closed tab's run is LONG, so it cannot finish in those 15 s on a fast machine (its stories, seed 0,
+    # ran past 500 tokens in 7 of 8 answers).
+    proc, url = start_server(db, ESAMP_ABANDON_AFTER_S="15", ESAMP_MAX_NEW_TOKENS=str(LONG), **OWN)
     try:
-        a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": 256, **TWO_RUNS})
+        a, _ = start_generating(browser, url, {"prompt": "Tell a long story.", "n": 4, "tokens": LONG, **TWO_RUNS})
         wait_for_run(a, "text=2 runs at once")  # as the other tests: a stall says what the page shows
         a.context.close()  # the user closes the tab mid-run
         b, _ = start_generating(browser, url, {"prompt": "Name a bird.", "n": 2, "tokens": 4, **TWO_RUNS})
-        run_b = saved_run_id(b)  # would wait for all 2 x 4 x 256 tokens of the closed tab without the watch
+        run_b = saved_run_id(b)  # would wait for all 2 x 4 x LONG tokens of the closed tab without the watch
         assert prompts_of_run(db, run_b) == {"Name a bird."}
         with sqlite3.connect(db) as con:
             (stopped_trace,) = con.execute("SELECT t.trace FROM traces t JOIN runs r ON r.id = t.run_id "
                                            "WHERE r.prompt = 'Tell a long story.'").fetchall()[0]
         kept = json.loads(stopped_trace)
-        assert kept["stopped"] and 0 < len(kept["samples"][0]["tokens"]) < 256  # what it made is kept
+        assert kept["stopped"] and 0 < len(kept["samples"][0]["tokens"]) < LONG  # what it made is kept
         b.context.close()
     finally:
         stop_server(proc)

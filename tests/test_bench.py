@@ -329,6 +329,18 @@ def test_budget_times_the_fusion_with_and_without_the_bound(tmp_path):
     assert row["rows"] == 4 and row["ms"]["bounded"] > 0 and 0 <= row["rows_bound"] <= 1
 
 
+def test_projection_times_the_candidates_projection_both_ways(tmp_path):
+    from bench import projection
+
+    out = tmp_path / "projection.json"
+    assert projection.main(["--rows", "4", "--repeats", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["rows"], r["vectors"]) for r in results] == [(4, 1), (4, 2)]
+    for r in results:  # the two ways compute the same values, on the kept entries only
+        assert 0 < r["kept"] <= r["padded"] and r["ms"]["packed"] > 0 and r["ms"]["by row"] > 0
+        assert r["max_difference"] < 1e-3
+
+
 def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):
     from bench import live
 

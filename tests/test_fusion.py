@@ -244,6 +244,11 @@ def test_the_packed_projection_computes_only_the_kept_entries_and_agrees_with_th
         some[:, :30] = True  # a padded (R, K) with most entries padding
         assert torch.allclose(head.project(x, ids, some)[some], head.project(x, ids)[some], rtol=1e-5, atol=1e-5)
         assert torch.allclose(head.project(x, ids, torch.ones_like(some)), head.project(x, ids))  # most kept: dense
+        two = torch.stack([x, -2 * x])  # two vectors a row (the fusion's e rides along), a row by row and packed
+        by_row, packed = (head._project_kept(two, some, ids, by_row=b) for b in (True, False))
+        assert torch.allclose(by_row, packed, rtol=1e-5, atol=1e-5) and not by_row[:, ~some].any()
+        alone = head._project_kept(two[:, 1:2], some[1:2], ids[1:2], by_row=True)  # a row's values: its own only
+        assert torch.equal(alone[:, 0], by_row[:, 1])
     # fusion under top-p: candidates only, the same fused logits as projecting everything
     raw = torch.randn(4, 3000) * 3
     cand = select(StepFilters.of(top_p=0.5), raw)

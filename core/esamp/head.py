@@ -118,16 +118,18 @@ class LMHead:
                                          x[:, rows].permute(1, 2, 0)).permute(2, 0, 1)
         return out[0] if one else out
 
-    def _project_kept(self, x: torch.Tensor, keep: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-        """``project`` of x (C, R, H) at the kept entries only, packed: one row of W per (row, token) entry."""
+    def _project_kept(self, x: torch.Tensor, keep: torch.Tensor, ids: torch.Tensor | None,
+                      by_row: bool | None = None) -> torch.Tensor:
+        """``project`` of x (C, R, H) at the kept entries only: one row of W per (row, token) entry.
+        ``by_row`` (None: on a CPU) computes them with ``kept_by_row``, else ``kept_packed``."""
         rows, cols = keep.nonzero(as_tuple=True)
         tokens = cols if ids is None else ids[rows, cols]
         x = x.float()
-        values = torch.cat([(F.embedding(t, self.weight).float() * x[:, r]).sum(-1)
-                            for t, r in zip(tokens.split(_ENTRIES), rows.split(_ENTRIES))], dim=-1) if len(rows) else \
-            x.new_empty((x.shape[0], 0))
         out = x.new_zeros((x.shape[0],) + keep.shape)
-        out[:, rows, cols] = values
+        if len(rows):
+            by_row = not x.is_cuda if by_row is None else by_row
+            out[:, rows, cols] = kept_by_row(self.weight, x, tokens, keep.sum(-1).tolist()) if by_row else \
+                kept_packed(self.weight, x, tokens, rows)
         return out
 
     def logits(self, h: torch.Tensor, ids: torch.Tensor | None = None, keep: torch.Tensor | None = None
@@ -144,3 +146,21 @@ class LMHead:
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+
+def kept_packed(weight: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(C, E) ``W[tokens[e]] . x[:, rows[e]]`` for E entries, each W row multiplied by x gathered to it,
+    ``_ENTRIES`` entries a step: few launches on a GPU, but (C, E, H) temporaries."""
+    return torch.cat([(F.embedding(t, weight).float() * x[:, r]).sum(-1)
+                      for t, r in zip(tokens.split(_ENTRIES), rows.split(_ENTRIES))], dim=-1)
+
+
+def kept_by_row(weight: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """``kept_packed`` for entries grouped by row (``counts[r]`` entries of row r, in order): one matrix
+    product ``W[tokens of r] x_r^T`` a row (at most ``_ENTRIES`` entries each), no temporaries beyond W's
+    rows; 2-2.5x faster on a CPU at real top-p steps (``python -m bench.projection``). A row's values
+    depend only on its own entries, never on its neighbours'."""
+    parts = [F.embedding(t, weight).float() @ x[:, r].T  # (entries, C)
+             for r, row in enumerate(tokens.split(counts)) if len(row) for t in row.split(_ENTRIES)]
+    return torch.cat(parts).T
+

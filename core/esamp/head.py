@@ -158,8 +158,9 @@ def kept_packed(weight: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, row
 def kept_by_row(weight: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """``kept_packed`` for entries grouped by row (``counts[r]`` entries of row r, in order): one matrix
     product ``W[tokens of r] x_r^T`` a row (at most ``_ENTRIES`` entries each), no temporaries beyond W's
-    rows; 2-2.5x faster on a CPU at real top-p steps (``python -m bench.projection``). A row's values
-    depend only on its own entries, never on its neighbours'."""
+    rows; on a CPU at real top-p steps about 2x faster with one vector and 3-4x with two
+    (``python -m bench.projection``). A row's values depend only on its own entries, never on its
+    neighbours'."""
     parts = [F.embedding(t, weight).float() @ x[:, r].T  # (entries, C)
              for r, row in enumerate(tokens.split(counts)) if len(row) for t in row.split(_ENTRIES)]
     return torch.cat(parts).T

@@ -5,6 +5,7 @@ along (two), computed entry by entry (``kept_packed``, a GPU's way) or a row at 
 
     python -m bench.projection                      # 16 rows (one run of Explore's ladder) and 384
     python -m bench.projection --json bench/results/projection.json --markdown bench/results/projection.md
+    python -m bench.projection --crossover            # a narrow block whole or a row at a time (_BY_ROW_WIDTH)
 
 The inputs are a real step's (``bench.budget.inputs``: the embedded model's states over generic text and
 its top-p 0.9 candidates at T = 1), padded as a run pads them: to its widest row.
@@ -54,6 +55,28 @@ def measure(lm, rows: int, vectors: int, top_p: float, repeats: int) -> dict:
             "speedup": ms["packed"] / ms["by row"], "max_difference": gap}
 
 
+def crossover(lm, rows: int, width: int, kept: float, repeats: int) -> dict:
+    """A padded block ``width`` wide with a share ``kept`` of its entries kept (random tokens, the fusion's
+    two vectors): projected whole (``LMHead.project`` without ``keep``) or a row at a time; ms each."""
+    gen = torch.Generator().manual_seed(width)
+    ids = torch.randint(0, lm.head.weight.shape[0], (rows, width), generator=gen)
+    keep = torch.rand(rows, width, generator=gen) < kept
+    x = torch.randn(2, rows, lm.head.weight.shape[1], generator=gen)
+    seconds: dict[str, list[float]] = {"whole": [], "by row": []}
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            for name in list(seconds)[::1 if i % 2 else -1]:
+                t0 = time.perf_counter()
+                if name == "whole":
+                    lm.head.project(x, ids)
+                else:
+                    lm.head._project_kept(x, keep, ids, by_row=True)
+                if i >= 2:
+                    seconds[name].append(time.perf_counter() - t0)
+    return {"rows": rows, "width": width, "kept": kept,
+            "ms": {name: 1000 * statistics.median(s) for name, s in seconds.items()}}
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| rows | vectors a row | kept of padded entries | packed (ms) | by row (ms) | packed ÷ by row | "
              "largest difference |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -63,17 +86,31 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def crossover_markdown(results: list[dict]) -> str:
+    lines = ["| rows | block width | kept | whole block (ms) | by row (ms) |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['rows']} | {r['width']} | {r['kept']:.0%} | {r['ms']['whole']:.2f} | {r['ms']['by row']:.2f} |"
+              for r in results]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="16,384")
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--crossover", action="store_true", help="instead: narrow blocks, whole or by row")
+    ap.add_argument("--widths", default="64,128,256,512", help="the block widths of --crossover")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     a = ap.parse_args(argv)
     lm = load_model()
-    results = [measure(lm, int(r), v, a.top_p, a.repeats) for r in a.rows.split(",") for v in (1, 2)]
-    text = markdown(results)
+    if a.crossover:
+        results = [crossover(lm, int(r), int(w), k, a.repeats) for r in a.rows.split(",")
+                   for w in a.widths.split(",") for k in (0.1, 0.3)]
+        text = crossover_markdown(results)
+    else:
+        results = [measure(lm, int(r), v, a.top_p, a.repeats) for r in a.rows.split(",") for v in (1, 2)]
+        text = markdown(results)
     print(text)
     out = {"command": "python -m bench.projection " + " ".join(sys.argv[1:] if argv is None else argv),
            "model": lm.name, "dtype": str(lm.dtype), "machine": describe(), "results": results}

@@ -339,6 +339,8 @@ def test_projection_times_the_candidates_projection_both_ways(tmp_path):
     for r in results:  # the two ways compute the same values, on the kept entries only
         assert 0 < r["kept"] <= r["padded"] and r["ms"]["packed"] > 0 and r["ms"]["by row"] > 0
         assert r["max_difference"] < 1e-3
+    assert projection.main(["--crossover", "--rows", "4", "--widths", "64", "--repeats", "1", "--json", str(out)]) == 0
+    assert [(r["width"], r["kept"]) for r in json.loads(out.read_text())["results"]] == [(64, 0.1), (64, 0.3)]
 
 
 def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):

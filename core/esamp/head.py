@@ -16,6 +16,11 @@ _ENTRIES = 4096  # (row, token) entries per gather of the packed projection (LMH
 # this many multiply-adds in the time of one such read (an estimate for 2 CPU cores, not tuned: under
 # top-p 0.9 the kept entries are ~0.4% of the vocabulary, far on the packed side of it).
 _GEMM_SPEEDUP = 8
+# On a CPU a padded block of candidates narrower than this is projected whole (one batched product over
+# its rows) even where few of its entries are kept: a row's own product costs more than reading the
+# padding there (384 rows, 10-30 % kept: 7.3 against 8.1-10.8 ms at 64 wide, 16-18 against 10-14 at 128,
+# 38-40 against 12-26 at 256; 2-core EPYC, bfloat16: ``python -m bench.projection --crossover``).
+_BY_ROW_WIDTH = 128
 _VOCAB_CHUNK = 8192  # rows of W upcast at a time by LMHead.logits32 (19 MB at H = 576)
 
 
@@ -100,10 +105,12 @@ class LMHead:
 
         ``keep`` (same shape as one vector's result, bool): only those entries are needed; the
         others may come back 0. Where they are few (top-p or min-p leave most of a padded (R, K),
-        or of the whole vocabulary, empty) only the kept entries are computed."""
+        or of the whole vocabulary, empty) only the kept entries are computed (on a CPU, not in a
+        block of candidates narrower than ``_BY_ROW_WIDTH``)."""
         one = x.dim() == 2
         x = x[None] if one else x  # (C, R, H)
-        if keep is not None and int(keep.sum()) < keep.numel() / (_GEMM_SPEEDUP if ids is None else 2):
+        narrow = ids is not None and not x.is_cuda and ids.shape[-1] < _BY_ROW_WIDTH
+        if keep is not None and not narrow and int(keep.sum()) < keep.numel() / (_GEMM_SPEEDUP if ids is None else 2):
             out = self._project_kept(x, keep, ids)
         elif ids is None:
             out = (x.to(self.weight.dtype) @ self.weight.T).float()

@@ -95,14 +95,20 @@ def main(argv=None) -> int:
     rows = [measure(lm, int(r), a.beta, a.max_kl, a.top_p, a.repeats) for r in a.rows.split(",")]
     steps = native_steps(a.steps)
     text = markdown(rows, steps, a.beta, a.max_kl)
-    print(text)
-    out = {"command": "python -m bench.budget " + " ".join(sys.argv[1:] if argv is None else argv),
-           "model": lm.name, "dtype": str(lm.dtype), "machine": describe(), "rows": rows, "native_step_ms": steps}
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
-    if a.markdown:
-        a.markdown.write_text(f"{describe()['cpu']} ({describe()['torch_cpu_capability']}), {lm.dtype}:\n\n{text}\n")
+    write("bench.budget", argv, lm, text, a.json, a.markdown, rows=rows, native_step_ms=steps)
     return 0
+
+
+def write(module: str, argv, lm, text: str, json_path: Path | None, markdown_path: Path | None, **fields) -> None:
+    """Print a measurement's table and keep it: its command, model, dtype and machine with ``fields`` as
+    JSON, the table under the CPU and dtype as markdown (each where a path is given)."""
+    print(text)
+    out = {"command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+           "model": lm.name, "dtype": str(lm.dtype), "machine": describe(), **fields}
+    if json_path:
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+    if markdown_path:
+        markdown_path.write_text(f"{describe()['cpu']} ({describe()['torch_cpu_capability']}), {lm.dtype}:\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,18 @@ its top-p 0.9 candidates at T = 1), padded as a run pads them: to its widest row
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from core import RunConfig, SamplingConfig, load_model
-from core.backends.hardware import describe
 from core.esamp.candidates import select
 from core.esamp.filters import run_filters
 from core.esamp.head import kept_by_row, kept_packed
 
-from .budget import inputs
+from .budget import inputs, write
 
 WAYS = {"packed": kept_packed, "by row": kept_by_row}
 
@@ -111,13 +108,7 @@ def main(argv=None) -> int:
     else:
         results = [measure(lm, int(r), v, a.top_p, a.repeats) for r in a.rows.split(",") for v in (1, 2)]
         text = markdown(results)
-    print(text)
-    out = {"command": "python -m bench.projection " + " ".join(sys.argv[1:] if argv is None else argv),
-           "model": lm.name, "dtype": str(lm.dtype), "machine": describe(), "results": results}
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
-    if a.markdown:
-        a.markdown.write_text(f"{describe()['cpu']} ({describe()['torch_cpu_capability']}), {lm.dtype}:\n\n{text}\n")
+    write("bench.projection", argv, lm, text, a.json, a.markdown, results=results)
     return 0
 
 

@@ -171,4 +171,3 @@ def kept_by_row(weight: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, cou
     parts = [F.embedding(t, weight).float() @ x[:, r].T  # (entries, C)
              for r, row in enumerate(tokens.split(counts)) if len(row) for t in row.split(_ENTRIES)]
     return torch.cat(parts).T
-

@@ -256,6 +256,17 @@ def beta_ladder(config: RunConfig, betas: Sequence[float], scale_bound: bool = F
                     esamp=replace(config.esamp, beta=float(b), max_kl=bound(b))) for b in betas]
 
 
+def ladder_key(config: RunConfig) -> tuple | None:
+    """What runs share to be stepped as one, with a β per row (a backend may; vLLM's does): everything but
+    β and the bound on the push (``max_kl``), plain sampling counting as ESamp at β = 0 (the rungs of
+    ``beta_ladder``). None for a run that steps alone: another method, or the noise ablation (its noise
+    is drawn for the run's own rows)."""
+    if config.method not in ("esamp", "plain") or config.esamp.noise:
+        return None
+    return config.uses_distiller, replace(config, method="esamp",
+                                          esamp=replace(config.esamp, beta=0.0, max_kl=None, shadow=True))
+
+
 def continuation(config: RunConfig, ladder: Sequence[RunConfig], *, beta: float, prefix_ids: tuple[int, ...],
                  n: int, max_new_tokens: int, prime: bool = False) -> RunConfig:
     """``config`` continued from ``prefix_ids`` (a branch by hand): n answers of ``max_new_tokens`` at

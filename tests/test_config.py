@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from core import EsampConfig, FireConfig, RunConfig, SamplingConfig
+from core import EsampConfig, FireConfig, RunConfig, SamplingConfig, beta_ladder
+from core.config import ladder_key
 
 
 @pytest.mark.parametrize("field,value", [
@@ -90,3 +91,17 @@ def test_a_branch_pushes_as_a_rung_of_its_ladder_would_whichever_run_it_leaves()
     assert continuation(unbounded[0], unbounded, beta=1, prefix_ids=(1,), n=1, max_new_tokens=1).esamp.max_kl is None
     plain_only = beta_ladder(RunConfig(esamp=EsampConfig(max_kl=0.2)), [0], scale_bound=True)
     assert continuation(plain_only[0], plain_only, beta=1, prefix_ids=(1,), n=1, max_new_tokens=1).esamp.max_kl == 0.2
+
+
+def test_a_ladders_rungs_share_a_key_and_what_steps_alone_has_none():
+    """``ladder_key``: what runs share to be stepped as one with a β per row (vLLM's backend does)."""
+    base = RunConfig(sampling=SamplingConfig(n=4, seed=3), esamp=EsampConfig(max_kl=0.5))
+    rungs = beta_ladder(base, (0.0, 0.25, 1.0), scale_bound=True)
+    assert len({ladder_key(c) for c in rungs}) == 1 and ladder_key(rungs[0]) is not None
+    assert ladder_key(RunConfig(method="plain", esamp=EsampConfig(shadow=False))) != ladder_key(RunConfig(
+        method="plain"))  # no distiller at all: not with the runs that have one
+    for apart in (RunConfig(sampling=SamplingConfig(n=4, seed=4)), RunConfig(sampling=SamplingConfig(n=2, seed=3)),
+                  RunConfig(sampling=SamplingConfig(n=4, seed=3), esamp=EsampConfig(warmup_steps=2))):
+        assert ladder_key(apart) != ladder_key(rungs[1])
+    assert ladder_key(RunConfig(method="fire")) is None
+    assert ladder_key(RunConfig(esamp=EsampConfig(noise=True))) is None

@@ -402,3 +402,31 @@ def test_bounded_takes_one_budget_per_row():
     moved = kl(torch.log_softmax(ref + t[:, None] * direction, -1), torch.log_softmax(ref, -1))
     assert (moved <= budgets + 1e-6).all() and t[0] == 0 and t[-1] == 2.0
     assert torch.equal(bounded(ref[1:2], direction[1:2], 2.0, 0.05), t[1:2])  # a row's own budget, as alone
+
+
+def test_a_beta_and_a_bound_per_row_fuse_each_row_as_its_own_scalars_do():
+    """A β ladder stepped as one run: each row's β and bound (as tensors) give that row exactly what
+    fusing it alone with its own numbers gives; a row at β = 0 comes back as it went in."""
+    g = torch.Generator().manual_seed(8)
+    head = LMHead(torch.randn(200, 16, generator=g))
+    h, h_hat = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g) * 3
+    l_ref = head.logits(h)
+    cand = Candidates.from_filtered(l_ref.masked_fill(l_ref < torch.topk(l_ref, 20).values[:, -1:], -INF), True)
+    starts = torch.rand(cand.logits.shape, generator=g) < 0.6
+    betas, bounds = [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 1.5, 1.5], [0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.6, 0.6]
+    for words in (None, starts):
+        for with_bound, leveled in ((False, False), (True, False), (True, True)):
+            kl_rows = torch.tensor(bounds) if with_bound else None
+            fused = fuse(cand, h, h_hat, head, torch.tensor(betas), 0.7, max_kl=kl_rows, keep_entropy=leveled,
+                         starts=words)
+            for r, (b, k) in enumerate(zip(betas, bounds)):
+                if b == 0:
+                    continue
+                one = Candidates(cand.ids[r:r + 1], cand.logits[r:r + 1], cand.vocab)
+                alone = fuse(one, h[r:r + 1], h_hat[r:r + 1], head, b, 0.7, max_kl=k if with_bound else None,
+                             keep_entropy=leveled, starts=None if words is None else words[r:r + 1])
+                assert torch.allclose(fused[r:r + 1], alone, atol=1e-5, rtol=0), (r, words is None, with_bound)
+            assert not torch.isnan(fused).any()
+            at_zero = fused[:2] if words is None else torch.log_softmax(fused[:2], -1)
+            want = cand.logits[:2] if words is None else torch.log_softmax(cand.logits[:2], -1)
+            assert torch.allclose(at_zero, want, atol=1e-6)  # β = 0: no push

@@ -191,6 +191,37 @@ def test_runs_sharing_the_engine_keep_their_own_distillers(vlm):
                 [t.novelty for s in solo.samples for t in s.tokens], rel=1e-4)
 
 
+def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm):
+    """The app's Generate: runs that differ in β alone are one run in the engine (a β per row), so a
+    step filters, fuses and records them once, not once a rung. Each rung's tokens are those it gets
+    alone, its signals and losses too (within the roundings of a wider batch, which training carries
+    along the answer), in this machine's default dtype; the rung at β = 0 draws exactly plain's tokens."""
+    from dataclasses import replace
+
+    from core import beta_ladder, generate_runs
+    from core.backends.vllm.loop import encode_runs, requests_of
+
+    vdefault = load_model(backend="vllm")
+    assert vdefault.dtype == lm.dtype
+    base = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=10, top_k=0, top_p=0.9, seed=5, ignore_eos=True))
+    ladder = beta_ladder(base, (0.0, 0.5, 1.5), scale_bound=True)
+    other = replace(ladder[1], sampling=replace(base.sampling, seed=6))  # another seed: a run of its own
+    configs = [*ladder, other]
+    runs, _, _ = requests_of(vdefault, encode_runs(vdefault, PROMPTS, configs), configs)
+    assert len({r.key for r in runs[:3]}) == 1 and runs[3].key != runs[0].key and [r.rung for r in runs] == [0, 1, 2, 0]
+    together = generate_runs(vdefault, PROMPTS, configs)
+    for config, got in zip(configs, together):
+        alone = generate(vdefault, PROMPTS, config)
+        assert got.config == config and token_ids(got) == token_ids(alone), config.esamp.beta
+        for a, b in zip(alone.samples, got.samples):
+            assert [t.novelty for t in b.tokens] == pytest.approx([t.novelty for t in a.tokens], rel=1e-3)
+            assert [t.logp_new for t in b.tokens] == pytest.approx([t.logp_new for t in a.tokens], rel=1e-3, abs=1e-4)
+        for a, b in zip(alone.prompts, got.prompts):
+            assert b.loss == pytest.approx(a.loss, rel=1e-3) and b.resets == a.resets
+    plain = generate(vdefault, PROMPTS, replace(ladder[0], esamp=replace(ladder[0].esamp, shadow=False)))
+    assert token_ids(together[0]) == token_ids(plain)
+
+
 def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
     import threading
 
@@ -247,6 +278,26 @@ def test_a_bad_request_is_refused_where_vllm_takes_it(vlm):
                                                                   "config": {"method": "esamp"}}})
     with pytest.raises(Exception, match=r"is not a run configuration \(no 'sampling'\)"):  # VLLMValidationError
         native(vlm, [[1, 2, 3]], [params])
+
+
+def test_a_ladder_in_a_record_is_checked_like_its_config():
+    """A record's ladder (request.py): runs that differ in β alone, and a row inside all their rows."""
+    from dataclasses import replace
+
+    from core import beta_ladder
+    from core.backends.vllm.request import EXTRA_KEY, check_record, request_extra
+
+    ladder = beta_ladder(_config(0.5, seed=1, n=2), (0.0, 0.5))
+    dicts = [c.to_dict() for c in ladder]
+    config, got = check_record(request_extra("k", 7, 2, ladder[1], ladder=dicts)[EXTRA_KEY])  # 2 rungs x 2 x 2
+    assert config == ladder[1] and got == ladder
+    with pytest.raises(ValueError, match="row 8 is not one of 2 prompts' samples"):
+        check_record(request_extra("k", 8, 2, ladder[1], ladder=dicts)[EXTRA_KEY])
+    apart = [*dicts, replace(ladder[1], sampling=replace(ladder[1].sampling, top_p=0.5)).to_dict()]
+    with pytest.raises(ValueError, match="differ in β and its bound alone"):
+        check_record(request_extra("k", 0, 2, ladder[1], ladder=apart)[EXTRA_KEY])
+    with pytest.raises(ValueError, match=r"\['ladder'\]\[1\] is not a run configuration"):
+        check_record(request_extra("k", 0, 2, ladder[1], ladder=[dicts[0], {"method": "esamp"}])[EXTRA_KEY])
 
 
 def test_a_requests_settings_reach_its_run_state_without_coming_back_to_a_file(vlm):

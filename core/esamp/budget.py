@@ -39,20 +39,23 @@ def kl_of_tilt(ref: torch.Tensor, direction: torch.Tensor, t: torch.Tensor,
     return kl(torch.log_softmax(ref + t[:, None] * direction, dim=-1), log_ref)
 
 
-def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float, max_kl: float | torch.Tensor) -> torch.Tensor:
+def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float | torch.Tensor,
+            max_kl: float | torch.Tensor) -> torch.Tensor:
     """(R,) each row's tilt: ``beta`` where ``KL(pi_beta || pi_ref) <= max_kl``, else the largest
     t in [0, beta] found whose KL is within it (never over it).
 
     ref: (R, K) reference logits (after temperature and filters; -inf outside the candidates);
-    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite); max_kl:
-    nats, one for every row or (R,) each row's own.
+    direction: (R, K) the change per unit of β (``w . e / T``; 0 where it is not finite); beta and
+    max_kl: one for every row, or (R,) each row's own (nats).
 
     The rows over the budget solve ``sqrt(KL(t)) = sqrt(max_kl)`` (nearly linear in t: KL grows as
     ``t² Var(d) / 2`` at first) by regula falsi with the Illinois rule inside a bracket [lo, hi] with
     ``KL(lo) <= max_kl < KL(hi)``, its first point where that quadratic reaches the budget; the answer is
     ``lo``. ``SOLVER_STEPS`` passes over the rows' candidates, where a bisection took fourteen."""
-    t = torch.full(ref.shape[:1], float(beta), dtype=ref.dtype, device=ref.device)
-    if beta <= 0 or (not isinstance(max_kl, torch.Tensor) and max_kl <= 0):
+    per_row = isinstance(beta, torch.Tensor)  # (a row at β = 0 is never over its budget: its t is 0)
+    t = beta.to(ref.dtype).clone() if per_row else torch.full(ref.shape[:1], float(beta), dtype=ref.dtype,
+                                                              device=ref.device)
+    if (not per_row and beta <= 0) or (not isinstance(max_kl, torch.Tensor) and max_kl <= 0):
         return torch.zeros_like(t)
     budget = torch.as_tensor(max_kl, dtype=ref.dtype, device=ref.device).clamp(min=0).expand_as(t)
     log_ref = torch.log_softmax(ref, dim=-1)

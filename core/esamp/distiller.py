@@ -246,15 +246,16 @@ class SharedBank(DistillerBank):
         """Slots held by leases."""
         return self.groups - len(self.free)
 
-    def lease(self, groups: int, seed: int) -> "Lease":
-        """G fresh distillers for a run, seeded as ``DistillerBank(groups, ..., seed=seed)``'s would be."""
+    def lease(self, groups: int, seed: int, index: Sequence[int] | None = None) -> "Lease":
+        """G fresh distillers for a run, seeded as ``DistillerBank(groups, ..., seed=seed)``'s would be;
+        ``index``: each one's group index in that bank instead (a ladder's rungs: each as a run of its own)."""
         if len(self.free) < groups:
             self._grow(groups - len(self.free))
         self.free.sort(reverse=True)
         slots = [self.free.pop() for _ in range(groups)]
         which = torch.zeros(self.groups, dtype=torch.bool)
         for g, slot in enumerate(slots):
-            self._seeds[slot] = (seed, g)
+            self._seeds[slot] = (seed, g if index is None else index[g])
             self.resets[slot] = 0
             which[slot] = True
         self.reset(which)

@@ -14,8 +14,8 @@ from .candidates import Candidates
 from .head import LMHead
 
 
-def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float,
-         temperature: float, projected: torch.Tensor | None = None, max_kl: float | None = None,
+def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float | torch.Tensor,
+         temperature: float, projected: torch.Tensor | None = None, max_kl: float | torch.Tensor | None = None,
          keep_entropy: bool = False, starts: torch.Tensor | None = None) -> torch.Tensor:
     """ESamp's fused logits on the candidates: ``(1 + beta) l_ref - beta l_dist``.
 
@@ -29,27 +29,34 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     ``keep_entropy``: the push less its part along ``l_ref`` (``level``), so it does not act as a
     temperature; False: the paper's push. ``starts``: (R, K) bool, the candidates that start a word
     (``core.esamp.words``): the push moves only those (``between_words``); None: every candidate.
+    ``beta`` and ``max_kl`` may be (R,) tensors, each row's own (a β ladder stepped as one run); a row at
+    β = 0 then comes back as it went in, only as log-probabilities where the push is between words.
     """
+    per_row = isinstance(beta, torch.Tensor)
+    # (as a float would be: β / T in double precision, then rounded to the logits' float32)
+    scale = (beta.double() / temperature).float()[:, None] if per_row else beta / temperature
     if head.softcap is None:  # only the candidates' entries are needed (the rest stay -inf)
         if projected is None:
             projected = head.project(h - h_hat, cand.ids, keep=torch.isfinite(cand.logits))
-        delta = projected * (beta / temperature)
+        delta = projected * scale
     else:
         l_dist = head.logits(h_hat, cand.ids) / temperature
-        delta = beta * (cand.logits - l_dist)  # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)
+        # (1+b) l_ref - b l_dist = l_ref + b (l_ref - l_dist)
+        delta = (beta[:, None] if per_row else beta) * (cand.logits - l_dist)
     delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
     if starts is not None:
         return between_words(cand.logits, delta, starts, beta, max_kl, keep_entropy)
     if keep_entropy:
         delta = level(cand.logits, delta)
-    if max_kl is None or beta <= 0:
+    if max_kl is None or (not per_row and beta <= 0):
         return cand.logits + delta
-    t = bounded(cand.logits, delta / beta, beta, max_kl)  # (R,) each row's β, at most beta
-    return cand.logits + delta * (t / beta)[:, None]
+    unit = _nonzero(beta)
+    t = bounded(cand.logits, delta / _column(unit), beta, max_kl)  # (R,) each row's β, at most beta
+    return cand.logits + delta * (t / unit)[:, None]
 
 
-def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, beta: float,
-                  max_kl: float | None, keep_entropy: bool) -> torch.Tensor:
+def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, beta: float | torch.Tensor,
+                  max_kl: float | torch.Tensor | None, keep_entropy: bool) -> torch.Tensor:
     """The push on the candidates that start a word only, as log-probabilities (R, K).
 
     Every other candidate (a piece inside a word, a character's bytes, punctuation) keeps the model's own
@@ -58,8 +65,10 @@ def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, 
     ``pi_t`` the tilt of the word starts' own distribution. Its KL from the reference is ``P_ref(starts)
     KL(pi_t || pi_ref)``, so the bound gives each row ``max_kl / P_ref(starts)`` inside the word starts.
     ref: (R, K) logits, -inf outside the candidates; delta: (R, K) the push at β (0 where not finite);
-    starts: (R, K) bool. A row with no candidate that starts a word is left as it was."""
-    if beta <= 0 or max_kl == 0:
+    starts: (R, K) bool; beta, max_kl: as ``fuse`` takes them. A row with no candidate that starts a word
+    is left as it was."""
+    per_row = isinstance(beta, torch.Tensor)
+    if not per_row and (beta <= 0 or max_kl == 0):
         return ref  # no push: exactly the reference
     log_ref = torch.log_softmax(ref, dim=-1)
     moving = starts & torch.isfinite(ref)
@@ -69,11 +78,21 @@ def between_words(ref: torch.Tensor, delta: torch.Tensor, starts: torch.Tensor, 
     if keep_entropy:
         delta = level(inside, delta)
     mass = torch.logsumexp(torch.where(moving, log_ref, torch.full_like(log_ref, float("-inf"))), -1)  # (R,)
-    t = torch.full_like(mass, beta)
+    unit = _nonzero(beta)
+    t = beta.to(mass.dtype) if per_row else torch.full_like(mass, beta)
     if max_kl is not None:
-        t = bounded(inside, delta / beta, beta, max_kl / mass.exp().clamp(min=1e-30))
-    moved = torch.log_softmax(inside + delta * (t / beta)[:, None], dim=-1) + mass[:, None]
+        t = bounded(inside, delta / _column(unit), beta, max_kl / mass.exp().clamp(min=1e-30))
+    moved = torch.log_softmax(inside + delta * (t / unit)[:, None], dim=-1) + mass[:, None]
     return torch.where(some, torch.where(moving, moved, log_ref), ref)  # a row with none: exactly as it was
+
+
+def _nonzero(beta: float | torch.Tensor) -> float | torch.Tensor:
+    """β to divide by: a row's own where β is (R,), 1 for a row at β = 0 (whose push is 0 anyway)."""
+    return torch.where(beta > 0, beta, torch.ones_like(beta)) if isinstance(beta, torch.Tensor) else beta
+
+
+def _column(beta: float | torch.Tensor) -> float | torch.Tensor:
+    return beta[:, None] if isinstance(beta, torch.Tensor) else beta
 
 
 def level(ref: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,10 @@ and once at the end ``stats = pipeline.finish(prompts)``: what the trace needs o
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -73,22 +74,33 @@ class Steerer:
 
     def __init__(self, groups: int, rows: int, head: LMHead, cfg: EsampConfig, temperature: float,
                  seed: int = 0, watch: Stopwatch | None = None, initial: list[torch.Tensor] | None = None,
-                 shared: SharedBank | None = None):
+                 shared: SharedBank | None = None, rungs: Sequence[tuple[float, float | None]] = ()):
         """cfg.beta: the fusion strength applied (0 for shadow mode); temperature: what l_ref and
         l_dist are divided by; initial: the weights every distiller starts from (None: fresh); shared:
         a bank whose step predicts and trains these distillers with other runs' (``stage``; its own
-        initial weights then), or None: a DistillerBank of this run's own."""
-        if rows % groups:
-            raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups})")
+        initial weights then), or None: a DistillerBank of this run's own. rungs: a β ladder stepped as
+        one run (with a shared bank), each rung's (β, max_kl) in place of cfg's: the rows and groups split
+        evenly among them, rung by rung, and each rung's distillers seeded as a run of its own would be."""
+        if rows % groups or groups % max(len(rungs), 1):
+            raise ValueError(f"rows ({rows}) must be a multiple of groups ({groups}), and those of rungs "
+                             f"({len(rungs)})")
+        if rungs and (shared is None or cfg.noise):
+            raise ValueError("A β ladder steps as one run with a shared bank, and without the noise ablation.")
         self.groups, self.rows, self.head, self.beta, self.temperature = groups, rows, head, cfg.beta, temperature
         self.max_kl, self.keep_entropy = cfg.max_kl, cfg.keep_entropy
-        if cfg.between_words and cfg.beta > 0 and head.starts is None:
+        self.still: torch.Tensor | None = None  # (rows,) bool: the ladder's layout rows at β = 0
+        if rungs:
+            self.beta, self.max_kl = per_row(rungs, rows, head.weight.device)
+            self.still = self.beta <= 0 if min(b for b, _ in rungs) <= 0 else None
+        self.guides = cfg.beta > 0 if not rungs else max(b for b, _ in rungs) > 0
+        if cfg.between_words and self.guides and head.starts is None:
             raise ValueError("The push between words needs the model's word starts, which were not read from its "
                              "tokenizer here (the log says why); push every token instead (--inside-words, "
                              "esamp_between_words false).")
         self.starts = head.starts if cfg.between_words else None  # (V,) bool, the tokens the push may move
         device = head.weight.device
-        self.bank: DistillerBank | Lease = shared.lease(groups, seed) if shared is not None else DistillerBank(
+        index = [g % (groups // len(rungs)) for g in range(groups)] if rungs else None  # each rung's own
+        self.bank: DistillerBank | Lease = shared.lease(groups, seed, index) if shared is not None else DistillerBank(
             groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm, initial=initial)
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
@@ -135,8 +147,11 @@ class Steerer:
             if slots is not None:
                 h_hat = h_hat[slots]  # (R, H)
             nov, rel = novelty(h, h_hat)
+        beta, max_kl, still = self.beta, self.max_kl, self.still
+        if isinstance(beta, torch.Tensor) and slots is not None:  # a ladder's: each batch row's
+            beta, max_kl, still = (None if x is None else x[slots] for x in (beta, max_kl, still))
         held = positions <= self.warmup_steps  # the first token, and the warm-up's
-        guided = self.beta > 0 and not bool(held.all())
+        guided = self.guides and not bool(held.all())
         steer_by = h_hat if self.noise is None or not guided else h - noise_like(h - h_hat, self.noise)
         projected, own = None, cand.logits
         if exact is not None:
@@ -148,9 +163,11 @@ class Steerer:
             with self.watch("fuse"):
                 starts = None if self.starts is None else (
                     self.starts[cand.ids] if cand.ids is not None else self.starts.expand_as(cand.logits))
-                fused = sample = fuse(cand, h, steer_by, self.head, self.beta, self.temperature, projected,
-                                      self.max_kl, self.keep_entropy, starts)
+                fused = sample = fuse(cand, h, steer_by, self.head, beta, self.temperature, projected,
+                                      max_kl, self.keep_entropy, starts)
                 waiting = held.to(fused.device) if bool(held.any()) else None
+                if still is not None:  # a ladder's rows at β = 0 sample as a plain run's
+                    waiting = still if waiting is None else waiting | still
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
                     waiting = warming if waiting is None else waiting | warming
@@ -210,6 +227,18 @@ class Steerer:
         if self.warmup is not None:
             self.warmup.update(learning.rel_novelty, self.live[-1])
         self.bank.handle_bad(bad)
+
+
+def per_row(rungs: Sequence[tuple[float, float | None]], rows: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A ladder's (β, max_kl) for each of its ``rows`` layout rows, rung by rung: (rows,) each; max_kl
+    None where no rung has a bound (a rung without one, among rungs with: no bound, infinity)."""
+    each = rows // len(rungs)
+    beta = torch.tensor([float(b) for b, _ in rungs], device=device).repeat_interleave(each)
+    if all(k is None for _, k in rungs):
+        return beta, None
+    bounds = torch.tensor([math.inf if k is None else float(k) for _, k in rungs], device=device)
+    return beta, bounds.repeat_interleave(each)
 
 
 class Warmup:
@@ -309,18 +338,23 @@ class Pipeline:
     """
 
     def __init__(self, config: RunConfig, head: LMHead, prompts: int, initial: list[torch.Tensor] | None = None,
-                 shared: SharedBank | None = None):
+                 shared: SharedBank | None = None, ladder: Sequence[RunConfig] = ()):
         """initial: the weights every distiller starts from (``core.backends.start``; None: fresh);
-        shared: a bank the distillers share with other runs' (``Steerer``; ``stage`` each step)."""
+        shared: a bank the distillers share with other runs' (``Steerer``; ``stage`` each step); ladder:
+        runs that differ from ``config`` in β alone (``ladder_key``), stepped as this one: its rows are
+        each rung's ``prompts * n`` in turn (``Steerer``'s rungs; ``finish`` reports them rung by rung)."""
         sc = config.sampling
         self.first, self.main = run_filters(config)
         self.head = head
         self._base = config.trace == "full"  # record logp_base
         self.watch = Stopwatch()  # where the time goes; the backends time their own parts with it too
-        self._groups = prompts if config.esamp.scope == "prompt" else 1
+        self._rungs, self._prompts = max(len(ladder), 1), prompts
+        self._groups = prompts if config.esamp.scope == "prompt" else 1  # a rung's
         esamp = replace(config.esamp, beta=config.beta)  # the β applied: 0 for every method but esamp
-        self.steerer = Steerer(self._groups, prompts * sc.n, head, esamp, self.main.temperature, seed=sc.seed,
-                               watch=self.watch, initial=initial, shared=shared) if config.uses_distiller else None
+        rungs = [(c.beta, c.esamp.max_kl) for c in ladder]
+        self.steerer = Steerer(self._groups * self._rungs, prompts * sc.n * self._rungs, head, esamp,
+                               self.main.temperature, seed=sc.seed, watch=self.watch, initial=initial, shared=shared,
+                               rungs=rungs) if config.uses_distiller else None
 
     def propose(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
                 slots: torch.Tensor | None = None) -> Proposal:
@@ -372,7 +406,8 @@ class Pipeline:
             self.steerer.learn(active)
 
     def finish(self, prompts: int) -> RunStats:
-        """Settle the last update and return the run's statistics: call once, after the last step."""
+        """Settle the last update and return the run's statistics: call once, after the last step. A
+        ladder's per prompt lists hold each rung's prompts in turn, and its times are all of its rungs'."""
         st = self.steerer
         if st is not None:
             st.settle()
@@ -388,4 +423,5 @@ class Pipeline:
         return RunStats(curves[0], curves[1], resets, self.watch.distiller_seconds, self.watch.parts())
 
     def _group_of(self, prompt: int) -> int:
-        return prompt if self._groups > 1 else 0
+        """The group of a prompt (a ladder's: of a rung's prompt, counted over its rungs in turn)."""
+        return prompt if self._groups > 1 else prompt // self._prompts

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
-from ...config import RunConfig
+from ...config import RunConfig, ladder_key
 from ...esamp.steerer import RunStats
 from ...trace import RunTrace
 from ..base import Progress, ProgressFn, encode_prompts
@@ -38,9 +38,10 @@ POLL_S = 0.05  # how often a waiting caller looks at its cancel event between en
 class Run:
     """The caller's side of one run in a submission."""
 
-    key: str
+    key: str  # the run in the engine: the rungs of a β ladder share one (``requests_of``)
     config: RunConfig
     request_ids: list[str]
+    rung: int = 0  # its place among the runs stepped as one: their rows in turn
 
 
 def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunConfig], *,
@@ -49,10 +50,11 @@ def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunCo
     ids_of = encode_runs(lm, prompts, configs)
     runs, first, after = requests_of(lm, ids_of, configs)
     t0 = time.perf_counter()
-    sub = lm.engine.submit(Submission(first, after, keys=tuple(r.key for r in runs)))
+    sub = lm.engine.submit(Submission(first, after, keys=keys(runs)))
     stopped = _follow(lm, sub, runs, progress, cancel, t0)
     seconds = time.perf_counter() - t0
-    results = [lm.engine.call(lambda llm, key=r.key: llm.collective_rpc("esamp_take", args=(key,))[0]) for r in runs]
+    taken = {k: lm.engine.call(lambda llm, key=k: llm.collective_rpc("esamp_take", args=(key,))[0]) for k in keys(runs)}
+    results = results_of(runs, taken)
     if sub.error is not None:
         raise sub.error
     return traces_of(lm, prompts, runs, ids_of, results, t0=t0, seconds=seconds, stopped=stopped)
@@ -93,30 +95,59 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
     return generate_runs(lm, prompts, [config], progress=progress, cancel=cancel)[0]
 
 
-def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig]):
+def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig], ladders: bool = True):
     """The runs, the requests that go in at once and the ones that wait. Each prompt's first sample
     goes first; its other samples join once the prompt is in vLLM's prefix cache, so the prompt is
-    prefilled once per run, not once per sample. Every run keeps the schedule it has alone."""
+    prefilled once per run, not once per sample. Every run keeps the schedule it has alone.
+
+    With ``ladders``, runs that differ in β alone (``core.config.ladder_key``: a β ladder's rungs) are
+    one run in the engine, with a β per row: each engine step then filters, fuses and records them in
+    one pass instead of one a rung (docs/results.md: a run's own costs a step). Each rung keeps its
+    own requests, seeds and distillers, so its tokens are those it has alone (to the last bit of a
+    wider batch's roundings); ``traces_of`` gives each its own trace."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    runs, first, after = [], [], {}
-    for config, ids in zip(configs, ids_of):
-        sc, key = config.sampling, uuid.uuid4().hex
-        n, P = sc.n, len(ids)
-        run = Run(key, config, [f"esamp-{key}-{r}" for r in range(P * n)])
-        runs.append(run)
-        for r, rid in enumerate(run.request_ids):
-            params = SamplingParams(
-                n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=request_seed(sc.seed, r),
-                ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids, detokenize=False,
-                output_kind=RequestOutputKind.DELTA, extra_args=request_extra(key, r, P, config))
-            request = Request(rid, ids[r // n], params)
-            if r % n == 0:
-                first.append(request)
-            else:
-                after.setdefault(run.request_ids[r - r % n], []).append(request)
+    groups: dict[object, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(ladder_key(config) if ladders and ladder_key(config) is not None else i, []).append(i)
+    runs: list[Run | None] = [None] * len(configs)
+    first, after = [], {}
+    for members in groups.values():
+        key = uuid.uuid4().hex
+        ladder = [configs[i].to_dict() for i in members] if len(members) > 1 else None
+        for rung, i in enumerate(members):
+            config, ids = configs[i], ids_of[i]
+            sc, P = config.sampling, len(ids)
+            base = rung * P * sc.n  # the rung's first row in its engine run
+            run = runs[i] = Run(key, config, [f"esamp-{key}-{base + r}" for r in range(P * sc.n)], rung)
+            for r, rid in enumerate(run.request_ids):
+                extra = request_extra(key, base + r, P, config, ladder=ladder)
+                params = SamplingParams(
+                    n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=request_seed(sc.seed, r),
+                    ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids, detokenize=False,
+                    output_kind=RequestOutputKind.DELTA, extra_args=extra)
+                request = Request(rid, ids[r // sc.n], params)
+                if r % sc.n == 0:
+                    first.append(request)
+                else:
+                    after.setdefault(run.request_ids[r - r % sc.n], []).append(request)
     return runs, first, after
+
+
+def keys(runs: Sequence[Run]) -> tuple[str, ...]:
+    """The engine's runs of ``runs``, each once, in order."""
+    return tuple(dict.fromkeys(r.key for r in runs))
+
+
+def results_of(runs: Sequence[Run], taken: dict[str, dict]) -> list[dict]:
+    """Each run's result from those taken from the worker by engine run (``esamp_take``): a ladder's
+    rung its own part (``state.RunState.result``)."""
+    out = []
+    for r in runs:
+        res = taken[r.key]
+        out.append(res if res["error"] or "rungs" not in res else res | res["rungs"][r.rung])
+    return out
 
 
 def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressFn | None,
@@ -136,14 +167,13 @@ def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressF
     return stopped
 
 
-def live_pieces(tokenizer, runs: Sequence[Run], eos_ids: Sequence[int]) -> dict[str, LivePieces]:
-    """Each run's answers so far, kept for ``progress_of`` (by run key)."""
-    return {r.key: LivePieces(tokenizer, len(r.request_ids), () if r.config.sampling.ignore_eos else eos_ids)
-            for r in runs}
+def live_pieces(tokenizer, runs: Sequence[Run], eos_ids: Sequence[int]) -> list[LivePieces]:
+    """Each run's answers so far, kept for ``progress_of`` (in the runs' order)."""
+    return [LivePieces(tokenizer, len(r.request_ids), () if r.config.sampling.ignore_eos else eos_ids) for r in runs]
 
 
 def progress_of(runs: Sequence[Run], ids: dict[str, list[int]], steps: int | None, t0: float,
-                live: dict[str, LivePieces] | None = None) -> list[Progress]:
+                live: list[LivePieces] | None = None) -> list[Progress]:
     """Each run's progress from its requests' token ids so far, after ``steps`` engine steps (None: as
     many as its longest sample has tokens); with ``live``, its answers so far too (decoding what is new)."""
     out = []
@@ -153,7 +183,7 @@ def progress_of(runs: Sequence[Run], ids: dict[str, list[int]], steps: int | Non
         step = max(counts) if steps is None else steps
         answers: tuple = ()
         if live is not None:
-            pieces = live[run.key]
+            pieces = live[i]
             for row, d in enumerate(done):
                 pieces.extend(row, d[pieces.taken[row]:])
             answers = pieces.snapshot([row for row, c in enumerate(counts) if c >= sc.max_new_tokens])

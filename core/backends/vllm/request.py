@@ -24,7 +24,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from ...config import EsampConfig, RunConfig, SamplingConfig
+from ...config import EsampConfig, RunConfig, SamplingConfig, ladder_key
 from ...options import NO_BOUND, SETTINGS, XARG, bound, get
 
 # What a request may set (core/options.py, ``served``): the fusion and the distiller as
@@ -48,13 +48,17 @@ def validate_params(sampling_params) -> None:
         check_extra(extra[EXTRA_KEY])
 
 
-def request_extra(key: str, row: int | None, prompts: int, config: RunConfig, record: bool = True) -> dict:
+def request_extra(key: str, row: int | None, prompts: int, config: RunConfig, record: bool = True,
+                  ladder: list[dict] | None = None) -> dict:
     """The one record a request of a run carries for its ESamp (``SamplingParams.extra_args``), in process
     (loop.py) and served (``prepare`` writes it from the client's ``vllm_xargs``). ``row``: the
     request's row in its run (prompt * n + sample), or None for one request that vLLM fans out into
     its run's n child requests (the registry gives each child its row as it joins); ``record``: keep
-    every token's signals for a caller to take (a served run has none: it is freed when its rows leave)."""
-    return {EXTRA_KEY: {"run": key, "row": row, "prompts": prompts, "config": config.to_dict(), "record": record}}
+    every token's signals for a caller to take (a served run has none: it is freed when its rows leave);
+    ``ladder``: the configs (as dicts) of runs stepped as this one (``core.config.ladder_key``), rung by
+    rung: the request's row counts over them in turn (rung * prompts * n + prompt * n + sample)."""
+    extra = {"run": key, "row": row, "prompts": prompts, "config": config.to_dict(), "record": record}
+    return {EXTRA_KEY: extra | ({"ladder": ladder} if ladder else {})}
 
 
 def run_of(params) -> str | None:
@@ -65,20 +69,38 @@ def run_of(params) -> str | None:
 
 def check_extra(extra) -> RunConfig:
     """The RunConfig of a request's ESamp record (``request_extra``); ValueError saying what is wrong."""
+    return check_record(extra)[0]
+
+
+def check_record(extra) -> tuple[RunConfig, list[RunConfig]]:
+    """A request's ESamp record (``request_extra``) read: its RunConfig and its run's ladder (empty: a run
+    of its own); ValueError saying what is wrong."""
     if not isinstance(extra, dict) or not {"run", "row", "prompts", "config"} <= extra.keys():
         raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs run, row, prompts and config.")
     prompts, row = extra["prompts"], extra["row"]
-    try:
-        config = RunConfig.from_dict(extra["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['config'] is not a run configuration ({what}).") from exc
-    if not isinstance(prompts, int) or not (row is None and prompts == 1 or isinstance(row, int)
-                                            and 0 <= row < prompts * config.sampling.n):
+    config = _config(extra["config"], "['config']")
+    ladder = extra.get("ladder", [])
+    if not isinstance(ladder, list):
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['ladder'] is a list of run configurations.")
+    ladder = [_config(c, f"['ladder'][{i}]") for i, c in enumerate(ladder)]
+    if any(ladder_key(c) is None or ladder_key(c) != ladder_key(config) for c in ladder):
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['ladder']: runs stepped as one differ in β and its bound "
+                         "alone (core.config.ladder_key).")
+    rows = prompts * config.sampling.n * max(len(ladder), 1) if isinstance(prompts, int) else 0
+    if not isinstance(prompts, int) or not (row is None and prompts == 1 and not ladder or isinstance(row, int)
+                                            and 0 <= row < rows):
         raise ValueError(f"extra_args[{EXTRA_KEY!r}]: row {row!r} is not one of {prompts!r} prompts' samples.")
     if not isinstance(extra.get("record", True), bool):
         raise ValueError(f"extra_args[{EXTRA_KEY!r}]['record'] is true or false.")
-    return config
+    return config, ladder
+
+
+def _config(d, where: str) -> RunConfig:
+    try:
+        return RunConfig.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]{where} is not a run configuration ({what}).") from exc
 
 
 def wants_esamp(extra: dict | None) -> bool:

@@ -195,11 +195,12 @@ async def _runs(request, engine):
 
 async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
     """The JSON lines of one job: progress while its runs generate, then their traces."""
-    runs, first, after = loop.requests_of(lm, ids_of, configs)
+    # (with data parallelism a ladder's rungs go to engines in turn, each its own run)
+    runs, first, after = loop.requests_of(lm, ids_of, configs, ladders=lm.engines == 1)
     counts: dict[str, list[int]] = {}  # request id -> its token ids so far
     live = loop.live_pieces(lm.tokenizer, runs, lm.eos_ids)
     t0 = time.perf_counter()  # (the clock of the worker's first_step_at)
-    rank = {r.key: next(_rank) % lm.engines if lm.engines > 1 else None for r in runs}
+    rank = {k: next(_rank) % lm.engines if lm.engines > 1 else None for k in loop.keys(runs)}
     run_of = {rid: r.key for r in runs for rid in r.request_ids}
     work = asyncio.create_task(_follow(engine, first, after, counts, rank, run_of))
     stop = asyncio.create_task(_jobs[job].wait())
@@ -212,7 +213,7 @@ async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
                 await engine.abort([rid for r in runs for rid in r.request_ids])
             yield _line({"progress": [asdict(p) for p in loop.progress_of(runs, counts, None, t0, live)]})
         work.result()
-        results = [await _take(engine, r.key) for r in runs]
+        results = loop.results_of(runs, {k: await _take(engine, k) for k in loop.keys(runs)})
         seconds = time.perf_counter() - t0
 
         def answer() -> bytes:  # off the server's event loop: every other request's outputs go through it
@@ -238,8 +239,8 @@ async def _forget(engine, runs: Sequence[loop.Run]) -> None:
     """Abort a job's requests and free its runs' state (a client that went away)."""
     try:
         await engine.abort([rid for r in runs for rid in r.request_ids])
-        for r in runs:
-            await _take(engine, r.key)
+        for k in loop.keys(runs):
+            await _take(engine, k)
     except Exception:  # noqa: BLE001 - nobody to tell but the log
         log.exception("freeing an abandoned ESamp job failed")
 

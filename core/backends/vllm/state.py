@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ from ...esamp.steerer import Pipeline
 from .. import start
 from ..record import Recorder
 from . import internals
-from .request import check_extra
+from .request import check_record
 
 log = logging.getLogger(__name__)
 Banks = Callable[[EsampConfig, "list[torch.Tensor] | None"], SharedBank]  # Registry.bank
@@ -74,18 +74,20 @@ class RunState:
     """One run's Pipeline and what waits to be recorded, stepped by the processor."""
 
     def __init__(self, key: str, config: RunConfig, prompts: int, head: LMHead, record: bool = True,
-                 model: tuple[str, str] | None = None, banks: Banks | None = None):
+                 model: tuple[str, str] | None = None, banks: Banks | None = None, ladder: Sequence[RunConfig] = ()):
         """record: keep every token's signals for ``result`` (a served run has nobody to take them);
         model: the engine's model source and dtype, for a pretrained distiller (core.backends.start);
-        banks: the worker's shared distiller bank for a config and its initial weights (None: this run's own)."""
+        banks: the worker's shared distiller bank for a config and its initial weights (None: this run's own);
+        ladder: the runs stepped as this one (request.py), whose results ``result`` gives rung by rung."""
         self.key = key
         self.record = record
         self.config = config
         self.prompts = prompts
+        self.rungs = max(len(ladder), 1)
         initial = start.initial(*model, config.esamp) if model and config.uses_distiller else None
         shared = banks(config.esamp, initial) if banks is not None and config.uses_distiller else None
-        self.pipeline = Pipeline(config, head, prompts, initial, shared)
-        self.recorder = Recorder(prompts * config.sampling.n)
+        self.pipeline = Pipeline(config, head, prompts, initial, shared, ladder)
+        self.recorder = Recorder(prompts * config.sampling.n * self.rungs)
         self.pending: list[tuple[list[Row], list[int], PendingSignals]] = []  # tokens not sampled yet
         self.first_step_at: float | None = None
         self.error: str | None = None
@@ -98,8 +100,9 @@ class RunState:
             if head is None:
                 raise internals.VllmUnavailableError("ESamp's hooks are not installed in this vLLM worker.")
             with torch.inference_mode(False):  # vLLM updates its batch under inference mode; the distiller trains
-                return cls(extra["run"], check_extra(extra), extra["prompts"], head, extra.get("record", True), model,
-                           banks)
+                config, ladder = check_record(extra)
+                return cls(extra["run"], config, extra["prompts"], head, extra.get("record", True), model, banks,
+                           ladder)
         except Exception as exc:  # noqa: BLE001 - the engine goes on; the caller gets the message
             return FailedRun(f"{type(exc).__name__}: {exc}")
 
@@ -195,9 +198,19 @@ class RunState:
 
     def result(self) -> dict:
         """Everything the caller builds the trace from, in types vLLM's RPC carries (lists, dicts,
-        numbers): call once, after the run's last step."""
+        numbers): call once, after the run's last step. A ladder's (``rungs``): each rung's rows and
+        statistics as a run of its own would have them, with an equal share of the ladder's times."""
         if self.error is not None:
             return {"error": self.error}
         self.record_sampled(final=True)
-        return {"rows": self.recorder.per_row(), "stats": asdict(self.pipeline.finish(self.prompts)),
-                "first_step_at": self.first_step_at, "error": None}
+        rows, stats = self.recorder.per_row(), asdict(self.pipeline.finish(self.prompts * self.rungs))
+        out = {"first_step_at": self.first_step_at, "error": None}
+        if self.rungs == 1:
+            return out | {"rows": rows, "stats": stats}
+        each, p = self.recorder.rows // self.rungs, self.prompts
+        share = {"esamp_seconds": stats["esamp_seconds"] / self.rungs,
+                 "parts": {k: v / self.rungs for k, v in stats["parts"].items()}}
+        return out | {"rungs": [
+            {"rows": {name: v[k * each:(k + 1) * each] for name, v in rows.items()},
+             "stats": {name: v[k * p:(k + 1) * p] if isinstance(v, list) else share[name] for name, v in stats.items()}}
+            for k in range(self.rungs)]}

@@ -308,6 +308,25 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
     assert rows[0]["first_token_vs_alone"] == 1.0
 
 
+def test_rungs_times_each_ladder_as_one_run_beside_its_rungs_apart(tmp_path):
+    """Together, a session's rungs share a ladder key (one run in the engine); apart, none do."""
+    if importlib.util.find_spec("vllm") is None:
+        import pytest
+
+        pytest.skip("vLLM is optional; ./run test installs it")
+    from bench import rungs
+    from core.config import ladder_key
+
+    for method in ("esamp", "plain"):
+        together, apart = rungs.configs(2, 2, f"{method} together", 2), rungs.configs(2, 2, f"{method} apart", 2)
+        assert len({ladder_key(c) for c in together}) == 2 and len({ladder_key(c) for c in apart}) == 8
+        assert [c.esamp.beta for c in apart] == [c.esamp.beta for c in together]  # the same work
+    out = tmp_path / "r.json"
+    assert rungs.main(["--ks", "1", "--tokens", "2", "--n", "2", "--rounds", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["runs_apart"] == 4 and all(len(v) == 1 and v[0] > 0 for v in row["tokens_per_s"].values())
+
+
 def test_branch_quick_compares_a_fresh_and_a_primed_continuation(tmp_path):
     from bench import branch
 

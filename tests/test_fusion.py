@@ -217,6 +217,15 @@ def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():
         # the candidates' own mass is float32; the other 380 tokens' comes from the bfloat16 logits
         assert torch.allclose(base_logprobs(raw, cand), want, atol=2e-3)
         assert (base_logprobs(raw, Candidates.top_k(raw, 20, temperature)) - want).abs().max() > 5e-3
+        # A row's padding, however wide and whatever it repeats (top-p pads with token 0 past its guess),
+        # moves no candidate's log p: a run padded to a wider row elsewhere records the same numbers.
+        kept = torch.isfinite(cand.logits)
+        for pad_ids in (torch.zeros(3, 40, dtype=torch.long), torch.arange(360, 400).expand(3, 40)):
+            pad = torch.full((3, 40), -INF)
+            wide = Candidates(torch.cat([cand.ids, pad_ids], -1), torch.cat([cand.logits, pad], -1), cand.vocab,
+                              torch.cat([cand.base, raw.gather(-1, pad_ids)], -1))
+            assert torch.allclose(base_logprobs(raw, wide)[:, :cand.ids.shape[1]][kept],
+                                  base_logprobs(raw, cand)[kept], atol=1e-5, rtol=0)
     # No filter: the most likely tokens of each row float32, the rest the model's own rounding.
     whole = Candidates.from_filtered(raw, filters_active=False).exact(head, h, 1.0, raw)
     top = torch.topk(raw, EXACT_TOP, dim=-1).indices

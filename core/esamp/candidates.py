@@ -56,7 +56,7 @@ class Candidates:
         if self.ids is None:
             top = torch.topk(raw, min(EXACT_TOP, raw.shape[-1]), dim=-1).indices  # (R, M)
             base = raw.float().scatter(-1, top, head.logits32(h, top))  # (R, V)
-        else:  # the surviving entries; a padding entry keeps the model's value (base_logprobs sums them)
+        else:  # the surviving entries; a padding entry keeps the model's value (base_logprobs leaves it out)
             keep = torch.isfinite(self.logits)
             if also is None or head.softcap is not None:
                 own = head.logits32(h, self.ids, keep)

@@ -64,15 +64,20 @@ def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
     those values are used, and the normaliser adds the candidates' float32 mass to the rest of
     the vocabulary's from the model's own logits: the candidates hold almost all of the mass, and
     the rest's rounding errors average out over tens of thousands of tokens (with the whole
-    vocabulary as candidates, ``base`` already holds both).
+    vocabulary as candidates, ``base`` already holds both). A row's padding (entries past its own
+    candidates, -inf in ``cand.logits``: other tokens, or token 0 again and again where a nucleus ran
+    past top-p's guess) counts in the rest, once per token, so the padding's width changes nothing.
     """
     if cand.base is None:
         at = raw if cand.ids is None else raw.gather(-1, cand.ids)
         return at.float() - _logsumexp_rows(raw.float())[:, None]
     if cand.ids is None:
         return cand.base - _logsumexp_rows(cand.base)[:, None]
-    rest = _logsumexp_rows(raw, exclude=cand.ids)  # (R,) all but the candidates
-    return cand.base - torch.logaddexp(torch.logsumexp(cand.base, -1), rest)[:, None]
+    kept = torch.isfinite(cand.logits)
+    own = torch.where(kept, cand.ids, cand.ids[:, :1])  # padding points at the row's first candidate
+    rest = _logsumexp_rows(raw, exclude=own)  # (R,) all but the candidates
+    mass = torch.logsumexp(torch.where(kept, cand.base, float("-inf")), -1)
+    return cand.base - torch.logaddexp(mass, rest)[:, None]
 
 
 def _logsumexp_rows(x: torch.Tensor, chunk: int = 32, exclude: torch.Tensor | None = None) -> torch.Tensor:

@@ -216,6 +216,8 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
         for a, b in zip(alone.samples, got.samples):
             assert [t.novelty for t in b.tokens] == pytest.approx([t.novelty for t in a.tokens], rel=1e-3)
             assert [t.logp_new for t in b.tokens] == pytest.approx([t.logp_new for t in a.tokens], rel=1e-3, abs=1e-4)
+            # (under the model itself: a wider batch's padding moves nothing, signals.base_logprobs)
+            assert [t.logp_base for t in b.tokens] == pytest.approx([t.logp_base for t in a.tokens], abs=1e-4)
         for a, b in zip(alone.prompts, got.prompts):
             assert b.loss == pytest.approx(a.loss, rel=1e-3) and b.resets == a.resets
     plain = generate(vdefault, PROMPTS, replace(ladder[0], esamp=replace(ladder[0].esamp, shadow=False)))

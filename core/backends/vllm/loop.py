@@ -108,9 +108,10 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    groups: dict[object, list[int]] = {}
+    groups: dict[object, list[int]] = {}  # the configs of each engine run, by ladder key (or alone)
     for i, config in enumerate(configs):
-        groups.setdefault(ladder_key(config) if ladders and ladder_key(config) is not None else i, []).append(i)
+        key = ladder_key(config) if ladders else None
+        groups.setdefault(("alone", i) if key is None else key, []).append(i)
     runs: list[Run | None] = [None] * len(configs)
     first, after = [], {}
     for members in groups.values():

@@ -3,6 +3,7 @@ token and its last, and the engine's throughput, against the same rows in one ba
 
     python -m bench.concurrency                                   # K = 1, 2, 4, 8, 16; both placements
     python -m bench.concurrency --ks 1,2 --tokens 4 --placements inline --json out.json   # the plumbing
+    python -m bench.concurrency --ks 8,16 --placements inline --rounds 3   # issue 37's bar, as medians
 
 A session is what the app's Generate does: ``core.generate_runs`` of Explore's default β ladder
 on its default prompt and sampling (n = 16, top-p 0.9), from its own thread, every session with
@@ -98,40 +99,59 @@ def vllm_native(lm, k: int, tokens: int, n: int = SAMPLING.n) -> float:
     return sum(len(c.token_ids) for o in outs for c in o.outputs) / seconds
 
 
-def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n) -> list[dict]:
+def one_round(lm, k: int, tokens: int, n: int, reverse: bool) -> dict:
+    """The K sessions and their three references once, in this order or (``reverse``) the reverse one,
+    so that rounds in alternating order share a drift of the machine's speed between them."""
+    steps = [("sessions", lambda: sessions(lm, k, tokens, n)),
+             ("esamp_batched_tokens_per_s", lambda: batched(lm, k, tokens, False, n)),
+             ("plain_batched_tokens_per_s", lambda: batched(lm, k, tokens, True, n)),
+             ("vllm_native_tokens_per_s", lambda: vllm_native(lm, k, tokens, n))]
+    got = {name: run() for name, run in (steps[::-1] if reverse else steps)}
+    return {**got.pop("sessions"), **got}
+
+
+RATIOS = {"ratio_to_esamp_batched": "esamp_batched_tokens_per_s",  # each ratio's reference
+          "ratio_to_plain_batched": "plain_batched_tokens_per_s", "ratio_to_vllm_native": "vllm_native_tokens_per_s"}
+
+
+def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n, rounds: int = 1) -> list[dict]:
+    """Each K's sessions and references, ``rounds`` times in alternating order: each throughput the
+    median of its rounds, each ratio the median of the rounds' own ratios (``rounds``: every round's)."""
     sessions(lm, 1, 4, n)  # warm-up: the first run of an engine pays for allocation
     rows = []
     for k in ks:
-        got = sessions(lm, k, tokens, n)
-        together, plain, own = (batched(lm, k, tokens, False, n), batched(lm, k, tokens, True, n),
-                                vllm_native(lm, k, tokens, n))
-        firsts = [s["first_token_s"] for s in got["sessions"]]
-        finishes = [s["finish_s"] for s in got["sessions"]]
-        row = {"k": k, "rows": k * len(LADDER) * n, **got, "esamp_batched_tokens_per_s": together,
-               "plain_batched_tokens_per_s": plain,
-               "vllm_native_tokens_per_s": own, "first_token_s": {"median": statistics.median(firsts),
-                                                                  "max": max(firsts)},
-               "finish_s": {"median": statistics.median(finishes), "max": max(finishes)}}
+        got = [one_round(lm, k, tokens, n, reverse=r % 2 == 1) for r in range(rounds)]
+        for g in got:
+            g.update({ratio: g["tokens_per_s"] / g[ref] for ratio, ref in RATIOS.items()})
+        firsts = [s["first_token_s"] for g in got for s in g["sessions"]]
+        finishes = [s["finish_s"] for g in got for s in g["sessions"]]
+        row = {"k": k, "rows": k * len(LADDER) * n, "sessions": got[-1]["sessions"], "tokens": got[-1]["tokens"],
+               **{key: statistics.median(g[key] for g in got)
+                  for key in ("wall_s", "tokens_per_s", *RATIOS, *RATIOS.values())},
+               "first_token_s": {"median": statistics.median(firsts), "max": max(firsts)},
+               "finish_s": {"median": statistics.median(finishes), "max": max(finishes)},
+               "rounds": [{key: v for key, v in g.items() if key != "sessions"} for g in got]}
         rows.append(row)
-        print(f"K={k:2d} ({row['rows']:4d} rows): {got['tokens_per_s']:6.0f} tokens/s (ESamp batched {together:.0f}, "
-              f"plain batched {plain:.0f}, "
-              f"vLLM native {own:.0f}); first token median {row['first_token_s']['median']:.2f} s max "
-              f"{row['first_token_s']['max']:.2f} s; finished median {row['finish_s']['median']:.1f} s max "
-              f"{row['finish_s']['max']:.1f} s", file=sys.stderr, flush=True)
+        by_round = ", ".join(f"{g['ratio_to_plain_batched']:.3f}" for g in got)
+        print(f"K={k:2d} ({row['rows']:4d} rows, {rounds} round(s)): {row['tokens_per_s']:6.0f} tokens/s (ESamp "
+              f"batched {row['esamp_batched_tokens_per_s']:.0f}, plain batched "
+              f"{row['plain_batched_tokens_per_s']:.0f}, vLLM native {row['vllm_native_tokens_per_s']:.0f}); "
+              f"÷ plain batched by round {by_round}; first token median "
+              f"{row['first_token_s']['median']:.2f} s max {row['first_token_s']['max']:.2f} s; finished median "
+              f"{row['finish_s']['median']:.1f} s max {row['finish_s']['max']:.1f} s", file=sys.stderr, flush=True)
     alone = rows[0]["first_token_s"]["median"] if rows and rows[0]["k"] == 1 else None
     for r in rows:
         r["first_token_vs_alone"] = r["first_token_s"]["max"] / alone if alone else None
-        r["ratio_to_esamp_batched"] = r["tokens_per_s"] / r["esamp_batched_tokens_per_s"]
-        r["ratio_to_plain_batched"] = r["tokens_per_s"] / r["plain_batched_tokens_per_s"]
-        r["ratio_to_vllm_native"] = r["tokens_per_s"] / r["vllm_native_tokens_per_s"]
     return rows
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
     n = report.get("n", SAMPLING.n)  # reports before --n: the default
+    rounds = report.get("rounds", 1)  # reports before --rounds: one
+    each = f"; each ratio the median of {rounds} rounds' own (their range in brackets)" if rounds > 1 else ""
     lines = [f"Default Generates at once ({len(LADDER)} runs × {n} samples × {report['tokens']} tokens each, "
-             f"EOS ignored), vLLM in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs); `{report['command']}`.", "",
+             f"EOS ignored), vLLM in {m['dtype']} on {m['cpu']} ({m['cpus']} CPUs){each}; `{report['command']}`.", "",
              "| placement | K | rows | K sessions: tokens/s | ÷ ESamp batched | ÷ plain batched | ÷ vLLM native | "
              "first token: median / max (s) | max ÷ alone | finished: median / max (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -139,11 +159,18 @@ def markdown(report: dict) -> str:
         for r in rows:
             vs = "" if r["first_token_vs_alone"] is None else f"{r['first_token_vs_alone']:.2f}"
             lines.append(f"| {placement} | {r['k']} | {r['rows']} | {r['tokens_per_s']:.0f} | "
-                         f"{r['ratio_to_esamp_batched']:.2f} | {r['ratio_to_plain_batched']:.2f} | "
-                         f"{r['ratio_to_vllm_native']:.2f} | "
+                         f"{_ratio(r, 'ratio_to_esamp_batched')} | {_ratio(r, 'ratio_to_plain_batched')} | "
+                         f"{_ratio(r, 'ratio_to_vllm_native')} | "
                          f"{r['first_token_s']['median']:.2f} / {r['first_token_s']['max']:.2f} | {vs} | "
                          f"{r['finish_s']['median']:.1f} / {r['finish_s']['max']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(row: dict, key: str) -> str:
+    """A row's ratio: its median, and with more than one round the rounds' range."""
+    got = [g[key] for g in row.get("rounds", [])]
+    spread = f" ({min(got):.2f}–{max(got):.2f})" if len(got) > 1 else ""
+    return f"{row[key]:.2f}{spread}"
 
 
 def figure(report: dict):
@@ -176,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ks", default="1,2,4,8,16", help="numbers of sessions at once")
     ap.add_argument("--tokens", type=int, default=SAMPLING.max_new_tokens)
     ap.add_argument("--n", type=int, default=SAMPLING.n, help="answers a run (a session runs the 4-rung ladder)")
+    ap.add_argument("--rounds", type=int, default=1, help="times each K's sessions and references are measured, "
+                    "in alternating order (the report gives medians)")
     ap.add_argument("--placements", default="inline,process")
     ap.add_argument("--process-ks", default="1,4,8", help="the Ks for the engine in vLLM's own process")
     ap.add_argument("--json", type=Path)
@@ -190,14 +219,14 @@ def main(argv=None) -> int:
         return 0
     ks = [int(k) for k in a.ks.split(",")]
     report = {"command": "python -m bench.concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tokens": a.tokens, "n": a.n, "prompt": PROMPT, "ladder": LADDER, "placements": {}}
+              "tokens": a.tokens, "n": a.n, "rounds": a.rounds, "prompt": PROMPT, "ladder": LADDER, "placements": {}}
     for placement in a.placements.split(","):
         t0 = time.perf_counter()
         lm = load_model(backend="vllm", placement=placement)
         report.setdefault("load_s", {})[placement] = time.perf_counter() - t0
         report["machine"] = machine(lm)
         chosen = [int(k) for k in a.process_ks.split(",")] if placement == "process" else ks
-        report["placements"][placement] = measure(lm, chosen, a.tokens, a.n)
+        report["placements"][placement] = measure(lm, chosen, a.tokens, a.n, a.rounds)
         lm.close()
     text = markdown(report)
     print("\n" + text)

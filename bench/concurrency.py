@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=Path, help="a folder for the plot (PNG and SVG)")
     ap.add_argument("--replot", type=Path, help="draw the plot of an earlier --json report, measure nothing")
     a = ap.parse_args(argv)
+    if a.rounds < 1:
+        ap.error(f"--rounds must be at least 1, not {a.rounds}")
     if a.replot:
         from viz.report import write_images
 

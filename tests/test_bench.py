@@ -312,6 +312,14 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
     assert rows[0]["first_token_vs_alone"] >= 1.0  # K = 1's slowest first token of both rounds ÷ their median
 
 
+def test_concurrency_refuses_zero_rounds_before_loading_a_model(capsys):
+    from bench import concurrency
+
+    with pytest.raises(SystemExit):
+        concurrency.main(["--rounds", "0"])
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
 def test_rungs_times_each_ladder_as_one_run_beside_its_rungs_apart(tmp_path):
     """Together, a session's rungs share a ladder key (one run in the engine); apart, none do."""
     if importlib.util.find_spec("vllm") is None:

@@ -374,6 +374,18 @@ def test_projection_times_the_candidates_projection_both_ways(tmp_path):
     assert [(r["width"], r["kept"]) for r in json.loads(out.read_text())["results"]] == [(64, 0.1), (64, 0.3)]
 
 
+def test_nucleus_times_top_ps_stages_against_one_on_the_same_logits(tmp_path):
+    from bench import nucleus
+
+    out = tmp_path / "nucleus.json"
+    assert nucleus.main(["--n", "4", "--tokens", "3", "--repeats", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["result"]
+    assert r["calls"] == 3 and r["rows"] == 4 and r["ms"]["stages"] > 0 and r["ms"]["one stage"] > 0
+    # every row is counted once; the ways never differ but at tied logits
+    assert r["rows_agree"] + r["rows_differ_at_ties"] == 12 and r["rows_differ_otherwise"] == 0
+    assert 1 <= r["widths"]["50"] <= r["widths"]["99"]
+
+
 def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):
     from bench import live
 

@@ -5,7 +5,7 @@ import math
 import torch
 
 from core.esamp.budget import bounded, kl
-from core.esamp.candidates import EXACT_TOP, TIE_SLACK, TOP_P_ROWS, Candidates, select
+from core.esamp.candidates import EXACT_TOP, TIE_SLACK, TOP_P_ROWS, TOP_P_WIDTHS, Candidates, select
 from core.esamp.filters import StepFilters, apply_filters, build_filters
 from core.esamp.fusion import fuse, level, novelty
 from core.esamp.head import LMHead
@@ -176,9 +176,10 @@ def test_top_k_candidates_straight_from_the_raw_logits_equal_filtering_first():
 
 def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
     """Top-p alone takes its candidates a few rows at a time from the raw logits (no (R, V) temporary):
-    the same tensor to sample from as filtering all of them first, at any temperature; a row whose
-    nucleus is wider than the filter's guess is filtered the long way alone; one that holds most of the
-    vocabulary sends the step to the full logits."""
+    the same tensor to sample from as filtering all of them first, at any temperature. Each row's nucleus
+    is looked for among its likeliest tokens stage by stage (``TOP_P_WIDTHS``), a row wider than the last
+    stage is filtered the long way alone, and one that holds most of the vocabulary sends the step to the
+    full logits."""
     torch.manual_seed(3)
     rows = 2 * TOP_P_ROWS + 3  # more than one slice, and a short last one
     raw = torch.randn(rows, 5000) * torch.linspace(2.5, 8.0, rows)[:, None]  # nuclei of hundreds to a few
@@ -189,13 +190,20 @@ def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
         assert torch.equal(fast.dense(fast.logits), apply_filters(step.filters, raw))
         assert torch.equal(select(step, raw).ids, fast.ids)  # select takes the shortcut
     torch.manual_seed(4)
-    step = StepFilters.of(top_p=0.9)
-    raw = torch.randn(5, 20000) * torch.tensor([6.0, 2.5, 5.0, 8.0, 2.5])[:, None]  # rows 1 and 4: 2,000 wide
-    for temperature in (1.0, 0.8):
-        step = StepFilters.of(temperature=temperature, top_p=0.9)
-        mixed = Candidates.top_p(raw, step.top_p_only, temperature)  # the wide rows the long way, alone
-        assert mixed is not None and mixed.ids.shape[1] > 1024
-        assert torch.equal(mixed.dense(mixed.logits), apply_filters(step.filters, raw))
+    # nuclei of a few tokens (the first stage), ~2,400 and ~1,300 (the last), ~4,700 (past it: the long way)
+    raw = torch.randn(5, 20000) * torch.tensor([6.0, 2.5, 5.0, 2.0, 3.0])[:, None]
+    raw[0, 0] = raw[0].max() + 1  # row 0's likeliest token has id 0, the id the narrower stages pad with
+    for temperature in (1.0, 0.8):  # (the same nuclei at each: raw * T / T)
+        step, tempered = StepFilters.of(temperature=temperature, top_p=0.9), raw * temperature
+        sizes = torch.isfinite(apply_filters(step.filters, tempered)).sum(-1).tolist()
+        assert sizes[0] < TOP_P_WIDTHS[0] and TOP_P_WIDTHS[-2] < min(sizes[1], sizes[4])
+        assert max(sizes[1], sizes[4]) < TOP_P_WIDTHS[-1] < sizes[3]
+        long_way = []
+        step.top_p_only.sorted = lambda x, f=step.top_p_only.sorted: long_way.append(len(x)) or f(x)
+        mixed = Candidates.top_p(tempered, step.top_p_only, temperature)
+        assert mixed is not None and mixed.ids.shape[1] > TOP_P_WIDTHS[-1] and long_way == [1]
+        assert torch.equal(mixed.dense(mixed.logits), apply_filters(step.filters, tempered))
+        assert mixed.ids[0, 0] == 0 and mixed.ids[0, -1] == 0  # padding with a candidate's id, written by none
     flat = torch.cat([raw[:3], torch.randn(1, 20000) * 0.5])  # a nucleus of most of the vocabulary
     assert Candidates.top_p(flat, step.top_p_only, 0.8) is None
     slow = select(step, flat)

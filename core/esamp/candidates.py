@@ -9,6 +9,7 @@ step's ``StepFilters`` and the model's logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -20,6 +21,13 @@ _FULL_PROJECTION_SHARE = 0.25
 EXACT_TOP = 64  # with the whole vocabulary as candidates, the tokens per row whose logits are made float32
 TIE_SLACK = 32  # tokens past top-k's k looked at in the same pass, for ties with the k-th value
 TOP_P_ROWS = 16  # rows the top-p shortcut reads at a time (its temporaries stay a few MB: see ``top_p``)
+# How many of a row's likeliest tokens the top-p shortcut looks for its nucleus among, stage by stage
+# (``top_p``): a row moves on to the next only when its nucleus did not fit, and past the last it is
+# filtered the long way (sorted). A top-k costs more the more it takes (on 64 rows here: 3 ms for 128, 14
+# for 1024), and top-p 0.9's nuclei of the embedded model answering Explore's default prompt hold 44 tokens
+# at the median, 189 at the third quartile, 1,280 at the 99th percentile: with these stages 64 such rows
+# take 13.7 ms a step where one stage of 1024 took 22.9 (``python -m bench.nucleus``, docs/results.md).
+TOP_P_WIDTHS = (128, 512, 4096)
 
 
 @dataclass
@@ -89,43 +97,56 @@ class Candidates:
         return cls(ids, logits, V)
 
     @classmethod
-    def top_p(cls, raw: torch.Tensor, nucleus: TopP, temperature: float = 1.0) -> "Candidates | None":
+    def top_p(cls, raw: torch.Tensor, nucleus: TopP, temperature: float = 1.0,
+              widths: Sequence[int] = TOP_P_WIDTHS) -> "Candidates | None":
         """Top-p's candidates of ``raw / temperature`` straight from the raw logits (R, V), by
-        ``TopP``'s rule and arithmetic (its ``guess`` most likely tokens of each row against the
-        row's log-sum-exp), with no (R, V) tensor made: ``TOP_P_ROWS`` rows at a time. On a CPU a
-        fresh (R, V) float32 tensor costs more in page faults than the arithmetic (``dense``), and
-        the filter's way made three (the filtered logits, their mask, the log-sum-exp's own). A row
-        whose nucleus reaches past the guess is filtered the long way (``TopP`` sorts its vocabulary),
-        alone: the other rows keep the shortcut. None when some nucleus holds so much of the vocabulary
-        that a full projection is cheaper. Two host syncs."""
-        V, guess = raw.shape[-1], nucleus.guess
-        if guess >= _FULL_PROJECTION_SHARE * V:
+        ``TopP``'s rule and arithmetic (a row's likeliest tokens against its log-sum-exp), with no (R, V)
+        tensor made: ``TOP_P_ROWS`` rows at a time. On a CPU a fresh (R, V) float32 tensor costs more in
+        page faults than the arithmetic (``dense``), and the filter's way made three (the filtered logits,
+        their mask, the log-sum-exp's own). Each row's nucleus is looked for among its likeliest tokens,
+        ``widths`` of them stage by stage (only the rows it did not fit go on), then the long way
+        (``TopP.sorted``) for the rows wider still. None when some nucleus holds so much of the vocabulary
+        that a full projection is cheaper. A host sync a stage."""
+        V = raw.shape[-1]
+        widths = [w for w in widths if w < _FULL_PROJECTION_SHARE * V]
+        if not widths:
             return None
-        parts = []
-        for x in raw.split(TOP_P_ROWS):
-            x = x.float() if temperature == 1.0 else x.float() / temperature
-            parts.append((*torch.topk(x, guess, dim=-1), torch.logsumexp(x, -1, keepdim=True)))
-        values, ids, lse = (torch.cat(p) for p in zip(*parts))
-        probs = (values - lse).exp()
-        keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
-        wide = keep[:, -1]  # rows that may keep tokens past the guess: filtered the long way, alone
-        counts, any_wide = keep.sum(-1), bool(wide.any())
-        if any_wide:
-            rows = wide.nonzero()[:, 0]
-            x = raw[rows].float() if temperature == 1.0 else raw[rows].float() / temperature
-            filtered = nucleus(x)  # (W, V)
-            counts[rows] = (filtered > NEG_INF).sum(-1)
-        k = int(counts.max())
+        rows, part, lse = None, raw, None  # the rows still looked for (None: all), their logits, log-sum-exp
+        found = []  # (rows, values, ids, keep) of the rows whose nucleus ends inside a stage's tokens
+        for width in widths:
+            values, ids, lse = _likeliest(part, width, temperature, lse)
+            probs = (values - lse).exp()
+            keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
+            wide = keep[:, -1]  # rows that may keep tokens past these
+            if not bool(wide.any()):
+                found.append((rows, values, ids, keep))
+                rows = None
+                break
+            if rows is None:
+                rows = torch.arange(raw.shape[0], device=raw.device)
+            fit = ~wide
+            found.append((rows[fit], values[fit], ids[fit], keep[fit]))
+            rows, part, lse = rows[wide], part[wide], lse[wide]
+        counts = [int(keep.sum(-1).max()) for *_, keep in found if len(keep)]
+        if rows is not None:  # the long way, alone
+            filtered = nucleus.sorted(part.float() if temperature == 1.0 else part.float() / temperature)  # (W, V)
+            counts.append(int((filtered > NEG_INF).sum(-1).max()))
+        k = max(counts)
         if k > _FULL_PROJECTION_SHARE * V:
             return None
-        if k > guess:  # room for the wide rows' nuclei; the others pad with -inf
-            ids = torch.cat([ids, ids.new_zeros(ids.shape[0], k - guess)], -1)
-            values = torch.cat([values, values.new_full((values.shape[0], k - guess), NEG_INF)], -1)
-            keep = torch.cat([keep, keep.new_zeros(keep.shape[0], k - guess)], -1)
-        ids, logits = ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF)
-        if any_wide:
-            logits[rows], ids[rows] = torch.topk(filtered, k, dim=-1)
-        return cls(ids, logits, V)
+        if len(found) == 1 and rows is None:  # every row's nucleus inside the first stage's tokens
+            _, values, ids, keep = found[0]
+            return cls(ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF), V)
+        # The rows of narrower stages pad with -inf and id 0, which may be one of their candidates (``dense``).
+        out_ids = raw.new_zeros((raw.shape[0], k), dtype=torch.long)
+        logits = raw.new_full((raw.shape[0], k), NEG_INF, dtype=torch.float32)
+        for at, values, ids, keep in found:
+            w = min(k, values.shape[1])
+            out_ids[at, :w] = ids[:, :w]
+            logits[at, :w] = values[:, :w].masked_fill(~keep[:, :w], NEG_INF)
+        if rows is not None:
+            logits[rows], out_ids[rows] = torch.topk(filtered, k, dim=-1)
+        return cls(out_ids, logits, V)
 
     @classmethod
     def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
@@ -164,7 +185,11 @@ class Candidates:
         if self.ids is None:
             return logits
         out = logits.new_full((logits.shape[0], self.vocab), NEG_INF) if out is None else out.fill_(NEG_INF)
-        return out.scatter_(-1, self.ids, logits)
+        # A padding entry's id may be one of its row's candidates' (``top_p`` pads with 0): it writes the
+        # row's first candidate's own value at that one's id, so no write of -inf lands on a candidate.
+        kept = torch.isfinite(logits)
+        return out.scatter_(-1, torch.where(kept, self.ids, self.ids[:, :1]),
+                            torch.where(kept, logits, logits[:, :1]))
 
     def token_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Vocabulary ids of candidate positions (R, k) -> (R, k)."""
@@ -195,3 +220,14 @@ def select_mixed(first: torch.Tensor, on_first: StepFilters, later: StepFilters,
     filtered = torch.where(first[:, None], apply_filters(on_first.filters, raw), apply_filters(later.filters, raw))
     bound = max(on_first.top_k, later.top_k) if on_first.top_k and later.top_k else None
     return Candidates.from_filtered(filtered, on_first.active or later.active, bound)
+
+
+def _likeliest(raw: torch.Tensor, width: int, temperature: float, lse: torch.Tensor | None = None):
+    """Each row's ``width`` likeliest tokens of ``raw / temperature`` in float32 (values, ids), and the
+    row's log-sum-exp (R, 1) (``lse`` when already known), ``TOP_P_ROWS`` rows at a time."""
+    parts = []
+    for x in raw.split(TOP_P_ROWS):
+        x = x.float() if temperature == 1.0 else x.float() / temperature
+        parts.append((*torch.topk(x, width, dim=-1), torch.logsumexp(x, -1, keepdim=True) if lse is None else None))
+    values, ids = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return values, ids, torch.cat([p[2] for p in parts]) if lse is None else lse

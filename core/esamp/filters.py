@@ -66,9 +66,9 @@ class TopP:
             if not bool(keep[:, -1].any()):  # every row's nucleus ends inside the guess
                 kept = torch.where(keep, logits.gather(-1, ids), NEG_INF)
                 return torch.full_like(logits, NEG_INF).scatter_(-1, ids, kept)
-        return self._sorted(logits)
+        return self.sorted(logits)
 
-    def _sorted(self, logits: torch.Tensor) -> torch.Tensor:
+    def sorted(self, logits: torch.Tensor) -> torch.Tensor:
         """transformers' own: sort the whole vocabulary."""
         sorted_logits, sorted_idx = torch.sort(logits, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)

@@ -161,19 +161,28 @@ class Steerer:
         fused, sample = cand.logits, own
         if guided:
             with self.watch("fuse"):
-                starts = None if self.starts is None else (
-                    self.starts[cand.ids] if cand.ids is not None else self.starts.expand_as(cand.logits))
-                fused = sample = fuse(cand, h, steer_by, self.head, beta, self.temperature, projected,
-                                      max_kl, self.keep_entropy, starts)
-                waiting = held.to(fused.device) if bool(held.any()) else None
+                waiting = held.to(cand.logits.device) if bool(held.any()) else None
                 if still is not None:  # a ladder's rows at β = 0 sample as a plain run's
                     waiting = still if waiting is None else waiting | still
                 if self.warmup is not None:
                     warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
                     waiting = warming if waiting is None else waiting | warming
-                if waiting is not None:
-                    fused = torch.where(waiting[:, None], cand.logits, fused)
-                    sample = fused if own is cand.logits else torch.where(waiting[:, None], own, sample)
+                # Only the rows the push moves are fused (a row's fusion reads its own entries alone);
+                # the waiting ones sample from the candidates as given.
+                moves = None if waiting is None else torch.nonzero(~waiting).flatten()  # one host sync
+                if moves is None or len(moves):
+                    part = cand if moves is None else Candidates(
+                        _rows(cand.ids, moves), cand.logits[moves], cand.vocab, _rows(cand.base, moves))
+                    starts = None if self.starts is None else (
+                        self.starts[part.ids] if part.ids is not None else self.starts.expand_as(part.logits))
+                    pushed = fuse(part, _rows(h, moves), _rows(steer_by, moves), self.head, _rows(beta, moves),
+                                  self.temperature, _rows(projected, moves), _rows(max_kl, moves), self.keep_entropy,
+                                  starts)
+                    if moves is None:
+                        fused = sample = pushed
+                    else:
+                        fused = cand.logits.index_copy(0, moves, pushed)
+                        sample = fused if own is cand.logits else own.index_copy(0, moves, pushed)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
         return Proposal(cand, fused, nov, rel, sample)
 
@@ -227,6 +236,11 @@ class Steerer:
         if self.warmup is not None:
             self.warmup.update(learning.rel_novelty, self.live[-1])
         self.bank.handle_bad(bad)
+
+
+def _rows(x, rows: torch.Tensor | None):
+    """A per-row tensor's ``rows`` (None: all of them); a float or None as it is."""
+    return x[rows] if rows is not None and isinstance(x, torch.Tensor) else x
 
 
 def per_row(rungs: Sequence[tuple[float, float | None]], rows: int,

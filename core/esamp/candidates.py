@@ -106,7 +106,7 @@ class Candidates:
         their mask, the log-sum-exp's own). Each row's nucleus is looked for among its likeliest tokens,
         ``widths`` of them stage by stage (only the rows it did not fit go on), then the long way
         (``TopP.sorted``) for the rows wider still. None when some nucleus holds so much of the vocabulary
-        that a full projection is cheaper. A host sync a stage."""
+        that a full projection is cheaper. A host sync a stage, and one for the widest."""
         V = raw.shape[-1]
         widths = [w for w in widths if w < _FULL_PROJECTION_SHARE * V]
         if not widths:
@@ -127,11 +127,11 @@ class Candidates:
             fit = ~wide
             found.append((rows[fit], values[fit], ids[fit], keep[fit]))
             rows, part, lse = rows[wide], part[wide], lse[wide]
-        counts = [int(keep.sum(-1).max()) for *_, keep in found if len(keep)]
+        counts = [keep.sum(-1).max() for *_, keep in found if len(keep)]
         if rows is not None:  # the long way, alone
             filtered = nucleus.sorted(part.float() if temperature == 1.0 else part.float() / temperature)  # (W, V)
-            counts.append(int((filtered > NEG_INF).sum(-1).max()))
-        k = max(counts)
+            counts.append((filtered > NEG_INF).sum(-1).max())
+        k = int(torch.stack(counts).max())
         if k > _FULL_PROJECTION_SHARE * V:
             return None
         if len(found) == 1 and rows is None:  # every row's nucleus inside the first stage's tokens

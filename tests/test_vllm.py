@@ -489,3 +489,44 @@ def test_a_caller_lets_its_openmp_threads_go_before_it_waits_on_the_engines_driv
     monkeypatch.setattr(hardware, "release_openmp_threads", lambda: seen.append(threading.get_ident()))
     run(vlm, method="plain", beta=0.0, max_new_tokens=2)
     assert seen and set(seen) == {threading.get_ident()}
+
+
+def test_a_generate_one_step_late_goes_in_before_the_answers_that_step_released(vlm, monkeypatch):
+    """vLLM admits waiting requests in order. A session whose Generate reaches the engine's driver while a
+    step runs has its first requests added before the other sessions' answers that step released (each
+    prompt's other samples join once its first is in), not behind them: where rows outnumber vLLM's slots
+    it would otherwise wait a whole generation for its first token."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from core.backends import hardware
+    from core.backends.vllm.engine import Request, Submission
+
+    engine, ids = vlm.engine, encode_prompts(vlm, PROMPTS[:1], True, 3)[0]
+    params = SamplingParams(max_tokens=3, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
+    early = Submission([Request("early-0", ids, params.clone())],
+                       {"early-0": [Request(f"early-{i}", ids, params.clone()) for i in (1, 2, 3)]})
+    late = Submission([Request("late-0", ids, params.clone())])
+    core, added, sent = engine._core, [], []
+    add, step = core.add_request, core.step
+
+    def spy_add(request_id, *args, **kwargs):
+        added.append(request_id)
+        return add(request_id, *args, **kwargs)
+
+    def step_then_late():  # the late Generate arrives while the first step runs
+        out = step()
+        if not sent:
+            sent.append(engine.submit(late))
+        return out
+
+    monkeypatch.setattr(hardware, "release_openmp_threads", lambda: None)  # (submit's, here on the driver)
+    monkeypatch.setattr(core, "add_request", spy_add)
+    monkeypatch.setattr(core, "step", step_then_late)
+    engine.submit(early)
+    while not (early.finished and late.finished):
+        (late if early.finished else early).wait(0.05)
+    assert early.error is None and late.error is None
+    assert added == ["early-0", "late-0", "early-1", "early-2", "early-3"]
+    assert all(len(sub.ids[r]) == 3 for sub in (early, late) for r in sub.ids)
+

@@ -76,6 +76,10 @@ class Engine:
         self._todo: list[Callable[[], None]] = []
         self._owner: dict[str, Submission] = {}  # unfinished request id -> its submission
         self._live: list[Submission] = []
+        # requests a step released (``Submission.after``), added after the next submissions' first ones: vLLM
+        # admits waiting requests in order, and a session that reached the driver one step after the others
+        # would otherwise wait behind all their answers' requests (a whole generation where rows outnumber slots)
+        self._joining: list[tuple[Submission, Request]] = []
         self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="esamp-vllm-engine", daemon=True)
         self._thread.start()
@@ -126,7 +130,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._todo and self._dead is None and not self._core.has_unfinished_requests():
+                while not self._todo and not self._joining and self._dead is None \
+                        and not self._core.has_unfinished_requests():
                     self._cv.wait()
                 if self._dead is not None:
                     break
@@ -135,6 +140,13 @@ class Engine:
                 action()
             if self._dead is not None:  # closed by one of them
                 break
+            joining, self._joining = self._joining, []
+            for sub, request in joining:
+                if request.id in sub._unfinished:  # not aborted meanwhile
+                    try:
+                        self._add(sub, request)
+                    except Exception as exc:  # noqa: BLE001 - as ``_start``
+                        self._end(sub, exc)
             if not self._core.has_unfinished_requests():
                 continue
             try:
@@ -153,8 +165,7 @@ class Engine:
                 continue
             sub.ids.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
             sub.outputs[out.request_id] = out
-            for request in sub.after.pop(out.request_id, ()):
-                self._add(sub, request)
+            self._joining.extend((sub, request) for request in sub.after.pop(out.request_id, ()))
             if out.finished:
                 self._owner.pop(out.request_id, None)
                 sub._unfinished.discard(out.request_id)

@@ -48,7 +48,7 @@ def step_logits(lm, n: int, tokens: int, top_p: float, seed: int = 0) -> list[to
 
 
 def measure(steps: list[torch.Tensor], top_p: float, repeats: int) -> dict:
-    nucleus = StepFilters.of(top_p=top_p).top_p_only
+    nucleus = StepFilters.of(top_p=top_p).first
     ways = {"one stage": ONE_STAGE, "stages": TOP_P_WIDTHS}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     with torch.inference_mode():

@@ -386,6 +386,20 @@ def test_nucleus_times_top_ps_stages_against_one_on_the_same_logits(tmp_path):
     assert 1 <= r["widths"]["50"] <= r["widths"]["99"]
 
 
+def test_filters_times_select_against_filtering_the_whole_vocabulary_first(tmp_path):
+    from bench import filters
+
+    out = tmp_path / "filters.json"
+    assert filters.main(["--n", "4", "--tokens", "3", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["settings"]
+    assert [r["setting"] for r in rows] == list(filters.SETTINGS)
+    for r in rows:
+        assert r["calls"] == 3 and r["rows"] == 4 and r["ms"]["whole"] > 0 and r["ms"]["select"] > 0
+        assert 1 <= r["kept_median"] <= r["kept_max"] and 0 <= r["rows_differ_at_ties"] <= 12
+        assert r["rows_differ_otherwise"] == 0  # the ways differ only where a top-k or a sort breaks ties
+    assert next(r for r in rows if r["setting"] == "top-k 50")["kept_max"] >= 50
+
+
 def test_live_times_a_generate_with_and_without_the_live_view(tmp_path):
     from bench import live
 

@@ -4,9 +4,10 @@ import math
 
 import torch
 
+import core.esamp.candidates as candidates
 from core.esamp.budget import bounded, kl
 from core.esamp.candidates import EXACT_TOP, TIE_SLACK, TOP_P_ROWS, TOP_P_WIDTHS, Candidates, select
-from core.esamp.filters import StepFilters, apply_filters, build_filters
+from core.esamp.filters import MinP, StepFilters, TopK, TopP, apply_filters, build_filters
 from core.esamp.fusion import fuse, level, novelty
 from core.esamp.head import LMHead
 from core.esamp.signals import PendingSignals, base_logprobs
@@ -185,7 +186,7 @@ def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
     raw = torch.randn(rows, 5000) * torch.linspace(2.5, 8.0, rows)[:, None]  # nuclei of hundreds to a few
     for temperature in (1.0, 0.7):
         step = StepFilters.of(temperature=temperature, top_p=0.9)
-        fast = Candidates.top_p(raw, step.top_p_only, temperature)
+        fast = Candidates.top_p(raw, step.first, temperature)
         assert fast is not None and fast.ids.shape[1] < 1024
         assert torch.equal(fast.dense(fast.logits), apply_filters(step.filters, raw))
         assert torch.equal(select(step, raw).ids, fast.ids)  # select takes the shortcut
@@ -199,17 +200,46 @@ def test_top_p_candidates_straight_from_the_raw_logits_equal_filtering_first():
         assert sizes[0] < TOP_P_WIDTHS[0] and TOP_P_WIDTHS[-2] < min(sizes[1], sizes[4])
         assert max(sizes[1], sizes[4]) < TOP_P_WIDTHS[-1] < sizes[3]
         long_way = []
-        step.top_p_only.sorted = lambda x, f=step.top_p_only.sorted: long_way.append(len(x)) or f(x)
-        mixed = Candidates.top_p(tempered, step.top_p_only, temperature)
+        step.first.sorted = lambda x, f=step.first.sorted: long_way.append(len(x)) or f(x)
+        mixed = Candidates.top_p(tempered, step.first, temperature)
         assert mixed is not None and mixed.ids.shape[1] > TOP_P_WIDTHS[-1] and long_way == [1]
         assert torch.equal(mixed.dense(mixed.logits), apply_filters(step.filters, tempered))
         assert mixed.ids[0, 0] == 0 and mixed.ids[0, -1] == 0  # padding with a candidate's id, written by none
     flat = torch.cat([raw[:3], torch.randn(1, 20000) * 0.5])  # a nucleus of most of the vocabulary
-    assert Candidates.top_p(flat, step.top_p_only, 0.8) is None
+    assert Candidates.top_p(flat, step.first, 0.8) is None
     slow = select(step, flat)
     assert torch.equal(slow.dense(slow.logits), apply_filters(step.filters, flat))
-    assert StepFilters.of(top_k=5, top_p=0.9).top_p_only is None  # with other filters: filter first
-    assert StepFilters.of(top_p=0.9, min_p=0.1).top_p_only is None
+
+
+def test_min_p_and_filters_after_the_first_run_on_its_candidates_as_on_the_whole_vocabulary(monkeypatch):
+    """Min-p alone takes its candidates straight from the raw logits (the tokens near enough to the top),
+    and with several filters the first one's candidates go through the others: the same tensor to sample
+    from as filtering the whole vocabulary, at any temperature, with no (R, V) filtering on the way."""
+    torch.manual_seed(5)
+    raw = torch.randn(2 * TOP_P_ROWS + 3, 5000) * torch.linspace(3.0, 8.0, 2 * TOP_P_ROWS + 3)[:, None]
+    full = []  # the widths apply_filters sees: never the whole vocabulary's
+    spy = candidates.apply_filters
+    monkeypatch.setattr(candidates, "apply_filters", lambda filters, x: full.append(x.shape[-1]) or spy(filters, x))
+    for settings in (dict(min_p=0.1), dict(min_p=0.02), dict(min_p=1.0), dict(top_k=50, top_p=0.9),
+                     dict(top_k=50, min_p=0.1), dict(top_k=500, top_p=0.5, min_p=0.05), dict(top_p=0.9, min_p=0.1)):
+        for temperature in (1.0, 0.7):
+            step = StepFilters.of(temperature=temperature, **settings)
+            full.clear()
+            cand = select(step, raw)
+            assert cand.ids is not None and 5000 not in full, settings
+            assert torch.equal(cand.dense(cand.logits), spy(step.filters, raw)), (settings, temperature)
+    step = StepFilters.of(min_p=0.1)
+    assert isinstance(step.first, MinP) and step.rest == ()
+    assert [type(f) for f in (StepFilters.of(top_k=5, top_p=0.9, min_p=0.1).first,
+                              *StepFilters.of(top_k=5, top_p=0.9, min_p=0.1).rest)] == [TopK, TopP, MinP]
+    # A token at the bound to the last bit is the rule's to decide: a logit exactly log(min_p) below the top.
+    edge = torch.cat([torch.tensor([0.0, math.log(0.25), math.log(0.25) - 1e-4]), torch.full((37,), -9.0)])[None]
+    cand = select(StepFilters.of(min_p=0.25), edge)
+    assert cand.ids is not None and torch.equal(cand.dense(cand.logits), spy(build_filters(min_p=0.25), edge))
+    flat = torch.zeros(2, 400)  # every token ties with the top: most of the vocabulary, filter it whole
+    assert Candidates.min_p(flat, MinP(0.1)) is None
+    whole = select(StepFilters.of(min_p=0.1), flat)
+    assert whole.ids is None and torch.equal(whole.logits, flat)
 
 
 def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():

@@ -1,5 +1,5 @@
 """The candidates of a decode step: the tokens the filters leave, as ids and logits, and the
-top-k and top-p shortcuts that find them without filtering the whole vocabulary.
+top-k, top-p and min-p shortcuts that find them without filtering the whole vocabulary.
 
 ESamp rewrites only the candidates (ESAMP.md, "Candidates"), so the fusion needs their ids and
 their rows of the LM head, never a full projection. ``select`` is the one entry point: it takes a
@@ -8,12 +8,13 @@ step's ``StepFilters`` and the model's logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .filters import NEG_INF, StepFilters, TopP, apply_filters
+from .filters import NEG_INF, MinP, StepFilters, TopK, TopP, apply_filters
 from .head import LMHead
 
 # Above this share of the vocabulary, one full projection is cheaper than gathering rows of W.
@@ -28,6 +29,9 @@ TOP_P_ROWS = 16  # rows the top-p shortcut reads at a time (its temporaries stay
 # at the median, 189 at the third quartile, 1,280 at the 99th percentile: with these stages 64 such rows
 # take 13.7 ms a step where one stage of 1024 took 22.9 (``python -m bench.nucleus``, docs/results.md).
 TOP_P_WIDTHS = (128, 512, 4096)
+# Tempered nats below min-p's bound that its shortcut still takes (``min_p``): the rule itself then decides
+# them, so a token its float32 arithmetic keeps at the bound's last bit is never missed.
+MIN_P_SLACK = 1e-3
 
 
 @dataclass
@@ -175,6 +179,22 @@ class Candidates:
                 return None
             width = min(4 * k + 1, V)
 
+    @classmethod
+    def min_p(cls, raw: torch.Tensor, rule: MinP, temperature: float = 1.0) -> "Candidates | None":
+        """Min-p's candidates of ``raw / temperature`` straight from the raw logits (R, V). A token keeps
+        ``p >= min_p * p_max``, that is a tempered logit at most ``-log(min_p)`` below its row's largest:
+        only the tokens that close to the top (and ``MIN_P_SLACK`` closer to the bound, for rounding) are
+        taken, the widest row's count of them by a top-k, and the rule itself (``MinP``) decides them in
+        float32. None when some row keeps so much of the vocabulary that a full projection is cheaper.
+        One host sync."""
+        V = raw.shape[-1]
+        floor = raw.amax(-1, keepdim=True).float() + temperature * (math.log(rule.min_p) - MIN_P_SLACK)
+        k = int((raw >= floor).sum(-1).max())
+        if k > _FULL_PROJECTION_SHARE * V:
+            return None
+        values, ids = torch.topk(raw, k, dim=-1)
+        return cls(ids, rule(values.float() if temperature == 1.0 else values.float() / temperature), V)
+
     def dense(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates: written
         into ``out`` (R, V) when given, a tensor nobody reads again (the model's logits once the
@@ -204,14 +224,23 @@ class Candidates:
 
 def select(step: StepFilters, raw: torch.Tensor) -> Candidates:
     """A step's candidates from the model's logits (R, V): temperature -> top-k -> top-p -> min-p.
-    Top-k alone or top-p alone (after a temperature or not) takes them straight from the raw
-    logits instead of filtering all of them first."""
-    if step.top_k_only or step.top_p_only is not None:
-        cand = (Candidates.top_k(raw, step.top_k, step.temperature) if step.top_k_only
-                else Candidates.top_p(raw, step.top_p_only, step.temperature))
-        if cand is not None:
-            return cand
-    return Candidates.from_filtered(apply_filters(step.filters, raw), step.active, step.top_k)
+    The first filter besides temperature takes its candidates straight from the raw logits instead
+    of filtering all of them first (``top_k``, ``top_p``, ``min_p``), and the filters after it run on
+    those candidates' float32 values alone: a token the first one removed has no probability left to
+    count in theirs, so they keep what they would keep of the whole filtered vocabulary (but for a
+    token at a bound's last bit: the sums run over fewer entries)."""
+    first, cand = step.first, None
+    if isinstance(first, TopK):
+        cand = Candidates.top_k(raw, first.top_k, step.temperature)
+    elif isinstance(first, TopP):
+        cand = Candidates.top_p(raw, first, step.temperature)
+    elif isinstance(first, MinP):
+        cand = Candidates.min_p(raw, first, step.temperature)
+    if cand is None:
+        return Candidates.from_filtered(apply_filters(step.filters, raw), step.active, step.top_k)
+    if step.rest:
+        return Candidates(cand.ids, apply_filters(step.rest, cand.logits.float()), cand.vocab)
+    return cand
 
 
 def select_mixed(first: torch.Tensor, on_first: StepFilters, later: StepFilters, raw: torch.Tensor) -> Candidates:

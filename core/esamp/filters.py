@@ -118,17 +118,18 @@ class StepFilters(NamedTuple):
     filters: list[Filter]
     active: bool  # any filter besides temperature: the candidates are a subset of the vocabulary
     top_k: int | None  # top-k's k when it is among the filters: no row keeps more (ties aside)
-    top_k_only: bool  # top-k is the only filter besides temperature (``candidates.select``'s shortcut)
     temperature: float  # what the logits are divided by
-    top_p_only: "TopP | None" = None  # top-p, when it is the only filter besides temperature (the same)
+    # The first filter besides temperature: ``candidates.select`` takes its candidates straight from the
+    # model's logits, and runs the filters after it (``rest``) on those candidates alone.
+    first: "TopK | TopP | MinP | None" = None
+    rest: tuple = ()
 
     @classmethod
     def of(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> "StepFilters":
-        others = top_p < 1.0 or min_p > 0.0
         filters = build_filters(temperature, top_k, top_p, min_p)
-        nucleus = filters[-1] if top_p < 1.0 and top_k == 0 and min_p == 0.0 else None
-        return cls(filters, top_k > 0 or others, top_k or None, top_k > 0 and not others, float(temperature),
-                   nucleus)
+        narrowing = [f for f in filters if not isinstance(f, Temperature)]
+        return cls(filters, bool(narrowing), top_k or None, float(temperature),
+                   narrowing[0] if narrowing else None, tuple(narrowing[1:]))
 
 
 def run_filters(config: RunConfig) -> tuple[StepFilters, StepFilters]:

@@ -18,8 +18,6 @@ probability such tokens hold in a row.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ from core.esamp.candidates import Candidates, select
 from core.esamp.filters import StepFilters, apply_filters
 
 from .budget import write
-from .nucleus import step_logits
+from .nucleus import alternating, step_logits
 
 SETTINGS = {  # name -> StepFilters.of's arguments: each filter alone, then the pairs a user may combine
     "top-k 50": dict(top_k=50), "top-p 0.9": dict(top_p=0.9), "min-p 0.1": dict(min_p=0.1),
@@ -47,15 +45,8 @@ def measure(steps: list[torch.Tensor], settings: dict, repeats: int) -> list[dic
     for name, args in settings.items():
         step = StepFilters.of(**args)
         ways = {"whole": whole, "select": select}
-        seconds: dict[str, list[float]] = {w: [] for w in ways}
+        median = alternating({w: lambda raw, f=f: f(step, raw) for w, f in ways.items()}, steps, repeats)
         with torch.inference_mode():
-            for i in range(repeats + 2):
-                for w in list(ways)[::1 if i % 2 else -1]:
-                    t0 = time.perf_counter()
-                    for raw in steps:
-                        ways[w](step, raw)
-                    if i >= 2:  # the first rounds warm up
-                        seconds[w].append((time.perf_counter() - t0) / len(steps))
             kept, moved, tied = [], [], 0
             for raw in steps:
                 a, b = (f(step, raw) for f in ways.values())
@@ -68,7 +59,7 @@ def measure(steps: list[torch.Tensor], settings: dict, repeats: int) -> list[dic
                     edge = torch.stack([raw[r][keep_a[r]].min(), raw[r][keep_b[r]].min()])
                     tied += bool(torch.isin(raw[r][keep_a[r] ^ keep_b[r]], edge).all())
         kept, moved = torch.cat(kept).float(), torch.cat(moved)
-        ms = {w: 1000 * statistics.median(s) for w, s in seconds.items()}
+        ms = {w: 1000 * t for w, t in median.items()}
         out.append({"setting": name, "args": args, "calls": len(steps), "rows": int(steps[0].shape[0]), "ms": ms,
                     "speedup": ms["whole"] / ms["select"], "kept_median": float(kept.median()),
                     "kept_max": int(kept.max()), "rows_differ_at_ties": tied,

@@ -19,6 +19,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -47,18 +48,28 @@ def step_logits(lm, n: int, tokens: int, top_p: float, seed: int = 0) -> list[to
     return [(rows[:, t].to(w.dtype) @ w.T).float() for t in range(tokens)]
 
 
-def measure(steps: list[torch.Tensor], top_p: float, repeats: int) -> dict:
-    nucleus = StepFilters.of(top_p=top_p).first
-    ways = {"one stage": ONE_STAGE, "stages": TOP_P_WIDTHS}
+def alternating(ways: dict[str, Callable[[torch.Tensor], object]], steps: list[torch.Tensor],
+                repeats: int) -> dict[str, float]:
+    """Each way's median seconds a call over ``steps``: the ways in turn, in alternating order, after two
+    rounds that warm up (a drift of the machine's speed then falls on every way alike)."""
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     with torch.inference_mode():
         for i in range(repeats + 2):
             for name in list(ways)[::1 if i % 2 else -1]:
                 t0 = time.perf_counter()
                 for raw in steps:
-                    Candidates.top_p(raw, nucleus, widths=ways[name])
-                if i >= 2:  # the first rounds warm up
+                    ways[name](raw)
+                if i >= 2:
                     seconds[name].append((time.perf_counter() - t0) / len(steps))
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def measure(steps: list[torch.Tensor], top_p: float, repeats: int) -> dict:
+    nucleus = StepFilters.of(top_p=top_p).first
+    ways = {"one stage": ONE_STAGE, "stages": TOP_P_WIDTHS}
+    median = alternating({name: lambda raw, w=w: Candidates.top_p(raw, nucleus, widths=w) for name, w in ways.items()},
+                         steps, repeats)
+    with torch.inference_mode():
         got = {name: [Candidates.top_p(raw, nucleus, widths=w) for raw in steps] for name, w in ways.items()}
     widths = torch.cat([torch.isfinite(c.logits).sum(-1) for c in got["stages"]]).float()
     agree = tied = 0
@@ -70,7 +81,7 @@ def measure(steps: list[torch.Tensor], top_p: float, repeats: int) -> dict:
             else:  # every token in one nucleus and not the other is tied with a nucleus's last
                 edge = torch.stack([raw[r][kept_a[r]].min(), raw[r][kept_b[r]].min()])
                 tied += bool(torch.isin(raw[r][kept_a[r] ^ kept_b[r]], edge).all())
-    ms = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
+    ms = {name: 1000 * t for name, t in median.items()}
     return {"calls": len(steps), "rows": int(steps[0].shape[0]), "ms": ms, "speedup": ms["one stage"] / ms["stages"],
             "widths": {q: float(widths.quantile(q / 100)) for q in (50, 75, 90, 99)},
             "over_last_stage": float((widths > TOP_P_WIDTHS[-1]).float().mean()),

@@ -232,10 +232,14 @@ def test_min_p_and_filters_after_the_first_run_on_its_candidates_as_on_the_whole
     assert isinstance(step.first, MinP) and step.rest == ()
     assert [type(f) for f in (StepFilters.of(top_k=5, top_p=0.9, min_p=0.1).first,
                               *StepFilters.of(top_k=5, top_p=0.9, min_p=0.1).rest)] == [TopK, TopP, MinP]
-    # A token at the bound to the last bit is the rule's to decide: a logit exactly log(min_p) below the top.
-    edge = torch.cat([torch.tensor([0.0, math.log(0.25), math.log(0.25) - 1e-4]), torch.full((37,), -9.0)])[None]
-    cand = select(StepFilters.of(min_p=0.25), edge)
-    assert cand.ids is not None and torch.equal(cand.dense(cand.logits), spy(build_filters(min_p=0.25), edge))
+    # A token at the bound's last bit is the rule's to decide: one float32 step under T log(min_p) below the
+    # top, which the rule's own arithmetic keeps (a shortcut without MIN_P_SLACK left it out).
+    top = 13.37
+    under = torch.nextafter(torch.tensor(top + 1.3 * math.log(0.25)), torch.tensor(-math.inf))
+    edge = torch.cat([torch.tensor([top]), under[None], torch.full((38,), -80.0)])[None]
+    kept = spy(build_filters(temperature=1.3, min_p=0.25), edge)
+    cand = select(StepFilters.of(temperature=1.3, min_p=0.25), edge)
+    assert torch.isfinite(kept[0, 1]) and cand.ids is not None and torch.equal(cand.dense(cand.logits), kept)
     flat = torch.zeros(2, 400)  # every token ties with the top: most of the vocabulary, filter it whole
     assert Candidates.min_p(flat, MinP(0.1)) is None
     whole = select(StepFilters.of(min_p=0.1), flat)

@@ -1,6 +1,7 @@
 """ESamp's fusion and signals on hand-made tensors."""
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -278,6 +279,34 @@ def test_a_bfloat16_heads_candidates_get_float32_logits_and_base_log_probs():
                           atol=2e-3)
     f32 = Candidates.top_k(raw, 20)
     assert f32.exact(LMHead(weight.float()), h, 1.0, raw) is f32  # a float32 model's logits are exact already
+
+
+def test_base_log_probs_reuse_top_ps_log_sum_exp_and_agree_with_their_own_pass(monkeypatch):
+    """Top-p's first stage sums every row's whole vocabulary at T = 1 (``Candidates.lse``), so the trace's
+    log p under the model takes no pass of its own: the same values, within float32's rounding of the
+    whole, for a float32 model and for a bfloat16 one (float32 candidates, the rest from the model's own)."""
+    import core.esamp.signals as signals
+
+    torch.manual_seed(6)
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(3000, 16).to(dtype)
+        rows = 2 * TOP_P_ROWS + 3  # nuclei of a few tokens to hundreds
+        head, h = LMHead(weight), torch.randn(rows, 16) * torch.linspace(1.0, 4.0, rows)[:, None]
+        raw = (h.to(dtype) @ weight.T).float()
+        step = StepFilters.of(top_p=0.9)
+        cand = select(step, raw).exact(head, h, 1.0, raw)
+        assert cand.lse is not None and (cand.base is None) == (dtype == torch.float32)
+        passes = []
+        monkeypatch.setattr(signals, "_logsumexp_rows", lambda *a, f=signals._logsumexp_rows, **k: passes.append(1)
+                            or f(*a, **k))
+        reused = base_logprobs(raw, cand)
+        assert passes == []
+        own = base_logprobs(raw, replace(cand, lse=None))
+        assert len(passes) == 1
+        kept = torch.isfinite(cand.logits)
+        assert torch.allclose(reused[kept], own[kept], atol=1e-5, rtol=0)  # a few float32 steps at most
+        monkeypatch.undo()
+    assert select(StepFilters.of(temperature=0.7, top_p=0.9), raw).lse is None  # tempered: not the model's own
 
 
 def test_the_packed_projection_computes_only_the_kept_entries_and_agrees_with_the_dense_one():

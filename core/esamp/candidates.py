@@ -9,7 +9,7 @@ step's ``StepFilters`` and the model's logits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -42,6 +42,9 @@ class Candidates:
     logits: torch.Tensor  # (R, K) or (R, V) float32; removed entries are -inf
     vocab: int = 0  # V; set by the constructors
     base: torch.Tensor | None = None  # (R, K) or (R, V) float32 logits at T=1 when ``exact`` recomputed them
+    # (R,) each row's float32 log-sum-exp of the model's logits over the whole vocabulary at T = 1, where the
+    # filter computed it anyway (top-p's first stage): ``signals.base_logprobs`` then takes no pass of its own
+    lse: torch.Tensor | None = None
 
     def exact(self, head: LMHead, h: torch.Tensor, temperature: float | torch.Tensor,
               raw: torch.Tensor) -> "Candidates":
@@ -78,7 +81,7 @@ class Candidates:
             base = torch.where(keep, own, raw.gather(-1, self.ids).float())  # (R, K)
         t = temperature[:, None] if isinstance(temperature, torch.Tensor) else temperature
         logits = torch.where(torch.isfinite(self.logits), base / t, self.logits)
-        return Candidates(self.ids, logits, self.vocab, base), also_w
+        return replace(self, logits=logits, base=base), also_w
 
     @classmethod
     def from_filtered(cls, filtered: torch.Tensor, filters_active: bool, bound: int | None = None) -> "Candidates":
@@ -117,8 +120,11 @@ class Candidates:
             return None
         rows, part, lse = None, raw, None  # the rows still looked for (None: all), their logits, log-sum-exp
         found = []  # (rows, values, ids, keep) of the rows whose nucleus ends inside a stage's tokens
+        every = None  # every row's log-sum-exp at T = 1 (``lse``): the first stage's, at T = 1
         for width in widths:
             values, ids, lse = _likeliest(part, width, temperature, lse)
+            if rows is None and temperature == 1.0:
+                every = lse[:, 0]
             probs = (values - lse).exp()
             keep = probs.cumsum(-1) - probs < nucleus.top_p  # the mass of the tokens above each
             wide = keep[:, -1]  # rows that may keep tokens past these
@@ -140,7 +146,7 @@ class Candidates:
             return None
         if len(found) == 1 and rows is None:  # every row's nucleus inside the first stage's tokens
             _, values, ids, keep = found[0]
-            return cls(ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF), V)
+            return cls(ids[:, :k], values[:, :k].masked_fill(~keep[:, :k], NEG_INF), V, lse=every)
         # The rows of narrower stages pad with -inf and id 0, which may be one of their candidates (``dense``).
         out_ids = raw.new_zeros((raw.shape[0], k), dtype=torch.long)
         logits = raw.new_full((raw.shape[0], k), NEG_INF, dtype=torch.float32)
@@ -150,7 +156,7 @@ class Candidates:
             logits[at, :w] = values[:, :w].masked_fill(~keep[:, :w], NEG_INF)
         if rows is not None:
             logits[rows], out_ids[rows] = torch.topk(filtered, k, dim=-1)
-        return cls(out_ids, logits, V)
+        return cls(out_ids, logits, V, lse=every)
 
     @classmethod
     def top_k(cls, raw: torch.Tensor, k: int, temperature: float = 1.0) -> "Candidates | None":
@@ -239,7 +245,7 @@ def select(step: StepFilters, raw: torch.Tensor) -> Candidates:
     if cand is None:
         return Candidates.from_filtered(apply_filters(step.filters, raw), step.active, step.top_k)
     if step.rest:
-        return Candidates(cand.ids, apply_filters(step.rest, cand.logits.float()), cand.vocab)
+        return replace(cand, logits=apply_filters(step.rest, cand.logits.float()))
     return cand
 
 

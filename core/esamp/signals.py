@@ -67,15 +67,24 @@ def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
     vocabulary as candidates, ``base`` already holds both). A row's padding (entries past its own
     candidates, -inf in ``cand.logits``: other tokens, or token 0 again and again where a nucleus ran
     past top-p's guess) counts in the rest, once per token, so the padding's width changes nothing.
+
+    Where the filter already summed each row's whole vocabulary (``cand.lse``), that is the normaliser,
+    or (with float32 values) the rest is it less the candidates' own mass in the model's logits: no pass
+    over the vocabulary here. The rest is then known to float32's rounding of the whole, not of itself,
+    which moves the normaliser by as little (the rest is what the candidates leave of it).
     """
     if cand.base is None:
         at = raw if cand.ids is None else raw.gather(-1, cand.ids)
-        return at.float() - _logsumexp_rows(raw.float())[:, None]
+        return at.float() - (_logsumexp_rows(raw.float()) if cand.lse is None else cand.lse)[:, None]
     if cand.ids is None:
         return cand.base - _logsumexp_rows(cand.base)[:, None]
     kept = torch.isfinite(cand.logits)
-    own = torch.where(kept, cand.ids, cand.ids[:, :1])  # padding points at the row's first candidate
-    rest = _logsumexp_rows(raw, exclude=own)  # (R,) all but the candidates
+    if cand.lse is None:
+        own = torch.where(kept, cand.ids, cand.ids[:, :1])  # padding points at the row's first candidate
+        rest = _logsumexp_rows(raw, exclude=own)  # (R,) all but the candidates
+    else:  # log(whole - candidates), the candidates' share at most 1 (0 left where rounding says more)
+        share = torch.logsumexp(torch.where(kept, raw.gather(-1, cand.ids).float(), float("-inf")), -1) - cand.lse
+        rest = cand.lse + torch.log1p(-share.clamp(max=0.0).exp())
     mass = torch.logsumexp(torch.where(kept, cand.base, float("-inf")), -1)
     return cand.base - torch.logaddexp(mass, rest)[:, None]
 

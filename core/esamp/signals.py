@@ -68,10 +68,11 @@ def base_logprobs(raw: torch.Tensor, cand: Candidates) -> torch.Tensor:
     candidates, -inf in ``cand.logits``: other tokens, or token 0 again and again where a nucleus ran
     past top-p's guess) counts in the rest, once per token, so the padding's width changes nothing.
 
-    Where the filter already summed each row's whole vocabulary (``cand.lse``), that is the normaliser,
-    or (with float32 values) the rest is it less the candidates' own mass in the model's logits: no pass
-    over the vocabulary here. The rest is then known to float32's rounding of the whole, not of itself,
-    which moves the normaliser by as little (the rest is what the candidates leave of it).
+    Where the filter already summed each row's whole vocabulary (``cand.lse``), that is the normaliser;
+    where the candidates' values were recomputed in float32 (a bfloat16 model), the rest is that sum less
+    the candidates' own mass in the model's logits: no pass over the vocabulary here. The rest is then
+    known to float32's rounding of the whole, not of itself, which moves the normaliser by as little (the
+    rest is what the candidates leave of it).
     """
     if cand.base is None:
         at = raw if cand.ids is None else raw.gather(-1, cand.ids)

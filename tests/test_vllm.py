@@ -224,6 +224,36 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
     assert token_ids(together[0]) == token_ids(plain)
 
 
+def test_a_run_nobody_watches_asks_vllm_for_final_outputs_only_and_gets_the_same_run(monkeypatch):
+    """Without a progress callback only each prompt's first sample reports every step (the others join
+    after its first output); the rest report at their end. The run is the same as one watched live:
+    its tokens and signals come from the worker, not from vLLM's outputs (the machine's default dtype)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    from core.backends.vllm import loop
+
+    vdefault = load_model(backend="vllm")
+    kinds = []
+    requests_of = loop.requests_of
+
+    def spy(*args, **kwargs):
+        runs, first, after = requests_of(*args, **kwargs)
+        joining = [r for rs in after.values() for r in rs]
+        kinds.append(([r.params.output_kind for r in first], [r.params.output_kind for r in joining]))
+        return runs, first, after
+
+    monkeypatch.setattr(loop, "requests_of", spy)
+    config = _config(0.5, seed=3, n=3, tokens=8)
+    seen = []
+    watched = generate(vdefault, PROMPTS, config, progress=seen.append)
+    unwatched = generate(vdefault, PROMPTS, config)
+    delta, final = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
+    assert kinds == [([delta] * 2, [delta] * 4), ([delta] * 2, [final] * 4)] and seen
+    assert token_ids(unwatched) == token_ids(watched)
+    for a, b in zip(watched.samples, unwatched.samples):
+        assert [t.novelty for t in b.tokens] == [t.novelty for t in a.tokens]
+
+
 def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
     import threading
 

@@ -48,7 +48,7 @@ def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunCo
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
     ids_of = encode_runs(lm, prompts, configs)
-    runs, first, after = requests_of(lm, ids_of, configs)
+    runs, first, after = requests_of(lm, ids_of, configs, live=progress is not None)
     t0 = time.perf_counter()
     sub = lm.engine.submit(Submission(first, after, keys=keys(runs)))
     stopped = _follow(lm, sub, runs, progress, cancel, t0)
@@ -95,10 +95,17 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
     return generate_runs(lm, prompts, [config], progress=progress, cancel=cancel)[0]
 
 
-def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig], ladders: bool = True):
+def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig], ladders: bool = True,
+                live: bool = True):
     """The runs, the requests that go in at once and the ones that wait. Each prompt's first sample
     goes first; its other samples join once the prompt is in vLLM's prefix cache, so the prompt is
     prefilled once per run, not once per sample. Every run keeps the schedule it has alone.
+
+    A run's tokens come from the worker (``esamp_take``), not from vLLM's outputs: those are for the
+    caller's progress and the joins. So with ``live`` every request reports each step's new tokens;
+    without it only a prompt's first sample does (its others join after its first output) and the rest
+    report once, at their end: vLLM then makes no output a step for them (at 24 prompts x 16, 2-5 ms of
+    a 560 ms step on a 2-core EPYC, and 0.8 ms of the driver's own).
 
     With ``ladders``, runs that differ in β alone (``core.config.ladder_key``: a β ladder's rungs) are
     one run in the engine, with a β per row: each engine step then filters, fuses and records them in
@@ -127,7 +134,8 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
                 params = SamplingParams(
                     n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=request_seed(sc.seed, r),
                     ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids, detokenize=False,
-                    output_kind=RequestOutputKind.DELTA, extra_args=extra)
+                    output_kind=RequestOutputKind.DELTA if live or r % sc.n == 0 else RequestOutputKind.FINAL_ONLY,
+                    extra_args=extra)
                 request = Request(rid, ids[r // sc.n], params)
                 if r % sc.n == 0:
                     first.append(request)

@@ -4,6 +4,7 @@ samples, rounds interleaved in one process.
     python -m bench.speed                          # every backend, its default workloads, 64 tokens
     python -m bench.speed --backends vllm --workloads 24x16 --rounds 3
     python -m bench.speed --quick --json out.json  # a tiny run (tests check the report's structure)
+    python -m bench.speed --pool a.json b.json     # several runs' ratios to native, pooled
 
 Variants, on the same prompts (bench/prompts/open_ended.txt, one distinct prompt per prompt slot)
 and sampling (T=1, top-k 50 or ``--filter``'s, EOS ignored so every run does the same work), light traces:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import threading
@@ -283,6 +285,46 @@ def profile_markdown(profile: dict) -> str:
     return "\n".join(lines)
 
 
+def pooled(reports: Sequence[dict], draws: int = 4000) -> list[dict]:
+    """The within-round ratios to native of several reports (runs of the same command: other draws of a
+    machine, other machines of a kind), pooled per (backend, dtype, workload): their count, median, a 95%
+    bootstrap interval of the median (resampling rounds, seeded) and their range. One run's three rounds
+    cannot tell 0.95 from 0.98 where two rounds of the same code differ by 10 points; pooled rounds can
+    say how sure a median is."""
+    ratios: dict[tuple, dict[str, list[float]]] = {}
+    for report in reports:
+        runs = report["runs"]
+        for key in runs:
+            b, d, w, v = key.split("/")
+            if v != NATIVE[b]:
+                continue
+            native = [r["tokens_per_s"] for r in runs[key]]
+            for name, num, den in (("plain / native", "plain", None), ("ESamp / native", "esamp", None),
+                                   ("ESamp / plain", "esamp", "plain")):
+                top, bottom = runs.get(f"{b}/{d}/{w}/{num}"), runs.get(f"{b}/{d}/{w}/{den}") if den else None
+                if top is None or (den and bottom is None):
+                    continue
+                under = [r["tokens_per_s"] for r in bottom] if bottom else native
+                ratios.setdefault((b, d, w), {}).setdefault(name, []).extend(
+                    t["tokens_per_s"] / u for t, u in zip(top, under))
+    rng, out = random.Random(0), []
+    for (b, d, w), by_name in ratios.items():
+        for name, xs in by_name.items():
+            medians = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
+            out.append({"backend": b, "dtype": d, "workload": w, "ratio": name, "rounds": len(xs),
+                        "median": statistics.median(xs), "low": medians[int(0.025 * draws)],
+                        "high": medians[int(0.975 * draws) - 1], "min": min(xs), "max": max(xs)})
+    return out
+
+
+def pooled_markdown(rows: list[dict]) -> str:
+    lines = ["| backend | dtype | prompts × samples | ratio | rounds | median | 95% interval of the median | range |",
+             "|---|---|---|---|---:|---:|---|---|"]
+    lines += [f"| {r['backend']} | {r['dtype']} | {r['workload']} | {r['ratio']} | {r['rounds']} | {r['median']:.3f} "
+              f"| {r['low']:.3f} to {r['high']:.3f} | {r['min']:.3f} to {r['max']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _rows(workload: str) -> int:
     p, n = workload.split("x")
     return int(p) * int(n)
@@ -310,7 +352,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--render", type=Path, help="write --markdown from this earlier --json report and exit")
+    ap.add_argument("--pool", type=Path, nargs="+", help="pool the ratios to native of these earlier --json "
+                    "reports (write --markdown, or print) and exit")
     a = ap.parse_args(argv)
+    if a.pool:
+        text = pooled_markdown(pooled([json.loads(f.read_text()) for f in a.pool]))
+        (a.markdown.write_text(text + "\n") if a.markdown else print(text))
+        return 0
     if a.render:
         report = json.loads(a.render.read_text())
         profile = {(p["backend"], p["variant"]): p for p in report["profile"]}

@@ -125,6 +125,19 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     again = tmp_path / "again.md"  # the tables rendered again from the JSON report are the same
     assert speed.main(["--render", str(out), "--markdown", str(again)]) == 0
     assert again.read_text() == table.read_text() and "ESamp / native" in again.read_text()
+    # the same report pooled twice: each ratio's rounds twice over, and the same median as the report's
+    pool = {(r["backend"], r["dtype"], r["workload"], r["ratio"]): r for r in speed.pooled([report, report])}
+    assert set(pool) == {(b, report["backends"][b]["dtypes"][0], "2x2", name) for b in backends
+                         for name in ("plain / native", "ESamp / native", "ESamp / plain")}
+    rows = {(x["backend"], x["dtype"], x["workload"], x["variant"]): x for x in report["rows"]}
+    for (b, d, w, name), r in pool.items():
+        row = rows[(b, d, w, "plain" if name.startswith("plain") else "esamp")]
+        assert r["rounds"] == 2
+        assert r["median"] == pytest.approx(row["ratio_to_plain" if name == "ESamp / plain" else "ratio_to_native"])
+        assert r["min"] <= r["low"] <= r["median"] <= r["high"] <= r["max"]
+    pooled = tmp_path / "pooled.md"
+    assert speed.main(["--pool", str(out), str(out), "--markdown", str(pooled)]) == 0
+    assert pooled.read_text().count("\n") == 2 + len(pool) and "95% interval of the median" in pooled.read_text()
 
 
 def test_openmp_times_the_engine_with_the_callers_team_kept_and_let_go_in_alternating_processes(tmp_path):

@@ -130,7 +130,7 @@ def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n, rounds: int = 1
                   for key in ("wall_s", "tokens_per_s", *RATIOS, *RATIOS.values())},
                "first_token_s": {"median": statistics.median(firsts), "max": max(firsts)},
                "finish_s": {"median": statistics.median(finishes), "max": max(finishes)},
-               "rounds": [{key: v for key, v in g.items() if key != "sessions"} for g in got]}
+               "rounds": got}  # each round with its own sessions (``sessions``: the last round's)
         rows.append(row)
         by_round = ", ".join(f"{g['ratio_to_plain_batched']:.3f}" for g in got)
         print(f"K={k:2d} ({row['rows']:4d} rows, {rounds} round(s)): {row['tokens_per_s']:6.0f} tokens/s (ESamp "

@@ -313,7 +313,8 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
     report = json.loads(out.read_text())
     rows = report["placements"]["inline"]
     for r in rows:  # each ratio the median of the rounds' own: with two rounds, their mean
-        assert len(r["rounds"]) == 2
+        assert len(r["rounds"]) == 2 and [len(g["sessions"]) for g in r["rounds"]] == [r["k"]] * 2
+        assert r["first_token_s"]["max"] == max(s["first_token_s"] for g in r["rounds"] for s in g["sessions"])
         ratios = [g["tokens_per_s"] / g["plain_batched_tokens_per_s"] for g in r["rounds"]]
         assert r["ratio_to_plain_batched"] == pytest.approx(sum(ratios) / 2)
     assert "median of 2 rounds" in (tmp_path / "c.md").read_text()

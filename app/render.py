@@ -398,8 +398,13 @@ def follow(job: Job, key: str) -> bool:
     Returns whether the job has finished. The progress fragment reruns by itself; when the
     job finishes it reruns the whole page once, so the caller draws the results. The answer is
     the one the fragment drew by: a job that finishes while the live view is drawn is finished on
-    the next run, not this one (the page would show the live answers above the results).
+    the next run, not this one (the page would show the live answers above the results). Once the
+    finished job has been shown, no fragment is drawn: one that reran by itself every 0.5 s would go
+    on for as long as the page is open (an idle result page once sent its server 12 messages a second).
     """
+    if job.finished and st.session_state.get(f"{key}_shown") is job:
+        return True
+
     @st.fragment(run_every=0.5)
     def live() -> bool:
         job.watch()

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -148,6 +149,26 @@ def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(serve
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
     assert page.locator(".js-plotly-plot").count() >= 3
     assert (tmp_path / "explore.png").stat().st_size > 10_000
+
+
+def test_a_finished_runs_page_stops_asking_its_server_for_news(server, browser):
+    """While a run generates, its page's live view asks the app for news twice a second; once the run
+    is done and shown, the page is quiet: a class's open result pages cost their server nothing (the
+    live view's fragment used to rerun by itself for as long as the page stayed open)."""
+    frames = []
+    page, _ = open_page(browser, server)
+    page.on("websocket", lambda ws: (ws.on("framesent", lambda _: frames.append(time.monotonic())),
+                                     ws.on("framereceived", lambda _: frames.append(time.monotonic()))))
+    page.goto(f"{server}/?{urllib.parse.urlencode({'prompt': 'Name a tree.', 'n': 2, 'tokens': 24, **TWO_RUNS})}")
+    click_generate(page)
+    wait_for_run(page)
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    assert frames, "the page's messages to and from its app were not seen"
+    page.wait_for_timeout(2000)  # the result's last drawing
+    quiet_from = time.monotonic()
+    page.wait_for_timeout(3000)
+    assert [t for t in frames if t > quiet_from] == []
+    page.context.close()
 
 
 def test_a_stalled_run_says_whether_it_ever_began(browser):

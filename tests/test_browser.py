@@ -164,10 +164,11 @@ def test_a_finished_runs_page_stops_asking_its_server_for_news(server, browser):
     wait_for_run(page)
     page.wait_for_selector(".js-plotly-plot", timeout=60_000)
     assert frames, "the page's messages to and from its app were not seen"
-    page.wait_for_timeout(2000)  # the result's last drawing
-    quiet_from = time.monotonic()
-    page.wait_for_timeout(3000)
-    assert [t for t in frames if t > quiet_from] == []
+    drawn = time.monotonic()  # the result's last drawing may still arrive (a busy machine): wait for 3 s of quiet
+    while time.monotonic() - frames[-1] < 3:
+        recent = sum(t > time.monotonic() - 10 for t in frames)
+        assert time.monotonic() - drawn < 60, f"a minute after its result, the page still had {recent} messages in 10 s"
+        page.wait_for_timeout(500)
     page.context.close()
 
 

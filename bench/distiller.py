@@ -4,6 +4,7 @@ the embedded model, and the check that novelty is higher on contexts the distill
     python -m bench.distiller                       # 2 prompts x 16 samples x 128 tokens, every design
     python -m bench.distiller --quick --json /tmp/d.json
     python -m bench.distiller --starts              # where a run's distiller starts, and how it is trained
+    python -m bench.distiller --dtypes              # float32 against bfloat16 weights and Adam state
 
 1. Plain sampling (T=1, top-k 50, EOS ignored, seed 5) generates each prompt's answers with
    ``core.generate``; one teacher-forced forward pass per prompt gives the states a run sees at
@@ -28,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -65,12 +67,13 @@ def states(lm, prompt: str, n: int, tokens: int, seed: int, prompt_states: bool 
 
 
 def replay(lm, design: Design, width: int, own: tuple[torch.Tensor, torch.Tensor],
-           other: tuple[torch.Tensor, torch.Tensor], probe: int, seed: int) -> dict:
+           other: tuple[torch.Tensor, torch.Tensor], probe: int, seed: int, dtype: torch.dtype = torch.float32) -> dict:
     """Train a fresh distiller online on ``own`` states; its novelty along the way, and at ``probe``
-    on both its own and the ``other`` prompt's states (before that step's update)."""
+    on both its own and the ``other`` prompt's states (before that step's update). ``dtype``: its weights'."""
     (s, h), (s_other, h_other) = own, other
     cfg = EsampConfig(intermediate=width)  # the run defaults for everything else: lr, eps, clipping, blocks
-    bank = DistillerBank(1, lm.hidden_size, cfg, device=lm.device, seed=seed, norm=lm.head.norm, design=design)
+    bank = DistillerBank(1, lm.hidden_size, cfg, device=lm.device, seed=seed, norm=lm.head.norm, design=design,
+                         dtype=dtype)
     rows = torch.ones(1, s.shape[1], dtype=torch.bool, device=lm.device)
     curve, seconds, probed = [], [], {}
     for t in range(s.shape[0]):
@@ -85,7 +88,7 @@ def replay(lm, design: Design, width: int, own: tuple[torch.Tensor, torch.Tensor
         seconds.append(time.perf_counter() - t0)
     return {"curve": curve, "quarters": quarter_means(curve), "probe": probed,
             "update_ms": 1000 * statistics.median(seconds),
-            "parameters": bank.nbytes_per_distiller // 12, "bytes": bank.nbytes_per_distiller}
+            "parameters": sum(p[0].numel() for p in bank.params), "bytes": bank.nbytes_per_distiller}
 
 
 START_PROMPTS = ["Describe a city in the year 3000.", "Write a short poem about the colour of rain.",
@@ -165,6 +168,46 @@ def engine_check(backend: str, n: int, tokens: int, seed: int) -> dict:
     return out
 
 
+DTYPE_SEEDS = (5, 6, 7)
+
+
+def dtypes(lm, data: dict, probe: int, seeds: Sequence[int] = DTYPE_SEEDS) -> list[dict]:
+    """The default design at each width with float32 and with bfloat16 weights and Adam state (a bfloat16
+    model's distillers since trace version 9), each seed's fresh distiller replayed on the same states."""
+    rows = []
+    for width in WIDTHS:
+        for dtype in (torch.float32, torch.bfloat16):
+            for seed in seeds:
+                per = {p: replay(lm, DESIGNS["normed"], width, data[p], data[q], probe, seed, dtype)
+                       for p, q in zip(PROMPTS, PROMPTS[::-1])}
+                rows.append({"width": width, "dtype": str(dtype).removeprefix("torch."), "seed": seed, "prompts": per})
+                print(f"{width:4d} {rows[-1]['dtype']:9s} seed {seed}  " + "   ".join(
+                    " ".join(f"{x:.3f}" for x in per[p]["quarters"]) for p in PROMPTS), file=sys.stderr, flush=True)
+    return rows
+
+
+def dtypes_markdown(rows: list[dict], probe: int) -> str:
+    """Per width and dtype: relative novelty by quarter and at the probe, the mean over seeds and prompts,
+    the largest gap between a seed's float32 and bfloat16 quarters, and the update's time."""
+    lines = [f"| width | weights | rel. novelty by quarter (mean of {len(PROMPTS)} prompts × seeds) | largest gap to "
+             f"float32, same seed | step {probe}: own vs unseen | update (ms) |", "|---:|---|---|---:|---|---:|"]
+    for width in WIDTHS:
+        f32 = {(r["seed"], p): r["prompts"][p]["quarters"] for r in rows if r["width"] == width
+               and r["dtype"] == "float32" for p in PROMPTS}
+        for dtype in ("float32", "bfloat16"):
+            mine = [r for r in rows if r["width"] == width and r["dtype"] == dtype]
+            quarters = [statistics.mean(r["prompts"][p]["quarters"][i] for r in mine for p in PROMPTS)
+                        for i in range(4)]
+            gap = max(abs(a - b) for r in mine for p in PROMPTS for a, b in zip(r["prompts"][p]["quarters"],
+                                                                               f32[(r["seed"], p)]))
+            own = statistics.mean(r["prompts"][p]["probe"]["own"] for r in mine for p in PROMPTS)
+            unseen = statistics.mean(r["prompts"][p]["probe"]["unseen"] for r in mine for p in PROMPTS)
+            ms = statistics.median(r["prompts"][p]["update_ms"] for r in mine for p in PROMPTS)
+            lines.append(f"| {width} | {dtype} | {' '.join(f'{q:.3f}' for q in quarters)} | {gap:.3f} "
+                         f"| {own:.3f} vs {unseen:.3f} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict, probe: int) -> str:
     lines = [f"| design | width | rel. novelty by quarter ({PROMPTS[0][:16]}…) | ({PROMPTS[1][:16]}…) "
              f"| step {probe}: own vs unseen | update (ms) | parameters |", "|---|---:|---|---|---|---:|---:|"]
@@ -189,6 +232,8 @@ def main(argv=None) -> int:
     ap.add_argument("--starts", action="store_true", help="only where a run's distiller starts: fresh, primed on "
                     "the prompt, pretrained, fresh at the paper's lr or with one block (4 prompts x 16 answers x 32 "
                     "tokens, top-p 0.9)")
+    ap.add_argument("--dtypes", action="store_true", help="only the distillers' dtype: the default design at each "
+                    f"width with float32 and bfloat16 weights, seeds {', '.join(map(str, DTYPE_SEEDS))}")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="folder for the learning-curve plot (PNG, SVG)")
@@ -211,6 +256,18 @@ def main(argv=None) -> int:
             a.markdown.write_text(table + "\n")
         return 0
     data = {p: states(lm, p, a.n, a.tokens, a.seed) for p in PROMPTS}
+    if a.dtypes:
+        rows = dtypes(lm, data, a.probe, DTYPE_SEEDS[:1] if a.quick else DTYPE_SEEDS)
+        table = dtypes_markdown(rows, a.probe)
+        print("\n" + table)
+        if a.json:
+            a.json.write_text(json.dumps({"command": "python -m bench.distiller " + " ".join(
+                argv if argv is not None else sys.argv[1:]), "model": lm.name, "machine": machine(lm),
+                "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
+                "seconds": time.perf_counter() - t_start, "dtypes": rows}, indent=2))
+        if a.markdown:
+            a.markdown.write_text(table + "\n")
+        return 0
     results = []
     designs = [(name, d) for name, d in DESIGNS.items()]
     designs += [(f"normed rms {g:g}", dataclasses.replace(DESIGNS["normed"], input_rms=g)) for g in GAINS]

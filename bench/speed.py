@@ -12,6 +12,8 @@ and sampling (T=1, top-k 50 or ``--filter``'s, EOS ignored so every run does the
 - ``esamp``: beta 0.25, one distiller per prompt, the default design;
 and on the ``--extras`` workload only:
 - ``esamp-overlap``: ESamp with the distiller's update in a worker thread (``overlap=True``);
+- ``esamp-float32``: ESamp with float32 distillers (``distiller_dtype="float32"``; the same as ``esamp``
+  for a float32 model, where its distillers are float32 anyway);
 - ``fire``: a hot first token, then plain sampling (distiller in shadow, as the app runs it);
 - ``generate`` / ``vllm-native``: transformers' own ``model.generate()`` / vLLM's own sampler
   with no ESamp processor and no trace (outside references);
@@ -46,7 +48,7 @@ from core.backends import installed_backends
 from core.backends.hardware import describe
 from core.backends.hf.loop import left_pad
 from core.esamp.clock import PARTS
-from core.esamp.distiller import DistillerBank
+from core.esamp.distiller import DistillerBank, weights_dtype
 from core.methods import FILTERS
 
 from . import read_prompts
@@ -55,8 +57,8 @@ PROMPTS = read_prompts()
 WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],
              "vllm": ["1x1", "1x16", "4x16", "8x16", "24x16", "32x16"]}
 CORE_VARIANTS = ["plain", "esamp"]
-EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "fire", "generate"],
-                  "vllm": ["esamp-overlap", "fire", "vllm-native"]}
+EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "esamp-float32", "fire", "generate"],
+                  "vllm": ["esamp-overlap", "esamp-float32", "fire", "vllm-native"]}
 NATIVE = {"transformers": "generate", "vllm": "vllm-native"}  # what a user would run instead
 FILTER = "top-k 50"  # transformers' default, so ``generate`` runs as a user's would with no settings
 
@@ -111,8 +113,9 @@ def sampling(n: int, tokens: int, seed: int, filt: str = FILTER) -> SamplingConf
 
 
 def config_of(variant: str, n: int, tokens: int, seed: int, filt: str = FILTER) -> RunConfig:
-    method = {"esamp-overlap": "esamp"}.get(variant, variant)
-    esamp = EsampConfig(shadow=variant != "plain", overlap=variant == "esamp-overlap" or None)
+    method = {"esamp-overlap": "esamp", "esamp-float32": "esamp"}.get(variant, variant)
+    esamp = EsampConfig(shadow=variant != "plain", overlap=variant == "esamp-overlap" or None,
+                        distiller_dtype="float32" if variant == "esamp-float32" else "model")
     return RunConfig(method=method, esamp=esamp, sampling=sampling(n, tokens, seed, filt), trace="light")
 
 
@@ -422,7 +425,8 @@ def main(argv=None) -> int:
         "backends": {b: {"device": str(models[(b, dtypes[b][0])].device), "dtypes": [d for d in dtypes[b] if d]}
                      for b in backends},
         "machine": describe(),
-        "distiller_bytes_per_prompt": DistillerBank(1, hidden, EsampConfig()).nbytes_per_distiller,
+        "distiller_bytes_per_prompt": DistillerBank(1, hidden, EsampConfig(), dtype=weights_dtype(
+            EsampConfig(), next(iter(models.values())).dtype)).nbytes_per_distiller,  # the first model's
         "seconds": time.perf_counter() - t_start,
         "rows": rows, "scaling": table,
         "profile": [{"backend": b, "variant": v, **p} for (b, v), p in profile.items()],

@@ -16,6 +16,7 @@ SCOPES = ("prompt", "shared")
 TRACE_LEVELS = ("full", "light")
 DISTILLERS = ("normed", "normed-unit", "final-norm", "residual")  # core/esamp/distiller.py, DESIGNS
 STARTS = ("fresh", "pretrained")  # core/backends/start.py
+DISTILLER_DTYPES = ("model", "float32")  # core/esamp/distiller.py, weights_dtype
 
 # Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.
 MAX_SAMPLES = 512
@@ -149,6 +150,12 @@ class EsampConfig:
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.
     start: str = "fresh"
+    # What the distillers' weights and Adam state are kept and multiplied in. "model": the model's own dtype
+    # where that is bfloat16 (the public reference's model bank computes in the model's dtype), else float32;
+    # "float32": always (every run before trace version 9). Their predictions, the loss and the novelty are
+    # float32 either way. On the embedded model bfloat16 distillers learned as float32 ones (relative novelty
+    # by quarter the same to 0.001, docs/results.md "The distillers in bfloat16") at about half the update's time.
+    distiller_dtype: str = "model"
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")
@@ -158,6 +165,8 @@ class EsampConfig:
             raise ValueError(f"`scope` must be one of {SCOPES}, but is {self.scope!r}.")
         if self.start not in STARTS:
             raise ValueError(f"`start` must be one of {STARTS}, but is {self.start!r}.")
+        if self.distiller_dtype not in DISTILLER_DTYPES:
+            raise ValueError(f"`distiller_dtype` must be one of {DISTILLER_DTYPES}, but is {self.distiller_dtype!r}.")
         if self.distiller not in DISTILLERS:
             raise ValueError(f"`distiller` must be one of {DISTILLERS}, but is {self.distiller!r}.")
         _check_int("intermediate", self.intermediate, 1, 65536)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from .config import DISTILLERS, METHODS, SCOPES, STARTS, TRACE_LEVELS, EsampConfig, RunConfig
+from .config import DISTILLER_DTYPES, DISTILLERS, METHODS, SCOPES, STARTS, TRACE_LEVELS, EsampConfig, RunConfig
 
 XARG = "esamp_"  # a served request's ESamp settings: vllm_xargs["esamp_<field>"]
 NO_BOUND = "none"  # max_kl with no bound, where null cannot be written (a command line, vllm_xargs)
@@ -123,6 +123,9 @@ SETTINGS = [
            served="xarg"),
     Option("esamp.grad_clip", ("--distiller-grad-clip",), float,
            f"its gradient clip (default {EsampConfig().grad_clip:g})", served="xarg"),
+    Option("esamp.distiller_dtype", ("--distiller-dtype",), str, "what the distillers' weights and Adam state "
+           "compute in: the model's dtype where it is bfloat16 (as the reference's), or float32 always",
+           choices=DISTILLER_DTYPES, served="xarg"),
     Option("esamp.warmup_steps", ("--warmup-steps",), int,
            "esamp: sample this many tokens after the first unguided while the distiller learns", url="warmup",
            served="xarg"),

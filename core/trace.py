@@ -20,7 +20,9 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 7: the config's ``esamp`` has ``keep_entropy``, whether the push was leveled (older traces: the
   paper's push, False);
 - version 8: the config's ``esamp`` has ``between_words``, whether the push moved word starts only
-  (older traces: every candidate, False).
+  (older traces: every candidate, False);
+- version 9: the config's ``esamp`` has ``distiller_dtype``, what the distillers' weights computed in
+  ("model": bfloat16 for a bfloat16 model; older traces: "float32", as every run's then).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from .config import RunConfig
 
-TRACE_VERSION = 8
+TRACE_VERSION = 9
 
 
 @dataclass
@@ -239,8 +241,14 @@ def _v7_to_v8(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "config": {**d["config"], "esamp": esamp}, "version": 8}
 
 
+def _v8_to_v9(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 8 traces' distillers were float32, whatever the model's dtype."""
+    esamp = {"distiller_dtype": "float32", **d["config"]["esamp"]}
+    return {**d, "config": {**d["config"], "esamp": esamp}, "version": 9}
+
+
 _UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
-             7: _v7_to_v8}  # version v -> v + 1
+             7: _v7_to_v8, 8: _v8_to_v9}  # version v -> v + 1
 
 
 def _finite(x: Any) -> Any:

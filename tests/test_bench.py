@@ -209,6 +209,18 @@ def test_distiller_starts_quick_compares_fresh_primed_and_pretrained(tmp_path):
     assert all(len(r["bands"]) == 4 and len(r["curve"]) == 12 and r["own"] > 0 < r["unseen"] for r in rows)
 
 
+def test_distiller_dtypes_quick_replays_each_width_in_float32_and_bfloat16(tmp_path):
+    from bench import distiller
+
+    out, table = tmp_path / "dtypes.json", tmp_path / "dtypes.md"
+    assert distiller.main(["--dtypes", "--quick", "--json", str(out), "--markdown", str(table)]) == 0
+    rows = json.loads(out.read_text())["dtypes"]
+    assert [(r["width"], r["dtype"]) for r in rows] == [(w, d) for w in distiller.WIDTHS
+                                                        for d in ("float32", "bfloat16")]
+    assert all(len(r["prompts"][p]["curve"]) == 16 for r in rows for p in distiller.PROMPTS)
+    assert table.read_text().count("\n") == 2 + 2 * len(distiller.WIDTHS)
+
+
 def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):
     from app.settings import DEFAULTS
     from bench import demo

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.config import EsampConfig
-from core.esamp.distiller import DistillerBank, pretrain
+from core.esamp.distiller import DistillerBank, pretrain, weights_dtype
 
 
 def reference_distiller(bank: DistillerBank, g: int) -> list[torch.nn.Parameter]:
@@ -54,6 +54,35 @@ def test_loss_falls_on_a_fixed_mapping():
     h = torch.tanh(s @ torch.randn(16, 16, generator=g))
     losses = [bank.update(bank.forward(s), h, torch.ones(1, 8, dtype=torch.bool))[0].item() for _ in range(200)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_bfloat16_models_distillers_keep_bfloat16_weights_and_learn_as_float32_ones():
+    """The weights and Adam state in bfloat16 (the reference's model bank computes in the model's dtype),
+    what goes in and out in float32, and the same learning as a float32 bank's on a fixed mapping."""
+    assert weights_dtype(EsampConfig(), torch.bfloat16) == torch.bfloat16
+    assert weights_dtype(EsampConfig(distiller_dtype="float32"), torch.bfloat16) == torch.float32
+    assert weights_dtype(EsampConfig(), torch.float32) == weights_dtype(EsampConfig(), torch.float16) == torch.float32
+    with pytest.raises(ValueError, match="distiller_dtype"):
+        EsampConfig(distiller_dtype="bfloat16")
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(1, 8, 64, generator=g)
+    h = torch.tanh(s @ torch.randn(64, 64, generator=g) / 8)
+    rows = torch.ones(1, 8, dtype=torch.bool)
+    curves = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        bank = DistillerBank(1, 64, EsampConfig(), seed=2, dtype=dtype)
+        assert {x.dtype for x in bank.params + bank.m + bank.v} == {dtype}
+        assert bank.nbytes_per_distiller == 3 * sum(p[0].numel() for p in bank.params) * dtype.itemsize
+        losses = []
+        for _ in range(100):
+            pred = bank.forward(s)
+            assert pred.dtype == torch.float32
+            losses.append(bank.update(pred, h, rows)[0].item())
+        assert bank.params[0].grad is None and {x.dtype for x in bank.params + bank.m + bank.v} == {dtype}
+        curves[dtype] = losses
+    f32, bf16 = curves[torch.float32], curves[torch.bfloat16]
+    assert f32[-1] < 0.5 * f32[0] and bf16[-1] < 0.5 * bf16[0]
+    assert all(abs(a - b) <= 0.05 * a for a, b in zip(f32, bf16))  # the same curve, to bfloat16's roundings
 
 
 def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():
@@ -137,18 +166,19 @@ def _step_alone(bank: DistillerBank, s, h, mask):
     return loss
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])  # slots in one range (views), or not (copies)
-def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own(order):
+def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own(order, dtype):
     """Two leases of different sizes (groups, rows), stepped together (one forward, one update), a third
     that joins later in a released lease's slots: each distiller's weights, Adam steps, losses and NaN
-    resets are those of a DistillerBank of its own with the same seed, to float32 roundings."""
+    resets are those of a DistillerBank of its own with the same seed, to the weights' roundings."""
     from core.esamp.distiller import SharedBank
 
     cfg = EsampConfig(intermediate=8)
-    shared = SharedBank(6, cfg)
+    shared = SharedBank(6, cfg, dtype=dtype)
     runs = {"a": (2, 3, 11), "b": (1, 5, 12)}  # groups, rows a group, seed
     leases = {k: shared.lease(g, seed) for k, (g, _, seed) in runs.items()}
-    own = {k: DistillerBank(g, 6, cfg, seed=seed) for k, (g, _, seed) in runs.items()}
+    own = {k: DistillerBank(g, 6, cfg, seed=seed, dtype=dtype) for k, (g, _, seed) in runs.items()}
     gen = torch.Generator().manual_seed(0)
     for step in range(6):
         data = {k: (torch.randn(g, m, 6, generator=gen), torch.randn(g, m, 6, generator=gen) * 3,
@@ -177,7 +207,7 @@ def test_runs_sharing_a_bank_learn_exactly_as_with_banks_of_their_own(order):
     leases["a"].release()
     late = shared.lease(2, 13)  # takes the freed slots, fresh: as a new bank of its own
     assert late.slots == slots and late.resets.tolist() == [0, 0] and late.steps == [0, 0]
-    for mine, theirs in zip(late.params, DistillerBank(2, 6, cfg, seed=13).params):
+    for mine, theirs in zip(late.params, DistillerBank(2, 6, cfg, seed=13, dtype=dtype).params):
         assert torch.equal(mine, theirs)
 
 

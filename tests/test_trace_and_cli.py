@@ -68,9 +68,9 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_older_traces_load_as_earlier_releases_wrote_them():
-    """Version 1 traces without and with logp_base, and traces of versions 2 to 7 (tests/data: `python -m
+    """Version 1 traces without and with logp_base, and traces of versions 2 to 8 (tests/data: `python -m
     core generate "Name a fruit." -n 2 --max-new-tokens 4 --seed 1 --json` at commits d6aff60^, 8f0caa6,
-    7fc860b, e59d25d, acb3de6, fefaf2f, 8f1b43b, 591cf48)."""
+    7fc860b, e59d25d, acb3de6, fefaf2f, 8f1b43b, 591cf48, 632ccac)."""
     v1_before = RunTrace.load(DATA / "trace-v1-no-logp-base.json")
     v1_after = RunTrace.load(DATA / "trace-v1-with-logp-base.json")
     v2 = RunTrace.load(DATA / "trace-v2.json")
@@ -79,8 +79,9 @@ def test_older_traces_load_as_earlier_releases_wrote_them():
     v5 = RunTrace.load(DATA / "trace-v5.json")
     v6 = RunTrace.load(DATA / "trace-v6.json")
     v7 = RunTrace.load(DATA / "trace-v7.json")
-    traces = (v1_before, v1_after, v2, v3, v4, v5, v6, v7)
-    assert {t.version for t in traces} == {TRACE_VERSION} and TRACE_VERSION == 8  # upgraded on the way in
+    v8 = RunTrace.load(DATA / "trace-v8.json")
+    traces = (v1_before, v1_after, v2, v3, v4, v5, v6, v7, v8)
+    assert {t.version for t in traces} == {TRACE_VERSION} and TRACE_VERSION == 9  # upgraded on the way in
     assert all(t.logp_base is None for s in v1_before.samples for t in s.tokens)
     assert all(t.logp_base < 0 for trace in (v1_after, v2, v3) for s in trace.samples for t in s.tokens)
     assert [s.text for s in v1_before.samples] == [s.text for s in v1_after.samples]  # same run, same seed
@@ -89,23 +90,26 @@ def test_older_traces_load_as_earlier_releases_wrote_them():
     assert all(t.config.esamp.warmup_steps == 0 and t.config.esamp.warmup_novelty == 0.0 for t in traces)
     assert all(t.config.prefix_ids == () and not t.config.esamp.prime for t in traces)
     assert all(t.config.esamp.max_kl is None and all(tok.kl is None for s in t.samples for tok in s.tokens)
-               for t in traces[:-2])  # no bound then, and the push per token not recorded
+               for t in traces[:-3])  # no bound then, and the push per token not recorded
     assert v6.config.esamp.max_kl == 0.2 and all(tok.kl is not None for s in v6.samples for tok in s.tokens)
-    assert not any(t.config.esamp.keep_entropy for t in traces[:-1])  # the paper's push, not leveled
+    assert not any(t.config.esamp.keep_entropy for t in traces[:-2])  # the paper's push, not leveled
     assert v7.config.esamp.keep_entropy and v7.config.esamp.max_kl == 0.5
-    assert not any(t.config.esamp.between_words for t in traces)  # every candidate pushed
-    assert json.loads(v2.to_json())["version"] == 8
+    assert not any(t.config.esamp.between_words for t in traces[:-1])  # every candidate pushed
+    assert v8.config.esamp.between_words and v8.config.esamp.max_kl == 1.0
+    assert all(t.config.esamp.distiller_dtype == "float32" for t in traces)  # float32 distillers then
+    assert json.loads(v2.to_json())["version"] == 9
     assert json.loads(v3.to_json())["config"]["esamp"]["warmup_steps"] == 0
     assert json.loads(v4.to_json())["config"]["prefix_ids"] == []
     assert json.loads(v5.to_json())["config"]["esamp"]["max_kl"] is None
     assert json.loads(v6.to_json())["config"]["esamp"]["keep_entropy"] is False
     assert json.loads(v7.to_json())["config"]["esamp"]["between_words"] is False
+    assert json.loads(v8.to_json())["config"]["esamp"]["distiller_dtype"] == "float32"
 
 
 def test_a_new_trace_records_logp_base_and_the_distillers_curves(lm):
     trace = generate(lm, ["Say hi."], RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=3, ignore_eos=True)))
     d = json.loads(trace.to_json())
-    assert d["version"] == 8 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
+    assert d["version"] == 9 and all(t["logp_base"] is not None for t in d["samples"][0]["tokens"])
     kls = [t.kl for s in trace.samples for t in s.tokens]
     assert kls[0] == 0.0 and all(k >= 0 for k in kls) and any(k > 0 for k in kls)  # the first is unguided
     prompt = trace.prompts[0]

@@ -10,7 +10,9 @@ Group g owns slice g of every weight. Rows are laid out group-major: (G, m, H), 
 the number of rows per group (a prompt's n samples, or all rows in shared scope).
 
 The forward pass and the loss are batched over groups (``bmm``); the Adam step is one fused
-call for all the groups that step. Everything here is float32 and independent of any backend.
+call for all the groups that step. The weights and their Adam state are float32, or bfloat16 for a
+bfloat16 model (``weights_dtype``); what goes in and comes out (s, the prediction, the loss) is
+float32. Nothing here depends on a backend.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ DESIGNS = {
 }
 
 
+def weights_dtype(cfg: EsampConfig, model_dtype: torch.dtype) -> torch.dtype:
+    """What a run's distillers keep their weights and Adam state in (``EsampConfig.distiller_dtype``):
+    bfloat16 for a bfloat16 model unless float32 is asked for, float32 otherwise (a float16 model's
+    range is too narrow for Adam's second moment)."""
+    return torch.bfloat16 if cfg.distiller_dtype == "model" and model_dtype == torch.bfloat16 else torch.float32
+
+
 class DistillerBank:
     """G independent distillers with a batched forward and a batched Adam step.
 
@@ -63,26 +72,28 @@ class DistillerBank:
 
     def __init__(self, groups: int, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
                  seed: int = 0, norm: FinalNorm | None = None, design: Design | None = None,
-                 initial: Sequence[torch.Tensor] | None = None):
+                 initial: Sequence[torch.Tensor] | None = None, dtype: torch.dtype = torch.float32):
         """``norm``: the model's final norm, for designs with ``output_norm`` (a unit-gain RMS norm
         when the model's is unknown). ``design`` overrides ``cfg.distiller`` (for experiments).
         ``initial``: one distiller's weights (``pretrain``'s) that every group starts from, and
-        starts again from after a reset; None: fresh random weights (the paper)."""
+        starts again from after a reset; None: fresh random weights (the paper). ``dtype``: the
+        weights' and Adam state's (``weights_dtype``)."""
         self.groups, self.hidden, self.cfg = groups, hidden, cfg
         self.design = design or DESIGNS[cfg.distiller]
         self.device = torch.device(device)
+        self.dtype = dtype
         self.seed = seed
         self.norm = (norm or FinalNorm(torch.ones(hidden))).to(self.device)
         G, H, inner = groups, hidden, cfg.intermediate
         # (G, in, out) so that x @ w works with bmm; per block: gate, up (H -> inner), down (inner -> H).
         self.shapes = [(G, H, inner), (G, H, inner), (G, inner, H)] * cfg.blocks
-        self.params = [torch.empty(s, device=self.device) for s in self.shapes]
+        self.params = [torch.empty(s, device=self.device, dtype=dtype) for s in self.shapes]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.counts = [0] * G  # Adam steps of each group since its (re)initialisation, on the host
         self.resets = torch.zeros(G, dtype=torch.long)  # NaN/inf resets per group, on the host
         self._seeds = [(seed, g) for g in range(G)]  # what seeds each group's fresh weights (with its resets)
-        self.initial = None if initial is None else [w.to(self.device, torch.float32) for w in initial]
+        self.initial = None if initial is None else [w.to(self.device, dtype) for w in initial]
         if self.initial is not None and [tuple(w.shape) for w in self.initial] != [s[1:] for s in self.shapes]:
             raise ValueError("the initial distiller's weights do not fit this design and width: "
                              f"{[tuple(w.shape) for w in self.initial]} against {[s[1:] for s in self.shapes]}")
@@ -96,7 +107,7 @@ class DistillerBank:
     @property
     def nbytes_per_distiller(self) -> int:
         """Bytes of weights plus Adam state for one distiller."""
-        return 3 * sum(math.prod(s[1:]) for s in self.shapes) * 4
+        return 3 * sum(math.prod(s[1:]) for s in self.shapes) * self.params[0].element_size()
 
     def reset(self, which: torch.Tensor) -> None:
         """Re-initialise the groups where ``which`` (G,) is True: the initial weights (or fresh ones),
@@ -112,7 +123,7 @@ class DistillerBank:
                 if self.initial is not None:
                     p[g] = self.initial[i]
                 else:
-                    p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)
+                    p[g] = ((torch.rand(shape[1:], generator=gen) * 2 - 1) * bound).to(self.device)  # rounded to dtype
                 if self.initial is None and self.design.zero_down and i % 3 == 2:
                     p[g] = 0
                 m[g] = 0
@@ -120,7 +131,7 @@ class DistillerBank:
             self.counts[g] = 0
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """Predict h from s. s: (G, m, H) float32 -> (G, m, H), with a graph for ``update``."""
+        """Predict h from s. s: (G, m, H) float32 -> (G, m, H) float32, with a graph for ``update``."""
         with torch.enable_grad():
             for p in self.params:
                 p.requires_grad_(True)
@@ -137,10 +148,11 @@ class DistillerBank:
         gain = self.design.input_rms
         x = s if gain is None else s * (gain * torch.rsqrt(s.square().mean(-1, keepdim=True) + 1e-6))
         with torch.enable_grad():
+            x = x.to(self.dtype)
             for b in range(self.cfg.blocks):
                 gate, up, down = weights[3 * b: 3 * b + 3]
                 x = x + torch.bmm(F.silu(torch.bmm(x, gate)) * torch.bmm(x, up), down)
-            return self.norm(x) if self.design.output_norm else x
+            return self.norm(x) if self.design.output_norm else x.float()  # the norm's is float32
 
     def update(self, pred: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step per group on the masked rows; returns (loss (G,), bad (G,) bool).
@@ -167,12 +179,12 @@ class DistillerBank:
             loss = torch.where(mask, sq, torch.zeros_like(sq)).sum(-1) / count  # (G,)
             grads = torch.autograd.grad(loss.sum(), weights)
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads]),
-                                            dim=0)  # (G,) per-distiller gradient norm
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float32)
+                                                         for g in grads]), dim=0)  # (G,) per-distiller gradient norm
             bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
             clip = (norm / self.cfg.grad_clip).clamp(min=1.0)[:, None, None]  # (G, 1, 1): 1 / clip coefficient
             for gr in grads:
-                gr.div_(clip)
+                gr.div_(clip.to(gr.dtype))
             # A group steps unless its loss or gradient is not finite or it had no rows (one host sync).
             self._adam(grads, [i for i, ok in enumerate((~bad & mask.any(-1)).tolist()) if ok], slots)
         return loss.detach(), bad
@@ -215,7 +227,7 @@ class DistillerBank:
 
 def bank_key(cfg: EsampConfig) -> tuple:
     """What distillers must have in common to share a ``SharedBank``: shape, design, optimiser and start."""
-    return cfg.distiller, cfg.blocks, cfg.intermediate, cfg.lr, cfg.eps, cfg.grad_clip, cfg.start
+    return cfg.distiller, cfg.blocks, cfg.intermediate, cfg.lr, cfg.eps, cfg.grad_clip, cfg.start, cfg.distiller_dtype
 
 
 class SharedBank(DistillerBank):
@@ -236,8 +248,9 @@ class SharedBank(DistillerBank):
     """
 
     def __init__(self, hidden: int, cfg: EsampConfig, device: torch.device | str = "cpu",
-                 norm: FinalNorm | None = None, initial: Sequence[torch.Tensor] | None = None):
-        super().__init__(0, hidden, cfg, device=device, norm=norm, initial=initial)
+                 norm: FinalNorm | None = None, initial: Sequence[torch.Tensor] | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(0, hidden, cfg, device=device, norm=norm, initial=initial, dtype=dtype)
         self.free: list[int] = []  # slots no lease holds
         self._round: _Round | None = None
 

@@ -28,7 +28,7 @@ import torch
 from ..config import EsampConfig, RunConfig
 from .candidates import Candidates, select, select_mixed
 from .clock import Stopwatch
-from .distiller import DistillerBank, Lease, SharedBank
+from .distiller import DistillerBank, Lease, SharedBank, weights_dtype
 from .filters import run_filters
 from .fusion import fuse, novelty
 from .head import LMHead
@@ -101,7 +101,8 @@ class Steerer:
         device = head.weight.device
         index = [g % (groups // len(rungs)) for g in range(groups)] if rungs else None  # each rung's own
         self.bank: DistillerBank | Lease = shared.lease(groups, seed, index) if shared is not None else DistillerBank(
-            groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm, initial=initial)
+            groups, head.weight.shape[1], cfg, device=device, seed=seed, norm=head.norm, initial=initial,
+            dtype=weights_dtype(cfg, head.weight.dtype))
         # The paper's ablation: steer by Gaussian noise as long as e instead of e itself.
         self.noise = torch.Generator(device=device).manual_seed(seed) if cfg.noise else None
         # A shared bank's update is its step's, for every run at once: not this run's to overlap.

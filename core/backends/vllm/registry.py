@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ...config import EsampConfig
-from ...esamp.distiller import Lease, SharedBank, bank_key
+from ...esamp.distiller import Lease, SharedBank, bank_key, weights_dtype
 from ...esamp.head import LMHead
 from ...esamp.steerer import Background
 from ...esamp.words import word_starts
@@ -126,7 +126,8 @@ class Registry:
         overlap = cfg.overlap if cfg.overlap is not None else w.device.type == "cuda"  # as a Steerer's own
         key = (*bank_key(cfg), overlap)
         if key not in self.banks:
-            self.banks[key] = SharedBank(w.shape[1], cfg, device=w.device, norm=self.head.norm, initial=initial)
+            self.banks[key] = SharedBank(w.shape[1], cfg, device=w.device, norm=self.head.norm, initial=initial,
+                                         dtype=weights_dtype(cfg, w.dtype))
             if overlap:  # its update runs off the critical path, waited for before the next step's runs read it
                 self._background[id(self.banks[key])] = Background(w.device)
         return self.banks[key]

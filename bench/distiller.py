@@ -35,6 +35,7 @@ import torch
 
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
 from core.backends import installed_backends
+from core.backends.hardware import keep_freed_memory
 from core.esamp.distiller import DESIGNS, Design, DistillerBank
 from core.esamp.fusion import novelty
 from viz.charts import learning_curves_figure
@@ -172,8 +173,9 @@ DTYPE_SEEDS = (5, 6, 7)
 
 
 def dtypes(lm, data: dict, probe: int, seeds: Sequence[int] = DTYPE_SEEDS) -> list[dict]:
-    """The default design at each width with float32 and with bfloat16 weights and Adam state (a bfloat16
-    model's distillers since trace version 9), each seed's fresh distiller replayed on the same states."""
+    """The default design at each width with float32 and with bfloat16 weights and Adam state (what
+    ``distiller_dtype="model"`` keeps for a bfloat16 model), each seed's fresh distiller replayed on the
+    same states."""
     rows = []
     for width in WIDTHS:
         for dtype in (torch.float32, torch.bfloat16):
@@ -184,6 +186,47 @@ def dtypes(lm, data: dict, probe: int, seeds: Sequence[int] = DTYPE_SEEDS) -> li
                 print(f"{width:4d} {rows[-1]['dtype']:9s} seed {seed}  " + "   ".join(
                     " ".join(f"{x:.3f}" for x in per[p]["quarters"]) for p in PROMPTS), file=sys.stderr, flush=True)
     return rows
+
+
+BANK_SIZES = (4, 32, 64)  # distillers a step: one 4x16 run; 8 and 16 sessions of 4-rung ladders (bench.concurrency)
+
+
+def bank_steps(hidden: int, sizes: Sequence[int] = BANK_SIZES, rows: int = 16, repeats: int = 15) -> list[dict]:
+    """One step of a bank of G distillers (forward, then update) on random states, float32 against bfloat16
+    weights, alternating, the median of ``repeats`` each (after two unmeasured): what a step's distillers
+    cost as their number grows and their weights stop fitting the CPU's cache. With malloc keeping freed
+    memory, as in every run's process (without it, fresh pages each step made both dtypes twice as slow)."""
+    keep_freed_memory()
+    out = []
+    for groups in sizes:
+        gen = torch.Generator().manual_seed(groups)
+        s, h = torch.randn(groups, rows, hidden, generator=gen), torch.randn(groups, rows, hidden, generator=gen)
+        mask = torch.ones(groups, rows, dtype=torch.bool)
+        banks = {d: DistillerBank(groups, hidden, EsampConfig(), dtype=d) for d in (torch.float32, torch.bfloat16)}
+        seconds: dict[torch.dtype, list[float]] = {d: [] for d in banks}
+        for i in range(repeats + 2):
+            for d, bank in banks.items():
+                t0 = time.perf_counter()
+                bank.update(bank.forward(s), h, mask)
+                if i >= 2:
+                    seconds[d].append(time.perf_counter() - t0)
+        name = {d: str(d).removeprefix("torch.") for d in banks}
+        out.append({"distillers": groups, "rows": rows,
+                    "mib": {name[d]: groups * b.nbytes_per_distiller / 2**20 for d, b in banks.items()},
+                    "ms": {name[d]: 1000 * statistics.median(x) for d, x in seconds.items()}})
+        print(f"{groups:3d} distillers x {rows}: " + "  ".join(f"{k} {v:.1f} ms" for k, v in out[-1]["ms"].items()),
+              file=sys.stderr, flush=True)
+    return out
+
+
+def bank_markdown(steps: list[dict]) -> str:
+    lines = ["| distillers × rows | weights + Adam state: float32 / bfloat16 | step (forward + update), float32 | "
+             "bfloat16 | bfloat16 ÷ float32 |", "|---|---|---:|---:|---:|"]
+    for r in steps:
+        f32, bf16 = r["ms"]["float32"], r["ms"]["bfloat16"]
+        lines.append(f"| {r['distillers']} × {r['rows']} | {r['mib']['float32']:.0f} / {r['mib']['bfloat16']:.0f} MiB "
+                     f"| {f32:.1f} ms | {bf16:.1f} ms | {bf16 / f32:.2f} |")
+    return "\n".join(lines)
 
 
 def dtypes_markdown(rows: list[dict], probe: int) -> str:
@@ -258,13 +301,14 @@ def main(argv=None) -> int:
     data = {p: states(lm, p, a.n, a.tokens, a.seed) for p in PROMPTS}
     if a.dtypes:
         rows = dtypes(lm, data, a.probe, DTYPE_SEEDS[:1] if a.quick else DTYPE_SEEDS)
-        table = dtypes_markdown(rows, a.probe)
+        steps = bank_steps(lm.hidden_size, BANK_SIZES[:1] if a.quick else BANK_SIZES, repeats=2 if a.quick else 15)
+        table = dtypes_markdown(rows, a.probe) + "\n\n" + bank_markdown(steps)
         print("\n" + table)
         if a.json:
             a.json.write_text(json.dumps({"command": "python -m bench.distiller " + " ".join(
                 argv if argv is not None else sys.argv[1:]), "model": lm.name, "machine": machine(lm),
                 "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
-                "seconds": time.perf_counter() - t_start, "dtypes": rows}, indent=2))
+                "seconds": time.perf_counter() - t_start, "dtypes": rows, "bank_steps": steps}, indent=2))
         if a.markdown:
             a.markdown.write_text(table + "\n")
         return 0

@@ -12,8 +12,8 @@ and sampling (T=1, top-k 50 or ``--filter``'s, EOS ignored so every run does the
 - ``esamp``: beta 0.25, one distiller per prompt, the default design;
 and on the ``--extras`` workload only:
 - ``esamp-overlap``: ESamp with the distiller's update in a worker thread (``overlap=True``);
-- ``esamp-float32``: ESamp with float32 distillers (``distiller_dtype="float32"``; the same as ``esamp``
-  for a float32 model, where its distillers are float32 anyway);
+- ``esamp-model-dtype``: ESamp with its distillers in the model's dtype (``distiller_dtype="model"``:
+  bfloat16 for a bfloat16 model; the same as ``esamp`` for a float32 one);
 - ``fire``: a hot first token, then plain sampling (distiller in shadow, as the app runs it);
 - ``generate`` / ``vllm-native``: transformers' own ``model.generate()`` / vLLM's own sampler
   with no ESamp processor and no trace (outside references);
@@ -57,8 +57,8 @@ PROMPTS = read_prompts()
 WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],
              "vllm": ["1x1", "1x16", "4x16", "8x16", "24x16", "32x16"]}
 CORE_VARIANTS = ["plain", "esamp"]
-EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "esamp-float32", "fire", "generate"],
-                  "vllm": ["esamp-overlap", "esamp-float32", "fire", "vllm-native"]}
+EXTRA_VARIANTS = {"transformers": ["esamp-overlap", "esamp-model-dtype", "fire", "generate"],
+                  "vllm": ["esamp-overlap", "esamp-model-dtype", "fire", "vllm-native"]}
 NATIVE = {"transformers": "generate", "vllm": "vllm-native"}  # what a user would run instead
 FILTER = "top-k 50"  # transformers' default, so ``generate`` runs as a user's would with no settings
 
@@ -113,9 +113,9 @@ def sampling(n: int, tokens: int, seed: int, filt: str = FILTER) -> SamplingConf
 
 
 def config_of(variant: str, n: int, tokens: int, seed: int, filt: str = FILTER) -> RunConfig:
-    method = {"esamp-overlap": "esamp", "esamp-float32": "esamp"}.get(variant, variant)
+    method = {"esamp-overlap": "esamp", "esamp-model-dtype": "esamp"}.get(variant, variant)
     esamp = EsampConfig(shadow=variant != "plain", overlap=variant == "esamp-overlap" or None,
-                        distiller_dtype="float32" if variant == "esamp-float32" else "model")
+                        distiller_dtype="model" if variant == "esamp-model-dtype" else "float32")
     return RunConfig(method=method, esamp=esamp, sampling=sampling(n, tokens, seed, filt), trace="light")
 
 

@@ -16,7 +16,7 @@ SCOPES = ("prompt", "shared")
 TRACE_LEVELS = ("full", "light")
 DISTILLERS = ("normed", "normed-unit", "final-norm", "residual")  # core/esamp/distiller.py, DESIGNS
 STARTS = ("fresh", "pretrained")  # core/backends/start.py
-DISTILLER_DTYPES = ("model", "float32")  # core/esamp/distiller.py, weights_dtype
+DISTILLER_DTYPES = ("float32", "model")  # core/esamp/distiller.py, weights_dtype
 
 # Upper limits that keep one request sane on a laptop-sized machine; the app uses smaller ones.
 MAX_SAMPLES = 512
@@ -150,12 +150,13 @@ class EsampConfig:
     # "pretrained": this model's distiller trained once on its own answers to generic prompts (cached),
     # which predicts better than nothing from a run's first token on. Either adapts online, per run.
     start: str = "fresh"
-    # What the distillers' weights and Adam state are kept and multiplied in. "model": the model's own dtype
-    # where that is bfloat16 (the public reference's model bank computes in the model's dtype), else float32;
-    # "float32": always (every run before trace version 9). Their predictions, the loss and the novelty are
-    # float32 either way. On the embedded model bfloat16 distillers learned as float32 ones (relative novelty
-    # by quarter the same to 0.001, docs/results.md "The distillers in bfloat16") at about half the update's time.
-    distiller_dtype: str = "model"
+    # What the distillers' weights and Adam state are kept and multiplied in: "float32" always, or "model":
+    # bfloat16 for a bfloat16 model (the public reference's model bank keeps the model's dtype), float32 for
+    # any other. Their input, prediction, loss and novelty are float32 either way. On the embedded model
+    # bfloat16 distillers learned as float32 ones (relative novelty by quarter the same to 0.001) but inside
+    # vLLM's engine on a CPU saved only ~4 ms of a ~1 s step at 16 sessions and nothing measurable in one
+    # run (docs/results.md, "The distillers in bfloat16"): float32 stays the default.
+    distiller_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check_range("beta", self.beta, 0.0, MAX_BETA, " The paper's default is 0.25.")

@@ -124,7 +124,7 @@ SETTINGS = [
     Option("esamp.grad_clip", ("--distiller-grad-clip",), float,
            f"its gradient clip (default {EsampConfig().grad_clip:g})", served="xarg"),
     Option("esamp.distiller_dtype", ("--distiller-dtype",), str, "what the distillers' weights and Adam state "
-           "compute in: the model's dtype where it is bfloat16 (as the reference's), or float32 always",
+           "compute in: float32, or the model's dtype where it is bfloat16 (as the reference's)",
            choices=DISTILLER_DTYPES, served="xarg"),
     Option("esamp.warmup_steps", ("--warmup-steps",), int,
            "esamp: sample this many tokens after the first unguided while the distiller learns", url="warmup",

@@ -22,7 +22,7 @@ an upgrade from the version before to ``_UPGRADES``, so every older trace still 
 - version 8: the config's ``esamp`` has ``between_words``, whether the push moved word starts only
   (older traces: every candidate, False);
 - version 9: the config's ``esamp`` has ``distiller_dtype``, what the distillers' weights computed in
-  ("model": bfloat16 for a bfloat16 model; older traces: "float32", as every run's then).
+  ("float32", or "model": bfloat16 for a bfloat16 model; older traces: "float32", as every run's then).
 """
 
 from __future__ import annotations

@@ -218,7 +218,10 @@ def test_distiller_dtypes_quick_replays_each_width_in_float32_and_bfloat16(tmp_p
     assert [(r["width"], r["dtype"]) for r in rows] == [(w, d) for w in distiller.WIDTHS
                                                         for d in ("float32", "bfloat16")]
     assert all(len(r["prompts"][p]["curve"]) == 16 for r in rows for p in distiller.PROMPTS)
-    assert table.read_text().count("\n") == 2 + 2 * len(distiller.WIDTHS)
+    steps = json.loads(out.read_text())["bank_steps"]
+    assert [r["distillers"] for r in steps] == [4] and set(steps[0]["ms"]) == {"float32", "bfloat16"}
+    assert steps[0]["mib"]["bfloat16"] == steps[0]["mib"]["float32"] / 2
+    assert table.read_text().count("\n") == (2 + 2 * len(distiller.WIDTHS)) + 1 + (2 + 1)  # two tables, a blank line
 
 
 def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):

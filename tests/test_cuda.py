@@ -1,6 +1,6 @@
 """The CUDA paths, on a GPU machine (skipped elsewhere): `./run gpu-check` runs these and a quick
 speed benchmark. Each checks what the CPU tests check, on the device: the transformers backend
-(bfloat16 model and distillers), beta = 0 as an exact no-op, the asynchronous distiller
+(bfloat16 model, float32 distillers), beta = 0 as an exact no-op, the asynchronous distiller
 update (a side stream) against the serial order, and ESamp inside vLLM when it is installed.
 The model is the embedded one where it is installed, else a tiny random llama (bench/tiny.py):
 a GPU image may have torch and transformers and nothing else."""
@@ -42,11 +42,12 @@ def ids(trace):
     return [[t.id for t in s.tokens] for s in trace.samples]
 
 
-def test_the_model_and_its_distillers_run_in_bfloat16_on_the_gpu(glm):
+def test_the_model_runs_in_bfloat16_on_the_gpu_and_the_distiller_in_float32(glm):
     from core.esamp.steerer import Steerer
 
     assert glm.device.type == "cuda" and glm.dtype == torch.bfloat16
-    assert Steerer(1, 2, glm.head, EsampConfig(), 1.0).bank.dtype == torch.bfloat16  # the novelty is float32
+    assert Steerer(1, 2, glm.head, EsampConfig(), 1.0).bank.dtype == torch.float32
+    assert Steerer(1, 2, glm.head, EsampConfig(distiller_dtype="model"), 1.0).bank.dtype == torch.bfloat16
     trace = run(glm)
     assert trace.device.startswith("cuda") and trace.dtype == "bfloat16"
     assert all(t.novelty is not None and t.novelty == t.novelty for s in trace.samples for t in s.tokens)

@@ -56,12 +56,13 @@ def test_loss_falls_on_a_fixed_mapping():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_a_bfloat16_models_distillers_keep_bfloat16_weights_and_learn_as_float32_ones():
-    """The weights and Adam state in bfloat16 (the reference's model bank computes in the model's dtype),
-    what goes in and out in float32, and the same learning as a float32 bank's on a fixed mapping."""
-    assert weights_dtype(EsampConfig(), torch.bfloat16) == torch.bfloat16
-    assert weights_dtype(EsampConfig(distiller_dtype="float32"), torch.bfloat16) == torch.float32
-    assert weights_dtype(EsampConfig(), torch.float32) == weights_dtype(EsampConfig(), torch.float16) == torch.float32
+def test_distillers_in_a_bfloat16_models_dtype_keep_bfloat16_weights_and_learn_as_float32_ones():
+    """With ``distiller_dtype="model"`` the weights and Adam state in bfloat16 (the reference's model bank
+    keeps the model's dtype), what goes in and out float32, and the same learning as a float32 bank's."""
+    model = EsampConfig(distiller_dtype="model")
+    assert weights_dtype(model, torch.bfloat16) == torch.bfloat16
+    assert weights_dtype(EsampConfig(), torch.bfloat16) == torch.float32  # the default
+    assert weights_dtype(model, torch.float32) == weights_dtype(model, torch.float16) == torch.float32
     with pytest.raises(ValueError, match="distiller_dtype"):
         EsampConfig(distiller_dtype="bfloat16")
     g = torch.Generator().manual_seed(2)
@@ -83,6 +84,18 @@ def test_a_bfloat16_models_distillers_keep_bfloat16_weights_and_learn_as_float32
     f32, bf16 = curves[torch.float32], curves[torch.bfloat16]
     assert f32[-1] < 0.5 * f32[0] and bf16[-1] < 0.5 * bf16[0]
     assert all(abs(a - b) <= 0.05 * a for a, b in zip(f32, bf16))  # the same curve, to bfloat16's roundings
+
+
+def test_a_runs_distillers_follow_its_models_dtype():
+    from core.esamp.head import LMHead
+    from core.esamp.steerer import Steerer
+
+    weight = torch.randn(40, 8)
+    default, model = EsampConfig(between_words=False), EsampConfig(distiller_dtype="model", between_words=False)
+    for dtype, cfg, want in [(torch.bfloat16, default, torch.float32), (torch.bfloat16, model, torch.bfloat16),
+                             (torch.float32, model, torch.float32)]:
+        steerer = Steerer(1, 2, LMHead(weight.to(dtype)), cfg, 1.0)
+        assert steerer.bank.dtype == want and {p.dtype for p in steerer.bank.params} == {want}
 
 
 def test_a_non_finite_loss_resets_only_that_distiller_and_is_counted():

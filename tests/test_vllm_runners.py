@@ -8,6 +8,7 @@ build cannot, so the ``LogitsProcRequestState`` here holds plain tensors in the 
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -147,6 +148,15 @@ def test_both_adapters_give_the_same_fused_logits_and_signals(head):
     assert one["error"] is None and one["rows"] == two["rows"]
     untimed = [{k: v for k, v in r["stats"].items() if k not in ("parts", "esamp_seconds")} for r in (one, two)]
     assert untimed[0] == untimed[1] and untimed[0]["losses"]
+
+
+def test_the_engines_banks_keep_float32_distillers_or_a_bfloat16_models_dtype_when_asked():
+    runs = V1Runner(LMHead(torch.randn(V, H).bfloat16())).proc.runs
+    model = EsampConfig(distiller_dtype="model")
+    bank = runs.bank(model, None)
+    assert bank.dtype == torch.bfloat16 and runs.bank(replace(model, beta=2.0), None) is bank  # one bank for both
+    assert runs.bank(EsampConfig(), None).dtype == torch.float32  # the default: a bank of its own
+    assert V1Runner(LMHead(torch.randn(V, H))).proc.runs.bank(model, None).dtype == torch.float32
 
 
 def test_a_requests_life_on_mrv2_slots(head):

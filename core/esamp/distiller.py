@@ -10,9 +10,9 @@ Group g owns slice g of every weight. Rows are laid out group-major: (G, m, H), 
 the number of rows per group (a prompt's n samples, or all rows in shared scope).
 
 The forward pass and the loss are batched over groups (``bmm``); the Adam step is one fused
-call for all the groups that step. The weights and their Adam state are float32, or bfloat16 for a
-bfloat16 model (``weights_dtype``); what goes in and comes out (s, the prediction, the loss) is
-float32. Nothing here depends on a backend.
+call for all the groups that step. The weights and their Adam state are float32 (or, when a run asks,
+bfloat16 for a bfloat16 model: ``weights_dtype``); what goes in and comes out (s, the prediction, the
+loss) is float32. Nothing here depends on a backend.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ DESIGNS = {
 
 def weights_dtype(cfg: EsampConfig, model_dtype: torch.dtype) -> torch.dtype:
     """What a run's distillers keep their weights and Adam state in (``EsampConfig.distiller_dtype``):
-    bfloat16 for a bfloat16 model unless float32 is asked for, float32 otherwise (a float16 model's
-    range is too narrow for Adam's second moment)."""
+    float32, or with "model" bfloat16 for a bfloat16 model (a float16 model's range is too narrow for
+    Adam's second moment: float32 there too)."""
     return torch.bfloat16 if cfg.distiller_dtype == "model" and model_dtype == torch.bfloat16 else torch.float32
 
 

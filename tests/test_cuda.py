@@ -48,6 +48,9 @@ def test_the_model_runs_in_bfloat16_on_the_gpu_and_the_distiller_in_float32(glm)
     assert glm.device.type == "cuda" and glm.dtype == torch.bfloat16
     assert Steerer(1, 2, glm.head, EsampConfig(), 1.0).bank.dtype == torch.float32
     assert Steerer(1, 2, glm.head, EsampConfig(distiller_dtype="model"), 1.0).bank.dtype == torch.bfloat16
+    model = generate(glm, PROMPTS, RunConfig(sampling=SamplingConfig(n=4, max_new_tokens=16, ignore_eos=True),
+                                             esamp=EsampConfig(distiller_dtype="model")))
+    assert all(x == x for p in model.prompts for x in p.rel_novelty) and model.config.esamp.distiller_dtype == "model"
     trace = run(glm)
     assert trace.device.startswith("cuda") and trace.dtype == "bfloat16"
     assert all(t.novelty is not None and t.novelty == t.novelty for s in trace.samples for t in s.tokens)

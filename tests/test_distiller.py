@@ -90,7 +90,7 @@ def test_a_runs_distillers_follow_its_models_dtype():
     from core.esamp.head import LMHead
     from core.esamp.steerer import Steerer
 
-    weight = torch.randn(40, 8)
+    weight = torch.randn(40, 8)  # a head in each dtype stands for a model in it: the dtype is what is tested
     default, model = EsampConfig(between_words=False), EsampConfig(distiller_dtype="model", between_words=False)
     for dtype, cfg, want in [(torch.bfloat16, default, torch.float32), (torch.bfloat16, model, torch.bfloat16),
                              (torch.float32, model, torch.float32)]:

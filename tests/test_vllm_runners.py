@@ -156,7 +156,8 @@ def test_the_engines_banks_keep_float32_distillers_or_a_bfloat16_models_dtype_wh
     bank = runs.bank(model, None)
     assert bank.dtype == torch.bfloat16 and runs.bank(replace(model, beta=2.0), None) is bank  # one bank for both
     assert runs.bank(EsampConfig(), None).dtype == torch.float32  # the default: a bank of its own
-    assert V1Runner(LMHead(torch.randn(V, H))).proc.runs.bank(model, None).dtype == torch.float32
+    float32_model = LMHead(torch.randn(V, H))  # a float32 model's head: "model" keeps float32 there
+    assert V1Runner(float32_model).proc.runs.bank(model, None).dtype == torch.float32
 
 
 def test_a_requests_life_on_mrv2_slots(head):

@@ -510,3 +510,62 @@ def test_a_beta_and_a_bound_per_row_fuse_each_row_as_its_own_scalars_do():
             at_zero = fused[:2] if words is None else torch.log_softmax(fused[:2], -1)
             want = cand.logits[:2] if words is None else torch.log_softmax(cand.logits[:2], -1)
             assert torch.allclose(at_zero, want, atol=1e-6)  # β = 0: no push
+
+
+def _nuclei(g, rows: int, vocab: int, widths: list[int]) -> Candidates:
+    """Padded candidates whose rows hold ``widths[r]`` tokens each (a top-p step's ragged nuclei)."""
+    logits = torch.full((rows, max(widths)), -INF)
+    for r, w in enumerate(widths):
+        logits[r, :w] = torch.sort(torch.randn(w, generator=g) * 2, descending=True).values
+    ids = torch.stack([torch.randperm(vocab, generator=g)[:max(widths)] for _ in range(rows)])
+    return Candidates(ids, logits, vocab)
+
+
+def test_rows_fuse_at_their_own_width_as_they_would_padded_to_the_widest(monkeypatch):
+    """Under top-p one wide nucleus pads every row to its width; the fusion works on groups of rows at
+    the width they need (``Candidates.by_width``), and each row comes out as the padded block gives it."""
+    g = torch.Generator().manual_seed(9)
+    assert _nuclei(g, 2, 2000, [5, 1100]).by_width() is None  # too small a block to split
+    monkeypatch.setattr(candidates, "GROUP_ELEMENTS", 0)  # split this one, a few rows wide
+    head = LMHead(torch.randn(2000, 16, generator=g))
+    widths = [3, 40, 128, 129, 300, 1100, 7, 60]
+    cand = _nuclei(g, len(widths), 2000, widths)
+    groups = cand.by_width()
+    assert {w: sorted(rows.tolist()) for rows, w in groups} == {128: [0, 1, 2, 6, 7], 512: [3, 4], 1100: [5]}
+    assert _nuclei(g, 2, 2000, [5, 200]).by_width() is None  # no width under half of K: as it is
+    h, h_hat = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g) * 3
+    starts = torch.rand(cand.logits.shape, generator=g) < 0.6
+    beta = torch.tensor([0.25, 0.5, 1.0, 1.5] * 2)
+    for kwargs in (dict(), dict(max_kl=beta * 0.4, keep_entropy=True, starts=starts)):
+        fused = fuse(cand, h, h_hat, head, beta, 0.9, **kwargs)
+        assert torch.equal(torch.isfinite(fused), torch.isfinite(cand.logits))
+        for r in range(len(widths)):  # each row alone, at the block's full width
+            one = Candidates(cand.ids[r:r + 1], cand.logits[r:r + 1], cand.vocab)
+            alone = fuse(one, h[r:r + 1], h_hat[r:r + 1], head, beta[r:r + 1], 0.9,
+                         **{k: v[r:r + 1] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+            assert torch.allclose(fused[r:r + 1], alone, atol=1e-5, rtol=0), r
+
+
+def test_pushes_of_several_runs_fuse_together_as_each_alone():
+    """An engine step's runs fuse as one block (``together``): every run's rows come back at its own
+    width, as its own push gives them; pushes of another kind (one β for every row) fuse on their own."""
+    from core.esamp.fusion import Push, together
+
+    g = torch.Generator().manual_seed(10)
+    head = LMHead(torch.randn(3000, 16, generator=g))
+
+    def push(widths, beta, max_kl):
+        cand = _nuclei(g, len(widths), 3000, widths)
+        rows = len(widths)
+        return Push(cand, torch.randn(rows, 16, generator=g), torch.randn(rows, 16, generator=g) * 3, head, beta, 1.0,
+                    None, max_kl, True, torch.rand(cand.logits.shape, generator=g) < 0.6)
+
+    pushes = [push([5, 50, 20], torch.tensor([0.25, 0.5, 1.0]), torch.tensor([0.1, 0.2, 0.4])),
+              push([700, 9], torch.tensor([1.0, 0.25]), torch.tensor([0.4, 0.1])),
+              push([30, 31, 2, 200], 0.5, 0.2),  # one β for every row: fused on its own
+              push([1, 64], torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.2]))]
+    for push_, got in zip(pushes, together(pushes)):
+        assert got.shape == push_.cand.logits.shape
+        assert torch.allclose(got, push_.run(), atol=1e-5, rtol=0)
+        assert torch.equal(torch.isfinite(got), torch.isfinite(push_.cand.logits))
+    assert [p.kind() for p in pushes].count(pushes[0].kind()) == 3

@@ -89,17 +89,24 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     """vLLM's hooks see the states the transformers model computes for the same tokens, and the
     vLLM steps replayed through a fresh Steerer give the same fused logits and novelty."""
     calls = []
-    original = Steerer.propose
+    original = Steerer.plan
 
     def recording(self, cand, s, h, positions, slots=None, exact=None):
-        prop = original(self, cand, s, h, positions, slots, exact)
-        calls.append(dict(cand=prop.cand, s=s.clone(), h=h.clone(), positions=positions.clone(), slots=slots.clone(),
-                          fused=prop.fused.clone(), novelty=prop.novelty.clone()))
-        return prop
+        planned = original(self, cand, s, h, positions, slots, exact)
+        finish = planned.finish
 
-    monkeypatch.setattr(Steerer, "propose", recording)
+        def finished(*args):  # the step's Proposal, once fused
+            prop = finish(*args)
+            calls.append(dict(cand=prop.cand, s=s.clone(), h=h.clone(), positions=positions.clone(),
+                              slots=slots.clone(), fused=prop.fused.clone(), novelty=prop.novelty.clone()))
+            return prop
+
+        planned.finish = finished
+        return planned
+
+    monkeypatch.setattr(Steerer, "plan", recording)
     trace = run(vlm, prompts=PROMPTS[:1], beta=0.5, n=2, max_new_tokens=6, seed=3, ignore_eos=True)
-    monkeypatch.setattr(Steerer, "propose", original)
+    monkeypatch.setattr(Steerer, "plan", original)
     assert len(calls) == 7  # 6 tokens; the second sample joins a step later (the prompt is cached by then)
 
     # The same states: row 0 at step 4, recomputed by the transformers model in float32.
@@ -273,14 +280,14 @@ def test_stop_and_failure_of_one_run_leave_the_others_alone(vlm, monkeypatch):
     assert stopped.stopped and all(len(s.tokens) < 200 for s in stopped.samples)
     assert token_ids(kept) == token_ids(alone) and not kept.stopped
 
-    original = RunState._step
+    original = RunState._begin
 
     def fails_for_seed_13(self, *args):
         if self.config.sampling.seed == 13:
             raise ValueError("a broken run")
         return original(self, *args)
 
-    monkeypatch.setattr(RunState, "_step", fails_for_seed_13)
+    monkeypatch.setattr(RunState, "_begin", fails_for_seed_13)
     broken, kept = _together(lambda: generate(vlm, PROMPTS[:1], _config(0.5, seed=13, tokens=200)),
                              lambda: generate(vlm, PROMPTS[:1], other))
     assert isinstance(broken, RuntimeError) and "a broken run" in str(broken)

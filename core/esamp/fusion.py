@@ -7,7 +7,10 @@ sample from. Shapes: R rows, H hidden, K candidates per row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 from .budget import bounded
 from .candidates import Candidates
@@ -32,6 +35,105 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     ``beta`` and ``max_kl`` may be (R,) tensors, each row's own (a β ladder stepped as one run); a row at
     β = 0 then comes back as it went in, only as log-probabilities where the push is between words.
     """
+    groups = cand.by_width()
+    if groups is None or (len(groups) == 1 and groups[0][1] == cand.logits.shape[-1]):
+        return _fuse(cand, h, h_hat, head, beta, temperature, projected, max_kl, keep_entropy, starts)
+    # A row's fusion reads its own entries alone: each group of rows at its own width, not the widest's.
+    out = cand.logits.clone()
+    for rows, width in groups:
+        pushed = _fuse(cand.rows(rows, width), h[rows], h_hat[rows], head, _at(beta, rows), temperature,
+                       _at(projected, rows, width), _at(max_kl, rows), keep_entropy, _at(starts, rows, width))
+        out[:, :width].index_copy_(0, rows, pushed)
+    return out
+
+
+@dataclass
+class Push:
+    """One step's fusion of one run as ``fuse`` takes it, for the rows the push moves: made by
+    ``Steerer.plan`` and ``run`` there, or with other runs' of the same step (``together``)."""
+
+    cand: Candidates
+    h: torch.Tensor
+    h_hat: torch.Tensor
+    head: LMHead
+    beta: float | torch.Tensor
+    temperature: float
+    projected: torch.Tensor | None
+    max_kl: float | torch.Tensor | None
+    keep_entropy: bool
+    starts: torch.Tensor | None
+
+    def run(self) -> torch.Tensor:
+        return fuse(self.cand, self.h, self.h_hat, self.head, self.beta, self.temperature, self.projected,
+                    self.max_kl, self.keep_entropy, self.starts)
+
+    def kind(self) -> tuple:
+        """Pushes of one kind fuse as one block, each row exactly as the fusion treats it alone: the same
+        head, temperature and switches, the same β and bound where they are one number for every row."""
+        def one(x):
+            return "rows" if isinstance(x, torch.Tensor) else x
+        return (id(self.head), self.temperature, self.keep_entropy, self.starts is None, self.projected is None,
+                self.cand.ids is None, one(self.beta), one(self.max_kl))
+
+
+def together(pushes: list[Push]) -> list[torch.Tensor]:
+    """Each push's fused logits, as ``Push.run`` gives them, the pushes of one kind (``Push.kind``) fused
+    as one block: one pass of the fusion's few hundred small operations for every run of an engine step,
+    where each run's own took a millisecond or two at tens of rows (their cost is per call more than per
+    row). The runs' candidates are padded to the widest's (-inf: no candidate), and each run's rows come
+    back at its own width. A row's fusion reads its own entries alone, so the rows are as they would be
+    alone (to the last bit where the sums' lengths differ)."""
+    out: list[torch.Tensor | None] = [None] * len(pushes)
+    kinds: dict[tuple, list[int]] = {}
+    for i, push in enumerate(pushes):
+        kinds.setdefault(push.kind(), []).append(i)
+    for members in kinds.values():
+        if len(members) == 1:
+            out[members[0]] = pushes[members[0]].run()
+            continue
+        block = [pushes[i] for i in members]
+        fused = _joined(block).run()
+        start = 0
+        for i, push in zip(members, block):
+            rows, width = push.cand.logits.shape
+            out[i] = fused[start:start + rows, :width]
+            start += rows
+    return out  # type: ignore[return-value]
+
+
+def _joined(pushes: list[Push]) -> Push:
+    """Pushes of one kind as one, their candidates padded to the widest's."""
+    width = max(p.cand.logits.shape[-1] for p in pushes)
+
+    def cat(parts, fill=None):
+        """Per-row tensors one after another ((R, K) ones padded with ``fill``); one value as it is."""
+        if not isinstance(parts[0], torch.Tensor):
+            return parts[0]  # one value for every row, the same in each (``Push.kind``)
+        if fill is not None:
+            parts = [F.pad(x, (0, width - x.shape[-1]), value=fill) for x in parts]
+        return torch.cat(parts)
+
+    first = pushes[0]
+    cand = Candidates(None if first.cand.ids is None else cat([p.cand.ids for p in pushes], 0),
+                      cat([p.cand.logits for p in pushes], float("-inf")), first.cand.vocab)
+    return Push(cand, cat([p.h for p in pushes]), cat([p.h_hat for p in pushes]), first.head,
+                cat([p.beta for p in pushes]), first.temperature,
+                None if first.projected is None else cat([p.projected for p in pushes], 0.0),
+                cat([p.max_kl for p in pushes]), first.keep_entropy,
+                None if first.starts is None else cat([p.starts for p in pushes], False))
+
+
+def _at(x, rows: torch.Tensor, width: int | None = None):
+    """A per-row tensor's ``rows`` (and first ``width`` columns); a float or None as it is."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    return x[rows] if width is None else x[rows, :width]
+
+
+def _fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float | torch.Tensor,
+          temperature: float, projected: torch.Tensor | None, max_kl: float | torch.Tensor | None,
+          keep_entropy: bool, starts: torch.Tensor | None) -> torch.Tensor:
+    """``fuse`` of one block of candidates, at its full width."""
     per_row = isinstance(beta, torch.Tensor)
     # (as a float would be: β / T in double precision, then rounded to the logits' float32)
     scale = (beta.double() / temperature).float()[:, None] if per_row else beta / temperature

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -30,7 +31,7 @@ from .candidates import Candidates, select, select_mixed
 from .clock import Stopwatch
 from .distiller import DistillerBank, Lease, SharedBank, weights_dtype
 from .filters import run_filters
-from .fusion import fuse, novelty
+from .fusion import Push, novelty
 from .head import LMHead
 from .signals import PendingSignals
 
@@ -50,6 +51,34 @@ class Proposal:
     # token, the warm-up) the model's own values, so that there sampling is exactly the model's own in
     # every dtype (a bfloat16 model's float32 recompute would move its draws); None: ``fused``.
     sample: torch.Tensor | None = None
+
+
+@dataclass
+class Planned:
+    """A step proposed but for its fusion (``Steerer.plan``): ``finish`` makes the Proposal."""
+
+    cand: Candidates  # the candidates (float32 values where ``exact`` recomputed them)
+    own: torch.Tensor  # (R, K) the candidates' values as the filter left them: what unguided rows sample
+    novelty: torch.Tensor | None
+    rel_novelty: torch.Tensor | None
+    push: Push | None = None  # what to fuse; None: nothing this step
+    moves: torch.Tensor | None = None  # the rows the push moves (None: all)
+
+    def finish(self, watch: Stopwatch | None = None, pushed: torch.Tensor | None = None) -> Proposal:
+        """The Proposal, with ``pushed`` the push's fused rows (``Push.run``; run here, timed by ``watch``
+        as "fuse", when not given)."""
+        cand, own, moves = self.cand, self.own, self.moves
+        if self.push is None:
+            return Proposal(cand, cand.logits, self.novelty, self.rel_novelty, own)
+        if pushed is None:
+            with watch("fuse") if watch is not None else nullcontext():
+                pushed = self.push.run()
+        if moves is None:
+            fused = sample = pushed
+        else:
+            fused = cand.logits.index_copy(0, moves, pushed)
+            sample = fused if own is cand.logits else own.index_copy(0, moves, pushed)
+        return Proposal(cand, fused, self.novelty, self.rel_novelty, sample)
 
 
 @dataclass
@@ -135,6 +164,12 @@ class Steerer:
         exact: makes the candidates' values float32 (``Candidates.exact_with``; a bfloat16 model),
         sharing its read of their rows of W with the fusion's; None: the candidates are final.
         Unguided rows sample from ``cand`` as given (``Proposal.sample``)."""
+        return self.plan(cand, s, h, positions, slots, exact).finish(self.watch)
+
+    def plan(self, cand: Candidates, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
+             slots: torch.Tensor | None = None, exact: Exact | None = None) -> "Planned":
+        """``propose`` but for the fusion itself: what it is to fuse (``Planned.push``), so that a
+        backend stepping several runs at once may fuse them together (``core.esamp.fusion.together``)."""
         self.settle()  # the previous step's update is in the weights
         with self.watch("predict"):
             s_grouped, self._staged = self._staged, None
@@ -159,33 +194,30 @@ class Steerer:
             with self.watch("filter"):
                 # The fusion's e rides along only where the recompute reads W's rows (a bfloat16 head).
                 cand, projected = exact(h - steer_by if guided and not self.head.exact else None)
-        fused, sample = cand.logits, own
-        if guided:
-            with self.watch("fuse"):
-                waiting = held.to(cand.logits.device) if bool(held.any()) else None
-                if still is not None:  # a ladder's rows at β = 0 sample as a plain run's
-                    waiting = still if waiting is None else waiting | still
-                if self.warmup is not None:
-                    warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
-                    waiting = warming if waiting is None else waiting | warming
-                # Only the rows the push moves are fused (a row's fusion reads its own entries alone);
-                # the waiting ones sample from the candidates as given.
-                moves = None if waiting is None else torch.nonzero(~waiting).flatten()  # one host sync
-                if moves is None or len(moves):
-                    part = cand if moves is None else Candidates(
-                        _rows(cand.ids, moves), cand.logits[moves], cand.vocab, _rows(cand.base, moves))
-                    starts = None if self.starts is None else (
-                        self.starts[part.ids] if part.ids is not None else self.starts.expand_as(part.logits))
-                    pushed = fuse(part, _rows(h, moves), _rows(steer_by, moves), self.head, _rows(beta, moves),
-                                  self.temperature, _rows(projected, moves), _rows(max_kl, moves), self.keep_entropy,
-                                  starts)
-                    if moves is None:
-                        fused = sample = pushed
-                    else:
-                        fused = cand.logits.index_copy(0, moves, pushed)
-                        sample = fused if own is cand.logits else own.index_copy(0, moves, pushed)
         self._step = _Step(pred, s_grouped, self._grouped(self._to_layout(h, slots)), rel, slots)
-        return Proposal(cand, fused, nov, rel, sample)
+        planned = Planned(cand, own, nov, rel)
+        if not guided:
+            return planned
+        with self.watch("fuse"):
+            waiting = held.to(cand.logits.device) if bool(held.any()) else None
+            if still is not None:  # a ladder's rows at β = 0 sample as a plain run's
+                waiting = still if waiting is None else waiting | still
+            if self.warmup is not None:
+                warming = ~self.warmup.started(self.rows // self.groups, slots, len(positions))
+                waiting = warming if waiting is None else waiting | warming
+            # Only the rows the push moves are fused (a row's fusion reads its own entries alone);
+            # the waiting ones sample from the candidates as given.
+            moves = None if waiting is None else torch.nonzero(~waiting).flatten()  # one host sync
+            if moves is None or len(moves):
+                part = cand if moves is None else Candidates(
+                    _rows(cand.ids, moves), cand.logits[moves], cand.vocab, _rows(cand.base, moves))
+                starts = None if self.starts is None else (
+                    self.starts[part.ids] if part.ids is not None else self.starts.expand_as(part.logits))
+                planned.moves = moves
+                planned.push = Push(part, _rows(h, moves), _rows(steer_by, moves), self.head, _rows(beta, moves),
+                                    self.temperature, _rows(projected, moves), _rows(max_kl, moves),
+                                    self.keep_entropy, starts)
+        return planned
 
     def stage(self, s: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[Lease, torch.Tensor]:
         """Before ``propose`` with a shared bank: this step's s (as ``propose`` takes it), laid out for
@@ -328,12 +360,6 @@ def noise_like(e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return z * (torch.linalg.vector_norm(e, dim=-1, keepdim=True) / torch.linalg.vector_norm(z, dim=-1, keepdim=True))
 
 
-def unguided(cand: Candidates, own: Candidates | None = None) -> Proposal:
-    """A proposal with no distiller at all (plain sampling with the shadow off); ``own``: the same
-    candidates with the model's own values, to sample from (None: ``cand``'s)."""
-    return Proposal(cand, cand.logits, None, None, None if own is None else own.logits)
-
-
 @dataclass
 class RunStats:
     """What a finished run's trace needs from its Pipeline, per prompt and in all."""
@@ -375,6 +401,11 @@ class Pipeline:
                 slots: torch.Tensor | None = None) -> Proposal:
         """raw: (R, V) the model's logits; s, h: (R, H) float32; positions: (R,) int on the host, the
         token of its answer each row draws (0: the first, drawn with the first-token filters, unguided)."""
+        return self.plan(raw, s, h, positions, slots).finish(self.watch)
+
+    def plan(self, raw: torch.Tensor, s: torch.Tensor, h: torch.Tensor, positions: torch.Tensor,
+             slots: torch.Tensor | None = None) -> Planned:
+        """``propose`` but for the fusion (``Steerer.plan``): finish it with ``Planned.finish``."""
         first = positions == 0
         with self.watch("filter"):
             firsts = int(first.sum()) if self.first is not self.main else 0
@@ -386,10 +417,10 @@ class Pipeline:
                 on_first = first.to(raw.device)
                 cand = select_mixed(on_first, self.first, self.main, raw)
                 temperature = torch.where(on_first, self.first.temperature, self.main.temperature)
-            if self.steerer is None:
-                return unguided(cand.exact(self.head, h, temperature, raw), cand)  # float32 values (bfloat16 models)
-        return self.steerer.propose(cand, s, h, positions, slots,
-                                    exact=lambda also: cand.exact_with(self.head, h, temperature, raw, also))
+            if self.steerer is None:  # float32 values (bfloat16 models); the model's own to sample
+                return Planned(cand.exact(self.head, h, temperature, raw), cand.logits, None, None)
+        return self.steerer.plan(cand, s, h, positions, slots,
+                                 exact=lambda also: cand.exact_with(self.head, h, temperature, raw, also))
 
     def stage(self, s: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[Lease, torch.Tensor] | None:
         """With a shared bank, before ``propose``: (lease, s) for the bank's step; None without a distiller."""

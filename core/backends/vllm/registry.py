@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 
 from ...config import EsampConfig
 from ...esamp.distiller import Lease, SharedBank, bank_key, weights_dtype
+from ...esamp.fusion import together
 from ...esamp.head import LMHead
 from ...esamp.steerer import Background
 from ...esamp.words import word_starts
@@ -31,7 +32,7 @@ from .. import hardware
 from . import internals
 from .hooks import install_hooks
 from .request import EXTRA_KEY
-from .state import Capture, FailedRun, Row, RunState
+from .state import Begun, Capture, FailedRun, Row, RunState
 
 log = logging.getLogger(__name__)
 TAKEN_KEPT = 4096  # keys of taken runs remembered, so a late row of one never starts it again
@@ -155,10 +156,11 @@ class Registry:
 
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]]) -> torch.Tensor:
         """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run. The runs'
-        distillers predict in one forward pass per shared bank, then each run filters and fuses its rows
-        in the batch's order (each row's distiller found by its row number: the steerer's ``slots``), so
-        a run that has the whole batch works on vLLM's logits where they are, with no copy of them;
-        then one update per bank trains every run's distillers. Other rows are left as they are."""
+        distillers predict in one forward pass per shared bank, then each run filters its rows in the
+        batch's order (each row's distiller found by its row number: the steerer's ``slots``), every
+        run's push is fused in one pass (``_fuse``), and each run writes its rows, so a run that has the
+        whole batch works on vLLM's logits where they are, with no copy of them; then one update per bank
+        trains every run's distillers. Other rows are left as they are."""
         by_run: dict[str, list[tuple[int, Row]]] = {}
         for i, r in batch:
             if i < logits.shape[0] and r.run in self.runs:
@@ -172,9 +174,11 @@ class Registry:
                 staged.setdefault(id(got[0].bank), []).append((run, *got))
         for runs in staged.values():
             self._bank_step(runs, "predict")
+        begun = {key: self.runs[key].begin(logits, rows, self.capture) for key, rows in by_run.items()}
+        pushed = self._fuse({key: b for key, b in begun.items() if b is not None and b.planned.push is not None})
         out = logits
         for key, rows in by_run.items():
-            fused = self.runs[key].step(logits, rows, self.capture)
+            fused = None if begun[key] is None else self.runs[key].end(begun[key], pushed.get(key))
             if fused is None:
                 continue
             index = [i for i, _ in rows]
@@ -185,6 +189,22 @@ class Registry:
         for runs in staged.values():
             self._bank_step(runs, "learn")
         return out
+
+    def _fuse(self, begun: dict[str, Begun]) -> dict[str, torch.Tensor]:
+        """Every run's push of the step fused together (``together``), its time shared among the runs'
+        stopwatches by rows. Where that fails, each run's own is fused alone, so the failure is its own."""
+        if len(begun) < 2:
+            return {}  # a run alone fuses as it ends
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(False):
+                fused = dict(zip(begun, together([b.planned.push for b in begun.values()])))
+        except Exception:  # noqa: BLE001 - each run's own fusion, as it ends, says whose it is
+            return {}
+        seconds, rows = time.perf_counter() - t0, sum(len(b.batch) for b in begun.values())
+        for key, b in begun.items():
+            self.runs[key].pipeline.watch.seconds["fuse"] += seconds * len(b.batch) / rows
+        return fused
 
     def _bank_step(self, runs: list[tuple[RunState, Lease, torch.Tensor]], part: str) -> None:
         """A shared bank's forward pass (``part`` "predict") or update ("learn") for ``runs``: its time

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -25,7 +26,7 @@ from ...config import EsampConfig, RunConfig
 from ...esamp.distiller import Lease, SharedBank
 from ...esamp.head import LMHead
 from ...esamp.signals import PendingSignals
-from ...esamp.steerer import Pipeline
+from ...esamp.steerer import Pipeline, Planned
 from .. import start
 from ..record import Recorder
 from . import internals
@@ -45,6 +46,16 @@ class Capture:
 
 
 @dataclass
+class Begun:
+    """A run's step up to its fusion (``RunState.begin``)."""
+
+    planned: Planned
+    raw: torch.Tensor  # (R, V) the run's rows of the model's logits
+    batch: list[tuple[int, "Row"]]
+    t: list[int]  # the position each row is at
+
+
+@dataclass
 class Row:
     run: str  # the run's key
     row: int  # prompt * n + sample
@@ -61,6 +72,9 @@ class FailedRun:
         return None
 
     def step(self, *_args) -> None:
+        return None
+
+    def begin(self, *_args) -> None:
         return None
 
     def close(self) -> None:
@@ -123,17 +137,62 @@ class RunState:
     def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor | None:
         """This run's rows of the step (batch index, row): the logits to sample them from, (len(batch), V).
         A failure is kept for the caller (None: the rows keep the model's logits)."""
+        begun = self.begin(logits, batch, capture)
+        return None if begun is None else self.end(begun)
+
+    def begin(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> "Begun | None":
+        """``step`` up to its fusion (``Pipeline.plan``), which the registry runs with the other runs'
+        (``core.esamp.fusion.together``) before ``end``; None once the run has failed."""
         if self.error is not None:
             return None
-        t0 = time.perf_counter()
-        watch = self.pipeline.watch
-        timed = sum(watch.seconds.values())
-        try:
-            return self._step(logits, batch, capture)
-        except Exception as exc:  # noqa: BLE001 - keep vLLM's engine and the other runs alive
-            self.fail(exc)
+        with self._bookkeeping():
+            try:
+                return self._begin(logits, batch, capture)
+            except Exception as exc:  # noqa: BLE001 - keep vLLM's engine and the other runs alive
+                self.fail(exc)
+                return None
+
+    def _begin(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> "Begun":
+        if self.record:
+            self.record_sampled()
+        index, s, h, slots = self._rows(logits, batch, capture)
+        raw = logits if index is None else logits[index]
+        t = [len(r.out) for _, r in batch]  # the position each row is at
+        # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
+        # (s and h enter its graph; the logits do not).
+        with torch.inference_mode(False):
+            planned = self.pipeline.plan(raw, s.clone(), h.clone(), torch.tensor(t), slots)
+            # Training now is the same as after sampling: it reads this step's (s, h) only, and the
+            # fused logits are computed with the weights from before this update.
+            self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
+        return Begun(planned, raw, batch, t)
+
+    def end(self, begun: "Begun", pushed: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The logits to sample the run's rows from (``step``), given its push's fused rows (``Push.run``;
+        run here when not given)."""
+        if self.error is not None:
             return None
-        finally:  # the rest of this call is the backend's own bookkeeping
+        with self._bookkeeping():
+            try:
+                with torch.inference_mode(False):
+                    prop = begun.planned.finish(self.pipeline.watch, pushed)
+                if self.record:
+                    self.pending.append(([r for _, r in begun.batch], begun.t, self.pipeline.signals(prop, begun.raw)))
+                if self.first_step_at is None:
+                    self.first_step_at = time.perf_counter()
+                return self.pipeline.to_sample(prop, begun.raw)  # into vLLM's logits (or this run's copy of its rows)
+            except Exception as exc:  # noqa: BLE001 - as ``begin``
+                self.fail(exc)
+                return None
+
+    @contextmanager
+    def _bookkeeping(self):
+        """Time what the block spends outside the pipeline's own parts as the backend's bookkeeping."""
+        watch = self.pipeline.watch
+        t0, timed = time.perf_counter(), sum(watch.seconds.values())
+        try:
+            yield
+        finally:
             watch.seconds["bookkeeping"] += time.perf_counter() - t0 - (sum(watch.seconds.values()) - timed)
 
     def fail(self, exc: Exception) -> None:
@@ -154,26 +213,6 @@ class RunState:
         index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
         slots = torch.tensor([r.row for _, r in batch], device=logits.device)
         return (None, s, h, slots) if whole else (index, s[index], h[index], slots)
-
-    def _step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor:
-        if self.record:
-            self.record_sampled()
-        index, s, h, slots = self._rows(logits, batch, capture)
-        raw = logits if index is None else logits[index]
-        t = [len(r.out) for _, r in batch]  # the position each row is at
-        positions = torch.tensor(t)  # on the host
-        # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
-        # (s and h enter its graph; the logits do not).
-        with torch.inference_mode(False):
-            prop = self.pipeline.propose(raw, s.clone(), h.clone(), positions, slots)
-            # Training now is the same as after sampling: it reads this step's (s, h) only, and the
-            # fused logits were computed with the weights from before this update.
-            self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
-        if self.record:
-            self.pending.append(([r for _, r in batch], t, self.pipeline.signals(prop, raw)))
-        if self.first_step_at is None:
-            self.first_step_at = time.perf_counter()
-        return self.pipeline.to_sample(prop, raw)  # into vLLM's logits (or this run's copy of its rows)
 
     def record_sampled(self, final: bool = False) -> None:
         """Record the steps whose tokens are in the output lists now (``final``: all of them; a token

@@ -209,8 +209,7 @@ class Steerer:
             # the waiting ones sample from the candidates as given.
             moves = None if waiting is None else torch.nonzero(~waiting).flatten()  # one host sync
             if moves is None or len(moves):
-                part = cand if moves is None else Candidates(
-                    _rows(cand.ids, moves), cand.logits[moves], cand.vocab, _rows(cand.base, moves))
+                part = cand if moves is None else cand.rows(moves)
                 starts = None if self.starts is None else (
                     self.starts[part.ids] if part.ids is not None else self.starts.expand_as(part.logits))
                 planned.moves = moves

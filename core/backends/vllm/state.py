@@ -71,9 +71,6 @@ class FailedRun:
     def stage(self, *_args) -> None:
         return None
 
-    def step(self, *_args) -> None:
-        return None
-
     def begin(self, *_args) -> None:
         return None
 
@@ -122,7 +119,7 @@ class RunState:
 
     def stage(self, logits: torch.Tensor, batch: list[tuple[int, Row]],
               capture: Capture) -> tuple[Lease, torch.Tensor] | None:
-        """Before ``step``: this step's shallow states of the run's rows for its shared bank's forward
+        """Before ``begin``: this step's shallow states of the run's rows for its shared bank's forward
         pass (``Pipeline.stage``); None without a distiller, or once the run has failed."""
         if self.error is not None:
             return None
@@ -130,19 +127,14 @@ class RunState:
             _, s, _, slots = self._rows(logits, batch, capture)
             with torch.inference_mode(False):
                 return self.pipeline.stage(s.clone(), slots)
-        except Exception as exc:  # noqa: BLE001 - as ``step``
+        except Exception as exc:  # noqa: BLE001 - as ``begin``
             self.fail(exc)
             return None
 
-    def step(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> torch.Tensor | None:
-        """This run's rows of the step (batch index, row): the logits to sample them from, (len(batch), V).
-        A failure is kept for the caller (None: the rows keep the model's logits)."""
-        begun = self.begin(logits, batch, capture)
-        return None if begun is None else self.end(begun)
-
     def begin(self, logits: torch.Tensor, batch: list[tuple[int, Row]], capture: Capture) -> "Begun | None":
-        """``step`` up to its fusion (``Pipeline.plan``), which the registry runs with the other runs'
-        (``core.esamp.fusion.together``) before ``end``; None once the run has failed."""
+        """This run's rows of the step (batch index, row) up to their fusion (``Pipeline.plan``), which the
+        registry runs with the other runs' (``core.esamp.fusion.together``) before ``end``. A failure is
+        kept for the caller (None: the rows keep the model's logits)."""
         if self.error is not None:
             return None
         with self._bookkeeping():
@@ -168,8 +160,8 @@ class RunState:
         return Begun(planned, raw, batch, t)
 
     def end(self, begun: "Begun", pushed: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The logits to sample the run's rows from (``step``), given its push's fused rows (``Push.run``;
-        run here when not given)."""
+        """The logits to sample the run's rows from, (len(batch), V), given its push's fused rows
+        (``Push.run``; run here when not given); None as ``begin``'s."""
         if self.error is not None:
             return None
         with self._bookkeeping():

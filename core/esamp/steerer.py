@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -64,14 +63,14 @@ class Planned:
     push: Push | None = None  # what to fuse; None: nothing this step
     moves: torch.Tensor | None = None  # the rows the push moves (None: all)
 
-    def finish(self, watch: Stopwatch | None = None, pushed: torch.Tensor | None = None) -> Proposal:
+    def finish(self, watch: Stopwatch, pushed: torch.Tensor | None = None) -> Proposal:
         """The Proposal, with ``pushed`` the push's fused rows (``Push.run``; run here, timed by ``watch``
         as "fuse", when not given)."""
         cand, own, moves = self.cand, self.own, self.moves
         if self.push is None:
             return Proposal(cand, cand.logits, self.novelty, self.rel_novelty, own)
         if pushed is None:
-            with watch("fuse") if watch is not None else nullcontext():
+            with watch("fuse"):
                 pushed = self.push.run()
         if moves is None:
             fused = sample = pushed

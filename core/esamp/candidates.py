@@ -227,11 +227,11 @@ class Candidates:
         """The candidates of ``rows`` (None: all), their first ``width`` columns (None: all of them)."""
         cut = slice(None) if width is None else slice(0, width)
 
-        def part(x):
-            return None if x is None else (x if rows is None else x[rows])[:, cut]
+        def part(x):  # the columns first: a row gathered whole and then cut was 9 times as slow, and strided
+            return None if x is None else x[:, cut] if rows is None else x[:, cut].index_select(0, rows)
 
         return Candidates(part(self.ids), part(self.logits), self.vocab, part(self.base),
-                          None if self.lse is None or rows is None else self.lse[rows])
+                          None if self.lse is None or rows is None else self.lse.index_select(0, rows))
 
     def by_width(self, widths: Sequence[int] = ROW_WIDTHS) -> "list[tuple[torch.Tensor | None, int]] | None":
         """The rows in groups by how many columns they need (their last candidate's position + 1),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .budget import bounded
 from .candidates import Candidates
@@ -41,7 +40,7 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     # A row's fusion reads its own entries alone: each group of rows at its own width, not the widest's.
     out = cand.logits.clone()
     for rows, width in groups:
-        pushed = _fuse(cand.rows(rows, width), h[rows], h_hat[rows], head, _at(beta, rows), temperature,
+        pushed = _fuse(cand.rows(rows, width), _at(h, rows), _at(h_hat, rows), head, _at(beta, rows), temperature,
                        _at(projected, rows, width), _at(max_kl, rows), keep_entropy, _at(starts, rows, width))
         out[:, :width].index_copy_(0, rows, pushed)
     return out
@@ -109,9 +108,16 @@ def _joined(pushes: list[Push]) -> Push:
         """Per-row tensors one after another ((R, K) ones padded with ``fill``); one value as it is."""
         if not isinstance(parts[0], torch.Tensor):
             return parts[0]  # one value for every row, the same in each (``Push.kind``)
-        if fill is not None:
-            parts = [F.pad(x, (0, width - x.shape[-1]), value=fill) for x in parts]
-        return torch.cat(parts)
+        if fill is None:
+            return torch.cat(parts)
+        # Written into one block: padding each part and then joining them took ten times as long
+        # (8.3 against 0.85 ms for 8 runs' 48 rows up to 2,102 candidates wide, a K = 8 step's).
+        out = parts[0].new_full((sum(x.shape[0] for x in parts), width), fill)
+        start = 0
+        for x in parts:
+            out[start:start + x.shape[0], :x.shape[1]] = x
+            start += x.shape[0]
+        return out
 
     first = pushes[0]
     cand = Candidates(None if first.cand.ids is None else cat([p.cand.ids for p in pushes], 0),
@@ -127,7 +133,7 @@ def _at(x, rows: torch.Tensor, width: int | None = None):
     """A per-row tensor's ``rows`` (and first ``width`` columns); a float or None as it is."""
     if not isinstance(x, torch.Tensor):
         return x
-    return x[rows] if width is None else x[rows, :width]
+    return (x if width is None else x[:, :width]).index_select(0, rows)
 
 
 def _fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float | torch.Tensor,

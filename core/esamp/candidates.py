@@ -246,7 +246,7 @@ class Candidates:
         if self.ids is None or not widths or self.logits.numel() < GROUP_ELEMENTS:
             return None
         at = torch.arange(1, K + 1, device=self.logits.device, dtype=torch.int32)
-        need = torch.where(torch.isfinite(self.logits), at, 0).amax(-1)  # (R,) columns each row needs
+        need = torch.where(self.logits > NEG_INF, at, 0).amax(-1)  # (R,) columns each row needs (-inf: none)
         bounds = torch.tensor(widths, device=need.device, dtype=need.dtype)
         group = torch.bucketize(need, bounds)  # the first width >= need; len(widths): all K
         counts = torch.bincount(group, minlength=len(widths) + 1).tolist()

@@ -64,7 +64,7 @@ def bounded(ref: torch.Tensor, direction: torch.Tensor, beta: float | torch.Tens
     if not bool(over.any()):  # one host sync a guided step
         return t
     rows = torch.nonzero(over).flatten()
-    r, d, lr, budget = ref[rows], direction[rows], log_ref[rows], budget[rows]
+    r, d, lr, budget = (x.index_select(0, rows) for x in (ref, direction, log_ref, budget))
     target = budget.sqrt()
     lo, hi = torch.zeros_like(t[rows]), t[rows]  # KL(lo) <= max_kl < KL(hi)
     g_lo, g_hi = -target, kl_beta[rows].sqrt() - target  # g = sqrt(KL) - sqrt(max_kl)

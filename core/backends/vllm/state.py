@@ -148,7 +148,7 @@ class RunState:
         if self.record:
             self.record_sampled()
         index, s, h, slots = self._rows(logits, batch, capture)
-        raw = logits if index is None else logits[index]
+        raw = logits if index is None else logits.index_select(0, index)  # 4x an index's gather (512 x 49,152)
         t = [len(r.out) for _, r in batch]  # the position each row is at
         # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
         # (s and h enter its graph; the logits do not).
@@ -204,7 +204,7 @@ class RunState:
         whole = [i for i, _ in batch] == list(range(logits.shape[0]))  # every row, in order: no copy
         index = None if whole else torch.tensor([i for i, _ in batch], device=logits.device)
         slots = torch.tensor([r.row for _, r in batch], device=logits.device)
-        return (None, s, h, slots) if whole else (index, s[index], h[index], slots)
+        return (None, s, h, slots) if whole else (index, s.index_select(0, index), h.index_select(0, index), slots)
 
     def record_sampled(self, final: bool = False) -> None:
         """Record the steps whose tokens are in the output lists now (``final``: all of them; a token

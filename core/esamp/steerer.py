@@ -210,7 +210,7 @@ class Steerer:
             if moves is None or len(moves):
                 part = cand if moves is None else cand.rows(moves)
                 starts = None if self.starts is None else (
-                    self.starts[part.ids] if part.ids is not None else self.starts.expand_as(part.logits))
+                    self.starts.take(part.ids) if part.ids is not None else self.starts.expand_as(part.logits))
                 planned.moves = moves
                 planned.push = Push(part, _rows(h, moves), _rows(steer_by, moves), self.head, _rows(beta, moves),
                                     self.temperature, _rows(projected, moves), _rows(max_kl, moves),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .budget import bounded
-from .candidates import Candidates
+from .candidates import Candidates, rows_of
 from .head import LMHead
 
 
@@ -40,8 +40,9 @@ def fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, b
     # A row's fusion reads its own entries alone: each group of rows at its own width, not the widest's.
     out = cand.logits.clone()
     for rows, width in groups:
-        pushed = _fuse(cand.rows(rows, width), _at(h, rows), _at(h_hat, rows), head, _at(beta, rows), temperature,
-                       _at(projected, rows, width), _at(max_kl, rows), keep_entropy, _at(starts, rows, width))
+        pushed = _fuse(cand.rows(rows, width), rows_of(h, rows), rows_of(h_hat, rows), head, rows_of(beta, rows),
+                       temperature, rows_of(projected, rows, width), rows_of(max_kl, rows), keep_entropy,
+                       rows_of(starts, rows, width))
         out[:, :width].index_copy_(0, rows, pushed)
     return out
 
@@ -127,13 +128,6 @@ def _joined(pushes: list[Push]) -> Push:
                 None if first.projected is None else cat([p.projected for p in pushes], 0.0),
                 cat([p.max_kl for p in pushes]), first.keep_entropy,
                 None if first.starts is None else cat([p.starts for p in pushes], False))
-
-
-def _at(x, rows: torch.Tensor, width: int | None = None):
-    """A per-row tensor's ``rows`` (and first ``width`` columns); a float or None as it is."""
-    if not isinstance(x, torch.Tensor):
-        return x
-    return (x if width is None else x[:, :width]).index_select(0, rows)
 
 
 def _fuse(cand: Candidates, h: torch.Tensor, h_hat: torch.Tensor, head: LMHead, beta: float | torch.Tensor,

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import EsampConfig, RunConfig
-from .candidates import Candidates, select, select_mixed
+from .candidates import Candidates, rows_of, select, select_mixed
 from .clock import Stopwatch
 from .distiller import DistillerBank, Lease, SharedBank, weights_dtype
 from .filters import run_filters
@@ -212,8 +212,8 @@ class Steerer:
                 starts = None if self.starts is None else (
                     self.starts.take(part.ids) if part.ids is not None else self.starts.expand_as(part.logits))
                 planned.moves = moves
-                planned.push = Push(part, _rows(h, moves), _rows(steer_by, moves), self.head, _rows(beta, moves),
-                                    self.temperature, _rows(projected, moves), _rows(max_kl, moves),
+                planned.push = Push(part, rows_of(h, moves), rows_of(steer_by, moves), self.head, rows_of(beta, moves),
+                                    self.temperature, rows_of(projected, moves), rows_of(max_kl, moves),
                                     self.keep_entropy, starts)
         return planned
 
@@ -267,12 +267,6 @@ class Steerer:
         if self.warmup is not None:
             self.warmup.update(learning.rel_novelty, self.live[-1])
         self.bank.handle_bad(bad)
-
-
-def _rows(x, rows: torch.Tensor | None):
-    """A per-row tensor's ``rows`` (None: all of them); a float or None as it is. (``index_select``:
-    an index's gather of a (64, 576) tensor's rows took 6 times as long on CPU.)"""
-    return x.index_select(0, rows) if rows is not None and isinstance(x, torch.Tensor) else x
 
 
 def per_row(rungs: Sequence[tuple[float, float | None]], rows: int,

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import RunConfig, SamplingConfig, beta_ladder, encode_prompts, generate_runs, load_model
+from core.esamp.clock import PARTS
 
 from .quality import machine
 
@@ -74,13 +75,18 @@ def sessions(lm, k: int, tokens: int, n: int = SAMPLING.n) -> dict:
     return {"sessions": rows, "wall_s": wall, "tokens": total, "tokens_per_s": total / wall}
 
 
-def batched(lm, k: int, tokens: int, plain: bool, n: int = SAMPLING.n) -> float:
-    """The K sessions' runs in one call (as plain sampling without a distiller: ``plain``); tokens/s."""
+def batched(lm, k: int, tokens: int, plain: bool, n: int = SAMPLING.n) -> tuple[float, dict]:
+    """The K sessions' runs in one call (as plain sampling without a distiller: ``plain``): tokens/s, and
+    the call's wall time with the seconds of each part of the step's work around the model (``PARTS``),
+    summed over its runs (a shared bank's or fusion's time is shared among them by rows, so the sum is
+    the engine's)."""
     configs = [replace(c, method="plain", esamp=replace(c.esamp, shadow=False)) if plain else c
                for i in range(k) for c in session_configs(tokens, i, n)]
     t0 = time.perf_counter()
     traces = generate_runs(lm, [PROMPT], configs)
-    return sum(t.timings.new_tokens for t in traces) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    parts = {part: sum(t.timings.parts.get(part, 0.0) for t in traces) for part in PARTS}
+    return sum(t.timings.new_tokens for t in traces) / wall, {"wall_s": wall, **parts}
 
 
 def vllm_native(lm, k: int, tokens: int, n: int = SAMPLING.n) -> float:
@@ -103,13 +109,16 @@ def one_round(lm, k: int, tokens: int, n: int, reverse: bool) -> dict:
     """The K sessions and their three references once, in this order or (``reverse``) the reverse one,
     so that rounds in alternating order share a drift of the machine's speed between them."""
     steps = [("sessions", lambda: sessions(lm, k, tokens, n)),
-             ("esamp_batched_tokens_per_s", lambda: batched(lm, k, tokens, False, n)),
-             ("plain_batched_tokens_per_s", lambda: batched(lm, k, tokens, True, n)),
+             ("esamp_batched", lambda: batched(lm, k, tokens, False, n)),
+             ("plain_batched", lambda: batched(lm, k, tokens, True, n)),
              ("vllm_native_tokens_per_s", lambda: vllm_native(lm, k, tokens, n))]
     got = {name: run() for name, run in (steps[::-1] if reverse else steps)}
+    for name in ("esamp_batched", "plain_batched"):
+        got[f"{name}_tokens_per_s"], got[f"{name}_parts"] = got.pop(name)
     return {**got.pop("sessions"), **got}
 
 
+PARTS_OF = ("esamp_batched_parts", "plain_batched_parts")  # each batched call's wall time and its parts (s)
 RATIOS = {"ratio_to_esamp_batched": "esamp_batched_tokens_per_s",  # each ratio's reference
           "ratio_to_plain_batched": "plain_batched_tokens_per_s", "ratio_to_vllm_native": "vllm_native_tokens_per_s"}
 
@@ -128,6 +137,8 @@ def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n, rounds: int = 1
         row = {"k": k, "rows": k * len(LADDER) * n, "sessions": got[-1]["sessions"], "tokens": got[-1]["tokens"],
                **{key: statistics.median(g[key] for g in got)
                   for key in ("wall_s", "tokens_per_s", *RATIOS, *RATIOS.values())},
+               **{key: {part: statistics.median(g[key][part] for g in got) for part in got[0][key]}
+                  for key in PARTS_OF},
                "first_token_s": {"median": statistics.median(firsts), "max": max(firsts)},
                "finish_s": {"median": statistics.median(finishes), "max": max(finishes)},
                "rounds": got}  # each round with its own sessions (``sessions``: the last round's)
@@ -163,7 +174,34 @@ def markdown(report: dict) -> str:
                          f"{_ratio(r, 'ratio_to_vllm_native')} | "
                          f"{r['first_token_s']['median']:.2f} / {r['first_token_s']['max']:.2f} | {vs} | "
                          f"{r['finish_s']['median']:.1f} / {r['finish_s']['max']:.1f} |")
+    if any(PARTS_OF[0] in r for rows in report["placements"].values() for r in rows):
+        lines += ["", parts_markdown(report)]
     return "\n".join(lines) + "\n"
+
+
+def parts_markdown(report: dict) -> str:
+    """Where the batched calls' time goes (reports before the parts were kept have none): each part's
+    seconds summed over the call's runs, the median of the rounds; ESamp's own work is the difference."""
+    lines = ["Each batched call's wall time and its parts of the step's work around the model (seconds, "
+             "summed over its runs; the median of the rounds):", "",
+             "| placement | K | call | wall | " + " | ".join(PARTS) + " | the rest (model, sampling) |",
+             "|---|---:|---|---:|" + "---:|" * (len(PARTS) + 1)]
+    for placement, rows in report["placements"].items():
+        for r in rows:
+            if PARTS_OF[0] not in r:
+                continue
+            esamp, plain = (r[key] for key in PARTS_OF)
+            extra = {key: esamp[key] - plain[key] for key in esamp}
+            for name, p in (("ESamp batched", esamp), ("plain batched", plain), ("ESamp − plain", extra)):
+                rest = p["wall_s"] - sum(p[part] for part in PARTS)
+                wall = _s(p["wall_s"]) + (f" ({100 * p['wall_s'] / plain['wall_s']:+.1f} %)" if p is extra else "")
+                lines.append(f"| {placement} | {r['k']} | {name} | {wall} | "
+                             + " | ".join(_s(p[part]) for part in PARTS) + f" | {_s(rest)} |")
+    return "\n".join(lines)
+
+
+def _s(seconds: float) -> str:
+    return f"{round(seconds, 2) + 0.0:.2f}"  # + 0.0: no "-0.00" for a difference that rounds to nothing
 
 
 def _ratio(row: dict, key: str) -> str:

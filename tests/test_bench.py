@@ -339,6 +339,12 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
         assert all(0 < s["first_token_s"] <= s["finish_s"] for s in r["sessions"])
         assert r["tokens_per_s"] > 0 and r["esamp_batched_tokens_per_s"] > 0 and r["vllm_native_tokens_per_s"] > 0
     assert rows[0]["first_token_vs_alone"] >= 1.0  # K = 1's slowest first token of both rounds ÷ their median
+    for r in rows:  # where each batched call's time went: ESamp's distillers in ESamp's alone, filtering in both
+        esamp, plain = r["esamp_batched_parts"], r["plain_batched_parts"]
+        assert esamp["learn"] > 0 and esamp["predict"] > 0 and plain["learn"] == plain["predict"] == 0
+        assert esamp["filter"] > 0 and plain["filter"] > 0
+        assert sum(esamp[part] for part in ("filter", "predict", "fuse", "learn")) < esamp["wall_s"]
+    assert "| inline | 2 | ESamp − plain |" in (tmp_path / "c.md").read_text()
 
 
 def test_concurrency_refuses_zero_rounds_before_loading_a_model(capsys):

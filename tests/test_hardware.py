@@ -52,6 +52,17 @@ def test_a_report_says_on_which_cpu_it_was_measured():
     assert info["cpu"] and info["cpus"] >= 1 and isinstance(info["cpu_bf16"], list)
 
 
+def test_a_bare_cpu_name_gets_its_family_and_model_a_numbered_one_stays_as_it_is():
+    """Two EPYCs a virtual machine names alike ran the model at speeds twofold apart: reports tell them apart."""
+    epyc = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n" \
+           "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    assert hardware.name_in_cpuinfo(epyc) == "AMD EPYC (family 26, model 2)"  # the first processor's
+    xeon = "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+    assert hardware.name_in_cpuinfo(xeon) == "Intel(R) Xeon(R) Platinum 8488C"
+    assert hardware.name_in_cpuinfo("flags\t: fpu\n") is None  # no name: the platform's guess instead
+    assert hardware.cpu_name()  # this machine's, whatever it is
+
+
 _REUSE = """
 import resource, sys, torch
 from core.backends.hardware import keep_freed_memory

@@ -260,8 +260,10 @@ def test_a_direct_link_to_a_page_keeps_the_sidebar_model_choice_across_pages(ser
     expect(page.get_by_role("textbox", name="Model")).to_have_value("/models/typed", timeout=10_000)
     expect(page.locator("text=Runs on /models/typed")).to_be_visible(timeout=10_000)
     expect(page.get_by_text("Explore's candidates")).to_be_visible()  # Sweep says it uses Explore's settings
+    # The form's fields can be drawn seconds after its caption under a busy suite (float32, two workers: once
+    # none was there 5 s after it): waited for as long as a page.
     bound = page.get_by_role("spinbutton", name="Push per token at most (nats, top β)")
-    expect(bound).to_have_value(f"{DEFAULTS['max_kl']:.2f}")
+    expect(bound).to_have_value(f"{DEFAULTS['max_kl']:.2f}", timeout=60_000)
     page.close()
 
 

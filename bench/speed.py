@@ -270,6 +270,15 @@ def native_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measured_on(report: dict) -> str:
+    """The line above a report's tables: on which machine, and the command (each row names its dtype)."""
+    m = report.get("machine") or {}  # an early report may lack it, or some of its fields
+    gpu = f", {m['cuda']}" if m.get("cuda") else ""
+    torch_version = f", torch {m['torch']}" if m.get("torch") else ""
+    where = f"On {m.get('cpu', 'an unrecorded CPU')} ({m.get('cpus', '?')} CPUs{gpu}){torch_version}"
+    return f"{where}: `{report.get('command', 'python -m bench.speed')}`.\n\n"
+
+
 def report_markdown(rows: list[dict], table: list[dict], profile: dict, workload: str) -> str:
     """The report's tables: every run, ESamp against plain by size, against native (when it ran), per step."""
     text = markdown(rows) + "\n\n" + scaling_markdown(table)
@@ -365,7 +374,8 @@ def main(argv=None) -> int:
     if a.render:
         report = json.loads(a.render.read_text())
         profile = {(p["backend"], p["variant"]): p for p in report["profile"]}
-        text = report_markdown(report["rows"], report["scaling"], profile, report["profile_workload"])
+        text = measured_on(report) + report_markdown(report["rows"], report["scaling"], profile,
+                                                     report["profile_workload"])
         (a.markdown.write_text(text + "\n") if a.markdown else print(text))
         return 0
     backends = a.backends.split(",")
@@ -432,7 +442,7 @@ def main(argv=None) -> int:
         "profile": [{"backend": b, "variant": v, **p} for (b, v), p in profile.items()],
         "runs": {"/".join(k): [vars(r) for r in v] for k, v in results.items()},
     }
-    text = report_markdown(rows, table, profile, a.profile)
+    text = measured_on(out) + report_markdown(rows, table, profile, a.profile)
     print("\n" + text)
     print(f"\ndistiller weights + Adam state per prompt: {out['distiller_bytes_per_prompt'] / 2**20:.1f} MiB")
     if a.json:

@@ -119,6 +119,7 @@ def test_speed_quick_reports_every_backend_workload_variant_and_dtype(tmp_path):
     assert profiled == {(b, v) for b in backends for v in ("plain", "esamp", speed.NATIVE[b])}
     assert report["machine"]["cpu"] and report["distiller_bytes_per_prompt"] > 0 and report["filter"] == "top-k 50"
     assert "| backend | dtype |" in table.read_text()
+    assert table.read_text().startswith(f"On {report['machine']['cpu']} (")  # where it was measured, first
     native = {(r["backend"], r["variant"]): r["ratio_to_native"] for r in report["rows"]
               if r["workload"] == "2x2" and r["dtype"] == report["backends"][r["backend"]]["dtypes"][0]}
     assert all(native[(b, speed.NATIVE[b])] == 1.0 and native[(b, "esamp")] > 0 for b in backends)

@@ -15,7 +15,7 @@ from core.config import MAX_BETA, continuation
 from core.cli import command_for
 from viz import charts, heatmap, spread
 from viz.fork import fork_sentence, forks
-from viz.style import run_colours
+from viz.style import count, run_colours
 from viz.tree import BRANCHED, answer_tree, branch_point, layout
 from viz.summary import (candidate_rows, colour_order, current_point, diversity, ladder, metric_cards, noise_sentence,
                          run_label, speed_ratio, split_by_run, token_label, token_rows, tradeoff_points)
@@ -202,7 +202,7 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
     f = parted[k]
     plain_word = md(token_label(f.plain.text, f.plain.id)) if f.plain else "nothing (its answer had ended)"
     novelty = f" (relative novelty {f.esamp.rel_novelty:.2f} there)" if f.esamp.rel_novelty is not None else ""
-    st.markdown(f"**Shared beginning** ({f.position} tokens): {md(f.prefix) or '(none)'}  \n**Token "
+    st.markdown(f"**Shared beginning** ({count(f.position, 'token')}): {md(f.prefix) or '(none)'}  \n**Token "
                 f"{f.position + 1}:** plain sampling drew {plain_word}, {md(focus)} drew "
                 f"{md(token_label(f.esamp.text, f.esamp.id))}{novelty}. Its candidates there, before and after fusion:")
     st.dataframe(candidate_rows(f.esamp), hide_index=True)
@@ -213,7 +213,7 @@ def _other_answers(traces: Sequence[RunTrace], labels: Sequence[str], shown: Seq
     """The answers of the runs not side by side, folded away."""
     others = [i for i in range(len(traces)) if i not in shown]
     if others:
-        with st.expander(f"The other {len(others)} runs' answers"):
+        with st.expander(f"The other {len(others)} runs' answers" if len(others) > 1 else "The other run's answers"):
             for i in others:
                 _answers(traces[i], labels[i], signal, prompt_index, value_range)
 
@@ -238,7 +238,7 @@ def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Se
         return
     node = placed[picked][0]
     st.markdown(f"**Tokens {node.start + 1}-{node.start + len(node.tokens)}**, {len(node.samples)} of "
-                f"{len(root.samples)} answers: {md(node.text)}")
+                f"{count(len(root.samples), 'answer')}: {md(node.text)}")
     pos = node.start  # a node's first token, or any of its tokens
     if len(node.tokens) > 1:
         pos = int(st.number_input("At token", node.start + 1, node.start + len(node.tokens), node.start + 1,
@@ -257,8 +257,8 @@ def _branch_form(trace: RunTrace, prompt_index: int, node, pos: int, on_branch: 
     token, limits, sc = node.tokens[pos - node.start], serving.policy().limits, trace.config.sampling
     with st.form(key):
         start = ("from the start: " if pos == 0 else
-                 f"the first {pos} tokens of the {len(node.samples)} answers through this node, then " if
-                 len(node.samples) > 1 else f"answer {sample.sample_index + 1}'s first {pos} tokens, then ")
+                 f"the first {count(pos, 'token')} of the {len(node.samples)} answers through this node, then " if
+                 len(node.samples) > 1 else f"answer {sample.sample_index + 1}'s first {count(pos, 'token')}, then ")
         st.markdown(f"**Branch here:** {start}a candidate of your choice instead of the model's pick, and n new "
                     "answers from there.")
         c1, c2, c3, c4 = st.columns(4)

@@ -98,3 +98,11 @@ def test_the_live_view_marks_where_an_answer_left_the_references_and_escapes_it(
     assert f'<span style="background:{LIVE_MARK}"> sky &lt;script&gt;</span>' in html
     assert "<script>" not in html and "<b>" not in html
     assert "answer 2 · 2 tokens" in html and "plain" in html and "esamp β=1" in html
+    one = live_html([("plain", (("The",), ()))], per_prompt=2)  # a count says "token" of one (a projector reads it)
+    assert "answer 1 · 1 token<" in one and "answer 2 · 0 tokens<" in one
+
+
+def test_count_says_one_token_and_many_tokens():
+    from viz.style import count
+
+    assert [count(n, "token") for n in (0, 1, 2)] == ["0 tokens", "1 token", "2 tokens"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from core.trace import RunTrace
 
-from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for, plotly_text
+from .style import EXTRA_COLOURS, METHOD_COLOURS, colour_for, count, plotly_text
 from .summary import novelty_columns, token_label
 
 
@@ -224,7 +224,7 @@ def tree_figure(root, signal: str = "rel_novelty", label_chars: int = 18):
         text=[plotly_text(_cut(n.text, label_chars)) for n, _, _ in placed], textposition="top center",
         textfont=dict(size=14, color="#111111"),  # readable on a projector: dark, not plotly's faint default
         customdata=list(range(len(placed))), showlegend=False,
-        hovertext=[plotly_text(f"{len(n.samples)} answers · tokens {n.start + 1}-{n.start + len(n.tokens)}: "
+        hovertext=[plotly_text(f"{count(len(n.samples), 'answer')} · tokens {n.start + 1}-{n.start + len(n.tokens)}: "
                                f"{_cut(n.text, 80)}") for n, _, _ in placed], hoverinfo="text",
         marker=dict(size=[8 + 10 * len(n.samples) / most for n, _, _ in placed], color=values,
                     colorscale="YlGnBu", showscale=True, colorbar=dict(title=signal.replace("_", " ")))))

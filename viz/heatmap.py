@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 from core.trace import RunTrace, Sample, Token
 
+from .style import count
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -161,7 +163,7 @@ def sample_html(sample: Sample, signal: str, lo: float, hi: float, header: str |
                      f'title="{tooltip(token, signal, merged)}">{visible(text)}</span>')
     if header is None:
         header = (f"prompt {sample.prompt_index + 1} · answer {sample.sample_index + 1} · {sample.finish_reason} · "
-                  f"{len(sample.tokens)} tokens")
+                  + count(len(sample.tokens), "token"))
     body = "".join(spans) or '<span class="esx-nl">(no tokens)</span>'
     return (f'<div class="esx-sample"><div class="esx-head">{escape(header)}</div>'
             f'<div class="esx-text">{body}</div></div>')
@@ -202,7 +204,7 @@ def live_html(columns: Sequence[tuple[str, Sequence[Sequence[str]]]], per_prompt
             kept, moved = visible("".join(pieces[:fork])), visible("".join(pieces[fork:]))
             mark = f'<span style="background:{LIVE_MARK}">{moved}</span>' if moved else ""
             rows.append(f'<div class="esx-sample"><div class="esx-head">answer {r % per_prompt + 1} · '
-                        f'{len(pieces)} tokens</div><div class="esx-text">{kept}{mark}'
+                        f'{count(len(pieces), "token")}</div><div class="esx-text">{kept}{mark}'
                         f'{"" if pieces else "…"}</div></div>')
         cells.append(f'<div><div style="font-weight:600;margin:.2em 0">{escape(label)}</div>{"".join(rows)}</div>')
     grid = f'<div style="display:grid;grid-template-columns:repeat({max(len(cells), 1)},1fr);gap:1em">'

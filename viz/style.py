@@ -1,4 +1,4 @@
-"""Colours shared by every figure: colour-blind-safe (Okabe-Ito for categories)."""
+"""Colours shared by every figure: colour-blind-safe (Okabe-Ito for categories); and counted words."""
 
 from html import escape
 from typing import Sequence
@@ -24,6 +24,11 @@ def plotly_text(text: object) -> str:
     """Text for a plotly label, title or hover: plotly renders a few HTML tags (<b>, <a href>, <br>),
     so <, > and & are escaped; quotes are not, since plotly would show their entities as written."""
     return escape(str(text), quote=False)
+
+
+def count(n: int, noun: str) -> str:
+    """"1 token", "2 tokens", "0 tokens": a count and its noun (a regular plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def run_colours(labels: Sequence[str]) -> dict[str, str]:

@@ -13,6 +13,21 @@ def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def measured_on(report: dict, command: str | None = None) -> str:
+    """The line above a report's tables, so that every figure says where it was measured: the CPU (as
+    ``core.backends.hardware.cpu_name`` names it), how many, a GPU if any (or the server a model ran on),
+    the model's dtype where the report has one, torch's version and the command."""
+    m = report.get("machine") or {}  # an early report may lack it, or some of its fields
+    if m.get("server"):
+        where = f"On the server at {m['server']}"
+    else:
+        gpu = f", {m['cuda']}" if m.get("cuda") else ""
+        where = f"On {m.get('cpu', 'an unrecorded CPU')} ({m.get('cpus', '?')} CPUs{gpu})"
+    dtype = m.get("dtype") or report.get("dtype")
+    where += (f", the model in {dtype}" if dtype else "") + (f", torch {m['torch']}" if m.get("torch") else "")
+    return f"{where}: `{command or report.get('command', 'an unrecorded command')}`.\n\n"
+
+
 def publish(report: dict, json_path: Path | None, markdown_path: Path | None,
             markdown: Callable[[dict], str]) -> int:
     """Write `report` as JSON and as its markdown table where asked, print the table; the exit status 0."""

@@ -42,6 +42,7 @@ from viz.charts import learning_curves_figure
 from viz.report import write_images
 from viz.summary import quarter_means, trace_quarters
 
+from . import measured_on
 from .quality import machine
 
 PROMPTS = ["Describe a city in the year 3000.", "Explain how a refrigerator works."]
@@ -286,17 +287,17 @@ def main(argv=None) -> int:
     if not 0 <= a.probe < a.tokens:
         ap.error(f"--probe must be a step from 0 to {a.tokens - 1}, but is {a.probe}.")
     t_start = time.perf_counter()
+    command = "python -m bench.distiller " + " ".join(argv if argv is not None else sys.argv[1:])
     lm = load_model()
     if a.starts:
         rows = starts(lm, a.seed, tokens=12 if a.quick else 32, probe=4 if a.quick else 16, n=3 if a.quick else 16)
         table = starts_markdown(rows, 4 if a.quick else 16)
         print("\n" + table)
         if a.json:
-            a.json.write_text(json.dumps({"command": "python -m bench.distiller " + " ".join(
-                argv if argv is not None else sys.argv[1:]), "model": lm.name, "machine": machine(lm),
+            a.json.write_text(json.dumps({"command": command, "model": lm.name, "machine": machine(lm),
                 "prompts": START_PROMPTS, "seed": a.seed, "starts": rows}, indent=2))
         if a.markdown:
-            a.markdown.write_text(table + "\n")
+            a.markdown.write_text(measured_on({"machine": machine(lm)}, command) + table + "\n")
         return 0
     data = {p: states(lm, p, a.n, a.tokens, a.seed) for p in PROMPTS}
     if a.dtypes:
@@ -305,12 +306,11 @@ def main(argv=None) -> int:
         table = dtypes_markdown(rows, a.probe) + "\n\n" + bank_markdown(steps)
         print("\n" + table)
         if a.json:
-            a.json.write_text(json.dumps({"command": "python -m bench.distiller " + " ".join(
-                argv if argv is not None else sys.argv[1:]), "model": lm.name, "machine": machine(lm),
+            a.json.write_text(json.dumps({"command": command, "model": lm.name, "machine": machine(lm),
                 "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
                 "seconds": time.perf_counter() - t_start, "dtypes": rows, "bank_steps": steps}, indent=2))
         if a.markdown:
-            a.markdown.write_text(table + "\n")
+            a.markdown.write_text(measured_on({"machine": machine(lm)}, command) + table + "\n")
         return 0
     results = []
     designs = [(name, d) for name, d in DESIGNS.items()]
@@ -327,14 +327,14 @@ def main(argv=None) -> int:
     engine = {b: engine_check(b, a.n, a.tokens, a.seed) for b in a.backends.split(",") if b}
     table = markdown(results, a.probe) + "\n\n" + engine_markdown(engine)
     print("\n" + table)
-    out = {"command": "python -m bench.distiller " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": command,
            "model": lm.name, "prompts": PROMPTS, "n": a.n, "tokens": a.tokens, "seed": a.seed, "probe": a.probe,
            "default": dataclasses.asdict(EsampConfig()), "machine": machine(lm),
            "seconds": time.perf_counter() - t_start, "designs": results, "engine": engine}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
-        a.markdown.write_text(table + "\n")
+        a.markdown.write_text(measured_on(out) + table + "\n")
     if a.images:
         write_images({"distiller-learning": learning_figure(results)}, a.images)
     return 0

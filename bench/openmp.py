@@ -23,7 +23,7 @@ from pathlib import Path
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
 from core.backends import hardware
 
-from . import read_prompts
+from . import measured_on, read_prompts
 from .quality import machine, write_report
 
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                 f"{k} {statistics.median(result[k]):.0f} tokens/s" for k in ("vllm-native", "esamp")), flush=True)
     command = "python -m bench.openmp " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command, "machine": processes[0]["machine"], "processes": processes}
-    write_report(a, report, markdown(report))
+    write_report(a, report, measured_on(report) + markdown(report))
     return 0
 
 

@@ -37,6 +37,7 @@ from core.tasks import Task, arithmetic_tasks, is_correct
 from viz import charts, metrics
 from viz.report import write_images
 
+from . import measured_on
 from .quality import machine, methods, parse_common
 
 
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
-        a.markdown.write_text(table + "\n")
+        added = "".join(f"{', '.join(x['methods'])}: " + measured_on(x) for x in out.get("added", []))
+        a.markdown.write_text(measured_on(out) + added + table + "\n")
     if a.images:
         name = a.json.stem if a.json else "passk"  # beside its JSON: one run's plot never overwrites another's
         write_images({name: charts.pass_at_k_figure(curves)}, a.images)

@@ -30,7 +30,7 @@ from viz import charts, spread
 from viz.report import write_images
 from viz.summary import PromptScores, prompt_scores, sweep_point
 
-from . import read_prompts
+from . import measured_on, read_prompts
 
 
 def methods(sampling: SamplingConfig) -> dict[str, RunConfig]:
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
-        a.markdown.write_text(table + "\n")
+        a.markdown.write_text(measured_on(out) + table + "\n")
     if a.images:
         write_images({"quality-diversity-vs-perplexity": tradeoff_figure(results)}, a.images)
     return 0

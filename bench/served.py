@@ -35,7 +35,7 @@ from core import EsampConfig, RunConfig, SamplingConfig, generate, load_model
 from core.backends.hardware import describe
 
 from .client import connect, running_server
-from . import read_prompts
+from . import measured_on, read_prompts
 from .speed import parse_workload
 
 VARIANTS = ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native", "served-esamp",
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     if a.markdown:
-        a.markdown.write_text(text + "\n")
+        a.markdown.write_text(measured_on(out) + text + "\n")
     return 0
 
 

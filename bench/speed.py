@@ -51,7 +51,7 @@ from core.esamp.clock import PARTS
 from core.esamp.distiller import DistillerBank, weights_dtype
 from core.methods import FILTERS
 
-from . import read_prompts
+from . import measured_on, read_prompts
 
 PROMPTS = read_prompts()
 WORKLOADS = {"transformers": ["1x1", "1x16", "4x16", "8x16"],
@@ -270,15 +270,6 @@ def native_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def measured_on(report: dict) -> str:
-    """The line above a report's tables: on which machine, and the command (each row names its dtype)."""
-    m = report.get("machine") or {}  # an early report may lack it, or some of its fields
-    gpu = f", {m['cuda']}" if m.get("cuda") else ""
-    torch_version = f", torch {m['torch']}" if m.get("torch") else ""
-    where = f"On {m.get('cpu', 'an unrecorded CPU')} ({m.get('cpus', '?')} CPUs{gpu}){torch_version}"
-    return f"{where}: `{report.get('command', 'python -m bench.speed')}`.\n\n"
-
-
 def report_markdown(rows: list[dict], table: list[dict], profile: dict, workload: str) -> str:
     """The report's tables: every run, ESamp against plain by size, against native (when it ran), per step."""
     text = markdown(rows) + "\n\n" + scaling_markdown(table)
@@ -374,8 +365,8 @@ def main(argv=None) -> int:
     if a.render:
         report = json.loads(a.render.read_text())
         profile = {(p["backend"], p["variant"]): p for p in report["profile"]}
-        text = measured_on(report) + report_markdown(report["rows"], report["scaling"], profile,
-                                                     report["profile_workload"])
+        text = measured_on(report, report.get("command", "python -m bench.speed")) + report_markdown(
+            report["rows"], report["scaling"], profile, report["profile_workload"])
         (a.markdown.write_text(text + "\n") if a.markdown else print(text))
         return 0
     backends = a.backends.split(",")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import passk, quality, read_prompts, speed
+from bench import measured_on, passk, quality, read_prompts, speed
 from core import EsampConfig, RunConfig
 
 
@@ -29,14 +29,30 @@ def test_quality_quick_reports_every_method_and_metric(tmp_path):
         assert all(set(v) == {"mean", "se"} for v in r["summary"].values())
         assert all(len(v) == 2 for v in r["per_prompt"].values())  # two prompts in --quick
     assert report["prompts"] == read_prompts()[:2] and len(read_prompts()) >= 24
-    assert table.read_text().count("\n") == len(labels) + 2
+    assert table.read_text().startswith(measured_on(report)) and report["machine"]["dtype"] in measured_on(report)
+    assert table.read_text().count("\n") == 2 + len(labels) + 2  # the line that says where, then the table
     assert (images / "quality-diversity-vs-perplexity.png").stat().st_size > 0
 
 
+def test_every_reports_first_line_says_where_it_was_measured():
+    """The CPU as a report names it, a GPU or the server where there is one, the dtype, torch and the command;
+    an early report lacking some of it still gets a line."""
+    cpu = {"cpu": "AMD EPYC (family 25, model 17)", "cpus": 2, "torch": "2.13.0", "cuda": None, "dtype": "bfloat16"}
+    assert measured_on({"machine": cpu, "command": "python -m bench.x"}) == (
+        "On AMD EPYC (family 25, model 17) (2 CPUs), the model in bfloat16, torch 2.13.0: `python -m bench.x`.\n\n")
+    gpu = {**cpu, "cuda": "NVIDIA H200", "dtype": None}
+    assert measured_on({"machine": gpu, "dtype": "float32"}, "python -m bench.y").startswith(
+        "On AMD EPYC (family 25, model 17) (2 CPUs, NVIDIA H200), the model in float32, torch 2.13.0: `python")
+    assert measured_on({"machine": {"server": "http://127.0.0.1:8000", "dtype": "bfloat16"}}, "c") == (
+        "On the server at http://127.0.0.1:8000, the model in bfloat16: `c`.\n\n")
+    assert measured_on({}) == "On an unrecorded CPU (? CPUs): `an unrecorded command`.\n\n"
+
+
 def test_passk_quick_reports_a_curve_per_method(tmp_path):
-    out = tmp_path / "p.json"
-    assert passk.main(["--quick", "--backend", "transformers", "--json", str(out)]) == 0
+    out, table = tmp_path / "p.json", tmp_path / "p.md"
+    assert passk.main(["--quick", "--backend", "transformers", "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
+    assert table.read_text().startswith(measured_on(report))
     assert len(report["pass_at_k"]) == 11 and len(report["problems"]) == 3
     for label, curve in report["pass_at_k"].items():
         assert len(curve) == 4 and all(0 <= x <= 1 for x in curve)
@@ -151,7 +167,7 @@ def test_openmp_times_the_engine_with_the_callers_team_kept_and_let_go_in_altern
     report = json.loads(out.read_text())
     assert [p["release"] for p in report["processes"]] == [False, True] and report["machine"]["cpu"]
     assert all(p[k] and min(p[k]) > 0 for p in report["processes"] for k in ("vllm-native", "esamp"))
-    assert "| esamp | let go | 1 |" in table.read_text()
+    assert "| esamp | let go | 1 |" in table.read_text() and table.read_text().startswith(measured_on(report))
 
 
 def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):
@@ -222,7 +238,10 @@ def test_distiller_dtypes_quick_replays_each_width_in_float32_and_bfloat16(tmp_p
     steps = json.loads(out.read_text())["bank_steps"]
     assert [r["distillers"] for r in steps] == [4] and set(steps[0]["ms"]) == {"float32", "bfloat16"}
     assert steps[0]["mib"]["bfloat16"] == steps[0]["mib"]["float32"] / 2
-    assert table.read_text().count("\n") == (2 + 2 * len(distiller.WIDTHS)) + 1 + (2 + 1)  # two tables, a blank line
+    where = table.read_text().split("\n\n")[0]
+    assert where.startswith("On ") and "python -m bench.distiller --dtypes --quick" in where  # where it was measured
+    # the line that says where, two tables and a blank line between them
+    assert table.read_text().count("\n") == 2 + (2 + 2 * len(distiller.WIDTHS)) + 1 + (2 + 1)
 
 
 def test_demo_reports_the_time_and_the_effect_at_every_beta(tmp_path):

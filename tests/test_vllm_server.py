@@ -340,11 +340,13 @@ def test_passk_runs_through_the_server(server, tmp_path):
 
 def test_served_quick_times_the_server_beside_the_in_process_backend(server, tmp_path, capsys):
     """bench.served on this module's server (its own start is what bench.served does without --server)."""
+    from bench import measured_on
     from bench import served as served_bench
 
-    out = tmp_path / "served.json"
-    assert served_bench.main(["--quick", "--server", server, "--json", str(out)]) == 0
+    out, table = tmp_path / "served.json", tmp_path / "served.md"
+    assert served_bench.main(["--quick", "--server", server, "--json", str(out), "--markdown", str(table)]) == 0
     report = json.loads(out.read_text())
+    assert table.read_text().startswith(measured_on(report)) and "the model in" in measured_on(report)
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["inprocess-plain", "inprocess-esamp", "inprocess-esamp-each", "served-native",
                           "served-esamp", "routes-plain", "routes-esamp"]

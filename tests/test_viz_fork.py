@@ -40,8 +40,11 @@ def test_forks_of_a_hand_made_ladder():
     assert first.esamp.top[0].p_new == 0.6  # the candidates at the fork, before and after fusion
     assert found[2].plain is None and found[2].esamp.id == 10  # plain had ended; ESamp went on
     assert fork_sentence("β = 1", found) == ("β = 1: 2 of 3 answers part from plain sampling's, at a median "
-                                             "token 3.5 (earliest 3, latest 4); 1 stay the same throughout.")
+                                             "token 3.5 (earliest 3, latest 4); 1 stays the same throughout.")
     assert "all 3 answers are plain" in fork_sentence("β = 1", forks(plain, plain))
+    one = (trace(LADDER[0], [[1, 2, 3]]), trace(LADDER[1], [[1, 2, 6]], moved_from=1))  # n = 1: one answer
+    assert fork_sentence("β = 1", forks(*one)) == "β = 1: its answer parts from plain sampling's at token 3."
+    assert fork_sentence("β = 1", forks(one[0], one[0])).startswith("β = 1: its answer is plain sampling's")
     fig = fork_figure({"β = 1": found}, warmup=2)
     assert list(fig.data[0].x) == [3, 4] and fig.layout.shapes[0].x1 == 3.5  # warm-up shaded to token 3
 

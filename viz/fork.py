@@ -66,7 +66,10 @@ def fork_sentence(label: str, found: Sequence[Fork]) -> str:
     parted = sorted(f.position + 1 for f in found if f.position is not None)  # 1-based, as the page counts
     same = len(found) - len(parted)
     if not parted:
-        return f"{label}: all {len(found)} answers are plain sampling's, token for token (fusion never changed a draw)."
+        which = "its answer is" if len(found) == 1 else f"all {len(found)} answers are"
+        return f"{label}: {which} plain sampling's, token for token (fusion never changed a draw)."
+    if len(found) == 1:
+        return f"{label}: its answer parts from plain sampling's at token {parted[0]}."
     text = (f"{label}: {len(parted)} of {len(found)} answers part from plain sampling's, at a median token "
             f"{statistics.median(parted):g} (earliest {parted[0]}, latest {parted[-1]})")
-    return text + (f"; {same} stay the same throughout." if same else ".")
+    return text + (f"; {same} {'stays' if same == 1 else 'stay'} the same throughout." if same else ".")

@@ -150,6 +150,45 @@ def test_both_adapters_give_the_same_fused_logits_and_signals(head):
     assert untimed[0] == untimed[1] and untimed[0]["losses"]
 
 
+@pytest.mark.parametrize("top_p", [0.9, 1.0])  # candidates written into the logits; the whole vocabulary's own
+def test_runs_whose_rows_lie_in_a_row_work_on_vllms_logits_where_they_are_as_interleaved_ones_on_copies(head, top_p):
+    """Two runs and a declined request in one batch, each run's rows one after another (each run works
+    on a view of vLLM's logits and writes there) or interleaved (each on a copy of its rows, written
+    back): the same logits out for every request at every step, the declined row untouched, the same
+    results."""
+    def filtered(seed):
+        cfg = config(beta=1.0, seed=seed)
+        return replace(cfg, sampling=replace(cfg.sampling, top_p=top_p))
+
+    who = ["other", ("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # the requests, by their place in the first batch
+    layouts = {"in a row": [0, 1, 2, 3, 4], "interleaved": [0, 1, 3, 2, 4]}  # each request's batch index
+    runners = {name: V1Runner(head) for name in layouts}
+    for name, at in layouts.items():
+        for k in sorted(range(len(who)), key=lambda k: at[k]):  # added in batch order
+            runners[name].add(at[k], SamplingParams(n=1) if who[k] == "other" else
+                              params(who[k][0], who[k][1], filtered(3 if who[k][0] == "a" else 4)))
+    g, moved = torch.Generator().manual_seed(2), []
+    for step in range(4):
+        s, h, logits = states(head, len(who), seed=10 + step)  # by request
+        sampled = torch.randint(0, V, (len(who),), generator=g).tolist()
+        outs = {}
+        for name, at in layouts.items():
+            order = sorted(range(len(who)), key=lambda k: at[k])  # the request at each batch index
+            runs = runners[name].proc.runs
+            runs.capture.s, runs.capture.h = s[order].clone(), h[order].clone()
+            batch = logits[order].clone()
+            out = runners[name].step(batch, list(range(len(who))), [sampled[k] for k in order])
+            assert out is batch  # vLLM's own tensor, written where it is
+            outs[name] = out[torch.tensor([at[k] for k in range(len(who))])]  # back in request order
+        torch.testing.assert_close(outs["in a row"], outs["interleaved"], rtol=0, atol=0)
+        assert torch.equal(outs["in a row"][0], logits[0])  # the declined request's row
+        moved.append(not torch.equal(outs["in a row"][1:], logits[1:]))
+    assert any(moved)
+    for key in ("a", "b"):
+        one, two = (runners[name].proc.runs.take(key) for name in layouts)
+        assert one["error"] is None and one["rows"] == two["rows"]
+
+
 def test_the_engines_banks_keep_float32_distillers_or_a_bfloat16_models_dtype_when_asked():
     runs = V1Runner(LMHead(torch.randn(V, H).bfloat16())).proc.runs
     model = EsampConfig(distiller_dtype="model")

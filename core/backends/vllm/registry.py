@@ -158,9 +158,9 @@ class Registry:
         """One engine step: ``batch`` lists (logits row, Row) of every row of an ESamp run. The runs'
         distillers predict in one forward pass per shared bank, then each run filters its rows in the
         batch's order (each row's distiller found by its row number: the steerer's ``slots``), every
-        run's push is fused in one pass (``_fuse``), and each run writes its rows, so a run that has the
-        whole batch works on vLLM's logits where they are, with no copy of them; then one update per bank
-        trains every run's distillers. Other rows are left as they are."""
+        run's push is fused in one pass (``_fuse``), and each run writes its rows: a run whose rows lie one
+        after another (the whole batch, or a part of it) works on vLLM's logits where they are, with no
+        copy of them. Then one update per bank trains every run's distillers. Other rows are left as they are."""
         by_run: dict[str, list[tuple[int, Row]]] = {}
         for i, r in batch:
             if i < logits.shape[0] and r.run in self.runs:
@@ -179,8 +179,8 @@ class Registry:
         out = logits
         for key, rows in by_run.items():
             fused = None if begun[key] is None else self.runs[key].end(begun[key], pushed.get(key))
-            if fused is None:
-                continue
+            if fused is None or (fused is begun[key].raw and begun[key].in_place):
+                continue  # (written into vLLM's logits where they are)
             index = [i for i, _ in rows]
             if index == list(range(logits.shape[0])):  # one run has the whole batch, in order: no copy
                 out = fused

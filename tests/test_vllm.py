@@ -198,6 +198,28 @@ def test_runs_sharing_the_engine_keep_their_own_distillers(vlm):
                 [t.novelty for s in solo.samples for t in s.tokens], rel=1e-4)
 
 
+def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slots():
+    """Where the rows outnumber vLLM's slots (here 4, for two runs of 4 samples), each prompt's samples go in
+    together once there is room for all of them: its first sample never runs ahead while the others wait
+    (its distiller would see that answer alone), so each run gets the tokens it gets alone, whatever else
+    the engine has to do; a stopped run gives its room back (the machine's default dtype)."""
+    import threading
+
+    from core import generate_runs
+
+    small = load_model(backend="vllm", max_num_seqs=4, kv_cache_gib=0.25)  # (not closed: vLLM's state is global)
+    engine = small.engine
+    assert engine._room == 4
+    configs = [_config(1.0, seed=1, n=4, tokens=6), _config(1.0, seed=2, n=4, tokens=6)]
+    alone = [token_ids(generate(small, PROMPTS[:1], c)) for c in configs]
+    assert [token_ids(t) for t in generate_runs(small, PROMPTS[:1], configs)] == alone
+    assert [token_ids(t) for t in _together(*(lambda c=c: generate(small, PROMPTS[:1], c) for c in configs))] == alone
+    stop = threading.Event()
+    stopped = generate(small, PROMPTS[:1], configs[0], progress=lambda p: stop.set(), cancel=stop)
+    assert stopped.stopped and engine._rows == 0 and not engine._held
+    assert token_ids(generate(small, PROMPTS[:1], configs[1])) == alone[1]
+
+
 def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm):
     """The app's Generate: runs that differ in β alone are one run in the engine (a β per row), so a
     step filters, fuses and records them once, not once a rung. Each rung's tokens are those it gets

@@ -2,6 +2,8 @@
 while any request is unfinished, and callers from any thread add their requests, abort them and
 wait for them between steps. vLLM batches whatever is unfinished at each step (continuous
 batching), so runs from many sessions generate together and none waits for another to finish.
+Where their rows outnumber vLLM's slots, a prompt's samples wait for room together, the callers'
+prompts in turn (``Engine._admit``), so that a run's tokens do not depend on the load.
 
 Only the driver thread touches vLLM's ``LLMEngine`` (it is not thread-safe): everything else
 reaches it through ``Engine.call`` or the queue that ``submit`` and ``abort`` fill.
@@ -11,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import hardware
+from . import internals
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,9 @@ class Request:
 
 @dataclass
 class Submission:
-    """Requests submitted together, followed by the driver: ``first`` go in at once, each of
-    ``after[id]`` once request ``id`` has its first output (its prompt is in the prefix cache)."""
+    """Requests submitted together, followed by the driver: each of ``first`` goes in as soon as there is
+    room in vLLM's batch for it and its ``after[id]``, which go in once request ``id`` has its first
+    output (its prompt is in the prefix cache)."""
 
     first: list[Request]
     after: dict[str, list[Request]] = field(default_factory=dict)
@@ -44,6 +49,10 @@ class Submission:
     steps: int = 0  # engine steps since the first request went in
     error: BaseException | None = None
     _unfinished: set[str] = field(default_factory=set)
+    _waiting: deque = field(default_factory=deque)  # first requests not in yet (``Engine._admit``)
+    _admitted: int = 0  # first requests let in
+    _rows: int = 0  # rows held for them and the requests that join them (``Engine._held``)
+    _since: int = 0  # the engine step it came at
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self):
@@ -80,6 +89,14 @@ class Engine:
         # admits waiting requests in order, and a session that reached the driver one step after the others
         # would otherwise wait behind all their answers' requests (a whole generation where rows outnumber slots)
         self._joining: list[tuple[Submission, Request]] = []
+        # A prompt's samples go in together (``_admit``): where rows outnumber vLLM's slots, a first sample
+        # let in alone would run ahead while its others wait for room, its distiller seeing that answer
+        # alone, and the run's tokens would depend on the load (a run alone has them one step apart).
+        self._room = internals.admission_limit(llm)  # vLLM's rows a step (None: not known, no waiting)
+        self._held: dict[str, int] = {}  # request id -> rows it holds of ``_room`` (in, or to join)
+        self._rows = 0  # their sum
+        self._admitting: deque[Submission] = deque()  # submissions with first requests not in yet
+        self._steps = 0  # engine steps so far
         self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="esamp-vllm-engine", daemon=True)
         self._thread.start()
@@ -131,7 +148,7 @@ class Engine:
         while True:
             with self._cv:
                 while not self._todo and not self._joining and self._dead is None \
-                        and not self._core.has_unfinished_requests():
+                        and not self._core.has_unfinished_requests() and not self._admitting:
                     self._cv.wait()
                 if self._dead is not None:
                     break
@@ -140,6 +157,7 @@ class Engine:
                 action()
             if self._dead is not None:  # closed by one of them
                 break
+            self._admit()
             joining, self._joining = self._joining, []
             for sub, request in joining:
                 if request.id in sub._unfinished:  # not aborted meanwhile
@@ -169,8 +187,12 @@ class Engine:
             if out.finished:
                 self._owner.pop(out.request_id, None)
                 sub._unfinished.discard(out.request_id)
+                rows = self._held.pop(out.request_id, 0)
+                self._rows -= rows
+                sub._rows -= rows
+        self._steps += 1
         for sub in list(self._live):
-            sub.steps += 1
+            sub.steps += bool(sub._admitted)
             problem = next((failed[k] for k in sub.keys if k in failed), None)
             if problem is not None:
                 self._end(sub, RuntimeError(f"ESamp failed inside vLLM: {problem}"))
@@ -180,11 +202,40 @@ class Engine:
 
     def _start(self, sub: Submission) -> None:
         self._live.append(sub)
-        try:
-            for request in sub.first:
+        sub._waiting.extend(sub.first)
+        sub._since = self._steps
+        self._admitting.append(sub)
+
+    def _admit(self) -> None:
+        """Let first requests in, each with room held for the requests that join it, while they fit in
+        vLLM's batch beside the rows in it (or the batch is empty: a prompt with more samples than vLLM's
+        slots). The submission with the fewest prompts in goes first, the earliest among equals, so that
+        every session's first answers start; one that came at this step takes its second and later
+        prompts' room only from the next step where another's rows are in (the sessions that press
+        Generate with it reach the driver a step apart)."""
+        while True:
+            self._admitting = deque(sub for sub in self._admitting if sub._waiting)
+            idle = not self._joining and not self._core.has_unfinished_requests()  # (room held, none in: a leak)
+            ready = [sub for sub in self._admitting if idle or not sub._admitted or sub._since < self._steps
+                     or sub._rows == self._rows]
+            if not ready:
+                return
+            sub = min(ready, key=lambda x: x._admitted)  # (min keeps the earliest of equals)
+            request = sub._waiting[0]
+            group = [request, *sub.after.get(request.id, ())]
+            rows = sum(r.params.n for r in group)
+            if self._room is not None and self._rows + rows > self._room and not idle:
+                return  # (in order: a later, smaller group does not pass it)
+            sub._waiting.popleft()
+            for r in group:
+                self._held[r.id] = r.params.n
+            self._rows += rows
+            sub._rows += rows
+            sub._admitted += 1
+            try:
                 self._add(sub, request)
-        except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
-            self._end(sub, exc)
+            except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
+                self._end(sub, exc)
 
     def _add(self, sub: Submission, request: Request) -> None:
         self._owner[request.id] = sub
@@ -196,7 +247,11 @@ class Engine:
             self._core.abort_request(started)
         for i in started:
             del self._owner[i]
+        for i in sub._unfinished:
+            self._rows -= self._held.pop(i, 0)
+        sub._rows = 0
         sub.after.clear()
+        sub._waiting.clear()
         sub._unfinished.clear()
         if error is not None and sub.error is None:
             sub.error = error
@@ -213,5 +268,6 @@ class Engine:
             sub.error = sub.error or EngineDeadError(f"The vLLM engine stopped: {exc}")
             sub._notify()
         self._live.clear()
+        self._admitting.clear()
         for action in todo:  # calls waiting for an answer get the error
             action()

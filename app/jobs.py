@@ -61,7 +61,8 @@ class Job:
         if not ps:
             return None
         return Progress(max(p.step for p in ps), max(p.max_steps for p in ps), sum(p.tokens for p in ps),
-                        max(p.max_tokens for p in ps) * len(self.labels), max(p.seconds for p in ps))
+                        max(p.max_tokens for p in ps) * len(self.labels), max(p.seconds for p in ps),
+                        waiting=all(p.waiting for p in ps))
 
     def going(self) -> list[int]:
         """The runs generating now: those that reported and have steps left."""

@@ -382,6 +382,9 @@ def job_status(job: Job) -> str:
                   "transformers (the vllm backend generates every session's runs at once)…")
     elif job.phase == "scoring":
         detail = "scoring perplexity…"
+    elif job.progress and job.progress.waiting:
+        detail = ("waiting for room: the engine is full of other sessions' answers, and these start as theirs "
+                  "finish…")
     elif job.progress:
         p = job.progress
         detail = f"{p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"

@@ -591,6 +591,20 @@ def test_a_job_that_finishes_while_its_live_answers_are_drawn_is_shown_finished_
     assert "finished: True" in texts(at) and not at.get("html")
 
 
+def test_a_job_whose_runs_wait_for_room_says_so():
+    """A session whose runs find the vLLM engine full (other sessions' answers in every slot) hears why it
+    has no tokens yet, not "0 tokens · 0.0 tokens/s"."""
+    from app.jobs import Job
+    from app.render import job_status
+    from core.backends.base import Progress
+
+    job = Job(["plain", "esamp β=1"], phase="running")
+    job.progresses = {i: Progress(0, 32, 0, 512, 0.5, run=i, waiting=True) for i in (0, 1)}
+    assert "waiting for room" in job_status(job)
+    job.progresses[1] = Progress(1, 32, 16, 512, 0.9, run=1)
+    assert "waiting" not in job_status(job) and "16 of 1024 tokens" in job_status(job)
+
+
 def _branch_page():
     """render.comparison on a run with one branch of its answer 1 (hand-made from a stored trace)."""
     from dataclasses import replace

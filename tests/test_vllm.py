@@ -224,7 +224,17 @@ def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slo
     stop = threading.Event()
     stopped = generate(vlm_small, PROMPTS[:1], configs[0], progress=lambda p: stop.set(), cancel=stop)
     assert stopped.stopped and engine._rows == 0 and not engine._held
-    assert token_ids(generate(vlm_small, PROMPTS[:1], configs[1])) == alone[1]
+    # a run that finds the engine full says so until its answers start, and then gets its own tokens
+    started = threading.Event()
+    holder = threading.Thread(target=lambda: generate(vlm_small, PROMPTS[:1], _config(1.0, seed=3, n=4, tokens=24),
+                                                      progress=lambda p: p.tokens and started.set()))
+    holder.start()
+    assert started.wait(300)
+    seen = []
+    later = generate(vlm_small, PROMPTS[:1], configs[1], progress=seen.append)
+    holder.join()
+    assert seen[0].waiting and not seen[-1].waiting and not any(p.waiting and p.tokens for p in seen)
+    assert token_ids(later) == alone[1]
 
 
 def test_where_rows_outnumber_the_slots_every_sessions_first_prompt_goes_in_first(vlm_small, monkeypatch):

@@ -32,6 +32,8 @@ class Progress:
     # Each row's answer so far (row = prompt * n + sample) as token pieces, for a view that watches the
     # answers grow; () where the backend was not asked for them or has none yet.
     answers: tuple[tuple[str, ...], ...] = ()
+    # None of the run's answers has started: they wait for room in a full engine (vLLM, other sessions' rows)
+    waiting: bool = False
 
     @property
     def tokens_per_s(self) -> float:

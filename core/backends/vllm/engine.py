@@ -59,6 +59,11 @@ class Submission:
         self._unfinished = {r.id for r in self.first} | {r.id for rs in self.after.values() for r in rs}
 
     @property
+    def queued(self) -> bool:
+        """None of its requests is in yet: they wait for room in vLLM's batch (``Engine._admit``)."""
+        return not self._admitted and bool(self._waiting) and not self.finished
+
+    @property
     def finished(self) -> bool:
         return not self._unfinished or self.error is not None
 

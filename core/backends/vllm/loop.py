@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ...config import RunConfig, ladder_key
@@ -163,14 +163,14 @@ def results_of(runs: Sequence[Run], taken: dict[str, dict]) -> list[dict]:
 def _follow(lm: VllmModel, sub: Submission, runs: list[Run], progress: ProgressFn | None,
             cancel: threading.Event | None, t0: float) -> bool:
     """Wait for ``sub``, reporting each run's progress and aborting it on ``cancel``; True if stopped."""
-    stopped, seen = False, -1
+    stopped, seen = False, None
     live = live_pieces(lm.tokenizer, runs, lm.eos_ids) if progress is not None else None
     while not sub.finished:
         sub.wait(POLL_S)
-        if progress is not None and sub.steps != seen:
-            seen = sub.steps
-            for p in progress_of(runs, sub.ids, seen, t0, live):
-                progress(p)
+        if progress is not None and (sub.steps, sub.queued) != seen:
+            seen = sub.steps, sub.queued
+            for p in progress_of(runs, sub.ids, sub.steps, t0, live):
+                progress(replace(p, waiting=True) if seen[1] else p)
         if cancel is not None and cancel.is_set() and not stopped and not sub.finished:
             stopped = True
             lm.engine.abort(sub)

@@ -98,6 +98,9 @@ class Engine:
         # let in alone would run ahead while its others wait for room, its distiller seeing that answer
         # alone, and the run's tokens would depend on the load (a run alone has them one step apart).
         self._room = internals.admission_limit(llm)  # vLLM's rows a step (None: not known, no waiting)
+        if self._room is None:
+            log.warning("This vLLM does not say how many requests it runs a step (internals.py, fact 12): where "
+                        "rows outnumber its slots, a run's answers may start apart and its tokens depend on the load.")
         self._held: dict[str, int] = {}  # request id -> rows it holds of ``_room`` (in, or to join)
         self._rows = 0  # their sum
         self._admitting: deque[Submission] = deque()  # submissions with first requests not in yet

@@ -202,7 +202,7 @@ def test_runs_sharing_the_engine_keep_their_own_distillers(vlm):
 def vlm_small():
     """An engine with 4 slots (vLLM's ``max_num_seqs``), where a few runs' rows outnumber them; not closed:
     closing an engine in this process ends vLLM's parallel state for the others too."""
-    return load_model(backend="vllm", max_num_seqs=4, kv_cache_gib=0.25, max_model_len=1024)  # (float32 too)
+    return load_model(backend="vllm", max_num_seqs=4, kv_cache_gib=0.25, max_model_len=1024)  # (fits either dtype)
 
 
 def test_a_prompts_samples_wait_for_room_together_where_rows_outnumber_vllms_slots(vlm_small):

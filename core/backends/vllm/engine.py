@@ -92,7 +92,8 @@ class Engine:
         self._live: list[Submission] = []
         # requests a step released (``Submission.after``), added after the next submissions' first ones: vLLM
         # admits waiting requests in order, and a session that reached the driver one step after the others
-        # would otherwise wait behind all their answers' requests (a whole generation where rows outnumber slots)
+        # would otherwise wait behind all their answers' requests (a whole generation where rows outnumber slots;
+        # where vLLM's slots are known, ``_admit`` holds room for these before their first ones go in)
         self._joining: list[tuple[Submission, Request]] = []
         # A prompt's samples go in together (``_admit``): where rows outnumber vLLM's slots, a first sample
         # let in alone would run ahead while its others wait for room, its distiller seeing that answer

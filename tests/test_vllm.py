@@ -640,3 +640,75 @@ def test_a_generate_one_step_late_goes_in_before_the_answers_that_step_released(
     assert added == ["early-0", "late-0", "early-1", "early-2", "early-3"]
     assert all(len(sub.ids[r]) == 3 for sub in (early, late) for r in sub.ids)
 
+
+
+def test_a_served_runs_samples_start_together_however_they_reach_the_engine(vlm):
+    """vLLM's engine takes a request's n samples one by one, and in its own process may step between
+    two of them (internals, fact 13): a seeded served run then came back with other answers now and
+    then. ESamp holds a run's samples there until all of them have come. Here the engine steps right
+    after the first sample came, as that timing would have it, and the answers are the run's own."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    ids = encode_prompts(vlm, ["Write a short poem about a lighthouse."], True, 24)[0]
+
+    def answers(step_after_first: bool) -> list[list[int]]:
+        def go(llm):
+            engine, client, steps = llm.llm_engine, llm.llm_engine.engine_core, []
+            add = client.add_request
+
+            def arrives(request):
+                add(request)
+                if step_after_first and not steps:
+                    steps.append(engine.step())
+
+            params = SamplingParams(n=4, seed=7, max_tokens=24, ignore_eos=True,
+                                    output_kind=RequestOutputKind.FINAL_ONLY,
+                                    extra_args={"esamp_beta": 1.0, "esamp_max_kl": 5, "esamp_warmup_steps": 0})
+            client.add_request = arrives
+            try:
+                engine.add_request(f"served-{step_after_first}", {"prompt_token_ids": ids}, params)
+            finally:
+                del client.add_request
+            outs = [o for step in steps for o in step]
+            while engine.has_unfinished_requests():
+                outs += engine.step()
+            return [list(c.token_ids) for o in outs for c in sorted(o.outputs, key=lambda c: c.index)]
+
+        return vlm.engine.call(go)
+
+    alone = answers(False)
+    assert len(alone) == 4 and all(len(a) == 24 for a in alone) and len({tuple(a) for a in alone}) == 4
+    assert answers(True) == alone
+
+
+def test_an_abort_takes_the_samples_held_for_a_served_run(vlm):
+    """A request whose other samples never come (its front end failed while sending them) is aborted
+    by vLLM: the samples held for it go, and the engine holds nothing."""
+    from vllm import SamplingParams
+
+    ids = encode_prompts(vlm, ["Name a colour."], True, 4)[0]
+
+    def go(llm):
+        engine, client = llm.llm_engine, llm.llm_engine.engine_core
+        add = client.add_request
+
+        def fails_after_first(request):
+            add(request)
+            raise ConnectionError("the front end went away")
+
+        params = SamplingParams(n=3, seed=1, max_tokens=4, extra_args={"esamp_beta": 1.0})
+        client.add_request = fails_after_first
+        try:
+            engine.add_request("half-sent", {"prompt_token_ids": ids}, params)
+        except ConnectionError:
+            pass
+        finally:
+            del client.add_request
+        held = dict(client.engine_core._esamp_held)
+        engine.abort_request(["half-sent"])
+        return held, dict(client.engine_core._esamp_held), engine.has_unfinished_requests()
+
+    held, after, unfinished = vlm.engine.call(go)
+    assert [len(children) for children in held.values()] == [1]
+    assert after == {} and not unfinished

@@ -73,13 +73,16 @@ def test_beta_zero_is_vllms_own_sampling_and_beta_above_zero_changes_it(client):
     assert complete(client) == own  # and a request that does not ask is untouched afterwards
 
 
-def test_a_seeded_esamp_request_sent_again_gives_the_same_answer(client):
-    """A served run is reproduced by its seed, however far it pushes: the same one-sample request
-    three times, the first with its prompt not yet in vLLM's prefix cache, gives one answer. (With
-    n > 1 the samples may start in different engine steps, which vLLM's timing decides: docs/serving.md.)"""
-    ask, prompt = {"esamp_beta": 1.0, "esamp_max_kl": 5}, "Write a short poem about a lighthouse."
-    answers = [complete(client, ask, prompt=prompt, n=1, seed=7, tokens=24) for _ in range(3)]
-    assert answers[0] == answers[1] == answers[2]
+def test_a_seeded_esamp_request_sent_again_gives_the_same_answers(server, tmp_path):
+    """A served run is reproduced by its seed, however far it pushes (bench.repeat): the same request
+    of 4 samples three times, the first with its prompt not yet in vLLM's prefix cache, gives the same
+    4 answers (its samples go in together however vLLM's engine process takes them: test_vllm.py)."""
+    from bench import repeat
+
+    out = tmp_path / "repeat.json"
+    assert repeat.main(["--server", server, "--sends", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["which"] == [0, 0, 0] and len(set(report["answers"][0])) == 4
 
 
 @pytest.mark.parametrize("xargs, body, named", [

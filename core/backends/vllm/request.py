@@ -67,6 +67,19 @@ def run_of(params) -> str | None:
     return extra.get("run") if isinstance(extra, dict) else None
 
 
+def served_run(params) -> tuple[str, int] | None:
+    """A served run's key and its number of samples, for a request that vLLM made of it (one of its n
+    child requests: their record has no row), where it has more than one; else None."""
+    extra = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+    if not isinstance(extra, dict) or extra.get("row") is not None:
+        return None
+    try:  # (checked where vLLM took the request: check_extra)
+        key, n = extra["run"], extra["config"]["sampling"]["n"]
+    except (KeyError, TypeError):
+        return None
+    return (key, n) if isinstance(n, int) and n > 1 else None
+
+
 def check_extra(extra) -> RunConfig:
     """The RunConfig of a request's ESamp record (``request_extra``); ValueError saying what is wrong."""
     return check_record(extra)[0]

@@ -129,7 +129,7 @@ def from_served(lm) -> dict:
 
     params = SamplingParams(n=2, max_tokens=2, seed=0, temperature=1.0, extra_args={"esamp_beta": 1.0})
     with Walk(lm.engine) as walk:
-        sub = lm.engine.submit(Submission([Request("walk", lm.tokenizer.encode("Name a colour."), params)]))
+        sub = lm.engine.submit(Submission([[Request("walk", lm.tokenizer.encode("Name a colour."), params)]]))
         deadline = time.monotonic() + 600
         while not sub.finished and time.monotonic() < deadline:
             sub.wait(1.0)

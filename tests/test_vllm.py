@@ -64,9 +64,8 @@ def test_esamp_changes_the_distribution_and_logs_every_signal(vlm):
         assert 1 <= len(t.top) <= 5
     gains = [t.logp_new - t.logp_ref for s in trace.samples for t in s.tokens[1:]]
     assert any(abs(g) > 1e-4 for g in gains)
-    # one update per engine step with rows of the prompt: the second sample joins a step after the
-    # first (once the prompt is in the prefix cache), so 8 + 1 steps
-    assert [len(p.loss) for p in trace.prompts] == [9, 9]
+    # one update per engine step with rows of the prompt: its samples go in together, so 8 steps
+    assert [len(p.loss) for p in trace.prompts] == [8, 8]
 
 
 def test_a_warm_up_holds_the_guidance_back_on_vllm_too(vlm, check_warm_up):
@@ -107,7 +106,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
     monkeypatch.setattr(Steerer, "plan", recording)
     trace = run(vlm, prompts=PROMPTS[:1], beta=0.5, n=2, max_new_tokens=6, seed=3, ignore_eos=True)
     monkeypatch.setattr(Steerer, "plan", original)
-    assert len(calls) == 7  # 6 tokens; the second sample joins a step later (the prompt is cached by then)
+    assert len(calls) == 6  # 6 tokens: both samples go in at the first step
 
     # The same states: row 0 at step 4, recomputed by the transformers model in float32.
     prompt_ids = encode_prompts(vlm, PROMPTS[:1], True, 6)[0]
@@ -132,7 +131,7 @@ def test_states_and_fused_logits_match_the_transformers_backend(vlm, lm32, monke
 def test_distiller_loss_falls_over_a_generation(vlm):
     trace = run(vlm, prompts=[PROMPTS[1]], n=4, max_new_tokens=64, ignore_eos=True, seed=5)
     loss = trace.prompts[0].loss
-    assert len(loss) == 64 + 1  # the other samples join a step after the first
+    assert len(loss) == 64  # one update a step: the samples go in together
     assert sum(loss[-8:]) / 8 < 0.8 * sum(loss[:8]) / 8
 
 
@@ -250,8 +249,7 @@ def test_where_rows_outnumber_the_slots_every_sessions_first_prompt_goes_in_firs
     params = SamplingParams(max_tokens=3, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
 
     def session(name: str, prompts: int = 2) -> Submission:
-        firsts = [Request(f"{name}-{p}", ids, params.clone()) for p in range(prompts)]
-        return Submission(firsts, {f.id: [Request(f"{f.id}-1", ids, params.clone())] for f in firsts})
+        return Submission([[Request(f"{name}-{p}-{s}", ids, params.clone()) for s in (0, 1)] for p in range(prompts)])
 
     added, add = [], engine._core.add_request
 
@@ -260,14 +258,14 @@ def test_where_rows_outnumber_the_slots_every_sessions_first_prompt_goes_in_firs
         return add(request_id, *args, **kwargs)
 
     monkeypatch.setattr(engine._core, "add_request", spy_add)
-    for subs, order in (([session("a"), session("b")], ["a-0", "b-0", "a-0-1", "b-0-1", "a-1", "b-1"]),
-                        ([session("c", 1), session("d", 1)], ["c-0", "d-0", "c-0-1", "d-0-1"])):
+    for subs, order in (([session("a"), session("b")], ["a-0", "b-0", "a-1", "b-1"]),
+                        ([session("c", 1), session("d", 1)], ["c-0", "d-0"])):
         added.clear()
         engine.call(lambda _, subs=subs: [engine._start(sub) for sub in subs])  # (at one step of the driver)
         while not all(sub.finished for sub in subs):
             subs[0].wait(0.05)
         assert all(sub.error is None for sub in subs) and all(len(sub.ids[r]) == 3 for sub in subs for r in sub.ids)
-        assert [i for i in added if not i.endswith("-1-1")] == order, added
+        assert [i[:-2] for i in added] == [prompt for prompt in order for _ in (0, 1)], added  # (its 2 together)
     assert engine._rows == 0 and not engine._held
 
 
@@ -287,7 +285,7 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
     ladder = beta_ladder(base, (0.0, 0.5, 1.5), scale_bound=True)
     other = replace(ladder[1], sampling=replace(base.sampling, seed=6))  # another seed: a run of its own
     configs = [*ladder, other]
-    runs, _, _ = requests_of(vdefault, encode_runs(vdefault, PROMPTS, configs), configs)
+    runs, _ = requests_of(vdefault, encode_runs(vdefault, PROMPTS, configs), configs)
     assert len({r.key for r in runs[:3]}) == 1 and runs[3].key != runs[0].key and [r.rung for r in runs] == [0, 1, 2, 0]
     together = generate_runs(vdefault, PROMPTS, configs)
     for config, got in zip(configs, together):
@@ -305,9 +303,9 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
 
 
 def test_a_run_nobody_watches_asks_vllm_for_final_outputs_only_and_gets_the_same_run(monkeypatch):
-    """Without a progress callback only each prompt's first sample reports every step (the others join
-    after its first output); the rest report at their end. The run is the same as one watched live:
-    its tokens and signals come from the worker, not from vLLM's outputs (the machine's default dtype)."""
+    """Without a progress callback only each prompt's first sample reports every step; the rest report at
+    their end. The run is the same as one watched live: its tokens and signals come from the worker, not
+    from vLLM's outputs (the machine's default dtype)."""
     from vllm.sampling_params import RequestOutputKind
 
     from core.backends.vllm import loop
@@ -317,10 +315,9 @@ def test_a_run_nobody_watches_asks_vllm_for_final_outputs_only_and_gets_the_same
     requests_of = loop.requests_of
 
     def spy(*args, **kwargs):
-        runs, first, after = requests_of(*args, **kwargs)
-        joining = [r for rs in after.values() for r in rs]
-        kinds.append(([r.params.output_kind for r in first], [r.params.output_kind for r in joining]))
-        return runs, first, after
+        runs, groups = requests_of(*args, **kwargs)
+        kinds.append(([g[0].params.output_kind for g in groups], [r.params.output_kind for g in groups for r in g[1:]]))
+        return runs, groups
 
     monkeypatch.setattr(loop, "requests_of", spy)
     config = _config(0.5, seed=3, n=3, tokens=8)
@@ -467,7 +464,7 @@ def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
     trace = json.loads(out.read_text())
     assert trace["backend"] == "vllm" and len(trace["samples"]) == 2
     assert all(len(s["tokens"]) == 6 for s in trace["samples"])
-    assert len(trace["prompts"][0]["loss"]) == 6 + 1
+    assert len(trace["prompts"][0]["loss"]) == 6
 
 
 def test_perplexity_on_vllm_matches_transformers(vlm, lm32):
@@ -540,9 +537,8 @@ def test_the_engine_in_vllms_own_process_runs_the_same_esamp(vlm, vlm_process):
     import threading
 
     assert vlm_process.placement == "process" and vlm_process.head is None
-    # n = 1: every row starts at once (a prompt's later samples join when the caller sees its first
-    # token, and with the engine in another process that step depends on timing).
-    cfg = _config(0.5, seed=21, n=1, tokens=12)
+    # a prompt's samples start at one step there too, however the engine's process takes them (fact 13)
+    cfg = _config(0.5, seed=21, n=3, tokens=12)
     assert_same_esamp(generate(vlm, PROMPTS, cfg), generate(vlm_process, PROMPTS, cfg))
 
     cancel = threading.Event()
@@ -601,45 +597,19 @@ def test_a_caller_lets_its_openmp_threads_go_before_it_waits_on_the_engines_driv
     assert seen and set(seen) == {threading.get_ident()}
 
 
-def test_a_generate_one_step_late_goes_in_before_the_answers_that_step_released(vlm, monkeypatch):
-    """vLLM admits waiting requests in order. A session whose Generate reaches the engine's driver while a
-    step runs has its first requests added before the other sessions' answers that step released (each
-    prompt's other samples join once its first is in), not behind them: where rows outnumber vLLM's slots
-    it would otherwise wait a whole generation for its first token."""
+def test_a_prompts_samples_in_one_step_prefill_it_once(vlm):
+    """internals, fact 14: vLLM's prefix cache shares a prompt's full blocks among the requests that go in
+    at the same step, which is why a prompt's samples go in together rather than its first one ahead."""
+    import random
+
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
-    from core.backends import hardware
-    from core.backends.vllm.engine import Request, Submission
+    from core.backends.vllm.loop import native
 
-    engine, ids = vlm.engine, encode_prompts(vlm, PROMPTS[:1], True, 3)[0]
-    params = SamplingParams(max_tokens=3, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
-    early = Submission([Request("early-0", ids, params.clone())],
-                       {"early-0": [Request(f"early-{i}", ids, params.clone()) for i in (1, 2, 3)]})
-    late = Submission([Request("late-0", ids, params.clone())])
-    core, added, sent = engine._core, [], []
-    add, step = core.add_request, core.step
-
-    def spy_add(request_id, *args, **kwargs):
-        added.append(request_id)
-        return add(request_id, *args, **kwargs)
-
-    def step_then_late():  # the late Generate arrives while the first step runs
-        out = step()
-        if not sent:
-            sent.append(engine.submit(late))
-        return out
-
-    monkeypatch.setattr(hardware, "release_openmp_threads", lambda: None)  # (submit's, here on the driver)
-    monkeypatch.setattr(core, "add_request", spy_add)
-    monkeypatch.setattr(core, "step", step_then_late)
-    engine.submit(early)
-    while not (early.finished and late.finished):
-        (late if early.finished else early).wait(0.05)
-    assert early.error is None and late.error is None
-    assert added == ["early-0", "late-0", "early-1", "early-2", "early-3"]
-    assert all(len(sub.ids[r]) == 3 for sub in (early, late) for r in sub.ids)
-
+    block = vlm.engine.llm.llm_engine.vllm_config.cache_config.block_size
+    prompt = [random.Random(7).randrange(1000, 40000) for _ in range(2 * block + 5)]  # (in no cache yet)
+    outs = native(vlm, [prompt] * 3, [SamplingParams(max_tokens=1, detokenize=False)] * 3)
+    assert [o.num_cached_tokens for o in outs] == [0, 2 * block, 2 * block]
 
 
 def test_a_served_runs_samples_start_together_however_they_reach_the_engine(vlm):

@@ -405,9 +405,10 @@ def post(url: str, route: str, body) -> tuple[int, dict]:
 
 
 def test_the_server_backend_runs_what_the_in_process_backend_runs(server):
-    """The same runs through the server's routes and in process (both vLLM, float32): plain sampling's
-    tokens are the same; ESamp's change them; every token carries its signals; the progress names both
-    runs; the traces say they ran on the server; the answers' log-probabilities agree."""
+    """The same runs through the server's routes and in process (both vLLM, float32): the same tokens,
+    plain sampling's and ESamp's (a job's requests go into the server's engine together, as in process:
+    internals, fact 13); ESamp's differ from plain's; every token carries its signals; the progress
+    names both runs; the traces say they ran on the server; the answers' log-probabilities agree."""
     lm = load_model(backend="server", url=server)
     assert (lm.name, lm.backend, str(lm.dtype)) == (DEFAULT_MODEL, "server", "torch.float32")
     configs = [esamp_config(beta=0.0), esamp_config(beta=1.0)]
@@ -425,7 +426,7 @@ def test_the_server_backend_runs_what_the_in_process_backend_runs(server):
         far, near = lm_logprobs(lm, prefixes, ids), lm_logprobs(here, prefixes, ids)
     finally:
         here.close()
-    assert texts_of(there[0]) == texts_of(local[0])
+    assert texts_of(there[0]) == texts_of(local[0]) and texts_of(there[1]) == texts_of(local[1])
     assert len(far) == 3 and all(abs(a - b) < 1e-4 for x, y in zip(far, near) for a, b in zip(x, y))
 
 

@@ -2,8 +2,9 @@
 while any request is unfinished, and callers from any thread add their requests, abort them and
 wait for them between steps. vLLM batches whatever is unfinished at each step (continuous
 batching), so runs from many sessions generate together and none waits for another to finish.
-Where their rows outnumber vLLM's slots, a prompt's samples wait for room together, the callers'
-prompts in turn (``Engine._admit``), so that a run's tokens do not depend on the load.
+A prompt's samples go in together, in one step (where their rows outnumber vLLM's slots, they wait
+for room together, the callers' prompts in turn: ``Engine._admit``), so that a run's tokens do not
+depend on the load.
 
 Only the driver thread touches vLLM's ``LLMEngine`` (it is not thread-safe): everything else
 reaches it through ``Engine.call`` or the queue that ``submit`` and ``abort`` fill.
@@ -37,26 +38,25 @@ class Request:
 
 @dataclass
 class Submission:
-    """Requests submitted together, followed by the driver: each of ``first`` goes in as soon as there is
-    room in vLLM's batch for it and its ``after[id]``, which go in once request ``id`` has its first
-    output (its prompt is in the prefix cache)."""
+    """Requests submitted together, followed by the driver: each of ``groups`` (a prompt's samples) goes
+    in at one step, as soon as there is room in vLLM's batch for all of it (vLLM's prefix cache shares
+    the prompt among the requests of one step: internals, fact 14)."""
 
-    first: list[Request]
-    after: dict[str, list[Request]] = field(default_factory=dict)
+    groups: list[list[Request]]
     keys: tuple[str, ...] = ()  # the ESamp runs among the requests (``Engine``'s ``failed`` names them)
     ids: dict[str, list[int]] = field(default_factory=dict)  # request id -> its output token ids so far
     outputs: dict[str, Any] = field(default_factory=dict)  # request id -> its last RequestOutput
     steps: int = 0  # engine steps since the first request went in
     error: BaseException | None = None
     _unfinished: set[str] = field(default_factory=set)
-    _waiting: deque = field(default_factory=deque)  # first requests not in yet (``Engine._admit``)
-    _admitted: int = 0  # first requests let in
-    _rows: int = 0  # rows held for them and the requests that join them (``Engine._held``)
+    _waiting: deque = field(default_factory=deque)  # groups not in yet (``Engine._admit``)
+    _admitted: int = 0  # groups let in
+    _rows: int = 0  # rows held for them (``Engine._held``)
     _since: int = 0  # the engine step it came at
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self):
-        self._unfinished = {r.id for r in self.first} | {r.id for rs in self.after.values() for r in rs}
+        self._unfinished = {r.id for group in self.groups for r in group}
 
     @property
     def queued(self) -> bool:
@@ -90,21 +90,16 @@ class Engine:
         self._todo: list[Callable[[], None]] = []
         self._owner: dict[str, Submission] = {}  # unfinished request id -> its submission
         self._live: list[Submission] = []
-        # requests a step released (``Submission.after``), added after the next submissions' first ones: vLLM
-        # admits waiting requests in order, and a session that reached the driver one step after the others
-        # would otherwise wait behind all their answers' requests (a whole generation where rows outnumber slots;
-        # where vLLM's slots are known, ``_admit`` holds room for these before their first ones go in)
-        self._joining: list[tuple[Submission, Request]] = []
-        # A prompt's samples go in together (``_admit``): where rows outnumber vLLM's slots, a first sample
-        # let in alone would run ahead while its others wait for room, its distiller seeing that answer
-        # alone, and the run's tokens would depend on the load (a run alone has them one step apart).
+        # A prompt's samples go in together (``_admit``): where rows outnumber vLLM's slots, a sample let in
+        # alone would run ahead while its others wait for room, its distiller seeing that answer alone, and
+        # the run's tokens would depend on the load.
         self._room = internals.admission_limit(llm)  # vLLM's rows a step (None: not known, no waiting)
         if self._room is None:
             log.warning("This vLLM does not say how many requests it runs a step (internals.py, fact 12): where "
                         "rows outnumber its slots, a run's answers may start apart and its tokens depend on the load.")
-        self._held: dict[str, int] = {}  # request id -> rows it holds of ``_room`` (in, or to join)
+        self._held: dict[str, int] = {}  # request id -> rows it holds of ``_room``
         self._rows = 0  # their sum
-        self._admitting: deque[Submission] = deque()  # submissions with first requests not in yet
+        self._admitting: deque[Submission] = deque()  # submissions with groups not in yet
         self._steps = 0  # engine steps so far
         self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="esamp-vllm-engine", daemon=True)
@@ -119,7 +114,7 @@ class Engine:
         return sub
 
     def abort(self, sub: Submission, error: BaseException | None = None) -> None:
-        """Abort ``sub``'s unfinished requests (and the ones that have not joined yet); ``error`` is kept on it."""
+        """Abort ``sub``'s unfinished requests (and the ones not in yet); ``error`` is kept on it."""
         self._queue(lambda: self._end(sub, error))
 
     def call(self, fn: Callable[[Any], Any]) -> Any:
@@ -156,8 +151,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._todo and not self._joining and self._dead is None \
-                        and not self._core.has_unfinished_requests() and not self._admitting:
+                while not self._todo and self._dead is None and not self._core.has_unfinished_requests() \
+                        and not self._admitting:
                     self._cv.wait()
                 if self._dead is not None:
                     break
@@ -167,13 +162,6 @@ class Engine:
             if self._dead is not None:  # closed by one of them
                 break
             self._admit()
-            joining, self._joining = self._joining, []
-            for sub, request in joining:
-                if request.id in sub._unfinished:  # not aborted meanwhile
-                    try:
-                        self._add(sub, request)
-                    except Exception as exc:  # noqa: BLE001 - as ``_start``
-                        self._end(sub, exc)
             if not self._core.has_unfinished_requests():
                 continue
             try:
@@ -192,7 +180,6 @@ class Engine:
                 continue
             sub.ids.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
             sub.outputs[out.request_id] = out
-            self._joining.extend((sub, request) for request in sub.after.pop(out.request_id, ()))
             if out.finished:
                 self._owner.pop(out.request_id, None)
                 sub._unfinished.discard(out.request_id)
@@ -211,19 +198,19 @@ class Engine:
 
     def _start(self, sub: Submission) -> None:
         self._live.append(sub)
-        sub._waiting.extend(sub.first)
+        sub._waiting.extend(sub.groups)
         sub._since = self._steps
         self._admitting.append(sub)
 
     def _admit(self) -> None:
-        """Let first requests in, each with room held for the requests that join it. Where every waiting one
-        fits in vLLM's batch beside the rows in it, all go in. Else they go in while they fit (or the batch
-        is empty: a prompt with more samples than vLLM's slots), the submission with the fewest prompts in
-        first, the earliest among equals, so that every session's first answers start; one that came at
-        this step takes its later prompts' room only from the next step where another's rows are in (the
-        sessions that press Generate with it reach the driver a step or two apart)."""
+        """Let groups in, each with room held for all its rows. Where every waiting one fits in vLLM's batch
+        beside the rows in it, all go in. Else they go in while they fit (or the batch is empty: a prompt
+        with more samples than vLLM's slots), the submission with the fewest prompts in first, the earliest
+        among equals, so that every session's first answers start; one that came at this step takes its
+        later prompts' room only from the next step where another's rows are in (the sessions that press
+        Generate with it reach the driver a step or two apart)."""
         self._admitting = deque(sub for sub in self._admitting if sub._waiting)
-        if self._room is None or self._rows + sum(_rows(sub, r) for sub in self._admitting for r in sub._waiting) \
+        if self._room is None or self._rows + sum(_rows(g) for sub in self._admitting for g in sub._waiting) \
                 <= self._room:
             for sub in self._admitting:
                 while sub._waiting:
@@ -231,28 +218,29 @@ class Engine:
             self._admitting.clear()
             return
         while self._admitting:
-            idle = not self._joining and not self._core.has_unfinished_requests()  # (room held, none in: a leak)
+            idle = not self._core.has_unfinished_requests()  # (room held, none in: a leak)
             ready = [sub for sub in self._admitting if idle or not sub._admitted or sub._since < self._steps
                      or sub._rows == self._rows]
             if not ready:
                 return
             sub = min(ready, key=lambda x: x._admitted)  # (min keeps the earliest of equals)
-            if self._rows + _rows(sub, sub._waiting[0]) > self._room and not idle:
+            if self._rows + _rows(sub._waiting[0]) > self._room and not idle:
                 return  # (in order: a later, smaller group does not pass it)
             self._let_in(sub)
             self._admitting = deque(sub for sub in self._admitting if sub._waiting)
 
     def _let_in(self, sub: Submission) -> None:
-        """``sub``'s next first request in, with room held for it and the requests that join it."""
-        request = sub._waiting.popleft()
-        for r in [request, *sub.after.get(request.id, ())]:
+        """``sub``'s next group in, with room held for its rows."""
+        group = sub._waiting.popleft()
+        for r in group:
             self._held[r.id] = r.params.n
-        rows = _rows(sub, request)
+        rows = _rows(group)
         self._rows += rows
         sub._rows += rows
         sub._admitted += 1
         try:
-            self._add(sub, request)
+            for r in group:
+                self._add(sub, r)
         except Exception as exc:  # noqa: BLE001 - e.g. vLLM refusing a request's parameters
             self._end(sub, exc)
 
@@ -269,7 +257,6 @@ class Engine:
         for i in sub._unfinished:
             self._rows -= self._held.pop(i, 0)
         sub._rows = 0
-        sub.after.clear()
         sub._waiting.clear()
         sub._unfinished.clear()
         if error is not None and sub.error is None:
@@ -292,6 +279,6 @@ class Engine:
             action()
 
 
-def _rows(sub: Submission, request: Request) -> int:
-    """The rows of a first request and the requests that join it (vLLM makes a request of n samples n)."""
-    return request.params.n + sum(r.params.n for r in sub.after.get(request.id, ()))
+def _rows(group: list[Request]) -> int:
+    """The rows of a group (vLLM makes a request of n samples n)."""
+    return sum(r.params.n for r in group)

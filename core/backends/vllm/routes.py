@@ -195,14 +195,15 @@ async def _runs(request, engine):
 
 async def _stream(engine, lm: Served, prompts, configs, ids_of, job: str):
     """The JSON lines of one job: progress while its runs generate, then their traces."""
-    # (with data parallelism a ladder's rungs go to engines in turn, each its own run)
-    runs, first, after = loop.requests_of(lm, ids_of, configs, ladders=lm.engines == 1)
+    # (with data parallelism a ladder's rungs go to engines in turn, each its own run, and its prompts'
+    # samples go into their engine together; with one engine, all the job's requests, as in process)
+    runs, groups = loop.requests_of(lm, ids_of, configs, ladders=lm.engines == 1, one_group=lm.engines == 1)
     counts: dict[str, list[int]] = {}  # request id -> its token ids so far
     live = loop.live_pieces(lm.tokenizer, runs, lm.eos_ids)
     t0 = time.perf_counter()  # (the clock of the worker's first_step_at)
     rank = {k: next(_rank) % lm.engines if lm.engines > 1 else None for k in loop.keys(runs)}
     run_of = {rid: r.key for r in runs for rid in r.request_ids}
-    work = asyncio.create_task(_follow(engine, first, after, counts, rank, run_of))
+    work = asyncio.create_task(_follow(engine, [r for g in groups for r in g], counts, rank, run_of))
     stop = asyncio.create_task(_jobs[job].wait())
     aborted = False
     try:
@@ -245,18 +246,14 @@ async def _forget(engine, runs: Sequence[loop.Run]) -> None:
         log.exception("freeing an abandoned ESamp job failed")
 
 
-async def _follow(engine, first, after, counts, rank, run_of) -> None:
-    """Every request of the job, each prompt's later samples once its first has an output (loop.py)."""
+async def _follow(engine, requests, counts, rank, run_of) -> None:
+    """Every request of the job at once (vLLM's engine lets each group in once all of it has come)."""
     async def one(req) -> None:
-        later: list[asyncio.Task] = []
         async for out in engine.generate({"prompt_token_ids": req.prompt}, req.params, req.id,
                                          data_parallel_rank=rank[run_of[req.id]]):
             counts.setdefault(req.id, []).extend(out.outputs[0].token_ids)
-            if not later and req.id in after:
-                later = [asyncio.create_task(one(r)) for r in after[req.id]]
-        await asyncio.gather(*later)
 
-    await asyncio.gather(*(one(r) for r in first))
+    await asyncio.gather(*(one(r) for r in requests))
 
 
 async def _take(engine, key: str) -> dict:

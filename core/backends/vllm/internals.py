@@ -57,7 +57,7 @@ are internal and live here, each checked with a clear error:
     served request's n child requests, or a prompt's samples sent by ESamp's routes, could start a step
     apart, their distiller learning from other batches. ``hold_groups`` holds the requests of a group
     (``request.together_of``) there until all of it has come (under data parallelism fact 7 sends a
-    run's requests to one engine), and lets an abort take the ones it holds.
+    run's requests to one engine); an abort of some of a group breaks it up (the rest go in as they come).
 14. The KV cache manager caches a request's full prompt blocks as it allocates them, so requests with
     the same prompt scheduled in the same step share them (``allocate_slots`` then ``cache_blocks``):
     a prompt's samples that go in together prefill it once.

@@ -278,6 +278,7 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
 
     from core import beta_ladder, generate_runs
     from core.backends.vllm.loop import encode_runs, requests_of
+    from core.backends.vllm.request import together_of
 
     vdefault = load_model(backend="vllm")
     assert vdefault.dtype == lm.dtype
@@ -285,8 +286,16 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
     ladder = beta_ladder(base, (0.0, 0.5, 1.5), scale_bound=True)
     other = replace(ladder[1], sampling=replace(base.sampling, seed=6))  # another seed: a run of its own
     configs = [*ladder, other]
-    runs, _ = requests_of(vdefault, encode_runs(vdefault, PROMPTS, configs), configs)
+    runs, groups = requests_of(vdefault, encode_runs(vdefault, PROMPTS, configs), configs)
     assert len({r.key for r in runs[:3]}) == 1 and runs[3].key != runs[0].key and [r.rung for r in runs] == [0, 1, 2, 0]
+    # a prompt's samples in every rung go in as one group, rung after rung: side by side in vLLM's batch
+    n = base.sampling.n
+    assert [[r.id for r in g] for g in groups] == [
+        *([run.request_ids[p * n + s] for run in runs[:3] for s in range(n)] for p in range(len(PROMPTS))),
+        *(runs[3].request_ids[p * n:(p + 1) * n] for p in range(len(PROMPTS)))]
+    held = [{together_of(r.params) for r in g} for g in groups]  # what vLLM's engine holds each group by
+    assert [len(h) for h in held] == [1] * len(groups) and len(set().union(*held)) == len(groups)
+    assert [size for h in held for _, size in h] == [len(g) for g in groups] == [3 * n, 3 * n, n, n]
     together = generate_runs(vdefault, PROMPTS, configs)
     for config, got in zip(configs, together):
         alone = generate(vdefault, PROMPTS, config)

@@ -98,11 +98,13 @@ def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progre
 def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig], ladders: bool = True,
                 live: bool = True, one_group: bool = False):
     """The runs and their requests in groups, each of which goes into vLLM's engine at one step: a
-    prompt's samples (or, ``one_group``, all the requests). The requests of one step share their
-    prompt's blocks in vLLM's prefix cache (internals, fact 14), so a prompt is prefilled once per run;
-    every group keeps the schedule it has alone, under any load (the engine lets a group in once there
-    is room for all of it: engine.py) and whatever the timing of a client of vLLM's own process (each
-    request's record names its group, which vLLM's engine holds until all of it has come: fact 13).
+    prompt's samples in every rung of its engine run (or, ``one_group``, all the requests). A group lies
+    side by side in vLLM's batch, so its run works on its rows where they are (``RunState._rows``; rungs
+    let in one by one would lie among other sessions' rows, copied every step). The requests of one step
+    share their prompt's blocks in vLLM's prefix cache (internals, fact 14), so a prompt is prefilled once
+    per run; every group keeps the schedule it has alone, under any load (the engine lets a group in once
+    there is room for all of it: engine.py) and whatever the timing of a client of vLLM's own process
+    (each request's record names its group, which vLLM's engine holds until all of it has come: fact 13).
 
     A run's tokens come from the worker (``esamp_take``), not from vLLM's outputs: those are for the
     caller's progress. So with ``live`` every request reports each step's new tokens; without it only
@@ -134,7 +136,7 @@ def requests_of(lm, ids_of: list[list[list[int]]], configs: Sequence[RunConfig],
             base = rung * P * sc.n  # the rung's first row in its engine run
             run = runs[i] = Run(key, config, [f"esamp-{key}-{base + r}" for r in range(P * sc.n)], rung)
             for r, rid in enumerate(run.request_ids):
-                group = everything if one_group else (run.request_ids[r - r % sc.n], sc.n)
+                group = everything if one_group else (f"esamp-{key}-p{r // sc.n}", len(members) * sc.n)
                 extra = request_extra(key, base + r, P, config, ladder=ladder, together=group)
                 params = SamplingParams(
                     n=1, max_tokens=sc.max_new_tokens, temperature=1.0, seed=request_seed(sc.seed, r),

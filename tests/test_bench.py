@@ -441,6 +441,16 @@ def test_nucleus_times_top_ps_stages_against_one_on_the_same_logits(tmp_path):
     assert 1 <= r["widths"]["50"] <= r["widths"]["99"]
 
 
+def test_apart_times_writing_a_runs_logits_at_its_rows_against_a_copy_written_back(tmp_path):
+    from bench import apart
+
+    out = tmp_path / "apart.json"
+    assert apart.main(["--n", "4", "--batch", "10", "--tokens", "2", "--repeats", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["result"]
+    assert r["agree"] and r["calls"] == 2 and r["rows"] == 4 and r["batch"] == 10
+    assert all(ms > 0 for ms in r["ms"].values()) and 1 <= r["widths"][0] <= r["widths"][1]
+
+
 def test_filters_times_select_against_filtering_the_whole_vocabulary_first(tmp_path):
     from bench import filters
 

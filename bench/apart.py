@@ -1,15 +1,16 @@
-"""A run whose rows lie apart in vLLM's batch (other sessions' rows between them, or vLLM's last rows moved
-into the places of answers that ended): how long writing its logits to sample takes, into a copy of its
-rows written back (the way until 2026-12-07; the run reads its logits from that copy either way) against
-straight into the batch's logits at its rows (``Candidates.dense(..., rows=...)``), with rows side by side
-(a view of the batch: no copy at all) as the floor. The same candidates all three ways, alternating.
+"""What a run pays a step when its rows lie apart in vLLM's batch (other sessions' rows between them, or
+vLLM's last rows moved into the places of answers that ended) against side by side: apart, it reads its
+logits from a copy of its rows and writes its logits to sample into that copy and back
+(``RunState._begin``, ``Registry.step``); side by side, it works on a view of the batch. Timed: the copy
+and the write (``Candidates.dense``), on the same candidates both ways, alternating; and, as a way tried
+and dropped on 2026-12-07, the same copy with the write straight into the batch at the run's rows.
 
     python -m bench.apart                    # a 64-row run (the default ladder's) in 512 rows (vLLM's slots)
     python -m bench.apart --json bench/results/apart.json --markdown bench/results/apart.md
 
 The candidates are top-p's of the embedded model's logits at each of 32 steps of 64 plain answers to
-Explore's default prompt (``bench.nucleus``); the batch around the run is those logits repeated, the
-run's rows drawn at random among its rows (one draw a step, the same for every way).
+Explore's default prompt (``bench.nucleus``); the batch around the run is the first step's logits
+repeated, the run's rows drawn at random among its rows (one draw a step, the same for every way).
 """
 
 from __future__ import annotations
@@ -20,43 +21,51 @@ from pathlib import Path
 import torch
 
 from core import load_model
-from core.esamp.candidates import Candidates
+from core.esamp.candidates import NEG_INF, Candidates
 from core.esamp.filters import StepFilters
 
 from .budget import write
 from .nucleus import alternating, step_logits
 
 
+def at_rows(cand: Candidates, batch: torch.Tensor, rows: torch.Tensor) -> None:
+    """The dropped way: the logits to sample written straight into ``batch`` at ``rows``."""
+    kept = torch.isfinite(cand.logits)
+    ids = torch.where(kept, cand.ids, cand.ids[:, :1])
+    batch.index_fill_(0, rows, NEG_INF)
+    batch.index_put_((rows[:, None], ids), torch.where(kept, cand.logits, cand.logits[:, :1]))
+
+
 def measure(steps: list[torch.Tensor], batch_rows: int, top_p: float, repeats: int) -> dict:
     nucleus = StepFilters.of(top_p=top_p).first
     gen = torch.Generator().manual_seed(0)
     n = steps[0].shape[0]
-    cases = {}  # id(raw) -> (candidates, the batch, the run's rows in it, the run's copy of them)
-    for raw in steps:
-        rows = torch.randperm(batch_rows, generator=gen)[:n].sort().values
-        batch = raw.repeat(-(-batch_rows // n), 1)[:batch_rows].clone()
-        cases[id(raw)] = (Candidates.top_p(raw, nucleus), batch, rows, batch.index_select(0, rows))
+    batch = steps[0].repeat(-(-batch_rows // n), 1)[:batch_rows].clone()  # (its other rows are never read)
+    cases = {id(raw): (Candidates.top_p(raw, nucleus), torch.randperm(batch_rows, generator=gen)[:n].sort().values)
+             for raw in steps}
 
-    def copied(raw) -> None:  # (the copy is the run's already: it read its logits there)
-        cand, batch, rows, copy = cases[id(raw)]
-        batch[rows] = cand.dense(cand.logits, copy)
+    def apart(raw) -> None:
+        cand, rows = cases[id(raw)]
+        batch[rows] = cand.dense(cand.logits, batch.index_select(0, rows))
 
-    def at_rows(raw) -> None:
-        cand, batch, rows, _ = cases[id(raw)]
-        cand.dense(cand.logits, batch, rows)
+    def apart_at_rows(raw) -> None:
+        cand, rows = cases[id(raw)]
+        batch.index_select(0, rows)  # (read from, as ``apart``)
+        at_rows(cand, batch, rows)
 
     def side_by_side(raw) -> None:
-        cand, batch, _, _ = cases[id(raw)]
+        cand, _ = cases[id(raw)]
         cand.dense(cand.logits, batch[:n])
 
-    median = alternating({"copy written back": copied, "at its rows": at_rows, "side by side": side_by_side},
+    median = alternating({"apart": apart, "apart, written at its rows": apart_at_rows, "side by side": side_by_side},
                          steps, repeats)
-    agree = True  # the two ways for rows apart leave the same batch (each from the batch as it was)
-    for cand, batch, rows, _ in cases.values():
+    agree = True  # the two ways for rows apart leave the same batch
+    for cand, rows in cases.values():
         one, two = batch.clone(), batch.clone()
         one[rows] = cand.dense(cand.logits, one.index_select(0, rows))
-        agree &= torch.equal(one, cand.dense(cand.logits, two, rows))
-    widths = [int(c.logits.shape[-1]) for c, *_ in cases.values()]
+        at_rows(cand, two, rows)
+        agree &= torch.equal(one, two)
+    widths = [int(c.logits.shape[-1]) for c, _ in cases.values()]
     return {"rows": n, "batch": batch_rows, "calls": len(steps), "ms": {k: 1000 * t for k, t in median.items()},
             "widths": [min(widths), max(widths)], "agree": agree}
 
@@ -64,12 +73,12 @@ def measure(steps: list[torch.Tensor], batch_rows: int, top_p: float, repeats: i
 def markdown(r: dict) -> str:
     ms, (low, high) = r["ms"], r["widths"]
     return "\n".join([
-        f"A run's logits to sample ({r['rows']} rows, top-p's candidates {low}-{high} wide a step) written into "
-        f"a batch of {r['batch']} rows; median ms a call over {r['calls']} steps:", "",
-        "| the run's rows | copy written back (ms) | at its rows (ms) | side by side, a view (ms) | copy ÷ at rows |",
-        "|---|---:|---:|---:|---:|",
-        f"| apart | {ms['copy written back']:.2f} | {ms['at its rows']:.2f} | {ms['side by side']:.2f} | "
-        f"{ms['copy written back'] / ms['at its rows']:.2f} |"])
+        f"A run of {r['rows']} rows in a batch of {r['batch']} (top-p's candidates {low}-{high} wide a step): "
+        f"its copy and its logits to sample written, median ms a call over {r['calls']} steps:", "",
+        "| rows apart: copy, written back (ms) | the same, written at its rows (ms) | side by side: a view (ms) | "
+        "apart ÷ side by side |", "|---:|---:|---:|---:|",
+        f"| {ms['apart']:.2f} | {ms['apart, written at its rows']:.2f} | {ms['side by side']:.2f} | "
+        f"{ms['apart'] / ms['side by side']:.1f} |"])
 
 
 def main(argv=None) -> int:

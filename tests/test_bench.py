@@ -441,7 +441,7 @@ def test_nucleus_times_top_ps_stages_against_one_on_the_same_logits(tmp_path):
     assert 1 <= r["widths"]["50"] <= r["widths"]["99"]
 
 
-def test_apart_times_writing_a_runs_logits_at_its_rows_against_a_copy_written_back(tmp_path):
+def test_apart_times_a_run_whose_rows_lie_apart_against_side_by_side(tmp_path):
     from bench import apart
 
     out = tmp_path / "apart.json"

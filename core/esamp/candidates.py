@@ -207,27 +207,21 @@ class Candidates:
         values, ids = torch.topk(raw, k, dim=-1)
         return cls(ids, rule(values.float() if temperature == 1.0 else values.float() / temperature), V)
 
-    def dense(self, logits: torch.Tensor, out: torch.Tensor | None = None,
-              rows: torch.Tensor | None = None) -> torch.Tensor:
+    def dense(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate logits (R, K) as a full (R, V) tensor, -inf outside the candidates: written
         into ``out`` (R, V) when given, a tensor nobody reads again (the model's logits once the
-        step's signals are taken); with ``rows`` (R,), into those rows of ``out`` (a batch's logits
-        where these rows lie apart among other rows: no copy of them to write back). On a CPU a fresh
-        (R, V) float32 tensor comes from the OS every step once it is over glibc's mmap threshold (32 MB:
-        171 rows of a 49k vocabulary), and touching its pages costs ten times the fill (at 384 rows: 18
-        against 2 ms). With the whole vocabulary as candidates ``logits`` is that tensor already and is
-        returned as it is (or copied into ``rows``)."""
+        step's signals are taken). On a CPU a fresh (R, V) float32 tensor comes from the OS every
+        step once it is over glibc's mmap threshold (32 MB: 171 rows of a 49k vocabulary), and
+        touching its pages costs ten times the fill (at 384 rows: 18 against 2 ms). With the whole
+        vocabulary as candidates ``logits`` is that tensor already and is returned as it is."""
         if self.ids is None:
-            return logits if rows is None else out.index_copy_(0, rows, logits)
+            return logits
+        out = logits.new_full((logits.shape[0], self.vocab), NEG_INF) if out is None else out.fill_(NEG_INF)
         # A padding entry's id may be one of its row's candidates' (``top_p`` pads with 0): it writes the
         # row's first candidate's own value at that one's id, so no write of -inf lands on a candidate.
         kept = torch.isfinite(logits)
-        ids, values = torch.where(kept, self.ids, self.ids[:, :1]), torch.where(kept, logits, logits[:, :1])
-        if rows is not None:
-            out.index_fill_(0, rows, NEG_INF)
-            return out.index_put_((rows[:, None], ids), values)
-        out = logits.new_full((logits.shape[0], self.vocab), NEG_INF) if out is None else out.fill_(NEG_INF)
-        return out.scatter_(-1, ids, values)
+        return out.scatter_(-1, torch.where(kept, self.ids, self.ids[:, :1]),
+                            torch.where(kept, logits, logits[:, :1]))
 
     def rows(self, rows: torch.Tensor | None, width: int | None = None) -> "Candidates":
         """The candidates of ``rows`` (None: all), their first ``width`` columns (None: all of them)."""

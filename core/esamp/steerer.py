@@ -425,13 +425,12 @@ class Pipeline:
         with self.watch("signals"):
             return PendingSignals(prop.cand, prop.fused, prop.novelty, prop.rel_novelty, raw, base=self._base)
 
-    def to_sample(self, prop: Proposal, out: torch.Tensor | None = None,
-                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    def to_sample(self, prop: Proposal, out: torch.Tensor | None = None) -> torch.Tensor:
         """(R, V) logits to sample the step's tokens from; written into ``out`` when given (see
-        ``Candidates.dense``), or into its ``rows``: pass the model's logits once nothing reads them
-        again, after ``signals``."""
+        ``Candidates.dense``): pass the model's logits (R, V) once nothing reads them again, after
+        ``signals``."""
         with self.watch("filter"):
-            return prop.cand.dense(prop.fused if prop.sample is None else prop.sample, out, rows)
+            return prop.cand.dense(prop.fused if prop.sample is None else prop.sample, out)
 
     def prime(self, s: torch.Tensor, h: torch.Tensor) -> None:
         """A continuation's distiller, first trained on its given tokens' states (EsampConfig.prime):

@@ -179,7 +179,7 @@ class Registry:
         out = logits
         for key, rows in by_run.items():
             fused = None if begun[key] is None else self.runs[key].end(begun[key], pushed.get(key))
-            if fused is None or fused is logits or (fused is begun[key].raw and begun[key].in_place):
+            if fused is None or (fused is begun[key].raw and begun[key].in_place):
                 continue  # (written into vLLM's logits where they are)
             index = [i for i, _ in rows]
             if index == list(range(logits.shape[0])):  # one run has the whole batch, in order: no copy

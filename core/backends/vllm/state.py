@@ -54,7 +54,6 @@ class Begun:
     batch: list[tuple[int, "Row"]]
     t: list[int]  # the position each row is at
     in_place: bool = False  # raw is vLLM's logits or a view of their rows (no copy: what is written there stays)
-    apart: "tuple[torch.Tensor, torch.Tensor] | None" = None  # else (vLLM's logits, the rows): written there
 
 
 @dataclass
@@ -151,9 +150,8 @@ class RunState:
             self.record_sampled()
         index, s, h, slots = self._rows(logits, batch, capture)
         # vLLM's logits where the run's rows lie in a row (no copy of 16 rows x 49,152 per run and step, nor
-        # a write back: 31-35 ms a step for 64 runs' 1,024 rows on a 2-core EPYC); else a copy to read
-        # (index_select: 4x an index's gather at 512 x 49,152), the logits to sample written into vLLM's at
-        # the rows (``end``: half the time of filling the copy and writing it back, 1 against 2 ms at 64 of 512)
+        # a write back: 31-35 ms a step for 64 runs' 1,024 rows on a 2-core EPYC); else a copy (index_select:
+        # 4x an index's gather at 512 x 49,152)
         raw = logits if index is None else logits[index] if isinstance(index, slice) else logits.index_select(0, index)
         t = [len(r.out) for _, r in batch]  # the position each row is at
         # vLLM samples under inference_mode; the distiller needs autograd, on ordinary tensors
@@ -163,13 +161,11 @@ class RunState:
             # Training now is the same as after sampling: it reads this step's (s, h) only, and the
             # fused logits are computed with the weights from before this update.
             self.pipeline.learn(torch.ones(len(batch), dtype=torch.bool, device=logits.device))
-        apart = (logits, index) if isinstance(index, torch.Tensor) else None
-        return Begun(planned, raw, batch, t, in_place=apart is None, apart=apart)
+        return Begun(planned, raw, batch, t, in_place=not isinstance(index, torch.Tensor))
 
     def end(self, begun: "Begun", pushed: torch.Tensor | None = None) -> torch.Tensor | None:
         """The logits to sample the run's rows from, (len(batch), V), given its push's fused rows
-        (``Push.run``; run here when not given), or vLLM's whole logits with them written at the run's
-        rows where they lie apart (``Begun.apart``); None as ``begin``'s."""
+        (``Push.run``; run here when not given); None as ``begin``'s."""
         if self.error is not None:
             return None
         with self._bookkeeping():
@@ -180,8 +176,7 @@ class RunState:
                     self.pending.append(([r for _, r in begun.batch], begun.t, self.pipeline.signals(prop, begun.raw)))
                 if self.first_step_at is None:
                     self.first_step_at = time.perf_counter()
-                # into vLLM's logits: where the rows are, or at the rows of this run's copy of them
-                return self.pipeline.to_sample(prop, *(begun.apart or (begun.raw,)))
+                return self.pipeline.to_sample(prop, begun.raw)  # into vLLM's logits (or this run's copy of its rows)
             except Exception as exc:  # noqa: BLE001 - as ``begin``
                 self.fail(exc)
                 return None

@@ -2,9 +2,9 @@
 while any request is unfinished, and callers from any thread add their requests, abort them and
 wait for them between steps. vLLM batches whatever is unfinished at each step (continuous
 batching), so runs from many sessions generate together and none waits for another to finish.
-A prompt's samples go in together, in one step (where their rows outnumber vLLM's slots, they wait
-for room together, the callers' prompts in turn: ``Engine._admit``), so that a run's tokens do not
-depend on the load.
+A prompt's samples (in every rung of a ladder: ``loop.requests_of``) go in together, in one step (where
+their rows outnumber vLLM's slots, they wait for room together, the callers' prompts in turn:
+``Engine._admit``), so that a run's tokens do not depend on the load.
 
 Only the driver thread touches vLLM's ``LLMEngine`` (it is not thread-safe): everything else
 reaches it through ``Engine.call`` or the queue that ``submit`` and ``abort`` fill.

@@ -15,9 +15,6 @@ repeated, the run's rows drawn at random among its rows (one draw a step, the sa
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 from core import load_model
@@ -25,7 +22,7 @@ from core.esamp.candidates import NEG_INF, Candidates
 from core.esamp.filters import StepFilters
 
 from .budget import write
-from .nucleus import alternating, step_logits
+from .nucleus import alternating, arguments, step_logits
 
 
 def at_rows(cand: Candidates, batch: torch.Tensor, rows: torch.Tensor) -> None:
@@ -82,14 +79,8 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=64, help="the run's rows (the default ladder: 4 rungs x 16)")
+    ap = arguments(__doc__, "the run's rows (the default ladder: 4 rungs x 16)")
     ap.add_argument("--batch", type=int, default=512, help="the batch's rows (vLLM's slots on CPU)")
-    ap.add_argument("--tokens", type=int, default=32, help="steps: one call each")
-    ap.add_argument("--top-p", type=float, default=0.9)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--markdown", type=Path)
     a = ap.parse_args(argv)
     lm = load_model()
     result = measure(step_logits(lm, a.n, a.tokens, a.top_p), a.batch, a.top_p, a.repeats)

@@ -100,15 +100,20 @@ def markdown(r: dict) -> str:
         f"{r['rows_agree']} | {r['rows_differ_at_ties']} | {r['rows_differ_otherwise']} |"])
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=64, help="answers: the rows of each call")
+def arguments(doc: str, rows: str = "answers: the rows of each call") -> argparse.ArgumentParser:
+    """The options of a measurement on ``step_logits``: its rows, steps, top-p, repeats and where to write."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=64, help=rows)
     ap.add_argument("--tokens", type=int, default=32, help="steps: one call each")
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = arguments(__doc__).parse_args(argv)
     lm = load_model()
     result = measure(step_logits(lm, a.n, a.tokens, a.top_p), a.top_p, a.repeats)
     write("bench.nucleus", argv, lm, markdown(result), a.json, a.markdown, result=result)

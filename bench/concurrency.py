@@ -4,6 +4,7 @@ token and its last, and the engine's throughput, against the same rows in one ba
     python -m bench.concurrency                                   # K = 1, 2, 4, 8, 16; both placements
     python -m bench.concurrency --ks 1,2 --tokens 4 --placements inline --json out.json   # the plumbing
     python -m bench.concurrency --ks 8,16 --placements inline --rounds 3   # issue 37's bar, as medians
+    python -m bench.concurrency --pool a.json b.json    # several draws' rounds pooled: medians and intervals
 
 A session is what the app's Generate does: ``core.generate_runs`` of Explore's default β ladder
 on its default prompt and sampling (n = 16, top-p 0.9), from its own thread, every session with
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import threading
@@ -34,6 +36,7 @@ from core import RunConfig, SamplingConfig, beta_ladder, encode_prompts, generat
 from core.esamp.clock import PARTS
 
 from .quality import machine
+from .speed import median_interval
 
 PROMPT = "Invent a name for a new colour and describe it."  # Explore's default (app/settings.py FIELDS)
 LADDER = (0.0, 0.25, 0.5, 1.0)
@@ -66,13 +69,15 @@ def sessions(lm, k: int, tokens: int, n: int = SAMPLING.n) -> dict:
     threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
     for t in threads:
         t.start()
+    steps = lm.engine.steps
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
     total = sum(r["tokens"] for r in rows)
-    return {"sessions": rows, "wall_s": wall, "tokens": total, "tokens_per_s": total / wall}
+    return {"sessions": rows, "wall_s": wall, "tokens": total, "tokens_per_s": total / wall,
+            "steps": lm.engine.steps - steps}
 
 
 def batched(lm, k: int, tokens: int, plain: bool, n: int = SAMPLING.n) -> tuple[float, dict]:
@@ -82,11 +87,12 @@ def batched(lm, k: int, tokens: int, plain: bool, n: int = SAMPLING.n) -> tuple[
     the engine's)."""
     configs = [replace(c, method="plain", esamp=replace(c.esamp, shadow=False)) if plain else c
                for i in range(k) for c in session_configs(tokens, i, n)]
-    t0 = time.perf_counter()
+    steps, t0 = lm.engine.steps, time.perf_counter()
     traces = generate_runs(lm, [PROMPT], configs)
     wall = time.perf_counter() - t0
     parts = {part: sum(t.timings.parts.get(part, 0.0) for t in traces) for part in PARTS}
-    return sum(t.timings.new_tokens for t in traces) / wall, {"wall_s": wall, **parts}
+    return sum(t.timings.new_tokens for t in traces) / wall, {"wall_s": wall, "steps": lm.engine.steps - steps,
+                                                                **parts}
 
 
 def vllm_native(lm, k: int, tokens: int, n: int = SAMPLING.n) -> float:
@@ -136,7 +142,7 @@ def measure(lm, ks: list[int], tokens: int, n: int = SAMPLING.n, rounds: int = 1
         finishes = [s["finish_s"] for g in got for s in g["sessions"]]
         row = {"k": k, "rows": k * len(LADDER) * n, "sessions": got[-1]["sessions"], "tokens": got[-1]["tokens"],
                **{key: statistics.median(g[key] for g in got)
-                  for key in ("wall_s", "tokens_per_s", *RATIOS, *RATIOS.values())},
+                  for key in ("wall_s", "tokens_per_s", "steps", *RATIOS, *RATIOS.values())},
                **{key: {part: statistics.median(g[key][part] for g in got) for part in got[0][key]}
                   for key in PARTS_OF},
                "first_token_s": {"median": statistics.median(firsts), "max": max(firsts)},
@@ -197,6 +203,38 @@ def parts_markdown(report: dict) -> str:
                 wall = _s(p["wall_s"]) + (f" ({100 * p['wall_s'] / plain['wall_s']:+.1f} %)" if p is extra else "")
                 lines.append(f"| {placement} | {r['k']} | {name} | {wall} | "
                              + " | ".join(_s(p[part]) for part in PARTS) + f" | {_s(rest)} |")
+    steps = [f"{placement}, K = {r['k']}: sessions {r['steps']:g}, ESamp batched {r[PARTS_OF[0]]['steps']:g}, "
+             f"plain batched {r[PARTS_OF[1]]['steps']:g}"
+             for placement, rows in report["placements"].items() for r in rows if "steps" in r]
+    if steps:  # (reports before they were counted have none)
+        lines += ["", "Engine steps a call (every caller's steps while it ran; the median of the rounds): "
+                  + "; ".join(steps) + "."]
+    return "\n".join(lines)
+
+
+def pooled(reports: list[dict], draws: int = 4000) -> list[dict]:
+    """The rounds' own ratios of several reports (draws of the same command and code), pooled per (dtype,
+    placement, K): each ratio's rounds, median, a 95% bootstrap interval of the median and range
+    (``bench.speed.median_interval``). A draw of three rounds cannot tell 0.92 from 0.95 where its rounds
+    range over ten points; pooled rounds say how sure a median is."""
+    ratios: dict[tuple, list[float]] = {}
+    for report in reports:
+        for placement, rows in report["placements"].items():
+            for r in rows:
+                for name, key in (("÷ plain batched", "ratio_to_plain_batched"),
+                                  ("÷ ESamp batched", "ratio_to_esamp_batched")):
+                    ratios.setdefault((report["machine"]["dtype"], placement, r["k"], name), []).extend(
+                        g[key] for g in r.get("rounds", [r]))
+    rng = random.Random(0)
+    return [{"dtype": d, "placement": p, "k": k, "ratio": name, **median_interval(xs, rng, draws)}
+            for (d, p, k, name), xs in sorted(ratios.items(), key=lambda item: item[0][1:3])]
+
+
+def pooled_markdown(rows: list[dict]) -> str:
+    lines = ["| dtype | placement | K | K sessions | rounds | median | 95% interval of the median | range |",
+             "|---|---|---:|---|---:|---:|---|---|"]
+    lines += [f"| {r['dtype']} | {r['placement']} | {r['k']} | {r['ratio']} | {r['rounds']} | {r['median']:.3f} | "
+              f"{r['low']:.3f} to {r['high']:.3f} | {r['min']:.3f} to {r['max']:.3f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -249,7 +287,13 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--images", type=Path, help="a folder for the plot (PNG and SVG)")
     ap.add_argument("--replot", type=Path, help="draw the plot of an earlier --json report, measure nothing")
+    ap.add_argument("--pool", type=Path, nargs="+", help="pool the rounds' ratios of these earlier --json reports "
+                    "(write --markdown, or print) and exit")
     a = ap.parse_args(argv)
+    if a.pool:
+        text = pooled_markdown(pooled([json.loads(f.read_text()) for f in a.pool]))
+        (a.markdown.write_text(text + "\n") if a.markdown else print(text))
+        return 0
     if a.rounds < 1:
         ap.error(f"--rounds must be at least 1, not {a.rounds}")
     if a.replot:

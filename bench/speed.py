@@ -310,14 +310,17 @@ def pooled(reports: Sequence[dict], draws: int = 4000) -> list[dict]:
                 under = [r["tokens_per_s"] for r in bottom] if bottom else native
                 ratios.setdefault((b, d, w), {}).setdefault(name, []).extend(
                     t["tokens_per_s"] / u for t, u in zip(top, under))
-    rng, out = random.Random(0), []
-    for (b, d, w), by_name in ratios.items():
-        for name, xs in by_name.items():
-            medians = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
-            out.append({"backend": b, "dtype": d, "workload": w, "ratio": name, "rounds": len(xs),
-                        "median": statistics.median(xs), "low": medians[int(0.025 * draws)],
-                        "high": medians[int(0.975 * draws) - 1], "min": min(xs), "max": max(xs)})
-    return out
+    rng = random.Random(0)  # one for every ratio in turn: the same reports give the same intervals
+    return [{"backend": b, "dtype": d, "workload": w, "ratio": name, **median_interval(xs, rng, draws)}
+            for (b, d, w), by_name in ratios.items() for name, xs in by_name.items()]
+
+
+def median_interval(xs: Sequence[float], rng: random.Random, draws: int = 4000) -> dict:
+    """Rounds' ratios pooled: their count, median, a 95% bootstrap interval of the median (``draws``
+    resamplings of the rounds by ``rng``) and their range."""
+    medians = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
+    return {"rounds": len(xs), "median": statistics.median(xs), "low": medians[int(0.025 * draws)],
+            "high": medians[int(0.975 * draws) - 1], "min": min(xs), "max": max(xs)}
 
 
 def pooled_markdown(rows: list[dict]) -> str:

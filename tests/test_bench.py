@@ -364,7 +364,22 @@ def test_concurrency_quick_reports_each_k_with_its_references(tmp_path):
         assert esamp["learn"] > 0 and esamp["predict"] > 0 and plain["learn"] == plain["predict"] == 0
         assert esamp["filter"] > 0 and plain["filter"] > 0
         assert sum(esamp[part] for part in ("filter", "predict", "fuse", "learn")) < esamp["wall_s"]
+        # engine steps counted around each call: at least one a token (2 here), and the batched calls'
+        # rows all go in at one step: a step a token (the sessions may come a step or two apart)
+        assert esamp["steps"] == plain["steps"] == 2 and 2 <= r["steps"] <= 2 + r["k"]
     assert "| inline | 2 | ESamp − plain |" in (tmp_path / "c.md").read_text()
+    assert "Engine steps a call" in (tmp_path / "c.md").read_text()
+    # the report pooled twice: each K's rounds twice over, the same median, an interval around it
+    pooled = tmp_path / "pooled.md"
+    assert concurrency.main(["--pool", str(out), str(out), "--markdown", str(pooled)]) == 0
+    pool = {(p["k"], p["ratio"]): p for p in concurrency.pooled([report, report])}
+    for r in rows:
+        p = pool[(r["k"], "÷ plain batched")]
+        assert p["rounds"] == 4 and p["dtype"] == report["machine"]["dtype"]
+        assert p["median"] == pytest.approx(r["ratio_to_plain_batched"])
+        assert p["min"] <= p["low"] <= p["median"] <= p["high"] <= p["max"]
+        assert pool[(r["k"], "÷ ESamp batched")]["median"] == pytest.approx(r["ratio_to_esamp_batched"])
+    assert pooled.read_text().count("\n") == 2 + len(pool) == 2 + 2 * len(rows)
 
 
 def test_concurrency_refuses_zero_rounds_before_loading_a_model(capsys):

@@ -105,6 +105,11 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="esamp-vllm-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def steps(self) -> int:
+        """Engine steps so far (every caller's): what a benchmark counts around its calls."""
+        return self._steps
+
     def submit(self, sub: Submission) -> Submission:
         """Add ``sub``'s requests at the next step; returns it (follow it with ``wait`` and ``finished``).
         The calling thread's OpenMP threads go first (hardware.release_openmp_threads): it waits while

@@ -697,3 +697,18 @@ def test_the_gpu_checks_speed_model_has_the_embedded_models_shape(lm):
     assert shaped.head_dim == own.head_dim and lm.head.weight.shape == (shaped.vocab_size, shaped.hidden_size)
     with pytest.raises(ValueError, match="Unknown shape"):
         tiny_config(257, 256, shape="qwen")
+
+
+def test_bank_times_each_size_of_shared_bank(tmp_path):
+    """bench.bank: a shared bank's step at each G, its state's size growing with G; bad sizes refused."""
+    from bench import bank
+
+    out = tmp_path / "b.json"
+    assert bank.main(["--gs", "4,8", "--repeats", "2", "--json", str(out), "--markdown", str(tmp_path / "b.md")]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["g"], r["rows"]) for r in rows] == [(4, 64), (8, 128)]
+    assert rows[1]["megabytes"] == pytest.approx(2 * rows[0]["megabytes"])
+    assert all(r[part] > 0 for r in rows for part in ("predict", "learn", "adam alone"))
+    assert (tmp_path / "b.md").read_text().count("\n| 8 | 128 |") == 1
+    with pytest.raises(SystemExit):
+        bank.main(["--gs", "6"])

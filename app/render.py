@@ -374,17 +374,17 @@ def _answer_name(traces: Sequence[RunTrace], labels: Sequence[str], option: str)
 
 def job_status(job: Job) -> str:
     label, runs, going = (job.labels[job.current] if job.labels else ""), len(job.labels), job.going()
+    room = job.phase != "waiting" and job.progress is not None and job.progress.waiting  # none in yet
     if job.phase != "waiting" and len(going) > 1:
-        label = (f"{runs} runs at once" if len(going) == runs
-                 else f"runs {going[0] + 1}–{going[-1] + 1} of {runs} at once")
+        label = f"{runs} runs" if len(going) == runs else f"runs {going[0] + 1}–{going[-1] + 1} of {runs}"
+        label += "" if room else " at once"
     if job.phase == "waiting":
         detail = (f"waiting for {job.waiting_for()} to finish: one generation at a time per model on "
                   "transformers (the vllm backend generates every session's runs at once)…")
     elif job.phase == "scoring":
         detail = "scoring perplexity…"
-    elif job.progress and job.progress.waiting:
-        detail = ("waiting for room: the engine is full of other sessions' answers, and these start as theirs "
-                  "finish…")
+    elif room:
+        detail = "waiting for room (the engine is full of other sessions' answers; these start as theirs finish)…"
     elif job.progress:
         p = job.progress
         detail = f"{p.tokens} of {p.max_tokens} tokens · {p.tokens_per_s:.1f} tokens/s"

@@ -600,9 +600,9 @@ def test_a_job_whose_runs_wait_for_room_says_so():
 
     job = Job(["plain", "esamp β=1"], phase="running")
     job.progresses = {i: Progress(0, 32, 0, 512, 0.5, run=i, waiting=True) for i in (0, 1)}
-    assert "waiting for room" in job_status(job)
+    assert job_status(job).startswith("2 runs: waiting for room (")  # not "at once": none has begun
     job.progresses[1] = Progress(1, 32, 16, 512, 0.9, run=1)
-    assert "waiting" not in job_status(job) and "16 of 1024 tokens" in job_status(job)
+    assert job_status(job) == "2 runs at once: 16 of 1024 tokens · 17.8 tokens/s"
 
 
 def _branch_page():

@@ -16,6 +16,7 @@ pytest.importorskip("vllm", reason="vLLM is optional; ./run test installs vllm-c
 openai = pytest.importorskip("openai")
 
 import ahead  # noqa: E402
+from tiny import peaked  # noqa: E402
 from bench import client as client_lib  # noqa: E402
 from core import DEFAULT_MODEL  # noqa: E402
 from core import EsampConfig, RunConfig, SamplingConfig, generate_runs, load_model  # noqa: E402
@@ -202,6 +203,7 @@ def tiny_llama(folder: Path) -> str:
                 vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
                 eos_token_id=tokenizer.eos_token_id))
+            peaked(tiny)
             tiny.save_pretrained(path, safe_serialization=True)
             tokenizer.save_pretrained(path)
             tiny_llama.path = str(path)
@@ -209,6 +211,7 @@ def tiny_llama(folder: Path) -> str:
 
 
 tiny_llama.path = ""
+
 
 
 @ahead.fixture

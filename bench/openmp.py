@@ -67,7 +67,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def spawn(release: bool, shape: list[str]) -> dict:
+    """One child process's runs (``child``), its OpenMP team let go or kept."""
+    env = {**os.environ, hardware.OMP_ENV: "1" if release else "0"}
+    done = subprocess.run([sys.executable, "-m", "bench.openmp", "--child", *shape], env=env,
+                          capture_output=True, text=True, check=True)
+    return result_of(done.stdout)
+
+
+def result_of(output: str) -> dict:
+    """A child's runs, from what it printed (``--child``)."""
+    return json.loads(output.rsplit("RESULT ", 1)[1])
+
+
+def main(argv=None, spawn=spawn) -> int:
+    """``spawn``: how a child's runs are had (tests: in this process, on its shared engine)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=2, help="processes each way, alternating")
     ap.add_argument("--prompts", type=int, default=4)
@@ -86,10 +100,7 @@ def main(argv=None) -> int:
     processes = []
     for _ in range(a.pairs):
         for release in (False, True):
-            env = {**os.environ, hardware.OMP_ENV: "1" if release else "0"}
-            done = subprocess.run([sys.executable, "-m", "bench.openmp", "--child", *shape], env=env,
-                                  capture_output=True, text=True, check=True)
-            result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+            result = spawn(release, shape)
             processes.append({"release": release, **result})
             print(f"{'let go' if release else 'kept  '}  " + "  ".join(
                 f"{k} {statistics.median(result[k]):.0f} tokens/s" for k in ("vllm-native", "esamp")), flush=True)

@@ -110,8 +110,8 @@ class EsampConfig:
     noise: bool = False  # the paper's ablation: fuse with Gaussian noise of e's norm per row instead of e
     # Run each step's update off the critical path, overlapping the next forward pass (the same
     # weights as the serial order). None: on CUDA (a side stream); off on CPU, where a worker
-    # thread competes with the forward pass for 2 cores and measured slower (bench.speed's
-    # esamp-overlap variant; the figures are in docs/results.md).
+    # thread competes with the forward pass for 2 cores and gains nothing (bench.openmp's
+    # esamp-overlap run: 581 tokens/s against the serial update's 587; docs/results.md).
     overlap: bool | None = None
     # A warm-up of the guidance (bench.frontier's warm-up rows): the fusion waits while the prompt's
     # distiller is still learning. The first token of an answer is never guided; with `warmup_steps`

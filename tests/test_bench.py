@@ -174,10 +174,10 @@ def test_openmp_reports_the_engine_with_the_callers_team_kept_and_let_go_each_wa
     numbers of in-process children mean nothing; the report's structure is what is checked)."""
     pytest.importorskip("vllm")
     from bench import openmp
-    from core.backends import hardware
+    from core import openmp as runtime
 
     def here(release: bool, shape: list[str]) -> dict:
-        monkeypatch.setenv(hardware.OMP_ENV, "1" if release else "0")
+        monkeypatch.setenv(runtime.ENV, "1" if release else "0")
         capsys.readouterr()
         assert openmp.main(["--child", *shape]) == 0
         return openmp.result_of(capsys.readouterr().out)
@@ -187,8 +187,11 @@ def test_openmp_reports_the_engine_with_the_callers_team_kept_and_let_go_each_wa
                         "--json", str(out), "--markdown", str(table)], spawn=here) == 0
     report = json.loads(out.read_text())
     assert [p["release"] for p in report["processes"]] == [False, True] and report["machine"]["cpu"]
-    assert all(p[k] and min(p[k]) > 0 for p in report["processes"] for k in ("vllm-native", "esamp"))
-    assert "| esamp | let go | 1 |" in table.read_text() and table.read_text().startswith(measured_on(report))
+    assert all(p["after"][k] and min(p["after"][k]) > 0 for p in report["processes"] for k in openmp.RUNS)
+    assert all(set(p["before"]) == {"vllm-native", "esamp"} for p in report["processes"])
+    text = table.read_text()
+    assert "| esamp-overlap | let go | 1 |" in text and "| esamp | kept |" in text
+    assert text.startswith(measured_on(report))
 
 
 def test_sampler_times_the_processor_beside_vllms_own_filter_on_the_same_candidates(tmp_path):

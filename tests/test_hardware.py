@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from core import openmp
 from core.backends import hardware
 
 
@@ -92,13 +93,13 @@ def test_freed_memory_is_kept_for_the_next_steps_tensors_unless_turned_off():
 
 _TEAM = """
 import os, time, torch
-from core.backends import hardware
+from core import openmp
 torch.set_num_threads(2)
 tasks = lambda: len(os.listdir("/proc/self/task"))
 before = tasks()
 torch.ones(1 << 22).mul_(2)  # a parallel op: this thread's OpenMP team starts its helper
 with_team = tasks()
-released = hardware.release_openmp_threads()
+released = openmp.release_team()
 deadline = time.monotonic() + 10
 while released and tasks() >= with_team and time.monotonic() < deadline:
     time.sleep(0.01)  # the helper leaves on its own
@@ -109,10 +110,45 @@ print(before, with_team, released, tasks())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads counted in /proc")
 def test_a_thread_that_hands_work_on_lets_its_openmp_threads_go_unless_turned_off():
     def run(env: str) -> list[str]:
-        return subprocess.run([sys.executable, "-c", _TEAM], env={**os.environ, hardware.OMP_ENV: env},
+        return subprocess.run([sys.executable, "-c", _TEAM], env={**os.environ, openmp.ENV: env},
                               capture_output=True, text=True, check=True).stdout.split()
 
     before, with_team, released, after = run("1")
     assert int(with_team) > int(before) and released == "True" and int(after) < int(with_team)
     before, with_team, released, after = run("0")
     assert int(with_team) > int(before) and released == "False" and after == with_team
+
+
+_UPDATE = """
+import os, time, torch
+from core.esamp.steerer import Background
+tasks = lambda: len(os.listdir("/proc/self/task"))
+before = tasks()
+background = Background(torch.device("cpu"))
+
+def update():
+    torch.set_num_threads(2)
+    torch.ones(1 << 22).mul_(2)  # a parallel op in the worker thread: its OpenMP team starts a helper
+    return tasks()
+
+background.run(update)
+during = background.wait()
+deadline = time.monotonic() + (10 if os.environ["ESAMP_RELEASE_OMP"] == "1" else 0.5)
+while tasks() >= during and time.monotonic() < deadline:
+    time.sleep(0.01)  # the helper leaves on its own
+print(before, during, tasks())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads counted in /proc")
+def test_the_updates_worker_thread_lets_its_openmp_threads_go_after_each_update_unless_turned_off():
+    """A distiller update off the critical path on a CPU (``overlap``) runs in a worker thread; a team it
+    kept slowed everything the process computed from then on (core.openmp)."""
+    def run(env: str) -> list[int]:
+        return [int(x) for x in subprocess.run([sys.executable, "-c", _UPDATE], env={**os.environ, openmp.ENV: env},
+                                               capture_output=True, text=True, check=True).stdout.split()]
+
+    before, during, after = run("1")
+    assert during > after > before  # the worker thread stays, its helper went
+    before, during, after = run("0")
+    assert during > before + 1 and after == during

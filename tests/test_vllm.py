@@ -600,13 +600,13 @@ def test_recorded_perplexity_on_vllm_in_the_default_dtype_is_the_base_models_wit
 
 def test_a_caller_lets_its_openmp_threads_go_before_it_waits_on_the_engines_driver(vlm, monkeypatch):
     """The driver thread computes every step; a caller's kept OpenMP team would slow its kernels
-    (hardware.release_openmp_threads, whose effect test_hardware checks)."""
+    (core.openmp.release_team, whose effect test_hardware checks)."""
     import threading
 
-    from core.backends import hardware
+    from core import openmp
 
     seen = []
-    monkeypatch.setattr(hardware, "release_openmp_threads", lambda: seen.append(threading.get_ident()))
+    monkeypatch.setattr(openmp, "release_team", lambda: seen.append(threading.get_ident()))
     run(vlm, method="plain", beta=0.0, max_new_tokens=2)
     assert seen and set(seen) == {threading.get_ident()}
 

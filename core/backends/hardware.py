@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import os
 import platform
 import sys
@@ -109,41 +108,6 @@ def keep_freed_memory() -> bool:
         return False
     mmap = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     return bool(mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-
-
-OMP_ENV = "ESAMP_RELEASE_OMP"  # "0": threads that hand work to the engine keep their OpenMP threads
-_OMP_PAUSE_SOFT = 1  # omp_pause_soft (OpenMP 5.0, omp.h)
-
-
-@functools.lru_cache(maxsize=1)
-def _omp_pause():
-    """``omp_pause_resource_all`` of GNU OpenMP as torch's Linux wheels ship it (torch/lib, torch.libs),
-    or None: elsewhere the runtime may be LLVM's, whose pause is for every thread of the process."""
-    root = os.path.dirname(torch.__file__)
-    found = sorted(glob.glob(os.path.join(root, "lib", "libgomp*.so*")) + glob.glob(root + ".libs/libgomp*.so*"))
-    if not sys.platform.startswith("linux") or not found:
-        return None
-    try:
-        pause = ctypes.CDLL(found[0]).omp_pause_resource_all  # the library torch loaded: the same handle
-    except (OSError, AttributeError):
-        return None
-    pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause
-
-
-def release_openmp_threads() -> bool:
-    """Let the calling thread's OpenMP worker threads go (they come back at its next parallel torch
-    op); True where they went. For a thread about to hand work to another and wait, as a caller of
-    the in-process vLLM engine does (its driver thread computes). GNU OpenMP spins only briefly
-    once it manages more threads than the machine has CPUs, and every thread that has run a parallel
-    torch op keeps a team: with the loading thread's team still there, each small kernel of the
-    driver's steps woke its helper from sleep: vLLM's own sampling in process ran at 535 tokens/s
-    that way and 667 with the team let go, ESamp at 473 and 604 (``python -m bench.openmp``, 2-core
-    AMD EPYC). No-op where torch's runtime has no such call; ``ESAMP_RELEASE_OMP=0`` turns it off."""
-    if os.environ.get(OMP_ENV, "1").strip() == "0":
-        return False
-    pause = _omp_pause()
-    return pause is not None and pause(_OMP_PAUSE_SOFT) == 0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

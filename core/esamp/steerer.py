@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import openmp
 from ..config import EsampConfig, RunConfig
 from .candidates import Candidates, rows_of, select, select_mixed
 from .clock import Stopwatch
@@ -315,7 +316,9 @@ class _Learning:
 
 
 class Background:
-    """Work off the critical path: on a CUDA side stream, or in one worker thread on CPU."""
+    """Work off the critical path: on a CUDA side stream, or in one worker thread on CPU, which lets its
+    OpenMP team go after each piece of work (``core.openmp``: kept, it slowed every kernel the process
+    ran from then on)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -334,7 +337,7 @@ class Background:
                 result = work()
             self._pending = (result, self.stream.record_event(), keep)
         else:
-            self._pending = (self.pool.submit(work), None, keep)
+            self._pending = (self.pool.submit(_released, work), None, keep)
 
     def wait(self):
         """The result of the last ``run``, once it is done; the main stream waits for it too."""
@@ -345,6 +348,14 @@ class Background:
         torch.cuda.current_stream().wait_event(event)
         event.synchronize()
         return result
+
+
+def _released(work):
+    """``work()`` in a CPU worker thread, whose OpenMP team then goes (``Background``)."""
+    try:
+        return work()
+    finally:
+        openmp.release_team()
 
 
 def noise_like(e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import hardware
+from ... import openmp
 from . import internals
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,9 @@ class Engine:
 
     def submit(self, sub: Submission) -> Submission:
         """Add ``sub``'s requests at the next step; returns it (follow it with ``wait`` and ``finished``).
-        The calling thread's OpenMP threads go first (hardware.release_openmp_threads): it waits while
+        The calling thread's OpenMP threads go first (``core.openmp``): it waits while
         the driver computes, whose kernels run slower while another thread's team is kept."""
-        hardware.release_openmp_threads()
+        openmp.release_team()
         self._queue(lambda: self._start(sub))
         return sub
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ... import openmp
 from ...config import EsampConfig
 from ...esamp.head import LMHead
 from .. import start
 from ..base import ModelLoadError, eos_ids
 from ..embedded import DEFAULT_MODEL, model_source
-from ..hardware import default_dtype, release_openmp_threads, resolve_dtype
+from ..hardware import default_dtype, resolve_dtype
 from . import hooks, internals, plugin, worker
 from .engine import Engine
 from .processor import VllmProcessor
@@ -112,7 +113,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
     model_config = llm.llm_engine.model_config
     prebuild(source, model_config.dtype)
     failed = (lambda: llm.collective_rpc("esamp_failed")[0]) if placement == "inline" else None
-    release_openmp_threads()  # the driver thread computes from now on (engine.Engine.submit)
+    openmp.release_team()  # the driver thread computes from now on (engine.Engine.submit)
     return VllmModel(name=name, llm=llm, engine=Engine(llm, failed), tokenizer=tokenizer, head=head,
                      hidden_size=shape["hidden_size"], context_length=model_config.max_model_len,
                      eos_ids=model_eos(source, tokenizer), dtype=model_config.dtype,

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
-from core import openmp
+from core import openmp as runtime
 
 from . import measured_on, read_prompts
 from .quality import machine, write_report
@@ -91,7 +91,7 @@ def _median(report: dict, release: bool, when: str, name: str) -> float:
 
 def spawn(release: bool, shape: list[str]) -> dict:
     """One child process's runs (``child``), its OpenMP team let go or kept."""
-    env = {**os.environ, openmp.ENV: "1" if release else "0"}
+    env = {**os.environ, runtime.ENV: "1" if release else "0"}
     done = subprocess.run([sys.executable, "-m", "bench.openmp", "--child", *shape], env=env,
                           capture_output=True, text=True, check=True)
     return result_of(done.stdout)

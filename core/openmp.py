@@ -10,10 +10,11 @@ its helpers are asleep and each kernel wakes them. Two kinds of thread here let 
   once the engine is up). Kept, vLLM's own sampling in process ran at 535 tokens/s and let go at 667,
   ESamp at 473 and 604 (``python -m bench.openmp``, 2-core AMD EPYC);
 - the worker thread that runs a distiller update off the critical path on a CPU (``overlap``;
-  ``core.esamp.steerer.Background``), after each update. Kept, its team slowed everything the process
-  ran after the first such update, overlap or not (plain sampling through vLLM at 4x16: 722 and 623
-  tokens/s before, 531 and 530 after, on a 2-core AMD EPYC with AVX512-BF16; docs/results.md, "An
-  update in a worker thread kept its OpenMP team").
+  ``core.esamp.steerer.Background``), after each update. Kept, its team slowed everything the in-process
+  vLLM engine ran after the first such update, overlap or not (plain sampling at 4x16: 722 and 623
+  tokens/s before, 531 and 530 after, on a 2-core AMD EPYC with AVX512-BF16), and on transformers the
+  overlap runs themselves (0.85 of plain against 0.97; docs/results.md, "An update in a worker thread
+  kept its OpenMP team").
 
 ``ESAMP_RELEASE_OMP=0`` keeps every team (to measure what letting them go is worth).
 """

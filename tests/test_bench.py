@@ -167,6 +167,38 @@ def test_speed_plans_the_other_dtype_at_the_extras_workloads_only():
     assert [k for k in speed.plan(workloads, ["2x2"], {"vllm": ("bfloat16", "")}) if k[1] != "bfloat16"] == []
 
 
+def test_allocator_reports_each_run_under_glibc_and_tcmalloc(tmp_path, capsys, monkeypatch):
+    """Its children run here on the session's shared engine, as bench.openmp's do, whether or not this
+    machine has TCMalloc (the numbers of in-process children mean nothing; the report's structure and its
+    ratios are what is checked). Where there is none, it says so and measures nothing."""
+    pytest.importorskip("vllm")
+    from bench import allocator
+
+    def here(name: str, argv: list[str]) -> dict:
+        capsys.readouterr()
+        assert allocator.main(["--child", *argv]) == 0
+        return json.loads(capsys.readouterr().out.rsplit("RESULT ", 1)[1])
+
+    out, table = tmp_path / "allocator.json", tmp_path / "allocator.md"
+    monkeypatch.setattr(allocator, "tcmalloc", lambda: None)
+    with pytest.raises(SystemExit):
+        allocator.main(["--pairs", "1"], spawn=here)
+    assert "no TCMalloc here" in capsys.readouterr().err
+    monkeypatch.setattr(allocator, "tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    assert allocator.main(["--pairs", "1", "--shapes", "1x2", "--tokens", "2", "--json", str(out),
+                           "--markdown", str(table)], spawn=here) == 0
+    report = json.loads(out.read_text())
+    assert [p["allocator"] for p in report["processes"]] == list(allocator.ALLOCATORS)
+    runs = [p["shapes"]["1x2"][k] for p in report["processes"] for k in allocator.RUNS]
+    assert all(len(r["tokens_per_s"]) == 1 and r["tokens_per_s"][0] > 0 and r["page_faults"] >= 0 for r in runs)
+    rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| 1x2 |")]
+    assert [(r[1], r[2]) for r in rows] == [(k, a) for k in allocator.RUNS for a in allocator.ALLOCATORS]
+    median = {(r[1], r[2]): float(r[4]) for r in rows}
+    gain = float(next(r for r in rows if r[1:3] == ["esamp", "tcmalloc"])[7])
+    assert gain == pytest.approx(median["esamp", "tcmalloc"] / median["esamp", "glibc"], rel=0.03)  # (rounded medians)
+    assert table.read_text().startswith(measured_on(report)) and "Peak memory of a process" in table.read_text()
+
+
 def test_openmp_reports_the_engine_with_the_callers_team_kept_and_let_go_each_way(
         tmp_path, monkeypatch, capsys):
     """Its children (``--child``, each way) run here on the session's shared engine, not in processes of

@@ -97,8 +97,10 @@ def keep_freed_memory() -> bool:
     24 prompts x 16 rows took 11 ms that way against 6 ms with the memory kept (2-core Intel
     Xeon); a transformers decode step at 4 x 16 faulted 2000-3000 pages, with it 20-170. PyTorch's
     own advice on CPUs is an allocator that keeps it (jemalloc, tcmalloc); this is the same in
-    glibc's own terms: blocks under 32 MB from the heap, up to 256 MB of free heap kept.
-    ``ESAMP_KEEP_FREED=0`` turns it off; a no-op off glibc."""
+    glibc's own terms: blocks under 32 MB from the heap, up to 256 MB of free heap kept. Larger
+    blocks (vLLM's logits at hundreds of rows) still come as fresh pages; TCMalloc preloaded keeps
+    them too, faster at a class's 512 rows and slower at 64 (``python -m bench.allocator``).
+    ``ESAMP_KEEP_FREED=0`` turns it off; a no-op off glibc (and for an allocator preloaded in its place)."""
     if os.environ.get(MALLOC_ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
         return False
     try:

@@ -2,6 +2,7 @@
 with tiny generations."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from core.backends.hooks import capture_states  # noqa: E402
 from core import ModelLoadError  # noqa: E402
 from core.backends.vllm import hooks  # noqa: E402
 from core import cli  # noqa: E402
+from core.backends import start  # noqa: E402
 from tiny import peaked  # noqa: E402
 
 PROMPTS = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
@@ -275,8 +277,6 @@ def test_a_beta_ladder_steps_as_one_run_and_each_rung_gets_what_it_gets_alone(lm
     step filters, fuses and records them once, not once a rung. Each rung's tokens are those it gets
     alone, its signals and losses too (within the roundings of a wider batch, which training carries
     along the answer), in this machine's default dtype; the rung at β = 0 draws exactly plain's tokens."""
-    from dataclasses import replace
-
     from core import beta_ladder, generate_runs
     from core.backends.vllm.loop import encode_runs, requests_of
     from core.backends.vllm.request import together_of
@@ -467,7 +467,7 @@ def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     tiny = LlamaForCausalLM(cfg)
-    peaked(tiny)  # its engine's pretrained distiller builds in seconds, not half a minute
+    peaked(tiny)  # top-p keeps hundreds of its tokens, not most of the vocabulary (tests/tiny.py)
     tiny.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "run.json"
@@ -477,6 +477,27 @@ def test_a_tiny_random_llama_runs_through_the_cli(tmp_path, tokenizer):
     assert trace["backend"] == "vllm" and len(trace["samples"]) == 2
     assert all(len(s["tokens"]) == 6 for s in trace["samples"])
     assert len(trace["prompts"][0]["loss"]) == 6
+    # Its runs start fresh (the default): neither loading it nor running it built its pretrained distiller
+    # (a copy of the model on the CPU and its answers to eight prompts, minutes for a large model).
+    pretrained = replace(EsampConfig(), start="pretrained")
+    for dtype in ("float32", "bfloat16"):
+        assert not start.path_of(str(tmp_path / "tiny"), dtype, pretrained).exists()
+        assert start.key(str(tmp_path / "tiny"), dtype, pretrained) not in start._memory
+
+
+def test_a_run_that_starts_from_the_pretrained_distiller_has_it_built_in_its_callers_thread(vlm, monkeypatch):
+    """Before its requests go into the engine, once per config that asks (the worker then finds it built),
+    keyed as the worker keys it: the engine's model and dtype."""
+    from core.backends.vllm import loop
+
+    asked = []
+    monkeypatch.setattr(start, "initial", lambda source, dtype, cfg, lm=None: asked.append((source, dtype, cfg)))
+    fresh = RunConfig(sampling=SamplingConfig(n=2, max_new_tokens=2, seed=0))
+    pretrained = replace(fresh, esamp=replace(fresh.esamp, start="pretrained"))
+    loop.starts(vlm, [fresh, replace(pretrained, method="plain", esamp=replace(pretrained.esamp, shadow=False)),
+                      pretrained])
+    mc = vlm.llm.llm_engine.model_config
+    assert asked == [(mc.model, "float32", pretrained.esamp)]
 
 
 def test_perplexity_on_vllm_matches_transformers(vlm, lm32):

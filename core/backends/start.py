@@ -8,8 +8,9 @@ prediction error that says something about the context (docs/results.md, "Guidan
 something when it starts"). It never learns across requests: every run starts from the same
 weights and adapts its own copy online.
 
-The transformers backend builds it with the model it has; vLLM's backend builds it before its engine
-starts (with transformers, on this machine's CPU), so no engine step waits for it.
+The transformers backend builds it with the model it has; vLLM's backend builds it (with transformers,
+on this machine's CPU) in the caller's thread of the first run that asks, before its requests go in,
+and ``python -m core serve --dtype D`` before its engine starts, so no engine step waits for it.
 """
 
 from __future__ import annotations

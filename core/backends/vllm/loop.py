@@ -25,6 +25,7 @@ from typing import Sequence
 from ...config import RunConfig, ladder_key
 from ...esamp.steerer import RunStats
 from ...trace import RunTrace
+from .. import start
 from ..base import Progress, ProgressFn, encode_prompts
 from ..record import LivePieces, build_trace
 from .engine import Request, Submission
@@ -48,6 +49,7 @@ def generate_runs(lm: VllmModel, prompts: Sequence[str], configs: Sequence[RunCo
                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[RunTrace]:
     """``core.generate_runs`` on vLLM: every sample of every run one request, all submitted together."""
     ids_of = encode_runs(lm, prompts, configs)
+    starts(lm, configs)
     runs, groups = requests_of(lm, ids_of, configs, live=progress is not None)
     t0 = time.perf_counter()
     sub = lm.engine.submit(Submission(groups, keys=keys(runs)))
@@ -87,6 +89,18 @@ def traces_of(lm, prompts: Sequence[str], runs: Sequence[Run], ids_of, results: 
     return [build_trace(lm, prompts, ids, r.config, res["rows"], RunStats(**res["stats"]), seconds=seconds,
                         prefill_seconds=(res["first_step_at"] or t0) - t0, stopped=stopped)
             for r, ids, res in zip(runs, ids_of, results)]
+
+
+def starts(lm: VllmModel, configs: Sequence[RunConfig]) -> None:
+    """The pretrained distiller of runs that start from it (``EsampConfig.start``), built here in the caller's
+    thread where it is not yet (once; cached: core.backends.start), so that no engine step, every session's,
+    waits for it; the worker then finds it in memory (this process) or in the cache (vLLM's). Loading a model
+    builds none: it takes a copy of the model on the CPU and its answers to eight prompts, which a model
+    whose runs all start fresh (the default) never needs."""
+    mc = lm.llm.llm_engine.model_config  # what the worker keys it by (registry.Registry.model)
+    for config in configs:
+        if config.uses_distiller and config.esamp.start != "fresh":
+            start.initial(mc.model, str(mc.dtype).removeprefix("torch."), config.esamp)
 
 
 def generate(lm: VllmModel, prompts: Sequence[str], config: RunConfig, *, progress: ProgressFn | None = None,

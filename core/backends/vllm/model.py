@@ -111,7 +111,6 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
         raise ModelLoadError(f"vLLM cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     shape, head = _hook(llm, name, placement)
     model_config = llm.llm_engine.model_config
-    prebuild(source, model_config.dtype)
     failed = (lambda: llm.collective_rpc("esamp_failed")[0]) if placement == "inline" else None
     openmp.release_team()  # the driver thread computes from now on (engine.Engine.submit)
     return VllmModel(name=name, llm=llm, engine=Engine(llm, failed), tokenizer=tokenizer, head=head,
@@ -122,8 +121,9 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | str | None = None, d
 
 def prebuild(source: str, dtype: torch.dtype | str) -> None:
     """The model's pretrained distiller for the default design, built now (once; cached) where it is
-    not yet, so that no engine step waits for it (core.backends.start). A failure only logs: runs
-    that start fresh do not need it, and one that asks for it says why it cannot have it."""
+    not yet, so that no served request's engine step waits for it (``python -m core serve``;
+    core.backends.start). A failure only logs: runs that start fresh do not need it, and one that asks
+    for it says why it cannot have it. (In process, the first run that asks builds it: ``loop.starts``.)"""
     try:
         start.initial(source, str(dtype).removeprefix("torch."), replace(EsampConfig(), start="pretrained"))
     except Exception as exc:  # noqa: BLE001 - the engine runs without it

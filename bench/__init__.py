@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 PROMPTS_FILE = Path(__file__).parent / "prompts" / "open_ended.txt"  # the benchmarks' open-ended prompts
 
@@ -26,6 +27,21 @@ def measured_on(report: dict, command: str | None = None) -> str:
     dtype = m.get("dtype") or report.get("dtype")
     where += (f", the model in {dtype}" if dtype else "") + (f", torch {m['torch']}" if m.get("torch") else "")
     return f"{where}: `{command or report.get('command', 'an unrecorded command')}`.\n\n"
+
+
+def alternate(module: str, argv: Sequence[str] | None, pairs: int, ways: Sequence[Any], run: Callable[[Any], dict],
+              key: str, say: Callable[[Any, dict], str]) -> dict:
+    """The report of ``python -m module argv``: ``run(way)`` for each of ``ways`` in turn, ``pairs`` times (fresh
+    processes, so that a drift of the machine's speed falls on every way alike), each result with ``{key: way}``
+    and ``say``'s line printed as it comes; the first result's ``machine`` is the report's."""
+    processes = []
+    for _ in range(pairs):
+        for way in ways:
+            result = run(way)
+            processes.append({key: way, **result})
+            print(say(way, result), flush=True)
+    command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return {"command": command, "machine": processes[0]["machine"], "processes": processes}
 
 
 def publish(report: dict, json_path: Path | None, markdown_path: Path | None,

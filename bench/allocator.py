@@ -24,7 +24,7 @@ from pathlib import Path
 
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
 
-from . import measured_on, read_prompts
+from . import alternate, measured_on, read_prompts
 from .quality import machine, write_report
 
 RUNS = ("vllm-native", "plain", "esamp")
@@ -127,16 +127,10 @@ def main(argv=None, spawn=spawn) -> int:
     if tcmalloc() is None:
         ap.error("no TCMalloc here to compare with (Debian: apt install libtcmalloc-minimal4)")
     args = ["--shapes", a.shapes, "--tokens", str(a.tokens), "--repeats", str(a.repeats)]
-    processes = []
-    for _ in range(a.pairs):
-        for allocator in ALLOCATORS:
-            result = spawn(allocator, args)
-            processes.append({"allocator": allocator, **result})
-            print(f"{allocator:8s}  " + "  ".join(
-                f"{shape} {k} {statistics.median(r[k]['tokens_per_s']):.0f}" for shape, r in result["shapes"].items()
-                for k in RUNS), flush=True)
-    command = "python -m bench.allocator " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command, "machine": processes[0]["machine"], "processes": processes}
+    report = alternate("bench.allocator", argv, a.pairs, ALLOCATORS, lambda allocator: spawn(allocator, args),
+                       "allocator", lambda allocator, result: f"{allocator:8s}  " + "  ".join(
+                           f"{shape} {k} {statistics.median(r[k]['tokens_per_s']):.0f}"
+                           for shape, r in result["shapes"].items() for k in RUNS))
     write_report(a, report, measured_on(report) + markdown(report))
     return 0
 

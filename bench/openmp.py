@@ -25,7 +25,7 @@ from pathlib import Path
 from core import EsampConfig, RunConfig, SamplingConfig, encode_prompts, generate, load_model
 from core import openmp as runtime
 
-from . import measured_on, read_prompts
+from . import alternate, measured_on, read_prompts
 from .quality import machine, write_report
 
 RUNS = ("vllm-native", "esamp", "esamp-overlap")
@@ -119,15 +119,9 @@ def main(argv=None, spawn=spawn) -> int:
         return 0
     shape = ["--prompts", str(a.prompts), "--samples", str(a.samples), "--tokens", str(a.tokens),
              "--repeats", str(a.repeats)]
-    processes = []
-    for _ in range(a.pairs):
-        for release in (False, True):
-            result = spawn(release, shape)
-            processes.append({"release": release, **result})
-            print(f"{'let go' if release else 'kept  '}  " + "  ".join(
-                f"{k} {statistics.median(result['after'][k]):.0f} tokens/s" for k in RUNS), flush=True)
-    command = "python -m bench.openmp " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command, "machine": processes[0]["machine"], "processes": processes}
+    report = alternate("bench.openmp", argv, a.pairs, (False, True), lambda release: spawn(release, shape), "release",
+                       lambda release, result: f"{'let go' if release else 'kept  '}  " + "  ".join(
+                           f"{k} {statistics.median(result['after'][k]):.0f} tokens/s" for k in RUNS))
     write_report(a, report, measured_on(report) + markdown(report))
     return 0
 

@@ -497,7 +497,7 @@ def test_a_run_that_starts_from_the_pretrained_distiller_has_it_built_in_its_cal
     loop.starts(vlm, [fresh, replace(pretrained, method="plain", esamp=replace(pretrained.esamp, shadow=False)),
                       pretrained])
     mc = vlm.llm.llm_engine.model_config
-    assert asked == [(mc.model, "float32", pretrained.esamp)]
+    assert asked == [(mc.model, "float32", pretrained.esamp)]  # (``vlm``'s dtype: this file's float32 engine)
 
 
 def test_perplexity_on_vllm_matches_transformers(vlm, lm32):

@@ -301,7 +301,9 @@ def _controls(traces: Sequence[RunTrace], betas: list[float], key: str, run_key:
               on_beta: Callable[[float], None] | None) -> tuple[float | None, str, int]:
     """The comparison's controls: the β slider, the colouring, the prompt. (β, signal, prompt index)."""
     prompts = traces[0].prompts
-    c1, c2, c3 = st.columns([4, 2, 2])
+    # With one prompt the colouring takes the prompt's place too: its choices' labels are long, and on a
+    # projector's 1024 px a quarter of the row cut them off mid-word.
+    c1, c2, c3 = st.columns([4, 2, 2]) if len(prompts) > 1 else (*st.columns([1, 1]), None)
     current = beta_slider(c1, betas, beta, f"{key}_beta{run_key}", "Exploration strength β", on_beta)
     with c2:
         signal = signal_picker(f"{key}_signal")

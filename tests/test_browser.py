@@ -139,7 +139,8 @@ def test_generate_is_on_a_projectors_first_screen(server, browser):
 
 def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(server, browser, tmp_path):
     """At 1024x768 (a classroom projector) what just finished is on screen without scrolling: the form
-    folded away, the run's "saved" line, its β slider and the sentence that compares it with plain's."""
+    folded away, the run's "saved" line, its β slider and the sentence that compares it with plain's; the
+    colouring's choice is shown whole."""
     form = {"prompt": "Name a colour.", "n": 2, "tokens": 8, **TWO_RUNS}
     page, _ = generate(browser, server, form, tmp_path, "explore", viewport=(1024, 768))
     assert not page.get_by_role("button", name="Generate").is_visible()  # folded
@@ -147,6 +148,8 @@ def test_a_generation_shows_heatmaps_and_the_spread_in_view_on_a_projector(serve
     assert in_view(page, page.get_by_text(re.compile("per setting|vs plain: ")).first)  # n = 2: the first
     assert page.locator(".esx-sample:visible").count() == 4  # 2 samples x (plain, esamp)
     assert page.locator(".esx-tok").first.get_attribute("title").startswith("where ESamp changed the pick")
+    colouring = page.locator("[data-testid='stSelectbox']").filter(has_text="Colour tokens by").get_by_role("combobox")
+    assert colouring.evaluate("e => e.scrollWidth <= e.clientWidth"), "the colouring's choice is cut off"
     assert page.locator(".js-plotly-plot").count() >= 3
     assert (tmp_path / "explore.png").stat().st_size > 10_000
 

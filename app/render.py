@@ -51,6 +51,17 @@ def signal_picker(key: str) -> str:
                         help="Changing this never regenerates.")
 
 
+# A candidate's probability after fusion can be 1e-16: shown as digits it read 0.0000000000000007.
+CANDIDATE_COLUMNS = {"p before": st.column_config.NumberColumn(format="%.3g"),
+                     "p after": st.column_config.NumberColumn(format="%.3g"),
+                     "log ratio (β w·e / T, renormalised)": st.column_config.NumberColumn(format="%.2f")}
+
+
+def candidates(token) -> None:
+    """A token's top candidates before and after fusion, as a table (``candidate_rows``)."""
+    st.dataframe(candidate_rows(token), hide_index=True, column_config=CANDIDATE_COLUMNS)
+
+
 def reproduce_command(trace: RunTrace) -> str:
     """The ``python -m core generate`` line for a run, with the model and backend it ran on."""
     model = None if trace.model == DEFAULT_MODEL else trace.model
@@ -205,7 +216,7 @@ def _forks(traces: Sequence[RunTrace], labels: list[str], rungs: dict[float, int
     st.markdown(f"**Shared beginning** ({count(f.position, 'token')}): {md(f.prefix) or '(none)'}  \n**Token "
                 f"{f.position + 1}:** plain sampling drew {plain_word}, {md(focus)} drew "
                 f"{md(token_label(f.esamp.text, f.esamp.id))}{novelty}. Its candidates there, before and after fusion:")
-    st.dataframe(candidate_rows(f.esamp), hide_index=True)
+    candidates(f.esamp)
 
 
 def _other_answers(traces: Sequence[RunTrace], labels: Sequence[str], shown: Sequence[int], signal: str,
@@ -244,7 +255,7 @@ def _tree(trace: RunTrace, label: str, prompt_index: int, key: str, branches: Se
         pos = int(st.number_input("At token", node.start + 1, node.start + len(node.tokens), node.start + 1,
                                   key=f"{key}_at{picked}", help="Which of this node's tokens to look at and "
                                   "branch from.")) - 1
-    st.dataframe(candidate_rows(node.tokens[pos - node.start]), hide_index=True)
+    candidates(node.tokens[pos - node.start])
     if on_branch is not None and node.samples[0] < BRANCHED and node.tokens[pos - node.start].top:
         _branch_form(trace, prompt_index, node, pos, on_branch, f"{key}_branch", ladder or [trace.config])
 

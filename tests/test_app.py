@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.render import PAGE_STYLE, md
+from app.render import CANDIDATE_COLUMNS, PAGE_STYLE, md
 from app.settings import DEFAULTS, parse_ladder
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
@@ -354,6 +354,10 @@ def test_learn_page_steps_through_a_fusion():
     job = at.session_state["learn_job"]
     assert tuple(t.config.beta for t in job.traces) == parse_ladder(DEFAULTS["ladder"])  # the default ladder
     before = at.dataframe[0].value
+    formats = json.loads(at.dataframe[0].proto.columns)  # the candidates' numbers shown in a few digits
+    assert set(CANDIDATE_COLUMNS) <= set(before)
+    assert {name: formats.get(name, {}).get("type_config", {}).get("format") for name in CANDIDATE_COLUMNS} == \
+        {name: c["type_config"]["format"] for name, c in CANDIDATE_COLUMNS.items()}
     at.select_slider[0].set_value(0.0).run()  # one slider in front of the class: no new generation
     assert not at.exception and at.session_state["learn_job"] is job
     assert any("fusion step at β = 0:" in h.value for h in at.subheader)

@@ -262,5 +262,5 @@ def distance_strip_figure(runs: dict[str, np.ndarray], colours: dict[str, str] |
                              line=dict(color=colour), fillcolor="rgba(0,0,0,0)", hoverinfo="x"))
     fig.update_xaxes(range=[0, max(1.0, *(float(pairwise_cosine_distances(e).max(initial=0)) for e in runs.values()))])
     fig.update_layout(showlegend=False)
-    return _layout(fig, "How far apart each run's answers are (dashed: the mean, the diversity above)",
+    return _layout(fig, "How far apart a run's answers are (dashed: their mean)",
                    "cosine distance between two answers", "", height)

@@ -10,7 +10,7 @@ from app.resources import open_history
 from core import RunConfig, SamplingConfig, beta_ladder
 from core.scoring import trace_perplexities
 from viz import charts, heatmap
-from viz.summary import (candidate_rows, config_label, fusion_step, ladder, learning_sentence, left_to_the_model,
+from viz.summary import (config_label, fusion_step, ladder, learning_sentence, left_to_the_model,
                          readable_step, run_label, token_label)
 
 st.title("Learn: how ESamp explores")
@@ -144,4 +144,4 @@ elif left_to_the_model(token, trace.config):
 for col, (name, value) in zip(st.columns(3), fusion_step(token, trace.config.esamp.max_kl).items()):
     col.metric(name, value)
 st.plotly_chart(charts.candidates_figure(token, b), key="learn_candidates")
-st.dataframe(candidate_rows(token), hide_index=True)
+render.candidates(token)

@@ -47,6 +47,7 @@ def test_forks_of_a_hand_made_ladder():
     assert fork_sentence("β = 1", forks(one[0], one[0])).startswith("β = 1: its answer is plain sampling's")
     fig = fork_figure({"β = 1": found}, warmup=2)
     assert list(fig.data[0].x) == [3, 4] and fig.layout.shapes[0].x1 == 3.5  # warm-up shaded to token 3
+    assert fig.layout.xaxis.dtick == 1  # whole tokens, no tick between two
 
 
 def test_runs_of_different_seeds_have_no_fork():

@@ -195,6 +195,9 @@ def fork_figure(found: dict[str, Sequence], warmup: int = 0):
         fig.add_vrect(x0=0.5, x1=warmup + 1.5, fillcolor="#999999", opacity=0.15, line_width=0,
                       annotation_text="unguided: first token and warm-up", annotation_position="top left")
     fig.update_layout(showlegend=False)
+    positions = [f.position for forks in found.values() for f in forks if f.position is not None]
+    if positions and max(positions) - min(positions) < 10:
+        fig.update_xaxes(dtick=1)  # a fork is at a whole token: over a few tokens plotly would tick 2.5
     return _layout(fig, "Where each answer parts from plain sampling's (same seed)", "token of the fork",
                    "", height=140 + 50 * len(found))
 

@@ -200,6 +200,7 @@ def test_the_beta_slider_moves_across_the_ladder_without_generating_again(monkey
         assert answers[-1]["name"] == label and answers[-1]["marker"]["size"] > answers[0]["marker"]["size"]
         seen.append((heatmaps, tuple(metric_values(at)), at.query_params["beta"]))
         table = at.dataframe[0].value
+        assert list(table)[3:7] == ["cosine distance", "95% interval", "perplexity", "broken answers"]  # in view
         assert list(table["run"][table[""] == "▶"]) == ["plain" if beta == 0 else f"esamp β={beta:g}"]
     # heatmaps and metrics followed: a heatmap for each run, metrics as many as the runs' answers differ
     # (two βs may draw the same 3 x 8 tokens, under the bound that is chance)

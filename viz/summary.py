@@ -363,11 +363,13 @@ class Diversity:
 
     def as_row(self, current: bool = False) -> dict:
         cos, ven = self.cosine_distance, self.vendi
+        # How far apart, then whether the text held, first: a projector's 1024 px shows about eight columns.
         return {"": "▶" if current else "", "run": self.label, "answers": self.answers,
                 "cosine distance": round(cos.value, 3), "95% interval": _bounds(cos),
-                "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
                 "perplexity": None if not _finite(self.perplexity) else round(self.perplexity, 2),
-                "repeated 4-grams": round(self.seq_rep_4, 3), "broken answers": self.broken,
+                "broken answers": self.broken,
+                "Vendi": round(ven.value, 2), "Vendi 95% interval": _bounds(ven, 2),
+                "repeated 4-grams": round(self.seq_rep_4, 3),
                 "relative novelty": None if self.mean_novelty is None else round(self.mean_novelty, 3),
                 "mean tokens": None if not _finite(self.mean_tokens) else round(self.mean_tokens, 1),
                 "ended by the model": self.ended}

@@ -181,6 +181,11 @@ def test_tradeoff_points_start_esamps_line_at_plain_and_mark_the_current_beta():
     ring = fig.data[0]  # drawn first: the labels stay on top of it
     assert ring.name == "now: β=0.5" and ring.x[0] == pytest.approx(points[1]["perplexity"])
     assert len(sweep_figure(points, current_point(0.9)).data) == 2  # no such point: no ring
+    assert fig.layout.xaxis.type is None  # perplexities 3 to 4: a plain axis
+    hot = [*points[:-1], {**points[-1], "perplexity": 280.0}]  # a temperature whose text fell apart
+    axis = sweep_figure(hot).layout.xaxis
+    assert axis.type == "log" and "log" in axis.title.text and list(axis.ticktext) == ["2", "5", "10", "20", "50",
+                                                                                      "100", "200"]
     assert not any(p["broken"] for p in points)
 
 

@@ -125,8 +125,19 @@ def sweep_figure(points: Sequence[dict], highlight: tuple[str, str] | None = Non
                                  mode="markers", name="more broken answers than plain's", hoverinfo="skip",
                                  marker=dict(size=18, symbol="x-thin-open", color=BROKEN_COLOUR,
                                              line=dict(width=3, color=BROKEN_COLOUR))))
-    return _layout(fig, "Diversity vs perplexity (up and left is better)", "perplexity (lower = more fluent)",
+    shown = [x for p in points if (x := p.get("perplexity")) is not None and np.isfinite(x) and x > 0]
+    wide = bool(shown) and max(shown) > LOG_PERPLEXITY * min(shown)
+    if wide:  # one hot temperature at 280 squeezed every other point into the left tenth of the chart
+        # ticks at 1, 2, 5 times a power of ten, written whole (plotly's own write 20 as "2")
+        ticks = [m * 10 ** e for e in range(int(np.floor(np.log10(min(shown)))), int(np.ceil(np.log10(max(shown)))) + 1)
+                 for m in (1, 2, 5) if min(shown) / 1.5 <= m * 10 ** e <= max(shown) * 1.5]
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    return _layout(fig, "Diversity vs perplexity (up and left is better)",
+                   "perplexity (log scale; lower = more fluent)" if wide else "perplexity (lower = more fluent)",
                    "semantic diversity (mean cosine distance)", height)
+
+
+LOG_PERPLEXITY = 5  # perplexities further apart than this factor go on a log axis
 
 
 def _gap(a: float, b: float) -> float:

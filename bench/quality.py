@@ -28,7 +28,7 @@ from core.backends.hardware import describe
 from core.scoring import trace_perplexities
 from viz import charts, spread
 from viz.report import write_images
-from viz.summary import PromptScores, prompt_scores, sweep_point
+from viz.summary import PromptScores, cross_out_broken, prompt_scores, sweep_point
 
 from . import measured_on, read_prompts
 
@@ -63,8 +63,8 @@ def markdown(results: dict[str, dict]) -> str:
 
 def tradeoff_figure(results: dict[str, dict]):
     """Diversity against perplexity, one line per method family, from the results (or their JSON)."""
-    return charts.sweep_figure([sweep_point(RunConfig.from_dict(r["config"]), PromptScores(**r["per_prompt"]))
-                                for r in results.values()])
+    points = [sweep_point(RunConfig.from_dict(r["config"]), PromptScores(**r["per_prompt"])) for r in results.values()]
+    return charts.sweep_figure(cross_out_broken(points))  # runs that break more than plain's, crossed out
 
 
 def machine(lm) -> dict:

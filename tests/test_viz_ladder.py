@@ -286,6 +286,25 @@ def test_a_sweeps_esamp_line_starts_at_plain_and_one_prompt_has_no_standard_erro
     assert sweep_rows(points, prompts=3)[0]["± s.e. over prompts"] == "0.000"
 
 
+def test_a_sweeps_run_with_more_broken_answers_than_plains_is_crossed_out_and_its_share_shown():
+    from viz.summary import cross_out_broken, sweep_points, sweep_rows
+
+    configs = beta_ladder(BASE, [0.0, 0.5])
+    looping = ["la la la la la la la la", "no no no no no no no no", "it is a fine day"]
+    traces = [trace_of(configs[0], texts=["a calm sea", "the hills", "one more day"]), trace_of(configs[1], looping)]
+    for t in traces:
+        two_letter_tokens(t)
+    points = sweep_points(traces, spread_out(6), [[2.0] * 3, [2.0] * 3])
+    assert [(p["series"], p["setting"], p["broken"]) for p in points] == [("plain", "T=1", False),
+                                                                          ("esamp", "β=0.5", True)]
+    assert [r["broken answers"] for r in sweep_rows(points, prompts=1)] == ["0%", "67%"]
+    crossed = sweep_figure(points).data[-1]
+    assert crossed.name == "more broken answers than plain's" and list(crossed.x) == [points[1]["perplexity"]]
+    assert not any(p["broken"] for p in cross_out_broken(points[1:]))  # no plain run at T = 1: nothing to beat
+    old = [{k: v for k, v in p.items() if k != "broken_share"} for p in points]  # a report from before the share
+    assert not any(p["broken"] for p in cross_out_broken(old)) and sweep_rows(old, 1)[0]["broken answers"] == "—"
+
+
 def test_pieces_of_a_character_get_distinct_readable_labels_and_the_default_step_is_a_word():
     from core.trace import Token
     from viz.summary import readable_step, token_label

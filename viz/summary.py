@@ -202,14 +202,24 @@ def sweep_point(config: RunConfig, scores: PromptScores) -> dict:
     series, setting = config_series(config)
     (div, div_se), (ppl, ppl_se) = scores.mean_se("cosine_distance"), scores.mean_se("perplexity")
     return {"series": series, "setting": setting, "diversity": div, "diversity_se": div_se,
-            "perplexity": ppl, "perplexity_se": ppl_se}
+            "perplexity": ppl, "perplexity_se": ppl_se, "broken_share": scores.mean_se("broken")[0]}
 
 
 def sweep_points(traces: Sequence[RunTrace], emb: np.ndarray,
                  perplexities: Sequence[Sequence[float]]) -> list[dict]:
     """``sweep_point`` of each run; ``emb`` holds all runs' samples, run after run."""
-    return [sweep_point(t.config, prompt_scores(t, e, p))
-            for t, e, p in zip(traces, split_by_run(traces, emb), perplexities)]
+    return cross_out_broken([sweep_point(t.config, prompt_scores(t, e, p))
+                             for t, e, p in zip(traces, split_by_run(traces, emb), perplexities)])
+
+
+def cross_out_broken(points: Sequence[dict]) -> list[dict]:
+    """Sweep points, each marked ``broken`` where more of its answers are broken text than plain sampling's
+    at T = 1 (``sweep_figure`` crosses them out, as Explore's chart does a rung's); none without that run,
+    nor where the shares are unknown (reports written before broken text was measured)."""
+    base = next((p for p in points if (p["series"], p["setting"]) == ("plain", "T=1")), None)
+    share = base.get("broken_share", math.nan) if base else math.nan
+    return [{**p, "broken": p is not base and _finite(share) and p.get("broken_share", math.nan) > share}
+            for p in points]
 
 
 def with_esamp_start(points: Sequence[dict]) -> list[dict]:
@@ -226,9 +236,13 @@ def sweep_rows(points: Sequence[dict], prompts: int) -> list[dict]:
     def se(x: float) -> str:
         return "—" if prompts < 2 or not _finite(x) else f"{x:.3f}"
 
+    def share(x: float | None) -> str:
+        return "—" if x is None or not _finite(x) else f"{x:.0%}"
+
     return [{"run": f"{p['series']} {p['setting']}", "diversity (mean cosine distance)": round(p["diversity"], 3),
              "± s.e. over prompts": se(p["diversity_se"]), "perplexity": round(p["perplexity"], 2),
-             "± s.e. over prompts ": se(p["perplexity_se"])} for p in points]
+             "± s.e. over prompts ": se(p["perplexity_se"]), "broken answers": share(p.get("broken_share"))}
+            for p in points]
 
 
 def pass_at_k_table(traces: Sequence[RunTrace], answers: Sequence[str]) -> tuple[dict[str, list[float]], list[dict]]:

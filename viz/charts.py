@@ -57,9 +57,17 @@ def novelty_figure(traces: Sequence[RunTrace], labels: Sequence[str], relative: 
                                  fillcolor=c, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False))
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=plotly_text(label), line=dict(color=c)))
     if relative:
-        fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting nothing")
+        _line_at_one(fig, "no better than predicting nothing")
     return _layout(fig, "Novelty along the answer (mean, interquartile band)", "token position",
                    "relative novelty ‖e‖/‖h‖" if relative else "novelty ‖e‖")
+
+
+def _line_at_one(fig, meaning: str) -> None:
+    """The dotted line at relative novelty 1, said in the plot's top right corner: a label on the line itself
+    lay across the curve wherever it was put (a fresh distiller's curve starts above 1 and ends below it)."""
+    fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"))
+    fig.add_annotation(text=f"dotted line: {meaning}", xref="paper", yref="paper", x=1, y=1, xanchor="right",
+                       yanchor="top", showarrow=False, font=dict(color="#666"))
 
 
 def learning_curves_figure(curves: dict[str, Sequence[float]]):
@@ -77,7 +85,7 @@ def learning_curves_figure(curves: dict[str, Sequence[float]]):
         dash = _DASHES[dashes.get(design, 0) % len(_DASHES)]
         dashes[design] = dashes.get(design, 0) + 1
         fig.add_trace(go.Scatter(y=list(ys), mode="lines", name=plotly_text(label), line=dict(color=colour, dash=dash)))
-    fig.add_hline(y=1.0, line=dict(color="#888", dash="dot"), annotation_text="no better than predicting zero")
+    _line_at_one(fig, "no better than predicting zero")
     return _layout(fig, "Does the distiller learn within one generation?", "decode step",
                    "relative novelty ‖h − ĥ‖ / ‖h‖")
 
